@@ -1,0 +1,372 @@
+//! ADU result codes and extended result codes (reference: ADU's `adu_core.h`).
+//!
+//! A result code is an `i32`; success means `> 0`. An extended result code packs
+//! `facility << 28 | component << 20 | code` into an `i32` (printed as `%08X`).
+
+/// Result codes, named as in ADU (`ADUC_Result_*`).
+pub mod result {
+    /// Generic failure.
+    pub const FAILURE: i32 = 0;
+    /// The operation was cancelled.
+    pub const FAILURE_CANCELLED: i32 = -1;
+    /// Generic success.
+    pub const SUCCESS: i32 = 1;
+
+    /// Download finished.
+    pub const DOWNLOAD_SUCCESS: i32 = 500;
+    /// Download still running.
+    pub const DOWNLOAD_IN_PROGRESS: i32 = 501;
+    /// The file was already present with the right hash.
+    pub const DOWNLOAD_SKIPPED_FILE_EXISTS: i32 = 502;
+    /// Nothing downloaded: the update is already installed.
+    pub const DOWNLOAD_SKIPPED_UPDATE_ALREADY_INSTALLED: i32 = 503;
+    /// Nothing downloaded: no component matched the child update.
+    pub const DOWNLOAD_SKIPPED_NO_MATCHING_COMPONENTS: i32 = 504;
+
+    /// Install finished.
+    pub const INSTALL_SUCCESS: i32 = 600;
+    /// Install still running.
+    pub const INSTALL_IN_PROGRESS: i32 = 601;
+    /// The step was skipped because IsInstalled answered 900.
+    pub const INSTALL_SKIPPED_UPDATE_ALREADY_INSTALLED: i32 = 603;
+    /// Nothing installed: no component matched the child update.
+    pub const INSTALL_SKIPPED_NO_MATCHING_COMPONENTS: i32 = 604;
+    /// Install done; reboot now.
+    pub const INSTALL_REQUIRED_IMMEDIATE_REBOOT: i32 = 605;
+    /// Install done; reboot after the remaining steps.
+    pub const INSTALL_REQUIRED_REBOOT: i32 = 606;
+    /// Install done; restart the agent now.
+    pub const INSTALL_REQUIRED_IMMEDIATE_AGENT_RESTART: i32 = 607;
+    /// Install done; restart the agent after the remaining steps.
+    pub const INSTALL_REQUIRED_AGENT_RESTART: i32 = 608;
+
+    /// Apply finished.
+    pub const APPLY_SUCCESS: i32 = 700;
+    /// Apply still running.
+    pub const APPLY_IN_PROGRESS: i32 = 701;
+    /// Apply done; reboot now.
+    pub const APPLY_REQUIRED_IMMEDIATE_REBOOT: i32 = 705;
+    /// Apply done; reboot after the remaining steps.
+    pub const APPLY_REQUIRED_REBOOT: i32 = 706;
+    /// Apply done; restart the agent now.
+    pub const APPLY_REQUIRED_IMMEDIATE_AGENT_RESTART: i32 = 707;
+    /// Apply done; restart the agent after the remaining steps.
+    pub const APPLY_REQUIRED_AGENT_RESTART: i32 = 708;
+
+    /// Cancel succeeded.
+    pub const CANCEL_SUCCESS: i32 = 800;
+    /// Cancel was not possible (not a failure).
+    pub const CANCEL_UNABLE_TO_CANCEL: i32 = 801;
+
+    /// IsInstalled: the update is installed.
+    pub const IS_INSTALLED_INSTALLED: i32 = 900;
+    /// IsInstalled: the update is not installed.
+    pub const IS_INSTALLED_NOT_INSTALLED: i32 = 901;
+
+    /// Backup done.
+    pub const BACKUP_SUCCESS: i32 = 1000;
+    /// The handler has no backup (not a failure).
+    pub const BACKUP_SUCCESS_UNSUPPORTED: i32 = 1001;
+
+    /// Restore done.
+    pub const RESTORE_SUCCESS: i32 = 1100;
+    /// The handler has no restore (not a failure).
+    pub const RESTORE_SUCCESS_UNSUPPORTED: i32 = 1101;
+    /// Restore done; reboot now.
+    pub const RESTORE_REQUIRED_IMMEDIATE_REBOOT: i32 = 1105;
+    /// Restore done; reboot later.
+    pub const RESTORE_REQUIRED_REBOOT: i32 = 1106;
+    /// Restore done; restart the agent now.
+    pub const RESTORE_REQUIRED_IMMEDIATE_AGENT_RESTART: i32 = 1107;
+    /// Restore done; restart the agent later.
+    pub const RESTORE_REQUIRED_AGENT_RESTART: i32 = 1108;
+
+    /// Whether `code` means success (`> 0`).
+    pub const fn is_success(code: i32) -> bool {
+        code > 0
+    }
+}
+
+/// What a result code asks of the agent besides success or failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Followup {
+    /// Nothing: carry on.
+    None,
+    /// Reboot before running anything else.
+    ImmediateReboot,
+    /// Reboot once the remaining steps are done.
+    Reboot,
+    /// Restart the agent before running anything else.
+    ImmediateAgentRestart,
+    /// Restart the agent once the remaining steps are done.
+    AgentRestart,
+}
+
+impl Followup {
+    /// The follow-up a result code requests. ADU needs a separate API call for this; sandstep derives
+    /// it from the code itself.
+    pub const fn of(code: i32) -> Followup {
+        use result::*;
+        match code {
+            INSTALL_REQUIRED_IMMEDIATE_REBOOT
+            | APPLY_REQUIRED_IMMEDIATE_REBOOT
+            | RESTORE_REQUIRED_IMMEDIATE_REBOOT => Followup::ImmediateReboot,
+            INSTALL_REQUIRED_REBOOT | APPLY_REQUIRED_REBOOT | RESTORE_REQUIRED_REBOOT => {
+                Followup::Reboot
+            }
+            INSTALL_REQUIRED_IMMEDIATE_AGENT_RESTART
+            | APPLY_REQUIRED_IMMEDIATE_AGENT_RESTART
+            | RESTORE_REQUIRED_IMMEDIATE_AGENT_RESTART => Followup::ImmediateAgentRestart,
+            INSTALL_REQUIRED_AGENT_RESTART
+            | APPLY_REQUIRED_AGENT_RESTART
+            | RESTORE_REQUIRED_AGENT_RESTART => Followup::AgentRestart,
+            _ => Followup::None,
+        }
+    }
+
+    /// Whether the agent must stop running steps now.
+    pub const fn is_immediate(self) -> bool {
+        matches!(
+            self,
+            Followup::ImmediateReboot | Followup::ImmediateAgentRestart
+        )
+    }
+}
+
+/// The facility nibble of an extended result code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Facility {
+    /// Unknown; with component 0 the code is an errno.
+    Unknown = 0,
+    /// Lower layer (platform).
+    LowerLayer = 1,
+    /// Upper layer: the workflow (and sandstep's sandbox).
+    UpperLayer = 2,
+    /// A content (step) handler.
+    ContentHandler = 3,
+    /// The downloader.
+    Downloader = 4,
+    /// The component enumerator.
+    ComponentEnumerator = 7,
+    /// Utilities (component 3: the manifest parser).
+    Utility = 8,
+    /// Infrastructure (component 2: JWS manifest validation).
+    Infra = 10,
+}
+
+/// Component numbers under [`Facility::ContentHandler`], as ADU assigns them.
+pub mod content_component {
+    /// The swupdate handler.
+    pub const SWUPDATE: u8 = 1;
+    /// The apt handler.
+    pub const APT: u8 = 2;
+    /// The steps handler.
+    pub const STEPS: u8 = 4;
+    /// The script handler.
+    pub const SCRIPT: u8 = 5;
+    /// External and custom handlers: use this for a vendor handler.
+    pub const CUSTOM: u8 = 32;
+    /// sandstep's own handlers and SDK (firmware, component, files, SDK-level errors).
+    pub const SANDSTEP: u8 = 0xA0;
+}
+
+/// An extended result code: `facility << 28 | component << 20 | code`.
+///
+/// ```
+/// use sandstep_model::codes::{ExtendedResultCode, Facility};
+/// let erc = ExtendedResultCode::new(Facility::ContentHandler, 5, 0x205);
+/// assert_eq!(erc.raw(), 0x30500205);
+/// assert_eq!(erc.to_string(), "30500205");
+/// assert_eq!(erc.facility(), 3);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ExtendedResultCode(i32);
+
+impl ExtendedResultCode {
+    /// No extended code (0).
+    pub const NONE: ExtendedResultCode = ExtendedResultCode(0);
+
+    /// Packs a facility, a component (8 bits) and a code (20 bits; higher bits are dropped).
+    pub const fn new(facility: Facility, component: u8, code: u32) -> Self {
+        Self::from_parts(facility as u8, component, code)
+    }
+
+    /// Packs a raw facility number (4 bits), a component and a code.
+    pub const fn from_parts(facility: u8, component: u8, code: u32) -> Self {
+        let raw = ((facility as u32 & 0xF) << 28) | ((component as u32) << 20) | (code & 0xF_FFFF);
+        ExtendedResultCode(raw as i32)
+    }
+
+    /// Wraps a raw value.
+    pub const fn from_raw(raw: i32) -> Self {
+        ExtendedResultCode(raw)
+    }
+
+    /// An errno as ADU reports it (facility 0, component 0).
+    pub const fn errno(errno: i32) -> Self {
+        Self::from_parts(0, 0, errno as u32)
+    }
+
+    /// A child process's exit status mapped onto `base` as ADU does: `base | (0x1000 + status)`.
+    pub const fn exit_status(base: ExtendedResultCode, status: i32) -> Self {
+        ExtendedResultCode(base.0 | (0x1000 + (status & 0xFFF)))
+    }
+
+    /// The raw `i32`.
+    pub const fn raw(self) -> i32 {
+        self.0
+    }
+
+    /// The facility nibble.
+    pub const fn facility(self) -> u8 {
+        ((self.0 as u32) >> 28) as u8
+    }
+
+    /// The component byte.
+    pub const fn component(self) -> u8 {
+        (((self.0 as u32) >> 20) & 0xFF) as u8
+    }
+
+    /// The 20-bit code.
+    pub const fn code(self) -> u32 {
+        (self.0 as u32) & 0xF_FFFF
+    }
+}
+
+impl std::fmt::Display for ExtendedResultCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08X}", self.0 as u32)
+    }
+}
+
+impl From<ExtendedResultCode> for i32 {
+    fn from(erc: ExtendedResultCode) -> i32 {
+        erc.0
+    }
+}
+
+/// The extended result codes sandstep itself produces. Each is documented in the README's table.
+pub mod erc {
+    use super::{content_component, ExtendedResultCode as E, Facility};
+
+    const fn sandbox(code: u32) -> E {
+        E::new(Facility::UpperLayer, 0xA0, code)
+    }
+    const fn workflow(code: u32) -> E {
+        E::new(Facility::UpperLayer, 0xA1, code)
+    }
+
+    // ADU's own values, kept bit for bit.
+    /// A downloaded file's hash does not match the manifest.
+    pub const FILE_HASH_MISMATCH: E = E::from_raw(0x4000_000C);
+    /// The manifest signature is missing or the manifest hash does not match.
+    pub const MANIFEST_SIGNATURE_MISSING_OR_HASH_MISMATCH: E = E::from_raw(0x8030_0001u32 as i32);
+    /// The manifest version is not supported.
+    pub const UNSUPPORTED_MANIFEST_VERSION: E = E::from_raw(0x8030_000Au32 as i32);
+    /// A step has no `handlerProperties`.
+    pub const MISSING_HANDLER_PROPERTIES: E = E::from_raw(0x8040_000Du32 as i32);
+    /// The script handler: no result file, or one that does not parse.
+    pub const SCRIPT_RESULT_FILE_MISSING_OR_INVALID: E = E::from_raw(0x3050_0205);
+    /// The script handler: the script failed but reported erc 0.
+    pub const SCRIPT_FAILED_WITHOUT_ERC: E = E::from_raw(0x3050_0206);
+    /// Base for a script's exit status (`base | 0x1000 + status`).
+    pub const SCRIPT_EXIT_STATUS_BASE: E = E::from_raw(0x3050_0000);
+    /// The apt handler needs exactly one file.
+    pub const APT_WRONG_FILE_COUNT: E = E::from_raw(0x3020_0004);
+    /// The apt handler needs installedCriteria.
+    pub const APT_MISSING_INSTALLED_CRITERIA: E = E::from_raw(0x3020_0007);
+
+    // sandstep's sandbox (facility 2, component 0xA0).
+    /// A handler call ran past its time limit.
+    pub const SANDBOX_TIME_LIMIT: E = sandbox(0x001);
+    /// A handler tried to grow its memory past the cap.
+    pub const SANDBOX_MEMORY_LIMIT: E = sandbox(0x002);
+    /// A handler trapped (panic, unreachable, out-of-bounds access...).
+    pub const SANDBOX_TRAP: E = sandbox(0x003);
+    /// The handler component could not be loaded or instantiated.
+    pub const SANDBOX_LOAD_FAILED: E = sandbox(0x004);
+    /// The component imports a capability its handler id is not granted.
+    pub const SANDBOX_CAPABILITY_DENIED: E = sandbox(0x005);
+    /// No handler is registered under the step's handler id.
+    pub const SANDBOX_HANDLER_NOT_FOUND: E = sandbox(0x006);
+    /// The handler component's signature is missing, untrusted or broken.
+    pub const SANDBOX_SIGNATURE_REFUSED: E = sandbox(0x007);
+    /// The host could not prepare the sandbox directories.
+    pub const SANDBOX_SETUP_FAILED: E = sandbox(0x008);
+    /// The call was stopped because the deployment was cancelled.
+    pub const SANDBOX_CANCELLED: E = sandbox(0x009);
+    /// The handler returned a result code that is not valid for the action.
+    pub const SANDBOX_INVALID_RESULT: E = sandbox(0x00A);
+
+    // sandstep's workflow (facility 2, component 0xA1).
+    /// The manifest failed validation.
+    pub const WORKFLOW_MANIFEST_INVALID: E = workflow(0x001);
+    /// A step file could not be fetched.
+    pub const WORKFLOW_DOWNLOAD_FAILED: E = workflow(0x002);
+    /// A downloaded file has the wrong size.
+    pub const WORKFLOW_FILE_SIZE_MISMATCH: E = workflow(0x003);
+    /// A child update is invalid (bad manifest, or it contains reference steps).
+    pub const WORKFLOW_CHILD_MANIFEST_INVALID: E = workflow(0x004);
+    /// The component inventory could not be read.
+    pub const WORKFLOW_INVENTORY_INVALID: E = workflow(0x005);
+    /// The deployment was cancelled.
+    pub const WORKFLOW_CANCELLED: E = workflow(0x006);
+    /// The journal could not be written.
+    pub const WORKFLOW_JOURNAL_FAILED: E = workflow(0x007);
+
+    // The SDK (facility 3, component 0xA0).
+    /// `handlerProperties` do not match the handler's expected shape.
+    pub const SDK_INVALID_PROPERTIES: E =
+        E::new(Facility::ContentHandler, content_component::SANDSTEP, 0x001);
+    /// A step file the handler needs is missing from the step.
+    pub const SDK_MISSING_FILE: E =
+        E::new(Facility::ContentHandler, content_component::SANDSTEP, 0x002);
+    /// A host capability call failed.
+    pub const SDK_CAPABILITY_FAILED: E =
+        E::new(Facility::ContentHandler, content_component::SANDSTEP, 0x003);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erc_packs_facility_component_code() {
+        let e = ExtendedResultCode::new(Facility::ContentHandler, content_component::SCRIPT, 0x205);
+        assert_eq!(e, erc::SCRIPT_RESULT_FILE_MISSING_OR_INVALID);
+        assert_eq!((e.facility(), e.component(), e.code()), (3, 5, 0x205));
+    }
+
+    #[test]
+    fn erc_drops_bits_above_the_code_field() {
+        let e = ExtendedResultCode::new(Facility::Downloader, 0, 0x1_0000C);
+        assert_eq!(e.raw(), 0x4000_000C);
+    }
+
+    #[test]
+    fn erc_displays_as_eight_upper_hex_digits() {
+        assert_eq!(
+            erc::MANIFEST_SIGNATURE_MISSING_OR_HASH_MISMATCH.to_string(),
+            "80300001"
+        );
+        assert_eq!(ExtendedResultCode::NONE.to_string(), "00000000");
+    }
+
+    #[test]
+    fn exit_status_maps_like_adu() {
+        let e = ExtendedResultCode::exit_status(erc::SCRIPT_EXIT_STATUS_BASE, 3);
+        assert_eq!(e.raw(), 0x3050_1003);
+    }
+
+    #[test]
+    fn reboot_and_restart_codes_have_followups() {
+        assert_eq!(Followup::of(605), Followup::ImmediateReboot);
+        assert_eq!(Followup::of(706), Followup::Reboot);
+        assert_eq!(Followup::of(707), Followup::ImmediateAgentRestart);
+        assert_eq!(Followup::of(1108), Followup::AgentRestart);
+        assert_eq!(Followup::of(700), Followup::None);
+        assert!(Followup::of(605).is_immediate());
+        assert!(!Followup::of(606).is_immediate());
+    }
+}

@@ -1,0 +1,133 @@
+//! Host capabilities: one module per WIT interface, each of the same shape (state, a borrowing
+//! view or `impl Host`, `add_to_linker`).
+//!
+//! - [`host`]: logging and progress, linked for every handler.
+//! - [`process`]: run an allow-listed host program, linked only when granted.
+//!
+//! The `slot` interface (A/B firmware) is declared in the WIT; until its host side lands, a
+//! component importing it is refused like any ungranted capability.
+
+pub mod host;
+pub mod process;
+
+use std::fmt;
+
+/// A capability interface a component may import beyond the base world.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Capability {
+    /// `sandstep:handler/process`.
+    Process,
+    /// `sandstep:handler/slot`.
+    Slot,
+}
+
+impl Capability {
+    /// The capability's WIT interface name, without version.
+    pub const fn interface(self) -> &'static str {
+        match self {
+            Capability::Process => "sandstep:handler/process",
+            Capability::Slot => "sandstep:handler/slot",
+        }
+    }
+
+    /// The short name used in policy files.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Capability::Process => "process",
+            Capability::Slot => "slot",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a component's imports ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportKind {
+    /// Always linked: WASI (filesystem, clocks, random, cli, io, sockets with every address
+    /// denied) and `sandstep:handler/host`, `/types`.
+    Base,
+    /// A capability interface that needs a grant.
+    Capability(Capability),
+    /// Something sandstep does not provide.
+    Unknown,
+}
+
+/// Classifies an import name such as `wasi:filesystem/types@0.2.0`.
+pub fn classify_import(name: &str) -> ImportKind {
+    let unversioned = name.split('@').next().unwrap_or(name);
+    match unversioned {
+        "sandstep:handler/host" | "sandstep:handler/types" => ImportKind::Base,
+        "sandstep:handler/process" => ImportKind::Capability(Capability::Process),
+        "sandstep:handler/slot" => ImportKind::Capability(Capability::Slot),
+        other => {
+            let wasi = [
+                "wasi:cli/",
+                "wasi:clocks/",
+                "wasi:filesystem/",
+                "wasi:io/",
+                "wasi:random/",
+                "wasi:sockets/",
+            ];
+            if wasi.iter().any(|p| other.starts_with(p)) {
+                ImportKind::Base
+            } else {
+                ImportKind::Unknown
+            }
+        }
+    }
+}
+
+/// The capabilities granted to one handler for one session.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// The process capability and its policy.
+    pub process: Option<process::ProcessPolicy>,
+}
+
+impl Grants {
+    /// Whether `cap` is granted.
+    pub fn allows(&self, cap: Capability) -> bool {
+        match cap {
+            Capability::Process => self.process.is_some(),
+            Capability::Slot => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_are_classified_by_interface_without_version() {
+        assert_eq!(
+            classify_import("wasi:filesystem/types@0.2.3"),
+            ImportKind::Base
+        );
+        assert_eq!(
+            classify_import("sandstep:handler/host@0.1.0"),
+            ImportKind::Base
+        );
+        assert_eq!(
+            classify_import("sandstep:handler/process@0.1.0"),
+            ImportKind::Capability(Capability::Process)
+        );
+        assert_eq!(
+            classify_import("sandstep:handler/slot@0.1.0"),
+            ImportKind::Capability(Capability::Slot)
+        );
+        assert_eq!(
+            classify_import("wasi:http/outgoing-handler@0.2.0"),
+            ImportKind::Unknown
+        );
+        assert_eq!(classify_import("evil:thing/x"), ImportKind::Unknown);
+    }
+}

@@ -1,0 +1,293 @@
+//! The sandbox: one engine per process, precompiled components, and a fresh store per step.
+//!
+//! - [`Sandbox`] owns the engine (epoch interruption, an engine-owned ticker), the cache of
+//!   precompiled components, and one linker per set of granted capabilities.
+//! - [`HandlerComponent`] is a compiled component plus what its imports ask for.
+//! - [`Session`] is one store and instance for one step's sequence of calls, with its own WASI
+//!   context (`/payload` read-only, `/work`, `/state`, nothing else, no env, no sockets), memory
+//!   cap and per-action time limits. Every call returns a [`StepResult`]: limits, traps and host
+//!   errors become failure results with sandstep's extended codes, and the agent carries on.
+
+pub mod cache;
+pub mod dirs;
+pub mod engine;
+pub mod limits;
+mod output;
+mod session;
+pub mod store;
+
+pub use cache::ComponentCache;
+pub use dirs::{Preopen, StepDirs};
+pub use engine::EngineOptions;
+pub use limits::{LimitExceeded, Limits};
+pub use session::Session;
+pub use store::{CallTags, EventSink, HandlerEvent, LogLevel};
+
+use crate::capability::{self, classify_import, Capability, Grants, ImportKind};
+use cap_std::fs::Dir;
+use engine::EpochTicker;
+use sandstep_model::codes::erc;
+use sandstep_model::StepResult;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use wasmtime::component::{Component, Linker};
+use wasmtime::Engine;
+
+/// Why a handler could not be loaded or a session not started.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot start the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error("`{name}` is not a valid handler component: {reason}")]
+    Compile { name: String, reason: String },
+    #[error("handler `{handler}` imports `{import}`: capability `{capability}` is not granted to it by policy")]
+    CapabilityDenied {
+        handler: String,
+        import: String,
+        capability: Capability,
+    },
+    #[error("handler `{handler}` imports `{import}`, which sandstep does not provide")]
+    UnknownImport { handler: String, import: String },
+    #[error("handler `{handler}` does not export sandstep:handler/lifecycle@0.1.0: {reason}")]
+    NotAHandler { handler: String, reason: String },
+    #[error("cannot prepare the sandbox for `{handler}`: {reason}")]
+    Setup { handler: String, reason: String },
+    #[error("component cache entry `{name}`: {source}")]
+    Cache {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SandboxError {
+    /// The failure result a step gets when its handler cannot run.
+    pub fn to_step_result(&self) -> StepResult {
+        let code = match self {
+            SandboxError::CapabilityDenied { .. } | SandboxError::UnknownImport { .. } => {
+                erc::SANDBOX_CAPABILITY_DENIED
+            }
+            SandboxError::Setup { .. } | SandboxError::Cache { .. } => erc::SANDBOX_SETUP_FAILED,
+            _ => erc::SANDBOX_LOAD_FAILED,
+        };
+        StepResult::failure(code, self.to_string())
+    }
+}
+
+/// A compiled handler component and what it imports.
+#[derive(Clone)]
+pub struct HandlerComponent {
+    pub(crate) component: Component,
+    digest: String,
+    imports: Vec<String>,
+}
+
+impl std::fmt::Debug for HandlerComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerComponent")
+            .field("digest", &self.digest)
+            .field("imports", &self.imports)
+            .finish()
+    }
+}
+
+impl HandlerComponent {
+    /// sha256 of the component bytes, lower-case hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The component's import names (e.g. `wasi:filesystem/types@0.2.0`).
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// The capability interfaces it imports.
+    pub fn capabilities(&self) -> BTreeSet<Capability> {
+        self.imports
+            .iter()
+            .filter_map(|i| match classify_import(i) {
+                ImportKind::Capability(c) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Refuses imports the grants do not cover, naming the first one.
+    pub fn check_imports(&self, handler_id: &str, grants: &Grants) -> Result<(), SandboxError> {
+        for import in &self.imports {
+            match classify_import(import) {
+                ImportKind::Base => {}
+                ImportKind::Capability(c) if grants.allows(c) => {}
+                ImportKind::Capability(capability) => {
+                    return Err(SandboxError::CapabilityDenied {
+                        handler: handler_id.to_owned(),
+                        import: import.clone(),
+                        capability,
+                    })
+                }
+                ImportKind::Unknown => {
+                    return Err(SandboxError::UnknownImport {
+                        handler: handler_id.to_owned(),
+                        import: import.clone(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The engine, its ticker, the precompiled cache and the linkers.
+pub struct Sandbox {
+    engine: Engine,
+    ticker: Arc<EpochTicker>,
+    cache: Option<ComponentCache>,
+    linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<store::HostState>>>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl Sandbox {
+    /// Starts the engine. With `cache_dir`, compiled components are kept there (see [`cache`]).
+    pub fn new(options: &EngineOptions, cache_dir: Option<Dir>) -> Result<Self, SandboxError> {
+        let engine =
+            engine::new_engine(options).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let ticker =
+            EpochTicker::start(engine.clone()).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let key = engine::engine_key(&engine);
+        Ok(Sandbox {
+            cache: cache_dir.map(|d| ComponentCache::new(d, key)),
+            engine,
+            ticker: Arc::new(ticker),
+            linkers: Mutex::default(),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The cache, when configured.
+    pub fn cache(&self) -> Option<&ComponentCache> {
+        self.cache.as_ref()
+    }
+
+    /// Compiles component bytes (or loads them precompiled from the cache). `name` is used in
+    /// errors. Compilation runs on a blocking thread; it can take a fraction of a second.
+    pub async fn load(
+        &self,
+        name: &str,
+        bytes: Arc<[u8]>,
+    ) -> Result<HandlerComponent, SandboxError> {
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let component = match self.load_cached(&digest)? {
+            Some(c) => c,
+            None => {
+                let engine = self.engine.clone();
+                let b = bytes.clone();
+                let compiled = tokio::task::spawn_blocking(move || Component::new(&engine, &b))
+                    .await
+                    .map_err(|e| SandboxError::Engine(e.to_string()))?
+                    .map_err(|e| SandboxError::Compile {
+                        name: name.to_owned(),
+                        reason: format!("{e:#}"),
+                    })?;
+                self.store_cached(&digest, &compiled)?;
+                compiled
+            }
+        };
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        Ok(HandlerComponent {
+            component,
+            digest,
+            imports,
+        })
+    }
+
+    fn load_cached(&self, digest: &str) -> Result<Option<Component>, SandboxError> {
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
+        let cache_err = |source| SandboxError::Cache {
+            name: cache.entry_name(digest),
+            source,
+        };
+        let Some(bytes) = cache.read(digest).map_err(cache_err)? else {
+            return Ok(None);
+        };
+        // SAFETY: the artefact comes from the agent's own 0700 cache directory, written by
+        // `store_cached` after compiling the component whose digest names it.
+        match unsafe { Component::deserialize(&self.engine, &bytes) } {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                tracing::warn!(entry = %cache.entry_name(digest), "discarding unusable cache entry: {e}");
+                cache.remove(digest).map_err(cache_err)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn store_cached(&self, digest: &str, component: &Component) -> Result<(), SandboxError> {
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
+        let bytes = component
+            .serialize()
+            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        cache
+            .write(digest, &bytes)
+            .map_err(|source| SandboxError::Cache {
+                name: cache.entry_name(digest),
+                source,
+            })
+    }
+
+    fn linker(
+        &self,
+        granted: BTreeSet<Capability>,
+    ) -> Result<Arc<Linker<store::HostState>>, SandboxError> {
+        let mut linkers = self
+            .linkers
+            .lock()
+            .expect("linker map lock is never poisoned");
+        if let Some(l) = linkers.get(&granted) {
+            return Ok(l.clone());
+        }
+        let mut linker = Linker::new(&self.engine);
+        let build = |linker: &mut Linker<store::HostState>| -> wasmtime::Result<()> {
+            wasmtime_wasi::p2::add_to_linker_async(linker)?;
+            capability::host::add_to_linker(linker)?;
+            if granted.contains(&Capability::Process) {
+                capability::process::add_to_linker(linker)?;
+            }
+            Ok(())
+        };
+        build(&mut linker).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let linker = Arc::new(linker);
+        linkers.insert(granted, linker.clone());
+        Ok(linker)
+    }
+}
+
+/// What a session needs besides the component.
+pub struct SessionSetup {
+    pub handler_id: String,
+    pub tags: CallTags,
+    pub dirs: StepDirs,
+    pub grants: Grants,
+    pub limits: Limits,
+    pub events: Option<EventSink>,
+}

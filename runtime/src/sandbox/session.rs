@@ -1,0 +1,339 @@
+//! A session: one store and one instance for one step's sequence of lifecycle calls.
+
+use super::limits::{LimitExceeded, Limits, StoreLimiter};
+use super::output::GuestOutput;
+use super::store::{CallTags, HostState, LOG_BUDGET};
+use super::{HandlerComponent, Sandbox, SandboxError, SessionSetup};
+use crate::bindings::{self, All, AllPre};
+use crate::capability::process::{MappedDir, ProcessCtx};
+use crate::capability::Capability;
+use sandstep_model::codes::{erc, result};
+use sandstep_model::{Action, StepContext, StepResult};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx};
+
+/// One store and instance; calls run one at a time, in order.
+pub struct Session {
+    store: Store<HostState>,
+    instance: All,
+    ticker: Arc<super::engine::EpochTicker>,
+    limits: Limits,
+    handler_id: String,
+    /// Set once a call trapped or was stopped: the instance must not be used again.
+    broken: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("handler_id", &self.handler_id)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl Sandbox {
+    /// Checks the component's imports against the grants, builds the WASI context over the step's
+    /// directories, and instantiates the component in a fresh store.
+    pub async fn session(
+        &self,
+        handler: &HandlerComponent,
+        setup: SessionSetup,
+    ) -> Result<Session, SandboxError> {
+        let SessionSetup {
+            handler_id,
+            tags,
+            dirs,
+            grants,
+            limits,
+            events,
+        } = setup;
+        handler.check_imports(&handler_id, &grants)?;
+        let setup_err = |reason: String| SandboxError::Setup {
+            handler: handler_id.clone(),
+            reason,
+        };
+
+        let tags = Arc::new(tags);
+        let mut wasi = WasiCtx::builder();
+        // Filesystem calls run inline: faster than a blocking-pool hop, and the store's future
+        // still yields on every epoch tick. Must be set before the preopens are added.
+        wasi.allow_blocking_current_thread(true)
+            .stdout(GuestOutput::new(tags.clone(), "stdout"))
+            .stderr(GuestOutput::new(tags.clone(), "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let mut mapped = Vec::new();
+        for p in dirs.all() {
+            let perms = if p.writable() {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(p.fd_path(), p.guest_path(), perms)
+                .map_err(|e| setup_err(format!("preopen {}: {e}", p.guest_path())))?;
+            mapped.push(MappedDir {
+                guest: p.guest_path().to_owned(),
+                host: p
+                    .host_path()
+                    .map_err(|e| setup_err(format!("locate {}: {e}", p.guest_path())))?,
+            });
+        }
+
+        let process = grants.process.map(|policy| ProcessCtx {
+            policy,
+            handler_id: handler_id.clone(),
+            dirs: mapped,
+        });
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: StoreLimiter::new(limits.memory_bytes),
+            tags,
+            events,
+            deadline: None,
+            log_budget: LOG_BUDGET,
+            logs_dropped: 0,
+            last_panic: None,
+            process,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|ctx| match ctx.data().deadline {
+            Some((at, action, limit)) if Instant::now() >= at => {
+                Err(wasmtime::Error::new(LimitExceeded::Time { action, limit }))
+            }
+            // Yield to tokio on every tick, so signals, MQTT and cancellation stay live.
+            _ => Ok(UpdateDeadline::Yield(1)),
+        });
+        store.set_epoch_deadline(1);
+
+        let granted = handler.capabilities();
+        let linker = self.linker(granted)?;
+        let pre = linker
+            .instantiate_pre(&handler.component)
+            .and_then(AllPre::new)
+            .map_err(|e| SandboxError::NotAHandler {
+                handler: handler_id.clone(),
+                reason: format!("{e:#}"),
+            })?;
+
+        // Instantiation runs the component's initializers: it is held to the is-installed limit.
+        let _active = self.ticker.active();
+        store.data_mut().deadline = Some((
+            Instant::now() + limits.is_installed,
+            Action::IsInstalled,
+            limits.is_installed,
+        ));
+        let instance = pre.instantiate_async(&mut store).await.map_err(|e| {
+            let r = describe_failure(&e, &store, &handler_id, "instantiation");
+            setup_err(r.result_details)
+        })?;
+        store.data_mut().deadline = None;
+        Ok(Session {
+            store,
+            instance,
+            ticker: self.ticker.clone(),
+            limits,
+            handler_id,
+            broken: None,
+        })
+    }
+}
+
+impl Session {
+    /// Whether an earlier call trapped or was stopped (then a new session is needed).
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    /// The call tags of this session.
+    pub fn tags(&self) -> &CallTags {
+        &self.store.data().tags
+    }
+
+    /// Runs one lifecycle call under the action's time limit. Never fails: limits, traps and
+    /// cancellation become failure results. After one of those the session is broken.
+    pub async fn call(
+        &mut self,
+        action: Action,
+        ctx: &StepContext,
+        cancel: &CancellationToken,
+    ) -> StepResult {
+        if let Some(reason) = &self.broken {
+            return StepResult::failure(
+                erc::SANDBOX_TRAP,
+                format!(
+                    "handler `{}` cannot be called again in this session: {reason}",
+                    self.handler_id
+                ),
+            );
+        }
+        let wit_ctx = to_wit(ctx);
+        let limit = self.limits.time_limit(action);
+        self.store.data_mut().deadline = Some((Instant::now() + limit, action, limit));
+        self.store.data_mut().last_panic = None;
+        let _active = self.ticker.active();
+
+        let lifecycle = self.instance.sandstep_handler_lifecycle();
+        let store = &mut self.store;
+        let call = async {
+            match action {
+                Action::IsInstalled => lifecycle.call_is_installed(store, &wit_ctx).await,
+                Action::Download => lifecycle.call_download(store, &wit_ctx).await,
+                Action::Backup => lifecycle.call_backup(store, &wit_ctx).await,
+                Action::Install => lifecycle.call_install(store, &wit_ctx).await,
+                Action::Apply => lifecycle.call_apply(store, &wit_ctx).await,
+                Action::Cancel => lifecycle.call_cancel(store, &wit_ctx).await,
+                Action::Restore => lifecycle.call_restore(store, &wit_ctx).await,
+            }
+        };
+        let outcome = tokio::select! {
+            r = call => Some(r),
+            _ = cancel.cancelled() => None,
+        };
+        self.store.data_mut().deadline = None;
+        self.report_dropped_logs();
+
+        match outcome {
+            Some(Ok(r)) => validate(
+                action,
+                StepResult {
+                    result_code: r.result_code,
+                    extended_result_code: r.extended_result_code,
+                    result_details: r.result_details,
+                },
+            ),
+            Some(Err(e)) => {
+                let r = describe_failure(&e, &self.store, &self.handler_id, action.name());
+                tracing::warn!(handler = %self.handler_id, %action, "{}", r.result_details);
+                self.broken = Some(r.result_details.clone());
+                r
+            }
+            None => {
+                let msg = format!(
+                    "`{action}` of handler `{}` was stopped: the deployment was cancelled",
+                    self.handler_id
+                );
+                self.broken = Some(msg.clone());
+                StepResult::failure(erc::SANDBOX_CANCELLED, msg)
+                    .with_code(result::FAILURE_CANCELLED)
+            }
+        }
+    }
+
+    fn report_dropped_logs(&mut self) {
+        let data = self.store.data_mut();
+        if data.logs_dropped > 0 {
+            tracing::warn!(
+                handler = %data.tags.handler_id, step = %data.tags.step,
+                "dropped {} log lines past the budget of {LOG_BUDGET} per step",
+                data.logs_dropped
+            );
+            data.logs_dropped = 0;
+        }
+    }
+
+    /// Whether a capability is linked into this session.
+    pub fn has(&self, cap: Capability) -> bool {
+        match cap {
+            Capability::Process => self.store.data().process.is_some(),
+            Capability::Slot => false,
+        }
+    }
+}
+
+/// Checks codes that only make sense for some actions and clamps details.
+fn validate(action: Action, r: StepResult) -> StepResult {
+    let details = r.result_details.clone();
+    let r = r.with_details(details);
+    if action == Action::IsInstalled
+        && r.is_success()
+        && r.result_code != result::IS_INSTALLED_INSTALLED
+        && r.result_code != result::IS_INSTALLED_NOT_INSTALLED
+    {
+        return StepResult::failure(
+            erc::SANDBOX_INVALID_RESULT,
+            format!(
+                "is-installed returned result code {}; expected 900 (installed), 901 (not installed) or a failure",
+                r.result_code
+            ),
+        );
+    }
+    r
+}
+
+/// Turns a trap or host error into a failure result naming the cause.
+fn describe_failure(
+    e: &wasmtime::Error,
+    store: &Store<HostState>,
+    handler: &str,
+    what: &str,
+) -> StepResult {
+    if let Some(limit) = e.downcast_ref::<LimitExceeded>() {
+        let code = match limit {
+            LimitExceeded::Time { .. } => erc::SANDBOX_TIME_LIMIT,
+            LimitExceeded::Memory { .. } | LimitExceeded::Table { .. } => erc::SANDBOX_MEMORY_LIMIT,
+        };
+        return StepResult::failure(
+            code,
+            format!("handler `{handler}` stopped in `{what}`: {limit}"),
+        );
+    }
+    let panic = store
+        .data()
+        .last_panic
+        .as_deref()
+        .map(|p| format!(" ({p})"))
+        .unwrap_or_default();
+    let cause = match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e.to_string(),
+    };
+    StepResult::failure(
+        erc::SANDBOX_TRAP,
+        format!("handler `{handler}` trapped in `{what}`: {cause}{panic}"),
+    )
+}
+
+fn to_wit(ctx: &StepContext) -> bindings::types::StepContext {
+    use bindings::types as t;
+    t::StepContext {
+        workflow_id: ctx.workflow_id.clone(),
+        update_id: t::UpdateId {
+            provider: ctx.update_id.provider.clone(),
+            name: ctx.update_id.name.clone(),
+            version: ctx.update_id.version.clone(),
+        },
+        handler_id: ctx.handler_id.clone(),
+        step_index: ctx.step_index,
+        level: ctx.level,
+        handler_properties: serde_json::Value::Object(ctx.handler_properties.clone()).to_string(),
+        installed_criteria: ctx.installed_criteria().map(str::to_owned),
+        files: ctx
+            .files
+            .iter()
+            .map(|f| t::StepFile {
+                id: f.id.clone(),
+                name: f.name.clone(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+                path: format!("{}/{}", super::dirs::PAYLOAD, f.name),
+            })
+            .collect(),
+        selected_component: ctx.component.as_ref().map(|c| t::Component {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            group: c.group.clone(),
+            manufacturer: c.manufacturer.clone(),
+            model: c.model.clone(),
+            version: c.version.clone(),
+            properties: c.property_pairs(),
+        }),
+    }
+}

@@ -1,0 +1,50 @@
+//! Glue used by [`export_handler!`](crate::export_handler); not part of the public API.
+
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "sandstep:handler/all",
+        pub_export_macro: true,
+        export_macro_name: "__export_all_world",
+        default_bindings_module: "sandstep_sdk::__private::bindings",
+        runtime_path: "sandstep_sdk::__private::wit_bindgen_rt",
+    });
+}
+
+pub use bindings::exports::sandstep::handler::lifecycle::Guest as Lifecycle;
+pub use bindings::sandstep::handler::types::{StepContext as WitContext, StepResult as WitResult};
+pub use wit_bindgen::rt as wit_bindgen_rt;
+
+use crate::{Action, Context, Handler, StepResult};
+use sandstep_model::step::clamp_details;
+
+/// Runs one lifecycle call on `handler` and converts its outcome for the host.
+pub fn dispatch<H: Handler>(handler: &mut H, action: Action, ctx: WitContext) -> WitResult {
+    install_panic_hook();
+    let ctx = Context::from_wit(ctx);
+    let outcome = match action {
+        Action::IsInstalled => handler.is_installed(&ctx),
+        Action::Download => handler.download(&ctx),
+        Action::Backup => handler.backup(&ctx),
+        Action::Install => handler.install(&ctx),
+        Action::Apply => handler.apply(&ctx),
+        Action::Cancel => handler.cancel(&ctx),
+        Action::Restore => handler.restore(&ctx),
+    };
+    let result: StepResult = outcome.unwrap_or_else(StepResult::from);
+    WitResult {
+        result_code: result.result_code,
+        extended_result_code: result.extended_result_code,
+        result_details: clamp_details(result.result_details),
+    }
+}
+
+/// Sends a panic's message to the host log before the call traps, so the step result can say why.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            crate::log::error(&format!("panic: {info}"));
+        }));
+    });
+}
