@@ -43,6 +43,9 @@ missing_debian_packages() {
 pkg_args=()
 for p in "${packages[@]}"; do pkg_args+=(-p "$p"); done
 
+# The project's own cargo settles the lock file first; the guest build then uses it as is.
+cargo metadata --format-version 1 >/dev/null
+
 mkdir -p "$out_dir"
 # One build at a time: tests in several processes may ask for components at once.
 exec 9>"$out_dir/.lock"

@@ -14,5 +14,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::sandstep::handler::lifecycle;
-pub use sandstep::handler::{host, process, slot, types};
+pub use self::exports::sandstep::handler::lifecycle;
+pub use self::sandstep::handler::{host, process, slot, types};

@@ -99,6 +99,7 @@ impl Handler for Probe {
     fn is_installed(&mut self, ctx: &Context) -> Outcome {
         match ctx.properties::<Op>() {
             Ok(Op::Installed) => Ok(StepResult::new(result::IS_INSTALLED_INSTALLED)),
+            Ok(Op::Return { .. }) => run(ctx, result::IS_INSTALLED_INSTALLED),
             _ => Ok(StepResult::new(result::IS_INSTALLED_NOT_INSTALLED)),
         }
     }

@@ -1,0 +1,6 @@
+//! Integration tests of the sandstep runtime, one module per area. Guests are built from source
+//! by scripts/build-components.sh on first use.
+
+mod process;
+mod sandbox;
+mod support;
