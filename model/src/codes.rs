@@ -88,7 +88,8 @@ pub mod result {
 }
 
 /// What a result code asks of the agent besides success or failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Followup {
     /// Nothing: carry on.
     None,
@@ -314,6 +315,8 @@ pub mod erc {
     pub const WORKFLOW_CANCELLED: E = workflow(0x006);
     /// The journal could not be written.
     pub const WORKFLOW_JOURNAL_FAILED: E = workflow(0x007);
+    /// After the reboot or restart a step asked for, is-installed says the update is not there.
+    pub const WORKFLOW_NOT_INSTALLED_AFTER_FOLLOWUP: E = workflow(0x008);
 
     // The SDK (facility 3, component 0xA0).
     /// `handlerProperties` do not match the handler's expected shape.

@@ -29,6 +29,7 @@ pub struct StepFile {
 
 /// A component from the inventory (`components[]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Component {
     pub id: String,
     #[serde(default)]

@@ -3,9 +3,19 @@
 //! - [`codes`]: ADU result codes, extended result codes, and the codes sandstep adds.
 //! - [`step`]: lifecycle actions and step results.
 //! - [`context`]: what a handler call is told (update id, files, selected component).
+//! - [`manifest`]: ADU v4/v5 update manifests, validated with field-path errors.
+//! - [`deployment`]: the deployment message (workflow, manifest, signature, file URLs).
+//! - [`inventory`]: attached components and selection by compatibility.
+//! - [`journal`]: the persisted state machine of a deployment, checksummed.
+//! - [`results`]: root and per-step results, and the result file.
 
 pub mod codes;
 pub mod context;
+pub mod deployment;
+pub mod inventory;
+pub mod journal;
+pub mod manifest;
+pub mod results;
 pub mod step;
 
 pub use codes::{ExtendedResultCode, Facility, Followup};

@@ -5,9 +5,21 @@
 //! - [`sandbox`]: engine, precompiled cache, stores with limits, WASI over cap-std directories,
 //!   and [`sandbox::Session`], which runs a handler's lifecycle calls and always yields a result.
 //! - [`capability`]: host interfaces handlers import (`host` for all; `process` when granted).
+//! - [`workflow`]: deployments as persisted state machines: plan, journal, units, results.
+//! - [`download`]: verified, resumable downloads into a content-addressed store.
+//! - [`registry`]: which component serves which handler id.
+//! - [`config`]: the TOML configuration and per-handler policy.
+//! - [`datadir`]: the data dir, reached through cap-std handles only.
+//! - [`fault`]: crash points for the fault-injection tests (a no-op in normal builds).
 //!
 //! The plain data (manifests, codes, step results) lives in `sandstep-model`, without wasmtime.
 
 pub mod bindings;
 pub mod capability;
+pub mod config;
+pub mod datadir;
+pub mod download;
+pub mod fault;
+pub mod registry;
 pub mod sandbox;
+pub mod workflow;

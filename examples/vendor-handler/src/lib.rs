@@ -4,6 +4,9 @@
 //! directory, keeps the previous version for `restore`, and records which `installedCriteria` it
 //! installed, so `is-installed` can answer without redoing work.
 //!
+//! For a child update's step, each selected component gets its own copy: the file goes to
+//! `/state/<component id>/<target>` and the record key is `<component id>/<target>`.
+//!
 //! handlerProperties:
 //! - `fileName` (optional): which step file to install; default: the step's only file.
 //! - `target`: the name to install it as, a plain file name.
@@ -63,6 +66,40 @@ impl Props {
 /// `/state/installed.json`: target name -> installed criteria.
 type Record = BTreeMap<String, String>;
 
+/// The component's directory name: its id with anything but `[A-Za-z0-9._-]` replaced.
+fn component_dir(ctx: &Context) -> Option<String> {
+    let c = ctx.component()?;
+    let name: String =
+        c.id.chars()
+            .map(|ch| {
+                if ch.is_ascii_alphanumeric() || "._-".contains(ch) {
+                    ch
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+    Some(if name.starts_with('.') {
+        format!("_{name}")
+    } else {
+        name
+    })
+}
+
+/// Where the target lives, and its record key.
+fn target(ctx: &Context, props: &Props) -> std::io::Result<(PathBuf, String)> {
+    match component_dir(ctx) {
+        Some(dir) => {
+            std::fs::create_dir_all(ctx.state_path(&dir))?;
+            Ok((
+                ctx.state_path(&dir).join(&props.target),
+                format!("{dir}/{}", props.target),
+            ))
+        }
+        None => Ok((ctx.state_path(&props.target), props.target.clone())),
+    }
+}
+
 fn record_path(ctx: &Context) -> PathBuf {
     ctx.state_path("installed.json")
 }
@@ -103,7 +140,7 @@ impl Handler for ConfigHandler {
 
     fn backup(&mut self, ctx: &Context) -> Outcome {
         let props = Props::parse(ctx)?;
-        let current = ctx.state_path(&props.target);
+        let (current, _) = target(ctx, &props)?;
         if !current.exists() {
             return Ok(StepResult::new(result::BACKUP_SUCCESS).with_details("nothing to back up"));
         }
@@ -135,7 +172,7 @@ impl Handler for ConfigHandler {
             bytes.len(),
             props.target
         ));
-        write_atomically(&ctx.state_path(&props.target), &bytes)?;
+        write_atomically(&target(ctx, &props)?.0, &bytes)?;
         log::progress(100, "configuration written");
         Ok(StepResult::new(result::INSTALL_SUCCESS))
     }
@@ -143,11 +180,11 @@ impl Handler for ConfigHandler {
     fn apply(&mut self, ctx: &Context) -> Outcome {
         let props = Props::parse(ctx)?;
         let mut record = read_record(ctx)?;
-        record.insert(props.target.clone(), props.criteria()?.to_owned());
+        let (_, key) = target(ctx, &props)?;
+        record.insert(key.clone(), props.criteria()?.to_owned());
         let json = serde_json::to_vec_pretty(&record).expect("a string map always serializes");
         write_atomically(&record_path(ctx), &json)?;
-        Ok(StepResult::new(result::APPLY_SUCCESS)
-            .with_details(format!("{} is now active", props.target)))
+        Ok(StepResult::new(result::APPLY_SUCCESS).with_details(format!("{key} is now active")))
     }
 
     fn restore(&mut self, ctx: &Context) -> Outcome {
@@ -157,7 +194,7 @@ impl Handler for ConfigHandler {
             return Ok(StepResult::new(result::RESTORE_SUCCESS_UNSUPPORTED)
                 .with_details("no backup was taken"));
         }
-        std::fs::copy(backup, ctx.state_path(&props.target))?;
+        std::fs::copy(backup, target(ctx, &props)?.0)?;
         Ok(StepResult::new(result::RESTORE_SUCCESS))
     }
 }

@@ -1,5 +1,8 @@
 //! Command-line interface: argument parsing, logging set-up, and one module per command group.
 
+mod common;
+mod handler;
+mod run;
 mod step;
 
 use clap::{Parser, Subcommand};
@@ -10,14 +13,21 @@ use std::process::ExitCode;
 #[command(name = "sandstep", version, about)]
 struct Cli {
     /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
+    #[arg(long, global = true, default_value = "warn")]
     log: String,
+    #[command(flatten)]
+    common: common::Common,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a deployment (an update manifest, or a deployment document) on this machine.
+    Run(run::RunArgs),
+    /// Manage the handler registry.
+    #[command(subcommand)]
+    Handler(handler::HandlerCommand),
     /// Development tools for a single step.
     #[command(subcommand)]
     Step(step::StepCommand),
@@ -44,6 +54,8 @@ pub fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => run::run(args, &cli.common).await,
+            Command::Handler(cmd) => handler::run(cmd, &cli.common).await,
             Command::Step(cmd) => step::run(cmd).await,
         }
     });

@@ -10,7 +10,7 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 256 << 20;
 
 /// The limits a handler runs under. Policy may override them per handler id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Limits {
     /// Linear memory per store, in bytes (all memories together).
     pub memory_bytes: u64,

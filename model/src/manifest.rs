@@ -1,0 +1,879 @@
+//! ADU update manifests (v4 and v5): parsed from JSON, then validated against every limit of the
+//! SchemaStore schemas, with errors that name the field path and the rule.
+//!
+//! Parsing is two-level: the JSON is read into a value tree, then walked field by field, so an
+//! error can say exactly where it is (`instructions.steps[3].handler: must look like
+//! vendor/name:version`) and all errors are reported at once. Unknown top-level fields are
+//! tolerated (returned as warnings); unknown step fields are errors.
+
+use crate::context::UpdateId;
+use base64::Engine as _;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Largest manifest accepted, in bytes (the limits below keep real manifests far smaller).
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+/// Largest `sizeInBytes` (ADU's schema: 2^31).
+pub const MAX_FILE_SIZE: u64 = 1 << 31;
+
+/// One validation failure: where, and which rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field path, e.g. `instructions.steps[3].handler` (empty for the document itself).
+    pub path: String,
+    /// The rule that was broken.
+    pub rule: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.rule)
+        } else {
+            write!(f, "{}: {}", self.path, self.rule)
+        }
+    }
+}
+
+/// Why a manifest was refused: every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    pub errors: Vec<FieldError>,
+}
+
+impl ManifestError {
+    fn one(path: &str, rule: impl Into<String>) -> Self {
+        ManifestError {
+            errors: vec![FieldError {
+                path: path.to_owned(),
+                rule: rule.into(),
+            }],
+        }
+    }
+
+    /// Whether the only problem is an unsupported `manifestVersion` (ADU's erc 0x8030000A).
+    pub fn is_unsupported_version(&self) -> bool {
+        self.errors.iter().any(|e| e.path == "manifestVersion")
+    }
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The manifest format version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ManifestVersion {
+    V4,
+    V5,
+}
+
+/// A validated update manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub version: ManifestVersion,
+    pub update_id: UpdateId,
+    /// Each entry: property name -> value (1-5 properties).
+    pub compatibility: Vec<BTreeMap<String, String>>,
+    pub steps: Vec<Step>,
+    /// File id -> file, sorted by id.
+    pub files: Vec<(String, FileEntry)>,
+    pub is_deployable: Option<bool>,
+    pub created_date_time: Option<String>,
+    /// Tolerated oddities (unknown top-level fields, ignored file features).
+    pub warnings: Vec<String>,
+}
+
+/// One step of `instructions.steps`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Inline(InlineStep),
+    Reference(ReferenceStep),
+}
+
+/// A step run by a handler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InlineStep {
+    pub description: Option<String>,
+    /// e.g. `microsoft/script:1`.
+    pub handler: String,
+    /// File ids (keys of [`Manifest::files`]).
+    pub files: Vec<String>,
+    pub handler_properties: Map<String, Value>,
+}
+
+/// A step that runs a child update, whose manifest is a file of the parent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceStep {
+    pub description: Option<String>,
+    pub detached_manifest_file_id: String,
+}
+
+/// A payload file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// A plain file name (see [`check_plain_name`]).
+    pub file_name: String,
+    pub size_in_bytes: u64,
+    /// The sha256 digest.
+    pub sha256: [u8; 32],
+}
+
+impl FileEntry {
+    /// The digest as lower-case hex.
+    pub fn sha256_hex(&self) -> String {
+        self.sha256.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The digest as the manifest writes it (standard base64 with padding).
+    pub fn sha256_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.sha256)
+    }
+}
+
+impl Manifest {
+    /// The entry for a file id.
+    pub fn file(&self, id: &str) -> Option<&FileEntry> {
+        self.files.iter().find(|(k, _)| k == id).map(|(_, f)| f)
+    }
+
+    /// Parses and validates manifest text.
+    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::one(
+                "",
+                format!(
+                    "manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
+                    text.len()
+                ),
+            ));
+        }
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| ManifestError::one("", format!("not valid JSON: {e}")))?;
+        Manifest::from_value(&value)
+    }
+
+    /// Parses a child (detached) manifest file: either the manifest itself, or ADU's wrapper
+    /// `{"updateManifest": "<manifest as a JSON string>"}`. A child may not contain reference steps.
+    pub fn parse_child(text: &str) -> Result<Manifest, ManifestError> {
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::one(
+                "",
+                format!(
+                    "manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
+                    text.len()
+                ),
+            ));
+        }
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| ManifestError::one("", format!("not valid JSON: {e}")))?;
+        let manifest = match value.get("updateManifest") {
+            Some(Value::String(inner)) => Manifest::parse(inner).map_err(|e| ManifestError {
+                errors: e
+                    .errors
+                    .into_iter()
+                    .map(|f| FieldError {
+                        path: if f.path.is_empty() {
+                            "updateManifest".into()
+                        } else {
+                            format!("updateManifest.{}", f.path)
+                        },
+                        rule: f.rule,
+                    })
+                    .collect(),
+            })?,
+            Some(_) => {
+                return Err(ManifestError::one(
+                    "updateManifest",
+                    "must be a string holding the manifest JSON",
+                ))
+            }
+            None => Manifest::from_value(&value)?,
+        };
+        let nested: Vec<FieldError> = manifest
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Step::Reference(_)))
+            .map(|(i, _)| FieldError {
+                path: format!("instructions.steps[{i}]"),
+                rule: "a child update may not contain reference steps".into(),
+            })
+            .collect();
+        if !nested.is_empty() {
+            return Err(ManifestError { errors: nested });
+        }
+        Ok(manifest)
+    }
+
+    /// Validates a JSON value.
+    pub fn from_value(value: &Value) -> Result<Manifest, ManifestError> {
+        let mut v = Validator::default();
+        let manifest = v.manifest(value);
+        match manifest {
+            Some(m) if v.errors.is_empty() => Ok(m),
+            _ => Err(ManifestError { errors: v.errors }),
+        }
+    }
+}
+
+/// Checks that a file name from a manifest is a plain name: not empty, not `.`/`..`, no `/`, `\`,
+/// NUL or control characters, not starting with `..`, at most 255 bytes.
+pub fn check_plain_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > 255 {
+        return Err(format!(
+            "is {} bytes; a file name has at most 255",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." || name.starts_with("..") {
+        return Err(format!(
+            "`{}` is not a plain file name (it starts with `..` or is `.`)",
+            escape(name)
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || *c == '\\' || c.is_control())
+    {
+        let what = match c {
+            '/' => "`/`".to_owned(),
+            '\\' => "`\\`".to_owned(),
+            '\0' => "NUL".to_owned(),
+            c => format!("control character U+{:04X}", c as u32),
+        };
+        return Err(format!(
+            "`{}` is not a plain file name (it contains {what})",
+            escape(name)
+        ));
+    }
+    Ok(())
+}
+
+fn escape(s: &str) -> String {
+    s.escape_debug().to_string()
+}
+
+const TOP_LEVEL_KNOWN: &[&str] = &[
+    "updateId",
+    "compatibility",
+    "instructions",
+    "files",
+    "manifestVersion",
+    "createdDateTime",
+    "isDeployable",
+    "referencedBy",
+    "etag",
+    "importedDateTime",
+    "description",
+];
+const FILE_FIELDS: &[&str] = &[
+    "fileName",
+    "filename",
+    "sizeInBytes",
+    "hashes",
+    "properties",
+    "mimeType",
+    "relatedFiles",
+    "downloadHandler",
+];
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+    warnings: Vec<String>,
+}
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '.' || c == '-'
+}
+
+/// `^\S+/\S+:\d{1,5}$`.
+pub fn is_handler_id(s: &str) -> bool {
+    let Some((front, version)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let Some((vendor, name)) = front.split_once('/') else {
+        return false;
+    };
+    let non_space = |p: &str| !p.is_empty() && !p.chars().any(char::is_whitespace);
+    non_space(vendor)
+        && non_space(name)
+        && (1..=5).contains(&version.len())
+        && version.bytes().all(|b| b.is_ascii_digit())
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, rule: impl Into<String>) {
+        self.errors.push(FieldError {
+            path: path.into(),
+            rule: rule.into(),
+        });
+    }
+
+    fn object<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v Map<String, Value>> {
+        match v {
+            Value::Object(m) => Some(m),
+            other => {
+                self.err(path, format!("must be an object, not {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn string<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v str> {
+        match v {
+            Value::String(s) => Some(s),
+            other => {
+                self.err(path, format!("must be a string, not {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn required<'v>(
+        &mut self,
+        m: &'v Map<String, Value>,
+        key: &str,
+        path: &str,
+    ) -> Option<&'v Value> {
+        let v = m.get(key);
+        if v.is_none() {
+            self.err(join(path, key), "is required");
+        }
+        v
+    }
+
+    fn manifest(&mut self, value: &Value) -> Option<Manifest> {
+        let root = self.object(value, "")?;
+        for key in root.keys() {
+            if !TOP_LEVEL_KNOWN.contains(&key.as_str()) {
+                self.warnings
+                    .push(format!("unknown top-level field `{key}` ignored"));
+            }
+        }
+        let version = self
+            .required(root, "manifestVersion", "")
+            .and_then(|v| self.version(v));
+        let update_id = self
+            .required(root, "updateId", "")
+            .and_then(|v| self.update_id(v, "updateId"));
+        let compatibility = self
+            .required(root, "compatibility", "")
+            .and_then(|v| self.compatibility(v))
+            .unwrap_or_default();
+        let files = match root.get("files") {
+            Some(v) => self.files(v).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        // Steps may name any id of the `files` map; an invalid entry is reported once, there.
+        let ids: Vec<String> = match root.get("files") {
+            Some(Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let steps = self
+            .required(root, "instructions", "")
+            .and_then(|v| self.instructions(v, &ids))
+            .unwrap_or_default();
+        let is_deployable = match root.get("isDeployable") {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                self.err(
+                    "isDeployable",
+                    format!("must be a boolean, not {}", kind(other)),
+                );
+                None
+            }
+        };
+        let created_date_time = match root.get("createdDateTime") {
+            None => None,
+            Some(v) => self.string(v, "createdDateTime").map(str::to_owned),
+        };
+        Some(Manifest {
+            version: version?,
+            update_id: update_id?,
+            compatibility,
+            steps,
+            files,
+            is_deployable,
+            created_date_time,
+            warnings: std::mem::take(&mut self.warnings),
+        })
+    }
+
+    fn version(&mut self, v: &Value) -> Option<ManifestVersion> {
+        let s = self.string(v, "manifestVersion")?;
+        let major = s.strip_suffix(".0").unwrap_or(s);
+        match major {
+            "4" => Some(ManifestVersion::V4),
+            "5" => Some(ManifestVersion::V5),
+            _ => {
+                self.err(
+                    "manifestVersion",
+                    format!("`{}` is not supported; expected 4 or 5", escape(s)),
+                );
+                None
+            }
+        }
+    }
+
+    fn update_id(&mut self, v: &Value, path: &str) -> Option<UpdateId> {
+        let m = self.object(v, path)?;
+        for key in m.keys() {
+            if !["provider", "name", "version"].contains(&key.as_str()) {
+                self.err(
+                    join(path, key),
+                    "unknown field (expected provider, name, version)",
+                );
+            }
+        }
+        let part = |this: &mut Self, key: &str| -> Option<String> {
+            let p = join(path, key);
+            let s = this
+                .required(m, key, path)
+                .and_then(|v| this.string(v, &p))?;
+            Some(s.to_owned())
+        };
+        let provider = part(self, "provider");
+        let name = part(self, "name");
+        let version = part(self, "version");
+        for (key, value) in [("provider", &provider), ("name", &name)] {
+            if let Some(s) = value {
+                let len = s.chars().count();
+                if !(1..=64).contains(&len) || !s.chars().all(is_id_char) {
+                    self.err(join(path, key), "must be 1-64 characters of [a-zA-Z0-9.-]");
+                }
+            }
+        }
+        if let Some(s) = &version {
+            let parts: Vec<&str> = s.split('.').collect();
+            let ok = (2..=4).contains(&parts.len())
+                && parts.iter().all(|p| {
+                    !p.is_empty() && p.len() <= 10 && p.bytes().all(|b| b.is_ascii_digit())
+                });
+            if !ok {
+                self.err(
+                    join(path, "version"),
+                    "must be 2 to 4 dot-separated integers, like 1.2 or 1.0.0.1",
+                );
+            }
+        }
+        Some(UpdateId {
+            provider: provider?,
+            name: name?,
+            version: version?,
+        })
+    }
+
+    fn compatibility(&mut self, v: &Value) -> Option<Vec<BTreeMap<String, String>>> {
+        let Value::Array(items) = v else {
+            self.err(
+                "compatibility",
+                format!("must be an array, not {}", kind(v)),
+            );
+            return None;
+        };
+        if !(1..=10).contains(&items.len()) {
+            self.err(
+                "compatibility",
+                format!("must have 1 to 10 entries, has {}", items.len()),
+            );
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("compatibility[{i}]");
+            let Some(m) = self.object(item, &path) else {
+                continue;
+            };
+            if !(1..=5).contains(&m.len()) {
+                self.err(
+                    &path,
+                    format!("must have 1 to 5 properties, has {}", m.len()),
+                );
+            }
+            let mut entry = BTreeMap::new();
+            for (k, val) in m {
+                let p = join(&path, k);
+                if !(1..=32).contains(&k.chars().count()) {
+                    self.err(&p, "property names are 1-32 characters");
+                }
+                if let Some(s) = self.string(val, &p) {
+                    if !(1..=64).contains(&s.chars().count()) {
+                        self.err(&p, "property values are 1-64 characters");
+                    }
+                    entry.insert(k.clone(), s.to_owned());
+                }
+            }
+            out.push(entry);
+        }
+        Some(out)
+    }
+
+    fn files(&mut self, v: &Value) -> Option<Vec<(String, FileEntry)>> {
+        let m = self.object(v, "files")?;
+        if !(1..=20).contains(&m.len()) {
+            self.err(
+                "files",
+                format!("must have 1 to 20 entries, has {}", m.len()),
+            );
+        }
+        let mut out = Vec::new();
+        for (id, entry) in m {
+            let path = format!("files.{id}");
+            if id.is_empty() {
+                self.err("files", "file ids must not be empty");
+            }
+            if let Some(f) = self.file(entry, &path) {
+                out.push((id.clone(), f));
+            }
+        }
+        Some(out)
+    }
+
+    fn file(&mut self, v: &Value, path: &str) -> Option<FileEntry> {
+        let m = self.object(v, path)?;
+        for key in m.keys() {
+            if !FILE_FIELDS.contains(&key.as_str()) {
+                self.err(join(path, key), "unknown file field");
+            }
+        }
+        for ignored in ["relatedFiles", "downloadHandler"] {
+            if m.contains_key(ignored) {
+                self.warnings.push(format!(
+                    "{}: delta download handlers are not supported; the full file is downloaded",
+                    join(path, ignored)
+                ));
+            }
+        }
+        let name_value = match (m.get("fileName"), m.get("filename")) {
+            (Some(_), Some(_)) => {
+                self.err(path, "has both `fileName` and `filename`; give one");
+                None
+            }
+            (Some(v), None) => Some((v, "fileName")),
+            (None, Some(v)) => Some((v, "filename")),
+            (None, None) => {
+                self.err(join(path, "fileName"), "is required");
+                None
+            }
+        };
+        let file_name = name_value.and_then(|(v, key)| {
+            let p = join(path, key);
+            let s = self.string(v, &p)?;
+            match check_plain_name(s) {
+                Ok(()) => Some(s.to_owned()),
+                Err(rule) => {
+                    self.err(p, rule);
+                    None
+                }
+            }
+        });
+        let size = self.required(m, "sizeInBytes", path).and_then(|v| {
+            let p = join(path, "sizeInBytes");
+            match v.as_u64() {
+                Some(n) if (1..=MAX_FILE_SIZE).contains(&n) => Some(n),
+                _ => {
+                    self.err(p, format!("must be an integer from 1 to {MAX_FILE_SIZE}"));
+                    None
+                }
+            }
+        });
+        let sha256 = self.required(m, "hashes", path).and_then(|v| {
+            let p = join(path, "hashes");
+            let hashes = self.object(v, &p)?;
+            let sp = join(&p, "sha256");
+            let s = self
+                .required(hashes, "sha256", &p)
+                .and_then(|v| self.string(v, &sp))?;
+            match base64::engine::general_purpose::STANDARD.decode(s) {
+                Ok(bytes) if bytes.len() == 32 => {
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(&bytes);
+                    Some(d)
+                }
+                Ok(bytes) => {
+                    self.err(
+                        sp,
+                        format!("must be a 32-byte digest, decodes to {} bytes", bytes.len()),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.err(sp, "must be standard base64 with padding");
+                    None
+                }
+            }
+        });
+        Some(FileEntry {
+            file_name: file_name?,
+            size_in_bytes: size?,
+            sha256: sha256?,
+        })
+    }
+
+    fn instructions(&mut self, v: &Value, files: &[String]) -> Option<Vec<Step>> {
+        let m = self.object(v, "instructions")?;
+        for key in m.keys() {
+            if key != "steps" {
+                self.err(join("instructions", key), "unknown field");
+            }
+        }
+        let steps = self.required(m, "steps", "instructions")?;
+        let Value::Array(items) = steps else {
+            self.err(
+                "instructions.steps",
+                format!("must be an array, not {}", kind(steps)),
+            );
+            return None;
+        };
+        if !(1..=10).contains(&items.len()) {
+            self.err(
+                "instructions.steps",
+                format!("must have 1 to 10 steps, has {}", items.len()),
+            );
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if let Some(s) = self.step(item, &format!("instructions.steps[{i}]"), files) {
+                out.push(s);
+            }
+        }
+        Some(out)
+    }
+
+    fn file_id(&mut self, v: &Value, path: &str, files: &[String]) -> Option<String> {
+        let id = self.string(v, path)?;
+        if !files.iter().any(|k| k == id) {
+            self.err(path, format!("file id `{}` is not in `files`", escape(id)));
+            return None;
+        }
+        Some(id.to_owned())
+    }
+
+    fn step(&mut self, v: &Value, path: &str, files: &[String]) -> Option<Step> {
+        let m = self.object(v, path)?;
+        let kind_value = match m.get("type") {
+            None => "inline",
+            Some(Value::String(s)) if s == "inline" || s == "reference" => s.as_str(),
+            Some(other) => {
+                self.err(
+                    join(path, "type"),
+                    format!("must be \"inline\" or \"reference\", not {other}"),
+                );
+                return None;
+            }
+        };
+        let description = match m.get("description") {
+            None => None,
+            Some(v) => self
+                .string(v, &join(path, "description"))
+                .map(str::to_owned),
+        };
+        if kind_value == "reference" {
+            for key in m.keys() {
+                if !["type", "description", "detachedManifestFileId"].contains(&key.as_str()) {
+                    let rule = if key == "updateId" {
+                        "unknown reference step field (`updateId` is the import manifest's form; a device manifest names the child with `detachedManifestFileId`)"
+                    } else {
+                        "unknown reference step field"
+                    };
+                    self.err(join(path, key), rule);
+                }
+            }
+            let p = join(path, "detachedManifestFileId");
+            let id = self
+                .required(m, "detachedManifestFileId", path)
+                .and_then(|v| self.file_id(v, &p, files))?;
+            return Some(Step::Reference(ReferenceStep {
+                description,
+                detached_manifest_file_id: id,
+            }));
+        }
+        for key in m.keys() {
+            if ![
+                "type",
+                "description",
+                "handler",
+                "files",
+                "handlerProperties",
+            ]
+            .contains(&key.as_str())
+            {
+                self.err(join(path, key), "unknown inline step field");
+            }
+        }
+        let hp = join(path, "handler");
+        let handler = self
+            .required(m, "handler", path)
+            .and_then(|v| self.string(v, &hp))
+            .and_then(|h| {
+                let len = h.chars().count();
+                if !(5..=32).contains(&len) {
+                    self.err(&hp, format!("must be 5-32 characters, is {len}"));
+                    None
+                } else if !is_handler_id(h) {
+                    self.err(&hp, "must look like vendor/name:version");
+                    None
+                } else {
+                    Some(h.to_owned())
+                }
+            });
+        let fp = join(path, "files");
+        let step_files = self.required(m, "files", path).and_then(|v| {
+            let Value::Array(items) = v else {
+                self.err(&fp, format!("must be an array, not {}", kind(v)));
+                return None;
+            };
+            if !(1..=10).contains(&items.len()) {
+                self.err(
+                    &fp,
+                    format!("must name 1 to 10 file ids, names {}", items.len()),
+                );
+            }
+            let mut ids = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                if let Some(id) = self.file_id(item, &format!("{fp}[{i}]"), files) {
+                    if ids.contains(&id) {
+                        self.err(
+                            format!("{fp}[{i}]"),
+                            format!("file id `{id}` is listed twice"),
+                        );
+                    }
+                    ids.push(id);
+                }
+            }
+            Some(ids)
+        });
+        let pp = join(path, "handlerProperties");
+        let props = match m.get("handlerProperties") {
+            None => {
+                self.err(
+                    &pp,
+                    "is required for an inline step (ADU fails such a step with 0x8040000D)",
+                );
+                None
+            }
+            Some(v) => self.object(v, &pp).cloned(),
+        };
+        if let Some(Some(ic)) = props.as_ref().map(|p| p.get("installedCriteria")) {
+            self.string(ic, &join(&pp, "installedCriteria"));
+        }
+        Some(Step::Inline(InlineStep {
+            description,
+            handler: handler?,
+            files: step_files?,
+            handler_properties: props?,
+        }))
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_ids_follow_the_schema_pattern() {
+        for ok in ["microsoft/apt:1", "a/b:12345", "contoso/fw-update:2"] {
+            assert!(is_handler_id(ok), "{ok}");
+        }
+        for bad in [
+            "microsoft/apt",
+            "apt:1",
+            "a/b:123456",
+            "a b/c:1",
+            "a/b:x",
+            "/b:1",
+            "a/:1",
+        ] {
+            assert!(!is_handler_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_names_refuse_every_escape() {
+        assert!(check_plain_name("firmware-1.2.bin").is_ok());
+        assert!(check_plain_name(".hidden").is_ok());
+        assert_eq!(
+            check_plain_name("../etc/passwd").unwrap_err(),
+            "`../etc/passwd` is not a plain file name (it starts with `..` or is `.`)"
+        );
+        assert_eq!(
+            check_plain_name("a/b").unwrap_err(),
+            "`a/b` is not a plain file name (it contains `/`)"
+        );
+        assert_eq!(
+            check_plain_name("/etc").unwrap_err(),
+            "`/etc` is not a plain file name (it contains `/`)"
+        );
+        assert_eq!(
+            check_plain_name("a\0b").unwrap_err(),
+            "`a\\0b` is not a plain file name (it contains NUL)"
+        );
+        assert_eq!(
+            check_plain_name("a\\b").unwrap_err(),
+            "`a\\\\b` is not a plain file name (it contains `\\`)"
+        );
+        assert_eq!(
+            check_plain_name("..").unwrap_err(),
+            "`..` is not a plain file name (it starts with `..` or is `.`)"
+        );
+        assert_eq!(check_plain_name("").unwrap_err(), "must not be empty");
+        assert!(check_plain_name(&"x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn oversized_manifests_are_refused_before_parsing() {
+        let big = " ".repeat(MAX_MANIFEST_BYTES + 1);
+        let err = Manifest::parse(&big).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
+                MAX_MANIFEST_BYTES + 1
+            )
+        );
+    }
+
+    #[test]
+    fn deeply_nested_json_is_refused_not_overflowed() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = Manifest::parse(&deep).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("not valid JSON: recursion limit exceeded"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! The configuration file (TOML): data dir, downloads, default limits, and the per-handler policy.
+//!
+//! Everything is optional; an empty file (or none) gives the embedded defaults. A handler id
+//! without a `[handlers."<id>"]` table gets no capability beyond the base world, and default
+//! limits. See `examples/config.toml` for a commented example.
+
+use crate::capability::process::ProcessPolicy;
+use crate::capability::{Capability, Grants};
+use crate::download::DownloadConfig;
+use crate::sandbox::Limits;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Where sandstep keeps its state (default: /var/lib/sandstep as root, else a per-user dir).
+    pub data_dir: Option<PathBuf>,
+    pub download: DownloadConfig,
+    /// Limits for handlers without their own.
+    pub limits: Limits,
+    /// Policy per handler id.
+    pub handlers: BTreeMap<String, HandlerPolicy>,
+}
+
+/// What one handler id is granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HandlerPolicy {
+    /// Capability interfaces granted (`process`, `slot`).
+    pub capabilities: BTreeSet<Capability>,
+    /// Limits replacing the defaults for this handler.
+    pub limits: Option<Limits>,
+    /// The process capability's programs and rules (when `process` is granted).
+    pub process: Option<ProcessPolicy>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config {path}: handlers.\"{id}\": {rule}")]
+    Policy {
+        path: String,
+        id: String,
+        rule: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        for (id, p) in &config.handlers {
+            let err = |rule: String| ConfigError::Policy {
+                path: origin.to_owned(),
+                id: id.clone(),
+                rule,
+            };
+            if !sandstep_model::manifest::is_handler_id(id) {
+                return Err(err("not a handler id (vendor/name:version)".into()));
+            }
+            if p.process.is_some() && !p.capabilities.contains(&Capability::Process) {
+                return Err(err(
+                    "has a [process] table but `process` is not in capabilities".into(),
+                ));
+            }
+            if let Some(pp) = &p.process {
+                for prog in &pp.programs {
+                    if !prog.path.starts_with('/') {
+                        return Err(err(format!(
+                            "process program `{}` must be an absolute path",
+                            prog.path
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The capabilities and policies granted to `handler_id`.
+    pub fn grants(&self, handler_id: &str) -> Grants {
+        let Some(p) = self.handlers.get(handler_id) else {
+            return Grants::default();
+        };
+        Grants {
+            process: p
+                .capabilities
+                .contains(&Capability::Process)
+                .then(|| p.process.clone().unwrap_or_default()),
+        }
+    }
+
+    /// The limits for `handler_id`.
+    pub fn limits(&self, handler_id: &str) -> Limits {
+        self.handlers
+            .get(handler_id)
+            .and_then(|p| p.limits.clone())
+            .unwrap_or_else(|| self.limits.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_config_gives_defaults_and_no_grants() {
+        let c = Config::parse("", "test").unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.grants("anything/x:1").process.is_none());
+    }
+
+    #[test]
+    fn policy_grants_process_with_its_programs() {
+        let c = Config::parse(
+            r#"
+            [handlers."microsoft/script:1"]
+            capabilities = ["process"]
+            limits = { memory-bytes = 1048576, install = 5 }
+            [[handlers."microsoft/script:1".process.programs]]
+            path = "/bin/sh"
+            args = ["*"]
+            "#,
+            "test",
+        )
+        .unwrap();
+        let g = c.grants("microsoft/script:1");
+        assert_eq!(g.process.unwrap().programs[0].path, "/bin/sh");
+        let l = c.limits("microsoft/script:1");
+        assert_eq!(l.memory_bytes, 1 << 20);
+        assert_eq!(l.install, std::time::Duration::from_secs(5));
+        assert_eq!(l.apply, Limits::default().apply);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = Config::parse("[handlers.\"a/b:1\"]\nprocess = {}\n", "c.toml").unwrap_err();
+        assert_eq!(e.to_string(), "config c.toml: handlers.\"a/b:1\": has a [process] table but `process` is not in capabilities");
+        let e = Config::parse("[handlers.\"nope\"]\n", "c.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config c.toml: handlers.\"nope\": not a handler id (vendor/name:version)"
+        );
+        let e = Config::parse("colour = 1\n", "c.toml").unwrap_err();
+        assert!(
+            e.to_string().starts_with("config c.toml: TOML parse error"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+    }
+}

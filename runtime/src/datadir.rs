@@ -1,0 +1,225 @@
+//! The data directory: everything sandstep writes, reached only through cap-std handles.
+//!
+//! ```text
+//! <data-dir>/
+//!   journal/<workflow>.journal     the deployment journals (checksummed, atomic writes)
+//!   downloads/<sha256>             verified payloads, content-addressed; <sha256>.partial while fetching
+//!   payload/<workflow>/<unit>/     a step's /payload: hard links to downloads, named by fileName
+//!   work/<workflow>/<unit>/        a step's /work
+//!   state/<handler>/               a handler's /state (persists across deployments)
+//!   cache/components/              precompiled components (0700)
+//!   handlers/                      the handler registry
+//!   results/<workflow>.json        result files (unless --result-file)
+//! ```
+//!
+//! The only ambient path is the root, opened once at start-up. Every name below it is either
+//! fixed, a hex digest, a name passed through [`safe_name`], or a manifest `fileName` that
+//! [`check_plain_name`](sandstep_model::manifest::check_plain_name) accepted; and cap-std refuses
+//! any path that would leave the directory anyway.
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, DirBuilder, OpenOptions};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The data dir used when none is given: `/var/lib/sandstep` for root, else the user's state dir.
+pub fn default_path() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/sandstep");
+    }
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+        return PathBuf::from(state).join("sandstep");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/sandstep"),
+        None => PathBuf::from("/tmp/sandstep-state"),
+    }
+}
+
+/// Turns an arbitrary id (workflow id, handler id, component id) into one safe path component:
+/// `[A-Za-z0-9._-]` kept, the rest replaced by `_`, at most 48 characters, then `-` and 8 hex
+/// digits of the id's sha256 so distinct ids never collide. Never `.`/`..`, never empty.
+pub fn safe_name(id: &str) -> String {
+    let mut s: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    if s.starts_with('.') {
+        s.replace_range(..1, "_");
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    format!("{s}-{}", hex::encode(&digest[..4]))
+}
+
+/// Creates `dir/name` (and parents) with `mode` when missing, and opens it.
+pub fn ensure_dir(dir: &Dir, name: impl AsRef<Path>, mode: u32) -> std::io::Result<Dir> {
+    let name = name.as_ref();
+    let mut b = DirBuilder::new();
+    b.recursive(true);
+    {
+        use cap_std::fs::DirBuilderExt;
+        b.mode(mode);
+    }
+    dir.create_dir_with(name, &b)?;
+    dir.open_dir(name)
+}
+
+/// Writes `bytes` to `dir/name` atomically: temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomic(dir: &Dir, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let tmp = format!(".{name}.tmp");
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    {
+        use cap_std::fs::OpenOptionsExt;
+        opts.mode(mode);
+    }
+    let result = (|| {
+        let mut f = dir.open_with(&tmp, &opts)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        dir.rename(&tmp, dir, name)?;
+        // The rename is durable only once the directory is synced.
+        dir.open(".")?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = dir.remove_file(&tmp);
+    }
+    result
+}
+
+/// Where sandstep keeps its files.
+#[derive(Debug)]
+pub struct DataDir {
+    root: Dir,
+    path: PathBuf,
+}
+
+/// Why the data dir could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("data dir {path}: {what}: {source}")]
+pub struct DataDirError {
+    pub path: String,
+    pub what: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl DataDir {
+    /// Opens (creating when missing, mode 0700) the data dir at `path`.
+    pub fn open(path: &Path) -> Result<DataDir, DataDirError> {
+        let err = |what: &str, source| DataDirError {
+            path: path.display().to_string(),
+            what: what.to_owned(),
+            source,
+        };
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|e| err("create", e))?;
+        }
+        let root = Dir::open_ambient_dir(path, ambient_authority()).map_err(|e| err("open", e))?;
+        Ok(DataDir {
+            root,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The path it was opened from (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The root handle.
+    pub fn root(&self) -> &Dir {
+        &self.root
+    }
+
+    fn sub(&self, name: &str, mode: u32) -> Result<Dir, DataDirError> {
+        ensure_dir(&self.root, name, mode).map_err(|source| DataDirError {
+            path: self.path.display().to_string(),
+            what: format!("open {name}/"),
+            source,
+        })
+    }
+
+    pub fn journals(&self) -> Result<Dir, DataDirError> {
+        self.sub("journal", 0o700)
+    }
+    pub fn downloads(&self) -> Result<Dir, DataDirError> {
+        self.sub("downloads", 0o700)
+    }
+    pub fn payloads(&self) -> Result<Dir, DataDirError> {
+        self.sub("payload", 0o755)
+    }
+    pub fn work(&self) -> Result<Dir, DataDirError> {
+        self.sub("work", 0o755)
+    }
+    pub fn state(&self) -> Result<Dir, DataDirError> {
+        self.sub("state", 0o755)
+    }
+    pub fn component_cache(&self) -> Result<Dir, DataDirError> {
+        self.sub("cache", 0o700)?;
+        self.sub("cache/components", 0o700)
+    }
+    pub fn handlers(&self) -> Result<Dir, DataDirError> {
+        self.sub("handlers", 0o700)
+    }
+    pub fn results(&self) -> Result<Dir, DataDirError> {
+        self.sub("results", 0o755)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_names_are_single_plain_components() {
+        for id in [
+            "../../etc",
+            "/abs/path",
+            ".",
+            "..",
+            "",
+            "a\0b",
+            "wf-1",
+            &"x".repeat(500),
+        ] {
+            let s = safe_name(id);
+            assert!(!s.is_empty() && s != "." && s != "..", "{id:?} -> {s}");
+            assert!(
+                !s.contains('/') && !s.contains('\0') && !s.starts_with('.'),
+                "{id:?} -> {s}"
+            );
+            assert!(s.len() <= 48 + 9);
+        }
+        assert_ne!(
+            safe_name("a/b"),
+            safe_name("a_b"),
+            "distinct ids never collide"
+        );
+        assert!(safe_name("wf-1").starts_with("wf-1-"));
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        write_atomic(&d, "x.json", b"one", 0o600).unwrap();
+        write_atomic(&d, "x.json", b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(t.path().join("x.json")).unwrap(), b"two");
+        assert!(!t.path().join(".x.json.tmp").exists());
+    }
+}

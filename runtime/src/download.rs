@@ -1,0 +1,530 @@
+//! Verified downloads into a content-addressed store.
+//!
+//! A file is streamed to `<sha256>.partial` while its sha256 is computed; only when size and digest
+//! both match the manifest is it renamed to `<sha256>`. An interrupted transfer resumes with a
+//! Range request; network errors and 5xx answers are retried with exponential backoff and jitter
+//! (up to a cap); a server that sends more than `sizeInBytes` or the wrong bytes is refused and the
+//! partial file deleted. A file already in the store with the right digest is not fetched again
+//! (ADU's 502). Proxies come from the usual environment variables (`https_proxy`, `no_proxy`, ...).
+
+use cap_std::fs::{Dir, File, OpenOptions};
+use futures_util::StreamExt;
+use sandstep_model::codes::{erc, ExtendedResultCode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::{Duration, Instant};
+
+/// Download settings (the `[download]` table of the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DownloadConfig {
+    /// Attempts per file, the first included.
+    pub attempts: u32,
+    /// Delay before the first retry, in milliseconds; doubles each retry.
+    pub initial_backoff_ms: u64,
+    /// Longest delay between retries, in milliseconds.
+    pub max_backoff_ms: u64,
+    /// Connection timeout, in seconds.
+    pub connect_timeout_secs: u64,
+    /// A transfer that receives nothing for this long is retried, in seconds.
+    pub stall_timeout_secs: u64,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            attempts: 6,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+            connect_timeout_secs: 30,
+            stall_timeout_secs: 60,
+        }
+    }
+}
+
+impl DownloadConfig {
+    /// The delay before retry `n` (1-based): exponential, capped, with ±50% jitter.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let base = self
+            .initial_backoff_ms
+            .saturating_mul(1u64 << n.saturating_sub(1).min(30))
+            .min(self.max_backoff_ms);
+        let jitter = 0.5 + fastrand::f64();
+        Duration::from_millis((base as f64 * jitter) as u64)
+            .min(Duration::from_millis(self.max_backoff_ms))
+    }
+}
+
+/// A file the manifest asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub id: String,
+    pub file_name: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+impl Wanted {
+    /// The store name: the digest in hex.
+    pub fn key(&self) -> String {
+        hex::encode(self.sha256)
+    }
+}
+
+/// Where to get it.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// An http, https or file URL.
+    Url(&'a str),
+    /// A local directory holding it under its `fileName`.
+    Directory(&'a Dir),
+}
+
+/// What fetching did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// Transferred (500).
+    Downloaded { bytes: u64 },
+    /// Already in the store with the right digest (502).
+    AlreadyPresent,
+}
+
+/// Why a file could not be obtained. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("`{file}`: sha256 mismatch (expected {expected}, got {actual}); the partial file was deleted")]
+    HashMismatch {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "`{file}`: size mismatch: the manifest says {expected} bytes, the source gave {actual}"
+    )]
+    SizeMismatch {
+        file: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("`{file}`: {url} answered HTTP {status}")]
+    Http {
+        file: String,
+        url: String,
+        status: u16,
+    },
+    #[error("`{file}`: {url}: gave up after {attempts} attempts: {last}")]
+    Network {
+        file: String,
+        url: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error("`{file}`: {reason}")]
+    Source { file: String, reason: String },
+    #[error("`{file}`: download store: {source}")]
+    Store {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DownloadError {
+    /// The extended result code for the step result.
+    pub fn erc(&self) -> ExtendedResultCode {
+        match self {
+            DownloadError::HashMismatch { .. } => erc::FILE_HASH_MISMATCH,
+            DownloadError::SizeMismatch { .. } => erc::WORKFLOW_FILE_SIZE_MISMATCH,
+            _ => erc::WORKFLOW_DOWNLOAD_FAILED,
+        }
+    }
+}
+
+/// One attempt's failure: retry (keeping the partial file) or give up.
+enum Attempt {
+    Retry(String),
+    Fatal(DownloadError),
+}
+
+/// Progress callback: (bytes so far, total).
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// Fetches files into the store directory.
+pub struct Downloader {
+    client: reqwest::Client,
+    config: DownloadConfig,
+    store: Dir,
+}
+
+impl std::fmt::Debug for Downloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloader")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+const CHUNK: usize = 256 * 1024;
+
+fn hash_file(f: &mut File, limit: Option<u64>) -> std::io::Result<(Sha256, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let want = match limit {
+            Some(l) => (l - total).min(CHUNK as u64) as usize,
+            None => CHUNK,
+        };
+        if want == 0 {
+            break;
+        }
+        let n = f.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((h, total))
+}
+
+impl Downloader {
+    /// A downloader storing into `store` (the data dir's `downloads/`).
+    pub fn new(store: Dir, config: DownloadConfig) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
+            .user_agent(concat!("sandstep/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Downloader {
+            client,
+            config,
+            store,
+        })
+    }
+
+    /// The store directory.
+    pub fn store(&self) -> &Dir {
+        &self.store
+    }
+
+    fn store_err(file: &Wanted) -> impl Fn(std::io::Error) -> DownloadError + '_ {
+        move |source| DownloadError::Store {
+            file: file.file_name.clone(),
+            source,
+        }
+    }
+
+    /// Whether the store holds the file with the right digest. A corrupt entry is removed.
+    pub fn verify_present(&self, file: &Wanted) -> Result<bool, DownloadError> {
+        let key = file.key();
+        let mut f = match self.store.open(&key) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Self::store_err(file)(e)),
+        };
+        let (h, n) = hash_file(&mut f, None).map_err(Self::store_err(file))?;
+        if n == file.size && h.finalize().as_slice() == file.sha256 {
+            return Ok(true);
+        }
+        tracing::warn!(file = %file.file_name, "stored copy is corrupt; fetching it again");
+        self.store
+            .remove_file(&key)
+            .map_err(Self::store_err(file))?;
+        Ok(false)
+    }
+
+    /// Makes sure the store holds `file`, fetching it from `source` when needed.
+    pub async fn fetch(
+        &self,
+        file: &Wanted,
+        source: Source<'_>,
+        progress: Progress<'_>,
+    ) -> Result<Fetched, DownloadError> {
+        if self.verify_present(file)? {
+            progress(file.size, file.size);
+            return Ok(Fetched::AlreadyPresent);
+        }
+        let partial = format!("{}.partial", file.key());
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let outcome = match source {
+                Source::Directory(dir) => self
+                    .copy_local(file, dir, &partial, progress)
+                    .map_err(Attempt::Fatal),
+                Source::Url(url) if url.starts_with("file://") => {
+                    let path = url.trim_start_matches("file://");
+                    match std::fs::File::open(path) {
+                        Ok(src) => self
+                            .copy_from(file, src, &partial, progress)
+                            .map_err(Attempt::Fatal),
+                        Err(e) => Err(Attempt::Fatal(DownloadError::Source {
+                            file: file.file_name.clone(),
+                            reason: format!("{url}: {e}"),
+                        })),
+                    }
+                }
+                Source::Url(url) => self.fetch_http(file, url, &partial, progress).await,
+            };
+            match outcome {
+                Ok((h, bytes)) => {
+                    self.finish(file, &partial, h)?;
+                    return Ok(Fetched::Downloaded { bytes });
+                }
+                Err(Attempt::Fatal(e)) => {
+                    if matches!(
+                        e,
+                        DownloadError::HashMismatch { .. } | DownloadError::SizeMismatch { .. }
+                    ) {
+                        let _ = self.store.remove_file(&partial);
+                    }
+                    return Err(e);
+                }
+                Err(Attempt::Retry(reason)) if attempt >= self.config.attempts => {
+                    let url = match source {
+                        Source::Url(u) => u.to_owned(),
+                        Source::Directory(_) => file.file_name.clone(),
+                    };
+                    return Err(DownloadError::Network {
+                        file: file.file_name.clone(),
+                        url,
+                        attempts: attempt,
+                        last: reason,
+                    });
+                }
+                Err(Attempt::Retry(reason)) => {
+                    let delay = self.config.backoff(attempt);
+                    tracing::warn!(file = %file.file_name, attempt, "download interrupted ({reason}); retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Checks the complete partial file's digest (computed while streaming; every path has already
+    /// checked the size) and moves it into place.
+    fn finish(&self, file: &Wanted, partial: &str, h: Sha256) -> Result<(), DownloadError> {
+        let f = self.store.open(partial).map_err(Self::store_err(file))?;
+        let actual = h.finalize();
+        if actual.as_slice() != file.sha256 {
+            let _ = self.store.remove_file(partial);
+            return Err(DownloadError::HashMismatch {
+                file: file.file_name.clone(),
+                expected: file.key(),
+                actual: hex::encode(actual),
+            });
+        }
+        f.sync_all().map_err(Self::store_err(file))?;
+        self.store
+            .rename(partial, &self.store, file.key())
+            .map_err(Self::store_err(file))
+    }
+
+    fn open_partial(
+        &self,
+        file: &Wanted,
+        partial: &str,
+        truncate: bool,
+    ) -> Result<File, DownloadError> {
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(truncate);
+        self.store
+            .open_with(partial, &opts)
+            .map_err(Self::store_err(file))
+    }
+
+    fn copy_local(
+        &self,
+        file: &Wanted,
+        dir: &Dir,
+        partial: &str,
+        progress: Progress<'_>,
+    ) -> Result<(Sha256, u64), DownloadError> {
+        let src = dir
+            .open(&file.file_name)
+            .map_err(|e| DownloadError::Source {
+                file: file.file_name.clone(),
+                reason: format!("cannot open it in the files directory: {e}"),
+            })?;
+        self.copy_from(file, src.into_std(), partial, progress)
+    }
+
+    /// Copies a local source, refusing more than `sizeInBytes`.
+    fn copy_from(
+        &self,
+        file: &Wanted,
+        mut src: std::fs::File,
+        partial: &str,
+        progress: Progress<'_>,
+    ) -> Result<(Sha256, u64), DownloadError> {
+        let mut out = self.open_partial(file, partial, true)?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0u64;
+        let mut h = Sha256::new();
+        loop {
+            let n = src.read(&mut buf).map_err(|e| DownloadError::Source {
+                file: file.file_name.clone(),
+                reason: e.to_string(),
+            })?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > file.size {
+                return Err(DownloadError::SizeMismatch {
+                    file: file.file_name.clone(),
+                    expected: file.size,
+                    actual: total,
+                });
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(Self::store_err(file))?;
+            progress(total, file.size);
+        }
+        if total != file.size {
+            return Err(DownloadError::SizeMismatch {
+                file: file.file_name.clone(),
+                expected: file.size,
+                actual: total,
+            });
+        }
+        Ok((h, total))
+    }
+
+    async fn fetch_http(
+        &self,
+        file: &Wanted,
+        url: &str,
+        partial: &str,
+        progress: Progress<'_>,
+    ) -> Result<(Sha256, u64), Attempt> {
+        let fatal = Attempt::Fatal;
+        // Resume from what an earlier attempt (or run) left behind.
+        let mut out = self.open_partial(file, partial, false).map_err(fatal)?;
+        let have = out
+            .seek(SeekFrom::End(0))
+            .map_err(|e| fatal(Self::store_err(file)(e)))?;
+        if have > file.size {
+            out.set_len(0)
+                .map_err(|e| fatal(Self::store_err(file)(e)))?;
+        }
+        let have = have.min(file.size);
+        let mut req = self.client.get(url);
+        if have > 0 && have < file.size {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let started = Instant::now();
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Attempt::Retry(format!("request failed: {e}")))?;
+        let status = resp.status();
+        let mut offset = if status == reqwest::StatusCode::PARTIAL_CONTENT {
+            let start = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if start != Some(have) {
+                out.set_len(0)
+                    .map_err(|e| fatal(Self::store_err(file)(e)))?;
+                return Err(Attempt::Retry(format!(
+                    "server resumed at {start:?}, not {have}"
+                )));
+            }
+            have
+        } else if status.is_success() {
+            0
+        } else if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+            out.set_len(0)
+                .map_err(|e| fatal(Self::store_err(file)(e)))?;
+            return Err(Attempt::Retry(
+                "range not satisfiable; starting over".into(),
+            ));
+        } else if status.is_server_error() || status == 408 || status == 429 {
+            return Err(Attempt::Retry(format!("HTTP {}", status.as_u16())));
+        } else {
+            return Err(fatal(DownloadError::Http {
+                file: file.file_name.clone(),
+                url: url.to_owned(),
+                status: status.as_u16(),
+            }));
+        };
+        if let Some(len) = resp.content_length() {
+            if offset + len > file.size {
+                return Err(fatal(DownloadError::SizeMismatch {
+                    file: file.file_name.clone(),
+                    expected: file.size,
+                    actual: offset + len,
+                }));
+            }
+        }
+        out.set_len(offset)
+            .map_err(|e| fatal(Self::store_err(file)(e)))?;
+        // The digest covers the kept prefix too: hash it once, then every chunk as it arrives.
+        out.seek(SeekFrom::Start(0))
+            .map_err(|e| fatal(Self::store_err(file)(e)))?;
+        let (mut h, kept) =
+            hash_file(&mut out, Some(offset)).map_err(|e| fatal(Self::store_err(file)(e)))?;
+        if kept != offset {
+            return Err(fatal(Self::store_err(file)(std::io::Error::other(
+                "partial file shrank while resuming",
+            ))));
+        }
+        let start = offset;
+        let mut stream = resp.bytes_stream();
+        let stall = Duration::from_secs(self.config.stall_timeout_secs);
+        loop {
+            let next = tokio::time::timeout(stall, stream.next())
+                .await
+                .map_err(|_| Attempt::Retry(format!("no data for {stall:?}")))?;
+            let Some(chunk) = next else { break };
+            let chunk = chunk
+                .map_err(|e| Attempt::Retry(format!("transfer broke off at byte {offset}: {e}")))?;
+            offset += chunk.len() as u64;
+            if offset > file.size {
+                return Err(fatal(DownloadError::SizeMismatch {
+                    file: file.file_name.clone(),
+                    expected: file.size,
+                    actual: offset,
+                }));
+            }
+            h.update(&chunk);
+            out.write_all(&chunk)
+                .map_err(|e| fatal(Self::store_err(file)(e)))?;
+            progress(offset, file.size);
+        }
+        if offset < file.size {
+            return Err(Attempt::Retry(format!(
+                "transfer ended at byte {offset} of {}",
+                file.size
+            )));
+        }
+        tracing::debug!(file = %file.file_name, bytes = offset, elapsed = ?started.elapsed(), "downloaded");
+        Ok((h, offset - start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_up_to_the_cap() {
+        let c = DownloadConfig {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 1000,
+            ..DownloadConfig::default()
+        };
+        for _ in 0..50 {
+            let d1 = c.backoff(1).as_millis();
+            assert!((50..=150).contains(&d1), "{d1}");
+            let d3 = c.backoff(3).as_millis();
+            assert!((200..=600).contains(&d3), "{d3}");
+            assert!(c.backoff(30).as_millis() <= 1000);
+        }
+    }
+}

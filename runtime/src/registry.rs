@@ -1,0 +1,217 @@
+//! The handler registry: which component serves which handler id.
+//!
+//! Components are stored content-addressed (`handlers/components/<sha256>.wasm`) and recorded in
+//! `handlers/registry.json` (written atomically). Reading a component back re-checks its digest, so
+//! a stored file that changed is refused, never run.
+
+use crate::datadir::{ensure_dir, write_atomic};
+use cap_std::fs::Dir;
+use sandstep_model::manifest::is_handler_id;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+
+const INDEX: &str = "registry.json";
+const COMPONENTS: &str = "components";
+
+/// One registered handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    pub id: String,
+    /// sha256 of the component, hex.
+    pub digest: String,
+    pub size: u64,
+    /// Where it was installed from (for `handler list`).
+    pub source: String,
+    pub installed_at_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    handlers: BTreeMap<String, Entry>,
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("`{0}` is not a handler id; it must look like vendor/name:version")]
+    BadId(String),
+    #[error("no handler is registered as `{0}`; install one with `sandstep handler install <COMPONENT.wasm> --id {0}`")]
+    NotFound(String),
+    #[error("stored component for `{id}` does not match its recorded digest {digest}: refusing to load it")]
+    Tampered { id: String, digest: String },
+    #[error("handler registry index is corrupt: {0}")]
+    Corrupt(String),
+    #[error("handler registry: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The registry in the data dir's `handlers/`.
+#[derive(Debug)]
+pub struct Registry {
+    dir: Dir,
+    components: Dir,
+}
+
+impl Registry {
+    /// Opens the registry directory.
+    pub fn open(dir: Dir) -> Result<Registry, RegistryError> {
+        let components = ensure_dir(&dir, COMPONENTS, 0o700)?;
+        Ok(Registry { dir, components })
+    }
+
+    fn index(&self) -> Result<Index, RegistryError> {
+        match self.dir.read(INDEX) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt(e.to_string()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn save(&self, index: &Index) -> Result<(), RegistryError> {
+        let bytes = serde_json::to_vec_pretty(index).expect("the index always serializes");
+        Ok(write_atomic(&self.dir, INDEX, &bytes, 0o600)?)
+    }
+
+    /// Records `bytes` as the component for `id`, replacing any earlier one.
+    pub fn install(
+        &self,
+        id: &str,
+        bytes: &[u8],
+        source: &str,
+        now_ms: u64,
+    ) -> Result<Entry, RegistryError> {
+        if !is_handler_id(id) {
+            return Err(RegistryError::BadId(id.to_owned()));
+        }
+        let digest = hex::encode(Sha256::digest(bytes));
+        let name = format!("{digest}.wasm");
+        if !self.components.exists(&name) {
+            write_atomic(&self.components, &name, bytes, 0o600)?;
+        }
+        let entry = Entry {
+            id: id.to_owned(),
+            digest,
+            size: bytes.len() as u64,
+            source: source.to_owned(),
+            installed_at_ms: now_ms,
+        };
+        let mut index = self.index()?;
+        index.handlers.insert(id.to_owned(), entry.clone());
+        self.save(&index)?;
+        self.collect_garbage(&index)?;
+        Ok(entry)
+    }
+
+    /// Forgets `id`; its component file goes when no other id uses it.
+    pub fn remove(&self, id: &str) -> Result<Entry, RegistryError> {
+        let mut index = self.index()?;
+        let entry = index
+            .handlers
+            .remove(id)
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        self.save(&index)?;
+        self.collect_garbage(&index)?;
+        Ok(entry)
+    }
+
+    fn collect_garbage(&self, index: &Index) -> Result<(), RegistryError> {
+        for e in self.components.entries()? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            let used = index
+                .handlers
+                .values()
+                .any(|h| format!("{}.wasm", h.digest) == name);
+            if !used && name.ends_with(".wasm") {
+                self.components.remove_file(&name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every registered handler, by id.
+    pub fn list(&self) -> Result<Vec<Entry>, RegistryError> {
+        Ok(self.index()?.handlers.into_values().collect())
+    }
+
+    /// The entry for `id`.
+    pub fn get(&self, id: &str) -> Result<Entry, RegistryError> {
+        self.index()?
+            .handlers
+            .remove(id)
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))
+    }
+
+    /// The stored component bytes, checked against the recorded digest.
+    pub fn component_bytes(&self, entry: &Entry) -> Result<Vec<u8>, RegistryError> {
+        let mut bytes = Vec::with_capacity(entry.size as usize);
+        self.components
+            .open(format!("{}.wasm", entry.digest))?
+            .read_to_end(&mut bytes)?;
+        if hex::encode(Sha256::digest(&bytes)) != entry.digest {
+            return Err(RegistryError::Tampered {
+                id: entry.id.clone(),
+                digest: entry.digest.clone(),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> (tempfile::TempDir, Registry) {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        (t, Registry::open(d).unwrap())
+    }
+
+    #[test]
+    fn install_get_remove() {
+        let (_t, r) = registry();
+        let e = r
+            .install("contoso/config:1", b"component", "x.wasm", 5)
+            .unwrap();
+        assert_eq!(r.get("contoso/config:1").unwrap(), e);
+        assert_eq!(r.component_bytes(&e).unwrap(), b"component");
+        r.remove("contoso/config:1").unwrap();
+        let err = r.get("contoso/config:1").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no handler is registered as `contoso/config:1`; install one with `sandstep handler install <COMPONENT.wasm> --id contoso/config:1`"
+        );
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        let (_t, r) = registry();
+        let err = r.install("../../etc", b"x", "x", 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`../../etc` is not a handler id; it must look like vendor/name:version"
+        );
+    }
+
+    #[test]
+    fn a_changed_stored_component_is_refused() {
+        let (t, r) = registry();
+        let e = r.install("a/b:1", b"original", "x", 0).unwrap();
+        std::fs::write(
+            t.path()
+                .join("components")
+                .join(format!("{}.wasm", e.digest)),
+            b"tampered",
+        )
+        .unwrap();
+        assert!(matches!(
+            r.component_bytes(&e),
+            Err(RegistryError::Tampered { .. })
+        ));
+    }
+}

@@ -1,0 +1,928 @@
+//! Deployments: plan, journal, run each (component, step) in its sandbox, write results.
+//!
+//! A deployment is a persisted state machine (the [`Journal`]): it is written atomically before
+//! every side effect, so killing the process at any point and starting again finishes the
+//! deployment without redoing completed units. Per unit:
+//!
+//! ```text
+//! is-installed -- 900 --> 603, done
+//!      | 901
+//! fetch files -> download -> backup -> install -> apply -> done (apply's result)
+//!                              |          |         |
+//!                              +----------+---------+-- failure -> restore (install/apply) -> abort
+//!                                          reboot/restart codes -> stop; after it, is-installed decides
+//! ```
+//!
+//! - [`plan`] turns the manifest (and child manifests, and the inventory) into units.
+//! - [`store`] keeps journals and result files in the data dir.
+//! - [`events`] is what observers (CLI, agent) see.
+
+pub mod events;
+pub mod plan;
+pub mod store;
+
+use crate::config::Config;
+use crate::datadir::{safe_name, DataDir, DataDirError};
+use crate::download::{Downloader, Fetched, Source, Wanted};
+use crate::registry::{Registry, RegistryError};
+use crate::sandbox::{
+    CallTags, EventSink, HandlerComponent, Sandbox, Session, SessionSetup, StepDirs,
+};
+use cap_std::fs::Dir;
+use events::{Event, Observer};
+use sandstep_model::codes::{erc, result, Followup};
+use sandstep_model::inventory::Inventory;
+use sandstep_model::journal::{
+    ActionRecord, FileRecord, FileSource, Journal, Status, UnitKind, UnitState, JOURNAL_VERSION,
+};
+use sandstep_model::manifest::{Manifest, Step};
+use sandstep_model::results::{result_file, ResultFile};
+use sandstep_model::{Action, StepContext, StepFile, StepResult};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use store::JournalStore;
+use tokio_util::sync::CancellationToken;
+
+/// Files up to this size are fetched before is-installed (manifests, scripts); the rest before
+/// download, so an already-installed step never pulls a large image.
+pub const EARLY_FETCH_LIMIT: u64 = 4 << 20;
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A deployment to run.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub workflow_id: String,
+    pub retry_timestamp: Option<String>,
+    /// The manifest text exactly as received.
+    pub manifest: String,
+    pub source: FileSource,
+    pub inventory: Inventory,
+    /// Run again even if this workflow id already finished.
+    pub force: bool,
+}
+
+/// How `run` ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub status: Status,
+    pub result: ResultFile,
+    /// True when the workflow had already finished and was only reported.
+    pub already_done: bool,
+}
+
+/// Why a deployment could not be run at all (before or outside any step).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("{0}")]
+    DataDir(#[from] DataDirError),
+    #[error("journal for workflow `{workflow}`: {reason}")]
+    Journal { workflow: String, reason: String },
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    #[error("cannot start downloads: {0}")]
+    Http(String),
+    #[error("workflow `{workflow}` is already in the journal with a different manifest; use a new workflow id, or --force to start it over")]
+    ManifestChanged { workflow: String },
+}
+
+/// Runs deployments against one data dir.
+pub struct Deployer {
+    sandbox: Arc<Sandbox>,
+    data: DataDir,
+    config: Config,
+    registry: Registry,
+    downloader: Downloader,
+    journals: JournalStore,
+    loaded: tokio::sync::Mutex<HashMap<String, HandlerComponent>>,
+}
+
+impl std::fmt::Debug for Deployer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployer")
+            .field("data", &self.data)
+            .finish()
+    }
+}
+
+/// Context for one run of `execute`.
+struct Run<'a> {
+    observer: Arc<dyn Observer>,
+    cancel: &'a CancellationToken,
+    manifests: &'a Manifests,
+}
+
+/// The unit being run: its index, context, work dir and handler.
+struct Current {
+    index: usize,
+    ctx: StepContext,
+    work: Dir,
+    handler: HandlerComponent,
+}
+
+/// The parent manifest and the children, parsed once from the journal's texts.
+struct Manifests {
+    parent: Manifest,
+    children: HashMap<u32, Manifest>,
+}
+
+impl Deployer {
+    /// Opens the data dir's journals, registry and stores.
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        data: DataDir,
+        config: Config,
+    ) -> Result<Self, WorkflowError> {
+        let registry = Registry::open(data.handlers()?)?;
+        let downloader = Downloader::new(data.downloads()?, config.download.clone())
+            .map_err(|e| WorkflowError::Http(e.to_string()))?;
+        let journals = JournalStore::new(data.journals()?, data.results()?);
+        Ok(Deployer {
+            sandbox,
+            data,
+            config,
+            registry,
+            downloader,
+            journals,
+            loaded: Default::default(),
+        })
+    }
+
+    /// The journal store.
+    pub fn journals(&self) -> &JournalStore {
+        &self.journals
+    }
+
+    /// The handler registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Runs (or resumes, or reports) a deployment.
+    pub async fn run(
+        &self,
+        req: Request,
+        observer: Arc<dyn Observer>,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, WorkflowError> {
+        let existing =
+            self.journals
+                .load(&req.workflow_id)
+                .map_err(|reason| WorkflowError::Journal {
+                    workflow: req.workflow_id.clone(),
+                    reason,
+                })?;
+        let mut journal = match existing {
+            Some(j) if !req.force && j.manifest != req.manifest && !j.status.is_terminal() => {
+                return Err(WorkflowError::ManifestChanged {
+                    workflow: req.workflow_id,
+                })
+            }
+            Some(j)
+                if j.status.is_terminal()
+                    && !req.force
+                    && j.retry_timestamp == req.retry_timestamp =>
+            {
+                let result = result_file(&j);
+                observer.event(&Event::Finished {
+                    status: j.status,
+                    result: j
+                        .result
+                        .clone()
+                        .unwrap_or_else(|| StepResult::new(result::FAILURE)),
+                });
+                return Ok(Outcome {
+                    status: j.status,
+                    result,
+                    already_done: true,
+                });
+            }
+            Some(j) if !j.status.is_terminal() && !req.force => j,
+            _ => self.new_journal(&req),
+        };
+        self.execute(&mut journal, &req.inventory, observer, cancel)
+            .await?;
+        let result = result_file(&journal);
+        Ok(Outcome {
+            status: journal.status,
+            result,
+            already_done: false,
+        })
+    }
+
+    /// Finds unfinished deployments (for the agent at start-up).
+    pub fn unfinished(&self) -> Result<Vec<Journal>, WorkflowError> {
+        self.journals
+            .unfinished()
+            .map_err(|reason| WorkflowError::Journal {
+                workflow: "*".into(),
+                reason,
+            })
+    }
+
+    fn new_journal(&self, req: &Request) -> Journal {
+        let now = now_ms();
+        // The update id is known once the manifest parses; until then the journal still records
+        // the attempt, so the failure is reported like any other.
+        let update_id = Manifest::parse(&req.manifest)
+            .map(|m| m.update_id)
+            .unwrap_or_else(|_| sandstep_model::UpdateId {
+                provider: "unknown".into(),
+                name: "unknown".into(),
+                version: "0.0".into(),
+            });
+        Journal {
+            version: JOURNAL_VERSION,
+            workflow_id: req.workflow_id.clone(),
+            retry_timestamp: req.retry_timestamp.clone(),
+            update_id,
+            manifest: req.manifest.clone(),
+            children: Default::default(),
+            source: req.source.clone(),
+            status: Status::Planning,
+            units: Vec::new(),
+            deferred_followup: None,
+            result: None,
+            started_at_ms: now,
+            updated_at_ms: now,
+            finished_at_ms: None,
+            seq: 0,
+        }
+    }
+
+    fn save(&self, j: &mut Journal) -> Result<(), WorkflowError> {
+        self.journals.save(j).map_err(|e| WorkflowError::Journal {
+            workflow: j.workflow_id.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn finish(
+        &self,
+        j: &mut Journal,
+        status: Status,
+        result: StepResult,
+        observer: &dyn Observer,
+    ) -> Result<(), WorkflowError> {
+        j.status = status;
+        j.result = Some(result.clone());
+        if status.is_terminal() {
+            j.finished_at_ms = Some(now_ms());
+        }
+        self.save(j)?;
+        observer.event(&Event::Finished { status, result });
+        Ok(())
+    }
+
+    async fn execute(
+        &self,
+        j: &mut Journal,
+        inventory: &Inventory,
+        observer: Arc<dyn Observer>,
+        cancel: &CancellationToken,
+    ) -> Result<(), WorkflowError> {
+        let observer_ref: &dyn Observer = &*observer;
+        let resumed = j.seq > 0;
+        if j.status == Status::Planning {
+            self.save(j)?;
+            if let Err(failure) = plan::plan(self, j, inventory, cancel).await {
+                let status = if failure.result_code == result::FAILURE_CANCELLED {
+                    Status::Cancelled
+                } else {
+                    Status::Failed
+                };
+                return self.finish(j, status, failure, observer_ref);
+            }
+            j.status = Status::Running;
+            self.save(j)?;
+        } else if matches!(j.status, Status::RebootRequired | Status::RestartRequired) {
+            // We are past the reboot or restart the deployment waited for.
+            j.status = Status::Running;
+            j.result = None;
+            self.save(j)?;
+        }
+        let manifests = Manifests::from_journal(j).map_err(|reason| WorkflowError::Journal {
+            workflow: j.workflow_id.clone(),
+            reason,
+        })?;
+        observer_ref.event(&Event::Planned {
+            workflow_id: j.workflow_id.clone(),
+            units: j.units.iter().map(plan::unit_info).collect(),
+            resumed,
+        });
+        let run = Run {
+            observer: observer.clone(),
+            cancel,
+            manifests: &manifests,
+        };
+
+        while let Some(index) = j.next_unit() {
+            if cancel.is_cancelled() {
+                let r = StepResult::failure(erc::WORKFLOW_CANCELLED, "deployment cancelled")
+                    .with_code(result::FAILURE_CANCELLED);
+                return self.finish(j, Status::Cancelled, r, observer_ref);
+            }
+            let started = Instant::now();
+            let outcome = self.run_unit(j, index, &run).await?;
+            let unit_result = j.units[index].result.clone();
+            if let Some(r) = &unit_result {
+                observer_ref.event(&Event::UnitFinished {
+                    unit: index,
+                    result: r.clone(),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            match outcome {
+                UnitOutcome::Continue => {}
+                UnitOutcome::Failed(r) => return self.finish(j, Status::Failed, r, observer_ref),
+                UnitOutcome::Cancelled(r) => {
+                    return self.finish(j, Status::Cancelled, r, observer_ref)
+                }
+                UnitOutcome::Followup(f, r) => {
+                    let status = match f {
+                        Followup::ImmediateReboot | Followup::Reboot => Status::RebootRequired,
+                        _ => Status::RestartRequired,
+                    };
+                    return self.finish(j, status, r, observer_ref);
+                }
+            }
+        }
+        if let Some(f) = j.deferred_followup.take() {
+            let (status, code) = match f {
+                Followup::Reboot | Followup::ImmediateReboot => {
+                    (Status::RebootRequired, result::APPLY_REQUIRED_REBOOT)
+                }
+                _ => (
+                    Status::RestartRequired,
+                    result::APPLY_REQUIRED_AGENT_RESTART,
+                ),
+            };
+            return self.finish(
+                j,
+                status,
+                StepResult::new(code).with_details("all steps done; a step asked for it"),
+                observer_ref,
+            );
+        }
+        self.finish(
+            j,
+            Status::Succeeded,
+            StepResult::new(result::APPLY_SUCCESS),
+            observer_ref,
+        )
+    }
+
+    /// The component for a handler id, compiled once per process (and cached on disk).
+    async fn handler(&self, id: &str) -> Result<HandlerComponent, StepResult> {
+        if let Some(h) = self.loaded.lock().await.get(id) {
+            return Ok(h.clone());
+        }
+        let entry = self
+            .registry
+            .get(id)
+            .map_err(|e| StepResult::failure(erc::SANDBOX_HANDLER_NOT_FOUND, e.to_string()))?;
+        let bytes = self
+            .registry
+            .component_bytes(&entry)
+            .map_err(|e| StepResult::failure(erc::SANDBOX_LOAD_FAILED, e.to_string()))?;
+        let h = self
+            .sandbox
+            .load(id, bytes.into())
+            .await
+            .map_err(|e| e.to_step_result())?;
+        self.loaded.lock().await.insert(id.to_owned(), h.clone());
+        Ok(h)
+    }
+
+    /// The step context and the files of unit `index`.
+    fn unit_context(&self, j: &Journal, index: usize, m: &Manifests) -> (StepContext, Vec<Wanted>) {
+        let u = &j.units[index];
+        let (manifest, step_index, level) = match u.child_step {
+            Some(cs) => (&m.children[&u.step], cs, 1),
+            None => (&m.parent, u.step, 0),
+        };
+        let Step::Inline(step) = &manifest.steps[step_index as usize] else {
+            unreachable!("units are only planned for inline steps")
+        };
+        let wanted: Vec<Wanted> = step
+            .files
+            .iter()
+            .map(|id| {
+                let f = manifest
+                    .file(id)
+                    .expect("validated: step files are in `files`");
+                Wanted {
+                    id: id.clone(),
+                    file_name: f.file_name.clone(),
+                    size: f.size_in_bytes,
+                    sha256: f.sha256,
+                }
+            })
+            .collect();
+        let ctx = StepContext {
+            workflow_id: j.workflow_id.clone(),
+            update_id: manifest.update_id.clone(),
+            handler_id: step.handler.clone(),
+            step_index,
+            level,
+            handler_properties: step.handler_properties.clone(),
+            files: wanted
+                .iter()
+                .map(|w| StepFile {
+                    id: w.id.clone(),
+                    name: w.file_name.clone(),
+                    size: w.size,
+                    sha256: w.key(),
+                })
+                .collect(),
+            component: u.component.clone(),
+        };
+        (ctx, wanted)
+    }
+
+    /// `payload/<wf>/<unit>`, `work/<wf>/<unit>`, `state/<handler>` for a unit.
+    fn unit_dirs(&self, j: &Journal, index: usize) -> Result<(Dir, Dir, Dir), DataDirError> {
+        let u = &j.units[index];
+        let key = match (&u.component, u.child_step) {
+            (Some(c), Some(cs)) => format!("step-{}-{}-{}", u.step, safe_name(&c.id), cs),
+            _ => format!("step-{}", u.step),
+        };
+        let wf = safe_name(&j.workflow_id);
+        let err = |what: &str, source| DataDirError {
+            path: self.data.path().display().to_string(),
+            what: what.to_owned(),
+            source,
+        };
+        let payload =
+            crate::datadir::ensure_dir(&self.data.payloads()?, format!("{wf}/{key}"), 0o755)
+                .map_err(|e| err("payload dir", e))?;
+        let work = crate::datadir::ensure_dir(&self.data.work()?, format!("{wf}/{key}"), 0o755)
+            .map_err(|e| err("work dir", e))?;
+        let state =
+            crate::datadir::ensure_dir(&self.data.state()?, safe_name(&u.handler_id), 0o755)
+                .map_err(|e| err("state dir", e))?;
+        Ok((payload, work, state))
+    }
+
+    /// Fetches files into the store and links them into the unit's payload dir by file name.
+    async fn fetch_files(
+        &self,
+        j: &mut Journal,
+        index: usize,
+        files: &[Wanted],
+        payload: &Dir,
+        run: &Run<'_>,
+    ) -> Result<(), StepResult> {
+        for w in files {
+            if payload.exists(&w.file_name) && j.units[index].files.iter().any(|f| f.id == w.id) {
+                continue;
+            }
+            let started = Instant::now();
+            let observer = run.observer.clone();
+            let name = w.file_name.clone();
+            let progress = move |done: u64, total: u64| {
+                observer.event(&Event::FileProgress {
+                    unit: index,
+                    file: name.clone(),
+                    done,
+                    total,
+                })
+            };
+            let source = resolve_source(&j.source, w)?;
+            let fetched = tokio::select! {
+                r = self.downloader.fetch(w, source.as_source(), &progress) => r,
+                _ = run.cancel.cancelled() => {
+                    return Err(StepResult::failure(erc::WORKFLOW_CANCELLED, format!("download of `{}` cancelled", w.file_name)).with_code(result::FAILURE_CANCELLED));
+                }
+            };
+            let fetched = fetched.map_err(|e| StepResult::failure(e.erc(), e.to_string()))?;
+            // Link the verified file into /payload under its name (replacing a stale link).
+            let _ = payload.remove_file(&w.file_name);
+            self.downloader
+                .store()
+                .hard_link(w.key(), payload, &w.file_name)
+                .map_err(|e| {
+                    StepResult::failure(
+                        erc::SANDBOX_SETUP_FAILED,
+                        format!("`{}`: cannot place it in /payload: {e}", w.file_name),
+                    )
+                })?;
+            let result_code = match fetched {
+                Fetched::Downloaded { .. } => result::DOWNLOAD_SUCCESS,
+                Fetched::AlreadyPresent => result::DOWNLOAD_SKIPPED_FILE_EXISTS,
+            };
+            run.observer.event(&Event::FileReady {
+                unit: index,
+                file: w.file_name.clone(),
+                result_code,
+            });
+            let record = FileRecord {
+                id: w.id.clone(),
+                file_name: w.file_name.clone(),
+                result_code,
+                bytes: w.size,
+                duration_ms: started.elapsed().as_millis() as u64,
+            };
+            let files = &mut j.units[index].files;
+            files.retain(|f| f.id != w.id);
+            files.push(record);
+        }
+        Ok(())
+    }
+
+    async fn open_session(
+        &self,
+        j: &Journal,
+        index: usize,
+        handler: &HandlerComponent,
+        dirs: (Dir, Dir, Dir),
+        run: &Run<'_>,
+    ) -> Result<Session, StepResult> {
+        let u = &j.units[index];
+        let (payload, work, state) = dirs;
+        let tags = CallTags {
+            workflow_id: j.workflow_id.clone(),
+            step: u.label(),
+            handler_id: u.handler_id.clone(),
+        };
+        let sink = forwarding_sink(run.observer.clone(), index);
+        let setup = SessionSetup {
+            handler_id: u.handler_id.clone(),
+            tags,
+            dirs: StepDirs::new(payload, work, state),
+            grants: self.config.grants(&u.handler_id),
+            limits: self.config.limits(&u.handler_id),
+            events: Some(sink),
+        };
+        self.sandbox
+            .session(handler, setup)
+            .await
+            .map_err(|e| e.to_step_result())
+    }
+
+    /// Runs one action, journaling before it and recording after it.
+    async fn call(
+        &self,
+        j: &mut Journal,
+        cur: &Current,
+        session: &mut Session,
+        action: Action,
+        run: &Run<'_>,
+    ) -> Result<StepResult, WorkflowError> {
+        let (index, ctx, work) = (cur.index, &cur.ctx, &cur.work);
+        j.units[index].state = UnitState::Running { next: action };
+        self.save(j)?;
+        run.observer.event(&Event::ActionStarted {
+            unit: index,
+            action,
+        });
+        let started_at_ms = now_ms();
+        let started = Instant::now();
+        let r = session.call(action, ctx, run.cancel).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        // ADU leaves each action's result in the work folder.
+        let name = format!("action_{}_aduc_result.json", action.file_stem());
+        let _ = crate::datadir::write_atomic(
+            work,
+            &name,
+            &serde_json::to_vec_pretty(&r).expect("serializes"),
+            0o644,
+        );
+        j.units[index].actions.push(ActionRecord {
+            action,
+            result: r.clone(),
+            started_at_ms,
+            duration_ms,
+        });
+        run.observer.event(&Event::ActionFinished {
+            unit: index,
+            action,
+            result: r.clone(),
+            duration_ms,
+        });
+        crate::fault::point("after-action");
+        Ok(r)
+    }
+
+    fn done(&self, j: &mut Journal, index: usize, r: StepResult) -> Result<(), WorkflowError> {
+        j.units[index].state = UnitState::Done;
+        j.units[index].result = Some(r);
+        self.save(j)
+    }
+
+    async fn run_unit(
+        &self,
+        j: &mut Journal,
+        index: usize,
+        run: &Run<'_>,
+    ) -> Result<UnitOutcome, WorkflowError> {
+        let unit = j.units[index].clone();
+        if unit.kind == UnitKind::NoMatchingComponents {
+            // Planned as done; nothing to run.
+            return Ok(UnitOutcome::Continue);
+        }
+        run.observer.event(&Event::UnitStarted {
+            unit: index,
+            label: unit.label(),
+            handler: unit.handler_id.clone(),
+        });
+        let after_followup = matches!(unit.state, UnitState::AwaitingFollowup { .. });
+        let handler = match self.handler(&unit.handler_id).await {
+            Ok(h) => h,
+            Err(r) => {
+                self.done(j, index, r.clone())?;
+                return Ok(UnitOutcome::Failed(r));
+            }
+        };
+        let (ctx, wanted) = self.unit_context(j, index, run.manifests);
+        let dirs = self.unit_dirs(j, index).map_err(WorkflowError::DataDir)?;
+        let (payload, work) = (
+            dirs.0.try_clone().map_err(|e| setup_error(&self.data, e))?,
+            dirs.1.try_clone().map_err(|e| setup_error(&self.data, e))?,
+        );
+        let cur = Current {
+            index,
+            ctx,
+            work,
+            handler: handler.clone(),
+        };
+
+        // Small files first: is-installed may need them (an apt manifest, a script).
+        let early: Vec<Wanted> = wanted
+            .iter()
+            .filter(|w| w.size <= EARLY_FETCH_LIMIT)
+            .cloned()
+            .collect();
+        j.units[index].state = UnitState::Running {
+            next: Action::IsInstalled,
+        };
+        self.save(j)?;
+        if let Err(r) = self.fetch_files(j, index, &early, &payload, run).await {
+            return self.fail_unit(j, index, r);
+        }
+        let mut session = match self.open_session(j, index, &handler, dirs, run).await {
+            Ok(s) => s,
+            Err(r) => return self.fail_unit(j, index, r),
+        };
+
+        let installed = self
+            .call(j, &cur, &mut session, Action::IsInstalled, run)
+            .await?;
+        if installed.result_code == result::IS_INSTALLED_INSTALLED {
+            // After a reboot or restart this confirms the step; otherwise it was already there.
+            let r = if after_followup {
+                unit.actions
+                    .iter()
+                    .rev()
+                    .find(|a| a.action != Action::IsInstalled)
+                    .map(|a| {
+                        StepResult::new(match a.action {
+                            Action::Install => result::INSTALL_SUCCESS,
+                            _ => result::APPLY_SUCCESS,
+                        })
+                    })
+                    .unwrap_or_else(|| StepResult::new(result::APPLY_SUCCESS))
+                    .with_details("confirmed installed after the requested reboot or restart")
+            } else {
+                StepResult::new(result::INSTALL_SKIPPED_UPDATE_ALREADY_INSTALLED)
+            };
+            self.done(j, index, r)?;
+            return Ok(UnitOutcome::Continue);
+        }
+        if !installed.is_success() {
+            return self.fail_unit(j, index, installed);
+        }
+        if after_followup {
+            let r = StepResult::failure(
+                erc::WORKFLOW_NOT_INSTALLED_AFTER_FOLLOWUP,
+                format!(
+                    "after the reboot or restart that `{}` asked for, is-installed reports the update is not installed",
+                    unit.handler_id
+                ),
+            );
+            return self.fail_unit(j, index, r);
+        }
+
+        // The rest of the files, then the lifecycle.
+        j.units[index].state = UnitState::Running {
+            next: Action::Download,
+        };
+        self.save(j)?;
+        if let Err(r) = self.fetch_files(j, index, &wanted, &payload, run).await {
+            if r.result_code == result::FAILURE_CANCELLED {
+                return self.cancel_unit(j, &cur, r, run).await;
+            }
+            return self.fail_unit(j, index, r);
+        }
+        let mut last = StepResult::new(result::APPLY_SUCCESS);
+        for action in [
+            Action::Download,
+            Action::Backup,
+            Action::Install,
+            Action::Apply,
+        ] {
+            let r = self.call(j, &cur, &mut session, action, run).await?;
+            if r.result_code == result::FAILURE_CANCELLED || run.cancel.is_cancelled() {
+                return self.cancel_unit(j, &cur, r, run).await;
+            }
+            if !r.is_success() {
+                if matches!(action, Action::Install | Action::Apply) {
+                    self.restore(j, &cur, &mut session, run).await?;
+                }
+                return self.fail_unit(j, index, r);
+            }
+            let followup = Followup::of(r.result_code);
+            if followup.is_immediate() {
+                j.units[index].state = UnitState::AwaitingFollowup { after: action };
+                self.save(j)?;
+                return Ok(UnitOutcome::Followup(followup, r));
+            }
+            if followup != Followup::None {
+                j.deferred_followup = Some(match (j.deferred_followup, followup) {
+                    (Some(Followup::Reboot), _) | (_, Followup::Reboot) => Followup::Reboot,
+                    _ => followup,
+                });
+            }
+            last = r;
+        }
+        self.done(j, index, last)?;
+        Ok(UnitOutcome::Continue)
+    }
+
+    fn fail_unit(
+        &self,
+        j: &mut Journal,
+        index: usize,
+        r: StepResult,
+    ) -> Result<UnitOutcome, WorkflowError> {
+        self.done(j, index, r.clone())?;
+        Ok(UnitOutcome::Failed(r))
+    }
+
+    async fn restore(
+        &self,
+        j: &mut Journal,
+        cur: &Current,
+        session: &mut Session,
+        run: &Run<'_>,
+    ) -> Result<(), WorkflowError> {
+        // A trapped instance cannot run restore: give it a fresh one.
+        if session.is_broken() {
+            let fresh = match self.unit_dirs(j, cur.index) {
+                Ok(dirs) => {
+                    self.open_session(j, cur.index, &cur.handler, dirs, run)
+                        .await
+                }
+                Err(e) => Err(StepResult::failure(
+                    erc::SANDBOX_SETUP_FAILED,
+                    e.to_string(),
+                )),
+            };
+            match fresh {
+                Ok(s) => *session = s,
+                Err(r) => {
+                    j.units[cur.index].actions.push(ActionRecord {
+                        action: Action::Restore,
+                        result: r,
+                        started_at_ms: now_ms(),
+                        duration_ms: 0,
+                    });
+                    return Ok(());
+                }
+            }
+        }
+        self.call(j, cur, session, Action::Restore, run).await?;
+        Ok(())
+    }
+
+    /// The running call was stopped: let the handler clean up in a fresh instance.
+    async fn cancel_unit(
+        &self,
+        j: &mut Journal,
+        cur: &Current,
+        stopped: StepResult,
+        run: &Run<'_>,
+    ) -> Result<UnitOutcome, WorkflowError> {
+        let not_cancelled = CancellationToken::new();
+        let cleanup = Run {
+            observer: run.observer.clone(),
+            cancel: &not_cancelled,
+            manifests: run.manifests,
+        };
+        if let Ok(dirs) = self.unit_dirs(j, cur.index) {
+            if let Ok(mut s) = self
+                .open_session(j, cur.index, &cur.handler, dirs, &cleanup)
+                .await
+            {
+                self.call(j, cur, &mut s, Action::Cancel, &cleanup).await?;
+            }
+        }
+        let r = StepResult::failure(
+            erc::WORKFLOW_CANCELLED,
+            format!("deployment cancelled: {}", stopped.result_details),
+        )
+        .with_code(result::FAILURE_CANCELLED);
+        self.done(j, cur.index, r.clone())?;
+        Ok(UnitOutcome::Cancelled(r))
+    }
+}
+
+/// A file's source, owned.
+pub(crate) enum OwnedSource {
+    Directory(Dir),
+    Url(String),
+}
+
+impl OwnedSource {
+    pub(crate) fn as_source(&self) -> Source<'_> {
+        match self {
+            OwnedSource::Directory(d) => Source::Directory(d),
+            OwnedSource::Url(u) => Source::Url(u),
+        }
+    }
+}
+
+/// Where file `w` comes from, per the deployment's file source.
+pub(crate) fn resolve_source(source: &FileSource, w: &Wanted) -> Result<OwnedSource, StepResult> {
+    match source {
+        FileSource::Directory(p) => Dir::open_ambient_dir(p, cap_std::ambient_authority())
+            .map(OwnedSource::Directory)
+            .map_err(|e| {
+                StepResult::failure(
+                    erc::WORKFLOW_DOWNLOAD_FAILED,
+                    format!("files directory {p}: {e}"),
+                )
+            }),
+        FileSource::BaseUrl(base) => Ok(OwnedSource::Url(format!("{base}{}", w.file_name))),
+        FileSource::Urls(map) => map
+            .get(&w.id)
+            .cloned()
+            .map(OwnedSource::Url)
+            .ok_or_else(|| {
+                StepResult::failure(
+                    erc::WORKFLOW_DOWNLOAD_FAILED,
+                    format!(
+                        "`{}`: the deployment has no URL for file id `{}`",
+                        w.file_name, w.id
+                    ),
+                )
+            }),
+    }
+}
+
+fn setup_error(data: &DataDir, e: std::io::Error) -> WorkflowError {
+    WorkflowError::DataDir(DataDirError {
+        path: data.path().display().to_string(),
+        what: "open unit directories".into(),
+        source: e,
+    })
+}
+
+/// Handler events become workflow events for unit `index`.
+fn forwarding_sink(observer: Arc<dyn Observer>, index: usize) -> EventSink {
+    Arc::new(move |_tags: &CallTags, ev: &crate::sandbox::HandlerEvent| {
+        let (percent, message) = match ev {
+            crate::sandbox::HandlerEvent::Progress { percent, message } => {
+                (Some(*percent), message.clone())
+            }
+            crate::sandbox::HandlerEvent::Log { message, .. } => (None, message.clone()),
+        };
+        observer.event(&Event::Handler {
+            unit: index,
+            event: ev.clone(),
+            percent,
+            message,
+        });
+    })
+}
+
+/// What a unit left the deployment to do.
+enum UnitOutcome {
+    Continue,
+    Failed(StepResult),
+    Cancelled(StepResult),
+    Followup(Followup, StepResult),
+}
+
+impl Manifests {
+    fn from_journal(j: &Journal) -> Result<Manifests, String> {
+        let parent = Manifest::parse(&j.manifest)
+            .map_err(|e| format!("stored manifest no longer parses: {e}"))?;
+        let mut children = HashMap::new();
+        for (step, text) in &j.children {
+            children.insert(
+                *step,
+                Manifest::parse_child(text)
+                    .map_err(|e| format!("stored child manifest of step {step}: {e}"))?,
+            );
+        }
+        Ok(Manifests { parent, children })
+    }
+}

@@ -1,0 +1,138 @@
+//! Planning: the manifest, its child manifests and the inventory become the list of units.
+
+use super::events::UnitInfo;
+use super::{resolve_source, Deployer};
+use crate::download::Wanted;
+use sandstep_model::codes::{erc, result};
+use sandstep_model::inventory::Inventory;
+use sandstep_model::journal::{Journal, Unit, UnitKind, UnitState};
+use sandstep_model::manifest::{Manifest, Step, MAX_MANIFEST_BYTES};
+use sandstep_model::StepResult;
+use std::io::Read;
+use tokio_util::sync::CancellationToken;
+
+/// How observers see a unit.
+pub fn unit_info(u: &Unit) -> UnitInfo {
+    UnitInfo {
+        label: u.label(),
+        handler: u.handler_id.clone(),
+        step: u.step,
+        component: u.component.as_ref().map(|c| c.id.clone()),
+    }
+}
+
+fn unit(kind: UnitKind, step: u32, handler_id: &str) -> Unit {
+    Unit {
+        kind,
+        step,
+        child_step: None,
+        component: None,
+        handler_id: handler_id.to_owned(),
+        state: UnitState::Pending,
+        files: Vec::new(),
+        actions: Vec::new(),
+        result: None,
+    }
+}
+
+/// Fills `j.units` (and `j.children`); a failure is the deployment's result.
+pub(super) async fn plan(
+    d: &Deployer,
+    j: &mut Journal,
+    inventory: &Inventory,
+    cancel: &CancellationToken,
+) -> Result<(), StepResult> {
+    let manifest = Manifest::parse(&j.manifest).map_err(|e| {
+        let code = if e.is_unsupported_version() {
+            erc::UNSUPPORTED_MANIFEST_VERSION
+        } else {
+            erc::WORKFLOW_MANIFEST_INVALID
+        };
+        StepResult::failure(
+            code,
+            format!("update manifest: {}", e.to_string().replace('\n', "; ")),
+        )
+    })?;
+    for w in &manifest.warnings {
+        tracing::warn!(workflow = %j.workflow_id, "update manifest: {w}");
+    }
+    j.update_id = manifest.update_id.clone();
+    let mut units = Vec::new();
+    for (i, step) in manifest.steps.iter().enumerate() {
+        let i = i as u32;
+        match step {
+            Step::Inline(s) => units.push(unit(UnitKind::Inline, i, &s.handler)),
+            Step::Reference(r) => {
+                let fid = &r.detached_manifest_file_id;
+                let f = manifest
+                    .file(fid)
+                    .expect("validated: reference files are in `files`");
+                let invalid = |why: String| {
+                    StepResult::failure(
+                        erc::WORKFLOW_CHILD_MANIFEST_INVALID,
+                        format!(
+                            "instructions.steps[{i}]: child update `{}`: {why}",
+                            f.file_name
+                        ),
+                    )
+                };
+                if f.size_in_bytes > MAX_MANIFEST_BYTES as u64 {
+                    return Err(invalid(format!(
+                        "{} bytes is over the {MAX_MANIFEST_BYTES} byte limit for a manifest",
+                        f.size_in_bytes
+                    )));
+                }
+                let wanted = Wanted {
+                    id: fid.clone(),
+                    file_name: f.file_name.clone(),
+                    size: f.size_in_bytes,
+                    sha256: f.sha256,
+                };
+                let source = resolve_source(&j.source, &wanted)?;
+                let fetched = tokio::select! {
+                    r = d.downloader.fetch(&wanted, source.as_source(), &|_, _| {}) => r,
+                    _ = cancel.cancelled() => return Err(StepResult::failure(erc::WORKFLOW_CANCELLED, "deployment cancelled while fetching a child manifest").with_code(result::FAILURE_CANCELLED)),
+                };
+                fetched.map_err(|e| StepResult::failure(e.erc(), e.to_string()))?;
+                let mut text = String::new();
+                d.downloader
+                    .store()
+                    .open(wanted.key())
+                    .and_then(|mut f| f.read_to_string(&mut text))
+                    .map_err(|e| invalid(format!("cannot read it: {e}")))?;
+                let child = Manifest::parse_child(&text)
+                    .map_err(|e| invalid(e.to_string().replace('\n', "; ")))?;
+                j.children.insert(i, text);
+                let compatibility = child.compatibility.first().cloned().unwrap_or_default();
+                let selected = inventory.select(&compatibility);
+                if selected.is_empty() {
+                    let mut u = unit(UnitKind::NoMatchingComponents, i, "");
+                    u.state = UnitState::Done;
+                    u.result = Some(
+                        StepResult::new(result::INSTALL_SKIPPED_NO_MATCHING_COMPONENTS)
+                            .with_details(format!(
+                                "no component of the inventory matches {}",
+                                serde_json::to_string(&compatibility)
+                                    .expect("a string map serializes")
+                            )),
+                    );
+                    units.push(u);
+                    continue;
+                }
+                for c in selected {
+                    for (cj, cs) in child.steps.iter().enumerate() {
+                        let Step::Inline(cs) = cs else {
+                            unreachable!("parse_child refuses reference steps")
+                        };
+                        let mut u = unit(UnitKind::Child, i, &cs.handler);
+                        u.child_step = Some(cj as u32);
+                        u.component = Some(c.clone());
+                        units.push(u);
+                    }
+                }
+            }
+        }
+    }
+    j.units = units;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Journals and result files in the data dir.
+
+use crate::datadir::{safe_name, write_atomic};
+use cap_std::fs::Dir;
+use sandstep_model::journal::{Journal, JournalError};
+use sandstep_model::results::ResultFile;
+
+/// `journal/<workflow>.journal` and `results/<workflow>.json`.
+#[derive(Debug)]
+pub struct JournalStore {
+    journals: Dir,
+    results: Dir,
+}
+
+impl JournalStore {
+    pub fn new(journals: Dir, results: Dir) -> Self {
+        JournalStore { journals, results }
+    }
+
+    fn name(workflow_id: &str) -> String {
+        format!("{}.journal", safe_name(workflow_id))
+    }
+
+    /// The journal of `workflow_id`, if any. A torn or corrupt journal is reported, and moved
+    /// aside (`.corrupt`) so the evidence stays while the deployment can start over.
+    pub fn load(&self, workflow_id: &str) -> Result<Option<Journal>, String> {
+        let name = Self::name(workflow_id);
+        let bytes = match self.journals.read(&name) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        match Journal::decode(&bytes) {
+            Ok(j) if j.workflow_id == workflow_id => Ok(Some(j)),
+            Ok(j) => Err(format!("{name} belongs to workflow `{}`", j.workflow_id)),
+            Err(e @ (JournalError::Checksum | JournalError::Body(_) | JournalError::NoHeader)) => {
+                let aside = format!("{name}.corrupt");
+                tracing::error!(journal = %name, "{e}; moved to {aside}");
+                self.journals
+                    .rename(&name, &self.journals, &aside)
+                    .map_err(|e| e.to_string())?;
+                Err(format!("{e} (kept as {aside})"))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Writes the journal atomically (bumping its sequence number and timestamp).
+    pub fn save(&self, j: &mut Journal) -> std::io::Result<()> {
+        j.seq += 1;
+        j.updated_at_ms = super::now_ms();
+        write_atomic(
+            &self.journals,
+            &Self::name(&j.workflow_id),
+            &j.encode(),
+            0o600,
+        )?;
+        crate::fault::point("journal-write");
+        Ok(())
+    }
+
+    /// Journals whose deployment is not over.
+    pub fn unfinished(&self) -> Result<Vec<Journal>, String> {
+        let mut out = Vec::new();
+        for e in self.journals.entries().map_err(|e| e.to_string())? {
+            let name = e
+                .map_err(|e| e.to_string())?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if !name.ends_with(".journal") {
+                continue;
+            }
+            let bytes = self.journals.read(&name).map_err(|e| e.to_string())?;
+            match Journal::decode(&bytes) {
+                Ok(j) if !j.status.is_terminal() => out.push(j),
+                Ok(_) => {}
+                Err(e) => tracing::error!(journal = %name, "skipping unreadable journal: {e}"),
+            }
+        }
+        out.sort_by_key(|j| j.started_at_ms);
+        Ok(out)
+    }
+
+    /// Writes `results/<workflow>.json` atomically.
+    pub fn write_result(&self, r: &ResultFile) -> std::io::Result<String> {
+        let name = format!("{}.json", safe_name(&r.workflow_id));
+        write_atomic(
+            &self.results,
+            &name,
+            &serde_json::to_vec_pretty(r).expect("a result serializes"),
+            0o644,
+        )?;
+        Ok(name)
+    }
+}
