@@ -53,6 +53,10 @@ pub fn safe_name(id: &str) -> String {
         })
         .take(48)
         .collect();
+    // One component already, but keep it from even looking like a traversal.
+    while s.contains("..") {
+        s = s.replace("..", "_.");
+    }
     if s.starts_with('.') {
         s.replace_range(..1, "_");
     }

@@ -38,6 +38,79 @@ enum Op {
         erc: i32,
         details: String,
     },
+    /// A well-behaved stateful step: install and apply append to `/state/<name>.log`, apply
+    /// leaves `/state/<name>.done` (what is-installed checks) and returns `apply_code`; `fail`
+    /// names an action that fails instead.
+    Stateful {
+        name: String,
+        #[serde(default = "default_apply")]
+        apply_code: i32,
+        #[serde(default)]
+        fail: Option<String>,
+        #[serde(default)]
+        sleep_ms: u64,
+    },
+}
+
+fn default_apply() -> i32 {
+    result::APPLY_SUCCESS
+}
+
+fn log_line(ctx: &Context, name: &str, line: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ctx.state_path(format!("{name}.log")))?;
+    writeln!(f, "{line}")
+}
+
+fn stateful(ctx: &Context, action: &str) -> Outcome {
+    let Op::Stateful {
+        name,
+        apply_code,
+        fail,
+        sleep_ms,
+    } = ctx.properties()?
+    else {
+        return Ok(StepResult::new(result::SUCCESS));
+    };
+    let done = ctx.state_path(format!("{name}.done"));
+    if action == "is-installed" {
+        let code = if done.exists() {
+            result::IS_INSTALLED_INSTALLED
+        } else {
+            result::IS_INSTALLED_NOT_INSTALLED
+        };
+        return Ok(StepResult::new(code));
+    }
+    log_line(ctx, &name, action)?;
+    if sleep_ms > 0 && (action == "install" || action == "apply") {
+        std::thread::sleep(std::time::Duration::from_millis(sleep_ms));
+    }
+    if fail.as_deref() == Some(action) {
+        return Ok(StepResult {
+            result_code: result::FAILURE,
+            extended_result_code: 0x3200_0042,
+            result_details: format!("{name}: {action} failed on purpose"),
+        });
+    }
+    let code = match action {
+        "download" => result::DOWNLOAD_SUCCESS,
+        "backup" => result::BACKUP_SUCCESS,
+        "install" => result::INSTALL_SUCCESS,
+        "apply" => {
+            std::fs::write(&done, b"")?;
+            apply_code
+        }
+        "restore" => result::RESTORE_SUCCESS,
+        "cancel" => result::CANCEL_SUCCESS,
+        _ => result::SUCCESS,
+    };
+    Ok(StepResult::new(code))
+}
+
+fn is_stateful(ctx: &Context) -> bool {
+    matches!(ctx.properties::<Op>(), Ok(Op::Stateful { .. }))
 }
 
 #[derive(Default)]
@@ -87,6 +160,7 @@ fn run(ctx: &Context, success: i32) -> Outcome {
             std::thread::sleep(std::time::Duration::from_millis(ms));
             Ok(StepResult::new(success).with_details(format!("slept {ms} ms")))
         }
+        Op::Stateful { .. } => unreachable!("stateful ops are dispatched before run"),
         Op::Return { code, erc, details } => Ok(StepResult {
             result_code: code,
             extended_result_code: erc,
@@ -97,17 +171,50 @@ fn run(ctx: &Context, success: i32) -> Outcome {
 
 impl Handler for Probe {
     fn is_installed(&mut self, ctx: &Context) -> Outcome {
+        if is_stateful(ctx) {
+            return stateful(ctx, "is-installed");
+        }
         match ctx.properties::<Op>() {
             Ok(Op::Installed) => Ok(StepResult::new(result::IS_INSTALLED_INSTALLED)),
             Ok(Op::Return { .. }) => run(ctx, result::IS_INSTALLED_INSTALLED),
             _ => Ok(StepResult::new(result::IS_INSTALLED_NOT_INSTALLED)),
         }
     }
+    fn download(&mut self, ctx: &Context) -> Outcome {
+        if is_stateful(ctx) {
+            return stateful(ctx, "download");
+        }
+        Ok(StepResult::new(result::DOWNLOAD_SUCCESS))
+    }
+    fn backup(&mut self, ctx: &Context) -> Outcome {
+        if is_stateful(ctx) {
+            return stateful(ctx, "backup");
+        }
+        Ok(StepResult::new(result::BACKUP_SUCCESS_UNSUPPORTED))
+    }
     fn install(&mut self, ctx: &Context) -> Outcome {
+        if is_stateful(ctx) {
+            return stateful(ctx, "install");
+        }
         run(ctx, result::INSTALL_SUCCESS)
     }
     fn apply(&mut self, ctx: &Context) -> Outcome {
+        if is_stateful(ctx) {
+            return stateful(ctx, "apply");
+        }
         run(ctx, result::APPLY_SUCCESS)
+    }
+    fn restore(&mut self, ctx: &Context) -> Outcome {
+        if is_stateful(ctx) {
+            return stateful(ctx, "restore");
+        }
+        Ok(StepResult::new(result::RESTORE_SUCCESS_UNSUPPORTED))
+    }
+    fn cancel(&mut self, ctx: &Context) -> Outcome {
+        if is_stateful(ctx) {
+            return stateful(ctx, "cancel");
+        }
+        Ok(StepResult::new(result::CANCEL_SUCCESS))
     }
 }
 

@@ -1,0 +1,312 @@
+//! Downloads against a real HTTP server on loopback that misbehaves on demand.
+
+use crate::http::{Behavior, TestServer};
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use sandstep::download::{DownloadConfig, DownloadError, Downloader, Fetched, Source, Wanted};
+use sandstep_model::codes::erc;
+use sha2::{Digest, Sha256};
+
+fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn wanted(name: &str, bytes: &[u8]) -> Wanted {
+    Wanted {
+        id: name.into(),
+        file_name: name.into(),
+        size: bytes.len() as u64,
+        sha256: Sha256::digest(bytes).into(),
+    }
+}
+
+struct Store {
+    dir: tempfile::TempDir,
+    downloader: Downloader,
+}
+
+fn store() -> Store {
+    let dir = tempfile::tempdir().unwrap();
+    let handle = Dir::open_ambient_dir(dir.path(), ambient_authority()).unwrap();
+    let config = DownloadConfig {
+        attempts: 4,
+        initial_backoff_ms: 10,
+        max_backoff_ms: 50,
+        stall_timeout_secs: 1,
+        ..DownloadConfig::default()
+    };
+    Store {
+        downloader: Downloader::new(handle, config).unwrap(),
+        dir,
+    }
+}
+
+impl Store {
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+async fn fetch(s: &Store, w: &Wanted, url: &str) -> Result<Fetched, DownloadError> {
+    s.downloader.fetch(w, Source::Url(url), &|_, _| {}).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_is_fetched_verified_and_stored_by_digest() {
+    let server = TestServer::start();
+    let bytes = payload(300_000);
+    server.put("fw.bin", &bytes);
+    let s = store();
+    let w = wanted("fw.bin", &bytes);
+    let r = fetch(&s, &w, &server.url("fw.bin")).await.unwrap();
+    assert_eq!(r, Fetched::Downloaded { bytes: 300_000 });
+    assert_eq!(s.names(), vec![w.key()]);
+    assert_eq!(std::fs::read(s.dir.path().join(w.key())).unwrap(), bytes);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_already_present_is_not_fetched_again() {
+    let server = TestServer::start();
+    let bytes = payload(1000);
+    server.put("a.bin", &bytes);
+    let s = store();
+    let w = wanted("a.bin", &bytes);
+    fetch(&s, &w, &server.url("a.bin")).await.unwrap();
+    let again = fetch(&s, &w, &server.url("a.bin")).await.unwrap();
+    assert_eq!(again, Fetched::AlreadyPresent);
+    assert_eq!(server.requests("a.bin").len(), 1, "no second request");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_stored_copy_is_fetched_again() {
+    let server = TestServer::start();
+    let bytes = payload(1000);
+    server.put("a.bin", &bytes);
+    let s = store();
+    let w = wanted("a.bin", &bytes);
+    fetch(&s, &w, &server.url("a.bin")).await.unwrap();
+    std::fs::write(s.dir.path().join(w.key()), b"rot").unwrap();
+    let again = fetch(&s, &w, &server.url("a.bin")).await.unwrap();
+    assert_eq!(again, Fetched::Downloaded { bytes: 1000 });
+    assert_eq!(std::fs::read(s.dir.path().join(w.key())).unwrap(), bytes);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_connection_is_resumed_with_a_range_request() {
+    let server = TestServer::start();
+    let bytes = payload(200_000);
+    server.put("big.bin", &bytes);
+    server.behave(
+        "big.bin",
+        Behavior {
+            drop_first: Some((2, 50_000)),
+            ..Behavior::default()
+        },
+    );
+    let s = store();
+    let w = wanted("big.bin", &bytes);
+    let r = fetch(&s, &w, &server.url("big.bin")).await.unwrap();
+    assert_eq!(
+        server.requests("big.bin"),
+        vec![None, Some(50_000), Some(100_000)]
+    );
+    assert_eq!(
+        r,
+        Fetched::Downloaded { bytes: 100_000 },
+        "the last attempt transferred the rest"
+    );
+    assert_eq!(std::fs::read(s.dir.path().join(w.key())).unwrap(), bytes);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_bytes_fail_with_the_hash_mismatch_code_and_leave_nothing() {
+    let server = TestServer::start();
+    let bytes = payload(10_000);
+    server.put("fw.bin", &bytes);
+    server.behave(
+        "fw.bin",
+        Behavior {
+            wrong_bytes: true,
+            ..Behavior::default()
+        },
+    );
+    let s = store();
+    let w = wanted("fw.bin", &bytes);
+    let err = fetch(&s, &w, &server.url("fw.bin")).await.unwrap_err();
+    assert_eq!(err.erc(), erc::FILE_HASH_MISMATCH);
+    assert_eq!(err.erc().raw(), 0x4000_000C);
+    assert!(
+        err.to_string().starts_with(&format!(
+            "`fw.bin`: sha256 mismatch (expected {}, got ",
+            w.key()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.to_string().ends_with("); the partial file was deleted"),
+        "{err}"
+    );
+    assert!(s.names().is_empty(), "partial deleted: {:?}", s.names());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_are_retried_with_backoff() {
+    let server = TestServer::start();
+    let bytes = payload(5000);
+    server.put("a.bin", &bytes);
+    server.behave(
+        "a.bin",
+        Behavior {
+            fail_first: 2,
+            ..Behavior::default()
+        },
+    );
+    let s = store();
+    let w = wanted("a.bin", &bytes);
+    fetch(&s, &w, &server.url("a.bin")).await.unwrap();
+    assert_eq!(server.requests("a.bin").len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_give_up_after_the_configured_attempts() {
+    let server = TestServer::start();
+    let bytes = payload(5000);
+    server.put("a.bin", &bytes);
+    server.behave(
+        "a.bin",
+        Behavior {
+            fail_first: 100,
+            ..Behavior::default()
+        },
+    );
+    let s = store();
+    let w = wanted("a.bin", &bytes);
+    let err = fetch(&s, &w, &server.url("a.bin")).await.unwrap_err();
+    assert_eq!(server.requests("a.bin").len(), 4);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "`a.bin`: {}: gave up after 4 attempts: HTTP 500",
+            server.url("a.bin")
+        )
+    );
+    assert_eq!(err.erc(), erc::WORKFLOW_DOWNLOAD_FAILED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_found_fails_at_once_naming_the_file() {
+    let server = TestServer::start();
+    let s = store();
+    let w = wanted("missing.bin", b"x");
+    let err = fetch(&s, &w, &server.url("missing.bin")).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "`missing.bin`: {} answered HTTP 404",
+            server.url("missing.bin")
+        )
+    );
+    assert_eq!(server.requests("missing.bin").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_bytes_than_size_in_bytes_are_refused() {
+    let server = TestServer::start();
+    let bytes = payload(4000);
+    server.put("a.bin", &bytes);
+    server.behave(
+        "a.bin",
+        Behavior {
+            extra_bytes: 100,
+            ..Behavior::default()
+        },
+    );
+    let s = store();
+    let w = wanted("a.bin", &bytes);
+    let err = fetch(&s, &w, &server.url("a.bin")).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`a.bin`: size mismatch: the manifest says 4000 bytes, the source gave 4100"
+    );
+    assert_eq!(err.erc(), erc::WORKFLOW_FILE_SIZE_MISMATCH);
+    assert!(s.names().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_content_length_bigger_than_size_in_bytes_is_refused_before_reading() {
+    let server = TestServer::start();
+    let bytes = payload(4000);
+    server.put("a.bin", &bytes);
+    server.behave(
+        "a.bin",
+        Behavior {
+            lie_length: Some(1 << 40),
+            ..Behavior::default()
+        },
+    );
+    let s = store();
+    let err = fetch(&s, &wanted("a.bin", &bytes), &server.url("a.bin"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "`a.bin`: size mismatch: the manifest says 4000 bytes, the source gave {}",
+            1u64 << 40
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_transfer_is_retried() {
+    let server = TestServer::start();
+    let bytes = payload(4000);
+    server.put("a.bin", &bytes);
+    server.behave(
+        "a.bin",
+        Behavior {
+            stall_first: Some(std::time::Duration::from_secs(3)),
+            ..Behavior::default()
+        },
+    );
+    let s = store();
+    let w = wanted("a.bin", &bytes);
+    fetch(&s, &w, &server.url("a.bin")).await.unwrap();
+    assert_eq!(server.requests("a.bin").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_directories_and_file_urls_are_sources_too() {
+    let src = tempfile::tempdir().unwrap();
+    let bytes = payload(777);
+    std::fs::write(src.path().join("cfg.json"), &bytes).unwrap();
+    let s = store();
+    let w = wanted("cfg.json", &bytes);
+    let dir = Dir::open_ambient_dir(src.path(), ambient_authority()).unwrap();
+    let r = s
+        .downloader
+        .fetch(&w, Source::Directory(&dir), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(r, Fetched::Downloaded { bytes: 777 });
+
+    let s2 = store();
+    let url = format!("file://{}", src.path().join("cfg.json").display());
+    assert_eq!(
+        fetch(&s2, &w, &url).await.unwrap(),
+        Fetched::Downloaded { bytes: 777 }
+    );
+
+    let wrong = wanted("cfg.json", b"something else");
+    let err = s
+        .downloader
+        .fetch(&wrong, Source::Directory(&dir), &|_, _| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DownloadError::SizeMismatch { .. }), "{err}");
+}

@@ -1,0 +1,176 @@
+//! A real HTTP/1.1 server on loopback for download tests, with misbehaviours on demand: dropped
+//! connections, wrong bytes, extra bytes, error statuses, lies about Content-Length, stalls.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the server treats one path.
+#[derive(Debug, Clone, Default)]
+pub struct Behavior {
+    /// Answer 500 to this many requests first.
+    pub fail_first: u32,
+    /// For this many requests, close the connection after sending this many body bytes.
+    pub drop_first: Option<(u32, usize)>,
+    /// Always answer with this status.
+    pub status: Option<u16>,
+    /// Serve the file with one byte changed.
+    pub wrong_bytes: bool,
+    /// Append this many bytes to the file.
+    pub extra_bytes: usize,
+    /// Announce this Content-Length whatever the body.
+    pub lie_length: Option<u64>,
+    /// For the first request, wait this long before sending the body.
+    pub stall_first: Option<Duration>,
+}
+
+#[derive(Default)]
+struct State {
+    files: HashMap<String, Vec<u8>>,
+    behaviors: HashMap<String, Behavior>,
+    /// (path, requested range start)
+    log: Vec<(String, Option<u64>)>,
+}
+
+/// The server; it stops when the test process ends.
+pub struct TestServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state: Arc<Mutex<State>> = Arc::default();
+        let s = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &s);
+                });
+            }
+        });
+        TestServer { addr, state }
+    }
+
+    pub fn put(&self, name: &str, bytes: &[u8]) {
+        self.state
+            .lock()
+            .unwrap()
+            .files
+            .insert(format!("/{name}"), bytes.to_vec());
+    }
+
+    pub fn behave(&self, name: &str, b: Behavior) {
+        self.state
+            .lock()
+            .unwrap()
+            .behaviors
+            .insert(format!("/{name}"), b);
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}", self.addr)
+    }
+
+    /// The range starts requested for `name`, in order (None: the whole file).
+    pub fn requests(&self, name: &str) -> Vec<Option<u64>> {
+        let path = format!("/{name}");
+        self.state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|(p, _)| *p == path)
+            .map(|(_, r)| *r)
+            .collect()
+    }
+}
+
+fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let mut range = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("range: bytes=") {
+            range = v.trim().trim_end_matches('-').parse::<u64>().ok();
+        }
+    }
+    let (body, behavior) = {
+        let mut s = state.lock().unwrap();
+        s.log.push((path.clone(), range));
+        let body = s.files.get(&path).cloned();
+        let b = s.behaviors.entry(path.clone()).or_default();
+        let current = b.clone();
+        if b.fail_first > 0 {
+            b.fail_first -= 1;
+        }
+        if let Some((n, bytes)) = b.drop_first {
+            b.drop_first = (n > 1).then_some((n - 1, bytes));
+        }
+        b.stall_first = None;
+        (body, current)
+    };
+    let mut out = conn;
+    let status_line = |code: u16, text: &str| {
+        format!("HTTP/1.1 {code} {text}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    if let Some(code) = behavior.status {
+        return out.write_all(status_line(code, "Configured").as_bytes());
+    }
+    if behavior.fail_first > 0 {
+        return out.write_all(status_line(500, "Internal Server Error").as_bytes());
+    }
+    let Some(mut body) = body else {
+        return out.write_all(status_line(404, "Not Found").as_bytes());
+    };
+    if behavior.wrong_bytes {
+        let mid = body.len() / 2;
+        body[mid] ^= 0xFF;
+    }
+    body.extend(std::iter::repeat_n(b'X', behavior.extra_bytes));
+    let total = body.len() as u64;
+    let (head, slice) = match range {
+        Some(start) if start < total => (
+            format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{total}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                total - 1,
+                total - start
+            ),
+            &body[start as usize..],
+        ),
+        Some(_) => return out.write_all(status_line(416, "Range Not Satisfiable").as_bytes()),
+        None => {
+            let len = behavior.lie_length.unwrap_or(total);
+            (format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"), &body[..])
+        }
+    };
+    out.write_all(head.as_bytes())?;
+    if let Some(d) = behavior.stall_first {
+        std::thread::sleep(d);
+    }
+    match behavior.drop_first {
+        Some((_, bytes)) => {
+            out.write_all(&slice[..bytes.min(slice.len())])?;
+            out.flush()?;
+            out.shutdown(std::net::Shutdown::Both)
+        }
+        None => out.write_all(slice),
+    }
+}

@@ -1,0 +1,786 @@
+//! Whole deployments in-process: ordering, skipping, failure and restore, reference steps,
+//! reboots, cancellation, resumption, hostile names.
+
+use crate::support::component;
+use base64::Engine as _;
+use sandstep::config::Config;
+use sandstep::datadir::DataDir;
+use sandstep::registry::Registry;
+use sandstep::sandbox::{EngineOptions, Sandbox};
+use sandstep::workflow::events::{Event, Observer};
+use sandstep::workflow::{Deployer, Outcome, Request};
+use sandstep_model::codes::{erc, result};
+use sandstep_model::inventory::Inventory;
+use sandstep_model::journal::{FileSource, Status};
+use sandstep_model::Action;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+pub const PROBE: &str = "test/probe:1";
+
+/// Records every event.
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<Event>>);
+
+impl Observer for Recorder {
+    fn event(&self, e: &Event) {
+        self.0.lock().unwrap().push(e.clone());
+    }
+}
+
+/// A manifest file entry for `bytes`.
+pub fn file_entry(name: &str, bytes: &[u8]) -> Value {
+    json!({
+        "fileName": name,
+        "sizeInBytes": bytes.len(),
+        "hashes": {"sha256": base64::engine::general_purpose::STANDARD.encode(Sha256::digest(bytes))}
+    })
+}
+
+/// A stateful probe step (see tests/guests/probe).
+pub fn stateful(name: &str, extra: Value, files: &[&str]) -> Value {
+    let mut props = json!({"op": "stateful", "name": name});
+    if let Value::Object(m) = extra {
+        props.as_object_mut().unwrap().extend(m);
+    }
+    json!({"handler": PROBE, "files": files, "handlerProperties": props})
+}
+
+/// A test deployment: a data dir with the probe registered, and a files dir.
+pub struct Env {
+    pub data: tempfile::TempDir,
+    pub files: tempfile::TempDir,
+    pub file_entries: serde_json::Map<String, Value>,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let data = tempfile::tempdir().unwrap();
+        let reg = Registry::open(DataDir::open(data.path()).unwrap().handlers().unwrap()).unwrap();
+        reg.install(PROBE, &component("probe"), "probe.wasm", 0)
+            .unwrap();
+        reg.install(
+            "contoso/config:1",
+            &component("vendor-handler"),
+            "vendor-handler.wasm",
+            0,
+        )
+        .unwrap();
+        Env {
+            data,
+            files: tempfile::tempdir().unwrap(),
+            file_entries: Default::default(),
+        }
+    }
+
+    /// Adds a payload file (to the files dir and the manifest's `files`).
+    pub fn file(&mut self, name: &str, bytes: &[u8]) {
+        std::fs::write(self.files.path().join(name), bytes).unwrap();
+        self.file_entries
+            .insert(name.into(), file_entry(name, bytes));
+    }
+
+    pub fn manifest(&self, steps: Vec<Value>) -> String {
+        let mut files = self.file_entries.clone();
+        if files.is_empty() {
+            files.insert("unused.txt".into(), file_entry("unused.txt", b"x"));
+        }
+        serde_json::to_string_pretty(&json!({
+            "updateId": {"provider": "test", "name": "deploy", "version": "1.0"},
+            "compatibility": [{"manufacturer": "test", "model": "gateway"}],
+            "instructions": {"steps": steps},
+            "files": files,
+            "manifestVersion": "5.0"
+        }))
+        .unwrap()
+    }
+
+    pub fn request(&self, workflow_id: &str, manifest: String) -> Request {
+        Request {
+            workflow_id: workflow_id.into(),
+            retry_timestamp: None,
+            manifest,
+            source: FileSource::Directory(self.files.path().display().to_string()),
+            inventory: Inventory::default(),
+            force: false,
+        }
+    }
+
+    pub fn deployer(&self) -> Deployer {
+        let data = DataDir::open(self.data.path()).unwrap();
+        let sandbox = Arc::new(
+            Sandbox::new(
+                &EngineOptions::default(),
+                Some(data.component_cache().unwrap()),
+            )
+            .unwrap(),
+        );
+        Deployer::new(sandbox, data, Config::default()).unwrap()
+    }
+
+    pub async fn run(&self, req: Request) -> (Outcome, Arc<Recorder>) {
+        let rec = Arc::new(Recorder::default());
+        let out = self
+            .deployer()
+            .run(req, rec.clone(), &CancellationToken::new())
+            .await
+            .unwrap();
+        (out, rec)
+    }
+
+    /// The lines a stateful probe step logged.
+    pub fn log(&self, name: &str) -> Vec<String> {
+        let state = self.data.path().join("state");
+        let Some(dir) = std::fs::read_dir(&state).ok().and_then(|mut d| {
+            d.find(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("test_probe_1")
+            })
+        }) else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(dir.unwrap().path().join(format!("{name}.log")))
+            .map(|s| s.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn codes(out: &Outcome) -> Vec<(String, i32)> {
+    out.result
+        .step_results
+        .iter()
+        .map(|(k, v)| (k.clone(), v.result_code))
+        .collect()
+}
+
+const LIFECYCLE: [&str; 4] = ["download", "backup", "install", "apply"];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inline_steps_run_in_order_and_the_result_file_says_so() {
+    let mut env = Env::new();
+    env.file("a.txt", b"alpha");
+    let m = env.manifest(vec![
+        stateful("first", json!({}), &["a.txt"]),
+        stateful("second", json!({}), &["a.txt"]),
+    ]);
+    let (out, rec) = env.run(env.request("wf-order", m)).await;
+    assert_eq!(out.status, Status::Succeeded);
+    assert_eq!(out.result.result_code, result::APPLY_SUCCESS);
+    assert_eq!(out.result.extended_result_codes, "00000000");
+    assert_eq!(
+        codes(&out),
+        vec![("step_0".into(), 700), ("step_1".into(), 700)]
+    );
+    assert_eq!(
+        out.result.installed_update_id.as_deref(),
+        Some(r#"{"provider":"test","name":"deploy","version":"1.0"}"#)
+    );
+    assert_eq!(env.log("first"), LIFECYCLE);
+    assert_eq!(env.log("second"), LIFECYCLE);
+    // Step 0's actions ran before step 1's.
+    let order: Vec<(usize, Action)> = rec
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::ActionStarted { unit, action } => Some((*unit, *action)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order.first(), Some(&(0, Action::IsInstalled)));
+    assert_eq!(order.last(), Some(&(1, Action::Apply)));
+    assert!(order.windows(2).all(|w| w[0].0 <= w[1].0));
+    // ADU's per-action result files are left in the work folder.
+    let work = find_file(
+        &env.data.path().join("work"),
+        "action_apply_aduc_result.json",
+    );
+    let v: Value = serde_json::from_slice(&std::fs::read(work).unwrap()).unwrap();
+    assert_eq!(v["resultCode"], 700);
+}
+
+fn find_file(root: &Path, name: &str) -> PathBuf {
+    for entry in walk(root) {
+        if entry.file_name().is_some_and(|n| n == name) {
+            return entry;
+        }
+    }
+    panic!("{name} not under {}", root.display())
+}
+
+pub fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_installed_step_is_skipped_with_603() {
+    let env = Env::new();
+    let m = with_unused(&env, vec![stateful("s", json!({}), &[])]);
+    let (first, _) = env.run(env.request("wf-1", m.clone())).await;
+    assert_eq!(first.status, Status::Succeeded);
+    let (second, _) = env.run(env.request("wf-2", m)).await;
+    assert_eq!(second.status, Status::Succeeded);
+    assert_eq!(
+        codes(&second),
+        vec![(
+            "step_0".into(),
+            result::INSTALL_SKIPPED_UPDATE_ALREADY_INSTALLED
+        )]
+    );
+    assert_eq!(env.log("s"), LIFECYCLE, "nothing ran the second time");
+}
+
+fn with_unused(env: &Env, steps: Vec<Value>) -> String {
+    std::fs::write(env.files.path().join("unused.txt"), b"x").unwrap();
+    env.manifest(
+        steps
+            .into_iter()
+            .map(|mut v| {
+                if v.get("files")
+                    .is_some_and(|f| f.as_array().unwrap().is_empty())
+                {
+                    v["files"] = json!(["unused.txt"]);
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_install_failure_runs_restore_reports_it_and_aborts() {
+    let env = Env::new();
+    let m = with_unused(
+        &env,
+        vec![
+            stateful("one", json!({}), &[]),
+            stateful("two", json!({"fail": "install"}), &[]),
+            stateful("three", json!({}), &[]),
+        ],
+    );
+    let (out, _) = env.run(env.request("wf-fail", m)).await;
+    assert_eq!(out.status, Status::Failed);
+    assert_eq!(out.result.result_code, result::FAILURE);
+    assert_eq!(out.result.extended_result_code, 0x3200_0042);
+    assert_eq!(out.result.result_details, "two: install failed on purpose");
+    assert_eq!(out.result.extended_result_codes, "32000042");
+    assert!(out.result.installed_update_id.is_none());
+    let step1 = &out.result.step_results["step_1"];
+    let restore = step1
+        .actions
+        .iter()
+        .find(|a| a.action == Action::Restore)
+        .expect("restore ran");
+    assert_eq!(restore.result.result_code, result::RESTORE_SUCCESS);
+    assert_eq!(env.log("two"), ["download", "backup", "install", "restore"]);
+    assert!(
+        env.log("three").is_empty(),
+        "the step after the failure never ran"
+    );
+    assert!(!out.result.step_results.contains_key("step_2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_handler_fails_its_step_naming_the_id_and_the_fix() {
+    let env = Env::new();
+    let m = with_unused(
+        &env,
+        vec![json!({"handler": "nobody/nothing:1", "files": [], "handlerProperties": {}})],
+    );
+    let (out, _) = env.run(env.request("wf-unknown", m)).await;
+    assert_eq!(out.status, Status::Failed);
+    assert_eq!(
+        out.result.extended_result_code,
+        erc::SANDBOX_HANDLER_NOT_FOUND.raw()
+    );
+    assert_eq!(
+        out.result.result_details,
+        "no handler is registered as `nobody/nothing:1`; install one with `sandstep handler install <COMPONENT.wasm> --id nobody/nothing:1`"
+    );
+}
+
+fn child_manifest(
+    steps: Vec<Value>,
+    compatibility: Value,
+    files: serde_json::Map<String, Value>,
+) -> String {
+    serde_json::to_string(&json!({
+        "updateId": {"provider": "test", "name": "child", "version": "2.0"},
+        "compatibility": compatibility,
+        "instructions": {"steps": steps},
+        "files": files,
+        "manifestVersion": "4.0"
+    }))
+    .unwrap()
+}
+
+fn inventory() -> Inventory {
+    Inventory::parse(
+        &json!({"components": [
+            {"id": "cam-1", "name": "front", "group": "cameras", "manufacturer": "contoso", "model": "c", "version": "1.0", "properties": {"path": "/dev/cam1"}},
+            {"id": "cam-2", "name": "rear", "group": "cameras", "manufacturer": "contoso", "model": "c", "version": "1.0"},
+            {"id": "motor-1", "name": "left", "group": "motors", "manufacturer": "contoso", "model": "m", "version": "1.0"}
+        ]})
+        .to_string(),
+    )
+    .unwrap()
+}
+
+/// Adds a child update file to `env` and returns the parent manifest referencing it.
+fn parent_with_child(env: &mut Env, child: &str, before: Vec<Value>) -> String {
+    env.file("child.json", child.as_bytes());
+    std::fs::write(env.files.path().join("unused.txt"), b"x").unwrap();
+    env.file_entries
+        .insert("unused.txt".into(), file_entry("unused.txt", b"x"));
+    let mut steps = before;
+    steps.push(json!({"type": "reference", "detachedManifestFileId": "child.json"}));
+    env.manifest(steps)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reference_step_runs_every_child_step_for_each_matching_component() {
+    let mut env = Env::new();
+    env.file("cfg.txt", b"setting=1\n");
+    let mut files = serde_json::Map::new();
+    files.insert("cfg.txt".into(), file_entry("cfg.txt", b"setting=1\n"));
+    let child = child_manifest(
+        vec![
+            json!({"handler": "contoso/config:1", "files": ["cfg.txt"], "handlerProperties": {"target": "cfg.txt", "installedCriteria": "cfg-1"}}),
+            json!({"handler": "contoso/config:1", "files": ["cfg.txt"], "handlerProperties": {"target": "copy.txt", "installedCriteria": "copy-1"}}),
+        ],
+        json!([{"group": "cameras"}, {"group": "motors"}]),
+        files,
+    );
+    let m = parent_with_child(&mut env, &child, vec![]);
+    let mut req = env.request("wf-ref", m);
+    req.inventory = inventory();
+    let (out, rec) = env.run(req).await;
+    assert_eq!(out.status, Status::Succeeded, "{:#?}", out.result);
+    let step = &out.result.step_results["step_0"];
+    assert_eq!(step.result_code, 700);
+    assert_eq!(
+        step.components.keys().collect::<Vec<_>>(),
+        ["cam-1", "cam-2"],
+        "only the first compatibility entry selects"
+    );
+    for c in step.components.values() {
+        assert_eq!(
+            c.step_results.keys().collect::<Vec<_>>(),
+            ["step_0", "step_1"]
+        );
+    }
+    // One component after the other, all of a component's steps together.
+    let started: Vec<String> = rec
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::UnitStarted { label, .. } => Some(label.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        started,
+        ["0/cam-1/0", "0/cam-1/1", "0/cam-2/0", "0/cam-2/1"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn component_tokens_reach_the_handler_as_the_selected_component() {
+    let mut env = Env::new();
+    let child = child_manifest(
+        vec![
+            json!({"handler": PROBE, "files": ["unused.txt"], "handlerProperties": {"op": "stateful", "name": "per-component"}}),
+        ],
+        json!([{"group": "motors"}]),
+        {
+            let mut f = serde_json::Map::new();
+            f.insert("unused.txt".into(), file_entry("unused.txt", b"x"));
+            f
+        },
+    );
+    let m = parent_with_child(&mut env, &child, vec![]);
+    let mut req = env.request("wf-comp", m);
+    req.inventory = inventory();
+    let (out, _) = env.run(req).await;
+    assert_eq!(out.status, Status::Succeeded);
+    assert_eq!(
+        out.result.step_results["step_0"]
+            .components
+            .keys()
+            .collect::<Vec<_>>(),
+        ["motor-1"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_matching_component_gives_604_and_is_not_a_failure() {
+    let mut env = Env::new();
+    let child = child_manifest(
+        vec![
+            json!({"handler": PROBE, "files": ["unused.txt"], "handlerProperties": {"op": "stateful", "name": "x"}}),
+        ],
+        json!([{"group": "printers"}]),
+        {
+            let mut f = serde_json::Map::new();
+            f.insert("unused.txt".into(), file_entry("unused.txt", b"x"));
+            f
+        },
+    );
+    let m = parent_with_child(&mut env, &child, vec![]);
+    let mut req = env.request("wf-nomatch", m);
+    req.inventory = inventory();
+    let (out, _) = env.run(req).await;
+    assert_eq!(out.status, Status::Succeeded);
+    let step = &out.result.step_results["step_0"];
+    assert_eq!(
+        step.result_code,
+        result::INSTALL_SKIPPED_NO_MATCHING_COMPONENTS
+    );
+    assert_eq!(
+        step.result_details,
+        r#"no component of the inventory matches {"group":"printers"}"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_child_update_with_a_reference_step_is_refused() {
+    let mut env = Env::new();
+    let mut files = serde_json::Map::new();
+    files.insert(
+        "grandchild.json".into(),
+        file_entry("grandchild.json", b"{}"),
+    );
+    let child = child_manifest(
+        vec![json!({"type": "reference", "detachedManifestFileId": "grandchild.json"})],
+        json!([{"group": "cameras"}]),
+        files,
+    );
+    let m = parent_with_child(&mut env, &child, vec![]);
+    let (out, _) = env.run(env.request("wf-nested", m)).await;
+    assert_eq!(out.status, Status::Failed);
+    assert_eq!(
+        out.result.extended_result_code,
+        erc::WORKFLOW_CHILD_MANIFEST_INVALID.raw()
+    );
+    assert_eq!(
+        out.result.result_details,
+        "instructions.steps[0]: child update `child.json`: instructions.steps[0]: a child update may not contain reference steps"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_child_manifest_fails_with_the_hash_mismatch_code() {
+    let mut env = Env::new();
+    let child = child_manifest(
+        vec![json!({"handler": PROBE, "files": ["unused.txt"], "handlerProperties": {}})],
+        json!([{"group": "cameras"}]),
+        {
+            let mut f = serde_json::Map::new();
+            f.insert("unused.txt".into(), file_entry("unused.txt", b"x"));
+            f
+        },
+    );
+    let m = parent_with_child(&mut env, &child, vec![]);
+    // Same size, different bytes.
+    let tampered = child.replacen("cameras", "CAMERAS", 1);
+    std::fs::write(env.files.path().join("child.json"), tampered).unwrap();
+    let (out, _) = env.run(env.request("wf-tamper", m)).await;
+    assert_eq!(out.status, Status::Failed);
+    assert_eq!(out.result.extended_result_code, 0x4000_000C);
+    assert!(
+        out.result
+            .result_details
+            .starts_with("`child.json`: sha256 mismatch"),
+        "{}",
+        out.result.result_details
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payload_with_the_wrong_hash_fails_its_step_before_the_handler_sees_it() {
+    let mut env = Env::new();
+    env.file("fw.bin", b"good firmware");
+    let m = env.manifest(vec![
+        stateful("fw", json!({}), &["fw.bin"]),
+        stateful("after", json!({}), &["fw.bin"]),
+    ]);
+    std::fs::write(env.files.path().join("fw.bin"), b"evil firmware").unwrap();
+    let (out, _) = env.run(env.request("wf-hash", m)).await;
+    assert_eq!(out.status, Status::Failed);
+    assert_eq!(out.result.extended_result_code, 0x4000_000C);
+    assert!(env.log("fw").is_empty(), "the handler never ran");
+    assert!(env.log("after").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_immediate_reboot_stops_the_deployment_and_the_next_run_resumes() {
+    let env = Env::new();
+    let m = with_unused(
+        &env,
+        vec![
+            stateful("fw", json!({"apply_code": 705}), &[]),
+            stateful("after", json!({}), &[]),
+        ],
+    );
+    let (first, _) = env.run(env.request("wf-reboot", m.clone())).await;
+    assert_eq!(first.status, Status::RebootRequired);
+    assert_eq!(
+        first.result.result_code,
+        result::APPLY_REQUIRED_IMMEDIATE_REBOOT
+    );
+    assert!(
+        env.log("after").is_empty(),
+        "nothing runs before the reboot"
+    );
+
+    let (second, rec) = env.run(env.request("wf-reboot", m)).await;
+    assert_eq!(second.status, Status::Succeeded);
+    assert!(matches!(
+        rec.0.lock().unwrap()[0],
+        Event::Planned { resumed: true, .. }
+    ));
+    assert_eq!(second.result.step_results["step_0"].result_code, 700);
+    assert_eq!(
+        second.result.step_results["step_0"].result_details,
+        "confirmed installed after the requested reboot or restart"
+    );
+    assert_eq!(
+        env.log("fw"),
+        LIFECYCLE,
+        "the rebooted step was re-checked, not re-run"
+    );
+    assert_eq!(env.log("after"), LIFECYCLE);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deferred_reboot_is_requested_after_the_last_step() {
+    let env = Env::new();
+    let m = with_unused(
+        &env,
+        vec![
+            stateful("a", json!({"apply_code": 706}), &[]),
+            stateful("b", json!({}), &[]),
+        ],
+    );
+    let (first, _) = env.run(env.request("wf-later", m.clone())).await;
+    assert_eq!(first.status, Status::RebootRequired);
+    assert_eq!(first.result.result_code, result::APPLY_REQUIRED_REBOOT);
+    assert_eq!(env.log("b"), LIFECYCLE, "the remaining steps ran first");
+    let (second, _) = env.run(env.request("wf-later", m)).await;
+    assert_eq!(second.status, Status::Succeeded);
+    assert_eq!(env.log("a"), LIFECYCLE);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_workflow_is_reported_not_rerun_unless_forced() {
+    let env = Env::new();
+    let m = with_unused(&env, vec![stateful("once", json!({}), &[])]);
+    let (first, _) = env.run(env.request("wf-done", m.clone())).await;
+    assert!(!first.already_done);
+    let (again, _) = env.run(env.request("wf-done", m.clone())).await;
+    assert!(again.already_done);
+    assert_eq!(again.result, first.result);
+    let mut forced = env.request("wf-done", m);
+    forced.force = true;
+    let (f, _) = env.run(forced).await;
+    assert!(!f.already_done);
+    assert_eq!(
+        f.result.step_results["step_0"].result_code, 603,
+        "forced run re-checks, finds it installed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_stops_the_step_calls_cancel_and_records_minus_one() {
+    let env = Env::new();
+    let m = with_unused(
+        &env,
+        vec![
+            stateful("slow", json!({"sleep_ms": 30000}), &[]),
+            stateful("never", json!({}), &[]),
+        ],
+    );
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        c.cancel();
+    });
+    let rec = Arc::new(Recorder::default());
+    let out = env
+        .deployer()
+        .run(env.request("wf-cancel", m), rec, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(out.status, Status::Cancelled);
+    assert_eq!(out.result.result_code, result::FAILURE_CANCELLED);
+    assert_eq!(
+        out.result.extended_result_code,
+        erc::WORKFLOW_CANCELLED.raw()
+    );
+    let step = &out.result.step_results["step_0"];
+    let cancel_call = step
+        .actions
+        .iter()
+        .find(|a| a.action == Action::Cancel)
+        .expect("cancel was called");
+    assert_eq!(cancel_call.result.result_code, result::CANCEL_SUCCESS);
+    assert_eq!(env.log("slow").last().map(String::as_str), Some("cancel"));
+    assert!(env.log("never").is_empty());
+    let journal = env
+        .deployer()
+        .journals()
+        .load("wf-cancel")
+        .unwrap()
+        .unwrap();
+    assert_eq!(journal.status, Status::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_workflow_and_component_ids_stay_inside_the_data_dir() {
+    let outer = tempfile::tempdir().unwrap();
+    let mut env = Env::new();
+    // Put the data dir one level down so an escape would show up beside it.
+    let data_path = outer.path().join("data");
+    std::fs::rename(env.data.path(), &data_path).unwrap();
+    let child = child_manifest(
+        vec![
+            json!({"handler": PROBE, "files": ["unused.txt"], "handlerProperties": {"op": "stateful", "name": "h"}}),
+        ],
+        json!([{"group": "evil"}]),
+        {
+            let mut f = serde_json::Map::new();
+            f.insert("unused.txt".into(), file_entry("unused.txt", b"x"));
+            f
+        },
+    );
+    let m = parent_with_child(&mut env, &child, vec![]);
+    let mut req = env.request("../../escape/../../etc", m);
+    req.inventory = Inventory::parse(&json!({"components": [{"id": "../../../../tmp/evil", "group": "evil"}, {"id": "/etc/passwd", "group": "evil"}]}).to_string()).unwrap();
+    let data = DataDir::open(&data_path).unwrap();
+    let sandbox = Arc::new(Sandbox::new(&EngineOptions::default(), None).unwrap());
+    let deployer = Deployer::new(sandbox, data, Config::default()).unwrap();
+    let out = deployer
+        .run(
+            req,
+            Arc::new(Recorder::default()),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, Status::Succeeded, "{:#?}", out.result);
+    let beside: Vec<_> = std::fs::read_dir(outer.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside, ["data"], "nothing was created outside the data dir");
+    for p in walk(&data_path) {
+        let rel = p.strip_prefix(&data_path).unwrap();
+        assert!(
+            rel.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_))),
+            "{}",
+            rel.display()
+        );
+        assert!(!rel.to_string_lossy().contains(".."), "{}", rel.display());
+    }
+    std::fs::rename(&data_path, env.data.path()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_journal_is_reported_and_kept_aside() {
+    let env = Env::new();
+    let m = with_unused(&env, vec![stateful("x", json!({"apply_code": 705}), &[])]);
+    let (first, _) = env.run(env.request("wf-corrupt", m.clone())).await;
+    assert_eq!(first.status, Status::RebootRequired);
+    let journal_dir = env.data.path().join("journal");
+    let file = std::fs::read_dir(&journal_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes.truncate(n - 40);
+    std::fs::write(&file, &bytes).unwrap();
+    let err = env
+        .deployer()
+        .run(
+            env.request("wf-corrupt", m),
+            Arc::new(Recorder::default()),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("journal for workflow `wf-corrupt`: journal checksum mismatch: the file is torn or corrupted (kept as "), "{err}");
+    assert!(std::fs::read_dir(&journal_dir).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".corrupt")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_come_from_a_base_url_or_a_url_per_file_id() {
+    let server = crate::http::TestServer::start();
+    let mut env = Env::new();
+    env.file("a.txt", b"from the server");
+    server.put("a.txt", b"from the server");
+    let m = env.manifest(vec![stateful("web", json!({}), &["a.txt"])]);
+    let mut req = env.request("wf-http", m.clone());
+    req.source = FileSource::BaseUrl(server.base());
+    let (out, _) = env.run(req).await;
+    assert_eq!(out.status, Status::Succeeded);
+    assert_eq!(
+        out.result.step_results["step_0"].files[0].result_code,
+        result::DOWNLOAD_SUCCESS
+    );
+
+    let mut req = env.request("wf-http-2", m);
+    req.source = FileSource::Urls([("a.txt".to_string(), server.url("a.txt"))].into());
+    let (out, _) = env.run(req).await;
+    assert_eq!(out.step_code(), 603);
+    assert_eq!(
+        out.result.step_results["step_0"].files[0].result_code,
+        result::DOWNLOAD_SKIPPED_FILE_EXISTS
+    );
+    assert_eq!(
+        server.requests("a.txt").len(),
+        1,
+        "the second deployment reused the verified copy"
+    );
+}
+
+trait StepCode {
+    fn step_code(&self) -> i32;
+}
+
+impl StepCode for Outcome {
+    fn step_code(&self) -> i32 {
+        self.result.step_results["step_0"].result_code
+    }
+}
