@@ -5,5 +5,6 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 scripts/build-components.sh
-# Default members: model, runtime, sdk (guests are covered through the runtime tests).
-cargo test "$@"
+# Default members: model, runtime, sdk (guests are covered through the runtime tests). The
+# fault-injection feature adds the crash points the crash-recovery test needs.
+cargo test --features sandstep/fault-injection "$@"

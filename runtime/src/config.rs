@@ -172,3 +172,18 @@ mod tests {
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config.toml");
+        let c = super::Config::load(std::path::Path::new(path)).unwrap();
+        assert_eq!(
+            c.limits,
+            crate::sandbox::Limits::default(),
+            "the example shows the defaults"
+        );
+        assert_eq!(c.download, crate::download::DownloadConfig::default());
+    }
+}

@@ -182,6 +182,7 @@ pub async fn run(args: RunArgs, common: &Common) -> Result<ExitCode> {
     let workflow_id = req.workflow_id.clone();
     let outcome = deployer.run(req, console.clone(), &cancel).await?;
     console.clear();
+    sandstep::fault::point("before-result-file");
     let result = &outcome.result;
     let where_ = match &args.result_file {
         Some(p) => {

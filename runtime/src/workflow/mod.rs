@@ -518,6 +518,7 @@ impl Deployer {
                 Fetched::Downloaded { .. } => result::DOWNLOAD_SUCCESS,
                 Fetched::AlreadyPresent => result::DOWNLOAD_SKIPPED_FILE_EXISTS,
             };
+            crate::fault::point("after-file");
             run.observer.event(&Event::FileReady {
                 unit: index,
                 file: w.file_name.clone(),

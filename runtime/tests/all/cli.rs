@@ -1,0 +1,458 @@
+//! The `sandstep` binary: the demo deployment, exit statuses, signals, deployment documents,
+//! and crash recovery at every crash point (with the `fault-injection` feature).
+
+use crate::support::{component, repo_root};
+use crate::workflow::{file_entry, stateful, PROBE};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn sandstep() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sandstep"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A data dir with the probe and the vendor handler installed through the CLI.
+fn data_dir() -> tempfile::TempDir {
+    let data = tempfile::tempdir().unwrap();
+    let wasm = tempfile::tempdir().unwrap();
+    for (name, id) in [("probe", PROBE), ("vendor-handler", "contoso/config:1")] {
+        let p = wasm.path().join(format!("{name}.wasm"));
+        std::fs::write(&p, component(name)).unwrap();
+        let out = sandstep()
+            .args(["handler", "install"])
+            .arg(&p)
+            .args(["--id", id, "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        let text = ok(&out);
+        assert!(text.starts_with(&format!("installed {id} (")), "{text}");
+    }
+    data
+}
+
+fn write_manifest(dir: &Path, steps: Vec<Value>, files: &[(&str, &[u8])]) -> PathBuf {
+    let mut entries = serde_json::Map::new();
+    for (name, bytes) in files {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        entries.insert(name.to_string(), file_entry(name, bytes));
+    }
+    let m = json!({
+        "updateId": {"provider": "test", "name": "cli", "version": "1.0"},
+        "compatibility": [{"model": "gw"}],
+        "instructions": {"steps": steps},
+        "files": entries,
+        "manifestVersion": "4.0"
+    });
+    let path = dir.join("manifest.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    path
+}
+
+fn result_file(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_demo_deployment_runs_from_the_examples() {
+    let data = data_dir();
+    let out_dir = tempfile::tempdir().unwrap();
+    let result = out_dir.path().join("result.json");
+    let demo = repo_root().join("examples/demo");
+    let run = || {
+        sandstep()
+            .arg("run")
+            .arg(demo.join("manifest.json"))
+            .arg("--files")
+            .arg(demo.join("files"))
+            .arg("--components")
+            .arg(demo.join("inventory.json"))
+            .arg("--result-file")
+            .arg(&result)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let stdout = ok(&run());
+    assert!(
+        stdout.contains("deployment contoso/gateway-demo:1.0"),
+        "{stdout}"
+    );
+    let r = result_file(&result);
+    assert_eq!(r["resultCode"], 700);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(
+        r["installedUpdateId"],
+        r#"{"provider":"contoso","name":"gateway-demo","version":"1.0"}"#
+    );
+    for step in ["step_0", "step_1", "step_2"] {
+        assert_eq!(r["stepResults"][step]["resultCode"], 700, "{step}: {r:#}");
+    }
+    let comps: Vec<&String> = r["stepResults"]["step_2"]["components"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        comps,
+        ["sensor-0001", "sensor-0002"],
+        "the motor is not a sensor"
+    );
+
+    let again = ok(&run());
+    assert!(
+        again.contains("already finished earlier (succeeded); reporting it"),
+        "{again}"
+    );
+}
+
+#[test]
+fn exit_statuses_tell_failure_reboot_and_bad_input_apart() {
+    let data = data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |manifest: &Path, extra: &[&str]| {
+        sandstep()
+            .arg("run")
+            .arg(manifest)
+            .arg("--files")
+            .arg(dir.path())
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let m = write_manifest(
+        dir.path(),
+        vec![stateful("r", json!({"apply_code": 705}), &["f.txt"])],
+        &[("f.txt", b"f")],
+    );
+    let out = run(&m, &[]);
+    assert_eq!(out.status.code(), Some(3), "reboot required");
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("a reboot is required: reboot, then run the same command again to resume"));
+    let out = run(&m, &[]);
+    assert_eq!(out.status.code(), Some(0), "resumed after the 'reboot'");
+
+    let m = write_manifest(
+        dir.path(),
+        vec![stateful("f", json!({"fail": "apply"}), &["f.txt"])],
+        &[("f.txt", b"f")],
+    );
+    let out = run(&m, &[]);
+    assert_eq!(out.status.code(), Some(1), "deployment failed");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("f: apply failed on purpose"));
+
+    let bad = dir.path().join("inventory.json");
+    std::fs::write(&bad, r#"{"components": [{"id": ""}]}"#).unwrap();
+    let out = run(&m, &["--components", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("error: {}: inventory: components[0].id: must be 1-256 characters without control characters", bad.display())
+    );
+}
+
+#[test]
+fn a_manifest_that_breaks_a_rule_fails_with_the_field_named() {
+    let data = data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(
+        dir.path(),
+        vec![json!({"handler": "no-version", "files": ["f.txt"], "handlerProperties": {}})],
+        &[("f.txt", b"f")],
+    );
+    let result = dir.path().join("r.json");
+    let out = sandstep()
+        .arg("run")
+        .arg(&m)
+        .arg("--files")
+        .arg(dir.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--result-file")
+        .arg(&result)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r = result_file(&result);
+    assert_eq!(
+        r["resultDetails"],
+        "update manifest: instructions.steps[0].handler: must look like vendor/name:version"
+    );
+    assert_eq!(
+        r["extendedResultCode"],
+        sandstep_model::codes::erc::WORKFLOW_MANIFEST_INVALID.raw()
+    );
+}
+
+#[test]
+fn sigint_cancels_the_running_step_and_exits_130() {
+    let data = data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(
+        dir.path(),
+        vec![stateful("slow", json!({"sleep_ms": 60000}), &["f.txt"])],
+        &[("f.txt", b"f")],
+    );
+    let result = dir.path().join("r.json");
+    let mut child = sandstep()
+        .arg("run")
+        .arg(&m)
+        .arg("--files")
+        .arg(dir.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--result-file")
+        .arg(&result)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the handler is inside install.
+    let log = || {
+        crate::workflow::walk(&data.path().join("state"))
+            .into_iter()
+            .find(|p| p.ends_with("slow.log"))
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    };
+    let started = std::time::Instant::now();
+    while !log().contains("install") {
+        assert!(started.elapsed().as_secs() < 60, "install never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let r = result_file(&result);
+    assert_eq!(r["resultCode"], -1);
+    assert_eq!(r["status"], "cancelled");
+    assert!(
+        log().ends_with("cancel\n"),
+        "the handler's cancel ran: {}",
+        log()
+    );
+}
+
+#[test]
+fn a_deployment_document_brings_its_own_file_urls() {
+    let server = crate::http::TestServer::start();
+    let data = data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(
+        dir.path(),
+        vec![stateful("web", json!({}), &["f.txt"])],
+        &[("f.txt", b"served")],
+    );
+    server.put("f.txt", b"served");
+    let doc = json!({
+        "workflow": {"action": 3, "id": "wf-doc-1"},
+        "updateManifest": std::fs::read_to_string(&m).unwrap(),
+        "fileUrls": {"f.txt": server.url("f.txt")}
+    });
+    let doc_path = dir.path().join("deployment.json");
+    std::fs::write(&doc_path, doc.to_string()).unwrap();
+    let out = sandstep()
+        .arg("run")
+        .arg("--deployment")
+        .arg(&doc_path)
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.first().unwrap()["event"], "planned");
+    assert_eq!(events.last().unwrap()["event"], "finished");
+    assert_eq!(events.last().unwrap()["status"], "succeeded");
+    assert_eq!(server.requests("f.txt").len(), 1);
+}
+
+/// Kills `sandstep run` at every crash point (after each journal write and each handler call)
+/// and restarts it: every deployment must end completed, with each step applied exactly once,
+/// an intact journal and a correct result file.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn killed_at_every_crash_point_the_deployment_finishes_exactly_once() {
+    use sandstep_model::journal::{Journal, Status};
+    let template = data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let child = json!({
+        "updateId": {"provider": "test", "name": "child", "version": "1.0"},
+        "compatibility": [{"group": "g"}],
+        "instructions": {"steps": [stateful("child", json!({}), &["f.txt"])]},
+        "files": {"f.txt": file_entry("f.txt", b"payload")},
+        "manifestVersion": "4.0"
+    })
+    .to_string();
+    let m = write_manifest(
+        dir.path(),
+        vec![
+            stateful("one", json!({}), &["f.txt"]),
+            stateful("two", json!({}), &["f.txt"]),
+            json!({"type": "reference", "detachedManifestFileId": "child.json"}),
+            stateful("three", json!({}), &["f.txt"]),
+            stateful("four", json!({"apply_code": 706}), &["f.txt"]),
+            stateful("five", json!({}), &["f.txt"]),
+            stateful("six", json!({}), &["f.txt"]),
+        ],
+        &[("f.txt", b"payload"), ("child.json", child.as_bytes())],
+    );
+    let inventory = dir.path().join("inventory.json");
+    std::fs::write(&inventory, json!({"components": [{"id": "c1", "group": "g"}, {"id": "c2", "group": "g"}, {"id": "c3", "group": "g"}]}).to_string()).unwrap();
+
+    let attempt = |n: u64| -> bool {
+        let data = tempfile::tempdir().unwrap();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", template.path().display()))
+            .arg(data.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let run = |crash: Option<u64>| {
+            let mut c = sandstep();
+            c.arg("run")
+                .arg(&m)
+                .arg("--files")
+                .arg(dir.path())
+                .arg("--components")
+                .arg(&inventory)
+                .arg("--data-dir")
+                .arg(data.path());
+            if let Some(n) = crash {
+                c.env("SANDSTEP_CRASH_AT", n.to_string());
+            }
+            c.output().unwrap()
+        };
+        let crashed = run(Some(n));
+        if crashed.status.code() == Some(3) {
+            // Step four asked for a reboot after the last step: "reboot" (run again) to finish.
+            let after = run(Some(n));
+            if after.status.success() {
+                return false; // past the last crash point
+            }
+        } else if crashed.status.success() {
+            return false;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            crashed.status.signal(),
+            Some(libc::SIGABRT),
+            "point {n}: {}",
+            String::from_utf8_lossy(&crashed.stderr)
+        );
+        let mut resumed = run(None);
+        if resumed.status.code() == Some(3) {
+            resumed = run(None);
+        }
+        assert!(
+            resumed.status.success(),
+            "point {n}: resumed run failed: {}\n{}",
+            String::from_utf8_lossy(&resumed.stdout),
+            String::from_utf8_lossy(&resumed.stderr)
+        );
+        // Each step applied exactly once.
+        let logs: Vec<PathBuf> = crate::workflow::walk(&data.path().join("state"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        for name in ["one", "two", "three", "four", "five", "six"] {
+            let log = std::fs::read_to_string(
+                logs.iter()
+                    .find(|p| p.ends_with(format!("{name}.log")))
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                log.matches("apply").count(),
+                1,
+                "point {n}: step {name} log:\n{log}"
+            );
+        }
+        // The child step shares one state dir across components: at most one apply each.
+        let child_log =
+            std::fs::read_to_string(logs.iter().find(|p| p.ends_with("child.log")).unwrap())
+                .unwrap();
+        assert!(
+            child_log.matches("apply").count() <= 3,
+            "point {n}: {child_log}"
+        );
+        // The journal is intact and says succeeded.
+        let jdir = data.path().join("journal");
+        let journals: Vec<PathBuf> = std::fs::read_dir(&jdir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "journal"))
+            .collect();
+        assert_eq!(journals.len(), 1, "point {n}");
+        let j = Journal::decode(&std::fs::read(&journals[0]).unwrap()).unwrap();
+        assert_eq!(j.status, Status::Succeeded, "point {n}");
+        // The result file agrees.
+        let results = data.path().join("results");
+        let r: Value = serde_json::from_slice(
+            &std::fs::read(
+                std::fs::read_dir(results)
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .path(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r["resultCode"], 700, "point {n}: {r:#}");
+        for step in [
+            "step_0", "step_1", "step_2", "step_3", "step_4", "step_5", "step_6",
+        ] {
+            let code = r["stepResults"][step]["resultCode"].as_i64().unwrap();
+            assert!(
+                [700, 603, 706].contains(&code),
+                "point {n}: {step} = {code}"
+            );
+        }
+        true
+    };
+    // Two workers share the points.
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tested = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if attempt(n) {
+                        tested.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    } else {
+                        done.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let tested = tested.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(tested >= 100, "only {tested} crash points");
+    eprintln!("crash-tested {tested} points");
+}
