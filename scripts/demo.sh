@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: builds sandstep and the handler components, registers the example handler, and runs
-# a multi-step deployment from examples/demo with local files only (no broker, no network):
+# The demo: builds sandstep and the handler components, signs and registers the example handler,
+# signs the demo manifest, and runs the multi-step deployment from examples/demo with local files
+# only (no broker, no network):
 # a pre-install step, a main step, and a reference step to a child update that runs for the two
 # sensors of the example inventory (the fan is not a sensor, so it is left alone).
 set -euo pipefail
@@ -10,10 +11,34 @@ scripts/build-components.sh
 cargo build --quiet -p sandstep
 sandstep=target/debug/sandstep
 data=target/demo-data
-rm -rf "$data"
-"$sandstep" handler install target/wasm/vendor-handler.wasm --id contoso/config:1 --data-dir "$data"
+keys=target/demo-keys
+work=target/demo-work
+rm -rf "$data" "$work"
+mkdir -p "$keys" "$work"
+
+# Demo keys, generated on first run and kept: a handler signing key (Ed25519, wasmsign2 format),
+# and an ADU-style manifest key chain (RSA root key vouching for an RSA signing key).
+if [[ ! -f $keys/handler.key ]]; then
+    echo "== generating demo keys in $keys (DEMO ONLY: never use them for real devices)"
+    "$sandstep" key generate --out "$keys/handler.key"
+    "$sandstep" key generate --kind manifest-rsa --kid demo-root --out "$keys/root"
+    "$sandstep" key generate --kind manifest-rsa --kid demo-signing --out "$keys/signing"
+fi
+
+echo "== trusting the demo keys in $data"
+"$sandstep" trust add handler "$keys/handler.key.pub" --name demo-vendor --data-dir "$data"
+"$sandstep" trust add root "$keys/root.pub" --name demo-root --data-dir "$data"
+
+echo "== signing and installing the example handler"
+cp target/wasm/vendor-handler.wasm "$work/vendor-handler.wasm"
+"$sandstep" handler sign "$work/vendor-handler.wasm" --key "$keys/handler.key"
+"$sandstep" handler install "$work/vendor-handler.wasm" --id contoso/config:1 --data-dir "$data"
+
+echo "== signing the manifest (a deployment document, as the cloud would send it)"
+"$sandstep" manifest sign examples/demo/manifest.json --key "$keys/signing" --root-key "$keys/root" \
+    --workflow-id demo-1 --out "$work/deployment.json"
 echo
-"$sandstep" run examples/demo/manifest.json \
+"$sandstep" run --deployment "$work/deployment.json" \
     --files examples/demo/files \
     --components examples/demo/inventory.json \
     --data-dir "$data" \

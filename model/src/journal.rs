@@ -148,6 +148,15 @@ pub struct Journal {
     pub update_id: UpdateId,
     /// The deployed manifest, exactly as received.
     pub manifest: String,
+    /// Its `updateManifestSignature`, as received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Whether a missing signature was allowed (`--allow-unsigned`).
+    #[serde(default)]
+    pub unsigned_allowed: bool,
+    /// Who signed the manifest (root kid and signing key thumbprint), once verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
     /// Child manifests by parent step index, exactly as fetched (hash-checked).
     #[serde(default)]
     pub children: BTreeMap<u32, String>,
@@ -247,6 +256,9 @@ mod tests {
                 version: "1.0".into(),
             },
             manifest: "{}".into(),
+            signature: None,
+            unsigned_allowed: false,
+            signed_by: None,
             children: BTreeMap::new(),
             source: FileSource::Directory("/tmp/files".into()),
             status: Status::Running,

@@ -21,6 +21,8 @@ pub struct Config {
     pub download: DownloadConfig,
     /// Limits for handlers without their own.
     pub limits: Limits,
+    /// Trusted keys and signature rules.
+    pub trust: crate::trust::TrustConfig,
     /// Policy per handler id.
     pub handlers: BTreeMap<String, HandlerPolicy>,
 }
@@ -35,6 +37,56 @@ pub struct HandlerPolicy {
     pub limits: Option<Limits>,
     /// The process capability's programs and rules (when `process` is granted).
     pub process: Option<ProcessPolicy>,
+    /// Extra host directories preopened for this handler.
+    pub dirs: Vec<ExtraDir>,
+    /// Component properties that may be mapped in as directories, for the selected component
+    /// only (component-aware handlers).
+    pub component_dirs: Vec<ComponentDir>,
+}
+
+/// A host directory the policy hands to a handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExtraDir {
+    /// Absolute host path.
+    pub host: PathBuf,
+    /// Where the handler sees it (absolute, not /payload, /work or /state).
+    pub guest: String,
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// A component property (such as `path`) whose value, a host directory, is mapped in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ComponentDir {
+    /// The property name in the inventory (`properties.<name>`).
+    pub property: String,
+    /// Where the handler sees the directory.
+    pub guest: String,
+    #[serde(default)]
+    pub writable: bool,
+    /// The directory must lie under this host path (after resolving symlinks).
+    pub under: PathBuf,
+}
+
+fn check_guest_path(guest: &str) -> Result<(), String> {
+    if !guest.starts_with('/') || guest == "/" {
+        return Err(format!(
+            "guest path `{guest}` must be an absolute directory like /data"
+        ));
+    }
+    if guest.split('/').any(|p| p == ".." || p == ".") {
+        return Err(format!("guest path `{guest}` must not contain `.` or `..`"));
+    }
+    for reserved in ["/payload", "/work", "/state"] {
+        if guest == reserved || guest.starts_with(&format!("{reserved}/")) {
+            return Err(format!(
+                "guest path `{guest}` is inside {reserved}, which sandstep provides"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Why the configuration was refused.
@@ -86,6 +138,24 @@ impl Config {
                     "has a [process] table but `process` is not in capabilities".into(),
                 ));
             }
+            for d in &p.dirs {
+                check_guest_path(&d.guest).map_err(|r| err(format!("dirs: {r}")))?;
+                if !d.host.is_absolute() {
+                    return Err(err(format!(
+                        "dirs: host path `{}` must be absolute",
+                        d.host.display()
+                    )));
+                }
+            }
+            for d in &p.component_dirs {
+                check_guest_path(&d.guest).map_err(|r| err(format!("component-dirs: {r}")))?;
+                if !d.under.is_absolute() {
+                    return Err(err(format!(
+                        "component-dirs: `under` path `{}` must be absolute",
+                        d.under.display()
+                    )));
+                }
+            }
             if let Some(pp) = &p.process {
                 for prog in &pp.programs {
                     if !prog.path.starts_with('/') {
@@ -111,6 +181,11 @@ impl Config {
                 .contains(&Capability::Process)
                 .then(|| p.process.clone().unwrap_or_default()),
         }
+    }
+
+    /// The policy table for `handler_id`, if any.
+    pub fn policy(&self, handler_id: &str) -> Option<&HandlerPolicy> {
+        self.handlers.get(handler_id)
     }
 
     /// The limits for `handler_id`.
@@ -153,6 +228,19 @@ mod tests {
         assert_eq!(l.memory_bytes, 1 << 20);
         assert_eq!(l.install, std::time::Duration::from_secs(5));
         assert_eq!(l.apply, Limits::default().apply);
+    }
+
+    #[test]
+    fn extra_dirs_may_not_shadow_the_standard_ones() {
+        let e = Config::parse(
+            "[handlers.\"a/b:1\"]\ndirs = [{ host = \"/srv\", guest = \"/work/x\" }]\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "config c.toml: handlers.\"a/b:1\": dirs: guest path `/work/x` is inside /work, which sandstep provides");
+        let e = Config::parse("[handlers.\"a/b:1\"]\ncomponent-dirs = [{ property = \"path\", guest = \"/c/../etc\", under = \"/srv\" }]\n", "c.toml").unwrap_err();
+        assert_eq!(e.to_string(), "config c.toml: handlers.\"a/b:1\": component-dirs: guest path `/c/../etc` must not contain `.` or `..`");
+        Config::parse("[handlers.\"a/b:1\"]\ndirs = [{ host = \"/srv\", guest = \"/srv\", writable = true }]\n", "c.toml").unwrap();
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   state/<handler>/               a handler's /state (persists across deployments)
 //!   cache/components/              precompiled components (0700)
 //!   handlers/                      the handler registry
+//!   trust/handlers/*.pub           trusted handler signing keys
+//!   trust/roots/*.pub              trusted manifest root keys (JWK)
 //!   results/<workflow>.json        result files (unless --result-file)
 //! ```
 //!
@@ -179,6 +181,14 @@ impl DataDir {
     }
     pub fn handlers(&self) -> Result<Dir, DataDirError> {
         self.sub("handlers", 0o700)
+    }
+    pub fn trust_handlers(&self) -> Result<Dir, DataDirError> {
+        self.sub("trust", 0o755)?;
+        self.sub("trust/handlers", 0o755)
+    }
+    pub fn trust_roots(&self) -> Result<Dir, DataDirError> {
+        self.sub("trust", 0o755)?;
+        self.sub("trust/roots", 0o755)
     }
     pub fn results(&self) -> Result<Dir, DataDirError> {
         self.sub("results", 0o755)

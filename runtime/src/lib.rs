@@ -5,9 +5,11 @@
 //! - [`sandbox`]: engine, precompiled cache, stores with limits, WASI over cap-std directories,
 //!   and [`sandbox::Session`], which runs a handler's lifecycle calls and always yields a result.
 //! - [`capability`]: host interfaces handlers import (`host` for all; `process` when granted).
+//! - [`trust`]: handler signatures (wasmsign2), manifest signatures (JWS), trusted keys.
 //! - [`workflow`]: deployments as persisted state machines: plan, journal, units, results.
 //! - [`download`]: verified, resumable downloads into a content-addressed store.
 //! - [`registry`]: which component serves which handler id.
+//! - [`loader`]: registry -> signature check -> compiled component -> policy check, on every load.
 //! - [`config`]: the TOML configuration and per-handler policy.
 //! - [`datadir`]: the data dir, reached through cap-std handles only.
 //! - [`fault`]: crash points for the fault-injection tests (a no-op in normal builds).
@@ -20,6 +22,8 @@ pub mod config;
 pub mod datadir;
 pub mod download;
 pub mod fault;
+pub mod loader;
 pub mod registry;
 pub mod sandbox;
+pub mod trust;
 pub mod workflow;

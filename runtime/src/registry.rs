@@ -25,6 +25,9 @@ pub struct Entry {
     pub size: u64,
     /// Where it was installed from (for `handler list`).
     pub source: String,
+    /// The trusted keys whose signatures verified at install.
+    #[serde(default)]
+    pub signers: Vec<String>,
     pub installed_at_ms: u64,
 }
 
@@ -83,6 +86,7 @@ impl Registry {
         id: &str,
         bytes: &[u8],
         source: &str,
+        signers: Vec<String>,
         now_ms: u64,
     ) -> Result<Entry, RegistryError> {
         if !is_handler_id(id) {
@@ -98,6 +102,7 @@ impl Registry {
             digest,
             size: bytes.len() as u64,
             source: source.to_owned(),
+            signers,
             installed_at_ms: now_ms,
         };
         let mut index = self.index()?;
@@ -176,7 +181,7 @@ mod tests {
     fn install_get_remove() {
         let (_t, r) = registry();
         let e = r
-            .install("contoso/config:1", b"component", "x.wasm", 5)
+            .install("contoso/config:1", b"component", "x.wasm", vec![], 5)
             .unwrap();
         assert_eq!(r.get("contoso/config:1").unwrap(), e);
         assert_eq!(r.component_bytes(&e).unwrap(), b"component");
@@ -191,7 +196,7 @@ mod tests {
     #[test]
     fn bad_ids_are_refused() {
         let (_t, r) = registry();
-        let err = r.install("../../etc", b"x", "x", 0).unwrap_err();
+        let err = r.install("../../etc", b"x", "x", vec![], 0).unwrap_err();
         assert_eq!(
             err.to_string(),
             "`../../etc` is not a handler id; it must look like vendor/name:version"
@@ -201,7 +206,7 @@ mod tests {
     #[test]
     fn a_changed_stored_component_is_refused() {
         let (t, r) = registry();
-        let e = r.install("a/b:1", b"original", "x", 0).unwrap();
+        let e = r.install("a/b:1", b"original", "x", vec![], 0).unwrap();
         std::fs::write(
             t.path()
                 .join("components")

@@ -1,61 +1,155 @@
-//! `sandstep handler install|list|remove`: the handler registry.
+//! `sandstep handler install|list|remove|sign|verify`: the handler registry and signatures.
 
 use super::common::Common;
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
+use sandstep::loader::Loader;
 use sandstep::registry::Registry;
+use sandstep::trust::handler_sig;
+use sandstep::trust::keys::load_handler_key;
+use sandstep::trust::TrustStore;
 use sandstep::workflow::now_ms;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
 pub enum HandlerCommand {
-    /// Register a component as the handler for an id (compiles it into the cache).
+    /// Verify a signed component, check its imports against the policy for the id, precompile
+    /// it, and register it as the handler for the id.
     Install {
-        /// The handler component (.wasm).
+        /// The signed handler component (.wasm).
         component: PathBuf,
         /// The handler id it serves, e.g. microsoft/script:1.
         #[arg(long)]
         id: String,
     },
-    /// Show the registered handlers.
+    /// Show the registered handlers: id, digest, signers, granted capabilities.
     List,
-    /// Forget a handler id.
+    /// Forget a handler id (and its precompiled artefact when no other id uses it).
     Remove {
         /// The handler id.
         id: String,
     },
+    /// Sign a component with a handler key (wasmsign2 format; earlier signatures are kept).
+    Sign {
+        /// The component (.wasm).
+        component: PathBuf,
+        /// The secret key file (from `sandstep key generate`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signed component (default: replace the input).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Say who signed a component, or why it is refused.
+    Verify {
+        /// The component (.wasm).
+        component: PathBuf,
+        /// A directory of trusted public keys (*.pub); default: the data dir's trust store.
+        #[arg(long)]
+        trust: Option<PathBuf>,
+    },
+}
+
+fn trusted_from_dir(dir: &std::path::Path) -> Result<Vec<sandstep::trust::TrustedHandlerKey>> {
+    let mut keys = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("--trust {}", dir.display()))?
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".pub") else {
+            continue;
+        };
+        let bytes = std::fs::read(e.path())?;
+        let key = wasmsign2::PublicKey::from_bytes(&bytes)
+            .with_context(|| format!("{}: not a handler public key", e.path().display()))?
+            .attach_default_key_id();
+        keys.push(sandstep::trust::TrustedHandlerKey {
+            name: stem.to_owned(),
+            key,
+        });
+    }
+    Ok(keys)
 }
 
 pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
+    match cmd {
+        HandlerCommand::Sign {
+            component,
+            key,
+            out,
+        } => {
+            let bytes = std::fs::read(&component)
+                .with_context(|| format!("cannot read {}", component.display()))?;
+            let (sk, pk) = load_handler_key(&key)?;
+            let signed = handler_sig::sign(&bytes, &sk, &pk)
+                .with_context(|| format!("{}", component.display()))?;
+            let out = out.unwrap_or(component);
+            std::fs::write(&out, signed)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("signed {} with {}", out.display(), key.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        HandlerCommand::Verify { component, trust } => {
+            let bytes = std::fs::read(&component)
+                .with_context(|| format!("cannot read {}", component.display()))?;
+            let keys = match &trust {
+                Some(dir) => trusted_from_dir(dir)?,
+                None => {
+                    let config = common.load_config()?;
+                    let data = common.data_dir(&config)?;
+                    TrustStore::load(&data, &config.trust)?.handler_keys
+                }
+            };
+            return Ok(match handler_sig::verify(&bytes, &keys) {
+                Ok(signers) => {
+                    println!("{}: signed by {}", component.display(), signers.join(", "));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("{}: refused: {e}", component.display());
+                    ExitCode::FAILURE
+                }
+            });
+        }
+        _ => {}
+    }
     let config = common.load_config()?;
     let data = common.data_dir(&config)?;
-    let registry = Registry::open(data.handlers()?)?;
+    let loader = Loader::new(
+        Registry::open(data.handlers()?)?,
+        TrustStore::load(&data, &config.trust)?,
+        super::common::sandbox(&data)?,
+    );
     match cmd {
         HandlerCommand::Install { component, id } => {
             let bytes = std::fs::read(&component)
                 .with_context(|| format!("cannot read {}", component.display()))?;
-            // Compile now: a component that is not a handler, or asks for more than its policy
-            // grants, is refused here rather than at deployment time.
-            let sandbox = super::common::sandbox(&data)?;
-            let handler = sandbox
-                .load(&component.display().to_string(), bytes.clone().into())
+            let (entry, handler) = loader
+                .install(
+                    &id,
+                    bytes,
+                    &component.display().to_string(),
+                    &config,
+                    now_ms(),
+                )
                 .await?;
-            handler.check_imports(&id, &config.grants(&id))?;
-            let entry =
-                registry.install(&id, &bytes, &component.display().to_string(), now_ms())?;
             println!(
-                "installed {} ({} bytes, sha256 {})",
-                entry.id, entry.size, entry.digest
+                "installed {} ({} bytes, sha256 {}), signed by {}",
+                entry.id,
+                entry.size,
+                entry.digest,
+                entry.signers.join(", ")
             );
-            let caps = handler.capabilities();
+            let caps: Vec<&str> = handler.capabilities().iter().map(|c| c.name()).collect();
             if !caps.is_empty() {
-                let names: Vec<&str> = caps.iter().map(|c| c.name()).collect();
-                println!("  capabilities: {}", names.join(", "));
+                println!("  capabilities: {}", caps.join(", "));
             }
         }
         HandlerCommand::List => {
-            let entries = registry.list()?;
+            let entries = loader.registry().list()?;
             if entries.is_empty() {
                 println!("no handlers registered in {}", data.path().display());
             }
@@ -67,16 +161,19 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
                     "-"
                 };
                 println!(
-                    "{:<32} sha256:{}  {:>8} bytes  granted: {caps}",
+                    "{:<28} sha256:{}  signed by {:<16} granted: {caps}",
                     e.id,
                     &e.digest[..16],
-                    e.size
+                    e.signers.join(",")
                 );
             }
         }
         HandlerCommand::Remove { id } => {
-            let e = registry.remove(&id)?;
+            let e = loader.remove(&id)?;
             println!("removed {} (sha256 {})", e.id, e.digest);
+        }
+        HandlerCommand::Sign { .. } | HandlerCommand::Verify { .. } => {
+            unreachable!("handled above")
         }
     }
     Ok(ExitCode::SUCCESS)

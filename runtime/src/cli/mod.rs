@@ -2,8 +2,11 @@
 
 mod common;
 mod handler;
+mod key;
+mod manifest;
 mod run;
 mod step;
+mod trust;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,9 +28,18 @@ struct Cli {
 enum Command {
     /// Run a deployment (an update manifest, or a deployment document) on this machine.
     Run(run::RunArgs),
-    /// Manage the handler registry.
+    /// Manage, sign and verify handlers.
     #[command(subcommand)]
     Handler(handler::HandlerCommand),
+    /// Generate signing keys.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Sign manifests.
+    #[command(subcommand)]
+    Manifest(manifest::ManifestCommand),
+    /// Manage trusted keys.
+    #[command(subcommand)]
+    Trust(trust::TrustCommand),
     /// Development tools for a single step.
     #[command(subcommand)]
     Step(step::StepCommand),
@@ -56,6 +68,9 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args, &cli.common).await,
             Command::Handler(cmd) => handler::run(cmd, &cli.common).await,
+            Command::Key(cmd) => key::run(cmd),
+            Command::Manifest(cmd) => manifest::run(cmd),
+            Command::Trust(cmd) => trust::run(cmd, &cli.common),
             Command::Step(cmd) => step::run(cmd).await,
         }
     });

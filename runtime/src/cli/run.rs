@@ -57,6 +57,13 @@ pub struct RunArgs {
     /// Print machine-readable events (JSON lines) on stdout instead of progress.
     #[arg(long)]
     json: bool,
+    /// The manifest signature (a file holding the compact JWS), for a manifest file.
+    #[arg(long, conflicts_with = "deployment")]
+    signature: Option<PathBuf>,
+    /// Run without a manifest signature. For development only: the manifest's origin is not
+    /// verified.
+    #[arg(long)]
+    allow_unsigned: bool,
 }
 
 fn read_limited(path: &Path, limit: usize, what: &str) -> Result<String> {
@@ -124,6 +131,8 @@ fn request(args: &RunArgs) -> Result<Request> {
             source,
             inventory,
             force: args.force,
+            signature: d.update_manifest_signature,
+            allow_unsigned: args.allow_unsigned,
         });
     }
     let Some(path) = &args.manifest else {
@@ -141,6 +150,14 @@ fn request(args: &RunArgs) -> Result<Request> {
         let d = Sha256::digest(manifest.as_bytes());
         format!("local-{}", hex::encode(&d[..8]))
     });
+    let signature = match &args.signature {
+        Some(p) => Some(
+            read_limited(p, sandstep::trust::jws::MAX_JWS_BYTES, "signature")?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
     Ok(Request {
         workflow_id,
         retry_timestamp: None,
@@ -148,6 +165,8 @@ fn request(args: &RunArgs) -> Result<Request> {
         source: file_source(files)?,
         inventory,
         force: args.force,
+        signature,
+        allow_unsigned: args.allow_unsigned,
     })
 }
 
@@ -159,6 +178,9 @@ pub async fn run(args: RunArgs, common: &Common) -> Result<ExitCode> {
             return Ok(ExitCode::from(exit::BAD_INPUT));
         }
     };
+    if args.allow_unsigned {
+        eprintln!("WARNING: --allow-unsigned: a manifest without a signature will run; its origin is not verified");
+    }
     let config = common.load_config()?;
     let data = common.data_dir(&config)?;
     let data_path = data.path().to_owned();

@@ -3,9 +3,12 @@
 //! Entries are keyed by the component's sha256 and the engine's compatibility hash. wasmtime
 //! treats deserialization as unsafe by design (an artefact is machine code), so an artefact is only
 //! ever read from this directory, which sandstep creates with mode 0700 and reaches through a
-//! cap-std handle. Writes are atomic (temporary file, fsync, rename).
+//! cap-std handle. Writes are atomic (temporary file, fsync, rename), and each artefact has a
+//! sidecar with its sha256: an artefact that no longer matches it (corrupted, or changed by
+//! anything but sandstep) is never deserialized.
 
 use cap_std::fs::{Dir, OpenOptions};
+use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 
 /// A directory of precompiled components.
@@ -25,22 +28,39 @@ impl ComponentCache {
         format!("{digest}-{}.cwasm", self.engine_key)
     }
 
-    /// The artefact's bytes, if present.
-    pub(crate) fn read(&self, digest: &str) -> std::io::Result<Option<Vec<u8>>> {
-        match self.dir.open(self.entry_name(digest)) {
-            Ok(mut f) => {
-                let mut bytes = Vec::new();
-                f.read_to_end(&mut bytes)?;
-                Ok(Some(bytes))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+    fn sidecar_name(&self, digest: &str) -> String {
+        format!("{}.sha256", self.entry_name(digest))
     }
 
-    /// Stores an artefact atomically.
+    /// The artefact's bytes, if present and matching its recorded sha256.
+    pub(crate) fn read(&self, digest: &str) -> std::io::Result<Lookup> {
+        let mut bytes = Vec::new();
+        match self.dir.open(self.entry_name(digest)) {
+            Ok(mut f) => f.read_to_end(&mut bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Missing),
+            Err(e) => return Err(e),
+        };
+        let recorded = self
+            .dir
+            .read_to_string(self.sidecar_name(digest))
+            .unwrap_or_default();
+        if recorded.trim() != hex::encode(Sha256::digest(&bytes)) {
+            return Ok(Lookup::Mismatch);
+        }
+        Ok(Lookup::Found(bytes))
+    }
+
+    /// Stores an artefact atomically, its sidecar first.
     pub(crate) fn write(&self, digest: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let name = self.entry_name(digest);
+        self.write_file(
+            &self.sidecar_name(digest),
+            hex::encode(Sha256::digest(bytes)).as_bytes(),
+        )?;
+        self.write_file(&self.entry_name(digest), bytes)
+    }
+
+    fn write_file(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let name = name.to_owned();
         let tmp = format!(".{name}.{}.tmp", std::process::id());
         let mut opts = OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -62,9 +82,20 @@ impl ComponentCache {
 
     /// Removes an artefact (a corrupt one, or one whose handler was removed).
     pub(crate) fn remove(&self, digest: &str) -> std::io::Result<()> {
-        match self.dir.remove_file(self.entry_name(digest)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        for name in [self.entry_name(digest), self.sidecar_name(digest)] {
+            match self.dir.remove_file(name) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
+        Ok(())
     }
+}
+
+/// What the cache holds for a digest.
+pub(crate) enum Lookup {
+    Missing,
+    /// Present but not matching its sidecar: never deserialized.
+    Mismatch,
+    Found(Vec<u8>),
 }

@@ -225,8 +225,14 @@ impl Sandbox {
             name: cache.entry_name(digest),
             source,
         };
-        let Some(bytes) = cache.read(digest).map_err(cache_err)? else {
-            return Ok(None);
+        let bytes = match cache.read(digest).map_err(cache_err)? {
+            cache::Lookup::Found(b) => b,
+            cache::Lookup::Missing => return Ok(None),
+            cache::Lookup::Mismatch => {
+                tracing::error!(entry = %cache.entry_name(digest), "cache entry does not match its recorded sha256 (corrupted or tampered); discarding it and compiling again");
+                cache.remove(digest).map_err(cache_err)?;
+                return Ok(None);
+            }
         };
         // SAFETY: the artefact comes from the agent's own 0700 cache directory, written by
         // `store_cached` after compiling the component whose digest names it.

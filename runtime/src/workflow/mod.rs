@@ -24,10 +24,14 @@ pub mod store;
 use crate::config::Config;
 use crate::datadir::{safe_name, DataDir, DataDirError};
 use crate::download::{Downloader, Fetched, Source, Wanted};
+use crate::loader::Loader;
 use crate::registry::{Registry, RegistryError};
+use crate::sandbox::Preopen;
 use crate::sandbox::{
     CallTags, EventSink, HandlerComponent, Sandbox, Session, SessionSetup, StepDirs,
 };
+use crate::trust::manifest_sig::{self, SignatureRefusal};
+use crate::trust::{TrustError, TrustStore};
 use cap_std::fs::Dir;
 use events::{Event, Observer};
 use sandstep_model::codes::{erc, result, Followup};
@@ -67,6 +71,10 @@ pub struct Request {
     pub inventory: Inventory,
     /// Run again even if this workflow id already finished.
     pub force: bool,
+    /// `updateManifestSignature`: a compact JWS over the manifest's sha256.
+    pub signature: Option<String>,
+    /// Run without a manifest signature (development; warned about on every use).
+    pub allow_unsigned: bool,
 }
 
 /// How `run` ended.
@@ -87,6 +95,8 @@ pub enum WorkflowError {
     Journal { workflow: String, reason: String },
     #[error("{0}")]
     Registry(#[from] RegistryError),
+    #[error("{0}")]
+    Trust(#[from] TrustError),
     #[error("cannot start downloads: {0}")]
     Http(String),
     #[error("workflow `{workflow}` is already in the journal with a different manifest; use a new workflow id, or --force to start it over")]
@@ -98,10 +108,9 @@ pub struct Deployer {
     sandbox: Arc<Sandbox>,
     data: DataDir,
     config: Config,
-    registry: Registry,
+    loader: Loader,
     downloader: Downloader,
     journals: JournalStore,
-    loaded: tokio::sync::Mutex<HashMap<String, HandlerComponent>>,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -134,13 +143,15 @@ struct Manifests {
 }
 
 impl Deployer {
-    /// Opens the data dir's journals, registry and stores.
+    /// Opens the data dir's journals, registry, trusted keys and stores.
     pub fn new(
         sandbox: Arc<Sandbox>,
         data: DataDir,
         config: Config,
     ) -> Result<Self, WorkflowError> {
         let registry = Registry::open(data.handlers()?)?;
+        let trust = TrustStore::load(&data, &config.trust)?;
+        let loader = Loader::new(registry, trust, sandbox.clone());
         let downloader = Downloader::new(data.downloads()?, config.download.clone())
             .map_err(|e| WorkflowError::Http(e.to_string()))?;
         let journals = JournalStore::new(data.journals()?, data.results()?);
@@ -148,10 +159,9 @@ impl Deployer {
             sandbox,
             data,
             config,
-            registry,
+            loader,
             downloader,
             journals,
-            loaded: Default::default(),
         })
     }
 
@@ -160,9 +170,14 @@ impl Deployer {
         &self.journals
     }
 
-    /// The handler registry.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    /// The handler loader (registry and trusted keys).
+    pub fn loader(&self) -> &Loader {
+        &self.loader
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Runs (or resumes, or reports) a deployment.
@@ -244,6 +259,9 @@ impl Deployer {
             retry_timestamp: req.retry_timestamp.clone(),
             update_id,
             manifest: req.manifest.clone(),
+            signature: req.signature.clone(),
+            unsigned_allowed: req.allow_unsigned,
+            signed_by: None,
             children: Default::default(),
             source: req.source.clone(),
             status: Status::Planning,
@@ -292,6 +310,10 @@ impl Deployer {
         let resumed = j.seq > 0;
         if j.status == Status::Planning {
             self.save(j)?;
+            if let Err(refusal) = self.check_signature(j) {
+                let r = StepResult::failure(refusal.erc(), refusal.to_string());
+                return self.finish(j, Status::Failed, r, observer_ref);
+            }
             if let Err(failure) = plan::plan(self, j, inventory, cancel).await {
                 let status = if failure.result_code == result::FAILURE_CANCELLED {
                     Status::Cancelled
@@ -379,26 +401,31 @@ impl Deployer {
         )
     }
 
-    /// The component for a handler id, compiled once per process (and cached on disk).
-    async fn handler(&self, id: &str) -> Result<HandlerComponent, StepResult> {
-        if let Some(h) = self.loaded.lock().await.get(id) {
-            return Ok(h.clone());
+    /// Verifies the manifest signature (or accepts its absence when allowed).
+    fn check_signature(&self, j: &mut Journal) -> Result<(), SignatureRefusal> {
+        match &j.signature {
+            Some(sig) => {
+                let v = manifest_sig::verify(&j.manifest, sig, self.loader.trust())?;
+                j.signed_by = Some(format!(
+                    "root {} / signing key {}",
+                    v.root_kid, v.signing_key
+                ));
+                Ok(())
+            }
+            None if j.unsigned_allowed || !self.config.trust.require_manifest_signature => {
+                tracing::warn!(workflow = %j.workflow_id, "running an UNSIGNED manifest: its origin is not verified");
+                Ok(())
+            }
+            None => Err(SignatureRefusal::Missing),
         }
-        let entry = self
-            .registry
-            .get(id)
-            .map_err(|e| StepResult::failure(erc::SANDBOX_HANDLER_NOT_FOUND, e.to_string()))?;
-        let bytes = self
-            .registry
-            .component_bytes(&entry)
-            .map_err(|e| StepResult::failure(erc::SANDBOX_LOAD_FAILED, e.to_string()))?;
-        let h = self
-            .sandbox
-            .load(id, bytes.into())
+    }
+
+    /// The component for a handler id: signature and policy checked on every load.
+    async fn handler(&self, id: &str) -> Result<HandlerComponent, StepResult> {
+        self.loader
+            .load(id, &self.config)
             .await
-            .map_err(|e| e.to_step_result())?;
-        self.loaded.lock().await.insert(id.to_owned(), h.clone());
-        Ok(h)
+            .map_err(|e| e.to_step_result())
     }
 
     /// The step context and the files of unit `index`.
@@ -554,10 +581,13 @@ impl Deployer {
             handler_id: u.handler_id.clone(),
         };
         let sink = forwarding_sink(run.observer.clone(), index);
+        let mut step_dirs = StepDirs::new(payload, work, state);
+        step_dirs.extra = extra_preopens(&self.config, &u.handler_id, u.component.as_ref())
+            .map_err(|reason| StepResult::failure(erc::SANDBOX_SETUP_FAILED, reason))?;
         let setup = SessionSetup {
             handler_id: u.handler_id.clone(),
             tags,
-            dirs: StepDirs::new(payload, work, state),
+            dirs: step_dirs,
             grants: self.config.grants(&u.handler_id),
             limits: self.config.limits(&u.handler_id),
             events: Some(sink),
@@ -666,6 +696,11 @@ impl Deployer {
         };
         self.save(j)?;
         if let Err(r) = self.fetch_files(j, index, &early, &payload, run).await {
+            if r.result_code == result::FAILURE_CANCELLED {
+                // No handler instance yet: nothing to ask to clean up.
+                self.done(j, index, r.clone())?;
+                return Ok(UnitOutcome::Cancelled(r));
+            }
             return self.fail_unit(j, index, r);
         }
         let mut session = match self.open_session(j, index, &handler, dirs, run).await {
@@ -833,6 +868,68 @@ impl Deployer {
         self.done(j, cur.index, r.clone())?;
         Ok(UnitOutcome::Cancelled(r))
     }
+}
+
+/// The directories the policy adds for a handler: its `dirs`, and for a component-aware handler
+/// the selected component's directories named by `component-dirs` (each checked to lie under
+/// the policy's `under` path after resolving symlinks, so an inventory cannot hand out `/`).
+pub fn extra_preopens(
+    config: &Config,
+    handler_id: &str,
+    component: Option<&sandstep_model::Component>,
+) -> Result<Vec<Preopen>, String> {
+    let Some(policy) = config.policy(handler_id) else {
+        return Ok(Vec::new());
+    };
+    let rule = |what: &str| format!("policy handlers.\"{handler_id}\".{what}");
+    let mut out = Vec::new();
+    for d in &policy.dirs {
+        let dir = Dir::open_ambient_dir(&d.host, cap_std::ambient_authority())
+            .map_err(|e| format!("{}: cannot open {}: {e}", rule("dirs"), d.host.display()))?;
+        out.push(Preopen::new(dir, d.guest.clone(), d.writable));
+    }
+    if let Some(c) = component {
+        for d in &policy.component_dirs {
+            let value = c
+                .properties
+                .get(&d.property)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| {
+                    format!(
+                        "component `{}` has no string property `{}` ({})",
+                        c.id,
+                        d.property,
+                        rule("component-dirs")
+                    )
+                })?;
+            let under = std::fs::canonicalize(&d.under).map_err(|e| {
+                format!(
+                    "{}: {}: {e}",
+                    rule("component-dirs.under"),
+                    d.under.display()
+                )
+            })?;
+            let real = std::fs::canonicalize(value).map_err(|e| {
+                format!(
+                    "component `{}`: properties.{} `{value}`: {e}",
+                    c.id, d.property
+                )
+            })?;
+            if !real.starts_with(&under) || !real.is_dir() {
+                return Err(format!(
+                    "component `{}`: properties.{} `{value}` is not a directory under {} ({})",
+                    c.id,
+                    d.property,
+                    under.display(),
+                    rule("component-dirs")
+                ));
+            }
+            let dir = Dir::open_ambient_dir(&real, cap_std::ambient_authority())
+                .map_err(|e| format!("component `{}`: {}: {e}", c.id, real.display()))?;
+            out.push(Preopen::new(dir, d.guest.clone(), d.writable));
+        }
+    }
+    Ok(out)
 }
 
 /// A file's source, owned.

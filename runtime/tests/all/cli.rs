@@ -24,13 +24,35 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A data dir with the probe and the vendor handler installed through the CLI.
+/// A data dir with the probe and the vendor handler signed, trusted and installed, all through
+/// the CLI.
 fn data_dir() -> tempfile::TempDir {
     let data = tempfile::tempdir().unwrap();
     let wasm = tempfile::tempdir().unwrap();
+    let key = wasm.path().join("vendor.key");
+    ok(&sandstep()
+        .args(["key", "generate", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap());
+    let out = ok(&sandstep()
+        .args(["trust", "add", "handler"])
+        .arg(wasm.path().join("vendor.key.pub"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap());
+    assert_eq!(out.trim(), "trusted vendor.key");
     for (name, id) in [("probe", PROBE), ("vendor-handler", "contoso/config:1")] {
         let p = wasm.path().join(format!("{name}.wasm"));
         std::fs::write(&p, component(name)).unwrap();
+        ok(&sandstep()
+            .args(["handler", "sign"])
+            .arg(&p)
+            .arg("--key")
+            .arg(&key)
+            .output()
+            .unwrap());
         let out = sandstep()
             .args(["handler", "install"])
             .arg(&p)
@@ -40,8 +62,34 @@ fn data_dir() -> tempfile::TempDir {
             .unwrap();
         let text = ok(&out);
         assert!(text.starts_with(&format!("installed {id} (")), "{text}");
+        assert!(text.contains("signed by vendor.key"), "{text}");
     }
     data
+}
+
+/// Manifest keys: a root trusted by `data`, and a signing key; returns the key paths.
+fn manifest_keys(data: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let root = dir.join("root");
+    let signing = dir.join("signing");
+    let gen = |out: &Path, extra: &[&str]| {
+        ok(&sandstep()
+            .args(["key", "generate", "--kind", "manifest-ed25519"])
+            .args(extra)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap())
+    };
+    gen(&root, &["--kid", "test-root"]);
+    gen(&signing, &[]);
+    ok(&sandstep()
+        .args(["trust", "add", "root"])
+        .arg(dir.join("root.pub"))
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap());
+    (root, signing)
 }
 
 fn write_manifest(dir: &Path, steps: Vec<Value>, files: &[(&str, &[u8])]) -> PathBuf {
@@ -72,10 +120,28 @@ fn the_demo_deployment_runs_from_the_examples() {
     let out_dir = tempfile::tempdir().unwrap();
     let result = out_dir.path().join("result.json");
     let demo = repo_root().join("examples/demo");
+    let (root, signing) = manifest_keys(data.path(), out_dir.path());
+    let doc = out_dir.path().join("deployment.json");
+    let signed = ok(&sandstep()
+        .args(["manifest", "sign"])
+        .arg(demo.join("manifest.json"))
+        .arg("--key")
+        .arg(&signing)
+        .arg("--root-key")
+        .arg(&root)
+        .arg("--out")
+        .arg(&doc)
+        .output()
+        .unwrap());
+    assert!(
+        signed.starts_with(&format!("deployment document written to {}", doc.display())),
+        "{signed}"
+    );
     let run = || {
         sandstep()
             .arg("run")
-            .arg(demo.join("manifest.json"))
+            .arg("--deployment")
+            .arg(&doc)
             .arg("--files")
             .arg(demo.join("files"))
             .arg("--components")
@@ -128,6 +194,7 @@ fn exit_statuses_tell_failure_reboot_and_bad_input_apart() {
         sandstep()
             .arg("run")
             .arg(manifest)
+            .arg("--allow-unsigned")
             .arg("--files")
             .arg(dir.path())
             .arg("--data-dir")
@@ -180,6 +247,7 @@ fn a_manifest_that_breaks_a_rule_fails_with_the_field_named() {
     let out = sandstep()
         .arg("run")
         .arg(&m)
+        .arg("--allow-unsigned")
         .arg("--files")
         .arg(dir.path())
         .arg("--data-dir")
@@ -213,6 +281,7 @@ fn sigint_cancels_the_running_step_and_exits_130() {
     let mut child = sandstep()
         .arg("run")
         .arg(&m)
+        .arg("--allow-unsigned")
         .arg("--files")
         .arg(dir.path())
         .arg("--data-dir")
@@ -261,13 +330,27 @@ fn a_deployment_document_brings_its_own_file_urls() {
         &[("f.txt", b"served")],
     );
     server.put("f.txt", b"served");
-    let doc = json!({
-        "workflow": {"action": 3, "id": "wf-doc-1"},
-        "updateManifest": std::fs::read_to_string(&m).unwrap(),
-        "fileUrls": {"f.txt": server.url("f.txt")}
-    });
+    let (root, signing) = manifest_keys(data.path(), dir.path());
     let doc_path = dir.path().join("deployment.json");
-    std::fs::write(&doc_path, doc.to_string()).unwrap();
+    ok(&sandstep()
+        .args(["manifest", "sign"])
+        .arg(&m)
+        .arg("--key")
+        .arg(&signing)
+        .arg("--root-key")
+        .arg(&root)
+        .args([
+            "--workflow-id",
+            "wf-doc-1",
+            "--files-url",
+            &server.base(),
+            "--out",
+        ])
+        .arg(&doc_path)
+        .output()
+        .unwrap());
+    let doc: Value = serde_json::from_slice(&std::fs::read(&doc_path).unwrap()).unwrap();
+    assert_eq!(doc["fileUrls"]["f.txt"], server.url("f.txt"));
     let out = sandstep()
         .arg("run")
         .arg("--deployment")
@@ -334,6 +417,7 @@ fn killed_at_every_crash_point_the_deployment_finishes_exactly_once() {
             let mut c = sandstep();
             c.arg("run")
                 .arg(&m)
+                .arg("--allow-unsigned")
                 .arg("--files")
                 .arg(dir.path())
                 .arg("--components")

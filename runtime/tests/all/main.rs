@@ -7,4 +7,5 @@ mod http;
 mod process;
 mod sandbox;
 mod support;
+mod trust;
 mod workflow;

@@ -156,3 +156,25 @@ pub async fn call_once(
         )
         .await
 }
+
+/// The test suite's handler signing key (one per test process).
+pub fn test_key() -> &'static (wasmsign2::SecretKey, wasmsign2::PublicKey) {
+    static KEY: OnceLock<(wasmsign2::SecretKey, wasmsign2::PublicKey)> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let kp = wasmsign2::KeyPair::generate();
+        (kp.sk, kp.pk)
+    })
+}
+
+/// `component(name)`, signed with the test key.
+pub fn signed(name: &str) -> Vec<u8> {
+    let (sk, pk) = test_key();
+    sandstep::trust::handler_sig::sign(&component(name), sk, pk).unwrap()
+}
+
+/// Trusts the test key in a data dir (as `sandstep trust add handler` would).
+pub fn trust_test_key(data: &Path) {
+    let dir = data.join("trust/handlers");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("test-vendor.pub"), test_key().1.to_bytes()).unwrap();
+}

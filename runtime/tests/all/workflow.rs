@@ -1,7 +1,7 @@
 //! Whole deployments in-process: ordering, skipping, failure and restore, reference steps,
 //! reboots, cancellation, resumption, hostile names.
 
-use crate::support::component;
+use crate::support::{signed, trust_test_key};
 use base64::Engine as _;
 use sandstep::config::Config;
 use sandstep::datadir::DataDir;
@@ -59,13 +59,16 @@ pub struct Env {
 impl Env {
     pub fn new() -> Env {
         let data = tempfile::tempdir().unwrap();
+        trust_test_key(data.path());
         let reg = Registry::open(DataDir::open(data.path()).unwrap().handlers().unwrap()).unwrap();
-        reg.install(PROBE, &component("probe"), "probe.wasm", 0)
+        let signer = vec!["test-vendor".to_string()];
+        reg.install(PROBE, &signed("probe"), "probe.wasm", signer.clone(), 0)
             .unwrap();
         reg.install(
             "contoso/config:1",
-            &component("vendor-handler"),
+            &signed("vendor-handler"),
             "vendor-handler.wasm",
+            signer,
             0,
         )
         .unwrap();
@@ -106,6 +109,8 @@ impl Env {
             source: FileSource::Directory(self.files.path().display().to_string()),
             inventory: Inventory::default(),
             force: false,
+            signature: None,
+            allow_unsigned: true,
         }
     }
 
@@ -625,17 +630,34 @@ async fn cancelling_stops_the_step_calls_cancel_and_records_minus_one() {
     );
     let cancel = CancellationToken::new();
     let c = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        c.cancel();
-    });
+    // Cancel once the handler is inside install.
     let rec = Arc::new(Recorder::default());
+    let r = rec.clone();
+    tokio::spawn(async move {
+        loop {
+            let installing = r.0.lock().unwrap().iter().any(|e| {
+                matches!(
+                    e,
+                    Event::ActionStarted {
+                        action: Action::Install,
+                        ..
+                    }
+                )
+            });
+            if installing {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                c.cancel();
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
     let out = env
         .deployer()
         .run(env.request("wf-cancel", m), rec, &cancel)
         .await
         .unwrap();
-    assert_eq!(out.status, Status::Cancelled);
+    assert_eq!(out.status, Status::Cancelled, "{:#?}", out.result);
     assert_eq!(out.result.result_code, result::FAILURE_CANCELLED);
     assert_eq!(
         out.result.extended_result_code,

@@ -1,0 +1,121 @@
+//! `sandstep manifest sign`: sign a manifest in ADU's layout and write a deployment document.
+
+use anyhow::{bail, Context as _, Result};
+use clap::Subcommand;
+use sandstep::trust::keys::load_private_jwk;
+use sandstep::trust::manifest_sig;
+use sandstep_model::deployment::{action, Deployment, Workflow};
+use sandstep_model::manifest::Manifest;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Sign a manifest: the signing key signs the manifest's sha256, and the signing key is
+    /// itself signed by a root key (or given already signed with --sjwk).
+    Sign {
+        /// The manifest (JSON); its exact bytes are signed.
+        manifest: PathBuf,
+        /// The signing key (a private JWK from `sandstep key generate --kind manifest-rsa|manifest-ed25519`).
+        #[arg(long, alias = "signing-key")]
+        key: PathBuf,
+        /// The root key that vouches for the signing key (its kid names it).
+        #[arg(long, conflicts_with = "sjwk")]
+        root_key: Option<PathBuf>,
+        /// The signing key already signed by a root (a file holding the compact JWS), so the
+        /// root key can stay offline.
+        #[arg(long)]
+        sjwk: Option<PathBuf>,
+        /// Write a deployment document here (workflow, updateManifest, signature, fileUrls);
+        /// without it, only the signature is printed.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Workflow id for the deployment document (default: derived from the manifest).
+        #[arg(long)]
+        workflow_id: Option<String>,
+        /// Base URL for fileUrls (URL = base + fileName) in the deployment document.
+        #[arg(long)]
+        files_url: Option<String>,
+        /// Only write the signed signing key (sjwk) for later use with --sjwk, to this file.
+        #[arg(long)]
+        write_sjwk: Option<PathBuf>,
+    },
+}
+
+pub fn run(cmd: ManifestCommand) -> Result<ExitCode> {
+    let ManifestCommand::Sign {
+        manifest,
+        key,
+        root_key,
+        sjwk,
+        out,
+        workflow_id,
+        files_url,
+        write_sjwk,
+    } = cmd;
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let parsed = Manifest::parse(&text)
+        .with_context(|| format!("{} is not a valid manifest", manifest.display()))?;
+    let signing = load_private_jwk(&key)?;
+    let sjwk = match (root_key, sjwk) {
+        (Some(root), _) => {
+            manifest_sig::sign_signing_key(&signing.public(), &load_private_jwk(&root)?)
+                .with_context(|| format!("{}", root.display()))?
+        }
+        (None, Some(p)) => std::fs::read_to_string(&p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => bail!(
+            "give --root-key ROOT (to sign the signing key now) or --sjwk FILE (already signed)"
+        ),
+    };
+    if let Some(p) = write_sjwk {
+        std::fs::write(&p, &sjwk).with_context(|| format!("cannot write {}", p.display()))?;
+        println!("signed signing key written to {}", p.display());
+    }
+    let signature = manifest_sig::sign(&text, &signing, &sjwk);
+    let Some(out) = out else {
+        println!("{signature}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let file_urls: BTreeMap<String, String> = match &files_url {
+        Some(base) => {
+            let base = if base.ends_with('/') {
+                base.clone()
+            } else {
+                format!("{base}/")
+            };
+            parsed
+                .files
+                .iter()
+                .map(|(id, f)| (id.clone(), format!("{base}{}", f.file_name)))
+                .collect()
+        }
+        None => BTreeMap::new(),
+    };
+    let id = workflow_id.unwrap_or_else(|| {
+        let digest = manifest_sig::manifest_digest(&text);
+        format!("wf-{}", &hex::encode(digest.as_bytes())[..16])
+    });
+    let doc = Deployment {
+        workflow: Workflow {
+            action: action::PROCESS_DEPLOYMENT,
+            id,
+            retry_timestamp: None,
+        },
+        update_manifest: Some(text),
+        update_manifest_signature: Some(signature),
+        file_urls,
+    };
+    std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "deployment document written to {} (workflow {})",
+        out.display(),
+        doc.workflow.id
+    );
+    Ok(ExitCode::SUCCESS)
+}

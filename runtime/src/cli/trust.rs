@@ -1,0 +1,104 @@
+//! `sandstep trust add|list`: the data dir's trusted keys.
+
+use super::common::Common;
+use anyhow::{bail, Context as _, Result};
+use clap::{Subcommand, ValueEnum};
+use sandstep::datadir::write_atomic;
+use sandstep::trust::jws::PublicJwk;
+use sandstep::trust::TrustStore;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum What {
+    /// A handler signing key (wasmsign2 public key).
+    Handler,
+    /// A manifest root key (public JWK with a kid).
+    Root,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Trust a public key (copied into <data-dir>/trust/handlers or trust/roots).
+    Add {
+        what: What,
+        /// The public key file (NAME.pub from `sandstep key generate`).
+        key: PathBuf,
+        /// The name it is known by (default: the file name without .pub).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show the trusted keys.
+    List,
+}
+
+pub fn run(cmd: TrustCommand, common: &Common) -> Result<ExitCode> {
+    let config = common.load_config()?;
+    let data = common.data_dir(&config)?;
+    match cmd {
+        TrustCommand::Add { what, key, name } => {
+            let bytes =
+                std::fs::read(&key).with_context(|| format!("cannot read {}", key.display()))?;
+            let name = match name {
+                Some(n) => n,
+                None => key
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(|n| n.trim_end_matches(".pub").to_owned())
+                    .context("the key path has no file name")?,
+            };
+            if sandstep_model::manifest::check_plain_name(&name).is_err() || name.starts_with('.') {
+                bail!("`{name}` cannot name a key file; use --name with a plain name");
+            }
+            let dir = match what {
+                What::Handler => {
+                    wasmsign2::PublicKey::from_bytes(&bytes).with_context(|| {
+                        format!("{} is not a handler public key", key.display())
+                    })?;
+                    data.trust_handlers()?
+                }
+                What::Root => {
+                    let v: serde_json::Value = serde_json::from_slice(&bytes)
+                        .with_context(|| format!("{} is not a JWK", key.display()))?;
+                    let jwk =
+                        PublicJwk::from_value(&v).with_context(|| format!("{}", key.display()))?;
+                    if v.get("d").is_some() {
+                        bail!(
+                            "{} holds a private key; give the public one (NAME.pub)",
+                            key.display()
+                        );
+                    }
+                    if jwk.kid().is_none() {
+                        bail!("{}: a root key needs a `kid`", key.display());
+                    }
+                    data.trust_roots()?
+                }
+            };
+            write_atomic(&dir, &format!("{name}.pub"), &bytes, 0o644)?;
+            println!("trusted {name}");
+        }
+        TrustCommand::List => {
+            let store = TrustStore::load(&data, &config.trust)?;
+            for k in &store.handler_keys {
+                println!(
+                    "handler key {}  id {}",
+                    k.name,
+                    k.key.key_id().map(hex::encode).unwrap_or_default()
+                );
+            }
+            for r in &store.roots {
+                let disabled = if store.disabled_root_kids.contains(r.kid().unwrap_or("")) {
+                    " (disabled)"
+                } else {
+                    ""
+                };
+                println!(
+                    "root {}  {}{disabled}",
+                    r.kid().unwrap_or("?"),
+                    r.thumbprint()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,163 @@
+//! Loading handlers: registry entry -> stored component (digest checked) -> signature verified
+//! against the trusted keys -> compiled component (from memory, the on-disk cache, or compiled)
+//! -> imports checked against the handler id's policy.
+//!
+//! The signature is checked on every load, not only at install: a trust key removed since, or a
+//! component file changed since, takes effect at once. Compiled components are kept in memory
+//! keyed by their verified digest, and on disk keyed by digest and engine (see
+//! [`crate::sandbox::cache`]), so an artefact is only ever used for the exact bytes that verified.
+
+use crate::config::Config;
+use crate::registry::{Entry, Registry, RegistryError};
+use crate::sandbox::{HandlerComponent, Sandbox, SandboxError};
+use crate::trust::handler_sig::{self, HandlerSignatureError};
+use crate::trust::TrustStore;
+use sandstep_model::codes::erc;
+use sandstep_model::StepResult;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Why a handler could not be installed or loaded. Each names the handler.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    #[error("handler `{id}` refused: {source}")]
+    Signature {
+        id: String,
+        #[source]
+        source: HandlerSignatureError,
+    },
+    #[error("{0}")]
+    Sandbox(#[from] SandboxError),
+}
+
+impl LoadError {
+    /// The failure result of a step whose handler cannot be loaded.
+    pub fn to_step_result(&self) -> StepResult {
+        match self {
+            LoadError::Registry(RegistryError::NotFound(_)) => {
+                StepResult::failure(erc::SANDBOX_HANDLER_NOT_FOUND, self.to_string())
+            }
+            LoadError::Registry(_) => {
+                StepResult::failure(erc::SANDBOX_LOAD_FAILED, self.to_string())
+            }
+            LoadError::Signature { .. } => {
+                StepResult::failure(erc::SANDBOX_SIGNATURE_REFUSED, self.to_string())
+            }
+            LoadError::Sandbox(e) => e.to_step_result(),
+        }
+    }
+}
+
+/// Installs and loads handlers under the trust store and policy.
+pub struct Loader {
+    registry: Registry,
+    trust: TrustStore,
+    sandbox: Arc<Sandbox>,
+    compiled: Mutex<HashMap<String, HandlerComponent>>,
+}
+
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("registry", &self.registry)
+            .finish()
+    }
+}
+
+impl Loader {
+    pub fn new(registry: Registry, trust: TrustStore, sandbox: Arc<Sandbox>) -> Self {
+        Loader {
+            registry,
+            trust,
+            sandbox,
+            compiled: Mutex::default(),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn trust(&self) -> &TrustStore {
+        &self.trust
+    }
+
+    /// Verifies the signature of `bytes`, returning the signers.
+    pub fn verify(&self, id: &str, bytes: &[u8]) -> Result<Vec<String>, LoadError> {
+        handler_sig::verify(bytes, &self.trust.handler_keys).map_err(|source| {
+            LoadError::Signature {
+                id: id.to_owned(),
+                source,
+            }
+        })
+    }
+
+    async fn compile(
+        &self,
+        id: &str,
+        bytes: Vec<u8>,
+        digest: &str,
+    ) -> Result<HandlerComponent, LoadError> {
+        if let Some(c) = self.compiled.lock().expect("compiled map lock").get(digest) {
+            return Ok(c.clone());
+        }
+        let c = self.sandbox.load(id, bytes.into()).await?;
+        self.compiled
+            .lock()
+            .expect("compiled map lock")
+            .insert(c.digest().to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Verifies, compiles (into the cache), checks imports against the policy, and records.
+    pub async fn install(
+        &self,
+        id: &str,
+        bytes: Vec<u8>,
+        source: &str,
+        config: &Config,
+        now_ms: u64,
+    ) -> Result<(Entry, HandlerComponent), LoadError> {
+        if !sandstep_model::manifest::is_handler_id(id) {
+            return Err(RegistryError::BadId(id.to_owned()).into());
+        }
+        let signers = self.verify(id, &bytes)?;
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let component = self.compile(id, bytes.clone(), &digest).await?;
+        component.check_imports(id, &config.grants(id))?;
+        let entry = self.registry.install(id, &bytes, source, signers, now_ms)?;
+        Ok((entry, component))
+    }
+
+    /// Loads the registered handler for `id`: digest, signature and policy checked every time.
+    pub async fn load(&self, id: &str, config: &Config) -> Result<HandlerComponent, LoadError> {
+        let entry = self.registry.get(id)?;
+        let bytes = self.registry.component_bytes(&entry)?;
+        self.verify(id, &bytes)?;
+        let component = self.compile(id, bytes, &entry.digest).await?;
+        component.check_imports(id, &config.grants(id))?;
+        Ok(component)
+    }
+
+    /// Forgets `id` and drops its cache entry when no other id uses the same component.
+    pub fn remove(&self, id: &str) -> Result<Entry, LoadError> {
+        let entry = self.registry.remove(id)?;
+        let still_used = self
+            .registry
+            .list()?
+            .iter()
+            .any(|e| e.digest == entry.digest);
+        if !still_used {
+            self.compiled
+                .lock()
+                .expect("compiled map lock")
+                .remove(&entry.digest);
+            if let Some(cache) = self.sandbox.cache() {
+                let _ = cache.remove(&entry.digest);
+            }
+        }
+        Ok(entry)
+    }
+}

@@ -1,0 +1,162 @@
+//! Trust: who may run code on the gateway, and which manifests it accepts.
+//!
+//! - [`handler_sig`]: handler components signed in the wasmsign2 format, verified against the
+//!   trusted handler keys (`<data-dir>/trust/handlers/*.pub` and configured system dirs).
+//! - [`manifest_sig`]: ADU's manifest signature (JWS, signing key chained to a root key),
+//!   verified against the trusted roots (`<data-dir>/trust/roots/*.pub`).
+//! - [`jws`]: compact JWS and JWK, RS256 and EdDSA only.
+//! - [`keys`]: key files as `sandstep key generate` writes them.
+
+pub mod handler_sig;
+pub mod jws;
+pub mod keys;
+pub mod manifest_sig;
+
+use crate::datadir::DataDir;
+use cap_std::fs::Dir;
+use jws::PublicJwk;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// The `[trust]` table of the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TrustConfig {
+    /// Directories of trusted handler keys besides `<data-dir>/trust/handlers`.
+    pub handler_key_dirs: Vec<PathBuf>,
+    /// Directories of trusted root keys besides `<data-dir>/trust/roots`.
+    pub root_key_dirs: Vec<PathBuf>,
+    /// Root key ids no longer trusted.
+    pub disabled_root_kids: BTreeSet<String>,
+    /// Signing keys no longer accepted, by RFC 7638 thumbprint.
+    pub disallowed_signing_keys: BTreeSet<String>,
+    /// Refuse manifests without a valid signature (`--allow-unsigned` overrides it per run).
+    pub require_manifest_signature: bool,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            handler_key_dirs: Vec::new(),
+            root_key_dirs: Vec::new(),
+            disabled_root_kids: BTreeSet::new(),
+            disallowed_signing_keys: BTreeSet::new(),
+            require_manifest_signature: true,
+        }
+    }
+}
+
+/// A trusted handler key and the name it is known by (its file name without `.pub`).
+#[derive(Debug, Clone)]
+pub struct TrustedHandlerKey {
+    pub name: String,
+    pub key: wasmsign2::PublicKey,
+}
+
+/// The keys the gateway trusts.
+#[derive(Debug, Clone, Default)]
+pub struct TrustStore {
+    pub handler_keys: Vec<TrustedHandlerKey>,
+    pub roots: Vec<PublicJwk>,
+    pub disabled_root_kids: BTreeSet<String>,
+    pub disallowed_signing_keys: BTreeSet<String>,
+}
+
+/// Why trust material could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("trusted key {file}: {reason}")]
+pub struct TrustError {
+    pub file: String,
+    pub reason: String,
+}
+
+/// `*.pub` files of a directory, sorted, as (stem, bytes).
+fn pub_files(dir: &Dir, origin: &str) -> Result<Vec<(String, Vec<u8>)>, TrustError> {
+    let err = |file: &str, reason: String| TrustError {
+        file: format!("{origin}/{file}"),
+        reason,
+    };
+    let mut out = Vec::new();
+    let entries = dir.entries().map_err(|e| err("", e.to_string()))?;
+    for e in entries {
+        let e = e.map_err(|e| err("", e.to_string()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".pub") else {
+            continue;
+        };
+        let bytes = dir.read(&name).map_err(|e| err(&name, e.to_string()))?;
+        out.push((stem.to_owned(), bytes));
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl TrustStore {
+    /// Reads the trusted keys of the data dir and the configured system dirs.
+    pub fn load(data: &DataDir, config: &TrustConfig) -> Result<TrustStore, TrustError> {
+        let mut handler_dirs = vec![(
+            data.trust_handlers().map_err(io_err)?,
+            format!("{}/trust/handlers", data.path().display()),
+        )];
+        for d in &config.handler_key_dirs {
+            if let Ok(dir) = Dir::open_ambient_dir(d, cap_std::ambient_authority()) {
+                handler_dirs.push((dir, d.display().to_string()));
+            }
+        }
+        let mut root_dirs = vec![(
+            data.trust_roots().map_err(io_err)?,
+            format!("{}/trust/roots", data.path().display()),
+        )];
+        for d in &config.root_key_dirs {
+            if let Ok(dir) = Dir::open_ambient_dir(d, cap_std::ambient_authority()) {
+                root_dirs.push((dir, d.display().to_string()));
+            }
+        }
+        let mut store = TrustStore {
+            disabled_root_kids: config.disabled_root_kids.clone(),
+            disallowed_signing_keys: config.disallowed_signing_keys.clone(),
+            ..TrustStore::default()
+        };
+        for (dir, origin) in &handler_dirs {
+            for (name, bytes) in pub_files(dir, origin)? {
+                let key = wasmsign2::PublicKey::from_bytes(&bytes)
+                    .map_err(|e| TrustError {
+                        file: format!("{origin}/{name}.pub"),
+                        reason: format!("not a handler public key: {e}"),
+                    })?
+                    .attach_default_key_id();
+                store.handler_keys.push(TrustedHandlerKey { name, key });
+            }
+        }
+        for (dir, origin) in &root_dirs {
+            for (name, bytes) in pub_files(dir, origin)? {
+                let file = format!("{origin}/{name}.pub");
+                let v: serde_json::Value =
+                    serde_json::from_slice(&bytes).map_err(|e| TrustError {
+                        file: file.clone(),
+                        reason: format!("not a JWK: {e}"),
+                    })?;
+                let jwk = PublicJwk::from_value(&v).map_err(|e| TrustError {
+                    file: file.clone(),
+                    reason: e.to_string(),
+                })?;
+                if jwk.kid().is_none() {
+                    return Err(TrustError {
+                        file,
+                        reason: "a root key needs a `kid`".into(),
+                    });
+                }
+                store.roots.push(jwk);
+            }
+        }
+        Ok(store)
+    }
+}
+
+fn io_err(e: crate::datadir::DataDirError) -> TrustError {
+    TrustError {
+        file: e.path.clone(),
+        reason: e.to_string(),
+    }
+}
