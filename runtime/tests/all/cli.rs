@@ -540,3 +540,64 @@ fn killed_at_every_crash_point_the_deployment_finishes_exactly_once() {
     assert!(tested >= 100, "only {tested} crash points");
     eprintln!("crash-tested {tested} points");
 }
+
+#[test]
+fn handler_verify_says_who_signed_or_why_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("acme.key");
+    ok(&sandstep()
+        .args(["key", "generate", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap());
+    let meta = std::fs::metadata(&key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "the secret key is private"
+    );
+    let again = sandstep()
+        .args(["key", "generate", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "an existing key is never overwritten"
+    );
+
+    let trust = dir.path().join("trust");
+    std::fs::create_dir(&trust).unwrap();
+    std::fs::copy(dir.path().join("acme.key.pub"), trust.join("acme.pub")).unwrap();
+    let wasm = dir.path().join("h.wasm");
+    std::fs::write(&wasm, component("probe")).unwrap();
+
+    let verify = || {
+        sandstep()
+            .args(["handler", "verify"])
+            .arg(&wasm)
+            .arg("--trust")
+            .arg(&trust)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "{}: refused: unsigned: the component has no `signature` section",
+            wasm.display()
+        )
+    );
+    ok(&sandstep()
+        .args(["handler", "sign"])
+        .arg(&wasm)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap());
+    let out = ok(&verify());
+    assert_eq!(out.trim(), format!("{}: signed by acme", wasm.display()));
+}
