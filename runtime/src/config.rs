@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// The whole configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The whole configuration. `Config::default()` is what an empty file gives: default settings
+/// and the built-in policy of the default handlers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     /// Where sandstep keeps its state (default: /var/lib/sandstep as root, else a per-user dir).
@@ -25,6 +26,31 @@ pub struct Config {
     pub trust: crate::trust::TrustConfig,
     /// Policy per handler id.
     pub handlers: BTreeMap<String, HandlerPolicy>,
+}
+
+/// The built-in policy of the default handlers (`default-policy.toml`).
+pub fn default_policies() -> BTreeMap<String, HandlerPolicy> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PolicyFile {
+        handlers: BTreeMap<String, HandlerPolicy>,
+    }
+    // Not parsed as a `Config`: its serde default is this very function.
+    toml::from_str::<PolicyFile>(include_str!("default-policy.toml"))
+        .expect("the built-in policy is valid (tested)")
+        .handlers
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: None,
+            download: DownloadConfig::default(),
+            limits: Limits::default(),
+            trust: crate::trust::TrustConfig::default(),
+            handlers: default_policies(),
+        }
+    }
 }
 
 /// What one handler id is granted.
@@ -118,13 +144,22 @@ impl Config {
         Config::parse(&text, &path.display().to_string())
     }
 
-    /// Parses config text; `origin` names it in errors.
+    /// Parses config text; `origin` names it in errors. The built-in policy of the default
+    /// handlers applies to every id the text does not configure itself.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        for (id, p) in &config.handlers {
+        for (id, policy) in default_policies() {
+            config.handlers.entry(id).or_insert(policy);
+        }
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        for (id, p) in &self.handlers {
             let err = |rule: String| ConfigError::Policy {
                 path: origin.to_owned(),
                 id: id.clone(),
@@ -167,7 +202,7 @@ impl Config {
                 }
             }
         }
-        Ok(config)
+        Ok(())
     }
 
     /// The capabilities and policies granted to `handler_id`.
@@ -206,6 +241,29 @@ mod tests {
         let c = Config::parse("", "test").unwrap();
         assert_eq!(c, Config::default());
         assert!(c.grants("anything/x:1").process.is_none());
+    }
+
+    #[test]
+    fn the_default_handlers_have_their_built_in_policy_unless_overridden() {
+        let c = Config::default();
+        let script = c
+            .grants("microsoft/script:1")
+            .process
+            .expect("script may run programs");
+        assert_eq!(
+            script
+                .programs
+                .iter()
+                .map(|p| p.path.as_str())
+                .collect::<Vec<_>>(),
+            ["/bin/sh", "/bin/bash"]
+        );
+        assert!(script.programs.iter().all(|p| p.first == ["{payload}/*"]));
+        let off = Config::parse("[handlers.\"microsoft/script:1\"]\n", "t").unwrap();
+        assert!(
+            off.grants("microsoft/script:1").process.is_none(),
+            "an explicit table replaces the default"
+        );
     }
 
     #[test]

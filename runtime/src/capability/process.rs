@@ -48,12 +48,21 @@ pub struct ProgramRule {
     /// Absolute path of the program.
     pub path: String,
     /// Each argument must match one of these patterns. `*` matches any run of characters;
-    /// `{payload}`, `{work}` and `{state}` stand for the host paths of the step's directories.
+    /// `{payload}`, `{work}` and `{state}` stand for the host paths of the step's directories; a
+    /// pattern starting with `re:` is a regular expression that must match the whole argument.
     #[serde(default)]
     pub args: Vec<String>,
     /// Most arguments allowed.
     #[serde(default = "default_max_args")]
     pub max_args: usize,
+    /// When given, the first argument must match one of these (e.g. a script interpreter may
+    /// only be handed a script from the payload: `["{payload}/*"]`).
+    #[serde(default)]
+    pub first: Vec<String>,
+    /// Let arguments name absolute paths outside the step's directories. Only for programs that
+    /// run step content anyway (a script interpreter), where arguments decide nothing.
+    #[serde(default)]
+    pub any_path: bool,
 }
 
 fn default_max_args() -> usize {
@@ -106,6 +115,8 @@ pub enum Refusal {
         arg: String,
         dirs: String,
     },
+    #[error("the first argument of `{program}` must be one of its allowed entry points, not `{arg}` (policy: process.programs.first)")]
+    FirstArgNotAllowed { program: String, arg: String },
     #[error("working directory `{0}` is not one of the step's directories")]
     BadCwd(String),
 }
@@ -137,6 +148,14 @@ impl ProcessCtx {
         self.dirs.iter().any(|d| p.starts_with(&d.host))
     }
 
+    /// Whether `arg` (or the value of a `key=value` argument) is not an absolute path, or is one
+    /// inside the step's directories.
+    fn inside_dirs_or_plain(&self, arg: &str) -> bool {
+        let path_part = arg.split_once('=').map_or(arg, |(_, v)| v);
+        let path = if arg.starts_with('/') { arg } else { path_part };
+        !path.starts_with('/') || self.inside_dirs(path)
+    }
+
     /// Checks an invocation against the policy.
     pub fn check(&self, cmd: &Command) -> Result<(), Refusal> {
         if !cmd.program.starts_with('/') {
@@ -158,9 +177,19 @@ impl ProcessCtx {
                 got: cmd.args.len(),
             });
         }
+        if !rule.first.is_empty() {
+            let first: Vec<String> = rule.first.iter().map(|p| self.expand(p)).collect();
+            let arg = cmd.args.first().map(String::as_str).unwrap_or("");
+            if !first.iter().any(|p| pattern_match(p, arg)) || !self.inside_dirs_or_plain(arg) {
+                return Err(Refusal::FirstArgNotAllowed {
+                    program: cmd.program.clone(),
+                    arg: arg.to_owned(),
+                });
+            }
+        }
         let patterns: Vec<String> = rule.args.iter().map(|p| self.expand(p)).collect();
         for (index, arg) in cmd.args.iter().enumerate() {
-            if !patterns.iter().any(|p| wildcard_match(p, arg)) {
+            if !patterns.iter().any(|p| pattern_match(p, arg)) {
                 return Err(Refusal::ArgNotAllowed {
                     program: cmd.program.clone(),
                     index,
@@ -168,9 +197,7 @@ impl ProcessCtx {
                 });
             }
             // Whatever the patterns say, a path argument stays inside the step's directories.
-            let path_part = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
-            if (arg.starts_with('/') || path_part.starts_with('/')) && !self.inside_dirs(path_part)
-            {
+            if !rule.any_path && !self.inside_dirs_or_plain(arg) {
                 return Err(Refusal::PathOutside {
                     program: cmd.program.clone(),
                     index,
@@ -203,6 +230,14 @@ impl ProcessCtx {
             }
         }
         Some(out)
+    }
+}
+
+/// A pattern of a program rule: `re:<regex>` (whole argument), or a wildcard pattern.
+pub fn pattern_match(pattern: &str, text: &str) -> bool {
+    match pattern.strip_prefix("re:") {
+        Some(re) => regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(text)),
+        None => wildcard_match(pattern, text),
     }
 }
 
@@ -392,6 +427,8 @@ mod tests {
                         "[a-z]*".into(),
                     ],
                     max_args: 4,
+                    first: vec![],
+                    any_path: false,
                 }],
                 ..ProcessPolicy::default()
             },
@@ -476,6 +513,49 @@ mod tests {
                 &["-y", "install", "/data/p/t_1.0_all.deb", "tree=1.8"],
             ))
             .unwrap();
+    }
+
+    #[test]
+    fn regex_patterns_match_whole_arguments() {
+        let pkg = "re:[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+~:-]+)?";
+        assert!(pattern_match(pkg, "tree"));
+        assert!(pattern_match(pkg, "tree=1.8.0-1"));
+        assert!(!pattern_match(pkg, "-oAPT::Update::Pre-Invoke::=sh"));
+        assert!(!pattern_match(pkg, "tree;rm"));
+        assert!(
+            !pattern_match("re:(", "("),
+            "an invalid regex matches nothing"
+        );
+    }
+
+    #[test]
+    fn the_first_argument_rule_pins_the_entry_point() {
+        let mut c = ctx();
+        c.policy.programs.push(ProgramRule {
+            path: "/bin/sh".into(),
+            args: vec!["*".into()],
+            max_args: 8,
+            first: vec!["{payload}/*".into()],
+            any_path: true,
+        });
+        c.check(&cmd(
+            "/bin/sh",
+            &["/data/p/install.sh", "--x", "/usr/local/devices/cam"],
+        ))
+        .unwrap();
+        let err = c.check(&cmd("/bin/sh", &["-c", "rm -rf /"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the first argument of `/bin/sh` must be one of its allowed entry points, not `-c` (policy: process.programs.first)"
+        );
+        let err = c
+            .check(&cmd("/bin/sh", &["/data/p/../../etc/x.sh"]))
+            .unwrap_err();
+        assert!(matches!(err, Refusal::FirstArgNotAllowed { .. }), "{err}");
+        assert!(matches!(
+            c.check(&cmd("/bin/sh", &[])).unwrap_err(),
+            Refusal::FirstArgNotAllowed { .. }
+        ));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod cli;
 mod downloads;
+mod handlers;
 mod http;
 mod process;
 mod sandbox;

@@ -18,11 +18,15 @@ fn grants() -> Grants {
                     path: "/bin/echo".into(),
                     args: vec!["hello".into(), "{work}/*".into(), "--*".into()],
                     max_args: 8,
+                    first: vec![],
+                    any_path: false,
                 },
                 ProgramRule {
                     path: "/bin/sh".into(),
                     args: vec!["-c".into(), "*".into()],
                     max_args: 2,
+                    first: vec![],
+                    any_path: false,
                 },
             ],
             ..ProcessPolicy::default()

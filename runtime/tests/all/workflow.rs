@@ -79,6 +79,14 @@ impl Env {
         }
     }
 
+    /// Registers the signed component `name` as handler `id`.
+    pub fn install(&self, id: &str, name: &str) {
+        Registry::open(DataDir::open(self.data.path()).unwrap().handlers().unwrap())
+            .unwrap()
+            .install(id, &signed(name), name, vec!["test-vendor".into()], 0)
+            .unwrap();
+    }
+
     /// Adds a payload file (to the files dir and the manifest's `files`).
     pub fn file(&mut self, name: &str, bytes: &[u8]) {
         std::fs::write(self.files.path().join(name), bytes).unwrap();

@@ -1,0 +1,3 @@
+//! The default handlers, against real system parts.
+
+mod script;
