@@ -63,6 +63,10 @@ pub struct ProgramRule {
     /// run step content anyway (a script interpreter), where arguments decide nothing.
     #[serde(default)]
     pub any_path: bool,
+    /// Environment variables set for this program (the policy's, never the handler's), on top
+    /// of `PATH` and `LANG=C`; e.g. `DEBIAN_FRONTEND = "noninteractive"` for apt-get.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 fn default_max_args() -> usize {
@@ -327,11 +331,19 @@ impl ProcessCtx {
             .map(Duration::from_millis)
             .map_or(policy_limit, |t| t.min(policy_limit));
 
+        let rule_env = self
+            .policy
+            .programs
+            .iter()
+            .find(|r| r.path == cmd.program)
+            .map(|r| r.env.clone())
+            .unwrap_or_default();
         let mut child = tokio::process::Command::new(&cmd.program)
             .args(&cmd.args)
             .env_clear()
             .env("PATH", PATH)
             .env("LANG", "C")
+            .envs(rule_env)
             .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -429,6 +441,7 @@ mod tests {
                     max_args: 4,
                     first: vec![],
                     any_path: false,
+                    env: Default::default(),
                 }],
                 ..ProcessPolicy::default()
             },
@@ -537,6 +550,7 @@ mod tests {
             max_args: 8,
             first: vec!["{payload}/*".into()],
             any_path: true,
+            env: Default::default(),
         });
         c.check(&cmd(
             "/bin/sh",

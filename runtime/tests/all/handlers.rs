@@ -1,3 +1,4 @@
 //! The default handlers, against real system parts.
 
+mod apt;
 mod script;

@@ -20,6 +20,7 @@ fn grants() -> Grants {
                     max_args: 8,
                     first: vec![],
                     any_path: false,
+                    env: Default::default(),
                 },
                 ProgramRule {
                     path: "/bin/sh".into(),
@@ -27,6 +28,7 @@ fn grants() -> Grants {
                     max_args: 2,
                     first: vec![],
                     any_path: false,
+                    env: Default::default(),
                 },
             ],
             ..ProcessPolicy::default()

@@ -1,0 +1,310 @@
+//! `microsoft/apt:1` (also registered as `sandstep/apt:1`): installs, upgrades and removes Debian
+//! packages listed in an ADU apt manifest, through apt-get run by the process capability.
+//!
+//! The step has exactly one apt manifest (`{"name", "version", "packages": [{"name",
+//! "version"}], "agentRestartRequired"}`; a name ending in `-` means remove) and may carry `.deb`
+//! files beside it, which are installed from the payload (as `apt-get install ./file.deb`), so a
+//! gateway without a reachable repository can be updated. `installedCriteria` is required.
+//!
+//! - is-installed: 900 only when `/state/installed.json` records the criteria AND dpkg reports
+//!   every listed package at the listed version (and every removal absent);
+//! - download: `apt-get --download-only install ...` (fetches repository packages);
+//! - install: `apt-get install ...` with dpkg's `--force-confdef --force-confold`;
+//! - apply: records the criteria; 707 when the manifest asks for an agent restart, else 700.
+
+use sandstep_sdk::codes::{erc, result, ExtendedResultCode, Facility};
+use sandstep_sdk::process::{self, Command, Output};
+use sandstep_sdk::{export_handler, log, Context, Failure, Handler, Outcome, StepResult};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+const APT_GET: &str = "/usr/bin/apt-get";
+const DPKG_QUERY: &str = "/usr/bin/dpkg-query";
+/// Component 2 (apt) under the content-handler facility.
+const fn apt_erc(code: u32) -> ExtendedResultCode {
+    ExtendedResultCode::new(Facility::ContentHandler, 2, code)
+}
+/// The apt manifest does not parse.
+const ERC_BAD_MANIFEST: ExtendedResultCode = apt_erc(0x005);
+/// apt-get failed (the exit status is added, as ADU maps child statuses).
+const ERC_APT_GET_BASE: ExtendedResultCode = apt_erc(0);
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AptManifest {
+    name: String,
+    version: String,
+    packages: Vec<Package>,
+    #[serde(default)]
+    agent_restart_required: bool,
+}
+
+#[derive(Deserialize)]
+struct Package {
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+impl Package {
+    fn is_removal(&self) -> bool {
+        self.name.ends_with('-')
+    }
+    fn bare_name(&self) -> &str {
+        self.name.trim_end_matches('-')
+    }
+    /// The apt-get argument: `name=version`, `name`, or `name-`.
+    fn spec(&self) -> String {
+        match (&self.version, self.is_removal()) {
+            (Some(v), false) => format!("{}={v}", self.name),
+            _ => self.name.clone(),
+        }
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Record {
+    /// installedCriteria -> the apt manifest's name and version.
+    installed: BTreeMap<String, String>,
+}
+
+struct Step {
+    criteria: String,
+    manifest: AptManifest,
+    debs: Vec<String>,
+}
+
+fn load(ctx: &Context) -> Result<Step, Failure> {
+    let criteria = ctx
+        .installed_criteria()
+        .ok_or_else(|| {
+            Failure::new(
+                erc::APT_MISSING_INSTALLED_CRITERIA,
+                "handlerProperties.installedCriteria is required",
+            )
+        })?
+        .to_owned();
+    let (debs, manifests): (Vec<_>, Vec<_>) =
+        ctx.files().iter().partition(|f| f.name.ends_with(".deb"));
+    let [manifest_file] = manifests[..] else {
+        return Err(Failure::new(
+            erc::APT_WRONG_FILE_COUNT,
+            format!(
+                "an apt step needs exactly one apt manifest beside its .deb files, it has {} ({})",
+                manifests.len(),
+                manifests
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    let bytes = std::fs::read(manifest_file.path())?;
+    let manifest: AptManifest = serde_json::from_slice(&bytes).map_err(|e| {
+        Failure::new(
+            ERC_BAD_MANIFEST,
+            format!("{}: not an apt manifest: {e}", manifest_file.name),
+        )
+    })?;
+    for p in &manifest.packages {
+        let ok = !p.bare_name().is_empty()
+            && p.bare_name()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+            && p.version.as_deref().is_none_or(|v| {
+                !v.is_empty()
+                    && v.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c))
+            });
+        if !ok {
+            return Err(Failure::new(
+                ERC_BAD_MANIFEST,
+                format!(
+                    "{}: `{}` is not a Debian package name and version",
+                    manifest_file.name,
+                    p.spec()
+                ),
+            ));
+        }
+    }
+    let debs = debs
+        .iter()
+        .map(|f| process::host_path(f.path()))
+        .collect::<Result<_, _>>()?;
+    Ok(Step {
+        criteria,
+        manifest,
+        debs,
+    })
+}
+
+fn record_path(ctx: &Context) -> std::path::PathBuf {
+    ctx.state_path("installed.json")
+}
+
+fn read_record(ctx: &Context) -> Result<Record, Failure> {
+    match std::fs::read(record_path(ctx)) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            Failure::new(
+                ERC_BAD_MANIFEST,
+                format!("/state/installed.json is corrupt: {e}"),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn check(out: Output, what: &str) -> Result<Output, Failure> {
+    if out.success() {
+        return Ok(out);
+    }
+    let status = out.exit_code.unwrap_or(128 + out.signal.unwrap_or(0));
+    Err(Failure::new(
+        ExtendedResultCode::exit_status(ERC_APT_GET_BASE, status),
+        format!(
+            "{what} failed (status {status}{}):\n{}",
+            if out.timed_out { ", timed out" } else { "" },
+            out.tail(6)
+        ),
+    ))
+}
+
+fn apt_get(step: &Step, download_only: bool) -> Result<Output, Failure> {
+    let mut args: Vec<String> = vec!["-y".into(), "-q".into(), "--allow-downgrades".into()];
+    if download_only {
+        args.push("--download-only".into());
+    } else {
+        args.extend(
+            [
+                "-o",
+                "Dpkg::Options::=--force-confdef",
+                "-o",
+                "Dpkg::Options::=--force-confold",
+            ]
+            .map(String::from),
+        );
+    }
+    args.push("install".into());
+    args.extend(step.debs.iter().cloned());
+    args.extend(
+        step.manifest
+            .packages
+            .iter()
+            .filter(|p| !(download_only && p.is_removal()))
+            .map(Package::spec),
+    );
+    let what = if download_only {
+        "apt-get --download-only install"
+    } else {
+        "apt-get install"
+    };
+    log::info(&format!(
+        "{what} {}",
+        args[args.iter().position(|a| a == "install").expect("pushed") + 1..].join(" ")
+    ));
+    check(Command::new(APT_GET).args(args).run()?, what)
+}
+
+/// Whether dpkg reports every listed package as the manifest wants it.
+fn dpkg_agrees(step: &Step) -> Result<Result<(), String>, Failure> {
+    let names: Vec<String> = step
+        .manifest
+        .packages
+        .iter()
+        .map(|p| p.bare_name().to_owned())
+        .collect();
+    let out = Command::new(DPKG_QUERY)
+        .arg("-W")
+        .arg("-f=${Package} ${db:Status-Status} ${Version}\\n")
+        .args(names)
+        .run()?;
+    // dpkg-query exits 1 when a name is unknown; what it printed still counts.
+    let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for line in out.stdout.lines() {
+        let mut it = line.split_whitespace();
+        if let (Some(name), Some(status), version) = (it.next(), it.next(), it.next()) {
+            seen.insert(
+                name.to_owned(),
+                (status.to_owned(), version.unwrap_or("").to_owned()),
+            );
+        }
+    }
+    for p in &step.manifest.packages {
+        let state = seen.get(p.bare_name());
+        let installed = state.is_some_and(|(s, _)| s == "installed");
+        if p.is_removal() {
+            if installed {
+                return Ok(Err(format!("{} is still installed", p.bare_name())));
+            }
+        } else if !installed {
+            return Ok(Err(format!("{} is not installed", p.spec())));
+        } else if let Some(v) = &p.version {
+            let have = &state.expect("installed").1;
+            if have != v {
+                return Ok(Err(format!("{} is at {have}, not {v}", p.name)));
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+#[derive(Default)]
+struct Apt;
+
+impl Handler for Apt {
+    fn is_installed(&mut self, ctx: &Context) -> Outcome {
+        let step = load(ctx)?;
+        if !read_record(ctx)?.installed.contains_key(&step.criteria) {
+            return Ok(StepResult::new(result::IS_INSTALLED_NOT_INSTALLED)
+                .with_details(format!("{} was never applied here", step.criteria)));
+        }
+        Ok(match dpkg_agrees(&step)? {
+            Ok(()) => StepResult::new(result::IS_INSTALLED_INSTALLED),
+            Err(why) => StepResult::new(result::IS_INSTALLED_NOT_INSTALLED)
+                .with_details(format!("recorded as installed, but {why}")),
+        })
+    }
+
+    fn download(&mut self, ctx: &Context) -> Outcome {
+        let step = load(ctx)?;
+        apt_get(&step, true)?;
+        Ok(StepResult::new(result::DOWNLOAD_SUCCESS))
+    }
+
+    fn install(&mut self, ctx: &Context) -> Outcome {
+        let step = load(ctx)?;
+        apt_get(&step, false)?;
+        if let Err(why) = dpkg_agrees(&step)? {
+            return Err(Failure::new(
+                apt_erc(0x006),
+                format!("apt-get succeeded but {why}"),
+            ));
+        }
+        log::progress(100, "packages installed");
+        Ok(StepResult::new(result::INSTALL_SUCCESS))
+    }
+
+    fn apply(&mut self, ctx: &Context) -> Outcome {
+        let step = load(ctx)?;
+        let mut record = read_record(ctx)?;
+        record.installed.insert(
+            step.criteria.clone(),
+            format!("{} {}", step.manifest.name, step.manifest.version),
+        );
+        let tmp = ctx.state_path("installed.json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&record).expect("a record serializes"),
+        )?;
+        std::fs::rename(&tmp, record_path(ctx))?;
+        Ok(StepResult::new(if step.manifest.agent_restart_required {
+            result::APPLY_REQUIRED_IMMEDIATE_AGENT_RESTART
+        } else {
+            result::APPLY_SUCCESS
+        }))
+    }
+}
+
+export_handler!(Apt);
