@@ -10,14 +10,14 @@ use sandstep_model::journal::Status;
 use serde_json::json;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 const APT: &str = "microsoft/apt:1";
 const PKG: &str = "sandstep-test-hello";
 
 /// dpkg has one lock: apt tests run one at a time.
-static DPKG: Mutex<()> = Mutex::new(());
+static DPKG: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -123,7 +123,7 @@ async fn install_upgrade_and_remove_a_package_from_the_payload_with_real_dpkg() 
     if !can_run() {
         return;
     }
-    let _lock = DPKG.lock().unwrap_or_else(|e| e.into_inner());
+    let _lock = DPKG.lock().await;
     purge();
     let build = tempfile::tempdir().unwrap();
     let v1 = (format!("{PKG}_1.0_all.deb"), build_deb(build.path(), "1.0"));
@@ -198,7 +198,7 @@ async fn apt_steps_without_criteria_or_with_two_manifests_fail_with_adu_codes() 
     if !can_run() {
         return;
     }
-    let _lock = DPKG.lock().unwrap_or_else(|e| e.into_inner());
+    let _lock = DPKG.lock().await;
     let mut env = Env::new();
     env.install(APT, "apt");
     let m = apt_step(&mut env, "nocrit", json!([{"name": PKG}]), &[], false, None);
@@ -250,7 +250,7 @@ async fn a_failing_apt_get_reports_its_status_and_output() {
     if !can_run() {
         return;
     }
-    let _lock = DPKG.lock().unwrap_or_else(|e| e.into_inner());
+    let _lock = DPKG.lock().await;
     let mut env = Env::new();
     env.install(APT, "apt");
     let m = apt_step(
