@@ -363,6 +363,19 @@ mod tests {
     }
 
     #[test]
+    fn sandstep_codes_print_as_the_readme_lists_them() {
+        assert_eq!(erc::SANDBOX_TIME_LIMIT.to_string(), "2A000001");
+        assert_eq!(erc::SANDBOX_INVALID_RESULT.to_string(), "2A00000A");
+        assert_eq!(erc::WORKFLOW_MANIFEST_INVALID.to_string(), "2A100001");
+        assert_eq!(
+            erc::WORKFLOW_NOT_INSTALLED_AFTER_FOLLOWUP.to_string(),
+            "2A100008"
+        );
+        assert_eq!(erc::SDK_INVALID_PROPERTIES.to_string(), "3A000001");
+        assert_eq!(erc::FILE_HASH_MISMATCH.to_string(), "4000000C");
+    }
+
+    #[test]
     fn reboot_and_restart_codes_have_followups() {
         assert_eq!(Followup::of(605), Followup::ImmediateReboot);
         assert_eq!(Followup::of(706), Followup::Reboot);

@@ -63,6 +63,8 @@ pub struct HandlerPolicy {
     pub limits: Option<Limits>,
     /// The process capability's programs and rules (when `process` is granted).
     pub process: Option<ProcessPolicy>,
+    /// The slot capability's slots and boot control (when `slot` is granted).
+    pub slot: Option<crate::capability::slot::SlotPolicy>,
     /// Extra host directories preopened for this handler.
     pub dirs: Vec<ExtraDir>,
     /// Component properties that may be mapped in as directories, for the selected component
@@ -215,6 +217,12 @@ impl Config {
                 .capabilities
                 .contains(&Capability::Process)
                 .then(|| p.process.clone().unwrap_or_default()),
+            slot: p.capabilities.contains(&Capability::Slot).then(|| {
+                crate::capability::slot::SlotGrant {
+                    policy: p.slot.clone(),
+                    handler_id: handler_id.to_owned(),
+                }
+            }),
         }
     }
 

@@ -67,6 +67,8 @@ pub struct State {
     pub committed: bool,
     /// Slots marked bad.
     pub bad: Vec<Slot>,
+    /// Whether the system rebooted since the other slot was selected for the next boot.
+    pub rebooted: bool,
 }
 
 /// What [`write_image`] wrote.
@@ -132,6 +134,7 @@ pub fn state() -> Result<State, Error> {
         next_boot: Slot::from_wit(s.next_boot),
         committed: s.committed,
         bad: s.bad.into_iter().map(Slot::from_wit).collect(),
+        rebooted: s.rebooted,
     })
 }
 

@@ -3,12 +3,11 @@
 //!
 //! - [`host`]: logging and progress, linked for every handler.
 //! - [`process`]: run an allow-listed host program, linked only when granted.
-//!
-//! The `slot` interface (A/B firmware) is declared in the WIT; until its host side lands, a
-//! component importing it is refused like any ungranted capability.
+//! - [`slot`]: A/B firmware slots and boot control, linked only when granted.
 
 pub mod host;
 pub mod process;
+pub mod slot;
 
 use std::fmt;
 
@@ -90,6 +89,8 @@ pub fn classify_import(name: &str) -> ImportKind {
 pub struct Grants {
     /// The process capability and its policy.
     pub process: Option<process::ProcessPolicy>,
+    /// The slot capability and its policy.
+    pub slot: Option<slot::SlotGrant>,
 }
 
 impl Grants {
@@ -97,7 +98,7 @@ impl Grants {
     pub fn allows(&self, cap: Capability) -> bool {
         match cap {
             Capability::Process => self.process.is_some(),
-            Capability::Slot => false,
+            Capability::Slot => self.slot.is_some(),
         }
     }
 }

@@ -279,6 +279,9 @@ impl Sandbox {
             if granted.contains(&Capability::Process) {
                 capability::process::add_to_linker(linker)?;
             }
+            if granted.contains(&Capability::Slot) {
+                capability::slot::add_to_linker(linker)?;
+            }
             Ok(())
         };
         build(&mut linker).map_err(|e| SandboxError::Engine(e.to_string()))?;

@@ -6,6 +6,7 @@ use super::store::{CallTags, HostState, LOG_BUDGET};
 use super::{HandlerComponent, Sandbox, SandboxError, SessionSetup};
 use crate::bindings::{self, All, AllPre};
 use crate::capability::process::{MappedDir, ProcessCtx};
+use crate::capability::slot::SlotCtx;
 use crate::capability::Capability;
 use sandstep_model::codes::{erc, result};
 use sandstep_model::{Action, StepContext, StepResult};
@@ -85,6 +86,19 @@ impl Sandbox {
             });
         }
 
+        let slot = match grants.slot {
+            Some(grant) => Some(SlotCtx {
+                grant,
+                payload: dirs
+                    .payload
+                    .dir()
+                    .try_clone()
+                    .map_err(|e| setup_err(format!("payload handle: {e}")))?,
+                events: events.clone(),
+                tags: tags.clone(),
+            }),
+            None => None,
+        };
         let process = grants.process.map(|policy| ProcessCtx {
             policy,
             handler_id: handler_id.clone(),
@@ -101,6 +115,7 @@ impl Sandbox {
             logs_dropped: 0,
             last_panic: None,
             process,
+            slot,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -243,7 +258,7 @@ impl Session {
     pub fn has(&self, cap: Capability) -> bool {
         match cap {
             Capability::Process => self.store.data().process.is_some(),
-            Capability::Slot => false,
+            Capability::Slot => self.store.data().slot.is_some(),
         }
     }
 }

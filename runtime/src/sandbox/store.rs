@@ -2,6 +2,7 @@
 
 use super::limits::StoreLimiter;
 use crate::capability::process::ProcessCtx;
+use crate::capability::slot::SlotCtx;
 use sandstep_model::Action;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +57,7 @@ pub struct HostState {
     /// The last `panic: ...` line the SDK logged: the reason behind a trap.
     pub(crate) last_panic: Option<String>,
     pub(crate) process: Option<ProcessCtx>,
+    pub(crate) slot: Option<SlotCtx>,
 }
 
 impl WasiView for HostState {

@@ -1,4 +1,5 @@
 //! The default handlers, against real system parts.
 
 mod apt;
+mod firmware;
 mod script;

@@ -33,6 +33,7 @@ fn grants() -> Grants {
             ],
             ..ProcessPolicy::default()
         }),
+        slot: None,
     }
 }
 

@@ -1,0 +1,430 @@
+//! `sandstep:handler/slot`: A/B firmware slots.
+//!
+//! The policy names the two slots (block devices or files) and the boot control: a bootloader
+//! environment file of `key=value` lines, or allow-listed commands such as `fw_printenv` /
+//! `fw_setenv`. The handler decides, the host moves the data: `write-image` streams a payload file
+//! into the inactive slot while hashing it, so the image never passes through guest memory.
+//!
+//! Boot environment keys (U-Boot style): `booted_slot` (set by the boot loader: what runs now),
+//! `boot_slot` (what boots next), `upgrade_available` (1 until the new slot is committed),
+//! `slot_a_bad` / `slot_b_bad`, and sandstep's `selected_boot_id` (the boot id when the other slot
+//! was selected, so a later state can say whether the system rebooted since).
+
+use crate::bindings::slot::{self, Error as WitError, SlotName, SlotState, Written};
+use crate::sandbox::store::{CallTags, EventSink, HandlerEvent, HostState};
+use cap_std::fs::Dir;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker};
+
+/// Policy for the slot capability.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SlotPolicy {
+    /// Slot A: a block device or a file.
+    pub a: PathBuf,
+    /// Slot B.
+    pub b: PathBuf,
+    /// Largest image for a file-backed slot (a block device's own size always applies).
+    #[serde(default)]
+    pub max_image_bytes: Option<u64>,
+    /// How the next boot slot is selected and the booted one read.
+    pub boot: BootControl,
+    /// Where the current boot's id is read, to tell whether a reboot happened.
+    #[serde(default = "default_boot_id")]
+    pub boot_id_file: PathBuf,
+}
+
+fn default_boot_id() -> PathBuf {
+    PathBuf::from("/proc/sys/kernel/random/boot_id")
+}
+
+/// The boot-control method.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", tag = "method")]
+pub enum BootControl {
+    /// A bootloader environment file of `key=value` lines, rewritten atomically.
+    EnvFile { path: PathBuf },
+    /// Commands: `get` + key prints the value, `set` + key + value stores it (e.g.
+    /// `get = ["/usr/bin/fw_printenv", "-n"]`, `set = ["/usr/bin/fw_setenv"]`).
+    Command { get: Vec<String>, set: Vec<String> },
+}
+
+/// What the policy grants: the capability, with or without slots configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotGrant {
+    pub policy: Option<SlotPolicy>,
+    pub handler_id: String,
+}
+
+/// Per-store state of the capability.
+pub struct SlotCtx {
+    pub grant: SlotGrant,
+    /// The step's /payload, where images are read from.
+    pub payload: Dir,
+    pub events: Option<EventSink>,
+    pub tags: Arc<CallTags>,
+}
+
+fn name(s: SlotName) -> &'static str {
+    match s {
+        SlotName::A => "a",
+        SlotName::B => "b",
+    }
+}
+
+fn parse_slot(v: &str) -> Option<SlotName> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "a" => Some(SlotName::A),
+        "b" => Some(SlotName::B),
+        _ => None,
+    }
+}
+
+fn other(s: SlotName) -> SlotName {
+    match s {
+        SlotName::A => SlotName::B,
+        SlotName::B => SlotName::A,
+    }
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> WitError + '_ {
+    move |e| WitError::Io(format!("{what}: {e}"))
+}
+
+impl SlotCtx {
+    fn policy(&self) -> Result<&SlotPolicy, WitError> {
+        self.grant.policy.as_ref().ok_or_else(|| {
+            WitError::Denied(format!(
+                "no slots are configured for `{}` (policy: handlers.\"{}\".slot)",
+                self.grant.handler_id, self.grant.handler_id
+            ))
+        })
+    }
+
+    fn slot_path(&self, s: SlotName) -> Result<&PathBuf, WitError> {
+        let p = self.policy()?;
+        Ok(match s {
+            SlotName::A => &p.a,
+            SlotName::B => &p.b,
+        })
+    }
+
+    fn read_env(&self) -> Result<BTreeMap<String, String>, WitError> {
+        match &self.policy()?.boot {
+            BootControl::EnvFile { path } => {
+                let text = match std::fs::read_to_string(path) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                    Err(e) => {
+                        return Err(WitError::Io(format!(
+                            "boot environment {}: {e}",
+                            path.display()
+                        )))
+                    }
+                };
+                Ok(text
+                    .lines()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .collect())
+            }
+            BootControl::Command { get, .. } => {
+                let mut env = BTreeMap::new();
+                for key in [
+                    "booted_slot",
+                    "boot_slot",
+                    "upgrade_available",
+                    "slot_a_bad",
+                    "slot_b_bad",
+                    "selected_boot_id",
+                ] {
+                    let out = std::process::Command::new(&get[0])
+                        .args(&get[1..])
+                        .arg(key)
+                        .env_clear()
+                        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                        .output()
+                        .map_err(|e| WitError::Io(format!("{}: {e}", get[0])))?;
+                    if out.status.success() {
+                        env.insert(
+                            key.to_owned(),
+                            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+                        );
+                    }
+                }
+                Ok(env)
+            }
+        }
+    }
+
+    fn write_env(&self, changes: &[(&str, String)]) -> Result<(), WitError> {
+        match &self.policy()?.boot {
+            BootControl::EnvFile { path } => {
+                let mut env = self.read_env()?;
+                for (k, v) in changes {
+                    env.insert((*k).to_owned(), v.clone());
+                }
+                let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                let tmp = path.with_extension("sandstep-tmp");
+                let write = || -> std::io::Result<()> {
+                    let mut f = std::fs::File::create(&tmp)?;
+                    f.write_all(text.as_bytes())?;
+                    f.sync_all()?;
+                    std::fs::rename(&tmp, path)
+                };
+                write()
+                    .map_err(|e| WitError::Io(format!("boot environment {}: {e}", path.display())))
+            }
+            BootControl::Command { set, .. } => {
+                for (k, v) in changes {
+                    let status = std::process::Command::new(&set[0])
+                        .args(&set[1..])
+                        .arg(k)
+                        .arg(v)
+                        .env_clear()
+                        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                        .status()
+                        .map_err(|e| WitError::Io(format!("{}: {e}", set[0])))?;
+                    if !status.success() {
+                        return Err(WitError::Io(format!("{} {k} {v}: {status}", set[0])));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn state(&self) -> Result<SlotState, WitError> {
+        let env = self.read_env()?;
+        let booted = env
+            .get("booted_slot")
+            .and_then(|v| parse_slot(v))
+            .unwrap_or(SlotName::A);
+        let next_boot = env
+            .get("boot_slot")
+            .and_then(|v| parse_slot(v))
+            .unwrap_or(booted);
+        let bad = [SlotName::A, SlotName::B]
+            .into_iter()
+            .filter(|s| {
+                env.get(&format!("slot_{}_bad", name(*s)))
+                    .is_some_and(|v| v == "1")
+            })
+            .collect();
+        let rebooted = match env.get("selected_boot_id").filter(|v| !v.is_empty()) {
+            Some(then) => self.boot_id()? != *then,
+            None => false,
+        };
+        Ok(SlotState {
+            booted,
+            next_boot,
+            committed: env.get("upgrade_available").is_none_or(|v| v != "1"),
+            bad,
+            rebooted,
+        })
+    }
+
+    fn boot_id(&self) -> Result<String, WitError> {
+        let p = &self.policy()?.boot_id_file;
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| WitError::Io(format!("boot id {}: {e}", p.display())))
+    }
+
+    fn progress(&self, percent: u8, message: String) {
+        if let Some(sink) = &self.events {
+            sink(&self.tags, &HandlerEvent::Progress { percent, message });
+        }
+    }
+
+    fn write_image(
+        &self,
+        target: SlotName,
+        payload_path: &str,
+        expected: Option<String>,
+    ) -> Result<Written, WitError> {
+        let state = self.state()?;
+        if target == state.booted {
+            return Err(WitError::Denied(format!(
+                "slot {} is the booted slot; write the other one",
+                name(target).to_uppercase()
+            )));
+        }
+        let rel = payload_path
+            .strip_prefix("/payload/")
+            .filter(|r| !r.is_empty() && !r.split('/').any(|p| p == ".." || p.is_empty()))
+            .ok_or_else(|| {
+                WitError::Denied(format!("`{payload_path}` is not a file in /payload"))
+            })?;
+        let mut src = self.payload.open(rel).map_err(io(payload_path))?;
+        let total = src.metadata().map_err(io(payload_path))?.len();
+        let slot_path = self.slot_path(target)?;
+        let meta = std::fs::metadata(slot_path).ok();
+        let is_block = meta.as_ref().is_some_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_block_device()
+        });
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create(!is_block)
+            .open(slot_path)
+            .map_err(io(&slot_path.display().to_string()))?;
+        let capacity = if is_block {
+            Some(dst.seek(SeekFrom::End(0)).map_err(io("slot size"))?)
+        } else {
+            self.policy()?.max_image_bytes
+        };
+        if let Some(cap) = capacity {
+            if total > cap {
+                return Err(WitError::InvalidImage(format!(
+                    "image is {total} bytes; slot {} holds {cap}",
+                    name(target).to_uppercase()
+                )));
+            }
+        }
+        dst.seek(SeekFrom::Start(0)).map_err(io("slot"))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        let mut last_pct = 0u8;
+        loop {
+            let n = src.read(&mut buf).map_err(io(payload_path))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            dst.write_all(&buf[..n])
+                .map_err(io(&slot_path.display().to_string()))?;
+            done += n as u64;
+            let pct = (done * 100 / total.max(1)) as u8;
+            if pct >= last_pct + 10 {
+                last_pct = pct;
+                self.progress(
+                    pct,
+                    format!(
+                        "applying: {done} of {total} bytes into slot {}",
+                        name(target).to_uppercase()
+                    ),
+                );
+            }
+        }
+        if !is_block {
+            dst.set_len(done).map_err(io("slot"))?;
+        }
+        dst.sync_all().map_err(io("slot"))?;
+        let digest = hex::encode(h.finalize());
+        if let Some(want) = expected {
+            if !want.eq_ignore_ascii_case(&digest) {
+                return Err(WitError::InvalidImage(format!(
+                    "slot {} now holds sha256 {digest}, expected {want}",
+                    name(target).to_uppercase()
+                )));
+            }
+        }
+        self.write_env(&[(&*format!("slot_{}_bad", name(target)), "0".into())])?;
+        Ok(Written {
+            bytes: done,
+            sha256: digest,
+        })
+    }
+}
+
+/// The view the generated bindings call into.
+pub struct SlotView<'a>(&'a mut SlotCtx);
+
+impl slot::Host for SlotView<'_> {
+    async fn state(&mut self) -> wasmtime::Result<Result<SlotState, WitError>> {
+        Ok(self.0.state())
+    }
+
+    async fn write_image(
+        &mut self,
+        target: SlotName,
+        payload_path: String,
+        expected_sha256: Option<String>,
+    ) -> wasmtime::Result<Result<Written, WitError>> {
+        // Bulk I/O: off the async worker.
+        let ctx = &*self.0;
+        Ok(tokio::task::block_in_place(|| {
+            ctx.write_image(target, &payload_path, expected_sha256)
+        }))
+    }
+
+    async fn set_next_boot(&mut self, target: SlotName) -> wasmtime::Result<Result<(), WitError>> {
+        let s = match self.0.state() {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        if s.bad.contains(&target) {
+            return Ok(Err(WitError::Denied(format!(
+                "slot {} is marked bad; write it again first",
+                name(target).to_uppercase()
+            ))));
+        }
+        let (pending, selected) = if target == s.booted {
+            ("0", String::new())
+        } else {
+            match self.0.boot_id() {
+                Ok(id) => ("1", id),
+                Err(e) => return Ok(Err(e)),
+            }
+        };
+        Ok(self.0.write_env(&[
+            ("boot_slot", name(target).into()),
+            ("upgrade_available", pending.into()),
+            ("selected_boot_id", selected),
+        ]))
+    }
+
+    async fn commit(&mut self) -> wasmtime::Result<Result<(), WitError>> {
+        let booted = match self.0.state() {
+            Ok(s) => s.booted,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.0.write_env(&[
+            ("boot_slot", name(booted).into()),
+            ("upgrade_available", "0".into()),
+            ("selected_boot_id", String::new()),
+        ]))
+    }
+
+    async fn mark_bad(&mut self, target: SlotName) -> wasmtime::Result<Result<(), WitError>> {
+        let s = match self.0.state() {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut changes = vec![(format!("slot_{}_bad", name(target)), "1".to_string())];
+        if s.next_boot == target {
+            changes.push(("boot_slot".into(), name(other(target)).into()));
+            changes.push(("upgrade_available".into(), "0".into()));
+            changes.push(("selected_boot_id".into(), String::new()));
+        }
+        let refs: Vec<(&str, String)> = changes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        Ok(self.0.write_env(&refs))
+    }
+}
+
+struct HasSlot;
+
+impl HasData for HasSlot {
+    type Data<'a> = SlotView<'a>;
+}
+
+/// Links `slot`; only called for handlers granted it.
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    slot::add_to_linker::<HostState, HasSlot>(linker, |s| {
+        SlotView(
+            s.slot
+                .as_mut()
+                .expect("slot is linked only into stores that were granted it"),
+        )
+    })
+}

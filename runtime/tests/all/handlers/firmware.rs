@@ -1,0 +1,206 @@
+//! `sandstep/firmware:1` with file-backed slots and a simulated reboot: the test plays the boot
+//! loader (it sets `booted_slot` and a new boot id), then runs the deployment again.
+
+use crate::workflow::{Env, Recorder};
+use sandstep::config::Config;
+use sandstep::datadir::DataDir;
+use sandstep::sandbox::{EngineOptions, Sandbox};
+use sandstep::workflow::events::Event;
+use sandstep::workflow::{Deployer, Outcome};
+use sandstep_model::journal::Status;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+const FW: &str = "sandstep/firmware:1";
+
+struct Device {
+    dir: tempfile::TempDir,
+}
+
+impl Device {
+    fn new() -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.img"), b"factory image 1.0").unwrap();
+        std::fs::write(dir.path().join("bootenv"), "booted_slot=a\nboot_slot=a\n").unwrap();
+        std::fs::write(dir.path().join("boot_id"), "boot-1\n").unwrap();
+        Device { dir }
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+    fn config(&self) -> Config {
+        Config::parse(
+            &format!(
+                "[handlers.\"{FW}\"]\ncapabilities = [\"slot\"]\n[handlers.\"{FW}\".slot]\na = \"{}\"\nb = \"{}\"\nboot-id-file = \"{}\"\nboot = {{ method = \"env-file\", path = \"{}\" }}\n",
+                self.path("a.img").display(),
+                self.path("b.img").display(),
+                self.path("boot_id").display(),
+                self.path("bootenv").display()
+            ),
+            "test",
+        )
+        .unwrap()
+    }
+    fn env(&self) -> BTreeMap<String, String> {
+        std::fs::read_to_string(self.path("bootenv"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect()
+    }
+    /// The boot loader: boots `slot` (a new boot id).
+    fn reboot_into(&self, slot: &str) {
+        let mut env = self.env();
+        env.insert("booted_slot".into(), slot.into());
+        let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(self.path("bootenv"), text).unwrap();
+        std::fs::write(
+            self.path("boot_id"),
+            format!("boot-{}\n", fastrand::u64(..)),
+        )
+        .unwrap();
+    }
+}
+
+async fn run(
+    env: &Env,
+    config: Config,
+    req: sandstep::workflow::Request,
+) -> (Outcome, Arc<Recorder>) {
+    let data = DataDir::open(env.data.path()).unwrap();
+    let sandbox = Arc::new(Sandbox::new(&EngineOptions::default(), None).unwrap());
+    let rec = Arc::new(Recorder::default());
+    let out = Deployer::new(sandbox, data, config)
+        .unwrap()
+        .run(req, rec.clone(), &CancellationToken::new())
+        .await
+        .unwrap();
+    (out, rec)
+}
+
+fn image() -> Vec<u8> {
+    (0..300_000u32).map(|i| (i % 253) as u8).collect()
+}
+
+fn deployment(env: &mut Env) -> String {
+    env.file("fw-2.0.img", &image());
+    env.manifest(vec![json!({"handler": FW, "files": ["fw-2.0.img"], "handlerProperties": {"installedCriteria": "2.0"}})])
+}
+
+fn progress_messages(rec: &Recorder) -> Vec<String> {
+    rec.0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Handler {
+                percent: Some(_),
+                message,
+                ..
+            } => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_goes_to_the_inactive_slot_and_is_committed_after_a_good_reboot() {
+    let dev = Device::new();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let m = deployment(&mut env);
+    let (first, rec) = run(&env, dev.config(), env.request("wf-fw", m.clone())).await;
+    assert_eq!(first.status, Status::RebootRequired, "{:#?}", first.result);
+    assert_eq!(first.result.result_code, 705);
+    assert_eq!(
+        std::fs::read(dev.path("b.img")).unwrap(),
+        image(),
+        "slot B holds the image"
+    );
+    assert_eq!(
+        std::fs::read(dev.path("a.img")).unwrap(),
+        b"factory image 1.0",
+        "the booted slot is untouched"
+    );
+    let env_now = dev.env();
+    assert_eq!(env_now["boot_slot"], "b");
+    assert_eq!(env_now["upgrade_available"], "1");
+    let msgs = progress_messages(&rec);
+    assert!(
+        msgs.iter().any(|m| m.starts_with("downloading")),
+        "{msgs:?}"
+    );
+    assert!(msgs.iter().any(|m| m.starts_with("applying")), "{msgs:?}");
+
+    // Running again before the reboot changes nothing.
+    let (waiting, _) = run(&env, dev.config(), env.request("wf-fw", m.clone())).await;
+    assert_eq!(
+        waiting.status,
+        Status::Failed,
+        "is-installed says it still waits for the reboot"
+    );
+    assert_eq!(
+        waiting.result.result_details,
+        "after the reboot or restart that `sandstep/firmware:1` asked for, is-installed reports the update is not installed"
+    );
+
+    // A fresh deployment of the same update, this time with the reboot.
+    let dev = Device::new();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let m = deployment(&mut env);
+    let (first, _) = run(&env, dev.config(), env.request("wf-fw-2", m.clone())).await;
+    assert_eq!(first.status, Status::RebootRequired);
+    dev.reboot_into("b");
+    let (second, rec) = run(&env, dev.config(), env.request("wf-fw-2", m)).await;
+    assert_eq!(second.status, Status::Succeeded, "{:#?}", second.result);
+    assert_eq!(second.result.step_results["step_0"].result_code, 700);
+    let env_now = dev.env();
+    assert_eq!(
+        (
+            env_now["boot_slot"].as_str(),
+            env_now["upgrade_available"].as_str()
+        ),
+        ("b", "0"),
+        "committed"
+    );
+    assert!(progress_messages(&rec).contains(&"completed".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_boot_rolls_back_and_marks_the_slot_bad() {
+    let dev = Device::new();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let m = deployment(&mut env);
+    let (first, _) = run(&env, dev.config(), env.request("wf-fw-bad", m.clone())).await;
+    assert_eq!(first.status, Status::RebootRequired);
+    // The new slot does not come up: the boot loader falls back to A.
+    dev.reboot_into("a");
+    let (second, _) = run(&env, dev.config(), env.request("wf-fw-bad", m)).await;
+    assert_eq!(second.status, Status::Failed, "{:#?}", second.result);
+    assert_eq!(second.result.extended_result_code, 0x3A00_0103);
+    assert_eq!(
+        second.result.result_details,
+        "rollback: slot B (2.0) failed to boot; slot A still runs an unknown version; slot B is marked bad"
+    );
+    let env_now = dev.env();
+    assert_eq!(env_now["slot_b_bad"], "1");
+    assert_eq!(env_now["boot_slot"], "a");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_slots_in_the_policy_every_slot_call_is_refused_by_name() {
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let m = deployment(&mut env);
+    let (out, _) = run(&env, Config::default(), env.request("wf-fw-none", m)).await;
+    assert_eq!(out.status, Status::Failed);
+    assert_eq!(
+        out.result.result_details,
+        "slot: denied by policy: no slots are configured for `sandstep/firmware:1` (policy: handlers.\"sandstep/firmware:1\".slot)"
+    );
+}
