@@ -1,5 +1,6 @@
 //! The default handlers, against real system parts.
 
 mod apt;
+mod files;
 mod firmware;
 mod script;
