@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The demo: builds sandstep and the handler components, signs and registers the example handler,
-# signs the demo manifest, and runs the multi-step deployment from examples/demo with local files
-# only (no broker, no network):
-# a pre-install step, a main step, and a reference step to a child update that runs for the two
-# sensors of the example inventory (the fan is not a sensor, so it is left alone).
+# The demo: builds sandstep and the handler components, signs and registers the default handlers
+# and the example vendor handler, signs the demo manifest, and runs the multi-step deployment from
+# examples/demo with local files only (no broker, no network):
+#   step 0  pre-install check (microsoft/script:1, ADU's script protocol)
+#   step 1  the application config placed atomically (sandstep/files:1)
+#   step 2  a vendor's own handler (contoso/config:1, examples/vendor-handler)
+#   step 3  a reference step: a child update for the two sensors of the inventory
+#           (sandstep/component:1; the fan is not a sensor, so it is left alone)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -13,8 +16,12 @@ sandstep=target/debug/sandstep
 data=target/demo-data
 keys=target/demo-keys
 work=target/demo-work
-rm -rf "$data" "$work"
-mkdir -p "$keys" "$work"
+device=$root/target/demo-device
+rm -rf "$data" "$work" "$device"
+mkdir -p "$keys" "$work" "$device/app" "$device/components"/{sensor-0001,sensor-0002,motor-0001}
+# The demo's policy and inventory point at a throwaway "device" directory.
+sed "s|@DEVICE@|$device|g" examples/demo/config.toml.in > "$work/config.toml"
+sed "s|@DEVICE@|$device|g" examples/demo/inventory.json.in > "$work/inventory.json"
 
 # Demo keys, generated on first run and kept: a handler signing key (Ed25519, wasmsign2 format),
 # and an ADU-style manifest key chain (RSA root key vouching for an RSA signing key).
@@ -29,7 +36,9 @@ echo "== trusting the demo keys in $data"
 "$sandstep" trust add handler "$keys/handler.key.pub" --name demo-vendor --data-dir "$data"
 "$sandstep" trust add root "$keys/root.pub" --name demo-root --data-dir "$data"
 
-echo "== signing and installing the example handler"
+echo "== signing and installing the default handlers and the example vendor handler"
+scripts/sign-handlers.sh --key "$keys/handler.key" --out "$work/handlers"
+"$sandstep" handler install-defaults "$work/handlers" --data-dir "$data" --config "$work/config.toml"
 cp target/wasm/vendor-handler.wasm "$work/vendor-handler.wasm"
 "$sandstep" handler sign "$work/vendor-handler.wasm" --key "$keys/handler.key"
 "$sandstep" handler install "$work/vendor-handler.wasm" --id contoso/config:1 --data-dir "$data"
@@ -40,7 +49,8 @@ echo "== signing the manifest (a deployment document, as the cloud would send it
 echo
 "$sandstep" run --deployment "$work/deployment.json" \
     --files examples/demo/files \
-    --components examples/demo/inventory.json \
+    --components "$work/inventory.json" \
+    --config "$work/config.toml" \
     --data-dir "$data" \
     --result-file "$data/result.json"
 echo
@@ -57,5 +67,7 @@ r["stepResults"] = {k: trim(v) for k, v in r["stepResults"].items()}
 print(json.dumps(r, indent=2))
 PY
 echo
-echo "== what the handler installed (its /state):"
-find "$data/state" -type f | sort
+echo "== what the deployment changed on the demo device ($device):"
+find "$device" -type f | sort
+echo "== the vendor handler's own /state:"
+find "$data/state" -path '*contoso_config*' -type f | sort

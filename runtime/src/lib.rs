@@ -11,6 +11,7 @@
 //! - [`registry`]: which component serves which handler id.
 //! - [`loader`]: registry -> signature check -> compiled component -> policy check, on every load.
 //! - [`config`]: the TOML configuration and per-handler policy.
+//! - [`defaults`]: the default handlers and the ids they serve.
 //! - [`datadir`]: the data dir, reached through cap-std handles only.
 //! - [`fault`]: crash points for the fault-injection tests (a no-op in normal builds).
 //!
@@ -20,6 +21,7 @@ pub mod bindings;
 pub mod capability;
 pub mod config;
 pub mod datadir;
+pub mod defaults;
 pub mod download;
 pub mod fault;
 pub mod loader;

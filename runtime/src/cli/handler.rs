@@ -23,6 +23,12 @@ pub enum HandlerCommand {
         #[arg(long)]
         id: String,
     },
+    /// Install the default handlers (apt, script, firmware, component, files) from a directory
+    /// of signed components named <component>.wasm, under all their ids.
+    InstallDefaults {
+        /// The directory holding apt.wasm, script.wasm, firmware.wasm, component.wasm, files.wasm.
+        dir: PathBuf,
+    },
     /// Show the registered handlers: id, digest, signers, granted capabilities.
     List,
     /// Forget a handler id (and its precompiled artefact when no other id uses it).
@@ -146,6 +152,30 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
             let caps: Vec<&str> = handler.capabilities().iter().map(|c| c.name()).collect();
             if !caps.is_empty() {
                 println!("  capabilities: {}", caps.join(", "));
+            }
+        }
+        HandlerCommand::InstallDefaults { dir } => {
+            for h in sandstep::defaults::DEFAULT_HANDLERS {
+                let path = dir.join(format!("{}.wasm", h.component));
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                for id in h.ids {
+                    let (entry, _) = loader
+                        .install(
+                            id,
+                            bytes.clone(),
+                            &path.display().to_string(),
+                            &config,
+                            now_ms(),
+                        )
+                        .await?;
+                    println!(
+                        "installed {} (sha256 {}), signed by {}",
+                        entry.id,
+                        &entry.digest[..16],
+                        entry.signers.join(", ")
+                    );
+                }
             }
         }
         HandlerCommand::List => {

@@ -120,6 +120,77 @@ fn the_demo_deployment_runs_from_the_examples() {
     let out_dir = tempfile::tempdir().unwrap();
     let result = out_dir.path().join("result.json");
     let demo = repo_root().join("examples/demo");
+    // The demo device: the policy and the inventory point at it (as scripts/demo.sh renders them).
+    let device = out_dir.path().join("device");
+    for d in [
+        "app",
+        "components/sensor-0001",
+        "components/sensor-0002",
+        "components/motor-0001",
+    ] {
+        std::fs::create_dir_all(device.join(d)).unwrap();
+    }
+    let render = |name: &str| {
+        let text = std::fs::read_to_string(demo.join(format!("{name}.in"))).unwrap();
+        let path = out_dir.path().join(name);
+        std::fs::write(
+            &path,
+            text.replace("@DEVICE@", &device.display().to_string()),
+        )
+        .unwrap();
+        path
+    };
+    let config = render("config.toml");
+    let inventory = render("inventory.json");
+
+    // The default handlers, signed by the script gateway builders use, with a key we trust.
+    let key = out_dir.path().join("release.key");
+    ok(&sandstep()
+        .args(["key", "generate", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap());
+    ok(&sandstep()
+        .args(["trust", "add", "handler"])
+        .arg(out_dir.path().join("release.key.pub"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap());
+    crate::support::component("script"); // built
+    let signed_dir = out_dir.path().join("handlers");
+    let status = Command::new(repo_root().join("scripts/sign-handlers.sh"))
+        .arg("--key")
+        .arg(&key)
+        .arg("--out")
+        .arg(&signed_dir)
+        .env("SANDSTEP", env!("CARGO_BIN_EXE_sandstep"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let installed = ok(&sandstep()
+        .args(["handler", "install-defaults"])
+        .arg(&signed_dir)
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap());
+    for id in [
+        "microsoft/apt:1",
+        "sandstep/apt:1",
+        "microsoft/script:1",
+        "sandstep/firmware:1",
+        "sandstep/component:1",
+        "sandstep/files:1",
+    ] {
+        assert!(
+            installed.contains(&format!("installed {id} (")),
+            "{installed}"
+        );
+    }
+
     let (root, signing) = manifest_keys(data.path(), out_dir.path());
     let doc = out_dir.path().join("deployment.json");
     let signed = ok(&sandstep()
@@ -145,7 +216,9 @@ fn the_demo_deployment_runs_from_the_examples() {
             .arg("--files")
             .arg(demo.join("files"))
             .arg("--components")
-            .arg(demo.join("inventory.json"))
+            .arg(&inventory)
+            .arg("--config")
+            .arg(&config)
             .arg("--result-file")
             .arg(&result)
             .arg("--data-dir")
@@ -165,10 +238,10 @@ fn the_demo_deployment_runs_from_the_examples() {
         r["installedUpdateId"],
         r#"{"provider":"contoso","name":"gateway-demo","version":"1.0"}"#
     );
-    for step in ["step_0", "step_1", "step_2"] {
+    for step in ["step_0", "step_1", "step_2", "step_3"] {
         assert_eq!(r["stepResults"][step]["resultCode"], 700, "{step}: {r:#}");
     }
-    let comps: Vec<&String> = r["stepResults"]["step_2"]["components"]
+    let comps: Vec<&String> = r["stepResults"]["step_3"]["components"]
         .as_object()
         .unwrap()
         .keys()
@@ -178,6 +251,15 @@ fn the_demo_deployment_runs_from_the_examples() {
         ["sensor-0001", "sensor-0002"],
         "the motor is not a sensor"
     );
+    assert_eq!(
+        std::fs::read(device.join("app/app.conf")).unwrap(),
+        std::fs::read(demo.join("files/app.conf")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(device.join("components/sensor-0002/.sandstep-version")).unwrap(),
+        "1.1"
+    );
+    assert!(!device.join("components/motor-0001/sensor.conf").exists());
 
     let again = ok(&run());
     assert!(
