@@ -8,6 +8,7 @@
 //! - [`inventory`]: attached components and selection by compatibility.
 //! - [`journal`]: the persisted state machine of a deployment, checksummed.
 //! - [`results`]: root and per-step results, and the result file.
+//! - [`shadow`]: device-shadow documents, the delta rule, topic layouts.
 
 pub mod codes;
 pub mod context;
@@ -16,6 +17,7 @@ pub mod inventory;
 pub mod journal;
 pub mod manifest;
 pub mod results;
+pub mod shadow;
 pub mod step;
 
 pub use codes::{ExtendedResultCode, Facility, Followup};

@@ -1,0 +1,238 @@
+//! Device-shadow documents (`state.desired`, `state.reported`, `state.delta`, `version`,
+//! `timestamp`) and the rules the replica applies to them.
+//!
+//! Desired and reported are JSON objects updated per top-level field (`null` deletes a field).
+//! The delta holds the desired fields whose values differ from the reported ones — except that a
+//! deployment's bulky fields (`updateManifest`, `updateManifestSignature`, `fileUrls`) travel with
+//! its `workflow`: they are in the delta exactly when `workflow` is, so a device acknowledges a
+//! deployment by reporting its `workflow`, without echoing the manifest back.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Largest shadow document accepted, in bytes.
+pub const MAX_DOCUMENT_BYTES: usize = 2 << 20;
+
+/// The deployment fields that follow `workflow` in the delta.
+pub const DEPLOYMENT_FIELDS: [&str; 3] = ["updateManifest", "updateManifestSignature", "fileUrls"];
+
+/// A shadow document as published on the update, delta and accepted topics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Document {
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
+}
+
+/// `state`: any of desired, reported, delta.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Map<String, Value>>,
+}
+
+/// Why a document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("document is {0} bytes; the limit is {MAX_DOCUMENT_BYTES}")]
+    TooLarge(usize),
+    #[error("document is not a shadow document: {0}")]
+    Invalid(String),
+}
+
+impl Document {
+    /// Parses a document, refusing oversized or malformed ones with a clear reason.
+    pub fn parse(bytes: &[u8]) -> Result<Document, DocumentError> {
+        if bytes.len() > MAX_DOCUMENT_BYTES {
+            return Err(DocumentError::TooLarge(bytes.len()));
+        }
+        serde_json::from_slice(bytes).map_err(|e| DocumentError::Invalid(e.to_string()))
+    }
+}
+
+/// Applies `patch` to `target` field by field; a `null` value deletes the field.
+pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (k, v) in patch {
+        if v.is_null() {
+            target.remove(k);
+        } else {
+            target.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// The desired fields that differ from the reported ones (see the module doc for deployments).
+pub fn delta(desired: &Map<String, Value>, reported: &Map<String, Value>) -> Map<String, Value> {
+    let workflow_differs = desired
+        .get("workflow")
+        .is_some_and(|w| reported.get("workflow") != Some(w));
+    desired
+        .iter()
+        .filter(|(k, v)| {
+            if DEPLOYMENT_FIELDS.contains(&k.as_str()) {
+                workflow_differs
+            } else {
+                reported.get(k.as_str()) != Some(v)
+            }
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Topic names for one layout; `{device}` stands for the device id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Topics {
+    /// Where desired and reported updates are published.
+    pub update: String,
+    /// Where the delta arrives.
+    pub delta: String,
+    /// Where stored updates are confirmed.
+    pub accepted: String,
+    /// Where refused updates are answered.
+    pub rejected: String,
+    /// Where the replica keeps each device's whole document, retained (for `sandstep status`).
+    pub shadow: String,
+}
+
+impl Topics {
+    /// The software-update pattern's layout: `state/<id>/update`, `.../update/delta`, ...
+    pub fn replica() -> Topics {
+        Topics {
+            update: "state/{device}/update".into(),
+            delta: "state/{device}/update/delta".into(),
+            accepted: "state/{device}/update/accepted".into(),
+            rejected: "state/{device}/update/rejected".into(),
+            shadow: "state/{device}/shadow".into(),
+        }
+    }
+
+    /// A cloud device-shadow layout (AWS IoT's names).
+    pub fn aws() -> Topics {
+        Topics {
+            update: "$aws/things/{device}/shadow/update".into(),
+            delta: "$aws/things/{device}/shadow/update/delta".into(),
+            accepted: "$aws/things/{device}/shadow/update/accepted".into(),
+            rejected: "$aws/things/{device}/shadow/update/rejected".into(),
+            shadow: "$aws/things/{device}/shadow/get/accepted".into(),
+        }
+    }
+
+    /// A template with the device filled in.
+    pub fn for_device(template: &str, device: &str) -> String {
+        template.replace("{device}", device)
+    }
+
+    /// A template as a subscription filter for every device (`+`).
+    pub fn filter(template: &str) -> String {
+        template.replace("{device}", "+")
+    }
+
+    /// The device id in `topic`, if it matches `template`.
+    pub fn device_of(template: &str, topic: &str) -> Option<String> {
+        let t: Vec<&str> = template.split('/').collect();
+        let p: Vec<&str> = topic.split('/').collect();
+        if t.len() != p.len() {
+            return None;
+        }
+        let mut device = None;
+        for (a, b) in t.iter().zip(&p) {
+            if *a == "{device}" {
+                device = Some((*b).to_owned());
+            } else if a != b {
+                return None;
+            }
+        }
+        device.filter(|d| !d.is_empty())
+    }
+}
+
+/// Whether a device id can be used in topics: no MQTT wildcards or separators, 1-128 chars.
+pub fn valid_device_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && !id
+            .chars()
+            .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn merge_replaces_fields_and_null_deletes() {
+        let mut t = obj(json!({"a": 1, "b": 2}));
+        merge(&mut t, &obj(json!({"b": null, "c": 3})));
+        assert_eq!(Value::Object(t), json!({"a": 1, "c": 3}));
+    }
+
+    #[test]
+    fn the_deployment_travels_with_its_workflow() {
+        let desired = obj(
+            json!({"workflow": {"action": 3, "id": "w1"}, "updateManifest": "{...}", "fileUrls": {}, "color": "red"}),
+        );
+        let d = delta(&desired, &obj(json!({})));
+        assert_eq!(d.len(), 4);
+        let acked = obj(json!({"workflow": {"action": 3, "id": "w1"}, "color": "red"}));
+        assert!(
+            delta(&desired, &acked).is_empty(),
+            "reporting the workflow acknowledges the deployment"
+        );
+        let other = obj(json!({"workflow": {"action": 3, "id": "w0"}, "color": "red"}));
+        let d = delta(&desired, &other);
+        assert_eq!(
+            d.keys().collect::<Vec<_>>(),
+            ["fileUrls", "updateManifest", "workflow"]
+        );
+    }
+
+    #[test]
+    fn topics_match_and_extract_devices() {
+        let t = Topics::replica();
+        assert_eq!(Topics::filter(&t.update), "state/+/update");
+        assert_eq!(
+            Topics::device_of(&t.update, "state/gw-1/update"),
+            Some("gw-1".into())
+        );
+        assert_eq!(
+            Topics::device_of(&t.update, "state/gw-1/update/delta"),
+            None
+        );
+        assert_eq!(Topics::device_of(&t.update, "other/gw-1/update"), None);
+        assert_eq!(
+            Topics::for_device(&Topics::aws().delta, "gw-1"),
+            "$aws/things/gw-1/shadow/update/delta"
+        );
+        assert!(valid_device_id("gw-001"));
+        assert!(!valid_device_id("a/b") && !valid_device_id("#") && !valid_device_id(""));
+    }
+
+    #[test]
+    fn documents_parse_or_say_why_not() {
+        let d = Document::parse(br#"{"state":{"desired":{"x":1}},"version":3}"#).unwrap();
+        assert_eq!(d.version, Some(3));
+        assert!(matches!(
+            Document::parse(b"[1]"),
+            Err(DocumentError::Invalid(_))
+        ));
+        let big = vec![b' '; MAX_DOCUMENT_BYTES + 1];
+        assert_eq!(
+            Document::parse(&big).unwrap_err(),
+            DocumentError::TooLarge(MAX_DOCUMENT_BYTES + 1)
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! An MQTT connection (rumqttc) for the agent, the replica and the operator commands: MQTT 3.1.1
+//! or 5, TCP or TLS (CA, client certificate), username and password, and reconnection with
+//! exponential backoff and jitter. Whatever the protocol, users see one event stream.
+
+use rumqttc::{QoS, Transport};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Largest MQTT packet accepted or sent: desired documents are checked against their own,
+/// smaller limits so that an oversized one is reported, not a reason to drop the connection.
+pub const MAX_PACKET: usize = 16 << 20;
+
+/// The `[mqtt]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MqttConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// Client id (default: the device id, or a generated one for operator commands).
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// CA certificate(s) (PEM) for `mqtts://`; default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// `v311` or `v5`.
+    pub protocol: Protocol,
+    pub keep_alive_secs: u64,
+    /// Reconnection backoff: first delay and cap, in milliseconds (with ±50% jitter).
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            protocol: Protocol::V311,
+            keep_alive_secs: 30,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+        }
+    }
+}
+
+/// The MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    V311,
+    V5,
+}
+
+/// What happened on the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttEvent {
+    /// (Re)connected: subscribe again and flush what waits.
+    Connected,
+    /// The connection broke; it is retried with backoff.
+    Disconnected(String),
+    /// A message arrived.
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+        retained: bool,
+    },
+    /// The broker acknowledged a QoS 1 publish.
+    PubAck,
+}
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("mqtt url `{0}`: expected mqtt://host:port or mqtts://host:port")]
+    Url(String),
+    #[error("mqtt TLS: {0}")]
+    Tls(String),
+    #[error("mqtt: {0}")]
+    Client(String),
+}
+
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+/// A connection; its event loop runs on a task until the connection is dropped.
+pub struct Mqtt {
+    client: Client,
+    events: mpsc::Receiver<MqttEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Mqtt {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn tls(config: &MqttConfig) -> Result<Transport, MqttError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.ca_file {
+        Some(p) => {
+            let pem = std::fs::read(p)
+                .map_err(|e| MqttError::Tls(format!("ca-file {}: {e}", p.display())))?;
+            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let c = c.map_err(|e| MqttError::Tls(format!("ca-file {}: {e}", p.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| MqttError::Tls(format!("ca-file {}: {e}", p.display())))?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| MqttError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let client_config = match (&config.client_cert, &config.client_key) {
+        (Some(cert), Some(key)) => {
+            let certs = rustls_pemfile::certs(
+                &mut std::fs::read(cert)
+                    .map_err(|e| MqttError::Tls(format!("client-cert {}: {e}", cert.display())))?
+                    .as_slice(),
+            )
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| MqttError::Tls(format!("client-cert {}: {e}", cert.display())))?;
+            let key_der = rustls_pemfile::private_key(
+                &mut std::fs::read(key)
+                    .map_err(|e| MqttError::Tls(format!("client-key {}: {e}", key.display())))?
+                    .as_slice(),
+            )
+            .map_err(|e| MqttError::Tls(format!("client-key {}: {e}", key.display())))?
+            .ok_or_else(|| {
+                MqttError::Tls(format!(
+                    "client-key {}: no private key found",
+                    key.display()
+                ))
+            })?;
+            builder
+                .with_client_auth_cert(certs, key_der)
+                .map_err(|e| MqttError::Tls(e.to_string()))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(MqttError::Tls(
+                "client-cert and client-key go together".into(),
+            ))
+        }
+    };
+    Ok(Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(
+        client_config,
+    ))))
+}
+
+fn backoff(config: &MqttConfig, attempt: u32) -> Duration {
+    let base = config
+        .reconnect_min_ms
+        .saturating_mul(1u64 << attempt.min(20))
+        .min(config.reconnect_max_ms);
+    Duration::from_millis((base as f64 * (0.5 + fastrand::f64())) as u64)
+}
+
+impl Mqtt {
+    /// Connects (in the background: events tell when it is up).
+    pub fn connect(config: &MqttConfig, client_id: &str) -> Result<Mqtt, MqttError> {
+        let (secure, rest) = if let Some(r) = config.url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = config.url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(MqttError::Url(config.url.clone()));
+        };
+        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_owned(),
+                p.parse::<u16>()
+                    .map_err(|_| MqttError::Url(config.url.clone()))?,
+            ),
+            None => (rest.to_owned(), if secure { 8883 } else { 1883 }),
+        };
+        let transport = if secure { tls(config)? } else { Transport::Tcp };
+        let (tx, rx) = mpsc::channel(1024);
+        let cfg = config.clone();
+        let (client, task) = match config.protocol {
+            Protocol::V311 => {
+                let mut o = rumqttc::MqttOptions::new(client_id, host, port);
+                o.set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
+                    .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+                    .set_transport(transport)
+                    .set_clean_session(true);
+                if let (Some(u), Some(p)) = (&config.username, &config.password) {
+                    o.set_credentials(u, p);
+                }
+                let (client, mut el) = rumqttc::AsyncClient::new(o, 256);
+                let task = tokio::spawn(async move {
+                    use rumqttc::{Event, Packet};
+                    let mut attempt = 0u32;
+                    loop {
+                        let ev = match el.poll().await {
+                            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                                attempt = 0;
+                                Some(MqttEvent::Connected)
+                            }
+                            Ok(Event::Incoming(Packet::Publish(p))) => Some(MqttEvent::Message {
+                                topic: p.topic.clone(),
+                                payload: p.payload.to_vec(),
+                                retained: p.retain,
+                            }),
+                            Ok(Event::Incoming(Packet::PubAck(_))) => Some(MqttEvent::PubAck),
+                            Ok(_) => None,
+                            Err(e) => {
+                                let _ = tx.send(MqttEvent::Disconnected(e.to_string())).await;
+                                tokio::time::sleep(backoff(&cfg, attempt)).await;
+                                attempt += 1;
+                                None
+                            }
+                        };
+                        if let Some(ev) = ev {
+                            if tx.send(ev).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+                (Client::V4(client), task)
+            }
+            Protocol::V5 => {
+                let mut o = rumqttc::v5::MqttOptions::new(client_id, host, port);
+                o.set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
+                    .set_max_packet_size(Some(MAX_PACKET as u32))
+                    .set_transport(transport)
+                    .set_clean_start(true);
+                if let (Some(u), Some(p)) = (&config.username, &config.password) {
+                    o.set_credentials(u, p);
+                }
+                let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 256);
+                let task = tokio::spawn(async move {
+                    use rumqttc::v5::mqttbytes::v5::Packet;
+                    use rumqttc::v5::Event;
+                    let mut attempt = 0u32;
+                    loop {
+                        let ev = match el.poll().await {
+                            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                                attempt = 0;
+                                Some(MqttEvent::Connected)
+                            }
+                            Ok(Event::Incoming(Packet::Publish(p))) => Some(MqttEvent::Message {
+                                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                                payload: p.payload.to_vec(),
+                                retained: p.retain,
+                            }),
+                            Ok(Event::Incoming(Packet::PubAck(_))) => Some(MqttEvent::PubAck),
+                            Ok(_) => None,
+                            Err(e) => {
+                                let _ = tx.send(MqttEvent::Disconnected(e.to_string())).await;
+                                tokio::time::sleep(backoff(&cfg, attempt)).await;
+                                attempt += 1;
+                                None
+                            }
+                        };
+                        if let Some(ev) = ev {
+                            if tx.send(ev).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+                (Client::V5(client), task)
+            }
+        };
+        Ok(Mqtt {
+            client,
+            events: rx,
+            task,
+        })
+    }
+
+    /// The next event (None once the connection is gone for good).
+    pub async fn recv(&mut self) -> Option<MqttEvent> {
+        self.events.recv().await
+    }
+
+    /// Subscribes (QoS 1).
+    pub async fn subscribe(&self, filter: &str) -> Result<(), MqttError> {
+        match &self.client {
+            Client::V4(c) => c
+                .subscribe(filter, QoS::AtLeastOnce)
+                .await
+                .map_err(|e| MqttError::Client(e.to_string())),
+            Client::V5(c) => c
+                .subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                .await
+                .map_err(|e| MqttError::Client(e.to_string())),
+        }
+    }
+
+    /// Publishes (QoS 1).
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> Result<(), MqttError> {
+        match &self.client {
+            Client::V4(c) => c
+                .publish(topic, QoS::AtLeastOnce, retain, payload)
+                .await
+                .map_err(|e| MqttError::Client(e.to_string())),
+            Client::V5(c) => c
+                .publish(
+                    topic,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    retain,
+                    payload,
+                )
+                .await
+                .map_err(|e| MqttError::Client(e.to_string())),
+        }
+    }
+}
