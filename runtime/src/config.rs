@@ -24,8 +24,24 @@ pub struct Config {
     pub limits: Limits,
     /// Trusted keys and signature rules.
     pub trust: crate::trust::TrustConfig,
+    /// The gateway agent.
+    pub agent: crate::agent::AgentConfig,
+    /// The MQTT broker (agent, replica, operator commands).
+    pub mqtt: crate::mqtt::MqttConfig,
+    /// The HTTP-polling source.
+    pub http_poll: Option<crate::agent::poll::HttpPollConfig>,
+    /// The device-state replica.
+    pub shadow: ShadowConfig,
     /// Policy per handler id.
     pub handlers: BTreeMap<String, HandlerPolicy>,
+}
+
+/// The `[shadow]` table: the device-state replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ShadowConfig {
+    /// The SQLite database (default: `<data-dir>/shadow.sqlite`).
+    pub database: Option<PathBuf>,
 }
 
 /// The built-in policy of the default handlers (`default-policy.toml`).
@@ -48,6 +64,10 @@ impl Default for Config {
             download: DownloadConfig::default(),
             limits: Limits::default(),
             trust: crate::trust::TrustConfig::default(),
+            agent: crate::agent::AgentConfig::default(),
+            mqtt: crate::mqtt::MqttConfig::default(),
+            http_poll: None,
+            shadow: ShadowConfig::default(),
             handlers: default_policies(),
         }
     }

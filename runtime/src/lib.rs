@@ -1,6 +1,9 @@
 //! sandstep: a sandboxed multi-step update agent for Linux gateways.
 //!
 //! Layout:
+//! - [`agent`]: the gateway daemon: desired state over MQTT (or HTTP polling) in, reports out.
+//! - [`shadow`]: the device-state replica (SQLite) for the software-update pattern.
+//! - [`mqtt`]: the MQTT connection shared by agent, replica and operator commands.
 //! - [`bindings`]: the one host `bindgen!` over `wit/`.
 //! - [`sandbox`]: engine, precompiled cache, stores with limits, WASI over cap-std directories,
 //!   and [`sandbox::Session`], which runs a handler's lifecycle calls and always yields a result.
@@ -17,6 +20,7 @@
 //!
 //! The plain data (manifests, codes, step results) lives in `sandstep-model`, without wasmtime.
 
+pub mod agent;
 pub mod bindings;
 pub mod capability;
 pub mod config;

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing, logging set-up, and one module per command group.
 
 mod common;
+mod fleet;
 mod handler;
 mod key;
 mod manifest;
@@ -40,6 +41,29 @@ enum Command {
     /// Manage trusted keys.
     #[command(subcommand)]
     Trust(trust::TrustCommand),
+    /// The gateway agent: desired state over MQTT (or HTTP polling) in, reported state out.
+    Agent,
+    /// The device-state replica (software-update pattern): stores shadows, publishes deltas.
+    Shadow,
+    /// Publish a signed deployment as desired state for devices or a group.
+    Deploy(fleet::DeployArgs),
+    /// Show the devices' state, progress and last results (from the replica's shadows).
+    Status {
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Refresh every second.
+        #[arg(long)]
+        watch: bool,
+        /// Print the shadows as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a device's running deployment.
+    Cancel {
+        #[arg(long)]
+        device: String,
+    },
     /// Development tools for a single step.
     #[command(subcommand)]
     Step(step::StepCommand),
@@ -72,6 +96,15 @@ pub fn main() -> ExitCode {
             Command::Manifest(cmd) => manifest::run(cmd),
             Command::Trust(cmd) => trust::run(cmd, &cli.common),
             Command::Step(cmd) => step::run(cmd).await,
+            Command::Agent => fleet::agent(&cli.common).await,
+            Command::Shadow => fleet::shadow(&cli.common).await,
+            Command::Deploy(args) => fleet::deploy(args, &cli.common).await,
+            Command::Status {
+                device,
+                watch,
+                json,
+            } => fleet::status(device, watch, json, &cli.common).await,
+            Command::Cancel { device } => fleet::cancel(device, &cli.common).await,
         }
     });
     match outcome {

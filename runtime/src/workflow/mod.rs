@@ -959,9 +959,16 @@ pub(crate) fn resolve_source(source: &FileSource, w: &Wanted) -> Result<OwnedSou
                 )
             }),
         FileSource::BaseUrl(base) => Ok(OwnedSource::Url(format!("{base}{}", w.file_name))),
+        // A file the deployment does not list (a child update's, typically) is fetched from beside
+        // the listed ones: the digest from the signed manifest still decides what is accepted.
         FileSource::Urls(map) => map
             .get(&w.id)
             .cloned()
+            .or_else(|| {
+                let any = map.values().next()?;
+                let (dir, _) = any.rsplit_once('/')?;
+                Some(format!("{dir}/{}", w.file_name))
+            })
             .map(OwnedSource::Url)
             .ok_or_else(|| {
                 StepResult::failure(

@@ -1,0 +1,330 @@
+//! What the agent reports: the reported-state document, built from deployment events, and the
+//! outbox that delivers reports in order, across disconnections and restarts.
+
+use crate::datadir::write_atomic;
+use crate::workflow::events::Event;
+use cap_std::fs::Dir;
+use sandstep_model::journal::Status;
+use sandstep_model::results::ResultFile;
+use sandstep_model::Action;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::VecDeque;
+
+/// ADU's reported `state` values.
+pub mod adu_state {
+    pub const IDLE: i32 = 0;
+    pub const DOWNLOAD_STARTED: i32 = 1;
+    pub const INSTALL_STARTED: i32 = 3;
+    pub const APPLY_STARTED: i32 = 5;
+    pub const DEPLOYMENT_IN_PROGRESS: i32 = 6;
+    pub const BACKUP_STARTED: i32 = 7;
+    pub const RESTORE_STARTED: i32 = 9;
+    pub const FAILED: i32 = 255;
+}
+
+/// The simple status, `firmwareStatus`-style.
+pub fn status_of(action: Action) -> (&'static str, i32) {
+    match action {
+        Action::IsInstalled => ("downloading", adu_state::DEPLOYMENT_IN_PROGRESS),
+        Action::Download => ("downloading", adu_state::DOWNLOAD_STARTED),
+        Action::Backup => ("installing", adu_state::BACKUP_STARTED),
+        Action::Install => ("installing", adu_state::INSTALL_STARTED),
+        Action::Apply => ("applying", adu_state::APPLY_STARTED),
+        Action::Cancel => ("installing", adu_state::DEPLOYMENT_IN_PROGRESS),
+        Action::Restore => ("installing", adu_state::RESTORE_STARTED),
+    }
+}
+
+/// A reported-state patch for an event of the running deployment; `None` when the event changes
+/// nothing worth reporting.
+pub fn progress_patch(
+    ev: &Event,
+    units: &[crate::workflow::events::UnitInfo],
+) -> Option<Map<String, Value>> {
+    let unit = |i: usize| units.get(i).cloned();
+    let mut m = Map::new();
+    match ev {
+        Event::Planned { units, .. } => {
+            m.insert("status".into(), json!("downloading"));
+            m.insert("state".into(), json!(adu_state::DEPLOYMENT_IN_PROGRESS));
+            m.insert("progress".into(), json!({"units": units.len()}));
+        }
+        Event::FileProgress {
+            unit: i,
+            file,
+            done,
+            total,
+        } => {
+            let pct = if *total == 0 { 100 } else { done * 100 / total };
+            m.insert("status".into(), json!("downloading"));
+            m.insert("state".into(), json!(adu_state::DOWNLOAD_STARTED));
+            m.insert(
+                "progress".into(),
+                json!({"unit": unit(*i).map(|u| u.label), "file": file, "percent": pct}),
+            );
+        }
+        Event::ActionStarted { unit: i, action } => {
+            let (status, state) = status_of(*action);
+            let u = unit(*i);
+            m.insert("status".into(), json!(status));
+            m.insert("state".into(), json!(state));
+            m.insert(
+                "progress".into(),
+                json!({"unit": u.as_ref().map(|u| &u.label), "step": u.as_ref().map(|u| u.step), "handler": u.as_ref().map(|u| &u.handler), "action": action.name(), "percent": 0}),
+            );
+        }
+        Event::Handler {
+            unit: i,
+            percent: Some(p),
+            message,
+            ..
+        } => {
+            let u = unit(*i);
+            m.insert(
+                "progress".into(),
+                json!({"unit": u.as_ref().map(|u| &u.label), "step": u.as_ref().map(|u| u.step), "handler": u.as_ref().map(|u| &u.handler), "percent": p, "message": message}),
+            );
+        }
+        _ => return None,
+    }
+    Some(m)
+}
+
+/// The final patch of a deployment: status, ADU state, `lastInstallResult`, `installedUpdateId`.
+pub fn final_patch(status: Status, result: &ResultFile) -> Map<String, Value> {
+    let (simple, state) = match status {
+        Status::Succeeded => ("completed", adu_state::IDLE),
+        Status::RebootRequired | Status::RestartRequired => ("applying", adu_state::APPLY_STARTED),
+        Status::Cancelled => ("failed", adu_state::IDLE),
+        _ => ("failed", adu_state::FAILED),
+    };
+    let steps: Map<String, Value> = result
+        .step_results
+        .iter()
+        .map(|(k, s)| {
+            (
+                k.clone(),
+                json!({"resultCode": s.result_code, "extendedResultCodes": s.extended_result_codes, "resultDetails": s.result_details}),
+            )
+        })
+        .collect();
+    let mut m = Map::new();
+    m.insert("status".into(), json!(simple));
+    m.insert("state".into(), json!(state));
+    m.insert("progress".into(), Value::Null);
+    m.insert(
+        "lastInstallResult".into(),
+        json!({
+            "resultCode": result.result_code,
+            "extendedResultCodes": result.extended_result_codes,
+            "resultDetails": result.result_details,
+            "stepResults": steps,
+        }),
+    );
+    if let Some(id) = &result.installed_update_id {
+        m.insert("installedUpdateId".into(), json!(id));
+    }
+    if matches!(status, Status::RebootRequired | Status::RestartRequired) {
+        m.insert(
+            "pending".into(),
+            json!(if status == Status::RebootRequired {
+                "reboot"
+            } else {
+                "restart"
+            }),
+        );
+    } else {
+        m.insert("pending".into(), Value::Null);
+    }
+    m
+}
+
+/// One message waiting to be delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Value,
+    /// Progress messages may be replaced by newer ones while they wait; others never are.
+    pub progress: bool,
+}
+
+/// Reports waiting for the broker's acknowledgement, persisted in `<data-dir>/outbox/`, delivered
+/// oldest first. A progress report still waiting is replaced by the next one (rate limiting);
+/// results, acknowledgements and errors are never dropped.
+pub struct Outbox {
+    dir: Dir,
+    queue: VecDeque<(u64, Outgoing)>,
+    next: u64,
+    /// Whether the front entry is published and awaits its PUBACK.
+    pub in_flight: bool,
+}
+
+impl Outbox {
+    /// Opens the outbox, loading what a previous run left undelivered.
+    pub fn open(dir: Dir) -> std::io::Result<Outbox> {
+        let mut entries: Vec<(u64, Outgoing)> = Vec::new();
+        for e in dir.entries()? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            let Some(seq) = name
+                .strip_suffix(".json")
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            match dir
+                .read(&name)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Outgoing>(&b).ok())
+            {
+                Some(o) => entries.push((seq, o)),
+                None => {
+                    tracing::error!(entry = %name, "unreadable outbox entry dropped");
+                    let _ = dir.remove_file(&name);
+                }
+            }
+        }
+        entries.sort_by_key(|(s, _)| *s);
+        let next = entries.last().map_or(1, |(s, _)| s + 1);
+        Ok(Outbox {
+            dir,
+            queue: entries.into(),
+            next,
+            in_flight: false,
+        })
+    }
+
+    fn name(seq: u64) -> String {
+        format!("{seq:016}.json")
+    }
+
+    /// Queues a message (replacing a waiting progress message when this is progress too).
+    pub fn push(&mut self, o: Outgoing) -> std::io::Result<()> {
+        let replace = o.progress
+            && self.queue.back().is_some_and(|(_, last)| last.progress)
+            && !(self.in_flight && self.queue.len() == 1);
+        let seq = if replace {
+            self.queue.back().expect("checked").0
+        } else {
+            let s = self.next;
+            self.next += 1;
+            s
+        };
+        write_atomic(
+            &self.dir,
+            &Self::name(seq),
+            &serde_json::to_vec(&o).expect("serializes"),
+            0o600,
+        )?;
+        if replace {
+            self.queue.back_mut().expect("checked").1 = o;
+        } else {
+            self.queue.push_back((seq, o));
+        }
+        Ok(())
+    }
+
+    /// The message to publish next, if none is in flight.
+    pub fn next_to_send(&mut self) -> Option<Outgoing> {
+        if self.in_flight {
+            return None;
+        }
+        let front = self.queue.front()?.1.clone();
+        self.in_flight = true;
+        Some(front)
+    }
+
+    /// The broker acknowledged the message in flight.
+    pub fn acked(&mut self) -> std::io::Result<()> {
+        if !self.in_flight {
+            return Ok(());
+        }
+        self.in_flight = false;
+        if let Some((seq, _)) = self.queue.pop_front() {
+            match self.dir.remove_file(Self::name(seq)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection broke: the message in flight is sent again after reconnecting.
+    pub fn disconnected(&mut self) {
+        self.in_flight = false;
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox() -> (tempfile::TempDir, Outbox) {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        (t, Outbox::open(d).unwrap())
+    }
+
+    fn msg(n: u32, progress: bool) -> Outgoing {
+        Outgoing {
+            topic: "t".into(),
+            payload: json!({"n": n}),
+            progress,
+        }
+    }
+
+    #[test]
+    fn messages_go_out_in_order_and_survive_a_restart() {
+        let (t, mut o) = outbox();
+        o.push(msg(1, false)).unwrap();
+        o.push(msg(2, false)).unwrap();
+        assert_eq!(o.next_to_send().unwrap().payload["n"], 1);
+        assert!(o.next_to_send().is_none(), "one in flight at a time");
+        o.disconnected();
+        assert_eq!(
+            o.next_to_send().unwrap().payload["n"],
+            1,
+            "resent after reconnecting"
+        );
+        o.acked().unwrap();
+        drop(o);
+        let d = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        let mut o = Outbox::open(d).unwrap();
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.next_to_send().unwrap().payload["n"], 2);
+    }
+
+    #[test]
+    fn waiting_progress_is_replaced_but_results_are_kept() {
+        let (_t, mut o) = outbox();
+        o.push(msg(1, true)).unwrap();
+        o.push(msg(2, true)).unwrap();
+        o.push(msg(3, false)).unwrap();
+        o.push(msg(4, true)).unwrap();
+        o.push(msg(5, true)).unwrap();
+        let mut sent = Vec::new();
+        while let Some(m) = o.next_to_send() {
+            sent.push(m.payload["n"].as_u64().unwrap());
+            o.acked().unwrap();
+        }
+        assert_eq!(sent, [2, 3, 5]);
+    }
+
+    #[test]
+    fn a_progress_message_in_flight_is_not_replaced() {
+        let (_t, mut o) = outbox();
+        o.push(msg(1, true)).unwrap();
+        assert_eq!(o.next_to_send().unwrap().payload["n"], 1);
+        o.push(msg(2, true)).unwrap();
+        o.acked().unwrap();
+        assert_eq!(o.next_to_send().unwrap().payload["n"], 2);
+    }
+}

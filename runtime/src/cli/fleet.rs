@@ -1,0 +1,387 @@
+//! The fleet side: `sandstep agent`, `sandstep shadow` (the replica), and the operator commands
+//! `deploy`, `status`, `cancel`.
+
+use super::common::Common;
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use sandstep::agent::{self, Agent, AgentExit};
+use sandstep::mqtt::{Mqtt, MqttEvent};
+use sandstep::trust::keys::load_private_jwk;
+use sandstep::trust::manifest_sig;
+use sandstep_model::deployment::{action, Deployment, Workflow};
+use sandstep_model::manifest::Manifest;
+use sandstep_model::shadow::{valid_device_id, Topics};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        t.cancel();
+    });
+    token
+}
+
+/// `sandstep agent`.
+pub async fn agent(common: &Common) -> Result<ExitCode> {
+    let config = common.load_config()?;
+    let data_path = common
+        .data_dir
+        .clone()
+        .or_else(|| config.data_dir.clone())
+        .unwrap_or_else(sandstep::datadir::default_path);
+    let restart_code = config.agent.restart_exit_code;
+    let agent = Agent::new(config, &data_path)?;
+    match agent::run(agent, shutdown_token()).await? {
+        AgentExit::Shutdown | AgentExit::Rebooting => Ok(ExitCode::SUCCESS),
+        AgentExit::Restart => {
+            eprintln!("a step asked for an agent restart: exiting with status {restart_code} for the service manager");
+            Ok(ExitCode::from(restart_code))
+        }
+    }
+}
+
+/// `sandstep shadow`.
+pub async fn shadow(common: &Common) -> Result<ExitCode> {
+    let config = common.load_config()?;
+    let data = common.data_dir(&config)?;
+    let db = config
+        .shadow
+        .database
+        .clone()
+        .unwrap_or_else(|| data.path().join("shadow.sqlite"));
+    let topics = config.agent.topics.topics();
+    eprintln!("replica: {} on {}", db.display(), config.mqtt.url);
+    sandstep::shadow::run(&config.mqtt, &topics, &db, shutdown_token()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Target device (repeatable).
+    #[arg(long = "device")]
+    devices: Vec<String>,
+    /// Target every device reporting this group.
+    #[arg(long)]
+    group: Option<String>,
+    /// The update manifest.
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Where devices fetch the files: URL = this base + fileName.
+    #[arg(long)]
+    files_url: String,
+    /// The signing key (private JWK).
+    #[arg(long, alias = "key")]
+    sign_key: Option<PathBuf>,
+    /// The root key that vouches for the signing key.
+    #[arg(long)]
+    root_key: Option<PathBuf>,
+    /// The signing key already signed by a root (compact JWS file), instead of --root-key.
+    #[arg(long)]
+    sjwk: Option<PathBuf>,
+    /// Deploy without a signature (devices refuse it unless configured otherwise).
+    #[arg(long)]
+    unsigned: bool,
+    /// Workflow id (default: generated).
+    #[arg(long)]
+    workflow_id: Option<String>,
+    /// Retry a deployment that already ran (a new retryTimestamp).
+    #[arg(long)]
+    retry: bool,
+}
+
+/// Reads the retained shadows (`<shadow topic>` of every device) for a short while.
+async fn shadows(common: &Common, wait: Duration) -> Result<BTreeMap<String, Value>> {
+    let config = common.load_config()?;
+    let topics = config.agent.topics.topics();
+    let mut conn = Mqtt::connect(
+        &config.mqtt,
+        &format!("sandstep-op-{:08x}", fastrand::u32(..)),
+    )?;
+    let filter = Topics::filter(&topics.shadow);
+    let mut out = BTreeMap::new();
+    let deadline = Instant::now() + wait;
+    let mut quiet = Instant::now() + wait;
+    loop {
+        let until = deadline.min(quiet);
+        match tokio::time::timeout(until.saturating_duration_since(Instant::now()), conn.recv())
+            .await
+        {
+            Err(_) | Ok(None) => break,
+            Ok(Some(MqttEvent::Connected)) => {
+                conn.subscribe(&filter).await?;
+                quiet = Instant::now() + Duration::from_millis(500);
+            }
+            Ok(Some(MqttEvent::Message { topic, payload, .. })) => {
+                if let Some(d) = Topics::device_of(&topics.shadow, &topic) {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&payload) {
+                        out.insert(d, v);
+                    }
+                }
+                quiet = Instant::now() + Duration::from_millis(300);
+            }
+            Ok(Some(MqttEvent::Disconnected(e))) => bail!("broker {}: {e}", config.mqtt.url),
+            Ok(Some(_)) => {}
+        }
+    }
+    Ok(out)
+}
+
+async fn publish_desired(common: &Common, devices: &[String], desired: Value) -> Result<()> {
+    let config = common.load_config()?;
+    let topics = config.agent.topics.topics();
+    let mut conn = Mqtt::connect(
+        &config.mqtt,
+        &format!("sandstep-op-{:08x}", fastrand::u32(..)),
+    )?;
+    let payload = json!({"state": {"desired": desired}})
+        .to_string()
+        .into_bytes();
+    let mut pending = devices.len();
+    let mut sent = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pending > 0 {
+        match tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            conn.recv(),
+        )
+        .await
+        {
+            Err(_) | Ok(None) => bail!("broker {}: timed out publishing", config.mqtt.url),
+            Ok(Some(MqttEvent::Connected)) if !sent => {
+                for d in devices {
+                    conn.publish(
+                        &Topics::for_device(&topics.update, d),
+                        payload.clone(),
+                        false,
+                    )
+                    .await?;
+                }
+                sent = true;
+            }
+            Ok(Some(MqttEvent::PubAck)) => pending -= 1,
+            Ok(Some(MqttEvent::Disconnected(e))) => bail!("broker {}: {e}", config.mqtt.url),
+            Ok(Some(_)) => {}
+        }
+    }
+    Ok(())
+}
+
+/// `sandstep deploy`.
+pub async fn deploy(args: DeployArgs, common: &Common) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.manifest)
+        .with_context(|| format!("cannot read {}", args.manifest.display()))?;
+    let parsed = Manifest::parse(&text)
+        .with_context(|| format!("{} is not a valid manifest", args.manifest.display()))?;
+    let signature = match (&args.sign_key, args.unsigned) {
+        (Some(k), _) => {
+            let signing = load_private_jwk(k)?;
+            let sjwk = match (&args.root_key, &args.sjwk) {
+                (Some(r), _) => {
+                    manifest_sig::sign_signing_key(&signing.public(), &load_private_jwk(r)?)?
+                }
+                (None, Some(p)) => std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?
+                    .trim()
+                    .to_owned(),
+                (None, None) => bail!("--sign-key needs --root-key or --sjwk"),
+            };
+            Some(manifest_sig::sign(&text, &signing, &sjwk))
+        }
+        (None, true) => None,
+        (None, false) => bail!("give --sign-key (with --root-key or --sjwk), or --unsigned"),
+    };
+    let mut devices = args.devices.clone();
+    if let Some(g) = &args.group {
+        let all = shadows(common, Duration::from_secs(3)).await?;
+        for (id, doc) in all {
+            let groups = doc
+                .pointer("/state/reported/groups")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if groups.iter().any(|x| x.as_str() == Some(g)) {
+                devices.push(id);
+            }
+        }
+        if devices.is_empty() {
+            bail!("no device reports group `{g}`");
+        }
+    }
+    if devices.is_empty() {
+        bail!("give --device ID (repeatable) or --group NAME");
+    }
+    for d in &devices {
+        if !valid_device_id(d) {
+            bail!("`{d}` is not a device id");
+        }
+    }
+    let base = if args.files_url.ends_with('/') {
+        args.files_url.clone()
+    } else {
+        format!("{}/", args.files_url)
+    };
+    let id = args.workflow_id.clone().unwrap_or_else(|| {
+        format!(
+            "wf-{}-{:04x}",
+            sandstep::workflow::now_ms(),
+            fastrand::u16(..)
+        )
+    });
+    let doc = Deployment {
+        workflow: Workflow {
+            action: action::PROCESS_DEPLOYMENT,
+            id: id.clone(),
+            retry_timestamp: args.retry.then(|| sandstep::workflow::now_ms().to_string()),
+        },
+        update_manifest: Some(text),
+        update_manifest_signature: signature,
+        file_urls: parsed
+            .files
+            .iter()
+            .map(|(fid, f)| (fid.clone(), format!("{base}{}", f.file_name)))
+            .collect(),
+    };
+    doc.check()?;
+    publish_desired(common, &devices, serde_json::to_value(&doc)?).await?;
+    println!(
+        "deployed {id} ({}) to {}",
+        parsed.update_id,
+        devices.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sandstep cancel`.
+pub async fn cancel(device: String, common: &Common) -> Result<ExitCode> {
+    let all = shadows(common, Duration::from_secs(3)).await?;
+    let doc = all
+        .get(&device)
+        .with_context(|| format!("no shadow for device `{device}`"))?;
+    let workflow = doc
+        .pointer("/state/reported/workflow")
+        .or_else(|| doc.pointer("/state/desired/workflow"))
+        .and_then(|w| w.get("id"))
+        .and_then(Value::as_str)
+        .with_context(|| format!("device `{device}` has no deployment to cancel"))?
+        .to_owned();
+    publish_desired(
+        common,
+        std::slice::from_ref(&device),
+        json!({"workflow": {"action": action::CANCEL, "id": workflow}}),
+    )
+    .await?;
+    println!("cancel of {workflow} sent to {device}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn row(device: &str, doc: &Value) -> Vec<String> {
+    let r = |p: &str| {
+        doc.pointer(&format!("/state/reported{p}"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let s = |v: Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    let progress = match r("/progress") {
+        Value::Object(p) => {
+            let step = p.get("unit").and_then(Value::as_str).unwrap_or("");
+            let action = p.get("action").and_then(Value::as_str).unwrap_or("");
+            let pct = p
+                .get("percent")
+                .map(|v| format!("{v}%"))
+                .unwrap_or_default();
+            format!("{step} {action} {pct}").trim().to_owned()
+        }
+        _ => "-".to_owned(),
+    };
+    let last = match r("/lastInstallResult") {
+        Value::Object(l) => format!(
+            "{} {}",
+            l.get("resultCode")
+                .map(Value::to_string)
+                .unwrap_or_default(),
+            l.get("extendedResultCodes")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        ),
+        _ => "-".to_owned(),
+    };
+    let pending = doc
+        .pointer("/state/delta/workflow/id")
+        .and_then(Value::as_str)
+        .map(|w| format!(" (pending {w})"))
+        .unwrap_or_default();
+    vec![
+        device.to_owned(),
+        s(r("/status")),
+        s(r("/state")),
+        format!("{}{pending}", s(r("/workflow/id"))),
+        progress,
+        last,
+        s(r("/installedUpdateId")),
+    ]
+}
+
+/// `sandstep status`.
+pub async fn status(
+    device: Option<String>,
+    watch: bool,
+    json_out: bool,
+    common: &Common,
+) -> Result<ExitCode> {
+    loop {
+        let mut all = shadows(common, Duration::from_secs(2)).await?;
+        if let Some(d) = &device {
+            all.retain(|k, _| k == d);
+        }
+        if json_out {
+            println!("{}", serde_json::to_string(&all)?);
+        } else {
+            let mut rows = vec![[
+                "DEVICE",
+                "STATUS",
+                "STATE",
+                "WORKFLOW",
+                "PROGRESS",
+                "LAST RESULT",
+                "INSTALLED",
+            ]
+            .map(String::from)
+            .to_vec()];
+            rows.extend(all.iter().map(|(d, doc)| row(d, doc)));
+            let widths: Vec<usize> = (0..rows[0].len())
+                .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+                .collect();
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            for r in rows {
+                let line: Vec<String> = r
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                println!("{}", line.join("  ").trim_end());
+            }
+        }
+        if !watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
