@@ -5,6 +5,11 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 scripts/build-components.sh
+# The fleet tests need a real MQTT broker (mosquitto, from Debian); the test harness starts its
+# own instances on loopback ports. Install it when missing and we are root.
+if [[ ! -x /usr/sbin/mosquitto && $(id -u) -eq 0 ]]; then
+    (apt-get install -y -q mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)) >/dev/null
+fi
 # Default members: model, runtime, sdk (guests are covered through the runtime tests). The
 # fault-injection feature adds the crash points the crash-recovery test needs.
 cargo test --features sandstep/fault-injection "$@"

@@ -143,6 +143,9 @@ impl Observer for Forward {
 /// The deployment being run.
 struct Running {
     workflow: Workflow,
+    /// The cancel request (action 255) that stopped it, reported instead of `workflow` so the
+    /// delta empties.
+    cancel_request: Option<Workflow>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<Result<Outcome, crate::workflow::WorkflowError>>,
     units: Vec<UnitInfo>,
@@ -330,6 +333,7 @@ impl Agent {
         let task = tokio::spawn(async move { deployer.run(req, observer, &c).await });
         Running {
             workflow,
+            cancel_request: None,
             cancel,
             task,
             units: Vec::new(),
@@ -523,8 +527,12 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
                     if w.action == action::CANCEL {
                         let mut patch = Map::new();
                         patch.insert("workflow".into(), json!(w));
-                        match &running {
-                            Some(r) => { tracing::info!(workflow = %r.workflow.id, "cancel requested"); r.cancel.cancel(); }
+                        match running.as_mut() {
+                            Some(r) => {
+                                tracing::info!(workflow = %r.workflow.id, "cancel requested");
+                                r.cancel.cancel();
+                                r.cancel_request = Some(w.clone());
+                            }
                             None => { patch.insert("status".into(), json!("standBy")); }
                         }
                         queued = None;
@@ -576,7 +584,8 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
                 let r = running.take().expect("a task finished, so one was running");
                 match result {
                     Ok(Ok(outcome)) => {
-                        for o in agent.finished(&r.workflow, &outcome) { outbox.push(o)?; }
+                        let reported = r.cancel_request.clone().unwrap_or_else(|| r.workflow.clone());
+                        for o in agent.finished(&reported, &outcome) { outbox.push(o)?; }
                         match outcome.status {
                             Status::RebootRequired => return reboot(&agent, &mut outbox, &mut conn).await,
                             Status::RestartRequired => { flush(&mut outbox, &mut conn).await; return Ok(AgentExit::Restart); }

@@ -96,7 +96,7 @@ pub fn final_patch(status: Status, result: &ResultFile) -> Map<String, Value> {
     let (simple, state) = match status {
         Status::Succeeded => ("completed", adu_state::IDLE),
         Status::RebootRequired | Status::RestartRequired => ("applying", adu_state::APPLY_STARTED),
-        Status::Cancelled => ("failed", adu_state::IDLE),
+        Status::Cancelled => ("standBy", adu_state::IDLE),
         _ => ("failed", adu_state::FAILED),
     };
     let steps: Map<String, Value> = result

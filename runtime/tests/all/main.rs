@@ -3,6 +3,7 @@
 
 mod cli;
 mod downloads;
+mod fleet;
 mod handlers;
 mod http;
 mod process;

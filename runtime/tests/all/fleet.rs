@@ -1,0 +1,691 @@
+//! The fleet loop against a real mosquitto broker on loopback: operator CLI -> replica -> agent ->
+//! handlers -> reported state -> `sandstep status`. And HTTP polling against a loopback server.
+
+use crate::support::{signed, trust_test_key};
+use crate::workflow::{file_entry, stateful, PROBE};
+use sandstep::datadir::DataDir;
+use sandstep::registry::Registry;
+use sandstep::trust::jws::PrivateJwk;
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sandstep() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sandstep"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// mosquitto on a free loopback port, killed on drop. Installed when missing (as root).
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    conf: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn mosquitto() -> Option<&'static str> {
+    const BIN: &str = "/usr/sbin/mosquitto";
+    if Path::new(BIN).exists() {
+        return Some(BIN);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let _ = Command::new("sh").args(["-c", "apt-get install -y -q mosquitto >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q mosquitto >/dev/null)"]).status();
+    }
+    Path::new(BIN).exists().then_some(BIN)
+}
+
+impl Broker {
+    pub fn start() -> Option<Broker> {
+        let bin = mosquitto().or_else(|| {
+            eprintln!("skipping: mosquitto is not installed and cannot be (not root)");
+            None
+        })?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let mut b = Broker {
+            child: None,
+            port,
+            conf,
+            _dir: dir,
+        };
+        b.spawn(bin);
+        Some(b)
+    }
+
+    fn spawn(&mut self, bin: &str) {
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "mosquitto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn(mosquitto().unwrap());
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A child process killed on drop, with its output in a file.
+pub struct Proc {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        Proc {
+            child: Some(child),
+            log,
+        }
+    }
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One gateway and its operator: config, data dir (handlers and trust), files, keys.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub data: PathBuf,
+    pub files: PathBuf,
+    root: PathBuf,
+    signing: PathBuf,
+    pub broker: Broker,
+}
+
+impl Fleet {
+    pub fn new(device: &str) -> Option<Fleet> {
+        let broker = Broker::start()?;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        trust_test_key(&data);
+        let reg = Registry::open(DataDir::open(&data).unwrap().handlers().unwrap()).unwrap();
+        reg.install(
+            PROBE,
+            &signed("probe"),
+            "probe.wasm",
+            vec!["test-vendor".into()],
+            0,
+        )
+        .unwrap();
+        // Manifest keys: the root is trusted by the gateway.
+        let root = PrivateJwk::generate_ed25519(Some("fleet-root".into()));
+        let signing = PrivateJwk::generate_ed25519(None);
+        std::fs::create_dir_all(data.join("trust/roots")).unwrap();
+        std::fs::write(
+            data.join("trust/roots/fleet-root.pub"),
+            root.public().to_value().to_string(),
+        )
+        .unwrap();
+        let (root_path, signing_path) =
+            (dir.path().join("root.jwk"), dir.path().join("signing.jwk"));
+        std::fs::write(&root_path, root.to_value().to_string()).unwrap();
+        std::fs::write(&signing_path, signing.to_value().to_string()).unwrap();
+        let files = dir.path().join("files");
+        std::fs::create_dir(&files).unwrap();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\ndevice-id = \"{device}\"\ngroups = [\"testers\"]\nprogress-interval-ms = 100\nshutdown-grace-secs = 1\nreboot-command = [\"/bin/true\"]\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nreconnect-min-ms = 100\nreconnect-max-ms = 1000\n",
+                broker.port
+            ),
+        )
+        .unwrap();
+        Some(Fleet {
+            dir,
+            config,
+            data,
+            files,
+            root: root_path,
+            signing: signing_path,
+            broker,
+        })
+    }
+
+    pub fn agent(&self) -> Proc {
+        let mut c = sandstep();
+        c.args(["--log", "info", "agent", "--config"])
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data);
+        Proc::spawn(
+            c,
+            self.dir
+                .path()
+                .join(format!("agent-{}.log", fastrand::u32(..))),
+        )
+    }
+
+    pub fn replica(&self) -> Proc {
+        let mut c = sandstep();
+        c.args(["--log", "info", "shadow", "--config"])
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("replica"));
+        Proc::spawn(c, self.dir.path().join("replica.log"))
+    }
+
+    /// Writes a manifest of probe steps (one file each) and returns its path.
+    pub fn manifest(&self, name: &str, steps: Vec<Value>) -> PathBuf {
+        std::fs::write(self.files.join("f.txt"), b"payload").unwrap();
+        let m = json!({
+            "updateId": {"provider": "test", "name": name, "version": "1.0"},
+            "compatibility": [{"model": "gw"}],
+            "instructions": {"steps": steps},
+            "files": {"f.txt": file_entry("f.txt", b"payload")},
+            "manifestVersion": "5.0"
+        });
+        let p = self.dir.path().join(format!("{name}.json"));
+        std::fs::write(&p, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+        p
+    }
+
+    pub fn deploy(&self, device: &str, manifest: &Path, workflow: &str, extra: &[&str]) {
+        let out = sandstep()
+            .arg("deploy")
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--device", device, "--workflow-id", workflow, "--manifest"])
+            .arg(manifest)
+            .arg("--files-url")
+            .arg(format!("file://{}", self.files.display()))
+            .arg("--sign-key")
+            .arg(&self.signing)
+            .arg("--root-key")
+            .arg(&self.root)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn status(&self) -> Value {
+        let out = sandstep()
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until the device's reported state satisfies `f`; returns it.
+    pub fn wait_for(&self, device: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let t = Instant::now();
+        loop {
+            let all = self.status();
+            if let Some(r) = all.get(device).and_then(|d| d.pointer("/state/reported")) {
+                if f(r) {
+                    return r.clone();
+                }
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(90),
+                "timed out waiting for {what}; last status: {all:#}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    pub fn log(&self, name: &str) -> Vec<String> {
+        crate::workflow::walk(&self.data.join("state"))
+            .into_iter()
+            .find(|p| p.ends_with(format!("{name}.log")))
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn done(workflow: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |r| {
+        r.pointer("/workflow/id").and_then(Value::as_str) == Some(workflow)
+            && matches!(r["status"].as_str(), Some("completed" | "failed"))
+    }
+}
+
+#[test]
+fn a_deployment_goes_from_the_cli_through_the_replica_to_the_agent_and_back_to_status() {
+    let Some(fleet) = Fleet::new("gw-1") else {
+        return;
+    };
+    let _replica = fleet.replica();
+    let _agent = fleet.agent();
+    // At start the agent reports what it has installed.
+    let r = fleet.wait_for("gw-1", "the start report", |r| r["status"] == "standBy");
+    assert_eq!(r["handlers"][0]["id"], PROBE);
+    assert_eq!(r["groups"], json!(["testers"]));
+
+    let m = fleet.manifest(
+        "ok",
+        vec![
+            stateful("a", json!({}), &["f.txt"]),
+            stateful("b", json!({}), &["f.txt"]),
+        ],
+    );
+    fleet.deploy("gw-1", &m, "wf-ok", &[]);
+    let r = fleet.wait_for("gw-1", "the result", done("wf-ok"));
+    assert_eq!(r["status"], "completed", "{r:#}");
+    assert_eq!(r["state"], 0);
+    assert_eq!(r["lastInstallResult"]["resultCode"], 700);
+    assert_eq!(
+        r["lastInstallResult"]["stepResults"]["step_1"]["resultCode"],
+        700
+    );
+    assert_eq!(
+        r["installedUpdateId"],
+        r#"{"provider":"test","name":"ok","version":"1.0"}"#
+    );
+    assert_eq!(
+        r["ack"],
+        json!({"jobId": "wf-ok", "status": "SUCCESS"}),
+        "the acknowledgement reached the replica"
+    );
+
+    let table = sandstep()
+        .args(["status", "--config"])
+        .arg(&fleet.config)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.lines().any(|l| l.starts_with("gw-1")
+            && l.contains("completed")
+            && l.contains("wf-ok")
+            && l.contains("700 00000000")),
+        "{table}"
+    );
+
+    // A failing step is reported with its codes.
+    let m = fleet.manifest(
+        "bad",
+        vec![stateful("c", json!({"fail": "install"}), &["f.txt"])],
+    );
+    fleet.deploy("gw-1", &m, "wf-bad", &[]);
+    let r = fleet.wait_for("gw-1", "the failure", done("wf-bad"));
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["state"], 255);
+    assert_eq!(r["lastInstallResult"]["resultCode"], 0);
+    assert_eq!(r["lastInstallResult"]["extendedResultCodes"], "32000042");
+    assert_eq!(
+        r["lastInstallResult"]["resultDetails"],
+        "c: install failed on purpose"
+    );
+    assert_eq!(r["ack"]["status"], "FAILURE");
+}
+
+#[test]
+fn duplicates_are_ignored_retries_run_again_replacements_cancel_and_cancel_cancels() {
+    let Some(fleet) = Fleet::new("gw-2") else {
+        return;
+    };
+    let _replica = fleet.replica();
+    let _agent = fleet.agent();
+    fleet.wait_for("gw-2", "the start report", |r| r["status"] == "standBy");
+    let m = fleet.manifest("once", vec![stateful("once", json!({}), &["f.txt"])]);
+    fleet.deploy("gw-2", &m, "wf-1", &[]);
+    fleet.wait_for("gw-2", "wf-1", done("wf-1"));
+    // The same deployment again: reported, not re-run.
+    fleet.deploy("gw-2", &m, "wf-1", &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        fleet.log("once").iter().filter(|l| *l == "apply").count(),
+        1
+    );
+    // A retry (new retryTimestamp) runs again; the step is installed already: 603.
+    fleet.deploy("gw-2", &m, "wf-1", &["--retry"]);
+    let r = fleet.wait_for("gw-2", "the retry", |r| {
+        r.pointer("/workflow/retryTimestamp").is_some() && r["status"] == "completed"
+    });
+    assert_eq!(
+        r["lastInstallResult"]["stepResults"]["step_0"]["resultCode"],
+        603
+    );
+
+    // Replacement: a new id while one runs cancels it and runs the new one.
+    let slow = fleet.manifest(
+        "slow",
+        vec![stateful("slow", json!({"sleep_ms": 60000}), &["f.txt"])],
+    );
+    fleet.deploy("gw-2", &slow, "wf-slow", &[]);
+    fleet.wait_for("gw-2", "the slow step", |r| {
+        r.pointer("/progress/action").and_then(Value::as_str) == Some("install")
+    });
+    let next = fleet.manifest("next", vec![stateful("next", json!({}), &["f.txt"])]);
+    fleet.deploy("gw-2", &next, "wf-next", &[]);
+    let r = fleet.wait_for("gw-2", "the replacement", done("wf-next"));
+    assert_eq!(r["status"], "completed");
+    assert_eq!(
+        fleet.log("slow").last().map(String::as_str),
+        Some("cancel"),
+        "the replaced step's handler was cancelled"
+    );
+
+    // Cancel.
+    let slow2 = fleet.manifest(
+        "slow2",
+        vec![stateful("slow2", json!({"sleep_ms": 60000}), &["f.txt"])],
+    );
+    fleet.deploy("gw-2", &slow2, "wf-slow2", &[]);
+    fleet.wait_for("gw-2", "the second slow step", |r| {
+        r.pointer("/progress/handler").is_some()
+            && r.pointer("/workflow/id").and_then(Value::as_str) == Some("wf-slow2")
+    });
+    let out = sandstep()
+        .args(["cancel", "--device", "gw-2", "--config"])
+        .arg(&fleet.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = fleet.wait_for("gw-2", "the cancel", |r| {
+        r.pointer("/lastInstallResult/resultCode") == Some(&json!(-1))
+    });
+    assert_eq!(r["status"], "standBy");
+    assert_eq!(
+        r["workflow"],
+        json!({"action": 255, "id": "wf-slow2"}),
+        "the cancel request is acknowledged"
+    );
+    assert_eq!(r["ack"], json!({"jobId": "wf-slow2", "status": "FAILURE"}));
+    assert_eq!(
+        fleet.log("slow2").last().map(String::as_str),
+        Some("cancel")
+    );
+}
+
+#[test]
+fn the_broker_restarting_mid_deployment_loses_no_report() {
+    let Some(mut fleet) = Fleet::new("gw-3") else {
+        return;
+    };
+    let _replica = fleet.replica();
+    let _agent = fleet.agent();
+    fleet.wait_for("gw-3", "the start report", |r| r["status"] == "standBy");
+    let m = fleet.manifest(
+        "slowish",
+        vec![stateful("s", json!({"sleep_ms": 3000}), &["f.txt"])],
+    );
+    fleet.deploy("gw-3", &m, "wf-restart", &[]);
+    fleet.wait_for("gw-3", "the step", |r| {
+        r.pointer("/workflow/id").and_then(Value::as_str) == Some("wf-restart")
+    });
+    fleet.broker.stop();
+    std::thread::sleep(Duration::from_secs(4)); // the deployment finishes while the broker is away
+    fleet.broker.restart();
+    let r = fleet.wait_for(
+        "gw-3",
+        "the result after the broker came back",
+        done("wf-restart"),
+    );
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["lastInstallResult"]["resultCode"], 700);
+}
+
+#[test]
+fn an_agent_killed_mid_deployment_resumes_and_reports_once() {
+    let Some(fleet) = Fleet::new("gw-4") else {
+        return;
+    };
+    let _replica = fleet.replica();
+    let mut agent = fleet.agent();
+    fleet.wait_for("gw-4", "the start report", |r| r["status"] == "standBy");
+    let m = fleet.manifest(
+        "killed",
+        vec![
+            stateful("k", json!({"sleep_ms": 4000}), &["f.txt"]),
+            stateful("k2", json!({}), &["f.txt"]),
+        ],
+    );
+    fleet.deploy("gw-4", &m, "wf-killed", &[]);
+    fleet.wait_for("gw-4", "install", |r| {
+        r.pointer("/progress/action").and_then(Value::as_str) == Some("install")
+    });
+    agent.kill();
+    let _agent = fleet.agent();
+    let r = fleet.wait_for("gw-4", "the resumed result", done("wf-killed"));
+    assert_eq!(r["status"], "completed", "{r:#}");
+    assert_eq!(fleet.log("k").iter().filter(|l| *l == "apply").count(), 1);
+    assert_eq!(fleet.log("k2"), ["download", "backup", "install", "apply"]);
+}
+
+#[test]
+fn malformed_and_oversized_desired_documents_are_reported_and_the_agent_carries_on() {
+    let Some(fleet) = Fleet::new("gw-5") else {
+        return;
+    };
+    let _replica = fleet.replica();
+    let mut agent = fleet.agent();
+    fleet.wait_for("gw-5", "the start report", |r| r["status"] == "standBy");
+    let pub_raw = |payload: &[u8]| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let cfg = sandstep::mqtt::MqttConfig {
+                url: format!("mqtt://127.0.0.1:{}", fleet.broker.port),
+                ..Default::default()
+            };
+            let mut c = sandstep::mqtt::Mqtt::connect(&cfg, "test-raw").unwrap();
+            loop {
+                match c.recv().await.unwrap() {
+                    sandstep::mqtt::MqttEvent::Connected => {
+                        c.publish("state/gw-5/update/delta", payload.to_vec(), false)
+                            .await
+                            .unwrap();
+                    }
+                    sandstep::mqtt::MqttEvent::PubAck => break,
+                    _ => {}
+                }
+            }
+        });
+    };
+    pub_raw(br#"{"state": {"workflow": {"action": 7, "id": "wf-weird"}, "updateManifest": "{}"}}"#);
+    let r = fleet.wait_for("gw-5", "the refusal", |r| {
+        r.pointer("/lastError/message").is_some()
+    });
+    assert_eq!(r["lastError"]["message"], "deployment document: workflow.action: 7 is not supported; expected 3 (process) or 255 (cancel)");
+    let big = format!(
+        r#"{{"state": {{"workflow": {{"action": 3, "id": "wf-big"}}, "updateManifest": "{}"}}}}"#,
+        "x".repeat(3 << 20)
+    );
+    pub_raw(big.as_bytes());
+    let r = fleet.wait_for("gw-5", "the size refusal", |r| {
+        r.pointer("/lastError/message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.starts_with("desired document is"))
+    });
+    assert_eq!(
+        r["lastError"]["message"],
+        format!(
+            "desired document is {} bytes; the limit is {}",
+            big.len(),
+            sandstep_model::deployment::MAX_DEPLOYMENT_BYTES
+        )
+    );
+    assert!(agent.is_running());
+    // Still working.
+    let m = fleet.manifest("after", vec![stateful("after", json!({}), &["f.txt"])]);
+    fleet.deploy("gw-5", &m, "wf-after", &[]);
+    assert_eq!(
+        fleet.wait_for("gw-5", "the next deployment", done("wf-after"))["status"],
+        "completed"
+    );
+}
+
+#[test]
+fn http_polling_follows_the_version_tag_including_a_rollback() {
+    let server = crate::http::TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    trust_test_key(&data);
+    let reg = Registry::open(DataDir::open(&data).unwrap().handlers().unwrap()).unwrap();
+    reg.install(
+        "sandstep/files:1",
+        &signed("files"),
+        "files.wasm",
+        vec!["test-vendor".into()],
+        0,
+    )
+    .unwrap();
+    let root = PrivateJwk::generate_ed25519(Some("poll-root".into()));
+    let signing = PrivateJwk::generate_ed25519(None);
+    std::fs::create_dir_all(data.join("trust/roots")).unwrap();
+    std::fs::write(
+        data.join("trust/roots/poll-root.pub"),
+        root.public().to_value().to_string(),
+    )
+    .unwrap();
+    let device = dir.path().join("device");
+    std::fs::create_dir(&device).unwrap();
+    // The server: project/version, and per tag a signed deployment placing main.py.
+    let publish = |tag: &str, content: &[u8]| {
+        let name = format!("main-{tag}.py");
+        server.put(&format!("proj/{tag}/{name}"), content);
+        let m = json!({
+            "updateId": {"provider": "test", "name": "poll", "version": "1.0"},
+            "compatibility": [{"model": "mpy"}],
+            "instructions": {"steps": [{"handler": "sandstep/files:1", "files": [name.clone()],
+                "handlerProperties": {"destination": "/dest/app/main.py", "installedCriteria": format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(content)))}}]},
+            "files": {name.clone(): file_entry(&name, content)},
+            "manifestVersion": "5.0"
+        })
+        .to_string();
+        let sjwk =
+            sandstep::trust::manifest_sig::sign_signing_key(&signing.public(), &root).unwrap();
+        let sig = sandstep::trust::manifest_sig::sign(&m, &signing, &sjwk);
+        let doc = json!({"workflow": {"action": 3, "id": "ignored"}, "updateManifest": m, "updateManifestSignature": sig,
+                         "fileUrls": {name.clone(): server.url(&format!("proj/{tag}/{name}"))}});
+        server.put(
+            &format!("proj/{tag}/deployment.json"),
+            doc.to_string().as_bytes(),
+        );
+    };
+    publish("v1", b"print('v1')\n");
+    publish("v2", b"print('v2')\n");
+    server.put("proj/version", b"v1\n");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ndevice-id = \"mpy-1\"\nsource = \"http-poll\"\n[http-poll]\nbase-url = \"{}\"\nproject = \"proj\"\ninterval-secs = 1\n[handlers.\"sandstep/files:1\"]\ndirs = [{{ host = \"{}\", guest = \"/dest/app\", writable = true }}]\n",
+            server.base(),
+            device.display()
+        ),
+    )
+    .unwrap();
+    let mut c = sandstep();
+    c.args(["--log", "info", "agent", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data);
+    let _agent = Proc::spawn(c, dir.path().join("agent.log"));
+    let wait_main = |want: &str| {
+        let t = Instant::now();
+        while std::fs::read_to_string(device.join("main.py")).unwrap_or_default() != want {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "main.py never became {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_main("print('v1')\n");
+    server.put("proj/version", b"v2\n");
+    wait_main("print('v2')\n");
+    // Rollback: the server points back at v1.
+    server.put("proj/version", b"v1\n");
+    wait_main("print('v1')\n");
+    let reported: Value = {
+        let t = Instant::now();
+        loop {
+            let r: Value =
+                serde_json::from_slice(&std::fs::read(data.join("reported.json")).unwrap())
+                    .unwrap();
+            if r.pointer("/state/reported/workflow/id") == Some(&json!("proj-v1-3")) {
+                break r;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "{r:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert_eq!(
+        reported["state"]["reported"]["lastInstallResult"]["resultCode"],
+        700
+    );
+}
