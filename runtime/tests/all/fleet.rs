@@ -107,7 +107,7 @@ impl Drop for Broker {
 /// A child process killed on drop, with its output in a file.
 pub struct Proc {
     child: Option<Child>,
-    pub log: PathBuf,
+    _log: PathBuf,
 }
 
 impl Proc {
