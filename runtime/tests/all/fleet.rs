@@ -120,7 +120,7 @@ impl Proc {
             .unwrap();
         Proc {
             child: Some(child),
-            log,
+            _log: log,
         }
     }
     pub fn kill(&mut self) {
