@@ -22,6 +22,9 @@ mkdir -p "$keys" "$work" "$device/app" "$device/components"/{sensor-0001,sensor-
 # The demo's policy and inventory point at a throwaway "device" directory.
 sed "s|@DEVICE@|$device|g" examples/demo/config.toml.in > "$work/config.toml"
 sed "s|@DEVICE@|$device|g" examples/demo/inventory.json.in > "$work/inventory.json"
+# For the README's "whole loop": the example agent config, with this inventory and policy.
+sed "s|^# inventory = .*|inventory = \"$root/$work/inventory.json\"|" examples/agent.toml > "$work/agent.toml"
+cat "$work/config.toml" >> "$work/agent.toml"
 
 # Demo keys, generated on first run and kept: a handler signing key (Ed25519, wasmsign2 format),
 # and an ADU-style manifest key chain (RSA root key vouching for an RSA signing key).
