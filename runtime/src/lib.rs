@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`agent`]: the gateway daemon: desired state over MQTT (or HTTP polling) in, reports out.
 //! - [`shadow`]: the device-state replica (SQLite) for the software-update pattern.
+//! - [`fleet_sim`]: N simulated agents against one broker, for the fleet benchmark.
 //! - [`mqtt`]: the MQTT connection shared by agent, replica and operator commands.
 //! - [`bindings`]: the one host `bindgen!` over `wit/`.
 //! - [`sandbox`]: engine, precompiled cache, stores with limits, WASI over cap-std directories,
@@ -28,6 +29,7 @@ pub mod datadir;
 pub mod defaults;
 pub mod download;
 pub mod fault;
+pub mod fleet_sim;
 pub mod loader;
 pub mod mqtt;
 pub mod registry;

@@ -98,7 +98,7 @@ enum Client {
 /// A connection; its event loop runs on a task until the connection is dropped.
 pub struct Mqtt {
     client: Client,
-    events: mpsc::Receiver<MqttEvent>,
+    events: mpsc::UnboundedReceiver<MqttEvent>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -196,7 +196,9 @@ impl Mqtt {
             None => (rest.to_owned(), if secure { 8883 } else { 1883 }),
         };
         let transport = if secure { tls(config)? } else { Transport::Tcp };
-        let (tx, rx) = mpsc::channel(1024);
+        // Unbounded: the network loop must never wait on a consumer that may itself be waiting
+        // for the network loop (to take its publish requests): that would deadlock.
+        let (tx, rx) = mpsc::unbounded_channel();
         let cfg = config.clone();
         let (client, task) = match config.protocol {
             Protocol::V311 => {
@@ -226,14 +228,14 @@ impl Mqtt {
                             Ok(Event::Incoming(Packet::PubAck(_))) => Some(MqttEvent::PubAck),
                             Ok(_) => None,
                             Err(e) => {
-                                let _ = tx.send(MqttEvent::Disconnected(e.to_string())).await;
+                                let _ = tx.send(MqttEvent::Disconnected(e.to_string()));
                                 tokio::time::sleep(backoff(&cfg, attempt)).await;
                                 attempt += 1;
                                 None
                             }
                         };
                         if let Some(ev) = ev {
-                            if tx.send(ev).await.is_err() {
+                            if tx.send(ev).is_err() {
                                 return;
                             }
                         }
@@ -269,14 +271,14 @@ impl Mqtt {
                             Ok(Event::Incoming(Packet::PubAck(_))) => Some(MqttEvent::PubAck),
                             Ok(_) => None,
                             Err(e) => {
-                                let _ = tx.send(MqttEvent::Disconnected(e.to_string())).await;
+                                let _ = tx.send(MqttEvent::Disconnected(e.to_string()));
                                 tokio::time::sleep(backoff(&cfg, attempt)).await;
                                 attempt += 1;
                                 None
                             }
                         };
                         if let Some(ev) = ev {
-                            if tx.send(ev).await.is_err() {
+                            if tx.send(ev).is_err() {
                                 return;
                             }
                         }

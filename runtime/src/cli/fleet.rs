@@ -385,3 +385,25 @@ pub async fn status(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// `sandstep fleet-sim`.
+pub async fn fleet_sim(counts: Vec<usize>, timeout: u64, common: &Common) -> Result<ExitCode> {
+    let config = common.load_config()?;
+    let dir = tempfile::tempdir()?;
+    println!("devices  delivered_all_ms  reported_all_ms  p50_ms  p95_ms  max_ms");
+    for n in counts {
+        let r = sandstep::fleet_sim::run(&config.mqtt, n, dir.path(), Duration::from_secs(timeout))
+            .await
+            .map_err(|e| anyhow::anyhow!("fleet-sim with {n} devices: {e}"))?;
+        println!(
+            "{:>7}  {:>16}  {:>15}  {:>6}  {:>6}  {:>6}",
+            r.devices,
+            r.delivered_all_ms,
+            r.reported_all_ms,
+            r.round_trip_p50_ms,
+            r.round_trip_p95_ms,
+            r.round_trip_max_ms
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -59,6 +59,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Simulate N agents in this process against the broker (and an in-process replica) and
+    /// measure how long a deployment takes to reach all and be reported back.
+    FleetSim {
+        /// Numbers of devices to simulate, one run each (e.g. 100,500,1000).
+        #[arg(long, value_delimiter = ',', default_value = "100")]
+        devices: Vec<usize>,
+        /// Give up after this many seconds per run.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Cancel a device's running deployment.
     Cancel {
         #[arg(long)]
@@ -105,6 +115,9 @@ pub fn main() -> ExitCode {
                 json,
             } => fleet::status(device, watch, json, &cli.common).await,
             Command::Cancel { device } => fleet::cancel(device, &cli.common).await,
+            Command::FleetSim { devices, timeout } => {
+                fleet::fleet_sim(devices, timeout, &cli.common).await
+            }
         }
     });
     match outcome {

@@ -689,3 +689,25 @@ fn http_polling_follows_the_version_tag_including_a_rollback() {
         700
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_sim_reaches_every_simulated_device_and_gets_every_result_back() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let cfg = sandstep::mqtt::MqttConfig {
+        url: format!("mqtt://127.0.0.1:{}", broker.port),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // 300 devices: more publishes than any client queue holds, so a consumer that blocks the
+    // network loop would deadlock here.
+    let r = sandstep::fleet_sim::run(&cfg, 300, dir.path(), Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(r.devices, 300);
+    assert!(r.delivered_all_ms <= r.reported_all_ms);
+    assert!(
+        r.round_trip_p50_ms <= r.round_trip_p95_ms && r.round_trip_p95_ms <= r.round_trip_max_ms
+    );
+}
