@@ -77,6 +77,8 @@ pub enum MqttEvent {
     },
     /// The broker acknowledged a QoS 1 publish.
     PubAck,
+    /// The broker acknowledged a subscription; retained messages for it follow.
+    SubAck,
 }
 
 /// Why a connection could not be set up.
@@ -226,6 +228,7 @@ impl Mqtt {
                                 retained: p.retain,
                             }),
                             Ok(Event::Incoming(Packet::PubAck(_))) => Some(MqttEvent::PubAck),
+                            Ok(Event::Incoming(Packet::SubAck(_))) => Some(MqttEvent::SubAck),
                             Ok(_) => None,
                             Err(e) => {
                                 let _ = tx.send(MqttEvent::Disconnected(e.to_string()));
@@ -269,6 +272,7 @@ impl Mqtt {
                                 retained: p.retain,
                             }),
                             Ok(Event::Incoming(Packet::PubAck(_))) => Some(MqttEvent::PubAck),
+                            Ok(Event::Incoming(Packet::SubAck(_))) => Some(MqttEvent::SubAck),
                             Ok(_) => None,
                             Err(e) => {
                                 let _ = tx.send(MqttEvent::Disconnected(e.to_string()));

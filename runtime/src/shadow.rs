@@ -264,7 +264,7 @@ pub async fn run(
                         .await?;
                 }
             }
-            Some(MqttEvent::PubAck) => {}
+            Some(MqttEvent::PubAck | MqttEvent::SubAck) => {}
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::mqtt::{Mqtt, MqttEvent};
 use crate::sandbox::{EngineOptions, Sandbox};
 use crate::workflow::events::{Event, Observer, UnitInfo};
 use crate::workflow::{now_ms, Deployer, Outcome, Request};
-use report::{final_patch, progress_patch, Outbox, Outgoing};
+use report::{final_patch, progress_patch, Confirmations, Outbox, Outgoing};
 use sandstep_model::deployment::{action, Deployment, Workflow, MAX_DEPLOYMENT_BYTES};
 use sandstep_model::inventory::Inventory;
 use sandstep_model::journal::{FileSource, Journal, Status};
@@ -54,6 +54,10 @@ pub struct AgentConfig {
     /// On SIGTERM, how long the running step may take to finish before it is stopped (the
     /// journal resumes it at the next start), in seconds.
     pub shutdown_grace_secs: u64,
+    /// How long a report may wait for the shadow service's `accepted` before the whole reported
+    /// document is sent again (doubling while nobody answers), in milliseconds; 0 when no shadow
+    /// service stands behind the broker.
+    pub confirm_timeout_ms: u64,
 }
 
 impl Default for AgentConfig {
@@ -68,6 +72,7 @@ impl Default for AgentConfig {
             restart_exit_code: 75,
             progress_interval_ms: 1000,
             shutdown_grace_secs: 5,
+            confirm_timeout_ms: 10_000,
         }
     }
 }
@@ -170,6 +175,8 @@ pub struct Agent {
     deployer: Arc<Deployer>,
     data: DataDir,
     topics: Topics,
+    /// Makes each report's `clientToken` unique within a millisecond too.
+    reports: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -202,6 +209,7 @@ impl Agent {
             deployer,
             data,
             topics,
+            reports: Default::default(),
         })
     }
 
@@ -285,7 +293,7 @@ impl Agent {
     fn reported(&self, patch: Map<String, Value>) -> Outgoing {
         Outgoing {
             topic: Topics::for_device(&self.topics.update, &self.device),
-            payload: json!({"state": {"reported": patch}, "clientToken": format!("{}-{}", self.device, now_ms())}),
+            payload: json!({"state": {"reported": patch}, "clientToken": format!("{}-{}-{}", self.device, now_ms(), self.reports.fetch_add(1, std::sync::atomic::Ordering::Relaxed))}),
             progress: false,
         }
     }
@@ -440,6 +448,9 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
         .unwrap_or_else(|| agent.device.clone());
     let mut conn = Mqtt::connect(&agent.config.mqtt, &client_id)?;
     let delta_topic = Topics::for_device(&agent.topics.delta, &agent.device);
+    let accepted_topic = Topics::for_device(&agent.topics.accepted, &agent.device);
+    let mut confirm =
+        Confirmations::new(Duration::from_millis(agent.config.agent.confirm_timeout_ms));
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let mut connected = false;
     let mut running: Option<Running> = None;
@@ -503,6 +514,9 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
                     connected = true;
                     outbox.disconnected();
                     conn.subscribe(&delta_topic).await?;
+                    if agent.config.agent.confirm_timeout_ms != 0 {
+                        conn.subscribe(&accepted_topic).await?;
+                    }
                     tracing::info!(topic = %delta_topic, pending = outbox.len(), "connected");
                 }
                 Some(MqttEvent::Disconnected(e)) => {
@@ -512,7 +526,10 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
                     connected = false;
                     outbox.disconnected();
                 }
-                Some(MqttEvent::PubAck) => outbox.acked()?,
+                Some(MqttEvent::PubAck) => {
+                    if let Some(o) = outbox.acked()? { confirm.sent(&o.payload); }
+                }
+                Some(MqttEvent::Message { topic, payload, .. }) if topic == accepted_topic => confirm.accepted(&payload),
                 Some(MqttEvent::Message { topic, payload, .. }) if topic == delta_topic => {
                     let fields = match desired_fields(&payload) {
                         Ok(f) => f,
@@ -561,8 +578,14 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
                         None => running = Some(agent.start(w, req, &ev_tx)),
                     }
                 }
-                Some(MqttEvent::Message { .. }) => {}
+                Some(MqttEvent::Message { .. } | MqttEvent::SubAck) => {}
             },
+            _ = sleep_until_some(confirm.deadline()), if connected => {
+                if let Some(full) = confirm.resend() {
+                    tracing::info!("the shadow service did not confirm a report; sending the whole reported state again");
+                    outbox.push(agent.reported(full))?;
+                }
+            }
             Some(ev) = ev_rx.recv() => {
                 if let Event::Planned { units, .. } = &ev {
                     if let Some(r) = running.as_mut() { r.units = units.clone(); }
@@ -600,6 +623,14 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `t`, or forever when there is none.
+async fn sleep_until_some(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }
 

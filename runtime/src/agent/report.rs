@@ -234,19 +234,19 @@ impl Outbox {
         Some(front)
     }
 
-    /// The broker acknowledged the message in flight.
-    pub fn acked(&mut self) -> std::io::Result<()> {
+    /// The broker acknowledged the message in flight; returns it.
+    pub fn acked(&mut self) -> std::io::Result<Option<Outgoing>> {
         if !self.in_flight {
-            return Ok(());
+            return Ok(None);
         }
         self.in_flight = false;
-        if let Some((seq, _)) = self.queue.pop_front() {
-            match self.dir.remove_file(Self::name(seq)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+        let Some((seq, o)) = self.queue.pop_front() else {
+            return Ok(None);
+        };
+        match self.dir.remove_file(Self::name(seq)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(Some(o)),
         }
-        Ok(())
     }
 
     /// The connection broke: the message in flight is sent again after reconnecting.
@@ -260,6 +260,113 @@ impl Outbox {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+}
+
+/// Whether the shadow service has the reports the broker took.
+///
+/// The broker acknowledges a publish even when nobody subscribes, so a report sent while the
+/// shadow service was away (it started after the agent, or restarted) is gone. The service
+/// confirms each report on `.../accepted`, echoing its `clientToken`; confirmations arrive in the
+/// order reports were sent. So: a confirmation that skips an earlier token, or a token left
+/// unconfirmed past the timeout, means something was lost, and the agent sends its whole
+/// reported document again (merging is idempotent on the service side). Retries back off
+/// (doubling, to `MAX_BACKOFF`) while no service answers.
+pub struct Confirmations {
+    full: Map<String, Value>,
+    waiting: VecDeque<String>,
+    since: Option<std::time::Instant>,
+    timeout: std::time::Duration,
+    backoff: std::time::Duration,
+    lost: bool,
+}
+
+/// The longest wait between two resends while no shadow service answers.
+pub const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(600);
+/// Tokens remembered; older ones count as lost.
+const MAX_WAITING: usize = 256;
+
+impl Confirmations {
+    /// `timeout` zero turns confirmation off (a broker with no shadow service behind it).
+    pub fn new(timeout: std::time::Duration) -> Confirmations {
+        Confirmations {
+            full: Map::new(),
+            waiting: VecDeque::new(),
+            since: None,
+            timeout,
+            backoff: timeout,
+            lost: false,
+        }
+    }
+
+    /// A report went to the broker.
+    pub fn sent(&mut self, payload: &Value) {
+        if let Some(r) = payload
+            .pointer("/state/reported")
+            .and_then(Value::as_object)
+        {
+            sandstep_model::shadow::merge(&mut self.full, r);
+        } else if payload.get("jobId").is_some() {
+            // The replica keeps the `{"jobId","status"}` acknowledgement as reported `ack`.
+            self.full.insert("ack".into(), payload.clone());
+        }
+        if self.timeout.is_zero() {
+            return;
+        }
+        if let Some(t) = payload.get("clientToken").and_then(Value::as_str) {
+            if self.waiting.len() == MAX_WAITING {
+                self.waiting.pop_front();
+                self.lost = true;
+            }
+            self.waiting.push_back(t.to_owned());
+            self.since.get_or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    /// A message on the device's `.../accepted` topic.
+    pub fn accepted(&mut self, payload: &[u8]) {
+        let Some(token) = serde_json::from_slice::<Value>(payload)
+            .ok()
+            .and_then(|v| v.get("clientToken")?.as_str().map(str::to_owned))
+        else {
+            return;
+        };
+        let Some(i) = self.waiting.iter().position(|t| *t == token) else {
+            return;
+        };
+        if i > 0 {
+            self.lost = true;
+        }
+        self.waiting.drain(..=i);
+        self.backoff = self.timeout;
+        self.since = (!self.waiting.is_empty()).then(std::time::Instant::now);
+    }
+
+    /// When to resend if nothing else happens.
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        if self.lost {
+            return Some(std::time::Instant::now());
+        }
+        self.since.map(|s| s + self.backoff)
+    }
+
+    /// The whole reported document to send again, when a report was lost or the deadline
+    /// passed; `None` otherwise.
+    pub fn resend(&mut self) -> Option<Map<String, Value>> {
+        let due = self.lost
+            || self
+                .deadline()
+                .is_some_and(|d| d <= std::time::Instant::now());
+        if !due {
+            return None;
+        }
+        if !self.lost {
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        }
+        self.lost = false;
+        self.waiting.clear();
+        self.since = None;
+        (!self.full.is_empty()).then(|| self.full.clone())
     }
 }
 
@@ -316,6 +423,57 @@ mod tests {
             o.acked().unwrap();
         }
         assert_eq!(sent, [2, 3, 5]);
+    }
+
+    fn report(token: &str, field: &str) -> Value {
+        json!({"state": {"reported": {field: token}}, "clientToken": token})
+    }
+
+    #[test]
+    fn confirmed_reports_are_not_sent_again() {
+        let mut c = Confirmations::new(std::time::Duration::from_secs(60));
+        c.sent(&report("a", "x"));
+        c.sent(&report("b", "y"));
+        assert!(c.deadline().is_some());
+        c.accepted(br#"{"clientToken":"a"}"#);
+        c.accepted(br#"{"clientToken":"b"}"#);
+        assert_eq!(c.deadline(), None);
+        assert_eq!(c.resend(), None);
+    }
+
+    #[test]
+    fn a_confirmation_that_skips_a_report_resends_the_whole_document() {
+        let mut c = Confirmations::new(std::time::Duration::from_secs(60));
+        c.sent(&report("a", "x"));
+        c.sent(&json!({"jobId": "w", "status": "SUCCESS"}));
+        c.sent(&report("b", "y"));
+        c.accepted(br#"{"clientToken":"b"}"#);
+        let full = c.resend().expect("report a was lost");
+        assert_eq!(
+            Value::Object(full),
+            json!({"x": "a", "y": "b", "ack": {"jobId": "w", "status": "SUCCESS"}})
+        );
+        assert_eq!(c.resend(), None, "once");
+    }
+
+    #[test]
+    fn an_unconfirmed_report_is_resent_after_the_timeout_with_backoff() {
+        let mut c = Confirmations::new(std::time::Duration::from_millis(1));
+        c.sent(&report("a", "x"));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(c.resend().map(Value::Object), Some(json!({"x": "a"})));
+        assert_eq!(c.backoff, std::time::Duration::from_millis(2));
+        c.sent(&report("a2", "x"));
+        c.accepted(br#"{"clientToken":"a2"}"#);
+        assert_eq!(c.backoff, std::time::Duration::from_millis(1), "reset");
+    }
+
+    #[test]
+    fn a_zero_timeout_never_resends() {
+        let mut c = Confirmations::new(std::time::Duration::ZERO);
+        c.sent(&report("a", "x"));
+        assert_eq!(c.deadline(), None);
+        assert_eq!(c.resend(), None);
     }
 
     #[test]

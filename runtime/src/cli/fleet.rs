@@ -111,17 +111,19 @@ async fn shadows(common: &Common, wait: Duration) -> Result<BTreeMap<String, Val
     )?;
     let filter = Topics::filter(&topics.shadow);
     let mut out = BTreeMap::new();
+    // Retained documents arrive right after the SUBACK; a short quiet spell after the last one
+    // ends the wait, `wait` bounds it on a slow or absent broker.
     let deadline = Instant::now() + wait;
-    let mut quiet = Instant::now() + wait;
+    let mut quiet = deadline;
     loop {
         let until = deadline.min(quiet);
         match tokio::time::timeout(until.saturating_duration_since(Instant::now()), conn.recv())
             .await
         {
             Err(_) | Ok(None) => break,
-            Ok(Some(MqttEvent::Connected)) => {
-                conn.subscribe(&filter).await?;
-                quiet = Instant::now() + Duration::from_millis(500);
+            Ok(Some(MqttEvent::Connected)) => conn.subscribe(&filter).await?,
+            Ok(Some(MqttEvent::SubAck)) => {
+                quiet = Instant::now() + Duration::from_millis(300);
             }
             Ok(Some(MqttEvent::Message { topic, payload, .. })) => {
                 if let Some(d) = Topics::device_of(&topics.shadow, &topic) {
@@ -204,7 +206,7 @@ pub async fn deploy(args: DeployArgs, common: &Common) -> Result<ExitCode> {
     };
     let mut devices = args.devices.clone();
     if let Some(g) = &args.group {
-        let all = shadows(common, Duration::from_secs(3)).await?;
+        let all = shadows(common, Duration::from_secs(10)).await?;
         for (id, doc) in all {
             let groups = doc
                 .pointer("/state/reported/groups")
@@ -265,7 +267,7 @@ pub async fn deploy(args: DeployArgs, common: &Common) -> Result<ExitCode> {
 
 /// `sandstep cancel`.
 pub async fn cancel(device: String, common: &Common) -> Result<ExitCode> {
-    let all = shadows(common, Duration::from_secs(3)).await?;
+    let all = shadows(common, Duration::from_secs(10)).await?;
     let doc = all
         .get(&device)
         .with_context(|| format!("no shadow for device `{device}`"))?;
@@ -345,7 +347,7 @@ pub async fn status(
     common: &Common,
 ) -> Result<ExitCode> {
     loop {
-        let mut all = shadows(common, Duration::from_secs(2)).await?;
+        let mut all = shadows(common, Duration::from_secs(10)).await?;
         if let Some(d) = &device {
             all.retain(|k, _| k == d);
         }

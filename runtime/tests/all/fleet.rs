@@ -107,7 +107,7 @@ impl Drop for Broker {
 /// A child process killed on drop, with its output in a file.
 pub struct Proc {
     child: Option<Child>,
-    _log: PathBuf,
+    log: PathBuf,
 }
 
 impl Proc {
@@ -120,7 +120,22 @@ impl Proc {
             .unwrap();
         Proc {
             child: Some(child),
-            _log: log,
+            log,
+        }
+    }
+    /// Waits until the process's output contains `text`.
+    pub fn wait_for_output(&self, text: &str) {
+        let t = Instant::now();
+        while !std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .contains(text)
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no `{text}` in {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     pub fn kill(&mut self) {
@@ -187,7 +202,7 @@ impl Fleet {
         std::fs::write(
             &config,
             format!(
-                "[agent]\ndevice-id = \"{device}\"\ngroups = [\"testers\"]\nprogress-interval-ms = 100\nshutdown-grace-secs = 1\nreboot-command = [\"/bin/true\"]\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nreconnect-min-ms = 100\nreconnect-max-ms = 1000\n",
+                "[agent]\ndevice-id = \"{device}\"\ngroups = [\"testers\"]\nprogress-interval-ms = 100\nshutdown-grace-secs = 1\nconfirm-timeout-ms = 1000\nreboot-command = [\"/bin/true\"]\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nreconnect-min-ms = 100\nreconnect-max-ms = 1000\n",
                 broker.port
             ),
         )
@@ -497,6 +512,48 @@ fn the_broker_restarting_mid_deployment_loses_no_report() {
     );
     assert_eq!(r["status"], "completed");
     assert_eq!(r["lastInstallResult"]["resultCode"], 700);
+}
+
+#[test]
+fn a_replica_started_after_the_agent_or_restarted_mid_deployment_still_gets_every_report() {
+    let Some(fleet) = Fleet::new("gw-7") else {
+        return;
+    };
+    let agent = fleet.agent();
+    // The start report goes to a broker with nobody subscribed: the broker acknowledges it and
+    // drops it.
+    agent.wait_for_output("connected");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut replica = fleet.replica();
+    let r = fleet.wait_for("gw-7", "the start report sent again", |r| {
+        r["status"] == "standBy"
+    });
+    assert_eq!(r["handlers"][0]["id"], PROBE);
+
+    let m = fleet.manifest(
+        "unwatched",
+        vec![stateful("u", json!({"sleep_ms": 2000}), &["f.txt"])],
+    );
+    fleet.deploy("gw-7", &m, "wf-unwatched", &[]);
+    fleet.wait_for("gw-7", "the step", |r| {
+        r.pointer("/progress/action").and_then(Value::as_str) == Some("install")
+    });
+    replica.kill();
+    // The result is reported while no replica listens.
+    let t = Instant::now();
+    while !fleet.log("u").iter().any(|l| l == "apply") {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the step never applied"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _replica = fleet.replica();
+    let r = fleet.wait_for("gw-7", "the result sent again", done("wf-unwatched"));
+    assert_eq!(r["status"], "completed", "{r:#}");
+    assert_eq!(r["lastInstallResult"]["resultCode"], 700);
+    assert_eq!(r["ack"]["status"], "SUCCESS");
 }
 
 #[test]
