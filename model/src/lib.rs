@@ -1,5 +1,6 @@
 //! sandstep's plain data, with no wasmtime: it tests and fuzzes fast and also compiles into handlers.
 //!
+//! - [`checksum`]: a portable CRC-32, shared by the sandbox benchmark's handler and host.
 //! - [`codes`]: ADU result codes, extended result codes, and the codes sandstep adds.
 //! - [`step`]: lifecycle actions and step results.
 //! - [`context`]: what a handler call is told (update id, files, selected component).
@@ -10,6 +11,7 @@
 //! - [`results`]: root and per-step results, and the result file.
 //! - [`shadow`]: device-shadow documents, the delta rule, topic layouts.
 
+pub mod checksum;
 pub mod codes;
 pub mod context;
 pub mod deployment;

@@ -7,11 +7,11 @@
 //! partial file deleted. A file already in the store with the right digest is not fetched again
 //! (ADU's 502). Proxies come from the usual environment variables (`https_proxy`, `no_proxy`, ...).
 
+use crate::digest::Sha256;
 use cap_std::fs::{Dir, File, OpenOptions};
 use futures_util::StreamExt;
 use sandstep_model::codes::{erc, ExtendedResultCode};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 

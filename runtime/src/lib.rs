@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`agent`]: the gateway daemon: desired state over MQTT (or HTTP polling) in, reports out.
 //! - [`shadow`]: the device-state replica (SQLite) for the software-update pattern.
+//! - [`bench`]: the benchmark suite behind `sandstep bench`.
 //! - [`fleet_sim`]: N simulated agents against one broker, for the fleet benchmark.
 //! - [`mqtt`]: the MQTT connection shared by agent, replica and operator commands.
 //! - [`bindings`]: the one host `bindgen!` over `wit/`.
@@ -12,6 +13,7 @@
 //! - [`trust`]: handler signatures (wasmsign2), manifest signatures (JWS), trusted keys.
 //! - [`workflow`]: deployments as persisted state machines: plan, journal, units, results.
 //! - [`download`]: verified, resumable downloads into a content-addressed store.
+//! - [`digest`]: the accelerated sha256 of the data path.
 //! - [`registry`]: which component serves which handler id.
 //! - [`loader`]: registry -> signature check -> compiled component -> policy check, on every load.
 //! - [`config`]: the TOML configuration and per-handler policy.
@@ -22,11 +24,13 @@
 //! The plain data (manifests, codes, step results) lives in `sandstep-model`, without wasmtime.
 
 pub mod agent;
+pub mod bench;
 pub mod bindings;
 pub mod capability;
 pub mod config;
 pub mod datadir;
 pub mod defaults;
+pub mod digest;
 pub mod download;
 pub mod fault;
 pub mod fleet_sim;

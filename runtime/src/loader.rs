@@ -103,7 +103,10 @@ impl Loader {
         if let Some(c) = self.compiled.lock().expect("compiled map lock").get(digest) {
             return Ok(c.clone());
         }
-        let c = self.sandbox.load(id, bytes.into()).await?;
+        let c = self
+            .sandbox
+            .load_digested(id, bytes.into(), digest.to_owned())
+            .await?;
         self.compiled
             .lock()
             .expect("compiled map lock")
@@ -124,7 +127,7 @@ impl Loader {
             return Err(RegistryError::BadId(id.to_owned()).into());
         }
         let signers = self.verify(id, &bytes)?;
-        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let digest = hex::encode(crate::digest::Sha256::digest(&bytes));
         let component = self.compile(id, bytes.clone(), &digest).await?;
         component.check_imports(id, &config.grants(id))?;
         let entry = self.registry.install(id, &bytes, source, signers, now_ms)?;

@@ -5,10 +5,10 @@
 //! a stored file that changed is refused, never run.
 
 use crate::datadir::{ensure_dir, write_atomic};
+use crate::digest::Sha256;
 use cap_std::fs::Dir;
 use sandstep_model::manifest::is_handler_id;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
 

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AgentConfig {
-    /// This gateway's id (in topics; no `/`, `+`, `#`).
+    /// This gateway's id (in topics; no `/`, `+`, `#`); default: the host name.
     pub device_id: Option<String>,
     /// Groups this gateway belongs to (reported, for `sandstep deploy --group`).
     pub groups: Vec<String>,
@@ -74,6 +74,30 @@ impl Default for AgentConfig {
             shutdown_grace_secs: 5,
             confirm_timeout_ms: 10_000,
         }
+    }
+}
+
+impl AgentConfig {
+    /// The device id: `device-id`, else this machine's host name (so a packaged agent runs out
+    /// of the box); either must be usable in a topic.
+    pub fn resolved_device_id(&self) -> Result<String, String> {
+        let (device, from) = match &self.device_id {
+            Some(d) => (d.clone(), "device-id"),
+            None => (
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .map_err(|e| {
+                        format!("[agent] device-id is not set and the host name is unreadable: {e}")
+                    })?,
+                "the host name (device-id is not set)",
+            ),
+        };
+        if device.is_empty() || !valid_device_id(&device) {
+            return Err(format!(
+                "{from} `{device}` cannot be a device id: it must be non-empty, without `/`, `+` or `#`"
+            ));
+        }
+        Ok(device)
     }
 }
 
@@ -184,14 +208,8 @@ impl Agent {
     pub fn new(config: Config, data_path: &std::path::Path) -> Result<Agent, AgentError> {
         let device = config
             .agent
-            .device_id
-            .clone()
-            .ok_or_else(|| AgentError::Config("[agent] device-id is required".into()))?;
-        if !valid_device_id(&device) {
-            return Err(AgentError::Config(format!(
-                "device-id `{device}` may not contain `/`, `+` or `#`"
-            )));
-        }
+            .resolved_device_id()
+            .map_err(AgentError::Config)?;
         let data = DataDir::open(data_path)?;
         let sandbox = Arc::new(
             Sandbox::new(&EngineOptions::default(), Some(data.component_cache()?))

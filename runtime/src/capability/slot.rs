@@ -11,10 +11,10 @@
 //! was selected, so a later state can say whether the system rebooted since).
 
 use crate::bindings::slot::{self, Error as WitError, SlotName, SlotState, Written};
+use crate::digest::Sha256;
 use crate::sandbox::store::{CallTags, EventSink, HandlerEvent, HostState};
 use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;

@@ -8,10 +8,14 @@ use sandstep::sandbox::{EngineOptions, Sandbox};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// The config file the package installs.
+pub const SYSTEM_CONFIG: &str = "/etc/sandstep/config.toml";
+
 /// `--config` and `--data-dir`.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Configuration file (TOML). Without it, the embedded defaults apply.
+    /// Configuration file (TOML). Default: $SANDSTEP_CONFIG, else /etc/sandstep/config.toml when
+    /// it exists (the package installs it), else the embedded defaults.
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// Where sandstep keeps journals, downloads, handlers and state
@@ -21,9 +25,30 @@ pub struct Common {
 }
 
 impl Common {
+    /// The config file in effect, if any (see `--config`).
+    pub fn config_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.config {
+            return Some(p.clone());
+        }
+        match std::env::var_os("SANDSTEP_CONFIG") {
+            // Set but empty: the embedded defaults, whatever is installed.
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some(PathBuf::from(v)),
+            None => Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.exists()),
+        }
+    }
+
+    /// Where the config comes from, for humans.
+    pub fn config_source(&self) -> String {
+        match self.config_path() {
+            Some(p) => format!("{} parses", p.display()),
+            None => "none: the embedded defaults".into(),
+        }
+    }
+
     pub fn load_config(&self) -> Result<Config> {
-        match &self.config {
-            Some(p) => Ok(Config::load(p)?),
+        match self.config_path() {
+            Some(p) => Ok(Config::load(&p)?),
             None => Ok(Config::default()),
         }
     }

@@ -1,6 +1,8 @@
 //! Command-line interface: argument parsing, logging set-up, and one module per command group.
 
+mod bench;
 mod common;
+mod doctor;
 mod fleet;
 mod handler;
 mod key;
@@ -69,6 +71,15 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
+    /// Run the benchmark suite (see BENCHMARKS.md; scripts/bench.sh prepares and runs it).
+    Bench(bench::BenchArgs),
+    /// Check this gateway's set-up (config, data dir, trust keys, handlers, wasm engine,
+    /// broker) and print what to fix; fails when a check fails.
+    Doctor {
+        /// Seconds to wait for the broker.
+        #[arg(long, default_value_t = 5)]
+        broker_timeout: u64,
+    },
     /// Cancel a device's running deployment.
     Cancel {
         #[arg(long)]
@@ -115,6 +126,8 @@ pub fn main() -> ExitCode {
                 json,
             } => fleet::status(device, watch, json, &cli.common).await,
             Command::Cancel { device } => fleet::cancel(device, &cli.common).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::Doctor { broker_timeout } => doctor::run(broker_timeout, &cli.common).await,
             Command::FleetSim { devices, timeout } => {
                 fleet::fleet_sim(devices, timeout, &cli.common).await
             }

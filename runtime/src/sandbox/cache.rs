@@ -3,12 +3,13 @@
 //! Entries are keyed by the component's sha256 and the engine's compatibility hash. wasmtime
 //! treats deserialization as unsafe by design (an artefact is machine code), so an artefact is only
 //! ever read from this directory, which sandstep creates with mode 0700 and reaches through a
-//! cap-std handle. Writes are atomic (temporary file, fsync, rename), and each artefact has a
-//! sidecar with its sha256: an artefact that no longer matches it (corrupted, or changed by
-//! anything but sandstep) is never deserialized.
+//! cap-std handle: that, not a checksum, is what keeps others from changing it. Writes are atomic
+//! (temporary file, fsync, rename), and each artefact has a sidecar with its CRC-32 and length
+//! (crc32fast, hardware-accelerated): an artefact torn or garbled on disk no longer
+//! matches it and is never deserialized. A checksum rather than sha256 because the artefact is
+//! read on every handler load and the sidecar could not stop a writer of this directory anyway.
 
 use cap_std::fs::{Dir, OpenOptions};
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 
 /// A directory of precompiled components.
@@ -29,10 +30,15 @@ impl ComponentCache {
     }
 
     fn sidecar_name(&self, digest: &str) -> String {
+        format!("{}.crc32", self.entry_name(digest))
+    }
+
+    /// The sidecar name of earlier versions (sha256); removed with the entry.
+    fn legacy_sidecar_name(&self, digest: &str) -> String {
         format!("{}.sha256", self.entry_name(digest))
     }
 
-    /// The artefact's bytes, if present and matching its recorded sha256.
+    /// The artefact's bytes, if present and matching its recorded checksum.
     pub(crate) fn read(&self, digest: &str) -> std::io::Result<Lookup> {
         let mut bytes = Vec::new();
         match self.dir.open(self.entry_name(digest)) {
@@ -44,7 +50,7 @@ impl ComponentCache {
             .dir
             .read_to_string(self.sidecar_name(digest))
             .unwrap_or_default();
-        if recorded.trim() != hex::encode(Sha256::digest(&bytes)) {
+        if recorded.trim() != checksum(&bytes) {
             return Ok(Lookup::Mismatch);
         }
         Ok(Lookup::Found(bytes))
@@ -52,10 +58,7 @@ impl ComponentCache {
 
     /// Stores an artefact atomically, its sidecar first.
     pub(crate) fn write(&self, digest: &str, bytes: &[u8]) -> std::io::Result<()> {
-        self.write_file(
-            &self.sidecar_name(digest),
-            hex::encode(Sha256::digest(bytes)).as_bytes(),
-        )?;
+        self.write_file(&self.sidecar_name(digest), checksum(bytes).as_bytes())?;
         self.write_file(&self.entry_name(digest), bytes)
     }
 
@@ -82,7 +85,11 @@ impl ComponentCache {
 
     /// Removes an artefact (a corrupt one, or one whose handler was removed).
     pub(crate) fn remove(&self, digest: &str) -> std::io::Result<()> {
-        for name in [self.entry_name(digest), self.sidecar_name(digest)] {
+        for name in [
+            self.entry_name(digest),
+            self.sidecar_name(digest),
+            self.legacy_sidecar_name(digest),
+        ] {
             match self.dir.remove_file(name) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}
@@ -90,6 +97,11 @@ impl ComponentCache {
         }
         Ok(())
     }
+}
+
+/// The sidecar's text for an artefact: CRC-32 and length.
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:08x} {}", crc32fast::hash(bytes), bytes.len())
 }
 
 /// What the cache holds for a digest.

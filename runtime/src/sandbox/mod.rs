@@ -24,11 +24,11 @@ pub use session::Session;
 pub use store::{CallTags, EventSink, HandlerEvent, LogLevel};
 
 use crate::capability::{self, classify_import, Capability, Grants, ImportKind};
+use crate::digest::Sha256;
 use cap_std::fs::Dir;
 use engine::EpochTicker;
 use sandstep_model::codes::erc;
 use sandstep_model::StepResult;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use wasmtime::component::{Component, Linker};
@@ -189,6 +189,17 @@ impl Sandbox {
         bytes: Arc<[u8]>,
     ) -> Result<HandlerComponent, SandboxError> {
         let digest = hex::encode(Sha256::digest(&bytes));
+        self.load_digested(name, bytes, digest).await
+    }
+
+    /// As [`Sandbox::load`], for bytes whose sha256 (hex) the caller has just checked (the
+    /// loader's registry check), so they are not hashed twice.
+    pub async fn load_digested(
+        &self,
+        name: &str,
+        bytes: Arc<[u8]>,
+        digest: String,
+    ) -> Result<HandlerComponent, SandboxError> {
         let component = match self.load_cached(&digest)? {
             Some(c) => c,
             None => {
@@ -229,7 +240,7 @@ impl Sandbox {
             cache::Lookup::Found(b) => b,
             cache::Lookup::Missing => return Ok(None),
             cache::Lookup::Mismatch => {
-                tracing::error!(entry = %cache.entry_name(digest), "cache entry does not match its recorded sha256 (corrupted or tampered); discarding it and compiling again");
+                tracing::error!(entry = %cache.entry_name(digest), "cache entry does not match its recorded checksum (torn or corrupted); discarding it and compiling again");
                 cache.remove(digest).map_err(cache_err)?;
                 return Ok(None);
             }

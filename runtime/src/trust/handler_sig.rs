@@ -3,6 +3,14 @@
 //!
 //! A component may carry several signatures (one per signer); it is accepted when at least one
 //! trusted key verifies it, and the verifying keys are reported as its signers.
+//!
+//! Every load re-verifies, so verification is on the hot path of a handler call. The accepting
+//! path ([`verify`]) hashes the signed bytes with the accelerated sha256 of [`crate::digest`]
+//! under the same semantics as wasmsign2's whole-module verification (the hash of everything after
+//! the `signature` section must be among the hashes a trusted key signed, over the message
+//! `"wasmsig" || version || content type || hash function || hashes`). wasmsign2 itself hashes in
+//! portable code at half the speed; it runs only when that path does not accept, to name the
+//! refusal precisely. A test pins that both agree.
 
 use super::TrustedHandlerKey;
 use std::io::Cursor;
@@ -84,6 +92,121 @@ pub fn verify(
     component: &[u8],
     trusted: &[TrustedHandlerKey],
 ) -> Result<Vec<String>, HandlerSignatureError> {
+    match accept(component, trusted) {
+        Some(names) => Ok(names),
+        None => verify_with_wasmsign2(component, trusted),
+    }
+}
+
+/// A LEB128 u32 at `*at`, advancing it.
+fn leb_u32(b: &[u8], at: &mut usize) -> Option<u32> {
+    let mut v: u32 = 0;
+    for shift in (0..35).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u32::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// One section of a module or component, as laid out in the file.
+struct RawSection<'a> {
+    id: u8,
+    /// The name, for a custom section (id 0).
+    name: Option<&'a [u8]>,
+    /// What follows the name (custom) or the size (others).
+    payload: &'a [u8],
+    /// The offset just past the section.
+    end: usize,
+}
+
+/// The section starting at `at`; `None` when it is cut short or malformed.
+fn section(b: &[u8], at: usize) -> Option<RawSection<'_>> {
+    let mut p = at;
+    let id = *b.get(p)?;
+    p += 1;
+    let size = leb_u32(b, &mut p)? as usize;
+    let end = p.checked_add(size).filter(|&e| e <= b.len())?;
+    if id != 0 {
+        return Some(RawSection {
+            id,
+            name: None,
+            payload: &b[p..end],
+            end,
+        });
+    }
+    let name_len = leb_u32(b, &mut p)? as usize;
+    let name_end = p.checked_add(name_len).filter(|&e| e <= end)?;
+    Some(RawSection {
+        id,
+        name: Some(&b[p..name_end]),
+        payload: &b[name_end..end],
+        end,
+    })
+}
+
+/// The fast accepting path: `Some(signers)` when a trusted key verifies the whole component,
+/// `None` otherwise (then wasmsign2 decides, and names the reason).
+fn accept(component: &[u8], trusted: &[TrustedHandlerKey]) -> Option<Vec<String>> {
+    if component.len() < 8 || &component[..4] != b"\0asm" {
+        return None;
+    }
+    let first = section(component, 8)?;
+    if first.id != 0 || first.name != Some(SIGNATURE_SECTION.as_bytes()) {
+        return None;
+    }
+    let (payload, body_start) = (first.payload, first.end);
+    // Exactly one signature section: walk the rest (headers only).
+    let mut at = body_start;
+    while at < component.len() {
+        let s = section(component, at)?;
+        if s.name == Some(SIGNATURE_SECTION.as_bytes()) {
+            return None;
+        }
+        at = s.end;
+    }
+    let data = wasmsign2::CustomSection::new(SIGNATURE_SECTION.into(), payload.to_vec())
+        .signature_data()
+        .ok()?;
+    // wasmsign2's constants: specification version 1, content type 1 (module), hash 1 (sha256).
+    if data.specification_version != 1 || data.content_type != 1 || data.hash_function != 1 {
+        return None;
+    }
+    let hash = crate::digest::Sha256::digest(&component[body_start..]);
+    let mut names = Vec::new();
+    for t in trusted {
+        let verified = data.signed_hashes_set.iter().any(|set| {
+            if !set.hashes.iter().any(|h| h[..] == hash[..]) {
+                return false;
+            }
+            let mut msg = b"wasmsig".to_vec();
+            msg.extend_from_slice(&[1, 1, 1]);
+            for h in &set.hashes {
+                msg.extend_from_slice(h);
+            }
+            set.signatures.iter().any(|sig| {
+                let ids_differ =
+                    matches!((&sig.key_id, t.key.key_id()), (Some(a), Some(b)) if a != b);
+                !ids_differ
+                    && ed25519_compact::Signature::from_slice(&sig.signature)
+                        .is_ok_and(|s| t.key.pk.verify(&msg, &s).is_ok())
+            })
+        });
+        if verified && !names.contains(&t.name) {
+            names.push(t.name.clone());
+        }
+    }
+    (!names.is_empty()).then_some(names)
+}
+
+/// wasmsign2's verification, with the refusal classified.
+fn verify_with_wasmsign2(
+    component: &[u8],
+    trusted: &[TrustedHandlerKey],
+) -> Result<Vec<String>, HandlerSignatureError> {
     let module = parse(component)?;
     let positions: Vec<usize> = module
         .sections
@@ -131,5 +254,96 @@ pub fn verify(
         }
         Err(WSError::NoSignatures) => Err(HandlerSignatureError::Unsigned),
         Err(e) => Err(HandlerSignatureError::Malformed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmsign2::KeyPair;
+
+    /// A minimal component with a custom section of `n` bytes of payload.
+    fn component(n: usize) -> Vec<u8> {
+        let mut b = b"\0asm\x0d\x00\x01\x00".to_vec();
+        let name = b"payload";
+        let mut body = vec![name.len() as u8];
+        body.extend_from_slice(name);
+        body.extend((0..n).map(|i| (i % 251) as u8));
+        b.push(0);
+        let mut len = body.len();
+        loop {
+            let byte = (len & 0x7f) as u8;
+            len >>= 7;
+            b.push(if len == 0 { byte } else { byte | 0x80 });
+            if len == 0 {
+                break;
+            }
+        }
+        b.extend(body);
+        b
+    }
+
+    fn trusted(kp: &KeyPair, name: &str) -> TrustedHandlerKey {
+        TrustedHandlerKey {
+            name: name.into(),
+            key: kp.pk.clone().attach_default_key_id(),
+        }
+    }
+
+    #[test]
+    fn the_fast_path_and_wasmsign2_agree() {
+        let (a, b, c) = (
+            KeyPair::generate(),
+            KeyPair::generate(),
+            KeyPair::generate(),
+        );
+        let plain = component(100_000);
+        let by_a = sign(&plain, &a.sk, &a.pk).unwrap();
+        let by_ab = sign(&by_a, &b.sk, &b.pk).unwrap();
+        let mut tampered = by_a.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        let truncated = by_a[..by_a.len() - 10].to_vec();
+        let (ta, tb, tc) = (trusted(&a, "a"), trusted(&b, "b"), trusted(&c, "c"));
+        let cases: Vec<(&str, &[u8], Vec<TrustedHandlerKey>)> = vec![
+            ("signed by a, a trusted", &by_a, vec![ta.clone()]),
+            (
+                "signed by a, b and c trusted",
+                &by_a,
+                vec![tb.clone(), tc.clone()],
+            ),
+            (
+                "signed by a and b, both trusted",
+                &by_ab,
+                vec![ta.clone(), tb.clone()],
+            ),
+            ("signed by a and b, b trusted", &by_ab, vec![tb.clone()]),
+            ("tampered", &tampered, vec![ta.clone()]),
+            ("truncated", &truncated, vec![ta.clone()]),
+            ("unsigned", &plain, vec![ta.clone()]),
+            ("no trusted keys", &by_a, vec![]),
+        ];
+        for (what, bytes, keys) in cases {
+            let fast = accept(bytes, &keys);
+            let reference = verify_with_wasmsign2(bytes, &keys);
+            assert_eq!(fast, reference.clone().ok(), "{what}: {reference:?}");
+        }
+        assert_eq!(accept(&by_ab, &[ta, tb]).unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_second_signature_section_is_refused_by_both() {
+        let a = KeyPair::generate();
+        let signed = sign(&component(1000), &a.sk, &a.pk).unwrap();
+        // Append a copy of the signature section at the end.
+        let end = section(&signed, 8).unwrap().end;
+        let mut dup = signed.clone();
+        dup.extend_from_slice(&signed[8..end]);
+        let keys = [trusted(&a, "a")];
+        assert_eq!(accept(&dup, &keys), None);
+        assert_eq!(
+            verify(&dup, &keys),
+            Err(HandlerSignatureError::Duplicated(2))
+        );
     }
 }

@@ -581,3 +581,11 @@ async fn vendor_example_handler_runs_its_whole_lifecycle() {
             .unwrap();
     assert_eq!(record, json!({"app.conf": "app-conf-2"}));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_benchmark_guest_computes_the_same_crc_as_the_host() {
+    // sandbox_vs_native asserts that the handler's output equals the native run's.
+    let r = sandstep::bench::sandbox_vs_native(&component("bench-guest"), 2, 1).await;
+    assert_eq!(r.payload_bytes, 2 << 20);
+    assert!(r.ratio > 0.0);
+}

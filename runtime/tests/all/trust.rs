@@ -284,7 +284,7 @@ async fn every_load_rechecks_the_signature_and_the_stored_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_tampered_cache_artefact_is_never_loaded() {
+async fn a_corrupted_cache_artefact_is_never_loaded() {
     let data = tempfile::tempdir().unwrap();
     trust_test_key(data.path());
     let (entry, _) = loader(data.path())

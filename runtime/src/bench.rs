@@ -1,0 +1,723 @@
+//! `sandstep bench`: the benchmark suite (see BENCHMARKS.md). Each benchmark prints a table row
+//! and returns its figures; `scripts/bench.sh` builds what they need and runs them all.
+//!
+//! The inputs: signed components under `target/wasm` (built by scripts/build-components.sh), a
+//! mosquitto binary for the agent and fleet figures, and `openssl` and `curl` for the reference
+//! points.
+
+use crate::capability::Grants;
+use crate::config::Config;
+use crate::datadir::DataDir;
+use crate::digest::Sha256;
+use crate::download::{DownloadConfig, Downloader, Wanted};
+use crate::sandbox::{CallTags, EngineOptions, Limits, Sandbox, SessionSetup, StepDirs};
+use crate::trust::{handler_sig, TrustedHandlerKey};
+use crate::workflow::events::{Event, Observer};
+use crate::workflow::{Deployer, Request};
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use sandstep_model::checksum::crc32_update;
+use sandstep_model::inventory::Inventory;
+use sandstep_model::journal::FileSource;
+use sandstep_model::{Action, StepContext, UpdateId};
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Median and spread of a series, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub n: usize,
+    pub median_ms: f64,
+    pub p10_ms: f64,
+    pub p90_ms: f64,
+}
+
+impl Stats {
+    pub fn of(mut v: Vec<Duration>) -> Stats {
+        v.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let at = |p: f64| ms(v[((v.len() as f64 - 1.0) * p).round() as usize]);
+        Stats {
+            n: v.len(),
+            median_ms: at(0.5),
+            p10_ms: at(0.1),
+            p90_ms: at(0.9),
+        }
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "median {:.3} ms (p10 {:.3}, p90 {:.3}, n={})",
+            self.median_ms, self.p10_ms, self.p90_ms, self.n
+        )
+    }
+}
+
+fn dir(p: &Path) -> Dir {
+    Dir::open_ambient_dir(p, ambient_authority()).expect("bench directory")
+}
+
+fn ctx(handler: &str, files: Vec<sandstep_model::StepFile>) -> StepContext {
+    StepContext {
+        workflow_id: "bench".into(),
+        update_id: UpdateId {
+            provider: "bench".into(),
+            name: "bench".into(),
+            version: "1.0".into(),
+        },
+        handler_id: handler.into(),
+        step_index: 0,
+        level: 0,
+        handler_properties: Default::default(),
+        files,
+        component: None,
+    }
+}
+
+struct StepEnv {
+    root: tempfile::TempDir,
+}
+
+impl StepEnv {
+    fn new() -> StepEnv {
+        let root = tempfile::tempdir().expect("tempdir");
+        for d in ["payload", "work", "state"] {
+            std::fs::create_dir(root.path().join(d)).expect("mkdir");
+        }
+        StepEnv { root }
+    }
+    fn p(&self, d: &str) -> PathBuf {
+        self.root.path().join(d)
+    }
+    fn setup(&self, limits: Limits) -> SessionSetup {
+        SessionSetup {
+            handler_id: "bench/handler:1".into(),
+            tags: CallTags {
+                workflow_id: "bench".into(),
+                step: "0".into(),
+                handler_id: "bench/handler:1".into(),
+            },
+            dirs: StepDirs::new(
+                dir(&self.p("payload")),
+                dir(&self.p("work")),
+                dir(&self.p("state")),
+            ),
+            grants: Grants::default(),
+            limits,
+            events: None,
+        }
+    }
+}
+
+/// Figures of the handler-call benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandlerCall {
+    pub component_bytes: usize,
+    pub compile_each_time: Stats,
+    pub cached_with_signature: Stats,
+    pub cached_pooling_with_signature: Stats,
+    pub in_memory_with_signature: Stats,
+    pub signature_check: Stats,
+    pub signature_share_percent: f64,
+}
+
+async fn call_once(sandbox: &Sandbox, bytes: Arc<[u8]>, env: &StepEnv) -> Duration {
+    let t = Instant::now();
+    let h = sandbox.load("bench", bytes).await.expect("load");
+    let mut s = sandbox
+        .session(&h, env.setup(Limits::default()))
+        .await
+        .expect("session");
+    let r = s
+        .call(
+            Action::IsInstalled,
+            &ctx("bench/handler:1", vec![]),
+            &CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(r.result_code, 901, "{r:?}");
+    t.elapsed()
+}
+
+/// Benchmark 1: Handler call overhead: load + instantiate + is-installed, three ways.
+pub async fn handler_call(
+    signed: &[u8],
+    key: &TrustedHandlerKey,
+    iterations: usize,
+) -> HandlerCall {
+    let env = StepEnv::new();
+    let keys = vec![key.clone()];
+    let bytes: Arc<[u8]> = signed.to_vec().into();
+
+    let plain = Sandbox::new(&EngineOptions::default(), None).expect("sandbox");
+    let mut compile = Vec::new();
+    for _ in 0..(iterations / 50).clamp(3, 10) {
+        compile.push(call_once(&plain, bytes.clone(), &env).await);
+    }
+
+    let cache_root = tempfile::tempdir().expect("tempdir");
+    let mut series = Vec::new();
+    let mut sig = Vec::new();
+    for pooling in [false, true] {
+        let cache = cache_root
+            .path()
+            .join(if pooling { "pool" } else { "plain" });
+        std::fs::create_dir(&cache).expect("mkdir");
+        let mut v = Vec::new();
+        // One engine, as in a process running steps; `Sandbox::load` keeps nothing in memory,
+        // so every call reads, checks and deserializes the artefact from disk.
+        let sb = Sandbox::new(&EngineOptions { pooling }, Some(dir(&cache))).expect("sandbox");
+        for i in 0..iterations + 1 {
+            let t = Instant::now();
+            handler_sig::verify(signed, &keys).expect("signature");
+            let s = t.elapsed();
+            let c = call_once(&sb, bytes.clone(), &env).await;
+            if i > 0 {
+                v.push(s + c);
+                if !pooling {
+                    sig.push(s);
+                }
+            }
+        }
+        series.push(v);
+    }
+    // The agent's steady state: the compiled component stays in memory; each use re-verifies.
+    let warm = Sandbox::new(&EngineOptions::default(), None).expect("sandbox");
+    let h = warm.load("bench", bytes.clone()).await.expect("load");
+    let mut mem = Vec::new();
+    for _ in 0..iterations {
+        let t = Instant::now();
+        handler_sig::verify(signed, &keys).expect("signature");
+        let mut s = warm
+            .session(&h, env.setup(Limits::default()))
+            .await
+            .expect("session");
+        let r = s
+            .call(
+                Action::IsInstalled,
+                &ctx("bench/handler:1", vec![]),
+                &CancellationToken::new(),
+            )
+            .await;
+        assert_eq!(r.result_code, 901);
+        mem.push(t.elapsed());
+    }
+    let sig_stats = Stats::of(sig);
+    let cached = Stats::of(series.remove(0));
+    let share = sig_stats.median_ms / cached.median_ms * 100.0;
+    HandlerCall {
+        component_bytes: signed.len(),
+        compile_each_time: Stats::of(compile),
+        cached_with_signature: cached,
+        cached_pooling_with_signature: Stats::of(series.remove(0)),
+        in_memory_with_signature: Stats::of(mem),
+        signature_check: sig_stats,
+        signature_share_percent: share,
+    }
+}
+
+/// Figures of the sandbox-versus-native benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxVsNative {
+    pub payload_bytes: u64,
+    pub native: Stats,
+    pub sandbox: Stats,
+    pub ratio: f64,
+}
+
+fn native_crc(payload: &Path, out: &Path) -> u32 {
+    let mut f = std::fs::File::open(payload).expect("payload");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut crc = 0;
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        crc = crc32_update(crc, &buf[..n]);
+    }
+    std::fs::write(out, format!("data.bin {crc:08x}\n")).expect("write");
+    crc
+}
+
+/// Benchmark 2: The same step logic (read a payload, CRC-32 it, write the result) natively and sandboxed.
+pub async fn sandbox_vs_native(component: &[u8], mib: u64, iterations: usize) -> SandboxVsNative {
+    let env = StepEnv::new();
+    let payload = env.p("payload").join("data.bin");
+    write_pattern(&payload, mib << 20);
+    let files = vec![sandstep_model::StepFile {
+        id: "data.bin".into(),
+        name: "data.bin".into(),
+        size: mib << 20,
+        sha256: String::new(),
+    }];
+    let sandbox = Sandbox::new(&EngineOptions::default(), None).expect("sandbox");
+    let h = sandbox
+        .load("bench-guest", component.to_vec().into())
+        .await
+        .expect("load");
+    let mut native = Vec::new();
+    let mut sand = Vec::new();
+    let mut expected = 0;
+    for _ in 0..iterations {
+        let t = Instant::now();
+        expected = native_crc(&payload, &env.p("work").join("native.txt"));
+        native.push(t.elapsed());
+        let t = Instant::now();
+        let mut s = sandbox
+            .session(&h, env.setup(Limits::default()))
+            .await
+            .expect("session");
+        let r = s
+            .call(
+                Action::Install,
+                &ctx("bench/handler:1", files.clone()),
+                &CancellationToken::new(),
+            )
+            .await;
+        sand.push(t.elapsed());
+        assert_eq!(r.result_code, 600, "{r:?}");
+    }
+    let got = std::fs::read_to_string(env.p("work").join("crc.txt")).expect("guest output");
+    assert_eq!(
+        got,
+        format!("data.bin {expected:08x}\n"),
+        "both compute the same"
+    );
+    let (n, s) = (Stats::of(native), Stats::of(sand));
+    SandboxVsNative {
+        payload_bytes: mib << 20,
+        ratio: s.median_ms / n.median_ms,
+        native: n,
+        sandbox: s,
+    }
+}
+
+/// Writes `bytes` of a cheap, non-repeating pattern.
+pub fn write_pattern(path: &Path, bytes: u64) {
+    let mut f =
+        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).expect("create"));
+    let mut block = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut left = bytes;
+    while left > 0 {
+        for c in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).expect("write");
+        left -= n as u64;
+    }
+    f.flush().expect("flush");
+}
+
+/// Figures of the hashing benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sha256Speed {
+    pub bytes: u64,
+    pub sandstep_mb_s: f64,
+    pub openssl_mb_s: f64,
+    pub ratio: f64,
+}
+
+/// Benchmark 3: sha256 of a big file: the download path's verification vs `openssl dgst -sha256`.
+pub async fn sha256_speed(mib: u64) -> Sha256Speed {
+    let t = tempfile::tempdir().expect("tempdir");
+    let file = t.path().join("blob");
+    write_pattern(&file, mib << 20);
+    let digest: [u8; 32] = {
+        let mut h = Sha256::new();
+        let mut f = std::fs::File::open(&file).expect("open");
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        h.finalize()
+    };
+    // The store holds the file under its digest; verifying it is what the download path does.
+    let store = t.path().join("store");
+    std::fs::create_dir(&store).expect("mkdir");
+    std::fs::rename(&file, store.join(hex::encode(digest))).expect("rename");
+    let d = Downloader::new(dir(&store), DownloadConfig::default()).expect("downloader");
+    let wanted = Wanted {
+        id: "blob".into(),
+        file_name: "blob".into(),
+        size: mib << 20,
+        sha256: digest,
+    };
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let path = store.join(hex::encode(digest));
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        assert!(d.verify_present(&wanted).expect("verify"));
+        ours.push(t0.elapsed());
+        let t0 = Instant::now();
+        let st = std::process::Command::new("openssl")
+            .arg("dgst")
+            .arg("-sha256")
+            .arg(&path)
+            .output()
+            .expect("openssl");
+        theirs.push(t0.elapsed());
+        assert!(st.status.success());
+    }
+    let mb = (mib << 20) as f64 / 1e6;
+    let (o, t2) = (Stats::of(ours), Stats::of(theirs));
+    let (a, b) = (mb / (o.median_ms / 1000.0), mb / (t2.median_ms / 1000.0));
+    Sha256Speed {
+        bytes: mib << 20,
+        sandstep_mb_s: a,
+        openssl_mb_s: b,
+        ratio: a / b,
+    }
+}
+
+/// Figures of the 10-step manifest benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManySteps {
+    pub steps: usize,
+    pub total: Stats,
+    pub overhead_per_step_ms: f64,
+}
+
+#[derive(Default)]
+struct Timer {
+    started: Mutex<Option<Instant>>,
+    in_handler: Mutex<Duration>,
+}
+
+impl Observer for Timer {
+    fn event(&self, e: &Event) {
+        match e {
+            Event::ActionStarted { .. } => {
+                *self.started.lock().expect("lock") = Some(Instant::now())
+            }
+            Event::ActionFinished { .. } => {
+                if let Some(t) = self.started.lock().expect("lock").take() {
+                    *self.in_handler.lock().expect("lock") += t.elapsed();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Benchmark 5: A 10-step manifest with cached handlers and small payloads: total time, and sandstep's own
+/// time per step (everything but the handler's calls: journal writes and fsyncs included).
+pub async fn many_steps(
+    signed_probe: &[u8],
+    key: &TrustedHandlerKey,
+    key_bytes: &[u8],
+    runs: usize,
+) -> ManySteps {
+    let t = tempfile::tempdir().expect("tempdir");
+    let data_path = t.path().join("data");
+    std::fs::create_dir_all(data_path.join("trust/handlers")).expect("mkdir");
+    std::fs::write(
+        data_path.join(format!("trust/handlers/{}.pub", key.name)),
+        key_bytes,
+    )
+    .expect("write key");
+    let data = DataDir::open(&data_path).expect("data dir");
+    let sandbox = Arc::new(
+        Sandbox::new(
+            &EngineOptions::default(),
+            Some(data.component_cache().expect("cache")),
+        )
+        .expect("sandbox"),
+    );
+    let mut config = Config::default();
+    config.trust.require_manifest_signature = false;
+    let deployer = Deployer::new(sandbox, data, config.clone()).expect("deployer");
+    deployer
+        .loader()
+        .install("bench/probe:1", signed_probe.to_vec(), "probe", &config, 0)
+        .await
+        .expect("install");
+    let files = t.path().join("files");
+    std::fs::create_dir(&files).expect("mkdir");
+    std::fs::write(files.join("small.txt"), b"small payload").expect("write");
+    let entry = serde_json::json!({"fileName": "small.txt", "sizeInBytes": 13,
+        "hashes": {"sha256": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, Sha256::digest(b"small payload"))}});
+    let steps: Vec<serde_json::Value> = (0..10)
+        .map(|i| serde_json::json!({"handler": "bench/probe:1", "files": ["small.txt"], "handlerProperties": {"op": "stateful", "name": format!("s{i}")}}))
+        .collect();
+    let mut total = Vec::new();
+    let mut overhead = Vec::new();
+    for r in 0..runs + 1 {
+        let m = serde_json::json!({"updateId": {"provider": "bench", "name": "ten", "version": format!("1.{r}")},
+            "compatibility": [{"a": "b"}], "instructions": {"steps": steps}, "files": {"small.txt": entry}, "manifestVersion": "5"});
+        // Fresh handler state each run so every step really runs.
+        let _ = std::fs::remove_dir_all(data_path.join("state"));
+        let timer = Arc::new(Timer::default());
+        let req = Request {
+            workflow_id: format!("bench-{r}"),
+            retry_timestamp: None,
+            manifest: m.to_string(),
+            source: FileSource::Directory(files.display().to_string()),
+            inventory: Inventory::default(),
+            force: true,
+            signature: None,
+            allow_unsigned: true,
+        };
+        let t0 = Instant::now();
+        let out = deployer
+            .run(req, timer.clone(), &CancellationToken::new())
+            .await
+            .expect("run");
+        let wall = t0.elapsed();
+        assert_eq!(out.result.result_code, 700, "{:?}", out.result);
+        if r > 0 {
+            total.push(wall);
+            overhead.push(wall.saturating_sub(*timer.in_handler.lock().expect("lock")));
+        }
+    }
+    let o = Stats::of(overhead);
+    ManySteps {
+        steps: 10,
+        total: Stats::of(total),
+        overhead_per_step_ms: o.median_ms / 10.0,
+    }
+}
+
+/// A one-file HTTP server on loopback (GET -> 200 + the file, via sendfile); serves until dropped.
+struct FileServer {
+    port: u16,
+}
+
+impl FileServer {
+    fn start(file: PathBuf) -> FileServer {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let file = file.clone();
+                std::thread::spawn(move || {
+                    let mut req = [0u8; 4096];
+                    let _ = conn.read(&mut req);
+                    let Ok(mut f) = std::fs::File::open(&file) else {
+                        return;
+                    };
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = std::io::copy(&mut f, &mut conn);
+                });
+            }
+        });
+        FileServer { port }
+    }
+}
+
+/// Runs a command to completion; returns (wall time, peak RSS in KiB, success).
+// The child is reaped by wait4 (which also yields its peak RSS), not by Child::wait.
+#[allow(clippy::zombie_processes)]
+fn measure(cmd: &mut std::process::Command) -> (Duration, u64, bool) {
+    let t = Instant::now();
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::wait4(child.id() as i32, &mut status, 0, &mut usage);
+    }
+    (
+        t.elapsed(),
+        usage.ru_maxrss as u64,
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) <= 3,
+    )
+}
+
+/// Figures of the firmware data-path benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct FirmwarePath {
+    pub image_bytes: u64,
+    pub curl_mb_s: f64,
+    pub sandstep_mb_s: f64,
+    pub ratio: f64,
+    pub sandstep_peak_rss_mib: f64,
+}
+
+/// Benchmark 4: A firmware image from a loopback HTTP server through download, hash check and slot write
+/// (`sandstep run` with the firmware handler, as a separate process), against `curl -o slot`.
+pub fn firmware_path(
+    firmware_signed: &[u8],
+    key: &TrustedHandlerKey,
+    key_bytes: &[u8],
+    mib: u64,
+) -> FirmwarePath {
+    let exe = std::env::current_exe().expect("current exe");
+    let t = tempfile::tempdir().expect("tempdir");
+    let image = t.path().join("fw.img");
+    write_pattern(&image, mib << 20);
+    let digest = {
+        let mut h = Sha256::new();
+        let mut f = std::fs::File::open(&image).expect("open");
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        h.finalize()
+    };
+    let server = FileServer::start(image.clone());
+    let url = format!("http://127.0.0.1:{}/fw.img", server.port);
+    // curl, twice (the second is measured: warm page cache like ours).
+    let slot = t.path().join("curl-slot.img");
+    let mut curl = Vec::new();
+    for _ in 0..2 {
+        let (d, _, ok) = measure(
+            std::process::Command::new("curl")
+                .args(["-s", "-o"])
+                .arg(&slot)
+                .arg(&url),
+        );
+        assert!(ok, "curl failed");
+        curl.push(d);
+    }
+    // sandstep: data dir with the signed firmware handler and file slots.
+    let data = t.path().join("data");
+    std::fs::create_dir_all(data.join("trust/handlers")).expect("mkdir");
+    std::fs::write(
+        data.join(format!("trust/handlers/{}.pub", key.name)),
+        key_bytes,
+    )
+    .expect("key");
+    std::fs::write(t.path().join("bootenv"), "booted_slot=a\n").expect("env");
+    std::fs::write(t.path().join("boot_id"), "b1\n").expect("boot id");
+    let config = t.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[trust]\nrequire-manifest-signature = false\n[handlers.\"sandstep/firmware:1\"]\ncapabilities = [\"slot\"]\n[handlers.\"sandstep/firmware:1\".slot]\na = \"{0}/a.img\"\nb = \"{0}/b.img\"\nboot-id-file = \"{0}/boot_id\"\nboot = {{ method = \"env-file\", path = \"{0}/bootenv\" }}\n",
+            t.path().display()
+        ),
+    )
+    .expect("config");
+    let fw = t.path().join("firmware.wasm");
+    std::fs::write(&fw, firmware_signed).expect("fw");
+    let st = std::process::Command::new(&exe)
+        .args(["handler", "install"])
+        .arg(&fw)
+        .args(["--id", "sandstep/firmware:1", "--data-dir"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("install");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let manifest = t.path().join("fw.json");
+    std::fs::write(
+        &manifest,
+        serde_json::json!({"updateId": {"provider": "bench", "name": "fw", "version": "2.0"}, "compatibility": [{"a": "b"}],
+            "instructions": {"steps": [{"handler": "sandstep/firmware:1", "files": ["fw.img"], "handlerProperties": {"installedCriteria": "2.0"}}]},
+            "files": {"fw.img": {"fileName": "fw.img", "sizeInBytes": mib << 20, "hashes": {"sha256": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest)}}},
+            "manifestVersion": "5"})
+        .to_string(),
+    )
+    .expect("manifest");
+    let mut runs = Vec::new();
+    let mut rss = 0;
+    for i in 0..2 {
+        let _ = std::fs::remove_dir_all(data.join("downloads"));
+        let _ = std::fs::remove_dir_all(data.join("journal"));
+        std::fs::write(t.path().join("bootenv"), "booted_slot=a\n").expect("env");
+        let (d, peak, ok) = measure(
+            std::process::Command::new(&exe)
+                .arg("run")
+                .arg(&manifest)
+                .arg("--allow-unsigned")
+                .arg("--files")
+                .arg(format!("http://127.0.0.1:{}/", server.port))
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--config")
+                .arg(&config)
+                .arg("--workflow-id")
+                .arg(format!("fw-{i}")),
+        );
+        assert!(ok, "sandstep run failed");
+        runs.push(d);
+        rss = rss.max(peak);
+    }
+    assert_eq!(
+        std::fs::metadata(t.path().join("b.img"))
+            .expect("slot b")
+            .len(),
+        mib << 20
+    );
+    let mb = (mib << 20) as f64 / 1e6;
+    let (c, s) = (Stats::of(curl), Stats::of(runs));
+    let (cm, sm) = (
+        mb / (c.p10_ms.max(c.median_ms) / 1000.0),
+        mb / (s.median_ms / 1000.0),
+    );
+    FirmwarePath {
+        image_bytes: mib << 20,
+        curl_mb_s: cm,
+        sandstep_mb_s: sm,
+        ratio: sm / cm,
+        sandstep_peak_rss_mib: rss as f64 / 1024.0,
+    }
+}
+
+/// Benchmark 6: The agent's idle RSS with the MQTT connection up (KiB), given a broker URL.
+pub fn agent_idle_rss(broker_url: &str) -> f64 {
+    let exe = std::env::current_exe().expect("current exe");
+    let t = tempfile::tempdir().expect("tempdir");
+    let config = t.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[agent]\ndevice-id = \"bench-agent\"\n[mqtt]\nurl = \"{broker_url}\"\n"),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(exe)
+        .args(["agent", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(t.path().join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("agent");
+    std::thread::sleep(Duration::from_secs(5));
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}

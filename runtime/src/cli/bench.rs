@@ -1,0 +1,167 @@
+//! `sandstep bench`: runs the benchmark suite and prints the figures (see BENCHMARKS.md).
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use sandstep::bench;
+use sandstep::trust::{handler_sig, TrustedHandlerKey};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Smaller sizes and fewer iterations (a couple of minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Where the built components are (scripts/build-components.sh).
+    #[arg(long, default_value = "target/wasm")]
+    wasm_dir: PathBuf,
+    /// A broker for the agent-footprint and fleet figures (skipped without one).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Fleet sizes to simulate.
+    #[arg(long, value_delimiter = ',', default_value = "100,500,1000")]
+    fleet: Vec<usize>,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub async fn run(args: BenchArgs) -> Result<ExitCode> {
+    let read = |name: &str| -> Result<Vec<u8>> {
+        let p = args.wasm_dir.join(format!("{name}.wasm"));
+        std::fs::read(&p)
+            .with_context(|| format!("{} (run scripts/build-components.sh)", p.display()))
+    };
+    let kp = wasmsign2::KeyPair::generate();
+    let key = TrustedHandlerKey {
+        name: "bench".into(),
+        key: kp.pk.clone().attach_default_key_id(),
+    };
+    let key_bytes = kp.pk.to_bytes();
+    let sign = |b: Vec<u8>| handler_sig::sign(&b, &kp.sk, &kp.pk).expect("sign");
+    let (probe, guest, firmware) = (
+        sign(read("probe")?),
+        sign(read("bench-guest")?),
+        sign(read("firmware")?),
+    );
+    let q = args.quick;
+    let mut all = serde_json::Map::new();
+    println!("| benchmark | figure | target |");
+    println!("|---|---|---|");
+
+    let h = bench::handler_call(&guest, &key, if q { 100 } else { 500 }).await;
+    println!(
+        "| 1. handler call, compile each time ({} B component) | {} | - |",
+        h.component_bytes, h.compile_each_time
+    );
+    println!(
+        "| 1. handler call, precompiled cache + signature check | {} | < 0.25 ms |",
+        h.cached_with_signature
+    );
+    println!(
+        "| 1. handler call, cache + pooling allocator + signature | {} | < 0.25 ms |",
+        h.cached_pooling_with_signature
+    );
+    println!(
+        "| 1. handler call, compiled in memory + signature (agent steady state) | {} | - |",
+        h.in_memory_with_signature
+    );
+    println!(
+        "| 1. signature check alone (share of the cached call) | {} ({:.0}%) | - |",
+        h.signature_check, h.signature_share_percent
+    );
+    all.insert("handler_call".into(), serde_json::to_value(&h)?);
+
+    let s = bench::sandbox_vs_native(&guest, if q { 16 } else { 64 }, if q { 3 } else { 5 }).await;
+    println!(
+        "| 2. CRC-32 of {} MiB: native | {} | - |",
+        s.payload_bytes >> 20,
+        s.native
+    );
+    println!(
+        "| 2. CRC-32 of {} MiB: sandboxed handler | {} | - |",
+        s.payload_bytes >> 20,
+        s.sandbox
+    );
+    println!("| 2. sandbox / native | {:.2}x | <= 1.5x |", s.ratio);
+    all.insert("sandbox_vs_native".into(), serde_json::to_value(&s)?);
+
+    let sh = bench::sha256_speed(if q { 256 } else { 1024 }).await;
+    println!(
+        "| 3. sha256 of {} MiB: sandstep / openssl | {:.0} / {:.0} MB/s = {:.2} | >= 0.9 |",
+        sh.bytes >> 20,
+        sh.sandstep_mb_s,
+        sh.openssl_mb_s,
+        sh.ratio
+    );
+    all.insert("sha256".into(), serde_json::to_value(&sh)?);
+
+    for mib in if q { vec![100] } else { vec![100, 1024] } {
+        let f = bench::firmware_path(&firmware, &key, &key_bytes, mib);
+        println!(
+            "| 4. firmware {} MiB over loopback HTTP: sandstep / curl | {:.0} / {:.0} MB/s = {:.2}, peak RSS {:.1} MiB | >= 0.8, < 64 MiB |",
+            mib, f.sandstep_mb_s, f.curl_mb_s, f.ratio, f.sandstep_peak_rss_mib
+        );
+        all.insert(format!("firmware_{mib}mib"), serde_json::to_value(&f)?);
+    }
+
+    let m = bench::many_steps(&probe, &key, &key_bytes, if q { 3 } else { 10 }).await;
+    println!("| 5. 10-step manifest, total | {} | - |", m.total);
+    println!(
+        "| 5. sandstep's overhead per step (journal fsyncs included) | {:.2} ms | < 10 ms |",
+        m.overhead_per_step_ms
+    );
+    all.insert("ten_steps".into(), serde_json::to_value(&m)?);
+
+    let exe = std::env::current_exe()?;
+    let size = std::fs::metadata(&exe)?.len();
+    let stripped = std::env::temp_dir().join(format!("sandstep-stripped-{}", std::process::id()));
+    std::fs::copy(&exe, &stripped)?;
+    let strip_ok = std::process::Command::new("strip")
+        .arg(&stripped)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let stripped_size = std::fs::metadata(&stripped)?.len();
+    let _ = std::fs::remove_file(&stripped);
+    println!(
+        "| 6. binary size: as built / stripped | {:.1} / {} MB | < 25 MB stripped |",
+        size as f64 / 1e6,
+        if strip_ok {
+            format!("{:.1}", stripped_size as f64 / 1e6)
+        } else {
+            "(no strip)".into()
+        }
+    );
+    all.insert(
+        "binary_bytes".into(),
+        serde_json::json!({"as_built": size, "stripped": stripped_size}),
+    );
+    if let Some(url) = &args.broker {
+        let rss = bench::agent_idle_rss(url);
+        println!("| 6. agent idle RSS, MQTT connected | {rss:.1} MiB | < 30 MiB |");
+        all.insert("agent_idle_rss_mib".into(), serde_json::json!(rss));
+        let cfg = sandstep::mqtt::MqttConfig {
+            url: url.clone(),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir()?;
+        for n in if q { vec![100] } else { args.fleet.clone() } {
+            let r =
+                sandstep::fleet_sim::run(&cfg, n, dir.path(), std::time::Duration::from_secs(300))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("fleet-sim {n}: {e}"))?;
+            println!(
+                "| 7. fleet of {n}: desired state at all / all results back | {} / {} ms (per device p50 {}, p95 {}) | - |",
+                r.delivered_all_ms, r.reported_all_ms, r.round_trip_p50_ms, r.round_trip_p95_ms
+            );
+            all.insert(format!("fleet_{n}"), serde_json::to_value(&r)?);
+        }
+    } else {
+        println!("| 6, 7. agent RSS and fleet | skipped: no --broker | - |");
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&all)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,245 @@
+//! `sandstep doctor`: checks a gateway's set-up and says what to fix.
+//!
+//! Each check prints one line, `ok`, `warn` or `FAIL`, and for anything not ok the command that
+//! fixes it. The exit status is non-zero when a check failed (warnings do not fail).
+
+use super::common::Common;
+use anyhow::Result;
+use sandstep::config::Config;
+use sandstep::defaults::DEFAULT_HANDLERS;
+use sandstep::loader::Loader;
+use sandstep::mqtt::{Mqtt, MqttEvent};
+use sandstep::registry::Registry;
+use sandstep::trust::TrustStore;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Default)]
+struct Report {
+    failed: usize,
+    warned: usize,
+}
+
+impl Report {
+    fn ok(&self, what: &str, detail: impl std::fmt::Display) {
+        println!("ok    {what}: {detail}");
+    }
+    fn warn(&mut self, what: &str, detail: impl std::fmt::Display, fix: &str) {
+        self.warned += 1;
+        println!("warn  {what}: {detail}\n      fix: {fix}");
+    }
+    fn fail(&mut self, what: &str, detail: impl std::fmt::Display, fix: &str) {
+        self.failed += 1;
+        println!("FAIL  {what}: {detail}\n      fix: {fix}");
+    }
+}
+
+/// `sandstep doctor`.
+pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
+    let mut r = Report::default();
+    let source = common.config_source();
+    let config = match common.load_config() {
+        Ok(c) => {
+            r.ok("config", &source);
+            c
+        }
+        Err(e) => {
+            r.fail(
+                "config",
+                format!("{e:#}"),
+                "correct the file (every key is documented in /etc/sandstep/config.toml as shipped)",
+            );
+            println!("\n1 check failed; the others need a readable config");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+
+    let data = match common.data_dir(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            r.fail(
+                "data dir",
+                format!("{e:#}"),
+                "create it as root (`install -d -m 0700 /var/lib/sandstep`) or set data-dir",
+            );
+            return finish(r);
+        }
+    };
+    check_data_dir(&mut r, data.path());
+
+    let trust = match TrustStore::load(&data, &config.trust) {
+        Ok(t) => t,
+        Err(e) => {
+            r.fail(
+                "trust",
+                e,
+                "remove or replace the unreadable key file it names",
+            );
+            return finish(r);
+        }
+    };
+    if trust.handler_keys.is_empty() {
+        r.fail(
+            "handler keys",
+            "none trusted: no handler can load",
+            "sandstep trust add handler VENDOR.pub (or list a directory in [trust] handler-key-dirs)",
+        );
+    } else {
+        let names: Vec<&str> = trust.handler_keys.iter().map(|k| k.name.as_str()).collect();
+        r.ok("handler keys", names.join(", "));
+    }
+    if trust.roots.is_empty() {
+        if config.trust.require_manifest_signature {
+            r.warn(
+                "manifest root keys",
+                "none trusted: every deployment will be refused (signatures are required)",
+                "sandstep trust add root ROOT.pub",
+            );
+        } else {
+            r.warn(
+                "manifest root keys",
+                "none trusted, and unsigned manifests are allowed",
+                "sandstep trust add root ROOT.pub, then set require-manifest-signature = true",
+            );
+        }
+    } else {
+        r.ok(
+            "manifest root keys",
+            format!("{} trusted", trust.roots.len()),
+        );
+    }
+
+    let sandbox = match super::common::sandbox(&data) {
+        Ok(s) => s,
+        Err(e) => {
+            r.fail(
+                "wasm engine",
+                format!("{e:#}"),
+                "check that the data dir's cache is writable and the CPU is supported",
+            );
+            return finish(r);
+        }
+    };
+    // An empty module compiles and instantiates only when the engine (and its code memory) works.
+    match wasmtime::Module::new(sandbox.engine(), b"\0asm\x01\0\0\0") {
+        Ok(_) => r.ok("wasm engine", "compiles and runs code"),
+        Err(e) => r.fail(
+            "wasm engine",
+            format!("{e:#}"),
+            "the engine cannot map executable memory: remove MemoryDenyWriteExecute from the unit",
+        ),
+    }
+
+    let registry = Registry::open(data.handlers()?)?;
+    let entries = registry.list()?;
+    let loader = Loader::new(Registry::open(data.handlers()?)?, trust, sandbox);
+    for e in &entries {
+        match loader.load(&e.id, &config).await {
+            Ok(_) => r.ok(
+                &format!("handler {}", e.id),
+                format!("verified (signed by {})", e.signers.join(", ")),
+            ),
+            Err(err) => r.fail(
+                &format!("handler {}", e.id),
+                err,
+                "reinstall it from a correctly signed component, or trust its signer",
+            ),
+        }
+    }
+    let missing: Vec<&str> = DEFAULT_HANDLERS
+        .iter()
+        .flat_map(|d| d.ids.iter().copied())
+        .filter(|id| !entries.iter().any(|e| e.id == *id))
+        .collect();
+    if !missing.is_empty() {
+        r.warn(
+            "default handlers",
+            format!("not registered: {}", missing.join(", ")),
+            "sandstep handler install-defaults /usr/lib/sandstep/handlers",
+        );
+    }
+
+    check_agent(&mut r, &config, broker_timeout).await;
+    finish(r)
+}
+
+fn check_data_dir(r: &mut Report, path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let probe = path.join(format!(".doctor-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            let mode = std::fs::metadata(path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0);
+            if mode & 0o022 != 0 {
+                r.warn(
+                    "data dir",
+                    format!("{} is writable by others (mode {mode:o})", path.display()),
+                    &format!("chmod 0700 {}", path.display()),
+                );
+            } else {
+                r.ok("data dir", format!("{} writable", path.display()));
+            }
+        }
+        Err(e) => r.fail(
+            "data dir",
+            format!("{}: {e}", path.display()),
+            "run as the user that owns it (root for /var/lib/sandstep), or fix its owner",
+        ),
+    }
+}
+
+async fn check_agent(r: &mut Report, config: &Config, timeout: u64) {
+    use sandstep::agent::SourceKind;
+    let device = match config.agent.resolved_device_id() {
+        Ok(d) => {
+            r.ok("device id", &d);
+            d
+        }
+        Err(e) => {
+            r.fail("device id", e, "set [agent] device-id");
+            return;
+        }
+    };
+    if config.agent.source == SourceKind::HttpPoll {
+        r.ok("deployments", "HTTP polling (no broker)");
+        return;
+    }
+    let url = &config.mqtt.url;
+    let reached = async {
+        let mut conn = Mqtt::connect(&config.mqtt, &format!("{device}-doctor"))?;
+        loop {
+            match conn.recv().await {
+                Some(MqttEvent::Connected) => return Ok(()),
+                Some(MqttEvent::Disconnected(e)) => return Err(anyhow::anyhow!(e)),
+                None => return Err(anyhow::anyhow!("the connection ended")),
+                Some(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(timeout), reached).await {
+        Ok(Ok(())) => r.ok("broker", format!("{url} reachable")),
+        Ok(Err(e)) => r.fail(
+            "broker",
+            format!("{url}: {e:#}"),
+            "start the broker, or correct [mqtt] url and credentials",
+        ),
+        Err(_) => r.fail(
+            "broker",
+            format!("{url}: no answer within {timeout} s"),
+            "start the broker, or correct [mqtt] url (a firewall may drop the connection)",
+        ),
+    }
+}
+
+fn finish(r: Report) -> Result<ExitCode> {
+    println!();
+    if r.failed > 0 {
+        println!("{} check(s) failed, {} warning(s)", r.failed, r.warned);
+        Ok(ExitCode::FAILURE)
+    } else {
+        println!("all checks passed ({} warning(s))", r.warned);
+        Ok(ExitCode::SUCCESS)
+    }
+}

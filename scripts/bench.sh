@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The benchmark suite: builds the release binary and the components, starts a broker on a free
+# loopback port, and runs `sandstep bench`. Figures go to stdout (a Markdown table) and to
+# target/bench.json. Record them in BENCHMARKS.md with the machine and the date.
+#
+# Usage: scripts/bench.sh [--quick]
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+scripts/build-components.sh --quiet
+cargo build --quiet --release -p sandstep
+if [[ ! -x /usr/sbin/mosquitto && $(id -u) -eq 0 ]]; then
+    (apt-get install -y -q mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)) >/dev/null
+fi
+broker=()
+if [[ -x /usr/sbin/mosquitto ]]; then
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    conf=$(mktemp)
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\n' "$port" > "$conf"
+    /usr/sbin/mosquitto -c "$conf" >/dev/null 2>&1 &
+    mosq=$!
+    trap 'kill $mosq 2>/dev/null; rm -f "$conf"' EXIT
+    sleep 0.5
+    broker=(--broker "mqtt://127.0.0.1:$port")
+fi
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(date -u +%Y-%m-%d)"
+target/release/sandstep bench "${broker[@]}" --json target/bench.json "$@"

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Builds the Debian package: sandstep_<version>_<arch>.deb with the binary, the default handlers
+# signed with the release key, that key's public half as a trusted key, /etc/sandstep/config.toml
+# (a conffile with the default policy of every default handler), and the systemd units.
+#
+# Usage: scripts/package.sh [--key KEY] [--version VERSION] [--profile release|debug] [--out DIR]
+#                           [--bin PATH]
+#   --key KEY          the handler release key (`sandstep key generate`; KEY.pub beside it). Without
+#                      it a DEVELOPMENT key is generated once at target/dev-keys/handlers-dev.key and
+#                      installed as trust/handlers/sandstep-development-UNSAFE.pub.
+#   --version VERSION  the package version (default: the workspace version).
+#   --profile          release (default; the shipped binary) or debug (fast, for tests).
+#   --out DIR          where the .deb goes (default: target/package). Its path is printed last.
+#   --bin PATH         package this binary and the components already in target/wasm, building
+#                      nothing (the package test runs inside `cargo test`, which holds the build
+#                      lock).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+key="" version="" profile=release out=target/package bin=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --key) key="$2"; shift 2 ;;
+        --version) version="$2"; shift 2 ;;
+        --profile) profile="$2"; shift 2 ;;
+        --out) out="$2"; shift 2 ;;
+        --bin) bin="$2"; shift 2 ;;
+        *) echo "package: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+if [[ -z $bin ]]; then
+    case "$profile" in
+        release) cargo build --quiet --release -p sandstep ;;
+        debug) cargo build --quiet -p sandstep ;;
+        *) echo "package: --profile is release or debug" >&2; exit 2 ;;
+    esac
+    bin=target/$profile/sandstep
+    scripts/build-components.sh --quiet
+fi
+[[ -n $version ]] || version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+arch=$(dpkg --print-architecture)
+
+sign_args=()
+if [[ -n $key ]]; then
+    [[ -f $key && -f $key.pub ]] || { echo "package: $key and $key.pub must exist" >&2; exit 2; }
+    sign_args=(--key "$key")
+    trust_name=sandstep-release
+else
+    key=target/dev-keys/handlers-dev.key   # sign-handlers.sh generates it once
+    trust_name=sandstep-development-UNSAFE
+    echo "package: no --key: signing with the DEVELOPMENT key $key (installed as $trust_name.pub; never ship it)" >&2
+fi
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+pkg=$stage/sandstep
+install -d "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/usr/lib/sandstep/handlers" \
+    "$pkg/usr/share/sandstep/trust/handlers" "$pkg/usr/share/doc/sandstep" "$pkg/etc/sandstep" \
+    "$pkg/lib/systemd/system"
+install -m 0755 "$bin" "$pkg/usr/bin/sandstep"
+strip --strip-unneeded "$pkg/usr/bin/sandstep"
+
+SANDSTEP=$bin scripts/sign-handlers.sh "${sign_args[@]}" --out "$stage/handlers" >/dev/null
+install -m 0644 "$stage"/handlers/*.wasm "$pkg/usr/lib/sandstep/handlers/"
+install -m 0644 "$key.pub" "$pkg/usr/share/sandstep/trust/handlers/$trust_name.pub"
+
+# The config: the commented example, with the packaged trust dir, the agent and broker settings,
+# and the built-in policy of the default handlers written out (a [handlers] table in a config
+# replaces the built-in one, so all of it is here for the operator to adjust).
+{
+    echo "# /etc/sandstep/config.toml: sandstep's configuration (a conffile: your edits survive upgrades)."
+    echo "# Check it with \`sandstep doctor\`. Commands use this file when no --config is given."
+    echo
+    sed -e '1,2d' \
+        -e 's|^handler-key-dirs = \[\] .*|handler-key-dirs = ["/usr/share/sandstep/trust/handlers"]   # the package'"'"'s key; add yours with `sandstep trust add handler`|' \
+        examples/config.toml | sed -n '/^# Policy per handler id/q;p'
+    echo "# The gateway agent (sandstep-agent.service) and its broker."
+    sed -e '1,3d' -e 's|^device-id = .*|# device-id = "gateway-001"          # default: the host name|' \
+        -e 's|^groups = .*|groups = []|' examples/agent.toml
+    echo
+    sed -n '/^# Policy per handler id/,$p' examples/config.toml
+    echo
+    sed -e '1,2d' runtime/src/default-policy.toml
+} > "$pkg/etc/sandstep/config.toml"
+chmod 0644 "$pkg/etc/sandstep/config.toml"
+"$bin" trust list --config "$pkg/etc/sandstep/config.toml" --data-dir "$stage/check" >/dev/null \
+    || { echo "package: the generated config does not load" >&2; exit 1; }
+
+install -m 0644 packaging/systemd/sandstep-agent.service packaging/systemd/sandstep-shadow.service \
+    "$pkg/lib/systemd/system/"
+install -m 0644 README.md examples/agent.toml "$pkg/usr/share/doc/sandstep/"
+install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm "$pkg/DEBIAN/"
+install -m 0644 packaging/debian/conffiles "$pkg/DEBIAN/"
+
+glibc=$(objdump -T "$pkg/usr/bin/sandstep" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
+cat > "$pkg/DEBIAN/control" <<EOF
+Package: sandstep
+Version: $version
+Architecture: $arch
+Maintainer: sandstep developers <sandstep@example.invalid>
+Installed-Size: $(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
+Depends: libc6 (>= $glibc), libgcc-s1
+Recommends: ca-certificates
+Suggests: mosquitto
+Section: admin
+Priority: optional
+Homepage: https://example.invalid/sandstep
+Description: sandboxed multi-step update agent for Linux gateways
+ sandstep runs ADU-style multi-step update manifests (inline steps, reference
+ steps to child updates for attached components, installedCriteria), each step
+ in a signed WebAssembly handler under wasmtime that sees only what its policy
+ grants. It verifies payloads, writes ADU result files, survives reboots in the
+ middle of an update and reports progress as device-shadow state over MQTT.
+ .
+ Shipped handlers: apt, script, A/B firmware, component-aware, file sets.
+EOF
+
+mkdir -p "$out"
+deb="$out/sandstep_${version}_${arch}.deb"
+dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >/dev/null
+echo "$deb"

@@ -1,0 +1,41 @@
+//! The benchmark step: read every payload file in 1 MiB blocks, CRC-32 it (the same portable code
+//! the host's native run uses), write the checksums to /work/crc.txt. is-installed answers 901
+//! quickly (the handler-call benchmark measures that call).
+
+use sandstep_model::checksum::crc32_update;
+use sandstep_sdk::codes::result;
+use sandstep_sdk::{export_handler, Context, Handler, Outcome, StepResult};
+use std::io::{Read, Write};
+
+#[derive(Default)]
+struct Bench;
+
+impl Handler for Bench {
+    fn is_installed(&mut self, _ctx: &Context) -> Outcome {
+        Ok(StepResult::new(result::IS_INSTALLED_NOT_INSTALLED))
+    }
+
+    fn install(&mut self, ctx: &Context) -> Outcome {
+        let mut out = std::fs::File::create(ctx.work_path("crc.txt"))?;
+        let mut buf = vec![0u8; 1 << 20];
+        for f in ctx.files() {
+            let mut src = std::fs::File::open(f.path())?;
+            let mut crc = 0;
+            loop {
+                let n = src.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                crc = crc32_update(crc, &buf[..n]);
+            }
+            writeln!(out, "{} {crc:08x}", f.name)?;
+        }
+        Ok(StepResult::new(result::INSTALL_SUCCESS))
+    }
+
+    fn apply(&mut self, _ctx: &Context) -> Outcome {
+        Ok(StepResult::new(result::APPLY_SUCCESS))
+    }
+}
+
+export_handler!(Bench);
