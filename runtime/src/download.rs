@@ -475,28 +475,52 @@ impl Downloader {
             ))));
         }
         let start = offset;
+        // Hashing and writing run on a blocking thread while the next chunks arrive, so the
+        // transfer and the sha256 overlap (on a gateway's few cores, hashing is the bottleneck).
+        // The sink is always joined before returning: a retry must not reopen the partial file
+        // while chunks are still being written to it.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
+        let sink = tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
+            while let Some(chunk) = rx.blocking_recv() {
+                h.update(&chunk);
+                out.write_all(&chunk)?;
+            }
+            Ok(h)
+        });
         let mut stream = resp.bytes_stream();
         let stall = Duration::from_secs(self.config.stall_timeout_secs);
-        loop {
-            let next = tokio::time::timeout(stall, stream.next())
-                .await
-                .map_err(|_| Attempt::Retry(format!("no data for {stall:?}")))?;
-            let Some(chunk) = next else { break };
-            let chunk = chunk
-                .map_err(|e| Attempt::Retry(format!("transfer broke off at byte {offset}: {e}")))?;
-            offset += chunk.len() as u64;
-            if offset > file.size {
-                return Err(fatal(DownloadError::SizeMismatch {
-                    file: file.file_name.clone(),
-                    expected: file.size,
-                    actual: offset,
-                }));
+        let received = async {
+            loop {
+                let next = tokio::time::timeout(stall, stream.next())
+                    .await
+                    .map_err(|_| Attempt::Retry(format!("no data for {stall:?}")))?;
+                let Some(chunk) = next else {
+                    return Ok(());
+                };
+                let chunk = chunk.map_err(|e| {
+                    Attempt::Retry(format!("transfer broke off at byte {offset}: {e}"))
+                })?;
+                offset += chunk.len() as u64;
+                if offset > file.size {
+                    return Err(fatal(DownloadError::SizeMismatch {
+                        file: file.file_name.clone(),
+                        expected: file.size,
+                        actual: offset,
+                    }));
+                }
+                if tx.send(chunk).await.is_err() {
+                    return Ok(()); // the sink failed; its error is reported below
+                }
+                progress(offset, file.size);
             }
-            h.update(&chunk);
-            out.write_all(&chunk)
-                .map_err(|e| fatal(Self::store_err(file)(e)))?;
-            progress(offset, file.size);
         }
+        .await;
+        drop(tx);
+        let written = sink
+            .await
+            .map_err(|e| fatal(Self::store_err(file)(std::io::Error::other(e))))?;
+        received?;
+        let h = written.map_err(|e| fatal(Self::store_err(file)(e)))?;
         if offset < file.size {
             return Err(Attempt::Retry(format!(
                 "transfer ended at byte {offset} of {}",

@@ -288,36 +288,55 @@ impl SlotCtx {
             }
         }
         dst.seek(SeekFrom::Start(0)).map_err(io("slot"))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut done = 0u64;
-        let mut last_pct = 0u8;
-        loop {
-            let n = src.read(&mut buf).map_err(io(payload_path))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            dst.write_all(&buf[..n])
-                .map_err(io(&slot_path.display().to_string()))?;
-            done += n as u64;
-            let pct = (done * 100 / total.max(1)) as u8;
-            if pct >= last_pct + 10 {
-                last_pct = pct;
-                self.progress(
-                    pct,
-                    format!(
-                        "applying: {done} of {total} bytes into slot {}",
-                        name(target).to_uppercase()
-                    ),
-                );
-            }
-        }
+        // The sha256 of what goes into the slot is computed on a second thread while this one
+        // reads and writes, so an image costs one pass of hashing time, not hashing plus copying.
+        let (digest, done) = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+            let hasher = scope.spawn(move || {
+                let mut h = Sha256::new();
+                for chunk in rx {
+                    h.update(&chunk);
+                }
+                h.finalize()
+            });
+            let mut done = 0u64;
+            let mut last_pct = 0u8;
+            let copied = loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let n = match src.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => n,
+                    Err(e) => break Err(io(payload_path)(e)),
+                };
+                buf.truncate(n);
+                if let Err(e) = dst.write_all(&buf) {
+                    break Err(io(&slot_path.display().to_string())(e));
+                }
+                done += n as u64;
+                if tx.send(buf).is_err() {
+                    break Err(WitError::Io("the hashing thread stopped".into()));
+                }
+                let pct = (done * 100 / total.max(1)) as u8;
+                if pct >= last_pct + 10 {
+                    last_pct = pct;
+                    self.progress(
+                        pct,
+                        format!(
+                            "applying: {done} of {total} bytes into slot {}",
+                            name(target).to_uppercase()
+                        ),
+                    );
+                }
+            };
+            drop(tx);
+            let digest = hasher.join().expect("the hashing thread does not panic");
+            copied.map(|()| (digest, done))
+        })?;
         if !is_block {
             dst.set_len(done).map_err(io("slot"))?;
         }
         dst.sync_all().map_err(io("slot"))?;
-        let digest = hex::encode(h.finalize());
+        let digest = hex::encode(digest);
         if let Some(want) = expected {
             if !want.eq_ignore_ascii_case(&digest) {
                 return Err(WitError::InvalidImage(format!(
