@@ -299,6 +299,8 @@ pub mod erc {
     pub const SANDBOX_CANCELLED: E = sandbox(0x009);
     /// The handler returned a result code that is not valid for the action.
     pub const SANDBOX_INVALID_RESULT: E = sandbox(0x00A);
+    /// The handler's `/work` folder grew past its quota (policy `work-bytes`).
+    pub const SANDBOX_WORK_QUOTA: E = sandbox(0x00B);
 
     // sandstep's workflow (facility 2, component 0xA1).
     /// The manifest failed validation.

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 /// The journal format version.
 pub const JOURNAL_VERSION: u32 = 1;
-const MAGIC: &str = "sandstep-journal";
+/// The first word of a journal file's header line.
+pub const MAGIC: &str = "sandstep-journal";
 
 /// Where step files come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! sandstep's plain data, with no wasmtime: it tests and fuzzes fast and also compiles into handlers.
 //!
+//! - [`apt`]: ADU's apt manifest, checked for the apt handler.
 //! - [`checksum`]: a portable CRC-32, shared by the sandbox benchmark's handler and host.
 //! - [`codes`]: ADU result codes, extended result codes, and the codes sandstep adds.
 //! - [`step`]: lifecycle actions and step results.
@@ -9,8 +10,10 @@
 //! - [`inventory`]: attached components and selection by compatibility.
 //! - [`journal`]: the persisted state machine of a deployment, checksummed.
 //! - [`results`]: root and per-step results, and the result file.
+//! - [`script_result`]: the result file of ADU's script protocol.
 //! - [`shadow`]: device-shadow documents, the delta rule, topic layouts.
 
+pub mod apt;
 pub mod checksum;
 pub mod codes;
 pub mod context;
@@ -19,6 +22,7 @@ pub mod inventory;
 pub mod journal;
 pub mod manifest;
 pub mod results;
+pub mod script_result;
 pub mod shadow;
 pub mod step;
 

@@ -20,6 +20,7 @@
 //! - [`defaults`]: the default handlers and the ids they serve.
 //! - [`datadir`]: the data dir, reached through cap-std handles only.
 //! - [`fault`]: crash points for the fault-injection tests (a no-op in normal builds).
+//! - [`fuzzing`]: the fuzz targets' bodies, shared by `fuzz/` and the test suite's smoke run.
 //!
 //! The plain data (manifests, codes, step results) lives in `sandstep-model`, without wasmtime.
 
@@ -34,6 +35,7 @@ pub mod digest;
 pub mod download;
 pub mod fault;
 pub mod fleet_sim;
+pub mod fuzzing;
 pub mod loader;
 pub mod mqtt;
 pub mod registry;

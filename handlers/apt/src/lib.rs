@@ -12,6 +12,7 @@
 //! - install: `apt-get install ...` with dpkg's `--force-confdef --force-confold`;
 //! - apply: records the criteria; 707 when the manifest asks for an agent restart, else 700.
 
+use sandstep_model::apt::{AptManifest, Package};
 use sandstep_sdk::codes::{erc, result, ExtendedResultCode, Facility};
 use sandstep_sdk::process::{self, Command, Output};
 use sandstep_sdk::{export_handler, log, Context, Failure, Handler, Outcome, StepResult};
@@ -28,39 +29,6 @@ const fn apt_erc(code: u32) -> ExtendedResultCode {
 const ERC_BAD_MANIFEST: ExtendedResultCode = apt_erc(0x005);
 /// apt-get failed (the exit status is added, as ADU maps child statuses).
 const ERC_APT_GET_BASE: ExtendedResultCode = apt_erc(0);
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AptManifest {
-    name: String,
-    version: String,
-    packages: Vec<Package>,
-    #[serde(default)]
-    agent_restart_required: bool,
-}
-
-#[derive(Deserialize)]
-struct Package {
-    name: String,
-    #[serde(default)]
-    version: Option<String>,
-}
-
-impl Package {
-    fn is_removal(&self) -> bool {
-        self.name.ends_with('-')
-    }
-    fn bare_name(&self) -> &str {
-        self.name.trim_end_matches('-')
-    }
-    /// The apt-get argument: `name=version`, `name`, or `name-`.
-    fn spec(&self) -> String {
-        match (&self.version, self.is_removal()) {
-            (Some(v), false) => format!("{}={v}", self.name),
-            _ => self.name.clone(),
-        }
-    }
-}
 
 #[derive(Default, Serialize, Deserialize)]
 struct Record {
@@ -101,33 +69,8 @@ fn load(ctx: &Context) -> Result<Step, Failure> {
         ));
     };
     let bytes = std::fs::read(manifest_file.path())?;
-    let manifest: AptManifest = serde_json::from_slice(&bytes).map_err(|e| {
-        Failure::new(
-            ERC_BAD_MANIFEST,
-            format!("{}: not an apt manifest: {e}", manifest_file.name),
-        )
-    })?;
-    for p in &manifest.packages {
-        let ok = !p.bare_name().is_empty()
-            && p.bare_name()
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
-            && p.version.as_deref().is_none_or(|v| {
-                !v.is_empty()
-                    && v.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c))
-            });
-        if !ok {
-            return Err(Failure::new(
-                ERC_BAD_MANIFEST,
-                format!(
-                    "{}: `{}` is not a Debian package name and version",
-                    manifest_file.name,
-                    p.spec()
-                ),
-            ));
-        }
-    }
+    let manifest = AptManifest::parse(&bytes)
+        .map_err(|e| Failure::new(ERC_BAD_MANIFEST, format!("{}: {e}", manifest_file.name)))?;
     let debs = debs
         .iter()
         .map(|f| process::host_path(f.path()))

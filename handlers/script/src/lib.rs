@@ -13,6 +13,7 @@
 //! erc `0x30500205`, and a failure that reports erc 0 gets `0x30500206`. Backup and restore are
 //! not part of ADU's protocol: 1001 and 1101.
 
+use sandstep_model::script_result::ScriptResult;
 use sandstep_sdk::codes::{erc, ExtendedResultCode, Facility};
 use sandstep_sdk::process::{self, Command};
 use sandstep_sdk::{export_handler, log, Action, Context, Failure, Handler, Outcome, StepResult};
@@ -42,17 +43,6 @@ struct Props {
 
 fn default_api() -> String {
     "1.0".into()
-}
-
-/// The script's result file.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ScriptResult {
-    result_code: i32,
-    #[serde(default)]
-    extended_result_code: i32,
-    #[serde(default)]
-    result_details: Option<String>,
 }
 
 /// Replaces ADU's component tokens in the (already split) arguments.
@@ -194,8 +184,7 @@ fn run(ctx: &Context, action: Action) -> Outcome {
     let parsed = std::fs::read(&result_guest)
         .map_err(|e| format!("no result file {result_name}: {e}"))
         .and_then(|b| {
-            serde_json::from_slice::<ScriptResult>(&b)
-                .map_err(|e| format!("result file {result_name} does not parse: {e}"))
+            ScriptResult::parse(&b).map_err(|e| format!("result file {result_name} {e}"))
         });
     let r = match parsed {
         Ok(r) => r,

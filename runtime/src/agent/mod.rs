@@ -406,7 +406,7 @@ impl Agent {
 }
 
 /// The fields of a delta (or of a desired document, or a whole shadow document).
-fn desired_fields(payload: &[u8]) -> Result<Map<String, Value>, String> {
+pub(crate) fn desired_fields(payload: &[u8]) -> Result<Map<String, Value>, String> {
     if payload.len() > MAX_DEPLOYMENT_BYTES {
         return Err(format!(
             "desired document is {} bytes; the limit is {MAX_DEPLOYMENT_BYTES}",
@@ -428,7 +428,7 @@ fn desired_fields(payload: &[u8]) -> Result<Map<String, Value>, String> {
 }
 
 /// Turns delta fields into a deployment, if they carry one.
-fn deployment_of(fields: &Map<String, Value>) -> Option<Result<Deployment, String>> {
+pub(crate) fn deployment_of(fields: &Map<String, Value>) -> Option<Result<Deployment, String>> {
     fields.get("workflow")?;
     let doc = Value::Object(
         fields

@@ -1,12 +1,16 @@
 //! `sandstep:handler/host`: logging and progress, for every handler.
 //!
 //! Lines are re-emitted as tracing events tagged with workflow, step and handler, clamped to
-//! [`MAX_MESSAGE`] bytes, and limited to
-//! [`LOG_BUDGET`](crate::sandbox::store::LOG_BUDGET) lines per store so a flooding handler cannot
-//! drown the agent's log.
+//! [`MAX_MESSAGE`] bytes, and rate-limited per store (a burst of
+//! [`LOG_BURST`](crate::sandbox::store::LOG_BURST), then
+//! [`LOG_PER_SEC`](crate::sandbox::store::LOG_PER_SEC) a second) so a flooding handler cannot
+//! drown the agent's log. Progress events pass at most every
+//! [`PROGRESS_INTERVAL`](crate::sandbox::store::PROGRESS_INTERVAL), and always when they reach
+//! 100%; what is dropped is counted and reported after the call.
 
 use crate::bindings::host::{self, LogLevel as WitLevel};
-use crate::sandbox::store::{HandlerEvent, HostState, LogLevel, MAX_MESSAGE};
+use crate::sandbox::store::{HandlerEvent, HostState, LogLevel, MAX_MESSAGE, PROGRESS_INTERVAL};
+use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
 
 fn clamp(mut s: String) -> String {
@@ -35,11 +39,10 @@ impl host::Host for HostState {
         if message.starts_with("panic: ") {
             self.last_panic = Some(message.clone());
         }
-        if self.log_budget == 0 {
+        if !self.log_limit.allow(Instant::now()) {
             self.logs_dropped += 1;
             return Ok(());
         }
-        self.log_budget -= 1;
         let t = &self.tags;
         let (w, s, h) = (&t.workflow_id, &t.step, &t.handler_id);
         let level = match level {
@@ -70,6 +73,19 @@ impl host::Host for HostState {
 
     async fn progress(&mut self, percent: u8, message: String) -> wasmtime::Result<()> {
         let percent = percent.min(100);
+        let now = Instant::now();
+        let due = match self.last_progress {
+            None => true,
+            Some((at, last)) => {
+                (percent == 100 && last != 100)
+                    || now.saturating_duration_since(at) >= PROGRESS_INTERVAL
+            }
+        };
+        if !due {
+            self.progress_dropped += 1;
+            return Ok(());
+        }
+        self.last_progress = Some((now, percent));
         let message = clamp(message);
         tracing::debug!(
             target: "sandstep::handler",

@@ -123,7 +123,28 @@ pub enum Refusal {
     FirstArgNotAllowed { program: String, arg: String },
     #[error("working directory `{0}` is not one of the step's directories")]
     BadCwd(String),
+    #[error("the program path is {0} bytes; at most {MAX_PROGRAM_BYTES} are allowed")]
+    ProgramTooLong(usize),
+    #[error("argument {index} of `{program}` is {len} bytes; at most {MAX_ARG_BYTES} are allowed")]
+    ArgTooLong {
+        program: String,
+        index: usize,
+        len: usize,
+    },
+    #[error(
+        "the arguments of `{program}` total {len} bytes; at most {MAX_TOTAL_ARG_BYTES} are allowed"
+    )]
+    ArgsTooLong { program: String, len: usize },
+    #[error("argument {index} of `{program}` contains a NUL byte")]
+    NulInArg { program: String, index: usize },
 }
+
+/// Longest program path accepted (PATH_MAX).
+pub const MAX_PROGRAM_BYTES: usize = 4096;
+/// Longest single argument accepted (well under Linux's 128 KiB MAX_ARG_STRLEN).
+pub const MAX_ARG_BYTES: usize = 32 << 10;
+/// Most argument bytes one invocation may carry.
+pub const MAX_TOTAL_ARG_BYTES: usize = 256 << 10;
 
 impl ProcessCtx {
     fn dirs_list(&self) -> String {
@@ -162,6 +183,33 @@ impl ProcessCtx {
 
     /// Checks an invocation against the policy.
     pub fn check(&self, cmd: &Command) -> Result<(), Refusal> {
+        // Sizes first: a refusal echoes what it refuses, and patterns are matched per byte.
+        if cmd.program.len() > MAX_PROGRAM_BYTES {
+            return Err(Refusal::ProgramTooLong(cmd.program.len()));
+        }
+        let mut total = 0usize;
+        for (index, arg) in cmd.args.iter().enumerate() {
+            if arg.len() > MAX_ARG_BYTES {
+                return Err(Refusal::ArgTooLong {
+                    program: cmd.program.clone(),
+                    index,
+                    len: arg.len(),
+                });
+            }
+            if arg.contains('\0') {
+                return Err(Refusal::NulInArg {
+                    program: cmd.program.clone(),
+                    index,
+                });
+            }
+            total += arg.len();
+        }
+        if total > MAX_TOTAL_ARG_BYTES {
+            return Err(Refusal::ArgsTooLong {
+                program: cmd.program.clone(),
+                len: total,
+            });
+        }
         if !cmd.program.starts_with('/') {
             return Err(Refusal::ProgramNotAbsolute(cmd.program.clone()));
         }
@@ -580,6 +628,43 @@ mod tests {
         assert!(
             matches!(err, Refusal::TooManyArgs { max: 4, got: 5, .. }),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn huge_and_nul_arguments_and_program_paths_are_refused_before_matching() {
+        let c = ctx();
+        let long = "a".repeat(MAX_ARG_BYTES + 1);
+        assert_eq!(
+            c.check(&cmd("/usr/bin/apt-get", &["install", &long]))
+                .unwrap_err(),
+            Refusal::ArgTooLong {
+                program: "/usr/bin/apt-get".into(),
+                index: 1,
+                len: MAX_ARG_BYTES + 1
+            }
+        );
+        let chunk = "a".repeat(MAX_ARG_BYTES);
+        let many: Vec<&str> = std::iter::repeat_n(chunk.as_str(), 9).collect();
+        assert_eq!(
+            c.check(&cmd("/usr/bin/apt-get", &many)).unwrap_err(),
+            Refusal::ArgsTooLong {
+                program: "/usr/bin/apt-get".into(),
+                len: 9 * MAX_ARG_BYTES
+            }
+        );
+        assert_eq!(
+            c.check(&cmd("/usr/bin/apt-get", &["-y", "a\0b"]))
+                .unwrap_err(),
+            Refusal::NulInArg {
+                program: "/usr/bin/apt-get".into(),
+                index: 1
+            }
+        );
+        let program = format!("/{}", "p".repeat(MAX_PROGRAM_BYTES));
+        assert_eq!(
+            c.check(&cmd(&program, &[])).unwrap_err(),
+            Refusal::ProgramTooLong(MAX_PROGRAM_BYTES + 1)
         );
     }
 

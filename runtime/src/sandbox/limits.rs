@@ -7,6 +7,8 @@ use std::time::Duration;
 
 /// Default memory cap per store.
 pub const DEFAULT_MEMORY_BYTES: u64 = 256 << 20;
+/// Default quota of a step's `/work` folder.
+pub const DEFAULT_WORK_BYTES: u64 = 1 << 30;
 
 /// The limits a handler runs under. Policy may override them per handler id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,6 +16,8 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 256 << 20;
 pub struct Limits {
     /// Linear memory per store, in bytes (all memories together).
     pub memory_bytes: u64,
+    /// Bytes the step's `/work` folder may hold (written by the handler or its host programs).
+    pub work_bytes: u64,
     /// Time limits per action.
     #[serde(with = "secs")]
     pub is_installed: Duration,
@@ -36,6 +40,7 @@ impl Default for Limits {
         const MINUTE: Duration = Duration::from_secs(60);
         Limits {
             memory_bytes: DEFAULT_MEMORY_BYTES,
+            work_bytes: DEFAULT_WORK_BYTES,
             is_installed: MINUTE,
             download: 10 * MINUTE,
             backup: 10 * MINUTE,

@@ -13,6 +13,7 @@ pub mod dirs;
 pub mod engine;
 pub mod limits;
 mod output;
+mod quota;
 mod session;
 pub mod store;
 

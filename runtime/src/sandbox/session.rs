@@ -2,7 +2,8 @@
 
 use super::limits::{LimitExceeded, Limits, StoreLimiter};
 use super::output::GuestOutput;
-use super::store::{CallTags, HostState, LOG_BUDGET};
+use super::quota;
+use super::store::{CallTags, HostState, RateLimit, LOG_BURST, LOG_PER_SEC};
 use super::{HandlerComponent, Sandbox, SandboxError, SessionSetup};
 use crate::bindings::{self, All, AllPre};
 use crate::capability::process::{MappedDir, ProcessCtx};
@@ -24,6 +25,8 @@ pub struct Session {
     ticker: Arc<super::engine::EpochTicker>,
     limits: Limits,
     handler_id: String,
+    /// The step's `/work`, measured against `limits.work_bytes` while calls run.
+    work: Arc<cap_std::fs::Dir>,
     /// Set once a call trapped or was stopped: the instance must not be used again.
     broken: Option<String>,
 }
@@ -59,6 +62,12 @@ impl Sandbox {
             reason,
         };
 
+        let work = Arc::new(
+            dirs.work
+                .dir()
+                .try_clone()
+                .map_err(|e| setup_err(format!("work handle: {e}")))?,
+        );
         let tags = Arc::new(tags);
         let mut wasi = WasiCtx::builder();
         // Filesystem calls run inline: faster than a blocking-pool hop, and the store's future
@@ -111,8 +120,10 @@ impl Sandbox {
             tags,
             events,
             deadline: None,
-            log_budget: LOG_BUDGET,
+            log_limit: RateLimit::new(LOG_BURST, LOG_PER_SEC),
             logs_dropped: 0,
+            last_progress: None,
+            progress_dropped: 0,
             last_panic: None,
             process,
             slot,
@@ -156,6 +167,7 @@ impl Sandbox {
             ticker: self.ticker.clone(),
             limits,
             handler_id,
+            work,
             broken: None,
         })
     }
@@ -208,15 +220,25 @@ impl Session {
                 Action::Restore => lifecycle.call_restore(store, &wit_ctx).await,
             }
         };
+        let quota = self.limits.work_bytes;
         let outcome = tokio::select! {
-            r = call => Some(r),
-            _ = cancel.cancelled() => None,
+            r = call => Ended::Returned(r),
+            _ = cancel.cancelled() => Ended::Cancelled,
+            used = quota::exceeded(self.work.clone(), quota) => Ended::OverQuota(used),
         };
         self.store.data_mut().deadline = None;
         self.report_dropped_logs();
+        // What was written since the last poll counts too.
+        let outcome = match outcome {
+            Ended::Returned(r) => match quota::measure(&self.work).await {
+                Some(used) if used > quota => Ended::OverQuota(used),
+                _ => Ended::Returned(r),
+            },
+            other => other,
+        };
 
         match outcome {
-            Some(Ok(r)) => validate(
+            Ended::Returned(Ok(r)) => validate(
                 action,
                 StepResult {
                     result_code: r.result_code,
@@ -224,13 +246,23 @@ impl Session {
                     result_details: r.result_details,
                 },
             ),
-            Some(Err(e)) => {
+            Ended::OverQuota(used) => {
+                let msg = format!(
+                    "handler `{}` stopped in `{action}`: its /work holds {used} bytes, more than \
+                     its quota of {quota} bytes (limits work-bytes)",
+                    self.handler_id
+                );
+                tracing::warn!(handler = %self.handler_id, %action, "{msg}");
+                self.broken = Some(msg.clone());
+                StepResult::failure(erc::SANDBOX_WORK_QUOTA, msg)
+            }
+            Ended::Returned(Err(e)) => {
                 let r = describe_failure(&e, &self.store, &self.handler_id, action.name());
                 tracing::warn!(handler = %self.handler_id, %action, "{}", r.result_details);
                 self.broken = Some(r.result_details.clone());
                 r
             }
-            None => {
+            Ended::Cancelled => {
                 let msg = format!(
                     "`{action}` of handler `{}` was stopped: the deployment was cancelled",
                     self.handler_id
@@ -244,13 +276,15 @@ impl Session {
 
     fn report_dropped_logs(&mut self) {
         let data = self.store.data_mut();
-        if data.logs_dropped > 0 {
+        if data.logs_dropped > 0 || data.progress_dropped > 0 {
             tracing::warn!(
                 handler = %data.tags.handler_id, step = %data.tags.step,
-                "dropped {} log lines past the budget of {LOG_BUDGET} per step",
-                data.logs_dropped
+                "dropped {} log lines past the limit ({LOG_BURST} at once, then {LOG_PER_SEC}/s) \
+                 and {} progress calls closer than 100 ms",
+                data.logs_dropped, data.progress_dropped
             );
             data.logs_dropped = 0;
+            data.progress_dropped = 0;
         }
     }
 
@@ -261,6 +295,14 @@ impl Session {
             Capability::Slot => self.store.data().slot.is_some(),
         }
     }
+}
+
+/// How a call ended.
+enum Ended {
+    Returned(wasmtime::Result<bindings::types::StepResult>),
+    Cancelled,
+    /// `/work` outgrew its quota; the bytes it held.
+    OverQuota(u64),
 }
 
 /// Checks codes that only make sense for some actions and clamps details.

@@ -4,6 +4,7 @@
 mod cli;
 mod downloads;
 mod fleet;
+mod fuzz;
 mod handlers;
 mod http;
 mod process;

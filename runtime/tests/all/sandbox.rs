@@ -589,3 +589,136 @@ async fn the_benchmark_guest_computes_the_same_crc_as_the_host() {
     assert_eq!(r.payload_bytes, 2 << 20);
     assert!(r.ratio > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_filling_work_past_its_quota_is_stopped_while_running() {
+    let env = StepEnv::new();
+    let limits = Limits {
+        work_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    // Writes 16 MiB, then lingers: the running call is stopped by the quota's poll.
+    let started = Instant::now();
+    let r = call_once(
+        "probe",
+        Action::Install,
+        &env,
+        json!({"op": "fill-work", "total_kib": 16 << 10, "then_sleep_ms": 30_000}),
+        limits,
+    )
+    .await;
+    assert_eq!(r.result_code, result::FAILURE, "{r:?}");
+    assert_eq!(
+        r.extended_result_code,
+        erc::SANDBOX_WORK_QUOTA.raw(),
+        "{r:?}"
+    );
+    assert!(
+        r.result_details.contains("its /work holds ")
+            && r.result_details.contains("quota of 4194304 bytes"),
+        "{}",
+        r.result_details
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "not stopped while running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_returning_with_work_over_its_quota_fails_the_step() {
+    let env = StepEnv::new();
+    let limits = Limits {
+        work_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let r = call_once(
+        "probe",
+        Action::Install,
+        &env,
+        json!({"op": "fill-work", "total_kib": 2048}),
+        limits.clone(),
+    )
+    .await;
+    assert_eq!(
+        r.extended_result_code,
+        erc::SANDBOX_WORK_QUOTA.raw(),
+        "{r:?}"
+    );
+    // Under the quota, the same handler succeeds.
+    let env = StepEnv::new();
+    let r = call_once(
+        "probe",
+        Action::Install,
+        &env,
+        json!({"op": "fill-work", "total_kib": 512}),
+        limits,
+    )
+    .await;
+    assert_eq!(r.result_code, result::INSTALL_SUCCESS, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_and_progress_floods_are_rate_limited_and_truncated() {
+    let env = StepEnv::new();
+    let seen: Arc<Mutex<Vec<HandlerEvent>>> = Arc::default();
+    let s = seen.clone();
+    let sink: sandstep::sandbox::EventSink = Arc::new(move |_, ev| {
+        s.lock().unwrap().push(ev.clone());
+    });
+    let sandbox = sandbox();
+    let handler = sandbox.load("probe", component("probe")).await.unwrap();
+    let mut session = sandbox
+        .session(
+            &handler,
+            setup(
+                &env,
+                "test/probe:1",
+                Grants::default(),
+                quick_limits(),
+                Some(sink),
+            ),
+        )
+        .await
+        .unwrap();
+    let r = session
+        .call(
+            Action::Install,
+            &env.ctx(
+                "test/probe:1",
+                json!({"op": "flood", "logs": 20_000, "progress": 20_000, "len": 10_000}),
+            ),
+            &CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(r.result_code, result::INSTALL_SUCCESS, "{r:?}");
+    let seen = seen.lock().unwrap();
+    let logs: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            HandlerEvent::Log { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    let progress: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            HandlerEvent::Progress { percent, message } => Some((*percent, message)),
+            _ => None,
+        })
+        .collect();
+    // A burst of 2000 lines plus what the limit earns back while the flood runs (50 a second).
+    assert!(
+        (2000..2600).contains(&logs.len()),
+        "{} log lines passed",
+        logs.len()
+    );
+    assert!(logs.iter().all(|m| m.len() <= 4096 + '…'.len_utf8()));
+    // Progress passes at most every 100 ms, and the final 100% always.
+    assert!(
+        progress.len() < 200,
+        "{} progress events passed",
+        progress.len()
+    );
+    assert_eq!(progress.last().map(|p| p.0), Some(100));
+}

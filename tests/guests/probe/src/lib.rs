@@ -32,6 +32,15 @@ enum Op {
     Installed,
     /// Sleep for a while (to be cancelled).
     Sleep { ms: u64 },
+    /// Write `total_kib` KiB into `/work/fill` in 64 KiB chunks (a disk filler), then sleep
+    /// `then_sleep_ms` (to be caught by the quota's poll rather than its final check).
+    FillWork {
+        total_kib: u64,
+        #[serde(default)]
+        then_sleep_ms: u64,
+    },
+    /// Call log `logs` times and progress `progress` times, with `len`-byte messages.
+    Flood { logs: u32, progress: u32, len: u32 },
     /// Return a given result.
     Return {
         code: i32,
@@ -159,6 +168,36 @@ fn run(ctx: &Context, success: i32) -> Outcome {
         Op::Sleep { ms } => {
             std::thread::sleep(std::time::Duration::from_millis(ms));
             Ok(StepResult::new(success).with_details(format!("slept {ms} ms")))
+        }
+        Op::FillWork {
+            total_kib,
+            then_sleep_ms,
+        } => {
+            let mut f = std::fs::File::create("/work/fill")?;
+            let chunk = vec![0x5au8; 64 << 10];
+            let mut written = 0u64;
+            while written < total_kib << 10 {
+                f.write_all(&chunk)?;
+                written += chunk.len() as u64;
+            }
+            f.sync_all()?;
+            std::thread::sleep(std::time::Duration::from_millis(then_sleep_ms));
+            Ok(StepResult::new(success).with_details(format!("wrote {written} bytes")))
+        }
+        Op::Flood {
+            logs,
+            progress,
+            len,
+        } => {
+            let message = "x".repeat(len as usize);
+            for _ in 0..logs {
+                sandstep_sdk::log::info(&message);
+            }
+            for i in 0..progress {
+                sandstep_sdk::log::progress((i % 100) as u8, &message);
+            }
+            sandstep_sdk::log::progress(100, "done");
+            Ok(StepResult::new(success).with_details(format!("{logs} logs, {progress} progress")))
         }
         Op::Stateful { .. } => unreachable!("stateful ops are dispatched before run"),
         Op::Return { code, erc, details } => Ok(StepResult {
