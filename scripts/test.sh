@@ -5,10 +5,14 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 scripts/build-components.sh
-# The fleet tests need a real MQTT broker (mosquitto, from Debian); the test harness starts its
-# own instances on loopback ports. Install it when missing and we are root.
-if [[ ! -x /usr/sbin/mosquitto && $(id -u) -eq 0 ]]; then
-    (apt-get install -y -q mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)) >/dev/null
+# The fleet tests need a real MQTT broker (mosquitto, from Debian; the test harness starts its
+# own instances on loopback ports) and the clock-jump test libfaketime (Debian's faketime).
+# Install them when missing and we are root.
+missing=()
+[[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
+[[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]] || missing+=(faketime)
+if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]]; then
+    (apt-get install -y -q "${missing[@]}" || (apt-get update -q && apt-get install -y -q "${missing[@]}")) >/dev/null
 fi
 # Default members: model, runtime, sdk (guests are covered through the runtime tests). The
 # fault-injection feature adds the crash points the crash-recovery test needs.

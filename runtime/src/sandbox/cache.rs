@@ -59,7 +59,11 @@ impl ComponentCache {
     /// Stores an artefact atomically, its sidecar first.
     pub(crate) fn write(&self, digest: &str, bytes: &[u8]) -> std::io::Result<()> {
         self.write_file(&self.sidecar_name(digest), checksum(bytes).as_bytes())?;
-        self.write_file(&self.entry_name(digest), bytes)
+        let written = self.write_file(&self.entry_name(digest), bytes);
+        if written.is_err() {
+            let _ = self.dir.remove_file(self.sidecar_name(digest));
+        }
+        written
     }
 
     fn write_file(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {

@@ -258,6 +258,8 @@ impl Sandbox {
         }
     }
 
+    /// Keeps a compiled component for next time. The cache only saves time: when it cannot be
+    /// written (a full disk, say), the step goes on with the component compiled in memory.
     fn store_cached(&self, digest: &str, component: &Component) -> Result<(), SandboxError> {
         let Some(cache) = &self.cache else {
             return Ok(());
@@ -265,12 +267,10 @@ impl Sandbox {
         let bytes = component
             .serialize()
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
-        cache
-            .write(digest, &bytes)
-            .map_err(|source| SandboxError::Cache {
-                name: cache.entry_name(digest),
-                source,
-            })
+        if let Err(e) = cache.write(digest, &bytes) {
+            tracing::warn!(entry = %cache.entry_name(digest), "cannot write the precompiled cache entry, going on without it: {e}");
+        }
+        Ok(())
     }
 
     fn linker(

@@ -278,7 +278,10 @@ impl Deployer {
     fn save(&self, j: &mut Journal) -> Result<(), WorkflowError> {
         self.journals.save(j).map_err(|e| WorkflowError::Journal {
             workflow: j.workflow_id.clone(),
-            reason: e.to_string(),
+            reason: format!(
+                "cannot record {}: {e}; the journal on disk is left as it was and the next run goes on from there",
+                recording(j)
+            ),
         })
     }
 
@@ -1029,5 +1032,30 @@ impl Manifests {
             );
         }
         Ok(Manifests { parent, children })
+    }
+}
+
+/// What a journal write was about to record, for the error when it cannot: the step being
+/// worked on, and its failure when that is what was being recorded.
+fn recording(j: &Journal) -> String {
+    let current = j
+        .units
+        .iter()
+        .rfind(|u| u.state != UnitState::Pending)
+        .or_else(|| j.units.first());
+    let Some(u) = current else {
+        return "the deployment's start".into();
+    };
+    match (&u.result, &u.state) {
+        (Some(r), _) if !r.is_success() => format!(
+            "step {}'s failure ({} {:08X}: {})",
+            u.label(),
+            r.result_code,
+            r.extended_result_code as u32,
+            r.result_details
+        ),
+        (_, UnitState::Running { next }) => format!("step {} before {next}", u.label()),
+        (_, UnitState::Done) => format!("the end of step {}", u.label()),
+        _ => format!("step {}", u.label()),
     }
 }

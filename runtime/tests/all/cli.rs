@@ -7,13 +7,13 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn sandstep() -> Command {
+pub(crate) fn sandstep() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sandstep"));
     c.env_remove("RUST_LOG");
     c
 }
 
-fn ok(out: &Output) -> String {
+pub(crate) fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -26,7 +26,7 @@ fn ok(out: &Output) -> String {
 
 /// A data dir with the probe and the vendor handler signed, trusted and installed, all through
 /// the CLI.
-fn data_dir() -> tempfile::TempDir {
+pub(crate) fn data_dir() -> tempfile::TempDir {
     let data = tempfile::tempdir().unwrap();
     let wasm = tempfile::tempdir().unwrap();
     let key = wasm.path().join("vendor.key");
@@ -92,7 +92,7 @@ fn manifest_keys(data: &Path, dir: &Path) -> (PathBuf, PathBuf) {
     (root, signing)
 }
 
-fn write_manifest(dir: &Path, steps: Vec<Value>, files: &[(&str, &[u8])]) -> PathBuf {
+pub(crate) fn write_manifest(dir: &Path, steps: Vec<Value>, files: &[(&str, &[u8])]) -> PathBuf {
     let mut entries = serde_json::Map::new();
     for (name, bytes) in files {
         std::fs::write(dir.join(name), bytes).unwrap();

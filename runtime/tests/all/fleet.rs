@@ -219,7 +219,12 @@ impl Fleet {
     }
 
     pub fn agent(&self) -> Proc {
+        self.agent_with_env(&[])
+    }
+
+    pub fn agent_with_env(&self, env: &[(&str, &std::ffi::OsStr)]) -> Proc {
         let mut c = sandstep();
+        c.envs(env.iter().copied());
         c.args(["--log", "info", "agent", "--config"])
             .arg(&self.config)
             .arg("--data-dir")
@@ -486,8 +491,10 @@ fn duplicates_are_ignored_retries_run_again_replacements_cancel_and_cancel_cance
     );
 }
 
+/// The broker goes away for many times the agent's reconnect cap (1 s in the test config, 30 s
+/// by default: a 15 s outage here stands for minutes), across the end of a deployment.
 #[test]
-fn the_broker_restarting_mid_deployment_loses_no_report() {
+fn the_broker_gone_for_many_reconnect_periods_mid_deployment_loses_no_report() {
     let Some(mut fleet) = Fleet::new("gw-3") else {
         return;
     };
@@ -503,7 +510,8 @@ fn the_broker_restarting_mid_deployment_loses_no_report() {
         r.pointer("/workflow/id").and_then(Value::as_str) == Some("wf-restart")
     });
     fleet.broker.stop();
-    std::thread::sleep(Duration::from_secs(4)); // the deployment finishes while the broker is away
+    // The deployment finishes while the broker is away; the agent keeps retrying at its cap.
+    std::thread::sleep(Duration::from_secs(15));
     fleet.broker.restart();
     let r = fleet.wait_for(
         "gw-3",
@@ -767,4 +775,76 @@ async fn fleet_sim_reaches_every_simulated_device_and_gets_every_result_back() {
     assert!(
         r.round_trip_p50_ms <= r.round_trip_p95_ms && r.round_trip_p95_ms <= r.round_trip_max_ms
     );
+}
+
+/// The wall clock steps back a day and then forward a year while a step runs (an NTP step, a
+/// dead RTC battery): timeouts and rate limits run on the monotonic clock, so the deployment
+/// finishes once, and its result is reported and confirmed. Needs libfaketime (Debian's
+/// `faketime`; the harness installs it when missing and root).
+#[test]
+fn the_wall_clock_jumping_back_and_forward_mid_deployment_changes_nothing() {
+    let Some(lib) = faketime() else {
+        eprintln!("skipped: libfaketime is not installed (apt-get install faketime)");
+        return;
+    };
+    let Some(fleet) = Fleet::new("gw-clock") else {
+        return;
+    };
+    let _replica = fleet.replica();
+    let clock = fleet.dir.path().join("clock");
+    std::fs::write(&clock, "+0\n").unwrap();
+    let agent = fleet.agent_with_env(&[
+        ("LD_PRELOAD", lib.as_os_str()),
+        ("FAKETIME_TIMESTAMP_FILE", clock.as_os_str()),
+        ("FAKETIME_NO_CACHE", "1".as_ref()),
+        ("DONT_FAKE_MONOTONIC", "1".as_ref()),
+    ]);
+    fleet.wait_for("gw-clock", "the start report", |r| r["status"] == "standBy");
+    let m = fleet.manifest(
+        "clock",
+        vec![
+            stateful("c1", json!({"sleep_ms": 1500}), &["f.txt"]),
+            stateful("c2", json!({"sleep_ms": 1500}), &["f.txt"]),
+        ],
+    );
+    fleet.deploy("gw-clock", &m, "wf-clock", &[]);
+    fleet.wait_for("gw-clock", "the first step", |r| {
+        r.pointer("/workflow/id").and_then(Value::as_str) == Some("wf-clock")
+    });
+    std::fs::write(&clock, "-1d\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&clock, "+365d\n").unwrap();
+    let r = fleet.wait_for("gw-clock", "the result", done("wf-clock"));
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["lastInstallResult"]["resultCode"], 700);
+    for step in ["c1", "c2"] {
+        assert_eq!(fleet.log(step).iter().filter(|l| *l == "apply").count(), 1);
+    }
+    drop(agent);
+    // The agent did see the jumps: its journal finished a year from now.
+    let journal = crate::workflow::walk(&fleet.data.join("journal"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "journal"))
+        .unwrap();
+    let j = sandstep_model::journal::Journal::decode(&std::fs::read(journal).unwrap()).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        j.finished_at_ms.unwrap() > now_ms + 300 * 86_400_000,
+        "{j:?}"
+    );
+}
+
+fn faketime() -> Option<PathBuf> {
+    let lib = PathBuf::from("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1");
+    if !lib.exists() && unsafe { libc::geteuid() } == 0 {
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-q", "faketime"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    lib.exists().then_some(lib)
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod downloads;
+mod faults;
 mod fleet;
 mod fuzz;
 mod handlers;
