@@ -85,6 +85,26 @@ pub mod result {
     pub const fn is_success(code: i32) -> bool {
         code > 0
     }
+
+    /// Whether `code` is a failure (`<= 0`) or one of the success codes ADU defines. A handler
+    /// returning anything else is refused rather than guessed at.
+    pub const fn is_known(code: i32) -> bool {
+        matches!(
+            code,
+            i32::MIN..=0
+                | SUCCESS
+                | 500..=504
+                | 600..=601
+                | 603..=608
+                | 700..=701
+                | 705..=708
+                | 800..=801
+                | 900..=901
+                | 1000..=1001
+                | 1100..=1101
+                | 1105..=1108
+        )
+    }
 }
 
 /// What a result code asks of the agent besides success or failure.

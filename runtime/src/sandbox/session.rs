@@ -309,6 +309,15 @@ enum Ended {
 fn validate(action: Action, r: StepResult) -> StepResult {
     let details = r.result_details.clone();
     let r = r.with_details(details);
+    if !result::is_known(r.result_code) {
+        return StepResult::failure(
+            erc::SANDBOX_INVALID_RESULT,
+            format!(
+                "{action} returned result code {}, which is neither a failure (<= 0) nor a success code ADU defines",
+                r.result_code
+            ),
+        );
+    }
     if action == Action::IsInstalled
         && r.is_success()
         && r.result_code != result::IS_INSTALLED_INSTALLED

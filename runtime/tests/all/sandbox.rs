@@ -368,6 +368,37 @@ async fn is_installed_must_answer_900_or_901() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn out_of_range_result_codes_are_refused_and_extreme_failures_kept() {
+    let env = StepEnv::new();
+    for code in [12345, i32::MAX, 2, 602, 1102] {
+        let r = call_once(
+            "probe",
+            Action::Install,
+            &env,
+            json!({"op": "return", "code": code, "erc": 0, "details": ""}),
+            quick_limits(),
+        )
+        .await;
+        assert_eq!(r.result_code, result::FAILURE, "{code}");
+        assert_eq!(r.erc(), erc::SANDBOX_INVALID_RESULT, "{code}");
+        assert_eq!(
+            r.result_details,
+            format!("install returned result code {code}, which is neither a failure (<= 0) nor a success code ADU defines")
+        );
+    }
+    // Any code <= 0 is a failure, with the handler's extended code, whatever its value.
+    let r = call_once(
+        "probe",
+        Action::Install,
+        &env,
+        json!({"op": "return", "code": i32::MIN, "erc": -1, "details": "x"}),
+        quick_limits(),
+    )
+    .await;
+    assert_eq!((r.result_code, r.extended_result_code), (i32::MIN, -1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn huge_result_details_are_clamped_to_1024_bytes() {
     let env = StepEnv::new();
     let r = call_once(
