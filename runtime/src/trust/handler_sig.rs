@@ -45,6 +45,7 @@ fn custom_name(s: &Section) -> Option<&str> {
 }
 
 fn parse(component: &[u8]) -> Result<Module, HandlerSignatureError> {
+    check_layout(component)?;
     Module::deserialize(&mut Cursor::new(component))
         .map_err(|e| HandlerSignatureError::Malformed(e.to_string()))
 }
@@ -92,6 +93,7 @@ pub fn verify(
     component: &[u8],
     trusted: &[TrustedHandlerKey],
 ) -> Result<Vec<String>, HandlerSignatureError> {
+    check_layout(component)?;
     match accept(component, trusted) {
         Some(names) => Ok(names),
         None => verify_with_wasmsign2(component, trusted),
@@ -146,6 +148,71 @@ fn section(b: &[u8], at: usize) -> Option<RawSection<'_>> {
         payload: &b[name_end..end],
         end,
     })
+}
+
+/// Checks that every length in the file fits in the file before wasmsign2 reads it: wasmsign2
+/// allocates whatever a section header or a signature field declares (up to 4 GiB) before
+/// reading, so a few crafted bytes could exhaust a gateway's memory (found by the
+/// `handler_signature` fuzz target).
+fn check_layout(component: &[u8]) -> Result<(), HandlerSignatureError> {
+    let bad = |why: String| Err(HandlerSignatureError::Malformed(why));
+    if component.len() < 8 || &component[..4] != b"\0asm" {
+        return bad("not a WebAssembly binary (no `\\0asm` header)".into());
+    }
+    let mut at = 8;
+    let mut index = 0;
+    while at < component.len() {
+        let Some(s) = section(component, at) else {
+            return bad(format!(
+                "section {index} at byte {at} declares more bytes than the file holds"
+            ));
+        };
+        if s.name == Some(SIGNATURE_SECTION.as_bytes()) && !signature_payload_fits(s.payload) {
+            return bad(format!(
+                "the `signature` section at byte {at} declares more bytes than it holds"
+            ));
+        }
+        at = s.end;
+        index += 1;
+    }
+    Ok(())
+}
+
+/// Walks wasmsign2's signature data (version, content type, hash function, then signed-hash
+/// sets of hashes and signatures, each a length-prefixed slice) checking that every declared
+/// length and count fits in the bytes that are there.
+fn signature_payload_fits(p: &[u8]) -> bool {
+    /// A length-prefixed slice at `*at`, advancing past it.
+    fn slice<'a>(b: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+        let len = leb_u32(b, at)? as usize;
+        let end = at.checked_add(len).filter(|&e| e <= b.len())?;
+        let s = &b[*at..end];
+        *at = end;
+        Some(s)
+    }
+    fn signed_hashes(b: &[u8]) -> Option<()> {
+        let mut at = 0;
+        let hashes = leb_u32(b, &mut at)? as usize;
+        at = at
+            .checked_add(hashes.checked_mul(32)?)
+            .filter(|&e| e <= b.len())?;
+        for _ in 0..leb_u32(b, &mut at)? {
+            let sig = slice(b, &mut at)?;
+            let mut s = 0;
+            slice(sig, &mut s)?; // key id
+            s = s.checked_add(1).filter(|&e| e <= sig.len())?; // algorithm
+            slice(sig, &mut s)?;
+        }
+        Some(())
+    }
+    let walk = || -> Option<()> {
+        let mut at = 3.min(p.len()); // version, content type, hash function: one byte each
+        for _ in 0..leb_u32(p, &mut at)? {
+            signed_hashes(slice(p, &mut at)?)?;
+        }
+        Some(())
+    };
+    walk().is_some()
 }
 
 /// The fast accepting path: `Some(signers)` when a trusted key verifies the whole component,
@@ -329,6 +396,40 @@ mod tests {
             assert_eq!(fast, reference.clone().ok(), "{what}: {reference:?}");
         }
         assert_eq!(accept(&by_ab, &[ta, tb]).unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn lengths_beyond_the_file_are_refused_before_wasmsign2_allocates_them() {
+        let kp = KeyPair::generate();
+        let keys = [trusted(&kp, "k")];
+        // The fuzzer's find: a section header declaring gigabytes in a 142-byte file.
+        let found = include_bytes!("../../../fuzz/regressions/handler_signature/oom-section-size");
+        assert_eq!(
+            verify(found, &keys).unwrap_err().to_string(),
+            "the component cannot be read: section 1 at byte 41 declares more bytes than the file holds"
+        );
+        // A signature section whose signed-hash set claims a 4 GiB slice.
+        let mut b = b"\0asm\x0d\x00\x01\x00".to_vec();
+        let mut body = vec![9u8];
+        body.extend_from_slice(b"signature");
+        body.extend_from_slice(&[1, 1, 1, 1, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+        b.push(0);
+        b.push(body.len() as u8);
+        b.extend(body);
+        for err in [
+            verify(&b, &keys).unwrap_err(),
+            sign(&b, &kp.sk, &kp.pk).unwrap_err(),
+        ] {
+            assert_eq!(
+                err.to_string(),
+                "the component cannot be read: the `signature` section at byte 8 declares more bytes than it holds"
+            );
+        }
+        // Not WebAssembly at all.
+        assert_eq!(
+            verify(b"MZ\x90\x00", &keys).unwrap_err().to_string(),
+            "the component cannot be read: not a WebAssembly binary (no `\\0asm` header)"
+        );
     }
 
     #[test]
