@@ -555,8 +555,11 @@ fn measure(cmd: &mut std::process::Command) -> (Duration, u64, bool) {
 pub struct FirmwarePath {
     pub image_bytes: u64,
     pub curl_mb_s: f64,
+    /// `curl -o slot` followed by an fsync of the slot: the same durability as sandstep's.
+    pub curl_fsync_mb_s: f64,
     pub sandstep_mb_s: f64,
     pub ratio: f64,
+    pub ratio_to_curl_fsync: f64,
     pub sandstep_peak_rss_mib: f64,
 }
 
@@ -599,6 +602,17 @@ pub fn firmware_path(
         );
         assert!(ok, "curl failed");
         curl.push(d);
+    }
+    let mut curl_fsync = Vec::new();
+    for _ in 0..2 {
+        let (d, _, ok) = measure(
+            std::process::Command::new("sh")
+                .args(["-c", "curl -s -o \"$1\" \"$2\" && sync \"$1\"", "sh"])
+                .arg(&slot)
+                .arg(&url),
+        );
+        assert!(ok, "curl + sync failed");
+        curl_fsync.push(d);
     }
     // sandstep: data dir with the signed firmware handler and file slots.
     let data = t.path().join("data");
@@ -676,16 +690,19 @@ pub fn firmware_path(
         mib << 20
     );
     let mb = (mib << 20) as f64 / 1e6;
-    let (c, s) = (Stats::of(curl), Stats::of(runs));
-    let (cm, sm) = (
+    let (c, cf, s) = (Stats::of(curl), Stats::of(curl_fsync), Stats::of(runs));
+    let (cm, cfm, sm) = (
         mb / (c.p10_ms.max(c.median_ms) / 1000.0),
+        mb / (cf.p10_ms.max(cf.median_ms) / 1000.0),
         mb / (s.median_ms / 1000.0),
     );
     FirmwarePath {
         image_bytes: mib << 20,
         curl_mb_s: cm,
+        curl_fsync_mb_s: cfm,
         sandstep_mb_s: sm,
         ratio: sm / cm,
+        ratio_to_curl_fsync: sm / cfm,
         sandstep_peak_rss_mib: rss as f64 / 1024.0,
     }
 }

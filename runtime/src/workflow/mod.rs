@@ -42,7 +42,7 @@ use sandstep_model::journal::{
 use sandstep_model::manifest::{Manifest, Step};
 use sandstep_model::results::{result_file, ResultFile};
 use sandstep_model::{Action, StepContext, StepFile, StepResult};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use store::JournalStore;
@@ -126,6 +126,8 @@ struct Run<'a> {
     observer: Arc<dyn Observer>,
     cancel: &'a CancellationToken,
     manifests: &'a Manifests,
+    /// Files verified in this process, by (unit, file id): verified again only after a restart.
+    verified: &'a std::sync::Mutex<BTreeSet<(usize, String)>>,
 }
 
 /// The unit being run: its index, context, work dir and handler.
@@ -342,10 +344,12 @@ impl Deployer {
             units: j.units.iter().map(plan::unit_info).collect(),
             resumed,
         });
+        let verified = std::sync::Mutex::default();
         let run = Run {
             observer: observer.clone(),
             cancel,
             manifests: &manifests,
+            verified: &verified,
         };
 
         while let Some(index) = j.next_unit() {
@@ -510,8 +514,13 @@ impl Deployer {
         payload: &Dir,
         run: &Run<'_>,
     ) -> Result<(), StepResult> {
+        // A file the journal says was fetched by an earlier process is checked again: store files
+        // are not synced, so after a crash only their hash says they are whole.
         for w in files {
-            if payload.exists(&w.file_name) && j.units[index].files.iter().any(|f| f.id == w.id) {
+            let key = (index, w.id.clone());
+            if payload.exists(&w.file_name)
+                && run.verified.lock().expect("never poisoned").contains(&key)
+            {
                 continue;
             }
             let started = Instant::now();
@@ -562,8 +571,13 @@ impl Deployer {
                 duration_ms: started.elapsed().as_millis() as u64,
             };
             let files = &mut j.units[index].files;
-            files.retain(|f| f.id != w.id);
-            files.push(record);
+            // Checked again after a restart: the record of the first fetch stands.
+            let recorded = files.iter().any(|f| f.id == w.id);
+            if !(recorded && matches!(fetched, Fetched::AlreadyPresent)) {
+                files.retain(|f| f.id != w.id);
+                files.push(record);
+            }
+            run.verified.lock().expect("never poisoned").insert(key);
         }
         Ok(())
     }
@@ -854,6 +868,7 @@ impl Deployer {
             observer: run.observer.clone(),
             cancel: &not_cancelled,
             manifests: run.manifests,
+            verified: run.verified,
         };
         if let Ok(dirs) = self.unit_dirs(j, cur.index) {
             if let Ok(mut s) = self

@@ -96,6 +96,24 @@ async fn a_corrupted_stored_copy_is_fetched_again() {
     assert_eq!(std::fs::read(s.dir.path().join(w.key())).unwrap(), bytes);
 }
 
+/// A partial file torn by a crash (its start garbled) is resumed, fails its hash, and is fetched
+/// again from the start, once, instead of failing the step.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_torn_partial_file_is_fetched_again_from_the_start() {
+    let server = TestServer::start();
+    let bytes = payload(100_000);
+    server.put("t.bin", &bytes);
+    let s = store();
+    let w = wanted("t.bin", &bytes);
+    let mut torn = bytes[..60_000].to_vec();
+    torn[..4096].fill(0);
+    std::fs::write(s.dir.path().join(format!("{}.partial", w.key())), &torn).unwrap();
+    let r = fetch(&s, &w, &server.url("t.bin")).await.unwrap();
+    assert_eq!(r, Fetched::Downloaded { bytes: 100_000 });
+    assert_eq!(server.requests("t.bin"), vec![Some(60_000), None]);
+    assert_eq!(std::fs::read(s.dir.path().join(w.key())).unwrap(), bytes);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_connection_is_resumed_with_a_range_request() {
     let server = TestServer::start();
