@@ -560,6 +560,8 @@ pub struct FirmwarePath {
     pub sandstep_mb_s: f64,
     pub ratio: f64,
     pub ratio_to_curl_fsync: f64,
+    /// Where sandstep's time went in its last run, from its journal (ms).
+    pub breakdown: String,
     pub sandstep_peak_rss_mib: f64,
 }
 
@@ -689,6 +691,31 @@ pub fn firmware_path(
             .len(),
         mib << 20
     );
+    let journal = std::fs::read_dir(data.join("journal"))
+        .expect("journal dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("fw-1") && name.ends_with(".journal")
+        })
+        .expect("the last run's journal");
+    let journal = std::fs::read(journal).expect("journal");
+    let j = sandstep_model::journal::Journal::decode(&journal).expect("journal decodes");
+    let breakdown = j
+        .units
+        .iter()
+        .flat_map(|u| {
+            u.files
+                .iter()
+                .map(|f| format!("download {}", f.duration_ms))
+                .chain(
+                    u.actions
+                        .iter()
+                        .map(|a| format!("{} {}", a.action, a.duration_ms)),
+                )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let mb = (mib << 20) as f64 / 1e6;
     let (c, cf, s) = (Stats::of(curl), Stats::of(curl_fsync), Stats::of(runs));
     let (cm, cfm, sm) = (
@@ -703,6 +730,7 @@ pub fn firmware_path(
         sandstep_mb_s: sm,
         ratio: sm / cm,
         ratio_to_curl_fsync: sm / cfm,
+        breakdown,
         sandstep_peak_rss_mib: rss as f64 / 1024.0,
     }
 }

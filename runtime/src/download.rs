@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
+/// How often a transfer reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
 /// Download settings (the `[download]` table of the config file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -491,13 +494,17 @@ impl Downloader {
         // while chunks are still being written to it.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
         let sink = tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
+            // HTTP chunks are a few KiB: batch them into large writes.
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
             while let Some(chunk) = rx.blocking_recv() {
                 h.update(&chunk);
                 out.write_all(&chunk)?;
             }
+            out.flush()?;
             Ok(h)
         });
         let mut stream = resp.bytes_stream();
+        let mut last_progress = Instant::now();
         let stall = Duration::from_secs(self.config.stall_timeout_secs);
         let received = async {
             loop {
@@ -521,7 +528,11 @@ impl Downloader {
                 if tx.send(chunk).await.is_err() {
                     return Ok(()); // the sink failed; its error is reported below
                 }
-                progress(offset, file.size);
+                // Progress at most every 100 ms: per chunk, reporting cost more than the transfer.
+                if last_progress.elapsed() >= PROGRESS_EVERY || offset == file.size {
+                    last_progress = Instant::now();
+                    progress(offset, file.size);
+                }
             }
         }
         .await;

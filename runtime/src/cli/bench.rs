@@ -106,6 +106,10 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             "| 4. firmware {} MiB: sandstep / (curl + fsync of the slot) | {:.0} / {:.0} MB/s = {:.2} | - |",
             mib, f.sandstep_mb_s, f.curl_fsync_mb_s, f.ratio_to_curl_fsync
         );
+        println!(
+            "| 4. firmware {} MiB: sandstep's time by stage (ms) | {} | - |",
+            mib, f.breakdown
+        );
         all.insert(format!("firmware_{mib}mib"), serde_json::to_value(&f)?);
     }
 
