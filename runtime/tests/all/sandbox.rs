@@ -414,10 +414,11 @@ async fn huge_result_details_are_clamped_to_1024_bytes() {
     assert!(r.result_details.ends_with('…'));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn progress_and_log_events_reach_the_sink_tagged() {
-    let env = StepEnv::new();
-    env.add_payload("a.txt", b"x");
+/// Runs the probe's install with `props`, recording every event with its workflow id.
+async fn install_recording_events(
+    env: &StepEnv,
+    props: serde_json::Value,
+) -> (Vec<(String, HandlerEvent)>, sandstep_model::StepResult) {
     let seen: Arc<Mutex<Vec<(String, HandlerEvent)>>> = Arc::default();
     let s = seen.clone();
     let sink: sandstep::sandbox::EventSink = Arc::new(move |tags, ev| {
@@ -431,7 +432,7 @@ async fn progress_and_log_events_reach_the_sink_tagged() {
         .session(
             &handler,
             setup(
-                &env,
+                env,
                 "test/probe:1",
                 Grants::default(),
                 quick_limits(),
@@ -443,12 +444,20 @@ async fn progress_and_log_events_reach_the_sink_tagged() {
     let r = session
         .call(
             Action::Install,
-            &env.ctx("test/probe:1", json!({"op": "summarize"})),
+            &env.ctx("test/probe:1", props),
             &CancellationToken::new(),
         )
         .await;
+    let seen = seen.lock().unwrap().clone();
+    (seen, r)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_and_log_events_reach_the_sink_tagged() {
+    let env = StepEnv::new();
+    env.add_payload("a.txt", b"x");
+    let (seen, r) = install_recording_events(&env, json!({"op": "summarize"})).await;
     assert!(r.is_success());
-    let seen = seen.lock().unwrap();
     assert!(seen.contains(&(
         "wf-test".to_owned(),
         HandlerEvent::Progress {
@@ -692,48 +701,22 @@ async fn a_handler_returning_with_work_over_its_quota_fails_the_step() {
 #[tokio::test(flavor = "multi_thread")]
 async fn log_and_progress_floods_are_rate_limited_and_truncated() {
     let env = StepEnv::new();
-    let seen: Arc<Mutex<Vec<HandlerEvent>>> = Arc::default();
-    let s = seen.clone();
-    let sink: sandstep::sandbox::EventSink = Arc::new(move |_, ev| {
-        s.lock().unwrap().push(ev.clone());
-    });
-    let sandbox = sandbox();
-    let handler = sandbox.load("probe", component("probe")).await.unwrap();
-    let mut session = sandbox
-        .session(
-            &handler,
-            setup(
-                &env,
-                "test/probe:1",
-                Grants::default(),
-                quick_limits(),
-                Some(sink),
-            ),
-        )
-        .await
-        .unwrap();
-    let r = session
-        .call(
-            Action::Install,
-            &env.ctx(
-                "test/probe:1",
-                json!({"op": "flood", "logs": 20_000, "progress": 20_000, "len": 10_000}),
-            ),
-            &CancellationToken::new(),
-        )
-        .await;
+    let (seen, r) = install_recording_events(
+        &env,
+        json!({"op": "flood", "logs": 20_000, "progress": 20_000, "len": 10_000}),
+    )
+    .await;
     assert_eq!(r.result_code, result::INSTALL_SUCCESS, "{r:?}");
-    let seen = seen.lock().unwrap();
     let logs: Vec<_> = seen
         .iter()
-        .filter_map(|e| match e {
+        .filter_map(|(_, e)| match e {
             HandlerEvent::Log { message, .. } => Some(message),
             _ => None,
         })
         .collect();
     let progress: Vec<_> = seen
         .iter()
-        .filter_map(|e| match e {
+        .filter_map(|(_, e)| match e {
             HandlerEvent::Progress { percent, message } => Some((*percent, message)),
             _ => None,
         })
