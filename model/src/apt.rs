@@ -84,8 +84,8 @@ impl AptManifest {
         if bytes.len() > MAX_APT_MANIFEST {
             return Err(AptManifestError::TooLarge(bytes.len()));
         }
-        let manifest: AptManifest =
-            serde_json::from_slice(bytes).map_err(|e| AptManifestError::NotJson(e.to_string()))?;
+        let manifest: AptManifest = serde_json::from_slice(crate::json::strip_bom(bytes))
+            .map_err(|e| AptManifestError::NotJson(e.to_string()))?;
         if manifest.packages.is_empty() {
             return Err(AptManifestError::NoPackages);
         }

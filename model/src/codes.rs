@@ -283,6 +283,9 @@ pub mod erc {
     pub const FILE_HASH_MISMATCH: E = E::from_raw(0x4000_000C);
     /// The manifest signature is missing or the manifest hash does not match.
     pub const MANIFEST_SIGNATURE_MISSING_OR_HASH_MISMATCH: E = E::from_raw(0x8030_0001u32 as i32);
+    /// ADU's `ADUC_ERC_ROOTKEY_SIGNING_KEY_IS_DISABLED`: the manifest's signing key is on the
+    /// root key package's `disabledSigningKeys`.
+    pub const SIGNING_KEY_IS_DISABLED: E = E::from_raw(0xA000_0005u32 as i32);
     /// The manifest version is not supported.
     pub const UNSUPPORTED_MANIFEST_VERSION: E = E::from_raw(0x8030_000Au32 as i32);
     /// A step has no `handlerProperties`.

@@ -57,8 +57,8 @@ impl Deployment {
         if text.len() > MAX_DEPLOYMENT_BYTES {
             return Err(DeploymentError::TooLarge(text.len()));
         }
-        let d: Deployment =
-            serde_json::from_str(text).map_err(|e| DeploymentError::Invalid(e.to_string()))?;
+        let d: Deployment = serde_json::from_str(crate::json::strip_bom_str(text))
+            .map_err(|e| DeploymentError::Invalid(e.to_string()))?;
         d.check()?;
         Ok(d)
     }

@@ -31,8 +31,8 @@ impl Inventory {
         if text.len() > MAX_INVENTORY_BYTES {
             return Err(InventoryError::TooLarge(text.len()));
         }
-        let inv: Inventory =
-            serde_json::from_str(text).map_err(|e| InventoryError::Invalid(e.to_string()))?;
+        let inv: Inventory = serde_json::from_str(crate::json::strip_bom_str(text))
+            .map_err(|e| InventoryError::Invalid(e.to_string()))?;
         let mut seen = HashSet::new();
         for (index, c) in inv.components.iter().enumerate() {
             if c.id.is_empty() || c.id.len() > 256 || c.id.chars().any(char::is_control) {

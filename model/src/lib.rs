@@ -8,6 +8,7 @@
 //! - [`manifest`]: ADU v4/v5 update manifests, validated with field-path errors.
 //! - [`deployment`]: the deployment message (workflow, manifest, signature, file URLs).
 //! - [`inventory`]: attached components and selection by compatibility.
+//! - [`json`]: JSON as ADU reads it (a UTF-8 byte order mark is skipped).
 //! - [`journal`]: the persisted state machine of a deployment, checksummed.
 //! - [`results`]: root and per-step results, and the result file.
 //! - [`script_result`]: the result file of ADU's script protocol.
@@ -20,6 +21,7 @@ pub mod context;
 pub mod deployment;
 pub mod inventory;
 pub mod journal;
+pub mod json;
 pub mod manifest;
 pub mod results;
 pub mod script_result;

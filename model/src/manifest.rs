@@ -157,7 +157,7 @@ impl Manifest {
                 ),
             ));
         }
-        let value: Value = serde_json::from_str(text)
+        let value: Value = serde_json::from_str(crate::json::strip_bom_str(text))
             .map_err(|e| ManifestError::one("", format!("not valid JSON: {e}")))?;
         Manifest::from_value(&value)
     }
@@ -174,7 +174,7 @@ impl Manifest {
                 ),
             ));
         }
-        let value: Value = serde_json::from_str(text)
+        let value: Value = serde_json::from_str(crate::json::strip_bom_str(text))
             .map_err(|e| ManifestError::one("", format!("not valid JSON: {e}")))?;
         let manifest = match value.get("updateManifest") {
             Some(Value::String(inner)) => Manifest::parse(inner).map_err(|e| ManifestError {
@@ -416,10 +416,9 @@ impl Validator {
 
     fn version(&mut self, v: &Value) -> Option<ManifestVersion> {
         let s = self.string(v, "manifestVersion")?;
-        let major = s.strip_suffix(".0").unwrap_or(s);
-        match major {
-            "4" => Some(ManifestVersion::V4),
-            "5" => Some(ManifestVersion::V5),
+        match adu_atoi(s) {
+            4 => Some(ManifestVersion::V4),
+            5 => Some(ManifestVersion::V5),
             _ => {
                 self.err(
                     "manifestVersion",
@@ -799,9 +798,51 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// `manifestVersion` read as ADU's agent reads it: C's `atoi` of the string
+/// (`src/utils/workflow_utils/src/workflow_utils.c`, `workflow_get_update_manifest_version`), so
+/// "4", "4.0", "5.1" and " 4" are versions 4, 4, 5 and 4, and anything without leading digits is 0.
+/// ADU accepts 4 to 5 (`SUPPORTED_UPDATE_MANIFEST_VERSION_MIN`/`MAX` in its CMakeLists.txt).
+pub fn adu_atoi(text: &str) -> i64 {
+    let t = text.trim_start_matches([' ', '\t', '\n', '\r', '\x0B', '\x0C']);
+    let (negative, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let value = digits
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .fold(0i64, |n, d| {
+            n.saturating_mul(10).saturating_add(i64::from(d - b'0'))
+        });
+    if negative {
+        -value
+    } else {
+        value
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_version_is_read_with_atoi_as_adu_reads_it() {
+        // ADU: workflow_get_update_manifest_version -> atoi.
+        for (text, n) in [
+            ("4", 4),
+            ("4.0", 4),
+            ("5.1", 5),
+            (" 5", 5),
+            ("+4", 4),
+            ("04", 4),
+        ] {
+            assert_eq!(adu_atoi(text), n, "{text}");
+        }
+        for (text, n) in [("", 0), ("v4", 0), ("2.0", 2), ("-4", -4), ("6", 6)] {
+            assert_eq!(adu_atoi(text), n, "{text}");
+        }
+    }
 
     #[test]
     fn handler_ids_follow_the_schema_pattern() {

@@ -32,7 +32,8 @@ impl ScriptResult {
         if bytes.len() > MAX_SCRIPT_RESULT {
             return Err(ScriptResultError::TooLarge(bytes.len()));
         }
-        serde_json::from_slice(bytes).map_err(|e| ScriptResultError::Invalid(e.to_string()))
+        serde_json::from_slice(crate::json::strip_bom(bytes))
+            .map_err(|e| ScriptResultError::Invalid(e.to_string()))
     }
 }
 

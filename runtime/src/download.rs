@@ -6,7 +6,8 @@
 //! (up to a cap); a server that sends more than `sizeInBytes` or the wrong bytes is refused and the
 //! partial file deleted. A file already in the store with the right digest is not fetched again
 //! (ADU's 502); "with the right digest" is checked by hashing it on every use, so store files need
-//! no fsync, and a partial file that fails its hash after resuming is fetched again from the start. Proxies come from the usual environment variables (`https_proxy`, `no_proxy`, ...).
+//! no fsync, and a partial file that fails its hash after resuming is fetched again from the start.
+//! Proxies come from the usual environment variables (`https_proxy`, `no_proxy`, ...).
 
 use crate::digest::Sha256;
 use cap_std::fs::{Dir, File, OpenOptions};
@@ -528,7 +529,8 @@ impl Downloader {
                 if tx.send(chunk).await.is_err() {
                     return Ok(()); // the sink failed; its error is reported below
                 }
-                // Progress at most every 100 ms: per chunk, reporting cost more than the transfer.
+                // Progress at most every 100 ms: observers need no more, and 1 GiB is ~100,000
+                // chunks.
                 if last_progress.elapsed() >= PROGRESS_EVERY || offset == file.size {
                     last_progress = Instant::now();
                     progress(offset, file.size);

@@ -5,6 +5,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Subcommand, ValueEnum};
 use sandstep::datadir::write_atomic;
 use sandstep::trust::jws::PublicJwk;
+use sandstep::trust::root_package;
 use sandstep::trust::TrustStore;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +23,8 @@ pub enum TrustCommand {
     /// Trust a public key (copied into <data-dir>/trust/handlers or trust/roots).
     Add {
         what: What,
-        /// The public key file (NAME.pub from `sandstep key generate`).
+        /// The public key file (NAME.pub from `sandstep key generate`); for `root`, also ADU's
+        /// root key package file (root keys, disabled root keys, disabled signing keys).
         key: PathBuf,
         /// The name it is known by (default: the file name without .pub).
         #[arg(long)]
@@ -44,37 +46,32 @@ pub fn run(cmd: TrustCommand, common: &Common) -> Result<ExitCode> {
                 None => key
                     .file_name()
                     .and_then(|n| n.to_str())
-                    .map(|n| n.trim_end_matches(".pub").to_owned())
+                    .map(|n| {
+                        n.trim_end_matches(".pub")
+                            .trim_end_matches(".json")
+                            .trim_end_matches(".rootkeys")
+                            .to_owned()
+                    })
                     .context("the key path has no file name")?,
             };
             if sandstep_model::manifest::check_plain_name(&name).is_err() || name.starts_with('.') {
                 bail!("`{name}` cannot name a key file; use --name with a plain name");
             }
-            let dir = match what {
+            let (dir, file) = match what {
                 What::Handler => {
                     wasmsign2::PublicKey::from_bytes(&bytes).with_context(|| {
                         format!("{} is not a handler public key", key.display())
                     })?;
-                    data.trust_handlers()?
+                    (data.trust_handlers()?, format!("{name}.pub"))
                 }
                 What::Root => {
-                    let v: serde_json::Value = serde_json::from_slice(&bytes)
-                        .with_context(|| format!("{} is not a JWK", key.display()))?;
-                    let jwk =
-                        PublicJwk::from_value(&v).with_context(|| format!("{}", key.display()))?;
-                    if v.get("d").is_some() {
-                        bail!(
-                            "{} holds a private key; give the public one (NAME.pub)",
-                            key.display()
-                        );
-                    }
-                    if jwk.kid().is_none() {
-                        bail!("{}: a root key needs a `kid`", key.display());
-                    }
-                    data.trust_roots()?
+                    let v: serde_json::Value =
+                        serde_json::from_slice(sandstep_model::json::strip_bom(&bytes))
+                            .with_context(|| format!("{} is not JSON", key.display()))?;
+                    (data.trust_roots()?, root_file(&v, &key, &name)?)
                 }
             };
-            write_atomic(&dir, &format!("{name}.pub"), &bytes, 0o644)?;
+            write_atomic(&dir, &file, &bytes, 0o644)?;
             println!("trusted {name}");
         }
         TrustCommand::List => {
@@ -101,4 +98,33 @@ pub fn run(cmd: TrustCommand, common: &Common) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks a root key file (a public JWK with a kid, or ADU's root key package) and says what it
+/// holds; returns the file name it is kept under.
+fn root_file(v: &serde_json::Value, key: &std::path::Path, name: &str) -> Result<String> {
+    if root_package::is_package(v) {
+        let pkg = root_package::parse(v).with_context(|| format!("{}", key.display()))?;
+        for r in &pkg.roots {
+            println!("root key {}", r.kid().unwrap_or("?"));
+        }
+        for kid in &pkg.disabled_root_kids {
+            println!("disabled root key {kid}");
+        }
+        for hash in &pkg.disabled_signing_keys {
+            println!("disabled signing key {hash}");
+        }
+        return Ok(format!("{name}{}", root_package::SUFFIX));
+    }
+    let jwk = PublicJwk::from_value(v).with_context(|| format!("{}", key.display()))?;
+    if v.get("d").is_some() {
+        bail!(
+            "{} holds a private key; give the public one (NAME.pub)",
+            key.display()
+        );
+    }
+    if jwk.kid().is_none() {
+        bail!("{}: a root key needs a `kid`", key.display());
+    }
+    Ok(format!("{name}.pub"))
 }

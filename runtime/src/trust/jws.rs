@@ -2,7 +2,7 @@
 //! (Ed25519, for self-hosted fleets). Nothing else is accepted: `none`, `HS256` and the rest are
 //! refused by name.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine as _;
 use rsa::pkcs1v15::{Signature as RsaSignature, SigningKey, VerifyingKey};
 use rsa::signature::{SignatureEncoding, Signer, Verifier};
@@ -37,6 +37,9 @@ impl Alg {
 pub enum JwsError {
     #[error("not a compact JWS: {0}")]
     Structure(String),
+    /// The first part does not decode to a JSON object (ADU tells this apart from structure).
+    #[error("not a compact JWS: {0}")]
+    Header(String),
     #[error("algorithm `{0}` is not accepted (only RS256 and EdDSA)")]
     UnsupportedAlg(String),
     #[error("signature does not verify")]
@@ -59,14 +62,29 @@ pub enum PublicJwk {
     },
 }
 
+/// Decodes base64 the way ADU's agent does (`src/utils/crypto_utils/src/base64_utils.c`,
+/// `Base64URLDecode`): `-` and `_` are read as `+` and `/`, padding is optional, so text in the
+/// URL-safe alphabet, the standard one, or a mix of both decodes. Real ADU signing keys carry `+`
+/// and `/` in `n`, inside a JWS that is otherwise base64url.
+pub fn decode_b64(text: &str) -> Option<Vec<u8>> {
+    let standard: String = text
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    STANDARD_NO_PAD.decode(standard).ok()
+}
+
 fn b64(v: &Value, field: &str) -> Result<Vec<u8>, JwsError> {
     let s = v
         .get(field)
         .and_then(Value::as_str)
         .ok_or_else(|| JwsError::BadKey(format!("missing `{field}`")))?;
-    B64URL
-        .decode(s.trim_end_matches('='))
-        .map_err(|_| JwsError::BadKey(format!("`{field}` is not base64url")))
+    decode_b64(s).ok_or_else(|| JwsError::BadKey(format!("`{field}` is not base64")))
 }
 
 fn kid(v: &Value) -> Option<String> {
@@ -164,6 +182,28 @@ impl PublicJwk {
             ),
         };
         B64URL.encode(Sha256::digest(canonical.as_bytes()))
+    }
+
+    /// How ADU names a signing key in a root key package's `disabledSigningKeys`: base64url of the
+    /// sha256 of its DER SubjectPublicKeyInfo (`src/utils/jws_utils/src/jws_utils.c`,
+    /// `IsSigningKeyDisallowed`, hashing what `CryptoUtils_GenerateRsaPublicKey` encodes).
+    pub fn spki_sha256(&self) -> String {
+        let der = match self {
+            PublicJwk::Rsa { .. } => {
+                use rsa::pkcs8::EncodePublicKey as _;
+                let (key,) = self.rsa().expect("checked when the JWK was parsed");
+                key.to_public_key_der()
+                    .expect("an RSA public key encodes")
+                    .into_vec()
+            }
+            PublicJwk::Ed25519 { x, .. } => {
+                // RFC 8410: SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING x }.
+                let mut der = hex::decode("302a300506032b6570032100").expect("hex");
+                der.extend_from_slice(x);
+                der
+            }
+        };
+        B64URL.encode(Sha256::digest(&der))
     }
 
     /// Verifies `signature` over `message` with this key.
@@ -333,16 +373,14 @@ impl Compact {
             )));
         };
         let dec = |part: &str, what: &str| {
-            B64URL
-                .decode(part)
-                .map_err(|_| JwsError::Structure(format!("the {what} is not base64url")))
+            decode_b64(part).ok_or_else(|| JwsError::Structure(format!("the {what} is not base64")))
         };
-        let header: Value = serde_json::from_slice(&dec(h, "header")?)
-            .map_err(|_| JwsError::Structure("the header is not JSON".into()))?;
+        let header =
+            decode_b64(h).ok_or_else(|| JwsError::Header("the header is not base64".into()))?;
+        let header: Value = serde_json::from_slice(&header)
+            .map_err(|_| JwsError::Header("the header is not JSON".into()))?;
         let Value::Object(header) = header else {
-            return Err(JwsError::Structure(
-                "the header is not a JSON object".into(),
-            ));
+            return Err(JwsError::Header("the header is not a JSON object".into()));
         };
         Ok(Compact {
             header,
@@ -435,7 +473,7 @@ mod tests {
         );
         assert_eq!(
             Compact::parse("!!.e30.e30").unwrap_err(),
-            JwsError::Structure("the header is not base64url".into())
+            JwsError::Header("the header is not base64".into())
         );
         let none = format!(
             "{}.{}.",

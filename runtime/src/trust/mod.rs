@@ -6,11 +6,13 @@
 //!   verified against the trusted roots (`<data-dir>/trust/roots/*.pub`).
 //! - [`jws`]: compact JWS and JWK, RS256 and EdDSA only.
 //! - [`keys`]: key files as `sandstep key generate` writes them.
+//! - [`root_package`]: ADU's root key package (root keys, disabled roots, disabled signing keys).
 
 pub mod handler_sig;
 pub mod jws;
 pub mod keys;
 pub mod manifest_sig;
+pub mod root_package;
 
 use crate::datadir::DataDir;
 use cap_std::fs::Dir;
@@ -29,7 +31,8 @@ pub struct TrustConfig {
     pub root_key_dirs: Vec<PathBuf>,
     /// Root key ids no longer trusted.
     pub disabled_root_kids: BTreeSet<String>,
-    /// Signing keys no longer accepted, by RFC 7638 thumbprint.
+    /// Signing keys no longer accepted: ADU's name (base64url sha256 of the SubjectPublicKeyInfo,
+    /// as in a root key package's `disabledSigningKeys`) or the RFC 7638 thumbprint.
     pub disallowed_signing_keys: BTreeSet<String>,
     /// Refuse manifests without a valid signature (`--allow-unsigned` overrides it per run).
     pub require_manifest_signature: bool,
@@ -71,8 +74,12 @@ pub struct TrustError {
     pub reason: String,
 }
 
-/// `*.pub` files of a directory, sorted, as (stem, bytes).
-fn pub_files(dir: &Dir, origin: &str) -> Result<Vec<(String, Vec<u8>)>, TrustError> {
+/// Files of a directory whose names end in `suffix`, sorted, as (stem, bytes).
+fn files_ending(
+    dir: &Dir,
+    origin: &str,
+    suffix: &str,
+) -> Result<Vec<(String, Vec<u8>)>, TrustError> {
     let err = |file: &str, reason: String| TrustError {
         file: format!("{origin}/{file}"),
         reason,
@@ -82,7 +89,7 @@ fn pub_files(dir: &Dir, origin: &str) -> Result<Vec<(String, Vec<u8>)>, TrustErr
     for e in entries {
         let e = e.map_err(|e| err("", e.to_string()))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".pub") else {
+        let Some(stem) = name.strip_suffix(suffix) else {
             continue;
         };
         let bytes = dir.read(&name).map_err(|e| err(&name, e.to_string()))?;
@@ -119,7 +126,7 @@ impl TrustStore {
             ..TrustStore::default()
         };
         for (dir, origin) in &handler_dirs {
-            for (name, bytes) in pub_files(dir, origin)? {
+            for (name, bytes) in files_ending(dir, origin, ".pub")? {
                 let key = wasmsign2::PublicKey::from_bytes(&bytes)
                     .map_err(|e| TrustError {
                         file: format!("{origin}/{name}.pub"),
@@ -130,27 +137,45 @@ impl TrustStore {
             }
         }
         for (dir, origin) in &root_dirs {
-            for (name, bytes) in pub_files(dir, origin)? {
-                let file = format!("{origin}/{name}.pub");
-                let v: serde_json::Value =
-                    serde_json::from_slice(&bytes).map_err(|e| TrustError {
-                        file: file.clone(),
-                        reason: format!("not a JWK: {e}"),
-                    })?;
-                let jwk = PublicJwk::from_value(&v).map_err(|e| TrustError {
-                    file: file.clone(),
-                    reason: e.to_string(),
-                })?;
-                if jwk.kid().is_none() {
-                    return Err(TrustError {
-                        file,
-                        reason: "a root key needs a `kid`".into(),
-                    });
-                }
-                store.roots.push(jwk);
-            }
+            store.add_root_dir(dir, origin)?;
         }
         Ok(store)
+    }
+}
+
+impl TrustStore {
+    /// The root keys (`*.pub` JWKs) and ADU root key packages (`*.rootkeys.json`) of a directory.
+    fn add_root_dir(&mut self, dir: &Dir, origin: &str) -> Result<(), TrustError> {
+        for (name, bytes) in files_ending(dir, origin, ".pub")? {
+            let file = format!("{origin}/{name}.pub");
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| TrustError {
+                file: file.clone(),
+                reason: format!("not a JWK: {e}"),
+            })?;
+            let jwk = PublicJwk::from_value(&v).map_err(|e| TrustError {
+                file: file.clone(),
+                reason: e.to_string(),
+            })?;
+            if jwk.kid().is_none() {
+                return Err(TrustError {
+                    file,
+                    reason: "a root key needs a `kid`".into(),
+                });
+            }
+            self.roots.push(jwk);
+        }
+        for (name, bytes) in files_ending(dir, origin, root_package::SUFFIX)? {
+            let file = format!("{origin}/{name}{}", root_package::SUFFIX);
+            let pkg = serde_json::from_slice(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|v| root_package::parse(&v).map_err(|e| e.to_string()))
+                .map_err(|reason| TrustError { file, reason })?;
+            self.roots.extend(pkg.roots);
+            self.disabled_root_kids.extend(pkg.disabled_root_kids);
+            self.disallowed_signing_keys
+                .extend(pkg.disabled_signing_keys);
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests of the sandstep runtime, one module per area. Guests are built from source
 //! by scripts/build-components.sh on first use.
 
+mod adu_compat;
 mod cli;
 mod downloads;
 mod faults;

@@ -473,7 +473,8 @@ async fn a_manifest_signed_by_an_untrusted_root_is_refused() {
         signing: PrivateJwk::generate_ed25519(None),
     };
     let (out, ran) = deploy(&mut env, Config::default(), |m| Some(signature(m, &rogue))).await;
-    assert_refused(&out, ran, 0xA020_0007, "manifest signature: root key `rogue-root` is not trusted (no such key in the trusted roots)");
+    // ADU: RootKeyUtility_GetKeyForKid finds no key -> JWSResult_MissingRootKid (6).
+    assert_refused(&out, ran, 0xA020_0006, "manifest signature: root key `rogue-root` is not trusted (no such key in the trusted roots)");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -489,7 +490,8 @@ async fn a_forged_root_with_a_trusted_kid_is_refused() {
     assert_refused(
         &out,
         ran,
-        0xA020_0008,
+        // ADU: VerifyJWSWithKey over the sjwk -> JWSResult_InvalidSignature (4).
+        0xA020_0004,
         "manifest signature: the signing key's signature by root `root-ed` does not verify",
     );
 }
@@ -506,8 +508,12 @@ async fn a_disallowed_signing_key_is_refused() {
     assert_refused(
         &out,
         ran,
-        0xA020_000A,
-        &format!("manifest signature: signing key {thumb} is disallowed"),
+        // ADU: ADUC_ERC_ROOTKEY_SIGNING_KEY_IS_DISABLED, the key named by its SPKI hash.
+        0xA000_0005,
+        &format!(
+            "manifest signature: signing key {} is disabled",
+            k.signing.public().spki_sha256()
+        ),
     );
 }
 
@@ -570,7 +576,8 @@ async fn none_and_hs256_signatures_are_refused() {
         assert_refused(
             &out,
             ran,
-            0xA020_0003,
+            // ADU: CryptoUtils_IsValidSignature knows only RS256 -> JWSResult_InvalidSignature.
+            0xA020_0004,
             &format!(
                 "manifest signature: algorithm `{alg}` is not accepted (only RS256 and EdDSA)"
             ),
