@@ -162,7 +162,7 @@ pub enum Facility {
     Unknown = 0,
     /// Lower layer (platform).
     LowerLayer = 1,
-    /// Upper layer: the workflow (and sandstep's sandbox).
+    /// Upper layer: the workflow.
     UpperLayer = 2,
     /// A content (step) handler.
     ContentHandler = 3,
@@ -174,9 +174,14 @@ pub enum Facility {
     Utility = 8,
     /// Infrastructure (component 2: JWS manifest validation).
     Infra = 10,
+    /// sandstep's own conditions, which ADU's agent does not have. ADU leaves facility 11 unused
+    /// (`ADUC_FACILITY_UNUSED_B` in `src/inc/aduc/result.h`), so no sandstep-only code can be
+    /// read as one of ADU's (pinned by the compatibility suite against ADU's code table).
+    Sandstep = 11,
 }
 
-/// Component numbers under [`Facility::ContentHandler`], as ADU assigns them.
+/// Component numbers under [`Facility::ContentHandler`], as ADU assigns them, and sandstep's
+/// component for its own handlers under [`Facility::Sandstep`].
 pub mod content_component {
     /// The swupdate handler.
     pub const SWUPDATE: u8 = 1;
@@ -188,7 +193,8 @@ pub mod content_component {
     pub const SCRIPT: u8 = 5;
     /// External and custom handlers: use this for a vendor handler.
     pub const CUSTOM: u8 = 32;
-    /// sandstep's own handlers and SDK (firmware, component, files, SDK-level errors).
+    /// sandstep's own handlers and SDK (firmware, component, files, SDK-level errors), under
+    /// [`Facility::Sandstep`].
     pub const SANDSTEP: u8 = 0xA0;
 }
 
@@ -272,10 +278,10 @@ pub mod erc {
     use super::{content_component, ExtendedResultCode as E, Facility};
 
     const fn sandbox(code: u32) -> E {
-        E::new(Facility::UpperLayer, 0xA0, code)
+        E::new(Facility::Sandstep, 0x00, code)
     }
     const fn workflow(code: u32) -> E {
-        E::new(Facility::UpperLayer, 0xA1, code)
+        E::new(Facility::Sandstep, 0x01, code)
     }
 
     // ADU's own values, kept bit for bit.
@@ -290,6 +296,10 @@ pub mod erc {
     pub const UNSUPPORTED_MANIFEST_VERSION: E = E::from_raw(0x8030_000Au32 as i32);
     /// A step has no `handlerProperties`.
     pub const MISSING_HANDLER_PROPERTIES: E = E::from_raw(0x8040_000Du32 as i32);
+    /// The script handler: `scriptFileName` missing or empty.
+    pub const SCRIPT_MISSING_SCRIPT_FILE_NAME: E = E::from_raw(0x3050_0005);
+    /// The script handler: `scriptFileName` is not one of the step's files.
+    pub const SCRIPT_NOT_AMONG_STEP_FILES: E = E::from_raw(0x3050_0103);
     /// The script handler: no result file, or one that does not parse.
     pub const SCRIPT_RESULT_FILE_MISSING_OR_INVALID: E = E::from_raw(0x3050_0205);
     /// The script handler: the script failed but reported erc 0.
@@ -301,7 +311,7 @@ pub mod erc {
     /// The apt handler needs installedCriteria.
     pub const APT_MISSING_INSTALLED_CRITERIA: E = E::from_raw(0x3020_0007);
 
-    // sandstep's sandbox (facility 2, component 0xA0).
+    // sandstep's sandbox (facility 11, component 0).
     /// A handler call ran past its time limit.
     pub const SANDBOX_TIME_LIMIT: E = sandbox(0x001);
     /// A handler tried to grow its memory past the cap.
@@ -325,7 +335,7 @@ pub mod erc {
     /// The handler's `/work` folder grew past its quota (policy `work-bytes`).
     pub const SANDBOX_WORK_QUOTA: E = sandbox(0x00B);
 
-    // sandstep's workflow (facility 2, component 0xA1).
+    // sandstep's workflow (facility 11, component 1).
     /// The manifest failed validation.
     pub const WORKFLOW_MANIFEST_INVALID: E = workflow(0x001);
     /// A step file could not be fetched.
@@ -343,16 +353,96 @@ pub mod erc {
     /// After the reboot or restart a step asked for, is-installed says the update is not there.
     pub const WORKFLOW_NOT_INSTALLED_AFTER_FOLLOWUP: E = workflow(0x008);
 
-    // The SDK (facility 3, component 0xA0).
+    // The SDK (facility 11, component 0xA0, shared with sandstep's handlers).
     /// `handlerProperties` do not match the handler's expected shape.
     pub const SDK_INVALID_PROPERTIES: E =
-        E::new(Facility::ContentHandler, content_component::SANDSTEP, 0x001);
+        E::new(Facility::Sandstep, content_component::SANDSTEP, 0x001);
     /// A step file the handler needs is missing from the step.
-    pub const SDK_MISSING_FILE: E =
-        E::new(Facility::ContentHandler, content_component::SANDSTEP, 0x002);
+    pub const SDK_MISSING_FILE: E = E::new(Facility::Sandstep, content_component::SANDSTEP, 0x002);
     /// A host capability call failed.
     pub const SDK_CAPABILITY_FAILED: E =
-        E::new(Facility::ContentHandler, content_component::SANDSTEP, 0x003);
+        E::new(Facility::Sandstep, content_component::SANDSTEP, 0x003);
+    /// The script handler: the script ran past its time limit and was stopped.
+    pub const SCRIPT_TIMED_OUT: E = E::new(Facility::Sandstep, content_component::SANDSTEP, 0x401);
+
+    /// The codes above that are ADU's, with ADU's name for each (`src/inc/aduc/result.h`).
+    pub const ADU_NAMED: &[(&str, E)] = &[
+        (
+            "ADUC_ERC_CONTENT_DOWNLOADER_INVALID_FILE_HASH",
+            FILE_HASH_MISMATCH,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_MANIFEST_VALIDATION_FAILED",
+            MANIFEST_SIGNATURE_MISSING_OR_HASH_MISMATCH,
+        ),
+        (
+            "ADUC_ERC_ROOTKEY_SIGNING_KEY_IS_DISABLED",
+            SIGNING_KEY_IS_DISABLED,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_UNSUPPORTED_UPDATE_MANIFEST_VERSION",
+            UNSUPPORTED_MANIFEST_VERSION,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_WORKFLOW_UTIL_COPY_UPDATE_ACTION_COPY_HANDLER_PROPERTIES_FAILED",
+            MISSING_HANDLER_PROPERTIES,
+        ),
+        (
+            "ADUC_ERC_SCRIPT_HANDLER_MISSING_SCRIPTFILENAME_PROPERTY",
+            SCRIPT_MISSING_SCRIPT_FILE_NAME,
+        ),
+        (
+            "ADUC_ERC_SCRIPT_HANDLER_DOWNLOAD_FAILURE_GET_PRIMARY_FILE_ENTITY",
+            SCRIPT_NOT_AMONG_STEP_FILES,
+        ),
+        (
+            "ADUC_ERC_SCRIPT_HANDLER_INSTALL_FAILURE_PARSE_RESULT_FILE",
+            SCRIPT_RESULT_FILE_MISSING_OR_INVALID,
+        ),
+        (
+            "ADUC_ERC_SCRIPT_HANDLER_INSTALL_FAILURE_SCRIPT_RESULT_EXTENDEDRESULTCODE_ZERO",
+            SCRIPT_FAILED_WITHOUT_ERC,
+        ),
+        (
+            "ADUC_ERC_SCRIPT_HANDLER_ERROR_NONE",
+            SCRIPT_EXIT_STATUS_BASE,
+        ),
+        (
+            "ADUC_ERC_APT_HANDLER_PACKAGE_PREPARE_FAILURE_WRONG_FILECOUNT",
+            APT_WRONG_FILE_COUNT,
+        ),
+        (
+            "ADUC_ERC_APT_HANDLER_MISSING_INSTALLED_CRITERIA",
+            APT_MISSING_INSTALLED_CRITERIA,
+        ),
+    ];
+
+    /// The codes only sandstep has: all in [`Facility::Sandstep`].
+    pub const SANDSTEP_ONLY: &[E] = &[
+        SANDBOX_TIME_LIMIT,
+        SANDBOX_MEMORY_LIMIT,
+        SANDBOX_TRAP,
+        SANDBOX_LOAD_FAILED,
+        SANDBOX_CAPABILITY_DENIED,
+        SANDBOX_HANDLER_NOT_FOUND,
+        SANDBOX_SIGNATURE_REFUSED,
+        SANDBOX_SETUP_FAILED,
+        SANDBOX_CANCELLED,
+        SANDBOX_INVALID_RESULT,
+        SANDBOX_WORK_QUOTA,
+        WORKFLOW_MANIFEST_INVALID,
+        WORKFLOW_DOWNLOAD_FAILED,
+        WORKFLOW_FILE_SIZE_MISMATCH,
+        WORKFLOW_CHILD_MANIFEST_INVALID,
+        WORKFLOW_INVENTORY_INVALID,
+        WORKFLOW_CANCELLED,
+        WORKFLOW_JOURNAL_FAILED,
+        WORKFLOW_NOT_INSTALLED_AFTER_FOLLOWUP,
+        SDK_INVALID_PROPERTIES,
+        SDK_MISSING_FILE,
+        SDK_CAPABILITY_FAILED,
+        SCRIPT_TIMED_OUT,
+    ];
 }
 
 #[cfg(test)]
@@ -389,14 +479,14 @@ mod tests {
 
     #[test]
     fn sandstep_codes_print_as_the_readme_lists_them() {
-        assert_eq!(erc::SANDBOX_TIME_LIMIT.to_string(), "2A000001");
-        assert_eq!(erc::SANDBOX_INVALID_RESULT.to_string(), "2A00000A");
-        assert_eq!(erc::WORKFLOW_MANIFEST_INVALID.to_string(), "2A100001");
+        assert_eq!(erc::SANDBOX_TIME_LIMIT.to_string(), "B0000001");
+        assert_eq!(erc::SANDBOX_INVALID_RESULT.to_string(), "B000000A");
+        assert_eq!(erc::WORKFLOW_MANIFEST_INVALID.to_string(), "B0100001");
         assert_eq!(
             erc::WORKFLOW_NOT_INSTALLED_AFTER_FOLLOWUP.to_string(),
-            "2A100008"
+            "B0100008"
         );
-        assert_eq!(erc::SDK_INVALID_PROPERTIES.to_string(), "3A000001");
+        assert_eq!(erc::SDK_INVALID_PROPERTIES.to_string(), "BA000001");
         assert_eq!(erc::FILE_HASH_MISMATCH.to_string(), "4000000C");
     }
 

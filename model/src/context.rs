@@ -27,9 +27,11 @@ pub struct StepFile {
     pub sha256: String,
 }
 
-/// A component from the inventory (`components[]`).
+/// A component from the inventory (`components[]`). Fields beyond ADU's named ones are kept in
+/// `extra`: ADU's inventory is free-form JSON, and a child update may select components on any
+/// top-level string field (ADU's `contoso_component_enumerator.cpp` matches every compatibility
+/// key against the component object as it is).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Component {
     pub id: String,
     #[serde(default)]
@@ -44,6 +46,9 @@ pub struct Component {
     pub version: String,
     #[serde(default)]
     pub properties: serde_json::Map<String, serde_json::Value>,
+    /// Other top-level fields, as in the inventory.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Component {
@@ -56,8 +61,19 @@ impl Component {
             "manufacturer" => &self.manufacturer,
             "model" => &self.model,
             "version" => &self.version,
-            _ => return None,
+            other => return self.extra.get(other).and_then(serde_json::Value::as_str),
         })
+    }
+
+    /// `properties.<path>` as a string, `path` dotted through nested objects (parson's
+    /// `json_object_dotget_string`, which ADU's script handler uses for `--component-prop-val`).
+    pub fn property_path(&self, path: &str) -> Option<&str> {
+        let mut parts = path.split('.');
+        let mut value = self.properties.get(parts.next()?)?;
+        for part in parts {
+            value = value.as_object()?.get(part)?;
+        }
+        value.as_str()
     }
 
     /// Properties as (name, text) pairs; non-string values are given as JSON text.

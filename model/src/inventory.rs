@@ -108,11 +108,18 @@ mod tests {
             e.to_string(),
             "inventory: components[0].id: must be 1-256 characters without control characters"
         );
-        let e = Inventory::parse(r#"{"components":[{"id":"a","shell":"rm -rf /"}]}"#).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("inventory: unknown field `shell`"),
-            "{e}"
-        );
+    }
+
+    #[test]
+    fn components_keep_extra_fields_and_are_matched_on_them() {
+        // ADU's inventory is free-form: a child update may select on any top-level string.
+        let inv = Inventory::parse(
+            r#"{"components":[{"id":"a","group":"motors","serial":"S-1","rank":3}]}"#,
+        )
+        .unwrap();
+        let c = &inv.components[0];
+        assert_eq!(c.field("serial"), Some("S-1"));
+        assert_eq!(c.field("rank"), None, "only strings are matched");
+        assert_eq!(c.field("missing"), None);
     }
 }

@@ -133,10 +133,14 @@ impl Unit {
     pub fn label(&self) -> String {
         match (&self.component, self.child_step) {
             (Some(c), Some(cs)) => format!("{}/{}/{}", self.step, c.id, cs),
+            (None, Some(cs)) => format!("{}/{HOST}/{}", self.step, cs),
             _ => self.step.to_string(),
         }
     }
 }
+
+/// How a child step run for the host (no component inventory) is named in labels and reports.
+pub const HOST: &str = "(host)";
 
 /// The persisted state of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@
 //! - [`json`]: JSON as ADU reads it (a UTF-8 byte order mark is skipped).
 //! - [`journal`]: the persisted state machine of a deployment, checksummed.
 //! - [`results`]: root and per-step results, and the result file.
+//! - [`script_protocol`]: ADU's script protocol: argument splitting, tokens, action options.
 //! - [`script_result`]: the result file of ADU's script protocol.
 //! - [`shadow`]: device-shadow documents, the delta rule, topic layouts.
 
@@ -24,6 +25,7 @@ pub mod journal;
 pub mod json;
 pub mod manifest;
 pub mod results;
+pub mod script_protocol;
 pub mod script_result;
 pub mod shadow;
 pub mod step;

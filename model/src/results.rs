@@ -145,7 +145,7 @@ pub fn step_reports(j: &Journal) -> BTreeMap<String, StepReport> {
                         .component
                         .as_ref()
                         .map(|c| c.id.clone())
-                        .unwrap_or_default();
+                        .unwrap_or_else(|| crate::journal::HOST.to_owned());
                     let entry = components
                         .entry(id.clone())
                         .or_insert_with(|| ComponentReport {

@@ -17,7 +17,6 @@ use crate::workflow::{Deployer, Request};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use sandstep_model::checksum::crc32_update;
-use sandstep_model::inventory::Inventory;
 use sandstep_model::journal::FileSource;
 use sandstep_model::{Action, StepContext, UpdateId};
 use serde::Serialize;
@@ -470,7 +469,7 @@ pub async fn many_steps(
             retry_timestamp: None,
             manifest: m.to_string(),
             source: FileSource::Directory(files.display().to_string()),
-            inventory: Inventory::default(),
+            inventory: None,
             force: true,
             signature: None,
             allow_unsigned: true,

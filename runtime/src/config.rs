@@ -90,6 +90,11 @@ pub struct HandlerPolicy {
     /// Component properties that may be mapped in as directories, for the selected component
     /// only (component-aware handlers).
     pub component_dirs: Vec<ComponentDir>,
+    /// Put a copy of each verified payload file in the step's work folder before the handler
+    /// runs, as ADU's agent downloads a step's files into the folder it passes as
+    /// `--work-folder` (its script handler's scripts copy `<work-folder>/<file>`). A copy, never
+    /// a link: what a program does to it cannot reach the store, another step, or a later run.
+    pub payload_in_work: bool,
 }
 
 /// A host directory the policy hands to a handler.

@@ -84,6 +84,36 @@ pub struct Component {
     pub properties: Vec<(String, String)>,
 }
 
+impl sandstep_model::script_protocol::ComponentFields for Component {
+    fn top_field(&self, name: &str) -> Option<&str> {
+        Some(match name {
+            "id" => &self.id,
+            "name" => &self.name,
+            "group" => &self.group,
+            "manufacturer" => &self.manufacturer,
+            "model" => &self.model,
+            "version" => &self.version,
+            _ => return None,
+        })
+    }
+
+    fn property_at(&self, path: &str) -> Option<String> {
+        let (first, rest) = path
+            .split_once('.')
+            .map_or((path, None), |(a, b)| (a, Some(b)));
+        let text = self.property(first)?;
+        let Some(rest) = rest else {
+            return Some(text.to_owned());
+        };
+        // A nested object arrives as JSON text.
+        let mut value: serde_json::Value = serde_json::from_str(text).ok()?;
+        for part in rest.split('.') {
+            value = value.as_object_mut()?.remove(part)?;
+        }
+        value.as_str().map(str::to_owned)
+    }
+}
+
 impl Component {
     /// The value of an inventory property.
     ///

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 const fn c_erc(code: u32) -> ExtendedResultCode {
     ExtendedResultCode::new(
-        Facility::ContentHandler,
+        Facility::Sandstep,
         content_component::SANDSTEP,
         0x200 | code,
     )

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 const fn f_erc(code: u32) -> ExtendedResultCode {
     ExtendedResultCode::new(
-        Facility::ContentHandler,
+        Facility::Sandstep,
         content_component::SANDSTEP,
         0x300 | code,
     )

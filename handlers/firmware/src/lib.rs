@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 const fn fw_erc(code: u32) -> ExtendedResultCode {
     ExtendedResultCode::new(
-        Facility::ContentHandler,
+        Facility::Sandstep,
         sandstep_sdk::codes::content_component::SANDSTEP,
         0x100 | code,
     )

@@ -1,11 +1,13 @@
 //! `microsoft/script:1`: runs a step's script with ADU's script protocol.
 //!
-//! handlerProperties: `scriptFileName` (one of the step's files), `arguments` (a string; component
-//! tokens replaced, shell-style quotes honoured), `installedCriteria`, `apiVersion` ("1.0":
-//! `--action-<name>`, "1.1": `--action <name>`).
+//! As ADU's `script_handler.cpp`: handlerProperties `scriptFileName` (one of the step's files),
+//! `arguments` (split on single spaces, quotes meaning nothing; component tokens replaced),
+//! `installedCriteria`, `apiVersion` (absent or "1.0": `--action-<name>`, "1.1": `--action
+//! <name>`, anything else: no action option). Cancel does not run the script (ADU's answers 800).
 //!
 //! Command line: `<interpreter> <payload>/<script> <action option> <arguments...> --work-folder
-//! <work> --result-file <work>/action_<action>_aduc_result.json [--installed-criteria <ic>]`. The
+//! <work> --result-file <work>/action_<action>_aduc_result.json [--installed-criteria <ic>]`, the
+//! work folder holding copies of the step's files (policy `payload-in-work`). The
 //! interpreter is `/bin/bash` when the script's first line asks for bash, else `/bin/sh`; the
 //! program runs through the process capability (cleared environment, cwd = the step's work folder,
 //! time limit, captured output). The result file decides the result; a non-zero exit status is a
@@ -13,63 +15,26 @@
 //! erc `0x30500205`, and a failure that reports erc 0 gets `0x30500206`. Backup and restore are
 //! not part of ADU's protocol: 1001 and 1101.
 
+use sandstep_model::script_protocol::{
+    action_option, result_file_name, split_arguments, substitute_tokens,
+};
 use sandstep_model::script_result::ScriptResult;
-use sandstep_sdk::codes::{erc, ExtendedResultCode, Facility};
+use sandstep_sdk::codes::{erc, result, ExtendedResultCode};
 use sandstep_sdk::process::{self, Command};
 use sandstep_sdk::{export_handler, log, Action, Context, Failure, Handler, Outcome, StepResult};
 use serde::Deserialize;
 
-/// The script named by scriptFileName is not among the step's files.
-const ERC_SCRIPT_NOT_IN_STEP: ExtendedResultCode =
-    ExtendedResultCode::new(Facility::ContentHandler, 5, 0x202);
-/// The arguments string does not parse (unbalanced quotes).
-const ERC_BAD_ARGUMENTS: ExtendedResultCode =
-    ExtendedResultCode::new(Facility::ContentHandler, 5, 0x203);
-/// The script was killed at its time limit.
-const ERC_TIMED_OUT: ExtendedResultCode =
-    ExtendedResultCode::new(Facility::ContentHandler, 5, 0x204);
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Props {
-    script_file_name: String,
+    #[serde(default)]
+    script_file_name: Option<String>,
     #[serde(default)]
     arguments: String,
     #[serde(default)]
     installed_criteria: Option<String>,
-    #[serde(default = "default_api")]
-    api_version: String,
-}
-
-fn default_api() -> String {
-    "1.0".into()
-}
-
-/// Replaces ADU's component tokens in the (already split) arguments.
-fn substitute(args: Vec<String>, ctx: &Context) -> Vec<String> {
-    let c = ctx.component();
-    let field = |f: fn(&sandstep_sdk::Component) -> &str| c.map(f).unwrap_or("n/a").to_owned();
-    let mut out = Vec::with_capacity(args.len());
-    let mut it = args.into_iter();
-    while let Some(a) = it.next() {
-        let v = match a.as_str() {
-            "--component-id-val" => field(|c| &c.id),
-            "--component-name-val" => field(|c| &c.name),
-            "--component-manufacturer-val" => field(|c| &c.manufacturer),
-            "--component-model-val" => field(|c| &c.model),
-            "--component-version-val" => field(|c| &c.version),
-            "--component-group-val" => field(|c| &c.group),
-            "--component-prop-val" => {
-                let name = it.next().unwrap_or_default();
-                c.and_then(|c| c.property(&name))
-                    .unwrap_or("n/a")
-                    .to_owned()
-            }
-            _ => a,
-        };
-        out.push(v);
-    }
-    out
+    #[serde(default)]
+    api_version: Option<String>,
 }
 
 fn interpreter(script: &std::path::Path) -> &'static str {
@@ -88,47 +53,47 @@ fn interpreter(script: &std::path::Path) -> &'static str {
     }
 }
 
-fn run(ctx: &Context, action: Action) -> Outcome {
-    let props: Props = ctx.properties()?;
-    let script = ctx
-        .files()
-        .iter()
-        .find(|f| f.name == props.script_file_name)
+/// The step file `scriptFileName` names (ADU: `Script_Handler_DownloadPrimaryScriptFile`).
+fn script_file<'a>(ctx: &'a Context, props: &Props) -> Result<&'a sandstep_sdk::StepFile, Failure> {
+    let name = props
+        .script_file_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
         .ok_or_else(|| {
             Failure::new(
-                ERC_SCRIPT_NOT_IN_STEP,
-                format!(
-                    "scriptFileName `{}` is not one of the step's files ({})",
-                    props.script_file_name,
-                    ctx.files()
-                        .iter()
-                        .map(|f| f.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                erc::SCRIPT_MISSING_SCRIPT_FILE_NAME,
+                "handlerProperties.scriptFileName is missing or empty",
             )
         })?;
-    let user_args = shlex::split(&props.arguments).ok_or_else(|| {
+    ctx.files().iter().find(|f| f.name == name).ok_or_else(|| {
         Failure::new(
-            ERC_BAD_ARGUMENTS,
+            erc::SCRIPT_NOT_AMONG_STEP_FILES,
             format!(
-                "handlerProperties.arguments has unbalanced quotes: {}",
-                props.arguments
+                "scriptFileName `{name}` is not one of the step's files ({})",
+                ctx.files()
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
-    })?;
-    let result_name = format!("action_{}_aduc_result.json", action.file_stem());
+    })
+}
+
+fn run(ctx: &Context, action: Action) -> Outcome {
+    let props: Props = ctx.properties()?;
+    let script = script_file(ctx, &props)?;
+    let result_name = result_file_name(action);
     let result_guest = ctx.work_path(&result_name);
     let _ = std::fs::remove_file(&result_guest);
 
     let mut args = vec![process::host_path(script.path())?];
-    if props.api_version == "1.1" {
-        args.push("--action".into());
-        args.push(action.name().into());
-    } else {
-        args.push(format!("--action-{}", action.name()));
-    }
-    args.extend(substitute(user_args, ctx));
+    args.extend(action_option(props.api_version.as_deref(), action));
+    args.extend(substitute_tokens(
+        split_arguments(&props.arguments),
+        ctx.component()
+            .map(|c| c as &dyn sandstep_model::script_protocol::ComponentFields),
+    ));
     args.push("--work-folder".into());
     args.push(process::host_path(ctx.work_path(""))?);
     args.push("--result-file".into());
@@ -137,6 +102,7 @@ fn run(ctx: &Context, action: Action) -> Outcome {
         .installed_criteria
         .as_deref()
         .or(ctx.installed_criteria())
+        .filter(|ic| !ic.is_empty())
     {
         args.push("--installed-criteria".into());
         args.push(ic.to_owned());
@@ -150,7 +116,7 @@ fn run(ctx: &Context, action: Action) -> Outcome {
     let out = Command::new(interpreter(script.path())).args(args).run()?;
     if out.timed_out {
         return Err(Failure::new(
-            ERC_TIMED_OUT,
+            erc::SCRIPT_TIMED_OUT,
             format!("{} timed out; last output:\n{}", script.name, out.tail(5)),
         ));
     }
@@ -229,8 +195,11 @@ impl Handler for Script {
     fn apply(&mut self, ctx: &Context) -> Outcome {
         run(ctx, Action::Apply)
     }
-    fn cancel(&mut self, ctx: &Context) -> Outcome {
-        run(ctx, Action::Cancel)
+    /// ADU's script handler does not run the script to cancel (`ScriptHandlerImpl::Cancel`
+    /// requests the workflow's cancellation and answers 800); the host has already stopped the
+    /// running action.
+    fn cancel(&mut self, _ctx: &Context) -> Outcome {
+        Ok(StepResult::new(result::CANCEL_SUCCESS))
     }
 }
 

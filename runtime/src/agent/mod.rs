@@ -299,12 +299,15 @@ impl Agent {
         m
     }
 
-    fn inventory(&self) -> Result<Inventory, String> {
+    /// The component inventory, when the gateway has one (without, reference steps run on the
+    /// host, as in ADU without a component enumerator).
+    fn inventory(&self) -> Result<Option<Inventory>, String> {
         match &self.config.agent.inventory {
-            None => Ok(Inventory::default()),
+            None => Ok(None),
             Some(p) => std::fs::read_to_string(p)
                 .map_err(|e| format!("inventory {}: {e}", p.display()))
-                .and_then(|t| Inventory::parse(&t).map_err(|e| format!("{}: {e}", p.display()))),
+                .and_then(|t| Inventory::parse(&t).map_err(|e| format!("{}: {e}", p.display())))
+                .map(Some),
         }
     }
 

@@ -99,13 +99,15 @@ fn file_source(files: &str) -> Result<FileSource> {
 
 fn request(args: &RunArgs) -> Result<Request> {
     let inventory = match &args.components {
-        Some(p) => Inventory::parse(&read_limited(
-            p,
-            sandstep_model::inventory::MAX_INVENTORY_BYTES,
-            "inventory",
-        )?)
-        .with_context(|| format!("{}", p.display()))?,
-        None => Inventory::default(),
+        Some(p) => Some(
+            Inventory::parse(&read_limited(
+                p,
+                sandstep_model::inventory::MAX_INVENTORY_BYTES,
+                "inventory",
+            )?)
+            .with_context(|| format!("{}", p.display()))?,
+        ),
+        None => None,
     };
     if let Some(doc) = &args.deployment {
         let text = read_limited(

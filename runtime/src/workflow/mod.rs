@@ -6,18 +6,20 @@
 //!
 //! ```text
 //! is-installed -- 900 --> 603, done
-//!      | 901
+//!      | anything else (901, a failure)
 //! fetch files -> download -> backup -> install -> apply -> done (apply's result)
-//!                              |          |         |
-//!                              +----------+---------+-- failure -> restore (install/apply) -> abort
+//!                    |          |         | 603/604 -> done
+//!                    +----------+---------+---------+-- failure -> restore (install/apply) -> abort
 //!                                          reboot/restart codes -> stop; after it, is-installed decides
 //! ```
 //!
+//! - [`lifecycle`] decides, without I/O, what each handler answer leads to (ADU's rules).
 //! - [`plan`] turns the manifest (and child manifests, and the inventory) into units.
 //! - [`store`] keeps journals and result files in the data dir.
 //! - [`events`] is what observers (CLI, agent) see.
 
 pub mod events;
+pub mod lifecycle;
 pub mod plan;
 pub mod store;
 
@@ -34,6 +36,7 @@ use crate::trust::manifest_sig::{self, SignatureRefusal};
 use crate::trust::{TrustError, TrustStore};
 use cap_std::fs::Dir;
 use events::{Event, Observer};
+use lifecycle::Next;
 use sandstep_model::codes::{erc, result, Followup};
 use sandstep_model::inventory::Inventory;
 use sandstep_model::journal::{
@@ -68,7 +71,9 @@ pub struct Request {
     /// The manifest text exactly as received.
     pub manifest: String,
     pub source: FileSource,
-    pub inventory: Inventory,
+    /// The component inventory; `None` when the gateway has none (reference steps then run
+    /// once on the host, as ADU's steps handler does without a component enumerator).
+    pub inventory: Option<Inventory>,
     /// Run again even if this workflow id already finished.
     pub force: bool,
     /// `updateManifestSignature`: a compact JWS over the manifest's sha256.
@@ -224,7 +229,7 @@ impl Deployer {
             Some(j) if !j.status.is_terminal() && !req.force => j,
             _ => self.new_journal(&req),
         };
-        self.execute(&mut journal, &req.inventory, observer, cancel)
+        self.execute(&mut journal, req.inventory.as_ref(), observer, cancel)
             .await?;
         let result = result_file(&journal);
         Ok(Outcome {
@@ -307,7 +312,7 @@ impl Deployer {
     async fn execute(
         &self,
         j: &mut Journal,
-        inventory: &Inventory,
+        inventory: Option<&Inventory>,
         observer: Arc<dyn Observer>,
         cancel: &CancellationToken,
     ) -> Result<(), WorkflowError> {
@@ -486,6 +491,7 @@ impl Deployer {
         let u = &j.units[index];
         let key = match (&u.component, u.child_step) {
             (Some(c), Some(cs)) => format!("step-{}-{}-{}", u.step, safe_name(&c.id), cs),
+            (None, Some(cs)) => format!("step-{}-host-{}", u.step, cs),
             _ => format!("step-{}", u.step),
         };
         let wf = safe_name(&j.workflow_id);
@@ -512,6 +518,7 @@ impl Deployer {
         index: usize,
         files: &[Wanted],
         payload: &Dir,
+        work: Option<&Dir>,
         run: &Run<'_>,
     ) -> Result<(), StepResult> {
         // A file the journal says was fetched by an earlier process is checked again: store files
@@ -553,6 +560,9 @@ impl Deployer {
                         format!("`{}`: cannot place it in /payload: {e}", w.file_name),
                     )
                 })?;
+            if let Some(work) = work {
+                copy_into_work(payload, work, &w.file_name).await?;
+            }
             let result_code = match fetched {
                 Fetched::Downloaded { .. } => result::DOWNLOAD_SUCCESS,
                 Fetched::AlreadyPresent => result::DOWNLOAD_SKIPPED_FILE_EXISTS,
@@ -681,7 +691,6 @@ impl Deployer {
             label: unit.label(),
             handler: unit.handler_id.clone(),
         });
-        let after_followup = matches!(unit.state, UnitState::AwaitingFollowup { .. });
         let handler = match self.handler(&unit.handler_id).await {
             Ok(h) => h,
             Err(r) => {
@@ -702,6 +711,11 @@ impl Deployer {
             handler: handler.clone(),
         };
 
+        let in_work = self
+            .config
+            .policy(&unit.handler_id)
+            .is_some_and(|p| p.payload_in_work);
+        let work_copy = in_work.then_some(&cur.work);
         // Small files first: is-installed may need them (an apt manifest, a script).
         let early: Vec<Wanted> = wanted
             .iter()
@@ -712,7 +726,10 @@ impl Deployer {
             next: Action::IsInstalled,
         };
         self.save(j)?;
-        if let Err(r) = self.fetch_files(j, index, &early, &payload, run).await {
+        if let Err(r) = self
+            .fetch_files(j, index, &early, &payload, work_copy, run)
+            .await
+        {
             if r.result_code == result::FAILURE_CANCELLED {
                 // No handler instance yet: nothing to ask to clean up.
                 self.done(j, index, r.clone())?;
@@ -728,85 +745,62 @@ impl Deployer {
         let installed = self
             .call(j, &cur, &mut session, Action::IsInstalled, run)
             .await?;
-        if installed.result_code == result::IS_INSTALLED_INSTALLED {
-            // After a reboot or restart this confirms the step; otherwise it was already there.
-            let r = if after_followup {
-                unit.actions
-                    .iter()
-                    .rev()
-                    .find(|a| a.action != Action::IsInstalled)
-                    .map(|a| {
-                        StepResult::new(match a.action {
-                            Action::Install => result::INSTALL_SUCCESS,
-                            _ => result::APPLY_SUCCESS,
-                        })
-                    })
-                    .unwrap_or_else(|| StepResult::new(result::APPLY_SUCCESS))
-                    .with_details("confirmed installed after the requested reboot or restart")
-            } else {
-                StepResult::new(result::INSTALL_SKIPPED_UPDATE_ALREADY_INSTALLED)
-            };
-            self.done(j, index, r)?;
-            return Ok(UnitOutcome::Continue);
-        }
-        if !installed.is_success() {
-            return self.fail_unit(j, index, installed);
-        }
-        if after_followup {
-            let r = StepResult::failure(
-                erc::WORKFLOW_NOT_INSTALLED_AFTER_FOLLOWUP,
-                format!(
-                    "after the reboot or restart that `{}` asked for, is-installed reports the update is not installed",
-                    unit.handler_id
-                ),
-            );
-            return self.fail_unit(j, index, r);
-        }
-
-        // The rest of the files, then the lifecycle.
-        j.units[index].state = UnitState::Running {
-            next: Action::Download,
+        let resumed_after = match unit.state {
+            UnitState::AwaitingFollowup { after } => Some(after),
+            _ => None,
         };
-        self.save(j)?;
-        if let Err(r) = self.fetch_files(j, index, &wanted, &payload, run).await {
-            if r.result_code == result::FAILURE_CANCELLED {
-                return self.cancel_unit(j, &cur, r, run).await;
-            }
-            return self.fail_unit(j, index, r);
-        }
-        let mut last = StepResult::new(result::APPLY_SUCCESS);
-        for action in [
-            Action::Download,
-            Action::Backup,
-            Action::Install,
-            Action::Apply,
-        ] {
-            let r = self.call(j, &cur, &mut session, action, run).await?;
-            if r.result_code == result::FAILURE_CANCELLED || run.cancel.is_cancelled() {
-                return self.cancel_unit(j, &cur, r, run).await;
-            }
-            if !r.is_success() {
-                if matches!(action, Action::Install | Action::Apply) {
-                    self.restore(j, &cur, &mut session, run).await?;
+        let mut decision =
+            lifecycle::after_is_installed(&installed, resumed_after, &unit.handler_id);
+        if decision.next == Next::Call(Action::Download) {
+            // The rest of the files, before the first action that may use them.
+            j.units[index].state = UnitState::Running {
+                next: Action::Download,
+            };
+            self.save(j)?;
+            if let Err(r) = self
+                .fetch_files(j, index, &wanted, &payload, work_copy, run)
+                .await
+            {
+                if r.result_code == result::FAILURE_CANCELLED {
+                    return self.cancel_unit(j, &cur, r, run).await;
                 }
                 return self.fail_unit(j, index, r);
             }
-            let followup = Followup::of(r.result_code);
-            if followup.is_immediate() {
-                j.units[index].state = UnitState::AwaitingFollowup { after: action };
-                self.save(j)?;
-                return Ok(UnitOutcome::Followup(followup, r));
-            }
-            if followup != Followup::None {
-                j.deferred_followup = Some(match (j.deferred_followup, followup) {
-                    (Some(Followup::Reboot), _) | (_, Followup::Reboot) => Followup::Reboot,
-                    _ => followup,
-                });
-            }
-            last = r;
         }
-        self.done(j, index, last)?;
-        Ok(UnitOutcome::Continue)
+        loop {
+            if let Some(f) = decision.defer {
+                j.deferred_followup = Some(lifecycle::merge_deferred(j.deferred_followup, f));
+            }
+            match decision.next {
+                Next::Call(action) => {
+                    let r = self.call(j, &cur, &mut session, action, run).await?;
+                    if r.result_code == result::FAILURE_CANCELLED || run.cancel.is_cancelled() {
+                        return self.cancel_unit(j, &cur, r, run).await;
+                    }
+                    decision = lifecycle::after(action, &r);
+                }
+                Next::Done(r) => {
+                    self.done(j, index, r)?;
+                    return Ok(UnitOutcome::Continue);
+                }
+                Next::Fail { result, restore } => {
+                    if restore {
+                        self.restore(j, &cur, &mut session, run).await?;
+                    }
+                    return self.fail_unit(j, index, result);
+                }
+                Next::Stop(followup, r) => {
+                    let after = j.units[index]
+                        .actions
+                        .last()
+                        .map(|a| a.action)
+                        .unwrap_or(Action::Install);
+                    j.units[index].state = UnitState::AwaitingFollowup { after };
+                    self.save(j)?;
+                    return Ok(UnitOutcome::Followup(followup, r));
+                }
+            }
+        }
     }
 
     fn fail_unit(
@@ -998,6 +992,40 @@ pub(crate) fn resolve_source(source: &FileSource, w: &Wanted) -> Result<OwnedSou
                 )
             }),
     }
+}
+
+/// Copies payload file `name` into the work folder (policy `payload-in-work`), replacing whatever
+/// a program left there under that name (a file, a symlink, a directory) without following it.
+/// On a blocking thread: the file may be large.
+async fn copy_into_work(payload: &Dir, work: &Dir, name: &str) -> Result<(), StepResult> {
+    let failed = |e: std::io::Error| {
+        StepResult::failure(
+            erc::SANDBOX_SETUP_FAILED,
+            format!("`{name}`: cannot place a copy in the work folder: {e}"),
+        )
+    };
+    let (from, to) = (
+        payload.try_clone().map_err(failed)?,
+        work.try_clone().map_err(failed)?,
+    );
+    let owned = name.to_owned();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        match to.symlink_metadata(&owned) {
+            Ok(m) if m.is_dir() => to.remove_dir_all(&owned)?,
+            Ok(_) => to.remove_file(&owned)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut src = from.open(&owned)?.into_std();
+        let mut opts = cap_std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        let mut dst = to.open_with(&owned, &opts)?.into_std();
+        std::io::copy(&mut src, &mut dst)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| failed(std::io::Error::other(e)))?
+    .map_err(failed)
 }
 
 fn setup_error(data: &DataDir, e: std::io::Error) -> WorkflowError {

@@ -39,7 +39,7 @@ fn unit(kind: UnitKind, step: u32, handler_id: &str) -> Unit {
 pub(super) async fn plan(
     d: &Deployer,
     j: &mut Journal,
-    inventory: &Inventory,
+    inventory: Option<&Inventory>,
     cancel: &CancellationToken,
 ) -> Result<(), StepResult> {
     let manifest = Manifest::parse(&j.manifest).map_err(|e| {
@@ -104,7 +104,12 @@ pub(super) async fn plan(
                     .map_err(|e| invalid(e.to_string().replace('\n', "; ")))?;
                 j.children.insert(i, text);
                 let compatibility = child.compatibility.first().cloned().unwrap_or_default();
-                let selected = inventory.select(&compatibility);
+                // ADU's HandleComponents (steps_handler.cpp): without a component enumerator the
+                // child's steps run once, for the host, with no component (`n/a` tokens).
+                let selected = match inventory {
+                    Some(inv) => inv.select(&compatibility).into_iter().map(Some).collect(),
+                    None => vec![None],
+                };
                 if selected.is_empty() {
                     let mut u = unit(UnitKind::NoMatchingComponents, i, "");
                     u.state = UnitState::Done;
@@ -126,7 +131,7 @@ pub(super) async fn plan(
                         };
                         let mut u = unit(UnitKind::Child, i, &cs.handler);
                         u.child_step = Some(cj as u32);
-                        u.component = Some(c.clone());
+                        u.component = c.clone();
                         units.push(u);
                     }
                 }

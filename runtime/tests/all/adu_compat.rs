@@ -319,3 +319,63 @@ fn trust_add_root_takes_adus_root_key_package_and_real_deployments_verify_agains
         "{last}"
     );
 }
+
+/// ADU's extended result codes by value, from ADU's own code table (result_codes.json).
+fn adu_codes() -> std::collections::BTreeMap<u32, String> {
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(adu_dir().join("result_codes.json")).unwrap())
+            .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for f in v["facilities"].as_array().unwrap() {
+        let facility = f["code"].as_u64().unwrap() as u32;
+        for c in f["components"].as_array().into_iter().flatten() {
+            let component = c["code"].as_u64().unwrap() as u32;
+            for r in c["results"].as_array().into_iter().flatten() {
+                let value =
+                    (facility << 28) | (component << 20) | r["value"].as_u64().unwrap() as u32;
+                out.insert(value, r["name"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn codes_reported_under_adus_names_have_adus_values() {
+    let adu = adu_codes();
+    assert!(adu.len() > 250, "ADU's table has {} codes", adu.len());
+    for (name, code) in erc::ADU_NAMED {
+        assert_eq!(
+            adu.get(&(code.raw() as u32)).map(String::as_str),
+            Some(*name),
+            "{code}"
+        );
+    }
+}
+
+#[test]
+fn no_sandstep_only_code_is_one_of_adus() {
+    let adu = adu_codes();
+    // ADU leaves facility 11 empty; every sandstep-only code lives there.
+    assert!(
+        !adu.keys().any(|v| v >> 28 == 11),
+        "ADU now uses facility 11"
+    );
+    for code in erc::SANDSTEP_ONLY {
+        assert_eq!(code.facility(), 11, "{code}");
+        assert!(
+            !adu.contains_key(&(code.raw() as u32)),
+            "{code} is ADU's {}",
+            adu[&(code.raw() as u32)]
+        );
+    }
+    // The signature refusals are ADU's JWS codes (facility 10, component 2, JWSResult number).
+    for r in [
+        SignatureRefusal::UnknownRoot("k".into()),
+        SignatureRefusal::DisabledRoot("k".into()),
+        SignatureRefusal::InvalidSignature,
+        SignatureRefusal::BadStructure(String::new()),
+    ] {
+        assert_eq!(r.erc().raw() as u32 >> 20, 0xA02, "{r}");
+    }
+}

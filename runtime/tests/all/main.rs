@@ -2,6 +2,7 @@
 //! by scripts/build-components.sh on first use.
 
 mod adu_compat;
+mod adu_contoso;
 mod cli;
 mod downloads;
 mod faults;

@@ -693,10 +693,12 @@ async fn component_dirs_map_only_paths_under_the_policy_root() {
                 json!({"type": "reference", "detachedManifestFileId": "child.json"}),
             ]);
             let mut req = env.request(wf, m);
-            req.inventory = sandstep_model::inventory::Inventory::parse(
-                &json!({"components": [{"id": "cam-1", "group": "cams", "properties": {"path": path}}]}).to_string(),
-            )
-            .unwrap();
+            req.inventory = Some(
+                sandstep_model::inventory::Inventory::parse(
+                    &json!({"components": [{"id": "cam-1", "group": "cams", "properties": {"path": path}}]}).to_string(),
+                )
+                .unwrap(),
+            );
             run_with_config(&env, req, config).await
         }
     };

@@ -115,7 +115,7 @@ impl Env {
             retry_timestamp: None,
             manifest,
             source: FileSource::Directory(self.files.path().display().to_string()),
-            inventory: Inventory::default(),
+            inventory: None,
             force: false,
             signature: None,
             allow_unsigned: true,
@@ -264,6 +264,69 @@ async fn an_installed_step_is_skipped_with_603() {
     assert_eq!(env.log("s"), LIFECYCLE, "nothing ran the second time");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_is_installed_failure_means_not_installed_and_the_step_runs() {
+    // ADU steps_handler.cpp: only 900 skips; any other answer, a failure included, goes on.
+    let env = Env::new();
+    let m = with_unused(
+        &env,
+        vec![
+            stateful(
+                "failing",
+                json!({"is_installed_code": result::FAILURE}),
+                &[],
+            ),
+            stateful(
+                "odd",
+                json!({"is_installed_code": result::APPLY_SUCCESS}),
+                &[],
+            ),
+        ],
+    );
+    let (out, _) = env.run(env.request("wf-isinst", m)).await;
+    assert_eq!(out.status, Status::Succeeded, "{:#?}", out.result);
+    assert_eq!(env.log("failing"), LIFECYCLE);
+    assert_eq!(env.log("odd"), LIFECYCLE);
+    assert_eq!(
+        codes(&out),
+        vec![
+            ("step_0".into(), result::APPLY_SUCCESS),
+            ("step_1".into(), result::APPLY_SUCCESS)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_install_answering_603_skips_apply_and_the_deployment_goes_on() {
+    // ADU steps_handler.cpp, StepsHandler_Install: install 603/604 -> skip the 'apply' phase.
+    let env = Env::new();
+    let m = with_unused(
+        &env,
+        vec![
+            stateful(
+                "skipper",
+                json!({"install_code": result::INSTALL_SKIPPED_UPDATE_ALREADY_INSTALLED}),
+                &[],
+            ),
+            stateful("next", json!({}), &[]),
+        ],
+    );
+    let (out, _) = env.run(env.request("wf-603", m)).await;
+    assert_eq!(out.status, Status::Succeeded, "{:#?}", out.result);
+    assert_eq!(env.log("skipper"), ["download", "backup", "install"]);
+    assert_eq!(env.log("next"), LIFECYCLE);
+    assert_eq!(
+        codes(&out),
+        vec![
+            (
+                "step_0".into(),
+                result::INSTALL_SKIPPED_UPDATE_ALREADY_INSTALLED
+            ),
+            ("step_1".into(), result::APPLY_SUCCESS)
+        ]
+    );
+}
+
 fn with_unused(env: &Env, steps: Vec<Value>) -> String {
     std::fs::write(env.files.path().join("unused.txt"), b"x").unwrap();
     env.manifest(
@@ -387,7 +450,7 @@ async fn a_reference_step_runs_every_child_step_for_each_matching_component() {
     );
     let m = parent_with_child(&mut env, &child, vec![]);
     let mut req = env.request("wf-ref", m);
-    req.inventory = inventory();
+    req.inventory = Some(inventory());
     let (out, rec) = env.run(req).await;
     assert_eq!(out.status, Status::Succeeded, "{:#?}", out.result);
     let step = &out.result.step_results["step_0"];
@@ -436,7 +499,7 @@ async fn component_tokens_reach_the_handler_as_the_selected_component() {
     );
     let m = parent_with_child(&mut env, &child, vec![]);
     let mut req = env.request("wf-comp", m);
-    req.inventory = inventory();
+    req.inventory = Some(inventory());
     let (out, _) = env.run(req).await;
     assert_eq!(out.status, Status::Succeeded);
     assert_eq!(
@@ -464,7 +527,7 @@ async fn no_matching_component_gives_604_and_is_not_a_failure() {
     );
     let m = parent_with_child(&mut env, &child, vec![]);
     let mut req = env.request("wf-nomatch", m);
-    req.inventory = inventory();
+    req.inventory = Some(inventory());
     let (out, _) = env.run(req).await;
     assert_eq!(out.status, Status::Succeeded);
     let step = &out.result.step_results["step_0"];
@@ -475,6 +538,41 @@ async fn no_matching_component_gives_604_and_is_not_a_failure() {
     assert_eq!(
         step.result_details,
         r#"no component of the inventory matches {"group":"printers"}"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_inventory_a_reference_step_runs_its_child_once_for_the_host() {
+    // ADU steps_handler.cpp, HandleComponents: no component enumerator -> the child's steps run
+    // once, with no selected component.
+    let mut env = Env::new();
+    let child = child_manifest(
+        vec![
+            json!({"handler": PROBE, "files": ["unused.txt"], "handlerProperties": {"op": "stateful", "name": "host-a"}}),
+            json!({"handler": PROBE, "files": ["unused.txt"], "handlerProperties": {"op": "stateful", "name": "host-b"}}),
+        ],
+        json!([{"group": "printers"}]),
+        {
+            let mut f = serde_json::Map::new();
+            f.insert("unused.txt".into(), file_entry("unused.txt", b"x"));
+            f
+        },
+    );
+    let m = parent_with_child(&mut env, &child, vec![]);
+    let req = env.request("wf-host", m);
+    assert!(req.inventory.is_none());
+    let (out, _) = env.run(req).await;
+    assert_eq!(out.status, Status::Succeeded, "{:#?}", out.result);
+    assert_eq!(env.log("host-a"), LIFECYCLE);
+    assert_eq!(env.log("host-b"), LIFECYCLE);
+    let host = &out.result.step_results["step_0"].components["(host)"];
+    assert_eq!(
+        host.step_results["step_0"].result_code,
+        result::APPLY_SUCCESS
+    );
+    assert_eq!(
+        host.step_results["step_1"].result_code,
+        result::APPLY_SUCCESS
     );
 }
 
@@ -709,7 +807,7 @@ async fn hostile_workflow_and_component_ids_stay_inside_the_data_dir() {
     );
     let m = parent_with_child(&mut env, &child, vec![]);
     let mut req = env.request("../../escape/../../etc", m);
-    req.inventory = Inventory::parse(&json!({"components": [{"id": "../../../../tmp/evil", "group": "evil"}, {"id": "/etc/passwd", "group": "evil"}]}).to_string()).unwrap();
+    req.inventory = Some(Inventory::parse(&json!({"components": [{"id": "../../../../tmp/evil", "group": "evil"}, {"id": "/etc/passwd", "group": "evil"}]}).to_string()).unwrap());
     let data = DataDir::open(&data_path).unwrap();
     let sandbox = Arc::new(Sandbox::new(&EngineOptions::default(), None).unwrap());
     let deployer = Deployer::new(sandbox, data, Config::default()).unwrap();

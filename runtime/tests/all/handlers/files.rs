@@ -76,7 +76,7 @@ async fn a_child_update_for_one_group_updates_only_those_components() {
     ]);
     let inventory = Inventory::parse(&json!({ "components": comps }).to_string()).unwrap();
     let mut req = env.request("wf-comp", m.clone());
-    req.inventory = inventory.clone();
+    req.inventory = Some(inventory.clone());
     let out = run(&env, config.clone(), req).await;
     assert_eq!(out.status, Status::Succeeded, "{:#?}", out.result);
     for cam in ["cam-1", "cam-2"] {
@@ -103,7 +103,7 @@ async fn a_child_update_for_one_group_updates_only_those_components() {
         );
     }
     let mut again = env.request("wf-comp-again", m);
-    again.inventory = inventory;
+    again.inventory = Some(inventory);
     let out = run(&env, config, again).await;
     assert_eq!(
         out.result.step_results["step_0"].result_code, 603,

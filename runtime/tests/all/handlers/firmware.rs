@@ -182,7 +182,7 @@ async fn a_failed_boot_rolls_back_and_marks_the_slot_bad() {
     dev.reboot_into("a");
     let (second, _) = run(&env, dev.config(), env.request("wf-fw-bad", m)).await;
     assert_eq!(second.status, Status::Failed, "{:#?}", second.result);
-    assert_eq!(second.result.extended_result_code, 0x3A00_0103);
+    assert_eq!(second.result.extended_result_code as u32, 0xBA00_0103);
     assert_eq!(
         second.result.result_details,
         "rollback: slot B (2.0) failed to boot; slot A still runs an unknown version; slot B is marked bad"

@@ -101,7 +101,7 @@ impl Cameras {
                               "properties": {"path": d.display().to_string()}}));
         }
         let mut req = env.request(if fix { "wf-cams-fixed" } else { "wf-cams" }, m);
-        req.inventory = Inventory::parse(&json!({"components": comps}).to_string()).unwrap();
+        req.inventory = Some(Inventory::parse(&json!({"components": comps}).to_string()).unwrap());
         (Cameras { env, dirs }, req)
     }
 
@@ -128,7 +128,8 @@ async fn the_seed_camera_update_fails_on_its_missing_script_after_the_pre_instal
     );
     let firmware = &cam1.step_results["step_1"];
     assert_eq!(firmware.result_code, 0);
-    assert_eq!(firmware.extended_result_code, 0x3050_0202);
+    // ADU: ADUC_ERC_SCRIPT_HANDLER_DOWNLOAD_FAILURE_GET_PRIMARY_FILE_ENTITY.
+    assert_eq!(firmware.extended_result_code, 0x3050_0103);
     assert_eq!(
         firmware.result_details,
         "scriptFileName `missing-contoso-camera-installscript.sh` is not one of the step's files (contoso-camera-installscript.sh, camera-firmware-1.1.json)"
@@ -182,7 +183,7 @@ async fn the_seed_camera_update_with_its_script_fixed_runs_pre_firmware_post_on_
         .iter()
         .map(|id| json!({"id": id, "group": "cameras", "properties": {"path": cams2.dirs.path().join(id).display().to_string()}}))
         .collect();
-    again.inventory = Inventory::parse(&json!({ "components": comps }).to_string()).unwrap();
+    again.inventory = Some(Inventory::parse(&json!({ "components": comps }).to_string()).unwrap());
     let out = run(&cams2.env, again).await;
     assert_eq!(out.result.step_results["step_0"].result_code, 603);
 }
@@ -215,14 +216,19 @@ fn is_installed_then(report: &sandstep_model::results::StepReport) -> Vec<(Strin
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_kind_of_script_result_maps_as_adu_does() {
-    // A script answering is-installed with 600 is refused by the sandbox rules (900/901 only):
-    // that is the first action, so each mode's mapping shows there.
+    // Each mode answers every action the same way. is-installed's answer is not 900, so, as in
+    // ADU's steps handler, the step goes on to download, where the mode's mapping decides the
+    // step (600 is no answer to download either: the sandbox refuses it).
+    // "success" answers 600 everywhere: no answer to is-installed (the sandbox refuses it, and a
+    // refused answer is "not installed"), a success for the rest, so the step ends with apply's.
     let r = script_result("success", json!({})).await;
     assert_eq!(
-        r.extended_result_code,
+        r.actions[0].result.extended_result_code,
         erc::SANDBOX_INVALID_RESULT.raw(),
         "{r:#?}"
     );
+    assert_eq!((r.result_code, r.result_details.as_str()), (600, "fine"));
+    assert_eq!(r.actions.last().unwrap().action.name(), "apply");
 
     for (mode, code, erc_value, details_start) in [
         ("fail-with-erc", 0, 805306625, "broken"),
@@ -231,13 +237,13 @@ async fn every_kind_of_script_result_maps_as_adu_does() {
             "no-result",
             0,
             0x3050_0205,
-            "result-kinds.sh: no result file action_is_installed_aduc_result.json",
+            "result-kinds.sh: no result file action_download_aduc_result.json",
         ),
         (
             "garbage",
             0,
             0x3050_0205,
-            "result-kinds.sh: result file action_is_installed_aduc_result.json does not parse",
+            "result-kinds.sh: result file action_download_aduc_result.json does not parse",
         ),
         (
             "exit3",
@@ -259,8 +265,11 @@ async fn every_kind_of_script_result_maps_as_adu_does() {
         );
         assert_eq!(
             is_installed_then(&r),
-            [("is-installed".to_owned(), code)],
-            "{mode}: it failed at is-installed"
+            [
+                ("is-installed".to_owned(), code),
+                ("download".to_owned(), code)
+            ],
+            "{mode}: is-installed's failure means not installed; download failed"
         );
     }
     let r = script_result("chatty-fail", json!({})).await;
@@ -281,7 +290,7 @@ async fn the_command_line_follows_the_protocol_for_both_api_versions() {
     );
     assert!(
         args.contains(" --result-file /")
-            && args.contains("/action_is_installed_aduc_result.json --installed-criteria kinds-1"),
+            && args.contains("/action_is-installed_aduc_result.json --installed-criteria kinds-1"),
         "{args}"
     );
     let r = script_result("echo-args", json!({"apiVersion": "1.1"})).await;
@@ -290,24 +299,23 @@ async fn the_command_line_follows_the_protocol_for_both_api_versions() {
         args.starts_with("--action is-installed --mode echo-args"),
         "{args}"
     );
+    // ADU's ScriptHandler_PerformAction has no branch for other versions: no action option.
+    let r = script_result("echo-args", json!({"apiVersion": "2.0"})).await;
+    let args = &r.actions[0].result.result_details;
+    assert!(args.starts_with("--mode echo-args --work-folder"), "{args}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn quotes_in_arguments_are_honoured_and_unbalanced_ones_refused() {
+async fn arguments_are_split_on_single_spaces_as_adu_splits_them() {
+    // ADU: ADUC::StringUtils::Split(arguments, ' '), empty pieces dropped, quotes meaning nothing.
     let r = script_result(
-        "echo-args",
-        json!({"arguments": "--mode echo-args 'two words'"}),
+        "echo-argv",
+        json!({"arguments": "--mode echo-argv  'two words' --component-name-val"}),
     )
     .await;
-    let args = &r.actions[0].result.result_details;
+    let argv = &r.actions[0].result.result_details;
     assert!(
-        args.starts_with("--action-is-installed --mode echo-args two words --work-folder"),
-        "{args}"
-    );
-    let r = script_result("echo-args", json!({"arguments": "--mode 'unbalanced"})).await;
-    assert_eq!(r.extended_result_code, 0x3050_0203);
-    assert_eq!(
-        r.result_details,
-        "handlerProperties.arguments has unbalanced quotes: --mode 'unbalanced"
+        argv.starts_with("--action-is-installed|--mode|echo-argv|'two|words'|n/a|--work-folder|"),
+        "{argv}"
     );
 }

@@ -49,11 +49,16 @@ enum Op {
     },
     /// A well-behaved stateful step: install and apply append to `/state/<name>.log`, apply
     /// leaves `/state/<name>.done` (what is-installed checks) and returns `apply_code`; `fail`
-    /// names an action that fails instead.
+    /// names an action that fails instead. `is_installed_code` and `install_code`, when given,
+    /// are what is-installed (before anything is done) and install answer.
     Stateful {
         name: String,
         #[serde(default = "default_apply")]
         apply_code: i32,
+        #[serde(default)]
+        is_installed_code: Option<i32>,
+        #[serde(default)]
+        install_code: Option<i32>,
         #[serde(default)]
         fail: Option<String>,
         #[serde(default)]
@@ -77,6 +82,8 @@ fn stateful(ctx: &Context, action: &str) -> Outcome {
     let Op::Stateful {
         name,
         apply_code,
+        is_installed_code,
+        install_code,
         fail,
         sleep_ms,
     } = ctx.properties()?
@@ -88,7 +95,7 @@ fn stateful(ctx: &Context, action: &str) -> Outcome {
         let code = if done.exists() {
             result::IS_INSTALLED_INSTALLED
         } else {
-            result::IS_INSTALLED_NOT_INSTALLED
+            is_installed_code.unwrap_or(result::IS_INSTALLED_NOT_INSTALLED)
         };
         return Ok(StepResult::new(code));
     }
@@ -106,7 +113,7 @@ fn stateful(ctx: &Context, action: &str) -> Outcome {
     let code = match action {
         "download" => result::DOWNLOAD_SUCCESS,
         "backup" => result::BACKUP_SUCCESS,
-        "install" => result::INSTALL_SUCCESS,
+        "install" => install_code.unwrap_or(result::INSTALL_SUCCESS),
         "apply" => {
             std::fs::write(&done, b"")?;
             apply_code
