@@ -1,6 +1,10 @@
 //! ADU's apt manifest (`{"name", "version", "packages": [{"name", "version"}],
 //! "agentRestartRequired"}`), parsed and checked once here so the apt handler and the fuzzer see
-//! the same rules.
+//! the same rules. ADU's rules (`src/extensions/step_handlers/apt_handler/src/apt_parser.cpp`,
+//! `GetAptContentFromRootValue`): `name` and `version` are required; `packages` may be absent
+//! (the step then fails at download, where ADU's adu-shell finds no package), but not empty;
+//! a package needs a non-empty name; `agentRestartRequired` counts only as a JSON `true`; a
+//! package whose name starts with `deviceupdate-agent` (ADU's agent) implies an agent restart.
 //!
 //! A package name ending in `-` means remove. Names and versions are restricted to what Debian
 //! allows, because they become apt-get arguments.
@@ -11,14 +15,34 @@ use serde::Deserialize;
 pub const MAX_APT_MANIFEST: usize = 1 << 20;
 
 /// A parsed, checked apt manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AptManifest {
     pub name: String,
     pub version: String,
+    /// Empty when the manifest has no `packages` member.
     pub packages: Vec<Package>,
-    #[serde(default)]
+    /// `agentRestartRequired` is `true`, or a package is an update agent's own (see
+    /// [`is_agent_package`]).
     pub agent_restart_required: bool,
+}
+
+/// The manifest as written: what JSON it may hold before ADU's rules are applied.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawAptManifest {
+    name: String,
+    version: String,
+    #[serde(default)]
+    packages: Option<Vec<Package>>,
+    #[serde(default)]
+    agent_restart_required: serde_json::Value,
+}
+
+/// Whether installing package `name` means the update agent itself is replaced, so the agent
+/// must restart: ADU's parser takes any name starting with `deviceupdate-agent`; sandstep's own
+/// package is `sandstep`.
+pub fn is_agent_package(name: &str) -> bool {
+    name.starts_with("deviceupdate-agent") || name == "sandstep"
 }
 
 /// One package line.
@@ -36,7 +60,7 @@ pub enum AptManifestError {
     TooLarge(usize),
     #[error("not an apt manifest: {0}")]
     NotJson(String),
-    #[error("the apt manifest lists no packages")]
+    #[error("the apt manifest's `packages` is empty")]
     NoPackages,
     #[error("`{0}` is not a Debian package name and version")]
     BadPackage(String),
@@ -84,15 +108,24 @@ impl AptManifest {
         if bytes.len() > MAX_APT_MANIFEST {
             return Err(AptManifestError::TooLarge(bytes.len()));
         }
-        let manifest: AptManifest = serde_json::from_slice(crate::json::strip_bom(bytes))
+        let raw: RawAptManifest = serde_json::from_slice(crate::json::strip_bom(bytes))
             .map_err(|e| AptManifestError::NotJson(e.to_string()))?;
-        if manifest.packages.is_empty() {
-            return Err(AptManifestError::NoPackages);
-        }
-        if let Some(bad) = manifest.packages.iter().find(|p| !p.is_valid()) {
+        let packages = match raw.packages {
+            Some(p) if p.is_empty() => return Err(AptManifestError::NoPackages),
+            Some(p) => p,
+            None => Vec::new(),
+        };
+        if let Some(bad) = packages.iter().find(|p| !p.is_valid()) {
             return Err(AptManifestError::BadPackage(bad.spec()));
         }
-        Ok(manifest)
+        let agent_restart_required = raw.agent_restart_required == serde_json::Value::Bool(true)
+            || packages.iter().any(|p| is_agent_package(&p.name));
+        Ok(AptManifest {
+            name: raw.name,
+            version: raw.version,
+            packages,
+            agent_restart_required,
+        })
     }
 }
 
@@ -132,6 +165,44 @@ mod tests {
                 "{name} {version}"
             );
         }
+    }
+
+    #[test]
+    fn a_manifest_without_packages_parses_and_one_with_an_empty_list_does_not() {
+        // ADU's bad-apt-manifest-1.0.json has no `packages`: it parses, and fails at download.
+        let m = AptManifest::parse(br#"{"name":"apt-update-test","version":"1.0"}"#).unwrap();
+        assert!(m.packages.is_empty());
+        assert_eq!(
+            AptManifest::parse(br#"{"name":"x"}"#),
+            Err(AptManifestError::NotJson(
+                "missing field `version` at line 1 column 12".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn an_agent_package_or_a_true_flag_asks_for_an_agent_restart() {
+        let parse = |t: &str| {
+            AptManifest::parse(t.as_bytes())
+                .unwrap()
+                .agent_restart_required
+        };
+        assert!(parse(
+            r#"{"name":"a","version":"1","packages":[{"name":"deviceupdate-agent","version":"1.0.0"}]}"#
+        ));
+        assert!(parse(
+            r#"{"name":"a","version":"1","packages":[{"name":"sandstep"}]}"#
+        ));
+        assert!(!parse(
+            r#"{"name":"a","version":"1","packages":[{"name":"sandstep-tools"}]}"#
+        ));
+        assert!(parse(
+            r#"{"name":"a","version":"1","agentRestartRequired":true,"packages":[{"name":"tree"}]}"#
+        ));
+        // json_object_get_boolean: anything but a JSON boolean is false.
+        assert!(!parse(
+            r#"{"name":"a","version":"1","agentRestartRequired":"true","packages":[{"name":"tree"}]}"#
+        ));
     }
 
     #[test]

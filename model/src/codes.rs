@@ -310,6 +310,12 @@ pub mod erc {
     pub const APT_WRONG_FILE_COUNT: E = E::from_raw(0x3020_0004);
     /// The apt handler needs installedCriteria.
     pub const APT_MISSING_INSTALLED_CRITERIA: E = E::from_raw(0x3020_0007);
+    /// A step handler's content file (an apt manifest) does not parse.
+    pub const CONTENT_PARSE_BAD_FORMAT: E = E::from_raw(0x3000_0068);
+    /// apt-get could not download the packages (or there were none to download).
+    pub const APT_DOWNLOAD_FAILED: E = E::from_raw(0x3020_0100);
+    /// apt-get could not install the packages.
+    pub const APT_INSTALL_FAILED: E = E::from_raw(0x3020_0200);
 
     // sandstep's sandbox (facility 11, component 0).
     /// A handler call ran past its time limit.
@@ -362,6 +368,12 @@ pub mod erc {
     /// A host capability call failed.
     pub const SDK_CAPABILITY_FAILED: E =
         E::new(Facility::Sandstep, content_component::SANDSTEP, 0x003);
+    /// The apt handler: apt-get succeeded but dpkg does not report what the manifest asks for.
+    pub const APT_DPKG_DISAGREES: E =
+        E::new(Facility::Sandstep, content_component::SANDSTEP, 0x501);
+    /// The apt handler: its record of applied criteria in /state is corrupt.
+    pub const APT_RECORD_CORRUPT: E =
+        E::new(Facility::Sandstep, content_component::SANDSTEP, 0x502);
     /// The script handler: the script ran past its time limit and was stopped.
     pub const SCRIPT_TIMED_OUT: E = E::new(Facility::Sandstep, content_component::SANDSTEP, 0x401);
 
@@ -415,6 +427,18 @@ pub mod erc {
             "ADUC_ERC_APT_HANDLER_MISSING_INSTALLED_CRITERIA",
             APT_MISSING_INSTALLED_CRITERIA,
         ),
+        (
+            "ADUC_ERC_UPDATE_CONTENT_HANDLER_PARSE_BAD_FORMAT",
+            CONTENT_PARSE_BAD_FORMAT,
+        ),
+        (
+            "ADUC_ERC_APT_HANDLER_PACKAGE_DOWNLOAD_FAILURE",
+            APT_DOWNLOAD_FAILED,
+        ),
+        (
+            "ADUC_ERC_APT_HANDLER_PACKAGE_INSTALL_FAILURE",
+            APT_INSTALL_FAILED,
+        ),
     ];
 
     /// The codes only sandstep has: all in [`Facility::Sandstep`].
@@ -442,6 +466,8 @@ pub mod erc {
         SDK_MISSING_FILE,
         SDK_CAPABILITY_FAILED,
         SCRIPT_TIMED_OUT,
+        APT_DPKG_DISAGREES,
+        APT_RECORD_CORRUPT,
     ];
 }
 

@@ -13,7 +13,7 @@
 //! - apply: records the criteria; 707 when the manifest asks for an agent restart, else 700.
 
 use sandstep_model::apt::{AptManifest, Package};
-use sandstep_sdk::codes::{erc, result, ExtendedResultCode, Facility};
+use sandstep_sdk::codes::{erc, result, ExtendedResultCode};
 use sandstep_sdk::process::{self, Command, Output};
 use sandstep_sdk::{export_handler, log, Context, Failure, Handler, Outcome, StepResult};
 use serde::{Deserialize, Serialize};
@@ -21,14 +21,6 @@ use std::collections::BTreeMap;
 
 const APT_GET: &str = "/usr/bin/apt-get";
 const DPKG_QUERY: &str = "/usr/bin/dpkg-query";
-/// Component 2 (apt) under the content-handler facility.
-const fn apt_erc(code: u32) -> ExtendedResultCode {
-    ExtendedResultCode::new(Facility::ContentHandler, 2, code)
-}
-/// The apt manifest does not parse.
-const ERC_BAD_MANIFEST: ExtendedResultCode = apt_erc(0x005);
-/// apt-get failed (the exit status is added, as ADU maps child statuses).
-const ERC_APT_GET_BASE: ExtendedResultCode = apt_erc(0);
 
 #[derive(Default, Serialize, Deserialize)]
 struct Record {
@@ -69,8 +61,13 @@ fn load(ctx: &Context) -> Result<Step, Failure> {
         ));
     };
     let bytes = std::fs::read(manifest_file.path())?;
-    let manifest = AptManifest::parse(&bytes)
-        .map_err(|e| Failure::new(ERC_BAD_MANIFEST, format!("{}: {e}", manifest_file.name)))?;
+    // ADU's AptHandlerImpl::ParseContent: any parser error is PARSE_BAD_FORMAT.
+    let manifest = AptManifest::parse(&bytes).map_err(|e| {
+        Failure::new(
+            erc::CONTENT_PARSE_BAD_FORMAT,
+            format!("{}: {e}", manifest_file.name),
+        )
+    })?;
     let debs = debs
         .iter()
         .map(|f| process::host_path(f.path()))
@@ -90,7 +87,7 @@ fn read_record(ctx: &Context) -> Result<Record, Failure> {
     match std::fs::read(record_path(ctx)) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| {
             Failure::new(
-                ERC_BAD_MANIFEST,
+                erc::APT_RECORD_CORRUPT,
                 format!("/state/installed.json is corrupt: {e}"),
             )
         }),
@@ -99,13 +96,15 @@ fn read_record(ctx: &Context) -> Result<Record, Failure> {
     }
 }
 
-fn check(out: Output, what: &str) -> Result<Output, Failure> {
+/// apt-get's outcome: ADU reports a failed download or install with one code each
+/// (`AptHandlerImpl::Download`, `AptHandlerImpl::Install`); the status and output go in the details.
+fn check(out: Output, what: &str, code: ExtendedResultCode) -> Result<Output, Failure> {
     if out.success() {
         return Ok(out);
     }
     let status = out.exit_code.unwrap_or(128 + out.signal.unwrap_or(0));
     Err(Failure::new(
-        ExtendedResultCode::exit_status(ERC_APT_GET_BASE, status),
+        code,
         format!(
             "{what} failed (status {status}{}):\n{}",
             if out.timed_out { ", timed out" } else { "" },
@@ -138,16 +137,20 @@ fn apt_get(step: &Step, download_only: bool) -> Result<Output, Failure> {
             .filter(|p| !(download_only && p.is_removal()))
             .map(Package::spec),
     );
-    let what = if download_only {
-        "apt-get --download-only install"
+    let (what, code) = if download_only {
+        ("apt-get --download-only install", erc::APT_DOWNLOAD_FAILED)
     } else {
-        "apt-get install"
+        ("apt-get install", erc::APT_INSTALL_FAILED)
     };
+    if step.manifest.packages.is_empty() && step.debs.is_empty() {
+        // ADU's adu-shell: "Aborting download. No packages specified."
+        return Err(Failure::new(code, "the apt manifest names no packages"));
+    }
     log::info(&format!(
         "{what} {}",
         args[args.iter().position(|a| a == "install").expect("pushed") + 1..].join(" ")
     ));
-    check(Command::new(APT_GET).args(args).run()?, what)
+    check(Command::new(APT_GET).args(args).run()?, what, code)
 }
 
 /// Whether dpkg reports every listed package as the manifest wants it.
@@ -221,7 +224,7 @@ impl Handler for Apt {
         apt_get(&step, false)?;
         if let Err(why) = dpkg_agrees(&step)? {
             return Err(Failure::new(
-                apt_erc(0x006),
+                erc::APT_DPKG_DISAGREES,
                 format!("apt-get succeeded but {why}"),
             ));
         }

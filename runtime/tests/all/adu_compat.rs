@@ -379,3 +379,63 @@ fn no_sandstep_only_code_is_one_of_adus() {
         assert_eq!(r.erc().raw() as u32 >> 20, 0xA02, "{r}");
     }
 }
+
+#[test]
+fn adus_own_apt_manifests_parse_as_adus_parser_reads_them() {
+    use sandstep_model::apt::AptManifest;
+    let read = |name: &str| std::fs::read(adu_dir().join("apt").join(name)).unwrap();
+    // ADU's docs write them with a UTF-8 byte order mark.
+    for name in [
+        "libcurl4-doc-apt-manifest.json",
+        "libcurl4-doc-7.58-apt-manifest.json",
+        "libcurl4-doc-remove-apt-manifest.json",
+    ] {
+        let bytes = read(name);
+        assert!(bytes.starts_with(b"\xEF\xBB\xBF"), "{name}");
+        let m = AptManifest::parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(m.packages.len(), 1, "{name}");
+    }
+    let m = AptManifest::parse(&read("libcurl4-doc-7.58-apt-manifest.json")).unwrap();
+    assert_eq!(m.packages[0].spec(), "libcurl4-doc=7.58.0-2ubuntu3.12");
+    let m = AptManifest::parse(&read("libcurl4-doc-remove-apt-manifest.json")).unwrap();
+    assert!(m.packages[0].is_removal());
+    // The contoso demo's "bad" manifest has no packages: it parses (and fails at download).
+    let m = AptManifest::parse(&read("bad-apt-manifest-1.0.json")).unwrap();
+    assert!(m.packages.is_empty());
+    // ADU's agent package implies an agent restart (and this one also says so).
+    let m = AptManifest::parse(&read("sample_apt_manifest.json")).unwrap();
+    assert!(m.agent_restart_required);
+    let m = AptManifest::parse(&read("apt-manifest-tree-1.0.json")).unwrap();
+    assert!(!m.agent_restart_required);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_contoso_bad_apt_manifest_fails_at_download_with_adus_code() {
+    // CreateSampleMSOEUpdate-1.x.ps1, "Simulating a failure during an install task ... by
+    // intentionally using mal-formed APT manifest file": ADU's adu-shell aborts the download
+    // ("No packages specified"), reported as ADUC_ERC_APT_HANDLER_PACKAGE_DOWNLOAD_FAILURE.
+    let mut env = crate::workflow::Env::new();
+    env.install("microsoft/apt:1", "apt");
+    let name = "bad-apt-manifest-1.0.json";
+    env.file(
+        name,
+        &std::fs::read(adu_dir().join("apt").join(name)).unwrap(),
+    );
+    let m = env.manifest(vec![serde_json::json!({
+        "handler": "microsoft/apt:1", "files": [name],
+        "handlerProperties": {"installedCriteria": "apt-update-test-1.0"}
+    })]);
+    let (out, _) = env.run(env.request("wf-bad-apt", m)).await;
+    assert_eq!(out.status, sandstep_model::journal::Status::Failed);
+    assert_eq!(
+        out.result.extended_result_code as u32, 0x3020_0100,
+        "{:#?}",
+        out.result
+    );
+    let actions: Vec<&str> = out.result.step_results["step_0"]
+        .actions
+        .iter()
+        .map(|a| a.action.name())
+        .collect();
+    assert_eq!(actions, ["is-installed", "download"]);
+}

@@ -264,8 +264,8 @@ async fn a_failing_apt_get_reports_its_status_and_output() {
     let out = run(&env, env.request("wf-apt-missing", m)).await;
     assert_eq!(out.status, Status::Failed);
     assert_eq!(
-        out.result.extended_result_code, 0x3020_1064,
-        "apt-get's status 100 on ADU's apt base"
+        out.result.extended_result_code, 0x3020_0100,
+        "ADU's ADUC_ERC_APT_HANDLER_PACKAGE_DOWNLOAD_FAILURE"
     );
     assert!(
         out.result
