@@ -292,6 +292,16 @@ pub mod erc {
     /// ADU's `ADUC_ERC_ROOTKEY_SIGNING_KEY_IS_DISABLED`: the manifest's signing key is on the
     /// root key package's `disabledSigningKeys`.
     pub const SIGNING_KEY_IS_DISABLED: E = E::from_raw(0xA000_0005u32 as i32);
+    /// The detached manifest's file entry is missing.
+    pub const DETACHED_MANIFEST_ENTITY_MISSING: E = E::from_raw(0x8030_000Bu32 as i32);
+    /// The detached manifest file does not hold a valid manifest.
+    pub const DETACHED_MANIFEST_BAD: E = E::from_raw(0x8030_000Cu32 as i32);
+    /// The detached manifest file could not be downloaded.
+    pub const DETACHED_MANIFEST_DOWNLOAD_FAILED: E = E::from_raw(0x8030_000Du32 as i32);
+    /// The detached manifest file is not JSON.
+    pub const DETACHED_MANIFEST_NOT_JSON: E = E::from_raw(0x8030_000Eu32 as i32);
+    /// The detached manifest file has no `updateManifest`.
+    pub const DETACHED_MANIFEST_NO_UPDATE_MANIFEST: E = E::from_raw(0x8030_000Fu32 as i32);
     /// The manifest version is not supported.
     pub const UNSUPPORTED_MANIFEST_VERSION: E = E::from_raw(0x8030_000Au32 as i32);
     /// A step has no `handlerProperties`.
@@ -328,8 +338,9 @@ pub mod erc {
     pub const SANDBOX_LOAD_FAILED: E = sandbox(0x004);
     /// The component imports a capability its handler id is not granted.
     pub const SANDBOX_CAPABILITY_DENIED: E = sandbox(0x005);
-    /// No handler is registered under the step's handler id.
-    pub const SANDBOX_HANDLER_NOT_FOUND: E = sandbox(0x006);
+    /// No handler is registered under the step's handler id: ADU's code for a step handler
+    /// extension that is not found (`ExtensionManager::LoadExtensionLibrary`).
+    pub const SANDBOX_HANDLER_NOT_FOUND: E = E::from_raw(0x3000_0003);
     /// The handler component's signature is missing, untrusted or broken.
     pub const SANDBOX_SIGNATURE_REFUSED: E = sandbox(0x007);
     /// The host could not prepare the sandbox directories.
@@ -379,6 +390,26 @@ pub mod erc {
 
     /// The codes above that are ADU's, with ADU's name for each (`src/inc/aduc/result.h`).
     pub const ADU_NAMED: &[(&str, E)] = &[
+        (
+            "ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_MISSING_DETACHED_UPDATE_MANIFEST_ENTITY",
+            DETACHED_MANIFEST_ENTITY_MISSING,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_BAD_DETACHED_UPDATE_MANIFEST",
+            DETACHED_MANIFEST_BAD,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_DETACHED_UPDATE_MANIFEST_DOWNLOAD_FAILED",
+            DETACHED_MANIFEST_DOWNLOAD_FAILED,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_BAD_DETACHED_UPDATE_MANIFEST_JSON_FILE",
+            DETACHED_MANIFEST_NOT_JSON,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_DETACHED_UPDATE_MANIFEST_MISSING_UPDATEMANIFEST_PROPERTY",
+            DETACHED_MANIFEST_NO_UPDATE_MANIFEST,
+        ),
         (
             "ADUC_ERC_CONTENT_DOWNLOADER_INVALID_FILE_HASH",
             FILE_HASH_MISMATCH,
@@ -432,6 +463,10 @@ pub mod erc {
             CONTENT_PARSE_BAD_FORMAT,
         ),
         (
+            "ADUC_ERC_UPDATE_CONTENT_HANDLER_CREATE_FAILURE_NOT_FOUND",
+            SANDBOX_HANDLER_NOT_FOUND,
+        ),
+        (
             "ADUC_ERC_APT_HANDLER_PACKAGE_DOWNLOAD_FAILURE",
             APT_DOWNLOAD_FAILED,
         ),
@@ -448,7 +483,6 @@ pub mod erc {
         SANDBOX_TRAP,
         SANDBOX_LOAD_FAILED,
         SANDBOX_CAPABILITY_DENIED,
-        SANDBOX_HANDLER_NOT_FOUND,
         SANDBOX_SIGNATURE_REFUSED,
         SANDBOX_SETUP_FAILED,
         SANDBOX_CANCELLED,

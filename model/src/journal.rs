@@ -165,6 +165,10 @@ pub struct Journal {
     /// Child manifests by parent step index, exactly as fetched (hash-checked).
     #[serde(default)]
     pub children: BTreeMap<u32, String>,
+    /// When `manifest` is detached (top-level `detachedManifestFileId`): the manifest its file
+    /// holds, which is the one that runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detached: Option<String>,
     pub source: FileSource,
     pub status: Status,
     pub units: Vec<Unit>,
@@ -180,6 +184,13 @@ pub struct Journal {
     pub finished_at_ms: Option<u64>,
     /// Incremented by every write.
     pub seq: u64,
+}
+
+impl Journal {
+    /// The manifest that runs: the detached one when the deployed manifest is detached.
+    pub fn running_manifest(&self) -> &str {
+        self.detached.as_deref().unwrap_or(&self.manifest)
+    }
 }
 
 /// Why journal bytes were refused.
@@ -265,6 +276,7 @@ mod tests {
             unsigned_allowed: false,
             signed_by: None,
             children: BTreeMap::new(),
+            detached: None,
             source: FileSource::Directory("/tmp/files".into()),
             status: Status::Running,
             units: vec![Unit {

@@ -146,6 +146,56 @@ impl Manifest {
         self.files.iter().find(|(k, _)| k == id).map(|(_, f)| f)
     }
 
+    /// A manifest whose content is detached: its top-level `detachedManifestFileId` and that
+    /// file's entry. ADU's agent then downloads the file (hash-checked) and uses the manifest it
+    /// holds as `{"updateManifest": "<json>"}` in place of this one (`workflow_utils.c`,
+    /// `DownloadAndUseDetachedManifest`). `Ok(None)` when the manifest is not detached.
+    pub fn detached_file(text: &str) -> Result<Option<(String, FileEntry)>, ManifestError> {
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Ok(None); // refused with its size by `parse`
+        }
+        let Ok(value) = serde_json::from_str::<Value>(crate::json::strip_bom_str(text)) else {
+            return Ok(None); // refused as not JSON by `parse`
+        };
+        let Some(id) = value.get("detachedManifestFileId") else {
+            return Ok(None);
+        };
+        let Some(id) = id.as_str().filter(|s| !s.is_empty()) else {
+            return Err(ManifestError::one(
+                "detachedManifestFileId",
+                "must be a non-empty string",
+            ));
+        };
+        let mut v = Validator::default();
+        let files = value
+            .get("files")
+            .and_then(|f| v.files(f))
+            .unwrap_or_default();
+        if !v.errors.is_empty() {
+            return Err(ManifestError { errors: v.errors });
+        }
+        files
+            .into_iter()
+            .find(|(k, _)| k == id)
+            .map(Some)
+            .ok_or_else(|| {
+                ManifestError::one(
+                    "detachedManifestFileId",
+                    format!("`{}` is not an id of `files`", escape(id)),
+                )
+            })
+    }
+
+    /// The manifest a detached manifest file holds (`{"updateManifest": "<json>"}`), as text.
+    pub fn detached_content(file: &str) -> Result<String, DetachedError> {
+        let value: Value = serde_json::from_str(crate::json::strip_bom_str(file))
+            .map_err(|e| DetachedError::NotJson(e.to_string()))?;
+        match value.get("updateManifest") {
+            Some(Value::String(inner)) => Ok(inner.clone()),
+            _ => Err(DetachedError::NoUpdateManifest),
+        }
+    }
+
     /// Parses and validates manifest text.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
         if text.len() > MAX_MANIFEST_BYTES {
@@ -266,7 +316,20 @@ fn escape(s: &str) -> String {
     s.escape_debug().to_string()
 }
 
+/// Why a detached manifest file was refused, with ADU's code for each
+/// (`GetDetachedManifestJsonObjFromSandbox`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DetachedError {
+    /// `ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_BAD_DETACHED_UPDATE_MANIFEST_JSON_FILE`.
+    #[error("the detached manifest file is not JSON: {0}")]
+    NotJson(String),
+    /// `..._DETACHED_UPDATE_MANIFEST_MISSING_UPDATEMANIFEST_PROPERTY`.
+    #[error("the detached manifest file has no `updateManifest` string")]
+    NoUpdateManifest,
+}
+
 const TOP_LEVEL_KNOWN: &[&str] = &[
+    "detachedManifestFileId",
     "updateId",
     "compatibility",
     "instructions",

@@ -270,6 +270,7 @@ impl Deployer {
             unsigned_allowed: req.allow_unsigned,
             signed_by: None,
             children: Default::default(),
+            detached: None,
             source: req.source.clone(),
             status: Status::Planning,
             units: Vec::new(),
@@ -1064,7 +1065,7 @@ enum UnitOutcome {
 
 impl Manifests {
     fn from_journal(j: &Journal) -> Result<Manifests, String> {
-        let parent = Manifest::parse(&j.manifest)
+        let parent = Manifest::parse(j.running_manifest())
             .map_err(|e| format!("stored manifest no longer parses: {e}"))?;
         let mut children = HashMap::new();
         for (step, text) in &j.children {

@@ -6,7 +6,7 @@ use crate::download::Wanted;
 use sandstep_model::codes::{erc, result};
 use sandstep_model::inventory::Inventory;
 use sandstep_model::journal::{Journal, Unit, UnitKind, UnitState};
-use sandstep_model::manifest::{Manifest, Step, MAX_MANIFEST_BYTES};
+use sandstep_model::manifest::{DetachedError, FileEntry, Manifest, Step, MAX_MANIFEST_BYTES};
 use sandstep_model::StepResult;
 use std::io::Read;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,79 @@ fn unit(kind: UnitKind, step: u32, handler_id: &str) -> Unit {
     }
 }
 
+/// Fetches a manifest file of the deployment (hash-checked) and reads it as text. The outer error
+/// is the fetch's (the deployment's result); the inner one a file that cannot be read as text.
+async fn fetch_manifest_file(
+    d: &Deployer,
+    j: &Journal,
+    id: &str,
+    f: &FileEntry,
+    cancel: &CancellationToken,
+) -> Result<Result<String, std::io::Error>, StepResult> {
+    let wanted = Wanted {
+        id: id.to_owned(),
+        file_name: f.file_name.clone(),
+        size: f.size_in_bytes,
+        sha256: f.sha256,
+    };
+    let source = resolve_source(&j.source, &wanted)?;
+    let fetched = tokio::select! {
+        r = d.downloader.fetch(&wanted, source.as_source(), &|_, _| {}) => r,
+        _ = cancel.cancelled() => return Err(StepResult::failure(erc::WORKFLOW_CANCELLED, "deployment cancelled while fetching a manifest file").with_code(result::FAILURE_CANCELLED)),
+    };
+    fetched.map_err(|e| StepResult::failure(e.erc(), e.to_string()))?;
+    let mut text = String::new();
+    Ok(d.downloader
+        .store()
+        .open(wanted.key())
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .map(|_| text))
+}
+
+/// A detached manifest (top-level `detachedManifestFileId`) is replaced by the manifest its file
+/// holds, as ADU's `DownloadAndUseDetachedManifest` does; the signature covered the detached one,
+/// whose `files` entry pins the file's hash. Recorded in `j.detached`.
+async fn use_detached_manifest(
+    d: &Deployer,
+    j: &mut Journal,
+    cancel: &CancellationToken,
+) -> Result<(), StepResult> {
+    let detached = Manifest::detached_file(&j.manifest).map_err(|e| {
+        StepResult::failure(
+            erc::DETACHED_MANIFEST_ENTITY_MISSING,
+            format!("update manifest: {}", e.to_string().replace('\n', "; ")),
+        )
+    })?;
+    let Some((id, f)) = detached else {
+        return Ok(());
+    };
+    let bad = |code, why: String| {
+        StepResult::failure(
+            code,
+            format!("detached update manifest `{}`: {why}", f.file_name),
+        )
+    };
+    let text = fetch_manifest_file(d, j, &id, &f, cancel)
+        .await?
+        .map_err(|e| bad(erc::DETACHED_MANIFEST_NOT_JSON, e.to_string()))?;
+    let inner = Manifest::detached_content(&text).map_err(|e| {
+        let code = match e {
+            DetachedError::NotJson(_) => erc::DETACHED_MANIFEST_NOT_JSON,
+            DetachedError::NoUpdateManifest => erc::DETACHED_MANIFEST_NO_UPDATE_MANIFEST,
+        };
+        bad(code, e.to_string())
+    })?;
+    let is_object = serde_json::from_str::<serde_json::Value>(&inner).is_ok_and(|v| v.is_object());
+    if !is_object || !matches!(Manifest::detached_file(&inner), Ok(None)) {
+        return Err(bad(
+            erc::DETACHED_MANIFEST_BAD,
+            "`updateManifest` is not a manifest (JSON object, not itself detached)".into(),
+        ));
+    }
+    j.detached = Some(inner);
+    Ok(())
+}
+
 /// Fills `j.units` (and `j.children`); a failure is the deployment's result.
 pub(super) async fn plan(
     d: &Deployer,
@@ -42,7 +115,8 @@ pub(super) async fn plan(
     inventory: Option<&Inventory>,
     cancel: &CancellationToken,
 ) -> Result<(), StepResult> {
-    let manifest = Manifest::parse(&j.manifest).map_err(|e| {
+    use_detached_manifest(d, j, cancel).await?;
+    let manifest = Manifest::parse(j.running_manifest()).map_err(|e| {
         let code = if e.is_unsupported_version() {
             erc::UNSUPPORTED_MANIFEST_VERSION
         } else {
@@ -82,23 +156,8 @@ pub(super) async fn plan(
                         f.size_in_bytes
                     )));
                 }
-                let wanted = Wanted {
-                    id: fid.clone(),
-                    file_name: f.file_name.clone(),
-                    size: f.size_in_bytes,
-                    sha256: f.sha256,
-                };
-                let source = resolve_source(&j.source, &wanted)?;
-                let fetched = tokio::select! {
-                    r = d.downloader.fetch(&wanted, source.as_source(), &|_, _| {}) => r,
-                    _ = cancel.cancelled() => return Err(StepResult::failure(erc::WORKFLOW_CANCELLED, "deployment cancelled while fetching a child manifest").with_code(result::FAILURE_CANCELLED)),
-                };
-                fetched.map_err(|e| StepResult::failure(e.erc(), e.to_string()))?;
-                let mut text = String::new();
-                d.downloader
-                    .store()
-                    .open(wanted.key())
-                    .and_then(|mut f| f.read_to_string(&mut text))
+                let text = fetch_manifest_file(d, j, fid, f, cancel)
+                    .await?
                     .map_err(|e| invalid(format!("cannot read it: {e}")))?;
                 let child = Manifest::parse_child(&text)
                     .map_err(|e| invalid(e.to_string().replace('\n', "; ")))?;

@@ -576,6 +576,63 @@ async fn without_an_inventory_a_reference_step_runs_its_child_once_for_the_host(
     );
 }
 
+/// A parent manifest whose content is detached into `detached.json` holding `inner`.
+fn detached_parent(env: &mut Env, inner: &str) -> String {
+    let file = json!({ "updateManifest": inner }).to_string();
+    std::fs::write(env.files.path().join("detached.json"), &file).unwrap();
+    serde_json::to_string(&json!({
+        "manifestVersion": "5",
+        "updateId": {"provider": "test", "name": "detached", "version": "1.0"},
+        "compatibility": [{"manufacturer": "test", "model": "gateway"}],
+        "detachedManifestFileId": "m0",
+        "files": {"m0": file_entry("detached.json", file.as_bytes())}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_detached_manifest_is_fetched_and_run_in_place_of_the_parent() {
+    // ADU workflow_utils.c, DownloadAndUseDetachedManifest: a top-level detachedManifestFileId
+    // names the file holding the real manifest as {"updateManifest": "<json>"}.
+    let mut env = Env::new();
+    let inner = with_unused(&env, vec![stateful("detached", json!({}), &[])]);
+    let m = detached_parent(&mut env, &inner);
+    let (out, _) = env.run(env.request("wf-detached", m)).await;
+    assert_eq!(out.status, Status::Succeeded, "{:#?}", out.result);
+    assert_eq!(env.log("detached"), LIFECYCLE);
+    assert_eq!(
+        out.result.update_id.name, "deploy",
+        "the detached manifest's update id"
+    );
+
+    // A file that holds no `updateManifest`: ADU's 0x8030000F, before anything runs.
+    let mut env = Env::new();
+    let m = detached_parent(&mut env, "{}");
+    let file = b"{\"notTheManifest\": 1}";
+    std::fs::write(env.files.path().join("detached.json"), file).unwrap();
+    let mut v: Value = serde_json::from_str(&m).unwrap();
+    v["files"]["m0"] = file_entry("detached.json", file);
+    let (out, _) = env.run(env.request("wf-detached-bad", v.to_string())).await;
+    assert_eq!(out.status, Status::Failed);
+    assert_eq!(
+        out.result.extended_result_code as u32, 0x8030_000F,
+        "{:#?}",
+        out.result
+    );
+    // A detached id that names no file: ADU's 0x8030000B.
+    let mut env = Env::new();
+    let mut v: Value = serde_json::from_str(&detached_parent(&mut env, "{}")).unwrap();
+    v["detachedManifestFileId"] = json!("nope");
+    let (out, _) = env
+        .run(env.request("wf-detached-none", v.to_string()))
+        .await;
+    assert_eq!(
+        out.result.extended_result_code as u32, 0x8030_000B,
+        "{:#?}",
+        out.result
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_child_update_with_a_reference_step_is_refused() {
     let mut env = Env::new();
