@@ -126,6 +126,10 @@ pub struct Unit {
     /// The unit's result once done (603 when skipped as installed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<StepResult>,
+    /// Its download phase is over (downloaded, or found installed then): ADU downloads every
+    /// step before it installs any.
+    #[serde(default)]
+    pub downloaded: bool,
 }
 
 impl Unit {
@@ -251,6 +255,14 @@ impl Journal {
     pub fn next_unit(&self) -> Option<usize> {
         self.units.iter().position(|u| u.state != UnitState::Done)
     }
+
+    /// The next unit whose download phase is not over (a unit waiting for its reboot or restart
+    /// is past it).
+    pub fn next_to_download(&self) -> Option<usize> {
+        self.units.iter().position(|u| {
+            !u.downloaded && matches!(u.state, UnitState::Pending | UnitState::Running { .. })
+        })
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -280,6 +292,7 @@ mod tests {
             source: FileSource::Directory("/tmp/files".into()),
             status: Status::Running,
             units: vec![Unit {
+                downloaded: false,
                 kind: UnitKind::Inline,
                 step: 0,
                 child_step: None,

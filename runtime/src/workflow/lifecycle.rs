@@ -4,16 +4,31 @@
 //! step end with this code" is answered here.
 //!
 //! ADU's reference is `src/extensions/update_manifest_handlers/steps_handler/src/steps_handler.cpp`
-//! (`StepsHandler_Install`, `DoV1DownloadWork`). Where sandstep differs on purpose it says so:
+//! (`StepsHandler_Download`, `DoV1DownloadWork`, `StepsHandler_Install`). As there, a deployment
+//! runs in two phases: the download phase asks every unit is-installed and downloads those that
+//! are not installed, in order, before the install phase asks each again and runs backup,
+//! install and apply; so a download failure anywhere leaves nothing installed.
+//! Where sandstep differs on purpose it says so:
 //! sandstep derives reboot and restart requests from the result code (ADU needs a separate API
 //! call), and keeps a journal, so after the reboot a step asked for, is-installed confirms it.
 
 use sandstep_model::codes::{erc, result, Followup};
 use sandstep_model::{Action, StepResult};
 
+/// The two phases of a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// is-installed, then download (every unit, before any install).
+    Download,
+    /// is-installed, then backup, install, apply.
+    Install,
+}
+
 /// What the executor does next with a unit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
+    /// This unit's download phase is over; the install phase asks it again.
+    Downloaded,
     /// Call this action next.
     Call(Action),
     /// The unit is finished with this result; the deployment goes on.
@@ -37,13 +52,24 @@ impl From<Next> for Decision {
     }
 }
 
-/// After is-installed of `handler`. `resumed_after` is the last action before the reboot or
-/// restart this unit waited for, when it waited for one.
+/// After is-installed of `handler` in `phase`. `resumed_after` is the last action before the
+/// reboot or restart this unit waited for, when it waited for one.
 pub fn after_is_installed(
     answer: &StepResult,
     resumed_after: Option<Action>,
     handler: &str,
+    phase: Phase,
 ) -> Decision {
+    if phase == Phase::Download {
+        // ADU DoV1DownloadWork: installed -> no download (603, asked again at install); any
+        // other answer -> download.
+        return if answer.result_code == result::IS_INSTALLED_INSTALLED {
+            Next::Downloaded
+        } else {
+            Next::Call(Action::Download)
+        }
+        .into();
+    }
     // ADU: only IsInstalled_Installed (900) skips the step, as 603 (steps_handler.cpp,
     // StepsHandler_Install: "If this item is already installed, skip to the next one").
     if answer.result_code == result::IS_INSTALLED_INSTALLED {
@@ -80,7 +106,7 @@ pub fn after_is_installed(
     // ADU: any other answer, a failure included, means "not installed" and the step goes on
     // (steps_handler.cpp: a throwing IsInstalled is read as IsInstalled_NotInstalled, and only
     // 900 is tested for).
-    Next::Call(Action::Download).into()
+    Next::Call(Action::Backup).into()
 }
 
 /// After download, backup, install or apply.
@@ -103,7 +129,7 @@ pub fn after(action: Action, answer: &StepResult) -> Decision {
     }
     let defer = (followup != Followup::None).then_some(followup);
     let next = match action {
-        Action::Download => Next::Call(Action::Backup),
+        Action::Download => Next::Downloaded,
         Action::Backup => Next::Call(Action::Install),
         // ADU: install answering 603 or 604 skips apply ("If any step reported that the update
         // is already installed on the selected component, we will skip the 'apply' phase").
@@ -157,16 +183,16 @@ mod tests {
             (
                 code(IS_INSTALLED_NOT_INSTALLED),
                 None,
-                Next::Call(Action::Download),
+                Next::Call(Action::Backup),
             ),
             // A failure is "not installed": the step goes on.
-            (fail(), None, Next::Call(Action::Download)),
+            (fail(), None, Next::Call(Action::Backup)),
             // Any other success code is not 900 either.
-            (code(APPLY_SUCCESS), None, Next::Call(Action::Download)),
+            (code(APPLY_SUCCESS), None, Next::Call(Action::Backup)),
         ];
         for (answer, resumed, next) in rows {
             assert_eq!(
-                &after_is_installed(answer, *resumed, "h/x:1").next,
+                &after_is_installed(answer, *resumed, "h/x:1", Phase::Install).next,
                 next,
                 "{answer:?}"
             );
@@ -174,16 +200,30 @@ mod tests {
     }
 
     #[test]
+    fn the_download_phase_downloads_what_is_not_installed_and_nothing_else() {
+        // ADU steps_handler.cpp, DoV1DownloadWork.
+        let phase =
+            |answer: StepResult| after_is_installed(&answer, None, "h/x:1", Phase::Download).next;
+        assert_eq!(phase(code(IS_INSTALLED_INSTALLED)), Next::Downloaded);
+        assert_eq!(
+            phase(code(IS_INSTALLED_NOT_INSTALLED)),
+            Next::Call(Action::Download)
+        );
+        assert_eq!(phase(fail()), Next::Call(Action::Download));
+    }
+
+    #[test]
     fn after_a_requested_reboot_is_installed_confirms_or_fails_the_step() {
         let installed = code(IS_INSTALLED_INSTALLED);
-        let d = after_is_installed(&installed, Some(Action::Install), "h/x:1");
+        let d = after_is_installed(&installed, Some(Action::Install), "h/x:1", Phase::Install);
         assert!(matches!(d.next, Next::Done(r) if r.result_code == INSTALL_SUCCESS));
-        let d = after_is_installed(&installed, Some(Action::Apply), "h/x:1");
+        let d = after_is_installed(&installed, Some(Action::Apply), "h/x:1", Phase::Install);
         assert!(matches!(d.next, Next::Done(r) if r.result_code == APPLY_SUCCESS));
         let d = after_is_installed(
             &code(IS_INSTALLED_NOT_INSTALLED),
             Some(Action::Apply),
             "h/x:1",
+            Phase::Install,
         );
         assert!(matches!(
             d.next,
@@ -191,7 +231,7 @@ mod tests {
                 if result.extended_result_code == erc::WORKFLOW_NOT_INSTALLED_AFTER_FOLLOWUP.raw()
         ));
         // The handler's own failure (a failed boot) is kept.
-        let d = after_is_installed(&fail(), Some(Action::Apply), "h/x:1");
+        let d = after_is_installed(&fail(), Some(Action::Apply), "h/x:1", Phase::Install);
         assert_eq!(
             d.next,
             Next::Fail {
@@ -205,7 +245,7 @@ mod tests {
     fn action_rows() {
         use Action::*;
         let rows: &[(Action, StepResult, Next)] = &[
-            (Download, code(DOWNLOAD_SUCCESS), Next::Call(Backup)),
+            (Download, code(DOWNLOAD_SUCCESS), Next::Downloaded),
             (Backup, code(BACKUP_SUCCESS), Next::Call(Install)),
             (
                 Backup,

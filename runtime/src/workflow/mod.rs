@@ -36,7 +36,7 @@ use crate::trust::manifest_sig::{self, SignatureRefusal};
 use crate::trust::{TrustError, TrustStore};
 use cap_std::fs::Dir;
 use events::{Event, Observer};
-use lifecycle::Next;
+use lifecycle::{Next, Phase};
 use sandstep_model::codes::{erc, result, Followup};
 use sandstep_model::inventory::Inventory;
 use sandstep_model::journal::{
@@ -133,6 +133,17 @@ struct Run<'a> {
     manifests: &'a Manifests,
     /// Files verified in this process, by (unit, file id): verified again only after a restart.
     verified: &'a std::sync::Mutex<BTreeSet<(usize, String)>>,
+}
+
+/// A unit ready for its actions (see `Deployer::prepare_unit`).
+struct Prepared {
+    cur: Current,
+    session: Session,
+    /// Every file of the step.
+    wanted: Vec<Wanted>,
+    payload: Dir,
+    /// Policy `payload-in-work`: copies of the files in the work folder.
+    payload_in_work: bool,
 }
 
 /// The unit being run: its index, context, work dir and handler.
@@ -358,14 +369,32 @@ impl Deployer {
             verified: &verified,
         };
 
-        while let Some(index) = j.next_unit() {
+        // ADU downloads every step before it installs any (steps_handler.cpp).
+        while let Some(index) = j.next_to_download() {
             if cancel.is_cancelled() {
-                let r = StepResult::failure(erc::WORKFLOW_CANCELLED, "deployment cancelled")
-                    .with_code(result::FAILURE_CANCELLED);
-                return self.finish(j, Status::Cancelled, r, observer_ref);
+                return self.cancelled(j, observer_ref);
             }
             let started = Instant::now();
-            let outcome = self.run_unit(j, index, &run).await?;
+            match self.run_unit(j, index, Phase::Download, &run).await? {
+                UnitOutcome::Continue => {}
+                outcome => {
+                    if let Some(r) = j.units[index].result.clone() {
+                        observer_ref.event(&Event::UnitFinished {
+                            unit: index,
+                            result: r,
+                            duration_ms: started.elapsed().as_millis() as u64,
+                        });
+                    }
+                    return self.end_with(j, index, outcome, observer_ref);
+                }
+            }
+        }
+        while let Some(index) = j.next_unit() {
+            if cancel.is_cancelled() {
+                return self.cancelled(j, observer_ref);
+            }
+            let started = Instant::now();
+            let outcome = self.run_unit(j, index, Phase::Install, &run).await?;
             let unit_result = j.units[index].result.clone();
             if let Some(r) = &unit_result {
                 observer_ref.event(&Event::UnitFinished {
@@ -374,19 +403,8 @@ impl Deployer {
                     duration_ms: started.elapsed().as_millis() as u64,
                 });
             }
-            match outcome {
-                UnitOutcome::Continue => {}
-                UnitOutcome::Failed(r) => return self.finish(j, Status::Failed, r, observer_ref),
-                UnitOutcome::Cancelled(r) => {
-                    return self.finish(j, Status::Cancelled, r, observer_ref)
-                }
-                UnitOutcome::Followup(f, r) => {
-                    let status = match f {
-                        Followup::ImmediateReboot | Followup::Reboot => Status::RebootRequired,
-                        _ => Status::RestartRequired,
-                    };
-                    return self.finish(j, status, r, observer_ref);
-                }
+            if !matches!(outcome, UnitOutcome::Continue) {
+                return self.end_with(j, index, outcome, observer_ref);
             }
         }
         if let Some(f) = j.deferred_followup.take() {
@@ -412,6 +430,33 @@ impl Deployer {
             StepResult::new(result::APPLY_SUCCESS),
             observer_ref,
         )
+    }
+
+    fn cancelled(&self, j: &mut Journal, observer: &dyn Observer) -> Result<(), WorkflowError> {
+        let r = StepResult::failure(erc::WORKFLOW_CANCELLED, "deployment cancelled")
+            .with_code(result::FAILURE_CANCELLED);
+        self.finish(j, Status::Cancelled, r, observer)
+    }
+
+    /// Ends the deployment as unit `index` ended it.
+    fn end_with(
+        &self,
+        j: &mut Journal,
+        index: usize,
+        outcome: UnitOutcome,
+        observer: &dyn Observer,
+    ) -> Result<(), WorkflowError> {
+        let (status, r) = match outcome {
+            UnitOutcome::Continue => unreachable!("only an ending outcome ends the deployment"),
+            UnitOutcome::Failed(r) => (Status::Failed, r),
+            UnitOutcome::Cancelled(r) => (Status::Cancelled, r),
+            UnitOutcome::Followup(f, r) => match f {
+                Followup::ImmediateReboot | Followup::Reboot => (Status::RebootRequired, r),
+                _ => (Status::RestartRequired, r),
+            },
+        };
+        tracing::debug!(unit = index, ?status, "the deployment ends here");
+        self.finish(j, status, r, observer)
     }
 
     /// Verifies the manifest signature (or accepts its absence when allowed).
@@ -676,57 +721,40 @@ impl Deployer {
         self.save(j)
     }
 
-    async fn run_unit(
+    /// Everything a unit's actions need: its handler instance, context, files and directories,
+    /// with the small files fetched. `Err` is how the unit ended when it could not be prepared.
+    async fn prepare_unit(
         &self,
         j: &mut Journal,
         index: usize,
         run: &Run<'_>,
-    ) -> Result<UnitOutcome, WorkflowError> {
-        let unit = j.units[index].clone();
-        if unit.kind == UnitKind::NoMatchingComponents {
-            // Planned as done; nothing to run.
-            return Ok(UnitOutcome::Continue);
-        }
-        run.observer.event(&Event::UnitStarted {
-            unit: index,
-            label: unit.label(),
-            handler: unit.handler_id.clone(),
-        });
-        let handler = match self.handler(&unit.handler_id).await {
+    ) -> Result<Result<Prepared, UnitOutcome>, WorkflowError> {
+        let handler_id = j.units[index].handler_id.clone();
+        let handler = match self.handler(&handler_id).await {
             Ok(h) => h,
-            Err(r) => {
-                self.done(j, index, r.clone())?;
-                return Ok(UnitOutcome::Failed(r));
-            }
+            Err(r) => return self.fail_unit(j, index, r).map(Err),
         };
         let (ctx, wanted) = self.unit_context(j, index, run.manifests);
         let dirs = self.unit_dirs(j, index).map_err(WorkflowError::DataDir)?;
-        let (payload, work) = (
-            dirs.0.try_clone().map_err(|e| setup_error(&self.data, e))?,
-            dirs.1.try_clone().map_err(|e| setup_error(&self.data, e))?,
-        );
+        let payload = dirs.0.try_clone().map_err(|e| setup_error(&self.data, e))?;
+        let work = dirs.1.try_clone().map_err(|e| setup_error(&self.data, e))?;
         let cur = Current {
             index,
             ctx,
             work,
             handler: handler.clone(),
         };
-
-        let in_work = self
+        let payload_in_work = self
             .config
-            .policy(&unit.handler_id)
+            .policy(&handler_id)
             .is_some_and(|p| p.payload_in_work);
-        let work_copy = in_work.then_some(&cur.work);
         // Small files first: is-installed may need them (an apt manifest, a script).
         let early: Vec<Wanted> = wanted
             .iter()
             .filter(|w| w.size <= EARLY_FETCH_LIMIT)
             .cloned()
             .collect();
-        j.units[index].state = UnitState::Running {
-            next: Action::IsInstalled,
-        };
-        self.save(j)?;
+        let work_copy = payload_in_work.then_some(&cur.work);
         if let Err(r) = self
             .fetch_files(j, index, &early, &payload, work_copy, run)
             .await
@@ -734,51 +762,105 @@ impl Deployer {
             if r.result_code == result::FAILURE_CANCELLED {
                 // No handler instance yet: nothing to ask to clean up.
                 self.done(j, index, r.clone())?;
-                return Ok(UnitOutcome::Cancelled(r));
+                return Ok(Err(UnitOutcome::Cancelled(r)));
             }
-            return self.fail_unit(j, index, r);
+            return self.fail_unit(j, index, r).map(Err);
         }
-        let mut session = match self.open_session(j, index, &handler, dirs, run).await {
+        let session = match self.open_session(j, index, &handler, dirs, run).await {
             Ok(s) => s,
-            Err(r) => return self.fail_unit(j, index, r),
+            Err(r) => return self.fail_unit(j, index, r).map(Err),
         };
+        Ok(Ok(Prepared {
+            cur,
+            session,
+            wanted,
+            payload,
+            payload_in_work,
+        }))
+    }
 
+    /// One phase of a unit: is-installed, then what the lifecycle decides.
+    async fn run_unit(
+        &self,
+        j: &mut Journal,
+        index: usize,
+        phase: Phase,
+        run: &Run<'_>,
+    ) -> Result<UnitOutcome, WorkflowError> {
+        let unit = j.units[index].clone();
+        if unit.kind == UnitKind::NoMatchingComponents {
+            // Planned as done; nothing to run.
+            return Ok(UnitOutcome::Continue);
+        }
+        if phase == Phase::Install {
+            run.observer.event(&Event::UnitStarted {
+                unit: index,
+                label: unit.label(),
+                handler: unit.handler_id.clone(),
+            });
+        }
+        j.units[index].state = UnitState::Running {
+            next: Action::IsInstalled,
+        };
+        self.save(j)?;
+        let mut p = match self.prepare_unit(j, index, run).await? {
+            Ok(p) => p,
+            Err(outcome) => return Ok(outcome),
+        };
         let installed = self
-            .call(j, &cur, &mut session, Action::IsInstalled, run)
+            .call(j, &p.cur, &mut p.session, Action::IsInstalled, run)
             .await?;
         let resumed_after = match unit.state {
             UnitState::AwaitingFollowup { after } => Some(after),
             _ => None,
         };
-        let mut decision =
-            lifecycle::after_is_installed(&installed, resumed_after, &unit.handler_id);
-        if decision.next == Next::Call(Action::Download) {
+        let decision =
+            lifecycle::after_is_installed(&installed, resumed_after, &unit.handler_id, phase);
+        if let Next::Call(next) = decision.next {
             // The rest of the files, before the first action that may use them.
-            j.units[index].state = UnitState::Running {
-                next: Action::Download,
-            };
+            j.units[index].state = UnitState::Running { next };
             self.save(j)?;
+            let work_copy = p.payload_in_work.then_some(&p.cur.work);
             if let Err(r) = self
-                .fetch_files(j, index, &wanted, &payload, work_copy, run)
+                .fetch_files(j, index, &p.wanted, &p.payload, work_copy, run)
                 .await
             {
                 if r.result_code == result::FAILURE_CANCELLED {
-                    return self.cancel_unit(j, &cur, r, run).await;
+                    return self.cancel_unit(j, &p.cur, r, run).await;
                 }
                 return self.fail_unit(j, index, r);
             }
         }
+        self.carry_out(j, &mut p, decision, run).await
+    }
+
+    /// Carries out the lifecycle's decisions for a unit until it is done with its phase.
+    async fn carry_out(
+        &self,
+        j: &mut Journal,
+        p: &mut Prepared,
+        mut decision: lifecycle::Decision,
+        run: &Run<'_>,
+    ) -> Result<UnitOutcome, WorkflowError> {
+        let index = p.cur.index;
         loop {
             if let Some(f) = decision.defer {
                 j.deferred_followup = Some(lifecycle::merge_deferred(j.deferred_followup, f));
             }
             match decision.next {
                 Next::Call(action) => {
-                    let r = self.call(j, &cur, &mut session, action, run).await?;
+                    let r = self.call(j, &p.cur, &mut p.session, action, run).await?;
                     if r.result_code == result::FAILURE_CANCELLED || run.cancel.is_cancelled() {
-                        return self.cancel_unit(j, &cur, r, run).await;
+                        return self.cancel_unit(j, &p.cur, r, run).await;
                     }
                     decision = lifecycle::after(action, &r);
+                }
+                Next::Downloaded => {
+                    let u = &mut j.units[index];
+                    u.downloaded = true;
+                    u.state = UnitState::Pending;
+                    self.save(j)?;
+                    return Ok(UnitOutcome::Continue);
                 }
                 Next::Done(r) => {
                     self.done(j, index, r)?;
@@ -786,7 +868,7 @@ impl Deployer {
                 }
                 Next::Fail { result, restore } => {
                     if restore {
-                        self.restore(j, &cur, &mut session, run).await?;
+                        self.restore(j, &p.cur, &mut p.session, run).await?;
                     }
                     return self.fail_unit(j, index, result);
                 }
@@ -795,7 +877,7 @@ impl Deployer {
                         .actions
                         .last()
                         .map(|a| a.action)
-                        .unwrap_or(Action::Install);
+                        .expect("an action asked for it");
                     j.units[index].state = UnitState::AwaitingFollowup { after };
                     self.save(j)?;
                     return Ok(UnitOutcome::Followup(followup, r));

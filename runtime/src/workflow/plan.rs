@@ -32,6 +32,7 @@ fn unit(kind: UnitKind, step: u32, handler_id: &str) -> Unit {
         files: Vec::new(),
         actions: Vec::new(),
         result: None,
+        downloaded: false,
     }
 }
 
