@@ -14,9 +14,10 @@ pub mod action {
     pub const CANCEL: i32 = 255;
 }
 
-/// `workflow`: what to do, and the deployment's identity.
+/// `workflow`: what to do, and the deployment's identity. Other members are ignored, as ADU's
+/// agent ignores them (it reads `action`, `id` and `retryTimestamp` by name).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Workflow {
     pub action: i32,
     pub id: String,
@@ -97,6 +98,24 @@ impl Deployment {
                 return Err(DeploymentError::Field {
                     field: "fileUrls",
                     rule: format!("`{fid}`: only http(s) and file URLs are supported, got `{url}`"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The stricter check for a document from the network (MQTT, HTTP polling): file URLs are
+    /// refused, since they would have the agent (root) read local paths the sender chose.
+    /// Local files reach a deployment only through the CLI (`sandstep run --files`).
+    pub fn check_remote(&self) -> Result<(), DeploymentError> {
+        self.check()?;
+        for (fid, url) in &self.file_urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(DeploymentError::Field {
+                    field: "fileUrls",
+                    rule: format!(
+                        "`{fid}`: a deployment from the network may only name http(s) URLs"
+                    ),
                 });
             }
         }

@@ -264,7 +264,7 @@ impl Downloader {
                     .map_err(Attempt::Fatal),
                 Source::Url(url) if url.starts_with("file://") => {
                     let path = url.trim_start_matches("file://");
-                    match std::fs::File::open(path) {
+                    match open_regular(path) {
                         Ok(src) => self
                             .copy_from(file, src, &partial, progress)
                             .map_err(Attempt::Fatal),
@@ -355,13 +355,11 @@ impl Downloader {
         partial: &str,
         progress: Progress<'_>,
     ) -> Result<(Sha256, u64), DownloadError> {
-        let src = dir
-            .open(&file.file_name)
-            .map_err(|e| DownloadError::Source {
-                file: file.file_name.clone(),
-                reason: format!("cannot open it in the files directory: {e}"),
-            })?;
-        self.copy_from(file, src.into_std(), partial, progress)
+        let src = open_regular_in(dir, &file.file_name).map_err(|e| DownloadError::Source {
+            file: file.file_name.clone(),
+            reason: format!("cannot open it in the files directory: {e}"),
+        })?;
+        self.copy_from(file, src, partial, progress)
     }
 
     /// Copies a local source, refusing more than `sizeInBytes`.
@@ -552,6 +550,37 @@ impl Downloader {
         }
         tracing::debug!(file = %file.file_name, bytes = offset, elapsed = ?started.elapsed(), "downloaded");
         Ok((h, offset - start))
+    }
+}
+
+/// Opens a local source file without blocking and only when it is a regular file: a FIFO or a
+/// tty named as a payload would otherwise hold the agent for good.
+fn open_regular(path: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    regular(f)
+}
+
+/// [`open_regular`] for a name in a directory handle.
+fn open_regular_in(dir: &Dir, name: &str) -> std::io::Result<std::fs::File> {
+    use cap_std::fs::OpenOptionsExt as _;
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    regular(dir.open_with(name, &opts)?.into_std())
+}
+
+fn regular(f: std::fs::File) -> std::io::Result<std::fs::File> {
+    if f.metadata()?.file_type().is_file() {
+        Ok(f)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
     }
 }
 

@@ -451,7 +451,7 @@ pub(crate) fn deployment_of(fields: &Map<String, Value>) -> Option<Result<Deploy
     Some(
         serde_json::from_value::<Deployment>(doc)
             .map_err(|e| format!("deployment: {e}"))
-            .and_then(|d| d.check().map(|()| d).map_err(|e| e.to_string())),
+            .and_then(|d| d.check_remote().map(|()| d).map_err(|e| e.to_string())),
     )
 }
 

@@ -6,7 +6,7 @@
 
 use super::{Agent, AgentError, AgentExit};
 use crate::datadir::write_atomic;
-use sandstep_model::deployment::Deployment;
+use sandstep_model::deployment::{Deployment, MAX_DEPLOYMENT_BYTES};
 use sandstep_model::journal::Status;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -60,10 +60,7 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
         AgentError::Config("source = \"http-poll\" needs an [http-poll] table".into())
     })?;
     let base = format!("{}/{}", cfg.base_url.trim_end_matches('/'), cfg.project);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| AgentError::Config(e.to_string()))?;
+    let client = client(&cfg.base_url)?;
     let root = agent.data.root().try_clone()?;
     let load = || -> PollState {
         root.read("poll-state.json")
@@ -127,17 +124,75 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
     }
 }
 
+/// Largest `version` body read, in bytes (a tag is at most 64 characters).
+const MAX_VERSION_BYTES: usize = 4096;
+
+/// The polling client: redirects are followed only on the configured server's origin (scheme,
+/// host and port), at most 5 deep, so a compromised path cannot send the agent elsewhere.
+fn client(base_url: &str) -> Result<reqwest::Client, AgentError> {
+    let origin = reqwest::Url::parse(base_url)
+        .map_err(|e| AgentError::Config(format!("[http-poll] base-url `{base_url}`: {e}")))?
+        .origin();
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            attempt.error("more than 5 redirects")
+        } else if attempt.url().origin() != origin {
+            let to = attempt.url().to_string();
+            attempt.error(format!("redirect to another server refused: {to}"))
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .redirect(policy)
+        .build()
+        .map_err(|e| AgentError::Config(e.to_string()))
+}
+
+/// An error with its causes (reqwest keeps the reason for a refused redirect in its source).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// A response body, refused as soon as it passes `limit` bytes (never read whole first).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    url: &str,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(format!("{url}: the body is over {limit} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("{url}: the body is over {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 async fn check(client: &reqwest::Client, base: &str) -> Result<String, String> {
     let url = format!("{base}/version");
     let resp = client
         .get(&url)
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| format!("{url}: {}", describe(&e)))?;
     if !resp.status().is_success() {
         return Err(format!("{url} answered HTTP {}", resp.status().as_u16()));
     }
-    let text = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
+    let body = read_capped(resp, &url, MAX_VERSION_BYTES).await?;
+    let text = std::str::from_utf8(&body).map_err(|_| format!("{url}: not UTF-8"))?;
     let tag = text.trim().to_owned();
     check_tag(&tag).map_err(|e| format!("{url}: {e}"))?;
     Ok(tag)
@@ -153,13 +208,15 @@ async fn fetch_deployment(
         .get(&url)
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| format!("{url}: {}", describe(&e)))?;
     if !resp.status().is_success() {
         return Err(format!("{url} answered HTTP {}", resp.status().as_u16()));
     }
-    let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    let bytes = read_capped(resp, &url, MAX_DEPLOYMENT_BYTES).await?;
     let text = std::str::from_utf8(&bytes).map_err(|_| format!("{url}: not UTF-8"))?;
-    Deployment::parse(text).map_err(|e| format!("{url}: {e}"))
+    let d = Deployment::parse(text).map_err(|e| format!("{url}: {e}"))?;
+    d.check_remote().map_err(|e| format!("{url}: {e}"))?;
+    Ok(d)
 }
 
 /// Runs one deployment to its end; `Some(exit)` when the agent must stop (reboot, restart).
@@ -200,4 +257,53 @@ async fn deploy(
         Status::RestartRequired => Some(AgentExit::Restart),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+
+    /// A one-shot loopback HTTP server answering every request with `response`.
+    fn serve(response: Vec<u8>) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(4) {
+                let mut conn = conn.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(&response);
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_server_is_refused() {
+        let elsewhere = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nv9".to_vec());
+        let base = serve(
+            format!("HTTP/1.1 302 Found\r\nLocation: {elsewhere}/proj/version\r\nContent-Length: 0\r\n\r\n")
+                .into_bytes(),
+        );
+        let err = check(&client(&base).unwrap(), &format!("{base}/proj"))
+            .await
+            .unwrap_err();
+        assert!(err.contains("redirect to another server refused"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_refused_while_it_is_read() {
+        // No Content-Length: the cap holds while streaming.
+        let mut response = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+        response.extend(std::iter::repeat_n(b'v', MAX_VERSION_BYTES + 1));
+        let base = serve(response);
+        let err = check(&client(&base).unwrap(), &format!("{base}/proj"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.ends_with(&format!("the body is over {MAX_VERSION_BYTES} bytes")),
+            "{err}"
+        );
+    }
 }

@@ -439,3 +439,27 @@ async fn the_contoso_bad_apt_manifest_fails_at_download_with_adus_code() {
         .collect();
     assert_eq!(actions, ["is-installed", "download"]);
 }
+
+#[test]
+fn a_real_adu_desired_document_parses_and_is_judged_as_adu_judges_it() {
+    use sandstep_model::deployment::Deployment;
+    let text = std::fs::read_to_string(adu_dir().join("desired/updateActionForActionBundle.json"))
+        .unwrap();
+    let d = Deployment::parse(&text).unwrap();
+    assert_eq!(d.workflow.action, 3);
+    assert_eq!(d.workflow.id, "e99c69ca-3188-43a3-80af-310616c7751d");
+    assert_eq!(d.file_urls.len(), 4);
+    let trust = trust_with(&["adu-production.rootkeys.json"]);
+    let r = manifest_sig::verify(
+        d.update_manifest.as_deref().unwrap(),
+        d.update_manifest_signature.as_deref().unwrap(),
+        &trust,
+    )
+    .unwrap_err();
+    assert_eq!(r.erc().raw() as u32, HASH_MISMATCH, "{r}");
+    // Members ADU's agent does not read are ignored, as there (rootKeyPackageUrl, say).
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    v["workflow"]["rootKeyPackageUrl"] = serde_json::json!("http://example.invalid/rootkeys.json");
+    v["rootKeyPackageUrl"] = serde_json::json!("http://example.invalid/rootkeys.json");
+    Deployment::parse(&v.to_string()).unwrap();
+}

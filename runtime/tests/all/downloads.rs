@@ -328,3 +328,34 @@ async fn local_directories_and_file_urls_are_sources_too() {
         .unwrap_err();
     assert!(matches!(err, DownloadError::SizeMismatch { .. }), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fifo_or_a_device_named_as_a_local_payload_is_refused_without_blocking() {
+    // Opened non-blocking and only when regular: a FIFO would otherwise hold the agent for good.
+    let src = tempfile::tempdir().unwrap();
+    let fifo = src.path().join("cfg.json");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let s = store();
+    let w = wanted("cfg.json", b"whatever");
+    let dir = Dir::open_ambient_dir(src.path(), ambient_authority()).unwrap();
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.downloader.fetch(&w, Source::Directory(&dir), &|_, _| {}),
+    )
+    .await
+    .expect("refused at once, not blocked")
+    .unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        fetch(&s, &w, "file:///dev/tty"),
+    )
+    .await
+    .expect("refused at once, not blocked")
+    .unwrap_err();
+    assert!(err.to_string().contains("file:///dev/tty"), "{err}");
+}

@@ -163,6 +163,9 @@ pub struct Fleet {
     pub config: PathBuf,
     pub data: PathBuf,
     pub files: PathBuf,
+    /// The loopback HTTP server the gateway downloads from (a deployment from the network may
+    /// only name http(s) URLs).
+    pub server: crate::http::TestServer,
     root: PathBuf,
     signing: PathBuf,
     pub broker: Broker,
@@ -212,6 +215,7 @@ impl Fleet {
             config,
             data,
             files,
+            server: crate::http::TestServer::start(),
             root: root_path,
             signing: signing_path,
             broker,
@@ -249,6 +253,7 @@ impl Fleet {
     /// Writes a manifest of probe steps (one file each) and returns its path.
     pub fn manifest(&self, name: &str, steps: Vec<Value>) -> PathBuf {
         std::fs::write(self.files.join("f.txt"), b"payload").unwrap();
+        self.server.put("f.txt", b"payload");
         let m = json!({
             "updateId": {"provider": "test", "name": name, "version": "1.0"},
             "compatibility": [{"model": "gw"}],
@@ -269,7 +274,7 @@ impl Fleet {
             .args(["--device", device, "--workflow-id", workflow, "--manifest"])
             .arg(manifest)
             .arg("--files-url")
-            .arg(format!("file://{}", self.files.display()))
+            .arg(self.server.base())
             .arg("--sign-key")
             .arg(&self.signing)
             .arg("--root-key")
@@ -642,6 +647,29 @@ fn malformed_and_oversized_desired_documents_are_reported_and_the_agent_carries_
             big.len(),
             sandstep_model::deployment::MAX_DEPLOYMENT_BYTES
         )
+    );
+    // A deployment naming a local path (here a FIFO, which would block a reader for good) is
+    // refused before anything opens it, and the refusal says nothing of the path.
+    let fifo = fleet.dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let hostile = json!({"state": {
+        "workflow": {"action": 3, "id": "wf-file-url"},
+        "updateManifest": "{}",
+        "fileUrls": {"f": format!("file://{}", fifo.display())}
+    }});
+    pub_raw(hostile.to_string().as_bytes());
+    let r = fleet.wait_for("gw-5", "the file URL refusal", |r| {
+        r.pointer("/lastError/message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.contains("fileUrls"))
+    });
+    assert_eq!(
+        r["lastError"]["message"],
+        "deployment document: fileUrls: `f`: a deployment from the network may only name http(s) URLs"
     );
     assert!(agent.is_running());
     // Still working.
