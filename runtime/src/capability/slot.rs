@@ -37,10 +37,68 @@ pub struct SlotPolicy {
     /// Where the current boot's id is read, to tell whether a reboot happened.
     #[serde(default = "default_boot_id")]
     pub boot_id_file: PathBuf,
+    /// The kernel command line, one of the places that can say which slot booted.
+    #[serde(default = "default_cmdline")]
+    pub cmdline_file: PathBuf,
 }
 
 fn default_boot_id() -> PathBuf {
     PathBuf::from("/proc/sys/kernel/random/boot_id")
+}
+
+fn default_cmdline() -> PathBuf {
+    PathBuf::from("/proc/cmdline")
+}
+
+/// Which slot booted, from what the device says, in this order: the boot environment's
+/// `booted_slot`; the kernel command line (`sandstep.slot=`, RAUC's `rauc.slot=`, or a `root=`
+/// naming a slot's path); the device the root filesystem is mounted from. `None` when none of
+/// them tells: the slot capability then refuses to write (it must never guess and overwrite
+/// the running system).
+pub fn booted_slot(
+    env_value: Option<&str>,
+    cmdline: &str,
+    slot_paths: [&str; 2],
+    root_device_is: [bool; 2],
+) -> Option<SlotName> {
+    if let Some(s) = env_value.and_then(parse_slot) {
+        return Some(s);
+    }
+    for token in cmdline.split_whitespace() {
+        let Some((key, value)) = token.split_once('=') else {
+            continue;
+        };
+        match key {
+            "sandstep.slot" | "rauc.slot" => {
+                if let Some(s) = parse_slot(value) {
+                    return Some(s);
+                }
+            }
+            "root" => {
+                if value == slot_paths[0] {
+                    return Some(SlotName::A);
+                }
+                if value == slot_paths[1] {
+                    return Some(SlotName::B);
+                }
+            }
+            _ => {}
+        }
+    }
+    match root_device_is {
+        [true, false] => Some(SlotName::A),
+        [false, true] => Some(SlotName::B),
+        _ => None,
+    }
+}
+
+/// Whether `/` is mounted from block device `slot`.
+fn root_is_on(slot: &std::path::Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    match (std::fs::metadata(slot), std::fs::metadata("/")) {
+        (Ok(dev), Ok(root)) => dev.file_type().is_block_device() && dev.rdev() == root.dev(),
+        _ => false,
+    }
 }
 
 /// The boot-control method.
@@ -201,10 +259,23 @@ impl SlotCtx {
 
     fn state(&self) -> Result<SlotState, WitError> {
         let env = self.read_env()?;
-        let booted = env
-            .get("booted_slot")
-            .and_then(|v| parse_slot(v))
-            .unwrap_or(SlotName::A);
+        let policy = self.policy()?;
+        let cmdline = std::fs::read_to_string(&policy.cmdline_file).unwrap_or_default();
+        let (a, b) = (policy.a.to_string_lossy(), policy.b.to_string_lossy());
+        let booted = booted_slot(
+            env.get("booted_slot").map(String::as_str),
+            &cmdline,
+            [&a, &b],
+            [root_is_on(&policy.a), root_is_on(&policy.b)],
+        )
+        .ok_or_else(|| {
+            WitError::Denied(
+                "which slot booted is unknown: set `booted_slot` in the boot environment, \
+                 `sandstep.slot=a|b` on the kernel command line, or mount the root filesystem \
+                 from a slot device; nothing is written until it is known"
+                    .into(),
+            )
+        })?;
         let next_boot = env
             .get("boot_slot")
             .and_then(|v| parse_slot(v))
@@ -446,4 +517,35 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 .expect("slot is linked only into stores that were granted it"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_booted_slot_comes_from_the_env_the_cmdline_or_the_root_device_or_not_at_all() {
+        let paths = ["/dev/mmcblk0p2", "/dev/mmcblk0p3"];
+        let none = [false, false];
+        let b = |s: Option<SlotName>| s.map(name);
+        assert_eq!(b(booted_slot(Some("b"), "", paths, none)), Some("b"));
+        assert_eq!(
+            b(booted_slot(Some("?"), "sandstep.slot=a", paths, none)),
+            Some("a")
+        );
+        assert_eq!(
+            b(booted_slot(None, "quiet rauc.slot=B", paths, none)),
+            Some("b")
+        );
+        assert_eq!(
+            b(booted_slot(None, "root=/dev/mmcblk0p3 ro", paths, none)),
+            Some("b")
+        );
+        assert_eq!(
+            b(booted_slot(None, "root=/dev/sda1", paths, [true, false])),
+            Some("a")
+        );
+        assert_eq!(booted_slot(None, "root=/dev/sda1", paths, none), None);
+        assert_eq!(booted_slot(None, "", paths, [true, true]), None);
+    }
 }

@@ -32,12 +32,18 @@ impl Device {
         self.dir.path().join(f)
     }
     fn config(&self) -> Config {
+        std::fs::write(
+            self.path("cmdline"),
+            "console=ttyS0 root=/dev/mmcblk0p9 ro\n",
+        )
+        .unwrap();
         Config::parse(
             &format!(
-                "[handlers.\"{FW}\"]\ncapabilities = [\"slot\"]\n[handlers.\"{FW}\".slot]\na = \"{}\"\nb = \"{}\"\nboot-id-file = \"{}\"\nboot = {{ method = \"env-file\", path = \"{}\" }}\n",
+                "[handlers.\"{FW}\"]\ncapabilities = [\"slot\"]\n[handlers.\"{FW}\".slot]\na = \"{}\"\nb = \"{}\"\nboot-id-file = \"{}\"\ncmdline-file = \"{}\"\nboot = {{ method = \"env-file\", path = \"{}\" }}\n",
                 self.path("a.img").display(),
                 self.path("b.img").display(),
                 self.path("boot_id").display(),
+                self.path("cmdline").display(),
                 self.path("bootenv").display()
             ),
             "test",
@@ -203,4 +209,40 @@ async fn without_slots_in_the_policy_every_slot_call_is_refused_by_name() {
         out.result.result_details,
         "slot: denied by policy: no slots are configured for `sandstep/firmware:1` (policy: handlers.\"sandstep/firmware:1\".slot)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_word_on_the_booted_slot_nothing_is_written() {
+    // Neither the boot environment, nor the kernel command line, nor the root device says which
+    // slot runs: guessing A would overwrite B if B is running. Refused, both slots untouched.
+    let dev = Device::new();
+    std::fs::write(dev.path("bootenv"), "boot_slot=a\n").unwrap();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let m = deployment(&mut env);
+    let config = dev.config();
+    let (out, _) = run(
+        &env,
+        config.clone(),
+        env.request("wf-fw-unknown", m.clone()),
+    )
+    .await;
+    assert_eq!(out.status, Status::Failed, "{:#?}", out.result);
+    assert!(
+        out.result
+            .result_details
+            .contains("which slot booted is unknown"),
+        "{}",
+        out.result.result_details
+    );
+    assert!(!dev.path("b.img").exists(), "slot B untouched");
+    assert_eq!(
+        std::fs::read(dev.path("a.img")).unwrap(),
+        b"factory image 1.0"
+    );
+    // The kernel command line can say it (RAUC's key here): B runs, so A is written.
+    std::fs::write(dev.path("cmdline"), "root=/dev/x rauc.slot=B\n").unwrap();
+    let (out, _) = run(&env, config, env.request("wf-fw-cmdline", m)).await;
+    assert_eq!(out.status, Status::RebootRequired, "{:#?}", out.result);
+    assert_eq!(std::fs::read(dev.path("a.img")).unwrap(), image());
 }
