@@ -4,8 +4,10 @@
 //! policy first: the program must be listed by absolute path, each argument must match one of that
 //! program's patterns, and any argument that is an absolute path must lie inside a directory the
 //! step was given. Refusals name the rule. A program runs with a cleared environment, no stdin,
-//! its own process group (killed as a whole at the time limit or when the call is dropped), and
-//! output captured up to a cap, keeping the end.
+//! its own process group (stopped as a whole at the time limit or when the call is dropped:
+//! SIGTERM, then SIGKILL after a grace period; programs marked `finish-on-cancel` are left to
+//! finish when the call is dropped), SIGKILL when the agent dies, and output captured up to a cap,
+//! keeping the end.
 
 use crate::bindings::process::{self, Command, Error as WitError, Output};
 use crate::sandbox::store::HostState;
@@ -67,6 +69,11 @@ pub struct ProgramRule {
     /// of `PATH` and `LANG=C`; e.g. `DEBIAN_FRONTEND = "noninteractive"` for apt-get.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// When the call is abandoned (cancel, replacement, shutdown), let the program finish
+    /// instead of stopping it: for apt-get and dpkg, whose transactions must not be cut short.
+    /// The action's time limit still stops it.
+    #[serde(default)]
+    pub finish_on_cancel: bool,
 }
 
 fn default_max_args() -> usize {
@@ -341,24 +348,88 @@ async fn read_tail(mut pipe: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bo
     (kept, truncated)
 }
 
-/// Kills a program's whole process group unless disarmed (on time-out, or when the guest call is
-/// dropped because the deployment was cancelled).
-struct GroupKiller(Option<i32>);
+/// How long a stopped program gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-impl GroupKiller {
-    fn kill(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            // SAFETY: kill(2) with a negative pid signals the process group we created.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
+/// Signals a program's whole process group.
+fn signal_group(pgid: i32, signal: i32) -> bool {
+    // SAFETY: kill(2) with a negative pid signals the process group we created.
+    unsafe { libc::kill(-pgid, signal) == 0 }
+}
+
+/// Stops a program's process group when the guest call is dropped (the deployment was
+/// cancelled or replaced, the agent shuts down): SIGTERM, then SIGKILL after [`STOP_GRACE`] if
+/// anything of it is left. Disarmed once the program was reaped, or for a program that must
+/// finish (`finish-on-cancel`: apt-get, dpkg).
+struct GroupStopper {
+    pgid: Option<i32>,
+    grace: Duration,
+}
+
+impl Drop for GroupStopper {
+    fn drop(&mut self) {
+        let Some(pgid) = self.pgid.take() else {
+            return;
+        };
+        if !signal_group(pgid, libc::SIGTERM) {
+            return; // already gone
+        }
+        let grace = self.grace;
+        // Not on the async runtime: this runs while a future is dropped.
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + grace;
+            while std::time::Instant::now() < deadline {
+                if !signal_group(pgid, 0) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
+            signal_group(pgid, libc::SIGKILL);
+        });
+    }
+}
+
+/// Stops a program at its time limit: SIGTERM to the group, then SIGKILL after `grace` unless
+/// it exited; returns its status.
+async fn stop_at_time_limit(
+    child: &mut tokio::process::Child,
+    pgid: i32,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    signal_group(pgid, libc::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => {
+            // The leader is gone; whatever it left in its group is not.
+            signal_group(pgid, libc::SIGKILL);
+            status.ok()
+        }
+        Err(_) => {
+            signal_group(pgid, libc::SIGKILL);
+            child.wait().await.ok()
         }
     }
 }
 
-impl Drop for GroupKiller {
-    fn drop(&mut self) {
-        self.kill();
+/// The program gets SIGKILL when the agent dies (`PR_SET_PDEATHSIG`), so a killed agent does not
+/// leave it running beside the step the restarted agent runs again.
+fn die_with_the_agent(command: &mut tokio::process::Command) {
+    // SAFETY: getpid is async-signal-safe.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The agent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "the agent exited before the program started",
+                ));
+            }
+            Ok(())
+        });
     }
 }
 
@@ -379,14 +450,11 @@ impl ProcessCtx {
             .map(Duration::from_millis)
             .map_or(policy_limit, |t| t.min(policy_limit));
 
-        let rule_env = self
-            .policy
-            .programs
-            .iter()
-            .find(|r| r.path == cmd.program)
-            .map(|r| r.env.clone())
-            .unwrap_or_default();
-        let mut child = tokio::process::Command::new(&cmd.program)
+        let rule = self.policy.programs.iter().find(|r| r.path == cmd.program);
+        let rule_env = rule.map(|r| r.env.clone()).unwrap_or_default();
+        let finish_on_cancel = rule.is_some_and(|r| r.finish_on_cancel);
+        let mut command = tokio::process::Command::new(&cmd.program);
+        command
             .args(&cmd.args)
             .env_clear()
             .env("PATH", PATH)
@@ -396,11 +464,18 @@ impl ProcessCtx {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
+            .process_group(0);
+        if !finish_on_cancel {
+            die_with_the_agent(&mut command);
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| WitError::SpawnFailed(format!("{}: {e}", cmd.program)))?;
-        let mut killer = GroupKiller(child.id().map(|id| id as i32));
+        let pgid = child.id().map(|id| id as i32);
+        let mut stopper = GroupStopper {
+            pgid: pgid.filter(|_| !finish_on_cancel),
+            grace: STOP_GRACE,
+        };
         tracing::info!(target: "sandstep::process", handler = %self.handler_id, program = %cmd.program, args = ?cmd.args, "running host program");
 
         let cap = self.policy.max_output_bytes;
@@ -410,12 +485,14 @@ impl ProcessCtx {
         let (status, timed_out, out, err) = match tokio::time::timeout(limit, work).await {
             Ok((status, out, err)) => (status.ok(), false, out, err),
             Err(_) => {
-                killer.kill();
-                let status = child.wait().await.ok();
+                let status = match pgid {
+                    Some(pgid) => stop_at_time_limit(&mut child, pgid, STOP_GRACE).await,
+                    None => child.wait().await.ok(),
+                };
                 (status, true, (Vec::new(), false), (Vec::new(), false))
             }
         };
-        killer.0 = None; // reaped: the group id may be reused
+        stopper.pgid = None; // reaped: the group id may be reused
         use std::os::unix::process::ExitStatusExt;
         Ok(Output {
             exit_code: status.and_then(|s| s.code()),
@@ -490,6 +567,7 @@ mod tests {
                     first: vec![],
                     any_path: false,
                     env: Default::default(),
+                    finish_on_cancel: false,
                 }],
                 ..ProcessPolicy::default()
             },
@@ -599,6 +677,7 @@ mod tests {
             first: vec!["{payload}/*".into()],
             any_path: true,
             env: Default::default(),
+            finish_on_cancel: false,
         });
         c.check(&cmd(
             "/bin/sh",

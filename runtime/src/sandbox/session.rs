@@ -221,10 +221,15 @@ impl Session {
             }
         };
         let quota = self.limits.work_bytes;
+        // The epoch deadline stops guest code at `limit`; this one also covers the time the
+        // guest spends waiting in a host call (a program, a slot write), which epochs cannot
+        // interrupt. Dropping the call stops what the host was doing for it.
+        let wall = tokio::time::sleep(limit + HOST_CALL_SLACK);
         let outcome = tokio::select! {
             r = call => Ended::Returned(r),
             _ = cancel.cancelled() => Ended::Cancelled,
             used = quota::exceeded(self.work.clone(), quota) => Ended::OverQuota(used),
+            _ = wall => Ended::TimedOut(limit),
         };
         self.store.data_mut().deadline = None;
         self.report_dropped_logs();
@@ -262,6 +267,16 @@ impl Session {
                 self.broken = Some(r.result_details.clone());
                 r
             }
+            Ended::TimedOut(limit) => {
+                let msg = format!(
+                    "handler `{}` stopped in `{action}` at its time limit of {limit:?} while it \
+                     waited in a host call (its host program was stopped with it)",
+                    self.handler_id
+                );
+                tracing::warn!(handler = %self.handler_id, %action, "{msg}");
+                self.broken = Some(msg.clone());
+                StepResult::failure(erc::SANDBOX_TIME_LIMIT, msg)
+            }
             Ended::Cancelled => {
                 let msg = format!(
                     "`{action}` of handler `{}` was stopped: the deployment was cancelled",
@@ -297,10 +312,16 @@ impl Session {
     }
 }
 
+/// How long past its time limit a call may run before the host stops it: guest code is stopped
+/// by the epoch deadline at the limit (with its own message); this catches a host call.
+const HOST_CALL_SLACK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// How a call ended.
 enum Ended {
     Returned(wasmtime::Result<bindings::types::StepResult>),
     Cancelled,
+    /// The action's time limit passed while the guest waited in a host call.
+    TimedOut(std::time::Duration),
     /// `/work` outgrew its quota; the bytes it held.
     OverQuota(u64),
 }

@@ -21,6 +21,7 @@ fn grants() -> Grants {
                     first: vec![],
                     any_path: false,
                     env: Default::default(),
+                    finish_on_cancel: false,
                 },
                 ProgramRule {
                     path: "/bin/sh".into(),
@@ -29,6 +30,7 @@ fn grants() -> Grants {
                     first: vec![],
                     any_path: false,
                     env: Default::default(),
+                    finish_on_cancel: false,
                 },
             ],
             ..ProcessPolicy::default()
@@ -195,8 +197,114 @@ async fn a_program_past_its_time_limit_is_killed_with_its_children() {
     .await;
     let out = output(&r);
     assert_eq!(out["timed_out"], true);
-    assert_eq!(out["signal"], 9);
+    // SIGTERM first (the shell does not trap it), SIGKILL for whatever is left of the group.
+    assert_eq!(out["signal"], 15);
     assert_eq!(out["exit_code"], Value::Null);
+}
+
+/// Whether a process with `marker` in its command line is alive.
+fn alive(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+            String::from_utf8_lossy(&c)
+                .replace('\0', " ")
+                .contains(marker)
+        })
+    })
+}
+
+fn wait_gone(marker: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if !alive(marker) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_action_time_limit_holds_while_the_handler_waits_in_a_host_call() {
+    // The program may run 60 s by its own limit, but the action has 1 s: the call ends at the
+    // action's limit and the program is stopped with it.
+    let env = StepEnv::new();
+    let sandbox = sandbox();
+    let handler = sandbox
+        .load("process-probe", component("process-probe"))
+        .await
+        .unwrap();
+    let limits = Limits::default().with_all_time_limits(Duration::from_secs(1));
+    let mut session = sandbox
+        .session(
+            &handler,
+            setup(&env, "test/process:1", grants(), limits, None),
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r = session
+        .call(
+            Action::Install,
+            &env.ctx(
+                "test/process:1",
+                json!({"op": "run", "program": "/bin/sh", "args": ["-c", "exec sleep 61.0917"], "timeout_ms": 60000}),
+            ),
+            &CancellationToken::new(),
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        r.extended_result_code,
+        erc::SANDBOX_TIME_LIMIT.raw(),
+        "{r:?}"
+    );
+    assert!(
+        r.result_details.contains("while it waited in a host call"),
+        "{r:?}"
+    );
+    assert!(wait_gone("sleep 61.0917"), "the program was stopped");
+}
+
+#[test]
+fn host_programs_die_with_a_killed_agent() {
+    // kill -9 of the agent (here `sandstep step call`) must not leave its program running.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("process.toml");
+    std::fs::write(
+        &policy,
+        "[[programs]]\npath = \"/bin/sh\"\nargs = [\"-c\", \"*\"]\n",
+    )
+    .unwrap();
+    let wasm = dir.path().join("process-probe.wasm");
+    std::fs::write(&wasm, component("process-probe")).unwrap();
+    let mut child = crate::cli::sandstep()
+        .args(["step", "call"])
+        .arg(&wasm)
+        .arg("install")
+        .arg("--process-policy")
+        .arg(&policy)
+        .arg("--properties")
+        .arg(r#"{"op": "run", "program": "/bin/sh", "args": ["-c", "exec sleep 62.0917"]}"#)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !alive("sleep 62.0917") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the program never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(wait_gone("sleep 62.0917"), "the program outlived the agent");
 }
 
 #[tokio::test(flavor = "multi_thread")]
