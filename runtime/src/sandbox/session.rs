@@ -228,7 +228,10 @@ impl Session {
         let outcome = tokio::select! {
             r = call => Ended::Returned(r),
             _ = cancel.cancelled() => Ended::Cancelled,
-            used = quota::exceeded(self.work.clone(), quota) => Ended::OverQuota(used),
+            over = quota::exceeded(self.work.clone(), quota) => match over {
+                Ok(used) => Ended::OverQuota(used),
+                Err(why) => Ended::Unmeasurable(why),
+            },
             _ = wall => Ended::TimedOut(limit),
         };
         self.store.data_mut().deadline = None;
@@ -236,8 +239,9 @@ impl Session {
         // What was written since the last poll counts too.
         let outcome = match outcome {
             Ended::Returned(r) => match quota::measure(&self.work).await {
-                Some(used) if used > quota => Ended::OverQuota(used),
-                _ => Ended::Returned(r),
+                Ok(used) if used > quota => Ended::OverQuota(used),
+                Ok(_) => Ended::Returned(r),
+                Err(why) => Ended::Unmeasurable(why),
             },
             other => other,
         };
@@ -266,6 +270,16 @@ impl Session {
                 tracing::warn!(handler = %self.handler_id, %action, "{}", r.result_details);
                 self.broken = Some(r.result_details.clone());
                 r
+            }
+            Ended::Unmeasurable(why) => {
+                let msg = format!(
+                    "handler `{}` stopped in `{action}`: its /work cannot be measured against \
+                     its quota: {why}",
+                    self.handler_id
+                );
+                tracing::warn!(handler = %self.handler_id, %action, "{msg}");
+                self.broken = Some(msg.clone());
+                StepResult::failure(erc::SANDBOX_WORK_QUOTA, msg)
             }
             Ended::TimedOut(limit) => {
                 let msg = format!(
@@ -324,6 +338,8 @@ enum Ended {
     TimedOut(std::time::Duration),
     /// `/work` outgrew its quota; the bytes it held.
     OverQuota(u64),
+    /// `/work` could not be measured within bounds (fail closed).
+    Unmeasurable(String),
 }
 
 /// Checks codes that only make sense for some actions and clamps details.

@@ -631,6 +631,31 @@ async fn the_benchmark_guest_computes_the_same_crc_as_the_host() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_directories_do_not_blind_the_quota() {
+    // The walk once opened every directory at once: ~1500 of them exhausted its descriptors,
+    // the measurement failed, and the quota was not enforced. Now it holds one descriptor per
+    // level, and a folder it cannot measure stops the call (fail closed).
+    let env = StepEnv::new();
+    let limits = Limits {
+        work_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    let r = call_once(
+        "probe",
+        Action::Install,
+        &env,
+        json!({"op": "fill-work", "dirs_first": 3000, "total_kib": 16 << 10, "then_sleep_ms": 30_000}),
+        limits,
+    )
+    .await;
+    assert_eq!(
+        r.extended_result_code,
+        erc::SANDBOX_WORK_QUOTA.raw(),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_handler_filling_work_past_its_quota_is_stopped_while_running() {
     let env = StepEnv::new();
     let limits = Limits {

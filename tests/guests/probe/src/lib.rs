@@ -38,6 +38,9 @@ enum Op {
         total_kib: u64,
         #[serde(default)]
         then_sleep_ms: u64,
+        /// Directories made in /work first (to attack the quota's walk).
+        #[serde(default)]
+        dirs_first: u32,
     },
     /// Call log `logs` times and progress `progress` times, with `len`-byte messages.
     Flood { logs: u32, progress: u32, len: u32 },
@@ -179,7 +182,11 @@ fn run(ctx: &Context, success: i32) -> Outcome {
         Op::FillWork {
             total_kib,
             then_sleep_ms,
+            dirs_first,
         } => {
+            for i in 0..dirs_first {
+                std::fs::create_dir(format!("/work/d{i}"))?;
+            }
             let mut f = std::fs::File::create("/work/fill")?;
             let chunk = vec![0x5au8; 64 << 10];
             let mut written = 0u64;
