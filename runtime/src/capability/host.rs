@@ -13,6 +13,9 @@ use crate::sandbox::store::{HandlerEvent, HostState, LogLevel, MAX_MESSAGE, PROG
 use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
 
+/// A handler's message as the agent logs it: clamped to [`MAX_MESSAGE`] bytes, then control
+/// characters (newlines, ANSI escapes) written as escapes, so a handler cannot forge log lines or
+/// repaint a terminal.
 fn clamp(mut s: String) -> String {
     if s.len() > MAX_MESSAGE {
         let mut end = MAX_MESSAGE;
@@ -22,7 +25,18 @@ fn clamp(mut s: String) -> String {
         s.truncate(end);
         s.push('…');
     }
-    s
+    if !s.chars().any(char::is_control) {
+        return s;
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl HostState {
@@ -35,14 +49,14 @@ impl HostState {
 
 impl host::Host for HostState {
     async fn log(&mut self, level: WitLevel, message: String) -> wasmtime::Result<()> {
-        let message = clamp(message);
         if message.starts_with("panic: ") {
-            self.last_panic = Some(message.clone());
+            self.last_panic = Some(clamp(message.clone()));
         }
         if !self.log_limit.allow(Instant::now()) {
             self.logs_dropped += 1;
             return Ok(());
         }
+        let message = clamp(message);
         let t = &self.tags;
         let (w, s, h) = (&t.workflow_id, &t.step, &t.handler_id);
         let level = match level {
@@ -109,6 +123,15 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::clamp;
+
+    #[test]
+    fn control_characters_cannot_forge_log_lines() {
+        assert_eq!(
+            clamp("done\n2026-11-30T00:00:00Z INFO forged\u{1b}[2K".into()),
+            "done\\n2026-11-30T00:00:00Z INFO forged\\u{1b}[2K"
+        );
+        assert_eq!(clamp("plain text, ünïcode".into()), "plain text, ünïcode");
+    }
 
     #[test]
     fn long_messages_are_clamped_on_a_char_boundary() {
