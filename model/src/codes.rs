@@ -369,6 +369,10 @@ pub mod erc {
     pub const WORKFLOW_JOURNAL_FAILED: E = workflow(0x007);
     /// After the reboot or restart a step asked for, is-installed says the update is not there.
     pub const WORKFLOW_NOT_INSTALLED_AFTER_FOLLOWUP: E = workflow(0x008);
+    /// The update's compatibility does not match the device's properties.
+    pub const WORKFLOW_INCOMPATIBLE: E = workflow(0x009);
+    /// The update is older than the one installed, and its manifest does not allow a downgrade.
+    pub const WORKFLOW_DOWNGRADE: E = workflow(0x00A);
 
     // The SDK (facility 11, component 0xA0, shared with sandstep's handlers).
     /// `handlerProperties` do not match the handler's expected shape.
@@ -496,6 +500,8 @@ pub mod erc {
         WORKFLOW_CANCELLED,
         WORKFLOW_JOURNAL_FAILED,
         WORKFLOW_NOT_INSTALLED_AFTER_FOLLOWUP,
+        WORKFLOW_INCOMPATIBLE,
+        WORKFLOW_DOWNGRADE,
         SDK_INVALID_PROPERTIES,
         SDK_MISSING_FILE,
         SDK_CAPABILITY_FAILED,

@@ -330,6 +330,7 @@ pub enum DetachedError {
 
 const TOP_LEVEL_KNOWN: &[&str] = &[
     "detachedManifestFileId",
+    "sandstep",
     "updateId",
     "compatibility",
     "instructions",

@@ -34,6 +34,8 @@ pub struct Config {
     pub shadow: ShadowConfig,
     /// Policy per handler id.
     pub handlers: BTreeMap<String, HandlerPolicy>,
+    /// What the device is: the properties updates' compatibility is checked against.
+    pub device: crate::workflow::admission::DeviceConfig,
 }
 
 /// The `[shadow]` table: the device-state replica.
@@ -69,6 +71,7 @@ impl Default for Config {
             http_poll: None,
             shadow: ShadowConfig::default(),
             handlers: default_policies(),
+            device: Default::default(),
         }
     }
 }

@@ -202,6 +202,18 @@ async fn check_agent(r: &mut Report, config: &Config, timeout: u64) {
             return;
         }
     };
+    if config.device.properties.is_empty() {
+        r.warn(
+            "device properties",
+            "none: updates for any model are accepted",
+            "set [device] properties, e.g. { manufacturer = \"...\", model = \"...\" }",
+        );
+    } else {
+        r.ok(
+            "device properties",
+            serde_json::to_string(&config.device.properties).expect("a map serializes"),
+        );
+    }
     if config.agent.source == SourceKind::HttpPoll {
         r.ok("deployments", "HTTP polling (no broker)");
         return;

@@ -13,11 +13,14 @@
 //!                                          reboot/restart codes -> stop; after it, is-installed decides
 //! ```
 //!
+//! - [`admission`] decides whether a signed update may run here at all (compatibility,
+//!   downgrade).
 //! - [`lifecycle`] decides, without I/O, what each handler answer leads to (ADU's rules).
 //! - [`plan`] turns the manifest (and child manifests, and the inventory) into units.
 //! - [`store`] keeps journals and result files in the data dir.
 //! - [`events`] is what observers (CLI, agent) see.
 
+pub mod admission;
 pub mod events;
 pub mod lifecycle;
 pub mod plan;
@@ -45,11 +48,14 @@ use sandstep_model::journal::{
 use sandstep_model::manifest::{Manifest, Step};
 use sandstep_model::results::{result_file, ResultFile};
 use sandstep_model::{Action, StepContext, StepFile, StepResult};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use store::JournalStore;
 use tokio_util::sync::CancellationToken;
+
+/// Where the versions installed here are recorded, in the data dir.
+const INSTALLED_UPDATES: &str = "installed-updates.json";
 
 /// Files up to this size are fetched before is-installed (manifests, scripts); the rest before
 /// download, so an already-installed step never pulls a large image.
@@ -424,12 +430,57 @@ impl Deployer {
                 observer_ref,
             );
         }
+        self.record_installed(&j.update_id);
         self.finish(
             j,
             Status::Succeeded,
             StepResult::new(result::APPLY_SUCCESS),
             observer_ref,
         )
+    }
+
+    /// The versions installed here, by provider and name (for [`admission`]).
+    fn installed_versions(&self) -> BTreeMap<String, String> {
+        self.data
+            .root()
+            .read(INSTALLED_UPDATES)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records a finished update's version; a failure to record weakens only the downgrade
+    /// check, so it is logged, not fatal.
+    fn record_installed(&self, update: &sandstep_model::UpdateId) {
+        let mut versions = self.installed_versions();
+        versions.insert(admission::record_key(update), update.version.clone());
+        let bytes = serde_json::to_vec_pretty(&versions).expect("a map serializes");
+        if let Err(e) =
+            crate::datadir::write_atomic(self.data.root(), INSTALLED_UPDATES, &bytes, 0o600)
+        {
+            tracing::error!(update = %update, "cannot record the installed version: {e}");
+        }
+    }
+
+    /// Whether `manifest` (the one that runs) may run here.
+    pub(crate) fn admit(&self, j: &Journal, manifest: &Manifest) -> Result<(), StepResult> {
+        let installed = self
+            .installed_versions()
+            .remove(&admission::record_key(&manifest.update_id));
+        admission::admit(
+            &manifest.update_id,
+            &manifest.compatibility,
+            admission::allows_downgrade(j.running_manifest()),
+            &self.config.device.properties,
+            installed.as_deref(),
+        )
+        .map_err(|refusal| {
+            let code = match refusal {
+                admission::Refusal::Incompatible { .. } => erc::WORKFLOW_INCOMPATIBLE,
+                admission::Refusal::Downgrade { .. } => erc::WORKFLOW_DOWNGRADE,
+            };
+            StepResult::failure(code, refusal.to_string())
+        })
     }
 
     fn cancelled(&self, j: &mut Journal, observer: &dyn Observer) -> Result<(), WorkflowError> {

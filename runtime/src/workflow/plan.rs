@@ -131,6 +131,7 @@ pub(super) async fn plan(
     for w in &manifest.warnings {
         tracing::warn!(workflow = %j.workflow_id, "update manifest: {w}");
     }
+    d.admit(j, &manifest)?;
     j.update_id = manifest.update_id.clone();
     let mut units = Vec::new();
     for (i, step) in manifest.steps.iter().enumerate() {

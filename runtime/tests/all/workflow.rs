@@ -650,6 +650,84 @@ async fn a_detached_manifest_is_fetched_and_run_in_place_of_the_parent() {
     );
 }
 
+/// `manifest` with its update version and compatibility replaced, and `extra` top-level members.
+fn versioned(manifest: &str, version: &str, compat: Value, extra: Value) -> String {
+    let mut v: Value = serde_json::from_str(manifest).unwrap();
+    v["updateId"]["version"] = json!(version);
+    v["compatibility"] = compat;
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_update_or_one_for_another_model_is_refused_before_anything_runs() {
+    let env = Env::new();
+    let m = with_unused(&env, vec![stateful("v", json!({}), &[])]);
+    let compat = json!([{"manufacturer": "test", "model": "gateway"}]);
+    let (out, _) = env
+        .run(env.request("wf-v2", versioned(&m, "2.0", compat.clone(), json!({}))))
+        .await;
+    assert_eq!(out.status, Status::Succeeded, "{:#?}", out.result);
+    // A replayed older update, under a new workflow id: refused, nothing runs.
+    let before = env.log("v").len();
+    let (out, _) = env
+        .run(env.request("wf-v1", versioned(&m, "1.9", compat.clone(), json!({}))))
+        .await;
+    assert_eq!(out.status, Status::Failed);
+    assert_eq!(
+        out.result.extended_result_code,
+        erc::WORKFLOW_DOWNGRADE.raw(),
+        "{:#?}",
+        out.result
+    );
+    assert!(
+        out.result.result_details.contains("older than 2.0"),
+        "{}",
+        out.result.result_details
+    );
+    assert_eq!(env.log("v").len(), before, "nothing ran");
+    // Signed as an explicit downgrade, it runs.
+    let allowed = versioned(
+        &m,
+        "1.9",
+        compat.clone(),
+        json!({"sandstep": {"allowDowngrade": true}}),
+    );
+    let (out, _) = env.run(env.request("wf-v1-allowed", allowed)).await;
+    assert_eq!(out.status, Status::Succeeded, "{:#?}", out.result);
+
+    // A device that says what it is refuses another model's update.
+    let mut config = Config::default();
+    config
+        .device
+        .properties
+        .insert("model".into(), "gateway".into());
+    let other = versioned(&m, "3.0", json!([{"model": "camera"}]), json!({}));
+    let d = Deployer::new(
+        Arc::new(Sandbox::new(&EngineOptions::default(), None).unwrap()),
+        DataDir::open(env.data.path()).unwrap(),
+        config,
+    )
+    .unwrap();
+    let out = d
+        .run(
+            env.request("wf-other-model", other),
+            Arc::new(Recorder::default()),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, Status::Failed);
+    assert_eq!(
+        out.result.extended_result_code,
+        erc::WORKFLOW_INCOMPATIBLE.raw(),
+        "{:#?}",
+        out.result
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_child_update_with_a_reference_step_is_refused() {
     let mut env = Env::new();
