@@ -17,7 +17,7 @@ impl Tmpfs {
     fn mount(size: &str) -> Option<Tmpfs> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: mounting a size-limited tmpfs needs root");
+            crate::support::prerequisite_missing("mounting a size-limited tmpfs needs root");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -33,7 +33,9 @@ impl Tmpfs {
             .status()
             .unwrap();
         if !status.success() {
-            eprintln!("skipped: mount -t tmpfs failed (no mount permission in this sandbox?)");
+            crate::support::prerequisite_missing(
+                "mount -t tmpfs failed (no mount permission in this sandbox?)",
+            );
             return None;
         }
         Some(Tmpfs { dir })

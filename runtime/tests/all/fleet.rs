@@ -41,7 +41,9 @@ fn mosquitto() -> Option<&'static str> {
 impl Broker {
     pub fn start() -> Option<Broker> {
         let bin = mosquitto().or_else(|| {
-            eprintln!("skipping: mosquitto is not installed and cannot be (not root)");
+            crate::support::prerequisite_missing(
+                "mosquitto is not installed and cannot be (not root)",
+            );
             None
         })?;
         let port = TcpListener::bind("127.0.0.1:0")
@@ -812,7 +814,9 @@ async fn fleet_sim_reaches_every_simulated_device_and_gets_every_result_back() {
 #[test]
 fn the_wall_clock_jumping_back_and_forward_mid_deployment_changes_nothing() {
     let Some(lib) = faketime() else {
-        eprintln!("skipped: libfaketime is not installed (apt-get install faketime)");
+        crate::support::prerequisite_missing(
+            "libfaketime is not installed (apt-get install faketime)",
+        );
         return;
     };
     let Some(fleet) = Fleet::new("gw-clock") else {

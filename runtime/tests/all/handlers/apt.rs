@@ -30,7 +30,7 @@ fn can_run() -> bool {
     .iter()
     .all(|p| Path::new(p).exists());
     if !(root && tools) {
-        eprintln!("skipping apt test: needs root and dpkg/apt-get");
+        crate::support::prerequisite_missing("the apt tests need root and dpkg/apt-get");
     }
     root && tools
 }
