@@ -125,6 +125,7 @@ pub fn handler_signature(data: &[u8]) {
         vec![TrustedHandlerKey {
             name: "fuzz".into(),
             key: handler_key().pk.clone(),
+            scope: Vec::new(),
         }]
     });
     let _ = handler_sig::verify(data, trusted);

@@ -84,14 +84,31 @@ impl Loader {
         &self.trust
     }
 
-    /// Verifies the signature of `bytes`, returning the signers.
+    /// Verifies the signature of `bytes`, returning the signers whose scope covers `id`: a key
+    /// scoped to `vendor/` vouches only for `vendor/...` handler ids.
     pub fn verify(&self, id: &str, bytes: &[u8]) -> Result<Vec<String>, LoadError> {
-        handler_sig::verify(bytes, &self.trust.handler_keys).map_err(|source| {
-            LoadError::Signature {
+        let refused = |source| LoadError::Signature {
+            id: id.to_owned(),
+            source,
+        };
+        let signers = handler_sig::verify(bytes, &self.trust.handler_keys).map_err(refused)?;
+        let covering: Vec<String> = signers
+            .iter()
+            .filter(|name| {
+                self.trust
+                    .handler_keys
+                    .iter()
+                    .any(|k| &k.name == *name && k.covers(id))
+            })
+            .cloned()
+            .collect();
+        if covering.is_empty() {
+            return Err(refused(HandlerSignatureError::OutOfScope {
+                signers: signers.join(", "),
                 id: id.to_owned(),
-                source,
-            }
-        })
+            }));
+        }
+        Ok(covering)
     }
 
     async fn compile(

@@ -36,6 +36,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let key = TrustedHandlerKey {
         name: "bench".into(),
         key: kp.pk.clone().attach_default_key_id(),
+        scope: Vec::new(),
     };
     let key_bytes = kp.pk.to_bytes();
     let sign = |b: Vec<u8>| handler_sig::sign(&b, &kp.sk, &kp.pk).expect("sign");

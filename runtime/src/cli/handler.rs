@@ -75,6 +75,7 @@ fn trusted_from_dir(dir: &std::path::Path) -> Result<Vec<sandstep::trust::Truste
         keys.push(sandstep::trust::TrustedHandlerKey {
             name: stem.to_owned(),
             key,
+            scope: Vec::new(),
         });
     }
     Ok(keys)

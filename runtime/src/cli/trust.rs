@@ -29,6 +29,10 @@ pub enum TrustCommand {
         /// The name it is known by (default: the file name without .pub).
         #[arg(long)]
         name: Option<String>,
+        /// For a handler key: the handler id prefixes it may sign (repeatable, e.g. `contoso/`);
+        /// without, any handler id.
+        #[arg(long)]
+        scope: Vec<String>,
     },
     /// Show the trusted keys.
     List,
@@ -38,7 +42,12 @@ pub fn run(cmd: TrustCommand, common: &Common) -> Result<ExitCode> {
     let config = common.load_config()?;
     let data = common.data_dir(&config)?;
     match cmd {
-        TrustCommand::Add { what, key, name } => {
+        TrustCommand::Add {
+            what,
+            key,
+            name,
+            scope,
+        } => {
             let bytes =
                 std::fs::read(&key).with_context(|| format!("cannot read {}", key.display()))?;
             let name = match name {
@@ -71,14 +80,32 @@ pub fn run(cmd: TrustCommand, common: &Common) -> Result<ExitCode> {
                     (data.trust_roots()?, root_file(&v, &key, &name)?)
                 }
             };
+            if matches!(what, What::Handler) {
+                // Written first, so the key is never trusted wider than asked for.
+                let scope_file = format!("{name}.scope");
+                if scope.is_empty() {
+                    let _ = dir.remove_file(&scope_file);
+                } else {
+                    write_atomic(&dir, &scope_file, scope.join("\n").as_bytes(), 0o644)?;
+                }
+            } else if !scope.is_empty() {
+                bail!("--scope is for handler keys");
+            }
             write_atomic(&dir, &file, &bytes, 0o644)?;
-            println!("trusted {name}");
+            match scope.is_empty() {
+                true => println!("trusted {name}"),
+                false => println!("trusted {name} for {}", scope.join(", ")),
+            }
         }
         TrustCommand::List => {
             let store = TrustStore::load(&data, &config.trust)?;
             for k in &store.handler_keys {
+                let scope = match k.scope.is_empty() {
+                    true => "any handler id".to_owned(),
+                    false => k.scope.join(", "),
+                };
                 println!(
-                    "handler key {}  id {}",
+                    "handler key {}  id {}  signs {scope}",
                     k.name,
                     k.key.key_id().map(hex::encode).unwrap_or_default()
                 );

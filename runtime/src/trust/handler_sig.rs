@@ -35,6 +35,8 @@ pub enum HandlerSignatureError {
     NoTrustedKeys,
     #[error("the component cannot be read: {0}")]
     Malformed(String),
+    #[error("signed by {signers}, whose scope does not cover handler id `{id}` (a key's NAME.scope lists the id prefixes it may sign)")]
+    OutOfScope { signers: String, id: String },
 }
 
 fn custom_name(s: &Section) -> Option<&str> {
@@ -354,6 +356,7 @@ mod tests {
         TrustedHandlerKey {
             name: name.into(),
             key: kp.pk.clone().attach_default_key_id(),
+            scope: Vec::new(),
         }
     }
 

@@ -55,6 +55,25 @@ impl Default for TrustConfig {
 pub struct TrustedHandlerKey {
     pub name: String,
     pub key: wasmsign2::PublicKey,
+    /// Handler id prefixes this key may sign (`NAME.scope` beside `NAME.pub`, one a line, e.g.
+    /// `contoso/`); empty: any handler id.
+    pub scope: Vec<String>,
+}
+
+impl TrustedHandlerKey {
+    /// Whether this key may vouch for handler `id`.
+    pub fn covers(&self, id: &str) -> bool {
+        self.scope.is_empty() || self.scope.iter().any(|p| id.starts_with(p.as_str()))
+    }
+}
+
+/// Parses a `.scope` file: one handler id prefix a line; blank lines and `#` comments skipped.
+pub fn parse_scope(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The keys the gateway trusts.
@@ -133,7 +152,19 @@ impl TrustStore {
                         reason: format!("not a handler public key: {e}"),
                     })?
                     .attach_default_key_id();
-                store.handler_keys.push(TrustedHandlerKey { name, key });
+                let scope = match dir.read(format!("{name}.scope")) {
+                    Ok(b) => parse_scope(&String::from_utf8_lossy(&b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => {
+                        return Err(TrustError {
+                            file: format!("{origin}/{name}.scope"),
+                            reason: e.to_string(),
+                        })
+                    }
+                };
+                store
+                    .handler_keys
+                    .push(TrustedHandlerKey { name, key, scope });
             }
         }
         for (dir, origin) in &root_dirs {

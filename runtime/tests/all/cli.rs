@@ -683,3 +683,57 @@ fn handler_verify_says_who_signed_or_why_it_is_refused() {
     let out = ok(&verify());
     assert_eq!(out.trim(), format!("{}: signed by acme", wasm.display()));
 }
+
+#[test]
+fn a_handler_key_scoped_to_a_vendor_prefix_vouches_only_for_that_vendors_ids() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("contoso.key");
+    ok(&sandstep()
+        .args(["key", "generate", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap());
+    let out = ok(&sandstep()
+        .args(["trust", "add", "handler"])
+        .arg(dir.path().join("contoso.key.pub"))
+        .args(["--scope", "contoso/", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap());
+    assert_eq!(out.trim(), "trusted contoso.key for contoso/");
+    let listed = ok(&sandstep()
+        .args(["trust", "list", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap());
+    assert!(listed.contains("signs contoso/"), "{listed}");
+    let wasm = dir.path().join("vendor-handler.wasm");
+    std::fs::write(&wasm, component("vendor-handler")).unwrap();
+    ok(&sandstep()
+        .args(["handler", "sign"])
+        .arg(&wasm)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap());
+    let install = |id: &str| {
+        sandstep()
+            .args(["handler", "install"])
+            .arg(&wasm)
+            .args(["--id", id, "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    ok(&install("contoso/config:1"));
+    let out = install("microsoft/apt:1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "signed by contoso.key, whose scope does not cover handler id `microsoft/apt:1`"
+        ),
+        "{err}"
+    );
+}

@@ -142,6 +142,7 @@ fn the_signed_fuzz_seeds_verify_with_the_fuzzing_keys() {
     let trusted = [sandstep::trust::TrustedHandlerKey {
         name: "fuzz".into(),
         key: fuzzing::handler_key().pk.clone(),
+        scope: Vec::new(),
     }];
     assert_eq!(
         handler_sig::verify(&component, &trusted).unwrap(),

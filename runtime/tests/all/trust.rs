@@ -23,6 +23,7 @@ fn trusted(name: &str, pk: &wasmsign2::PublicKey) -> TrustedHandlerKey {
     TrustedHandlerKey {
         name: name.into(),
         key: pk.clone().attach_default_key_id(),
+        scope: Vec::new(),
     }
 }
 
