@@ -42,6 +42,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_result_file_with_a_bom_and_crlf_parses_as_adus_parson_reads_it() {
+        let r = ScriptResult::parse(
+            b"\xEF\xBB\xBF{\r\n \"resultCode\": 600,\r\n \"extendedResultCode\": 0\r\n}\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.result_code, 600);
+    }
+
+    #[test]
     fn the_adu_fields_parse_and_missing_optional_ones_default() {
         let r = ScriptResult::parse(br#"{"resultCode":700}"#).unwrap();
         assert_eq!((r.result_code, r.extended_result_code), (700, 0));

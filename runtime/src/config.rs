@@ -294,7 +294,13 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["/bin/sh", "/bin/bash"]
         );
-        assert!(script.programs.iter().all(|p| p.first == ["{payload}/*"]));
+        // The interpreter's entry point is always a payload file; nothing else may be.
+        assert!(script
+            .programs
+            .iter()
+            .all(|p| p.forms.iter().all(|f| f.prefix.is_empty()
+                && f.then.first()
+                    == Some(&crate::capability::arg_grammar::Slot::PayloadFile { suffix: None }))));
         let off = Config::parse("[handlers.\"microsoft/script:1\"]\n", "t").unwrap();
         assert!(
             off.grants("microsoft/script:1").process.is_none(),
@@ -311,7 +317,7 @@ mod tests {
             limits = { memory-bytes = 1048576, install = 5 }
             [[handlers."microsoft/script:1".process.programs]]
             path = "/bin/sh"
-            args = ["*"]
+            forms = [{ then = ["payload-file"], rest = ["any"] }]
             "#,
             "test",
         )

@@ -2,9 +2,11 @@
 //! view or `impl Host`, `add_to_linker`).
 //!
 //! - [`host`]: logging and progress, linked for every handler.
-//! - [`process`]: run an allow-listed host program, linked only when granted.
+//! - [`process`]: run an allow-listed host program, linked only when granted; what it may be
+//!   handed is [`arg_grammar`]'s forms.
 //! - [`slot`]: A/B firmware slots and boot control, linked only when granted.
 
+pub mod arg_grammar;
 pub mod host;
 pub mod process;
 pub mod slot;

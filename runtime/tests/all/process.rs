@@ -1,6 +1,7 @@
 //! The process capability: granted and refused, through a real guest.
 
 use crate::support::{component, sandbox, setup, StepEnv};
+use sandstep::capability::arg_grammar::{ArgForm, Slot};
 use sandstep::capability::process::{ProcessPolicy, ProgramRule};
 use sandstep::capability::Grants;
 use sandstep::sandbox::Limits;
@@ -16,19 +17,23 @@ fn grants() -> Grants {
             programs: vec![
                 ProgramRule {
                     path: "/bin/echo".into(),
-                    args: vec!["hello".into(), "{work}/*".into(), "--*".into()],
-                    max_args: 8,
-                    first: vec![],
-                    any_path: false,
+                    forms: vec![ArgForm {
+                        prefix: vec!["hello".into()],
+                        then: vec![],
+                        rest: vec![Slot::WorkPath],
+                        max_args: 8,
+                    }],
                     env: Default::default(),
                     finish_on_cancel: false,
                 },
                 ProgramRule {
                     path: "/bin/sh".into(),
-                    args: vec!["-c".into(), "*".into()],
-                    max_args: 2,
-                    first: vec![],
-                    any_path: false,
+                    forms: vec![ArgForm {
+                        prefix: vec![],
+                        then: vec![Slot::PayloadFile { suffix: None }],
+                        rest: vec![Slot::Any],
+                        max_args: 8,
+                    }],
                     env: Default::default(),
                     finish_on_cancel: false,
                 },
@@ -39,13 +44,24 @@ fn grants() -> Grants {
     }
 }
 
+/// A payload script with `body`; returns its host path (the interpreter's only entry point).
+fn script(env: &StepEnv, name: &str, body: &str) -> String {
+    env.add_payload(name, body.as_bytes());
+    env.path("payload").join(name).display().to_string()
+}
+
 async fn run(env: &StepEnv, grants: Grants, props: Value) -> StepResult {
+    run_limited(env, grants, props, Duration::from_secs(20)).await
+}
+
+/// Install of the process probe with `props`, every action limited to `limit`.
+async fn run_limited(env: &StepEnv, grants: Grants, props: Value, limit: Duration) -> StepResult {
     let sandbox = sandbox();
     let handler = sandbox
         .load("process-probe", component("process-probe"))
         .await
         .unwrap();
-    let limits = Limits::default().with_all_time_limits(Duration::from_secs(20));
+    let limits = Limits::default().with_all_time_limits(limit);
     let mut session = sandbox
         .session(&handler, setup(env, "test/process:1", grants, limits, None))
         .await
@@ -98,7 +114,7 @@ async fn an_allowed_program_runs_in_the_work_folder_with_a_cleared_environment()
     let r = run(
         &env,
         grants(),
-        json!({"op": "run", "program": "/bin/sh", "args": ["-c", "pwd; env | sort"]}),
+        json!({"op": "run", "program": "/bin/sh", "args": [script(&env, "env.sh", "pwd; env | sort")]}),
     )
     .await;
     let out = output(&r);
@@ -142,23 +158,49 @@ async fn an_argument_breaking_the_rule_is_refused_with_the_rule() {
     .await;
     assert_eq!(
         r.result_details,
-        "process: denied by policy: argument 1 `rm` of `/bin/echo` matches none of its allowed patterns (policy: process.programs.args)"
+        format!(
+            "process: denied by policy: the arguments of `/bin/echo` fit none of its forms (policy: process.programs.forms): form 0: argument 1 `rm` is none of: work-path (not beneath {})",
+            env.path("work").display()
+        )
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_path_outside_the_granted_dirs_is_refused_with_the_rule() {
+    // Absolute paths elsewhere, relative paths (the program's cwd is /work), `..`, `key=value`
+    // forms and symlinks the handler planted in /work: none resolves beneath /work.
     let env = StepEnv::new();
+    std::os::unix::fs::symlink("/etc", env.path("work").join("etc")).unwrap();
+    let work = env.path("work").display().to_string();
+    for arg in [
+        "/etc/shadow".to_owned(),
+        "shadow".to_owned(),
+        "--file=/etc/shadow".to_owned(),
+        format!("{work}/etc/shadow"),
+        format!("{work}/../state/x"),
+    ] {
+        let r = run(
+            &env,
+            grants(),
+            json!({"op": "run", "program": "/bin/echo", "args": ["hello", arg]}),
+        )
+        .await;
+        assert!(
+            r.result_details.starts_with(
+                "process: denied by policy: the arguments of `/bin/echo` fit none of its forms"
+            ),
+            "{arg}: {}",
+            r.result_details
+        );
+    }
+    // A new file in /work is fine.
     let r = run(
         &env,
         grants(),
-        json!({"op": "run", "program": "/bin/echo", "args": ["--file=/etc/shadow"]}),
+        json!({"op": "run", "program": "/bin/echo", "args": ["hello", format!("{work}/out.txt")]}),
     )
     .await;
-    assert_eq!(
-        r.result_details,
-        "process: denied by policy: argument 0 `--file=/etc/shadow` of `/bin/echo` is a path outside the step's directories (/payload, /work, /state)"
-    );
+    assert_eq!(output(&r)["exit_code"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -192,7 +234,7 @@ async fn a_program_past_its_time_limit_is_killed_with_its_children() {
     let r = run(
         &env,
         grants(),
-        json!({"op": "run", "program": "/bin/sh", "args": ["-c", "sleep 30 & sleep 30"], "timeout_ms": 300}),
+        json!({"op": "run", "program": "/bin/sh", "args": [script(&env, "s.sh", "sleep 30 & sleep 30")], "timeout_ms": 300}),
     )
     .await;
     let out = output(&r);
@@ -229,30 +271,14 @@ async fn the_action_time_limit_holds_while_the_handler_waits_in_a_host_call() {
     // The program may run 60 s by its own limit, but the action has 1 s: the call ends at the
     // action's limit and the program is stopped with it.
     let env = StepEnv::new();
-    let sandbox = sandbox();
-    let handler = sandbox
-        .load("process-probe", component("process-probe"))
-        .await
-        .unwrap();
-    let limits = Limits::default().with_all_time_limits(Duration::from_secs(1));
-    let mut session = sandbox
-        .session(
-            &handler,
-            setup(&env, "test/process:1", grants(), limits, None),
-        )
-        .await
-        .unwrap();
     let started = std::time::Instant::now();
-    let r = session
-        .call(
-            Action::Install,
-            &env.ctx(
-                "test/process:1",
-                json!({"op": "run", "program": "/bin/sh", "args": ["-c", "exec sleep 61.0917"], "timeout_ms": 60000}),
-            ),
-            &CancellationToken::new(),
-        )
-        .await;
+    let r = run_limited(
+        &env,
+        grants(),
+        json!({"op": "run", "program": "/bin/sh", "args": [script(&env, "s.sh", "exec sleep 61.0917")], "timeout_ms": 60000}),
+        Duration::from_secs(1),
+    )
+    .await;
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -277,19 +303,25 @@ fn host_programs_die_with_a_killed_agent() {
     let policy = dir.path().join("process.toml");
     std::fs::write(
         &policy,
-        "[[programs]]\npath = \"/bin/sh\"\nargs = [\"-c\", \"*\"]\n",
+        "[[programs]]\npath = \"/bin/sh\"\nforms = [{ then = [\"payload-file\"], rest = [\"any\"] }]\n",
     )
     .unwrap();
     let wasm = dir.path().join("process-probe.wasm");
     std::fs::write(&wasm, component("process-probe")).unwrap();
+    let payload = dir.path().join("payload");
+    std::fs::create_dir(&payload).unwrap();
+    std::fs::write(payload.join("s.sh"), "exec sleep 62.0917\n").unwrap();
+    let props = json!({"op": "run", "program": "/bin/sh", "args": [payload.join("s.sh")]});
     let mut child = crate::cli::sandstep()
         .args(["step", "call"])
         .arg(&wasm)
         .arg("install")
+        .arg("--payload")
+        .arg(&payload)
         .arg("--process-policy")
         .arg(&policy)
         .arg("--properties")
-        .arg(r#"{"op": "run", "program": "/bin/sh", "args": ["-c", "exec sleep 62.0917"]}"#)
+        .arg(props.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -315,7 +347,7 @@ async fn large_output_keeps_the_end_and_says_it_was_truncated() {
     let r = run(
         &env,
         g,
-        json!({"op": "run", "program": "/bin/sh", "args": ["-c", "seq 1 100000"]}),
+        json!({"op": "run", "program": "/bin/sh", "args": [script(&env, "seq.sh", "seq 1 100000")]}),
     )
     .await;
     let out = output(&r);

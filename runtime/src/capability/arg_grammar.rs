@@ -1,0 +1,353 @@
+//! The argument grammar of the process capability: what a host program may be handed.
+//!
+//! A program's policy lists argument *forms*. A form is a fixed prefix of literal arguments, then
+//! a fixed sequence of typed slots (`then`), then any number of arguments each fitting one of the
+//! `rest` slot types. An invocation is allowed when one form accepts all of its arguments in
+//! order; options can therefore only come from the prefix, never from where a value goes (apt's
+//! `-o Dir=.` is refused: `-o` is not a package spec).
+//!
+//! Slot types:
+//! - `payload-file`, `payload-file:<suffix>`: an absolute path beneath the step's `/payload`, each
+//!   component a real directory or, last, a regular file (no symlink anywhere, no `..`);
+//! - `work-path`, `state-path`: an absolute path beneath `/work` or `/state`, no symlink and no
+//!   `..` on the way (the last component may not exist yet);
+//! - `debian-package`: `name`, `name=version` (the version starting with a digit) or `name-`;
+//! - `debian-package-name`: `name` alone;
+//! - `any`: anything, for the arguments of a payload script whose interpreter already runs step
+//!   content (only after a `payload-file` slot makes that the program's entry point).
+
+use serde::{Deserialize, Serialize};
+use std::path::{Component, Path};
+
+/// One argument slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Slot {
+    PayloadFile { suffix: Option<String> },
+    WorkPath,
+    StatePath,
+    DebianPackage,
+    DebianPackageName,
+    Any,
+}
+
+impl TryFrom<String> for Slot {
+    type Error = String;
+    fn try_from(s: String) -> Result<Slot, String> {
+        Ok(match s.as_str() {
+            "payload-file" => Slot::PayloadFile { suffix: None },
+            "work-path" => Slot::WorkPath,
+            "state-path" => Slot::StatePath,
+            "debian-package" => Slot::DebianPackage,
+            "debian-package-name" => Slot::DebianPackageName,
+            "any" => Slot::Any,
+            other => match other.strip_prefix("payload-file:") {
+                Some(suffix) if !suffix.is_empty() => Slot::PayloadFile {
+                    suffix: Some(suffix.to_owned()),
+                },
+                _ => {
+                    return Err(format!(
+                        "unknown argument slot `{other}` (payload-file[:suffix], work-path, \
+                         state-path, debian-package, debian-package-name, any)"
+                    ))
+                }
+            },
+        })
+    }
+}
+
+impl From<Slot> for String {
+    fn from(s: Slot) -> String {
+        match s {
+            Slot::PayloadFile { suffix: None } => "payload-file".into(),
+            Slot::PayloadFile { suffix: Some(x) } => format!("payload-file:{x}"),
+            Slot::WorkPath => "work-path".into(),
+            Slot::StatePath => "state-path".into(),
+            Slot::DebianPackage => "debian-package".into(),
+            Slot::DebianPackageName => "debian-package-name".into(),
+            Slot::Any => "any".into(),
+        }
+    }
+}
+
+/// One accepted shape of a program's arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ArgForm {
+    /// Literal arguments, first, in this order.
+    #[serde(default)]
+    pub prefix: Vec<String>,
+    /// Then one argument per slot, in this order.
+    #[serde(default)]
+    pub then: Vec<Slot>,
+    /// Then any number of arguments, each fitting one of these.
+    #[serde(default)]
+    pub rest: Vec<Slot>,
+    /// Most arguments in all.
+    #[serde(default = "default_max_args")]
+    pub max_args: usize,
+}
+
+fn default_max_args() -> usize {
+    256
+}
+
+/// The host paths of the step's directories.
+#[derive(Debug, Clone, Copy)]
+pub struct StepDirs<'a> {
+    pub payload: &'a Path,
+    pub work: &'a Path,
+    pub state: &'a Path,
+}
+
+impl ArgForm {
+    /// Accepts `args` or says, for the first argument that does not fit, why.
+    pub fn check(&self, args: &[String], dirs: StepDirs<'_>) -> Result<(), String> {
+        if args.len() > self.max_args {
+            return Err(format!(
+                "{} arguments, at most {}",
+                args.len(),
+                self.max_args
+            ));
+        }
+        if self.then.contains(&Slot::Any) {
+            return Err("`any` may only be a `rest` slot".into());
+        }
+        if self.rest.contains(&Slot::Any)
+            && !self
+                .then
+                .first()
+                .is_some_and(|s| matches!(s, Slot::PayloadFile { .. }))
+        {
+            return Err("`any` needs a payload file as the first slot (the entry point)".into());
+        }
+        let mut it = args.iter().enumerate();
+        for want in &self.prefix {
+            match it.next() {
+                Some((_, got)) if got == want => {}
+                Some((i, got)) => return Err(format!("argument {i} `{got}` is not `{want}`")),
+                None => return Err(format!("argument `{want}` is missing")),
+            }
+        }
+        for slot in &self.then {
+            let Some((i, got)) = it.next() else {
+                return Err(format!(
+                    "a {} argument is missing",
+                    String::from(slot.clone())
+                ));
+            };
+            fits(slot, got, dirs).map_err(|why| format!("argument {i} `{got}`: {why}"))?;
+        }
+        for (i, got) in it {
+            let errors: Vec<String> = self
+                .rest
+                .iter()
+                .filter_map(|slot| fits(slot, got, dirs).err())
+                .collect();
+            if errors.len() == self.rest.len() {
+                let kinds: Vec<String> = self.rest.iter().cloned().map(String::from).collect();
+                return Err(format!(
+                    "argument {i} `{got}` is none of: {}{}",
+                    kinds.join(", "),
+                    errors
+                        .first()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `arg` fits `slot`.
+fn fits(slot: &Slot, arg: &str, dirs: StepDirs<'_>) -> Result<(), String> {
+    match slot {
+        Slot::Any => Ok(()),
+        Slot::DebianPackage => is_package_spec(arg)
+            .then_some(())
+            .ok_or_else(|| "not a Debian package spec".to_owned()),
+        Slot::DebianPackageName => is_package_name(arg)
+            .then_some(())
+            .ok_or_else(|| "not a Debian package name".to_owned()),
+        Slot::PayloadFile { suffix } => {
+            if let Some(x) = suffix {
+                if !arg.ends_with(x.as_str()) {
+                    return Err(format!("not a `{x}` file"));
+                }
+            }
+            resolve_beneath(dirs.payload, arg, true)
+        }
+        Slot::WorkPath => resolve_beneath(dirs.work, arg, false),
+        Slot::StatePath => resolve_beneath(dirs.state, arg, false),
+    }
+}
+
+/// A Debian package name (policy 5.6.1): lower-case alphanumerics and `+-.`, at least two
+/// characters, starting alphanumeric.
+pub fn is_package_name(s: &str) -> bool {
+    s.len() >= 2
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+}
+
+/// `name`, `name=version` (version starting with a digit, Debian's version characters) or
+/// `name-` (remove).
+pub fn is_package_spec(s: &str) -> bool {
+    if let Some((name, version)) = s.split_once('=') {
+        return is_package_name(name)
+            && version.starts_with(|c: char| c.is_ascii_digit())
+            && version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c));
+    }
+    is_package_name(s.strip_suffix('-').unwrap_or(s))
+}
+
+/// Checks that `arg` is an absolute path beneath `base` reached without `..`, `.` or any
+/// symlink; with `regular_file`, that it is an existing regular file, else that every existing
+/// component is a directory (the last may be missing or a regular file).
+pub fn resolve_beneath(base: &Path, arg: &str, regular_file: bool) -> Result<(), String> {
+    let rest = Path::new(arg)
+        .strip_prefix(base)
+        .map_err(|_| format!("not beneath {}", base.display()))?;
+    let parts: Vec<_> = rest.components().collect();
+    if parts.is_empty() {
+        return Err("names the directory itself".into());
+    }
+    let mut at = base.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        let Component::Normal(name) = part else {
+            return Err("`.` or `..` in the path".into());
+        };
+        at.push(name);
+        let last = i + 1 == parts.len();
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!("{} is a symlink", at.display()))
+            }
+            Ok(m) if last && regular_file && !m.file_type().is_file() => {
+                return Err("not a regular file".into())
+            }
+            Ok(m) if !last && !m.is_dir() => {
+                return Err(format!("{} is not a directory", at.display()))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && last && !regular_file => {}
+            Err(e) => return Err(format!("{}: {e}", at.display())),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs(t: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+        let (p, w, s) = (t.join("payload"), t.join("work"), t.join("state"));
+        for d in [&p, &w, &s] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        (p, w, s)
+    }
+
+    fn apt_form() -> ArgForm {
+        ArgForm {
+            prefix: ["-y", "-q", "--download-only", "install"]
+                .map(String::from)
+                .to_vec(),
+            then: vec![],
+            rest: vec![
+                Slot::PayloadFile {
+                    suffix: Some(".deb".into()),
+                },
+                Slot::DebianPackage,
+            ],
+            max_args: 64,
+        }
+    }
+
+    #[test]
+    fn options_can_only_come_from_the_prefix() {
+        let t = tempfile::tempdir().unwrap();
+        let (p, w, s) = dirs(t.path());
+        std::fs::write(p.join("a.deb"), b"x").unwrap();
+        let d = StepDirs {
+            payload: &p,
+            work: &w,
+            state: &s,
+        };
+        let args = |extra: &[&str]| -> Vec<String> {
+            ["-y", "-q", "--download-only", "install"]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let deb = p.join("a.deb").display().to_string();
+        apt_form()
+            .check(&args(&[&deb, "tree", "tool=1.0-1", "old-"]), d)
+            .unwrap();
+        // apt's re-rooting: `-o` then `dir=.` is refused, as is any option after the prefix.
+        for bad in [
+            &["-o", "dir=."][..],
+            &["dir=."],
+            &["--allow-unauthenticated"],
+            &["tool=x1"],
+        ] {
+            assert!(apt_form().check(&args(bad), d).is_err(), "{bad:?}");
+        }
+        // Reordered prefix: refused.
+        let mut swapped = args(&[]);
+        swapped.swap(0, 1);
+        assert!(apt_form().check(&swapped, d).is_err());
+    }
+
+    #[test]
+    fn paths_resolve_beneath_their_directory_without_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let (p, w, _) = dirs(t.path());
+        std::fs::write(p.join("a.deb"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", w.join("etc")).unwrap();
+        std::os::unix::fs::symlink(p.join("a.deb"), p.join("link.deb")).unwrap();
+        let ok = |base: &Path, arg: String, file| resolve_beneath(base, &arg, file);
+        assert!(ok(&p, p.join("a.deb").display().to_string(), true).is_ok());
+        assert!(ok(&p, p.join("link.deb").display().to_string(), true).is_err());
+        assert!(ok(&w, w.join("etc/passwd").display().to_string(), false).is_err());
+        assert!(ok(&w, w.join("new.txt").display().to_string(), false).is_ok());
+        assert!(ok(&w, format!("{}/../payload/a.deb", w.display()), false).is_err());
+        assert!(ok(&w, "relative.txt".into(), false).is_err());
+        assert!(ok(&w, "/etc/passwd".into(), false).is_err());
+    }
+
+    #[test]
+    fn slots_parse_by_name_and_unknown_ones_are_refused() {
+        assert_eq!(
+            Slot::try_from("payload-file:.deb".to_owned()).unwrap(),
+            Slot::PayloadFile {
+                suffix: Some(".deb".into())
+            }
+        );
+        assert!(Slot::try_from("*".to_owned()).is_err());
+    }
+
+    #[test]
+    fn any_needs_a_payload_entry_point() {
+        let t = tempfile::tempdir().unwrap();
+        let (p, w, s) = dirs(t.path());
+        let d = StepDirs {
+            payload: &p,
+            work: &w,
+            state: &s,
+        };
+        let shell = ArgForm {
+            prefix: vec!["-c".into()],
+            then: vec![],
+            rest: vec![Slot::Any],
+            max_args: 4,
+        };
+        assert!(shell.check(&["-c".into(), "id".into()], d).is_err());
+    }
+}
