@@ -314,3 +314,39 @@ async fn arguments_are_split_on_single_spaces_as_adu_splits_them() {
         "{argv}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_answers_800_without_running_the_script() {
+    // ADU's ScriptHandlerImpl::Cancel requests the workflow's cancellation and answers 800; it
+    // never runs the script (the host has already stopped the running action).
+    use crate::support::{component, sandbox, setup, StepEnv};
+    let env = StepEnv::new();
+    let marker = env.path("work").join("ran");
+    env.add_payload(
+        "cancel-me.sh",
+        format!("#!/bin/sh\ntouch {}\n", marker.display()).as_bytes(),
+    );
+    let sandbox = sandbox();
+    let handler = sandbox.load("script", component("script")).await.unwrap();
+    let grants = Config::default().grants(SCRIPT);
+    let mut session = sandbox
+        .session(
+            &handler,
+            setup(&env, SCRIPT, grants, Default::default(), None),
+        )
+        .await
+        .unwrap();
+    let r = session
+        .call(
+            sandstep_model::Action::Cancel,
+            &env.ctx(SCRIPT, json!({"scriptFileName": "cancel-me.sh"})),
+            &CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(
+        r.result_code,
+        sandstep_model::codes::result::CANCEL_SUCCESS,
+        "{r:?}"
+    );
+    assert!(!marker.exists(), "the script did not run");
+}
