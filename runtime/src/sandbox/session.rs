@@ -246,6 +246,12 @@ impl Session {
             other => other,
         };
 
+        self.conclude(action, outcome, quota)
+    }
+
+    /// The step result of a call that ended as `outcome`; a call that did not return marks the
+    /// session broken (its instance may be mid-way through anything).
+    fn conclude(&mut self, action: Action, outcome: Ended, quota: u64) -> StepResult {
         match outcome {
             Ended::Returned(Ok(r)) => validate(
                 action,

@@ -376,40 +376,8 @@ impl Deployer {
         };
 
         // ADU downloads every step before it installs any (steps_handler.cpp).
-        while let Some(index) = j.next_to_download() {
-            if cancel.is_cancelled() {
-                return self.cancelled(j, observer_ref);
-            }
-            let started = Instant::now();
-            match self.run_unit(j, index, Phase::Download, &run).await? {
-                UnitOutcome::Continue => {}
-                outcome => {
-                    if let Some(r) = j.units[index].result.clone() {
-                        observer_ref.event(&Event::UnitFinished {
-                            unit: index,
-                            result: r,
-                            duration_ms: started.elapsed().as_millis() as u64,
-                        });
-                    }
-                    return self.end_with(j, index, outcome, observer_ref);
-                }
-            }
-        }
-        while let Some(index) = j.next_unit() {
-            if cancel.is_cancelled() {
-                return self.cancelled(j, observer_ref);
-            }
-            let started = Instant::now();
-            let outcome = self.run_unit(j, index, Phase::Install, &run).await?;
-            let unit_result = j.units[index].result.clone();
-            if let Some(r) = &unit_result {
-                observer_ref.event(&Event::UnitFinished {
-                    unit: index,
-                    result: r.clone(),
-                    duration_ms: started.elapsed().as_millis() as u64,
-                });
-            }
-            if !matches!(outcome, UnitOutcome::Continue) {
+        for phase in [Phase::Download, Phase::Install] {
+            if let Some((index, outcome)) = self.run_phase(j, phase, &run).await? {
                 return self.end_with(j, index, outcome, observer_ref);
             }
         }
@@ -483,10 +451,40 @@ impl Deployer {
         })
     }
 
-    fn cancelled(&self, j: &mut Journal, observer: &dyn Observer) -> Result<(), WorkflowError> {
-        let r = StepResult::failure(erc::WORKFLOW_CANCELLED, "deployment cancelled")
-            .with_code(result::FAILURE_CANCELLED);
-        self.finish(j, Status::Cancelled, r, observer)
+    /// Runs `phase` over every unit it still has to do, in order; the unit and how it ended the
+    /// deployment, when one did (a failure, a cancel, a reboot or restart).
+    async fn run_phase(
+        &self,
+        j: &mut Journal,
+        phase: Phase,
+        run: &Run<'_>,
+    ) -> Result<Option<(usize, UnitOutcome)>, WorkflowError> {
+        loop {
+            let next = match phase {
+                Phase::Download => j.next_to_download(),
+                Phase::Install => j.next_unit(),
+            };
+            let Some(index) = next else {
+                return Ok(None);
+            };
+            if run.cancel.is_cancelled() {
+                let r = StepResult::failure(erc::WORKFLOW_CANCELLED, "deployment cancelled")
+                    .with_code(result::FAILURE_CANCELLED);
+                return Ok(Some((index, UnitOutcome::Cancelled(r))));
+            }
+            let started = Instant::now();
+            let outcome = self.run_unit(j, index, phase, run).await?;
+            if let Some(r) = j.units[index].result.clone() {
+                run.observer.event(&Event::UnitFinished {
+                    unit: index,
+                    result: r,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            if !matches!(outcome, UnitOutcome::Continue) {
+                return Ok(Some((index, outcome)));
+            }
+        }
     }
 
     /// Ends the deployment as unit `index` ended it.
