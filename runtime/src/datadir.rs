@@ -41,9 +41,30 @@ pub fn default_path() -> PathBuf {
 }
 
 /// Turns an arbitrary id (workflow id, handler id, component id) into one safe path component:
-/// `[A-Za-z0-9._-]` kept, the rest replaced by `_`, at most 48 characters, then `-` and 8 hex
-/// digits of the id's sha256 so distinct ids never collide. Never `.`/`..`, never empty.
+/// `[A-Za-z0-9._-]` kept, the rest replaced by `_`, at most 48 characters, then `-` and 32 hex
+/// digits (128 bits) of the id's sha256, so that ids chosen to collide (a deployment's workflow
+/// id is unsigned) cannot share a directory. Never `.`/`..`, never empty.
 pub fn safe_name(id: &str) -> String {
+    named(id, 16)
+}
+
+/// The name sandstep 0.1 gave `id` (32 bits of digest), only to carry its journals and
+/// directories over (see [`adopt_legacy`]).
+pub fn legacy_safe_name(id: &str) -> String {
+    named(id, 4)
+}
+
+/// In `dir`, renames the entry `legacy` to `name` when only the legacy one exists (a data dir
+/// written by an older sandstep); anything else is left alone.
+pub fn adopt_legacy(dir: &Dir, legacy: &str, name: &str) {
+    if legacy != name && !dir.exists(name) && dir.symlink_metadata(legacy).is_ok() {
+        if let Err(e) = dir.rename(legacy, dir, name) {
+            tracing::warn!("cannot rename {legacy} to {name}: {e}");
+        }
+    }
+}
+
+fn named(id: &str, digest_bytes: usize) -> String {
     let mut s: String = id
         .chars()
         .map(|c| {
@@ -63,7 +84,7 @@ pub fn safe_name(id: &str) -> String {
         s.replace_range(..1, "_");
     }
     let digest = Sha256::digest(id.as_bytes());
-    format!("{s}-{}", hex::encode(&digest[..4]))
+    format!("{s}-{}", hex::encode(&digest[..digest_bytes]))
 }
 
 /// Creates `dir/name` (and parents) with `mode` when missing, and opens it.
@@ -217,7 +238,7 @@ mod tests {
                 !s.contains('/') && !s.contains('\0') && !s.starts_with('.'),
                 "{id:?} -> {s}"
             );
-            assert!(s.len() <= 48 + 9);
+            assert!(s.len() <= 48 + 33);
         }
         assert_ne!(
             safe_name("a/b"),
@@ -225,6 +246,28 @@ mod tests {
             "distinct ids never collide"
         );
         assert!(safe_name("wf-1").starts_with("wf-1-"));
+    }
+
+    #[test]
+    fn names_carry_128_bits_of_digest_and_legacy_entries_are_adopted() {
+        let n = safe_name("wf-1");
+        assert_eq!(n.len(), "wf-1-".len() + 32, "{n}");
+        assert!(n.starts_with(&legacy_safe_name("wf-1")));
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        d.create_dir(legacy_safe_name("microsoft/apt:1")).unwrap();
+        d.write(
+            format!("{}/installed.json", legacy_safe_name("microsoft/apt:1")),
+            b"{}",
+        )
+        .unwrap();
+        let new = safe_name("microsoft/apt:1");
+        adopt_legacy(&d, &legacy_safe_name("microsoft/apt:1"), &new);
+        assert_eq!(d.read(format!("{new}/installed.json")).unwrap(), b"{}");
+        // An existing new entry is never replaced.
+        d.create_dir(legacy_safe_name("microsoft/apt:1")).unwrap();
+        adopt_legacy(&d, &legacy_safe_name("microsoft/apt:1"), &new);
+        assert!(d.exists(legacy_safe_name("microsoft/apt:1")));
     }
 
     #[test]

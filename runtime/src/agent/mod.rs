@@ -264,7 +264,9 @@ impl Agent {
         // Installed file sets: what the files handler recorded (Degu reports MD5s at boot).
         let mut file_sets = Map::new();
         if let Ok(state) = self.data.state() {
-            let dir = crate::datadir::safe_name("sandstep/files:1");
+            let id = "sandstep/files:1";
+            let dir = crate::datadir::safe_name(id);
+            crate::datadir::adopt_legacy(&state, &crate::datadir::legacy_safe_name(id), &dir);
             if let Ok(b) = state.read(format!("{dir}/digests.json")) {
                 if let Ok(v) = serde_json::from_slice::<Value>(&b) {
                     if let Some(d) = v.get("digests").and_then(Value::as_object) {

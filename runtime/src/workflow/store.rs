@@ -21,10 +21,15 @@ impl JournalStore {
         format!("{}.journal", safe_name(workflow_id))
     }
 
+    fn legacy_name(workflow_id: &str) -> String {
+        format!("{}.journal", crate::datadir::legacy_safe_name(workflow_id))
+    }
+
     /// The journal of `workflow_id`, if any. A torn or corrupt journal is reported, and moved
     /// aside (`.corrupt`) so the evidence stays while the deployment can start over.
     pub fn load(&self, workflow_id: &str) -> Result<Option<Journal>, String> {
         let name = Self::name(workflow_id);
+        crate::datadir::adopt_legacy(&self.journals, &Self::legacy_name(workflow_id), &name);
         let bytes = match self.journals.read(&name) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

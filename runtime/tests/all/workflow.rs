@@ -1065,3 +1065,28 @@ impl StepCode for Outcome {
         self.result.step_results["step_0"].result_code
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn journals_named_by_an_older_sandstep_are_found_and_renamed() {
+    // Names now carry 128 bits of the id's digest (ids are chosen by whoever sends a
+    // deployment); a data dir from before, with 32-bit names, carries over.
+    let env = Env::new();
+    let m = with_unused(&env, vec![stateful("old", json!({}), &[])]);
+    let (out, _) = env.run(env.request("wf-legacy", m)).await;
+    assert_eq!(out.status, Status::Succeeded);
+    let journals = env.data.path().join("journal");
+    let new = format!("{}.journal", sandstep::datadir::safe_name("wf-legacy"));
+    let legacy = format!(
+        "{}.journal",
+        sandstep::datadir::legacy_safe_name("wf-legacy")
+    );
+    std::fs::rename(journals.join(&new), journals.join(&legacy)).unwrap();
+    let j = env
+        .deployer()
+        .journals()
+        .load("wf-legacy")
+        .unwrap()
+        .unwrap();
+    assert_eq!(j.status, Status::Succeeded);
+    assert!(journals.join(&new).exists() && !journals.join(&legacy).exists());
+}
