@@ -88,6 +88,15 @@ async fn use_detached_manifest(
             format!("detached update manifest `{}`: {why}", f.file_name),
         )
     };
+    if f.size_in_bytes > MAX_MANIFEST_BYTES as u64 {
+        return Err(bad(
+            erc::DETACHED_MANIFEST_BAD,
+            format!(
+                "{} bytes is over the {MAX_MANIFEST_BYTES} byte limit for a manifest",
+                f.size_in_bytes
+            ),
+        ));
+    }
     let text = fetch_manifest_file(d, j, &id, &f, cancel)
         .await?
         .map_err(|e| bad(erc::DETACHED_MANIFEST_NOT_JSON, e.to_string()))?;

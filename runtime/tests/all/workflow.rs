@@ -636,6 +636,18 @@ async fn a_detached_manifest_is_fetched_and_run_in_place_of_the_parent() {
         "{:#?}",
         out.result
     );
+    // A detached file too large for a manifest is refused before it is fetched.
+    let mut env = Env::new();
+    let mut v: Value = serde_json::from_str(&detached_parent(&mut env, "{}")).unwrap();
+    v["files"]["m0"]["sizeInBytes"] = json!(3 << 20);
+    let (out, _) = env
+        .run(env.request("wf-detached-huge", v.to_string()))
+        .await;
+    assert_eq!(
+        out.result.extended_result_code as u32, 0x8030_000C,
+        "{:#?}",
+        out.result
+    );
     // A detached id that names no file: ADU's 0x8030000B.
     let mut env = Env::new();
     let mut v: Value = serde_json::from_str(&detached_parent(&mut env, "{}")).unwrap();
