@@ -312,7 +312,9 @@ async fn stop_at_time_limit(
 }
 
 /// The program gets SIGKILL when the agent dies (`PR_SET_PDEATHSIG`), so a killed agent does not
-/// leave it running beside the step the restarted agent runs again.
+/// leave it running beside the step the restarted agent runs again. The signal follows the
+/// *thread* that spawned it: programs are spawned from the async runtime's worker threads, which
+/// live as long as the agent (never from the blocking pool, whose threads come and go).
 fn die_with_the_agent(command: &mut tokio::process::Command) {
     // SAFETY: getpid is async-signal-safe.
     let parent = unsafe { libc::getpid() };
@@ -323,11 +325,10 @@ fn die_with_the_agent(command: &mut tokio::process::Command) {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // The agent may have died before prctl took effect.
+            // The agent may have died before prctl took effect. (No allocation here: another
+            // thread of the agent may have held the allocator's lock at fork.)
             if libc::getppid() != parent {
-                return Err(std::io::Error::other(
-                    "the agent exited before the program started",
-                ));
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
