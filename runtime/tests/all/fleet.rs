@@ -40,6 +40,11 @@ fn mosquitto() -> Option<&'static str> {
 
 impl Broker {
     pub fn start() -> Option<Broker> {
+        Broker::start_with("allow_anonymous true\n")
+    }
+
+    /// A broker with `extra` configuration lines.
+    pub fn start_with(extra: &str) -> Option<Broker> {
         let bin = mosquitto().or_else(|| {
             crate::support::prerequisite_missing(
                 "mosquitto is not installed and cannot be (not root)",
@@ -55,7 +60,7 @@ impl Broker {
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            format!("listener {port} 127.0.0.1\npersistence false\n{extra}"),
         )
         .unwrap();
         let mut b = Broker {
@@ -879,4 +884,94 @@ fn faketime() -> Option<PathBuf> {
             .status();
     }
     lib.exists().then_some(lib)
+}
+
+/// The messages `client` sees within `wait`, as (topic, payload) pairs.
+async fn collect(client: &mut sandstep::mqtt::Mqtt, wait: Duration) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, client.recv()).await {
+        if let sandstep::mqtt::MqttEvent::Message { topic, payload, .. } = ev {
+            seen.push((topic, String::from_utf8_lossy(&payload).into_owned()));
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_acl_keeps_each_device_to_its_own_topics() {
+    // examples/mosquitto.acl on a real mosquitto: a device cannot publish desired state for
+    // another device, and anonymous clients are refused.
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    for (user, pass, create) in [("gw-1", "pw-1", true), ("sandstep-replica", "pw-r", false)] {
+        let mut c = Command::new("mosquitto_passwd");
+        if create {
+            c.arg("-c");
+        }
+        assert!(c
+            .arg("-b")
+            .arg(&passwd)
+            .args([user, pass])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let acl = crate::support::repo_root().join("examples/mosquitto.acl");
+    let Some(broker) = Broker::start_with(&format!(
+        "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+        passwd.display(),
+        acl.display()
+    )) else {
+        return;
+    };
+    let cfg = |user: Option<(&str, &str)>| sandstep::mqtt::MqttConfig {
+        url: format!("mqtt://127.0.0.1:{}", broker.port),
+        username: user.map(|u| u.0.to_owned()),
+        password: user.map(|u| u.1.to_owned()),
+        ..Default::default()
+    };
+    let mut replica =
+        sandstep::mqtt::Mqtt::connect(&cfg(Some(("sandstep-replica", "pw-r"))), "replica").unwrap();
+    loop {
+        if let Some(sandstep::mqtt::MqttEvent::Connected) = replica.recv().await {
+            replica.subscribe("state/+/update").await.unwrap();
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut device = sandstep::mqtt::Mqtt::connect(&cfg(Some(("gw-1", "pw-1"))), "gw-1").unwrap();
+    let mut acked = 0;
+    while acked < 2 {
+        match device.recv().await.unwrap() {
+            sandstep::mqtt::MqttEvent::Connected => {
+                for (topic, body) in [("state/gw-2/update", "evil"), ("state/gw-1/update", "own")] {
+                    device
+                        .publish(topic, body.as_bytes().to_vec(), false)
+                        .await
+                        .unwrap();
+                }
+            }
+            sandstep::mqtt::MqttEvent::PubAck => acked += 1,
+            _ => {}
+        }
+    }
+    let seen = collect(&mut replica, Duration::from_secs(2)).await;
+    assert!(
+        seen.contains(&("state/gw-1/update".into(), "own".into())),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|(t, _)| t == "state/gw-2/update"),
+        "{seen:?}"
+    );
+    // No account, no connection.
+    let mut anonymous = sandstep::mqtt::Mqtt::connect(&cfg(None), "anon").unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), anonymous.recv())
+        .await
+        .unwrap();
+    assert!(
+        matches!(first, Some(sandstep::mqtt::MqttEvent::Disconnected(_))),
+        "{first:?}"
+    );
 }
