@@ -124,8 +124,8 @@ impl ProcessCtx {
             .join(", ")
     }
 
-    /// Checks an invocation against the policy.
-    pub fn check(&self, cmd: &Command) -> Result<(), Refusal> {
+    /// Checks an invocation against the policy; the program's rule when it passes.
+    pub fn check(&self, cmd: &Command) -> Result<&ProgramRule, Refusal> {
         // Sizes first: a refusal echoes what it refuses, and patterns are matched per byte.
         if cmd.program.len() > MAX_PROGRAM_BYTES {
             return Err(Refusal::ProgramTooLong(cmd.program.len()));
@@ -172,7 +172,7 @@ impl ProcessCtx {
         let mut why = Vec::new();
         for (i, form) in rule.forms.iter().enumerate() {
             match form.check(&cmd.args, dirs) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(rule),
                 Err(e) => why.push(format!("form {i}: {e}")),
             }
         }
@@ -337,7 +337,8 @@ fn die_with_the_agent(command: &mut tokio::process::Command) {
 
 impl ProcessCtx {
     async fn run(&self, cmd: Command) -> Result<Output, WitError> {
-        self.check(&cmd)
+        let rule = self
+            .check(&cmd)
             .map_err(|r| WitError::Denied(r.to_string()))?;
         let cwd_guest = cmd.cwd.clone().unwrap_or_else(|| "/work".to_owned());
         let cwd = self
@@ -352,16 +353,14 @@ impl ProcessCtx {
             .map(Duration::from_millis)
             .map_or(policy_limit, |t| t.min(policy_limit));
 
-        let rule = self.policy.programs.iter().find(|r| r.path == cmd.program);
-        let rule_env = rule.map(|r| r.env.clone()).unwrap_or_default();
-        let finish_on_cancel = rule.is_some_and(|r| r.finish_on_cancel);
+        let finish_on_cancel = rule.finish_on_cancel;
         let mut command = tokio::process::Command::new(&cmd.program);
         command
             .args(&cmd.args)
             .env_clear()
             .env("PATH", PATH)
             .env("LANG", "C")
-            .envs(rule_env)
+            .envs(&rule.env)
             .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
