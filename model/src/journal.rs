@@ -186,6 +186,10 @@ pub struct Journal {
     pub updated_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
+    /// What the agent found of an interrupted run of this deployment before it resumed it (host
+    /// programs stopped or waited for, repairs run); added to the final result's details.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<String>,
     /// Incremented by every write.
     pub seq: u64,
 }
@@ -310,6 +314,7 @@ mod tests {
             started_at_ms: 1,
             updated_at_ms: 2,
             finished_at_ms: None,
+            recovered: Vec::new(),
             seq: 3,
         }
     }

@@ -229,6 +229,13 @@ impl Config {
                             prog.path
                         )));
                     }
+                    if prog.recover.first().is_some_and(|r| !r.starts_with('/')) {
+                        return Err(err(format!(
+                            "process program `{}`: its `recover` command must start with an \
+                             absolute path",
+                            prog.path
+                        )));
+                    }
                 }
             }
         }
@@ -301,6 +308,14 @@ mod tests {
             .all(|p| p.forms.iter().all(|f| f.prefix.is_empty()
                 && f.then.first()
                     == Some(&crate::capability::arg_grammar::Slot::PayloadFile { suffix: None }))));
+        // apt-get is never cut short, and an interrupted run is repaired by dpkg at the next start.
+        for id in ["microsoft/apt:1", "sandstep/apt:1"] {
+            let apt = c.grants(id).process.expect("apt may run programs");
+            let get = apt.programs.iter().find(|p| p.path == "/usr/bin/apt-get");
+            let get = get.expect("apt-get is allowed");
+            assert!(get.finish_on_cancel);
+            assert_eq!(get.recover, ["/usr/bin/dpkg", "--configure", "-a"]);
+        }
         let off = Config::parse("[handlers.\"microsoft/script:1\"]\n", "t").unwrap();
         assert!(
             off.grants("microsoft/script:1").process.is_none(),
@@ -351,6 +366,16 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "config c.toml: handlers.\"nope\": not a handler id (vendor/name:version)"
+        );
+        let e = Config::parse(
+            "[handlers.\"a/b:1\"]\ncapabilities = [\"process\"]\n[[handlers.\"a/b:1\".process.programs]]\npath = \"/bin/true\"\nrecover = [\"dpkg\"]\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`recover` command must start with an absolute path"),
+            "{e}"
         );
         let e = Config::parse("colour = 1\n", "c.toml").unwrap_err();
         assert!(

@@ -211,6 +211,10 @@ impl DataDir {
         self.sub("trust", 0o755)?;
         self.sub("trust/roots", 0o755)
     }
+    /// The ledger of running host programs (see [`crate::capability::ledger`]).
+    pub fn programs(&self) -> Result<Dir, DataDirError> {
+        self.sub("programs", 0o700)
+    }
     pub fn results(&self) -> Result<Dir, DataDirError> {
         self.sub("results", 0o755)
     }

@@ -12,6 +12,7 @@
 pub mod poll;
 pub mod report;
 
+use crate::capability::ledger::ProgramLedger;
 use crate::config::Config;
 use crate::datadir::{ensure_dir, write_atomic, DataDir};
 use crate::mqtt::{Mqtt, MqttEvent};
@@ -213,7 +214,8 @@ impl Agent {
         let data = DataDir::open(data_path)?;
         let sandbox = Arc::new(
             Sandbox::new(&EngineOptions::default(), Some(data.component_cache()?))
-                .map_err(|e| AgentError::Config(e.to_string()))?,
+                .map_err(|e| AgentError::Config(e.to_string()))?
+                .with_ledger(ProgramLedger::new(data.programs()?)),
         );
         let deployer = Arc::new(Deployer::new(
             sandbox,

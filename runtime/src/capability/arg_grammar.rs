@@ -205,9 +205,15 @@ pub fn is_package_spec(s: &str) -> bool {
     is_package_name(s.strip_suffix('-').unwrap_or(s))
 }
 
-/// Checks that `arg` is an absolute path beneath `base` reached without `..`, `.` or any
-/// symlink; with `regular_file`, that it is an existing regular file, else that every existing
-/// component is a directory (the last may be missing or a regular file).
+/// Checks that `arg` is an absolute path beneath `base` that the kernel resolves there without
+/// `..`, `.` or any symlink (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, so no
+/// component can lead out, whatever the handler planted); with `regular_file`, that it is an
+/// existing regular file, else that its parent is a directory and the last component, when it
+/// exists, is not a symlink.
+///
+/// The program re-resolves the same text when it opens it; nothing can swap a component in
+/// between: the handler waits in this call, and whatever earlier programs of the step left
+/// running was stopped with them.
 pub fn resolve_beneath(base: &Path, arg: &str, regular_file: bool) -> Result<(), String> {
     let rest = Path::new(arg)
         .strip_prefix(base)
@@ -216,29 +222,73 @@ pub fn resolve_beneath(base: &Path, arg: &str, regular_file: bool) -> Result<(),
     if parts.is_empty() {
         return Err("names the directory itself".into());
     }
-    let mut at = base.to_path_buf();
-    for (i, part) in parts.iter().enumerate() {
-        let Component::Normal(name) = part else {
-            return Err("`.` or `..` in the path".into());
-        };
-        at.push(name);
-        let last = i + 1 == parts.len();
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(format!("{} is a symlink", at.display()))
-            }
-            Ok(m) if last && regular_file && !m.file_type().is_file() => {
-                return Err("not a regular file".into())
-            }
-            Ok(m) if !last && !m.is_dir() => {
-                return Err(format!("{} is not a directory", at.display()))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && last && !regular_file => {}
-            Err(e) => return Err(format!("{}: {e}", at.display())),
-        }
+    if !parts.iter().all(|p| matches!(p, Component::Normal(_))) {
+        return Err("`.` or `..` in the path".into());
     }
-    Ok(())
+    let root = beneath::open_dir(base).map_err(|e| format!("{}: {e}", base.display()))?;
+    let found = |e: rustix::io::Errno| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => {
+            "a symlink or `..` on the way (resolved beneath the step's directory)".to_owned()
+        }
+        rustix::io::Errno::NOTDIR => "a component on the way is not a directory".to_owned(),
+        e => e.to_string(),
+    };
+    if regular_file {
+        let fd = beneath::open(&root, rest, false).map_err(found)?;
+        return beneath::is_regular(&fd)
+            .then_some(())
+            .ok_or_else(|| "not a regular file".into());
+    }
+    let parent = rest.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = match parent {
+        Some(p) => beneath::open(&root, p, true).map_err(found)?,
+        None => root,
+    };
+    let last = parts.last().expect("not empty").as_os_str();
+    match beneath::is_symlink_at(&dir, last) {
+        Ok(true) => Err(format!("{arg} is a symlink")),
+        Ok(false) => Ok(()),
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The kernel's beneath-resolution, through rustix.
+mod beneath {
+    use rustix::fs::{openat2, statat, AtFlags, FileType, Mode, OFlags, ResolveFlags};
+    use std::os::fd::OwnedFd;
+    use std::path::Path;
+
+    const HOW: ResolveFlags = ResolveFlags::BENEATH
+        .union(ResolveFlags::NO_SYMLINKS)
+        .union(ResolveFlags::NO_MAGICLINKS);
+
+    pub fn open_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
+        rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    }
+
+    /// Opens `rest` beneath `root` (a path handle), refusing symlinks and `..` anywhere.
+    pub fn open(root: &OwnedFd, rest: &Path, dir: bool) -> rustix::io::Result<OwnedFd> {
+        let mut flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if dir {
+            flags |= OFlags::DIRECTORY;
+        }
+        openat2(root, rest, flags, Mode::empty(), HOW)
+    }
+
+    pub fn is_regular(fd: &OwnedFd) -> bool {
+        rustix::fs::fstat(fd)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+    }
+
+    pub fn is_symlink_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> rustix::io::Result<bool> {
+        let st = statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
+    }
 }
 
 #[cfg(test)]
@@ -320,6 +370,21 @@ mod tests {
         assert!(ok(&w, format!("{}/../payload/a.deb", w.display()), false).is_err());
         assert!(ok(&w, "relative.txt".into(), false).is_err());
         assert!(ok(&w, "/etc/passwd".into(), false).is_err());
+        // A symlink that stays inside, a symlink as the last component, a file on the way.
+        std::fs::create_dir(w.join("sub")).unwrap();
+        std::os::unix::fs::symlink(w.join("sub"), w.join("in")).unwrap();
+        std::os::unix::fs::symlink("sub", w.join("rel")).unwrap();
+        std::fs::write(w.join("f.txt"), b"x").unwrap();
+        for bad in ["in/x", "rel/x", "in", "f.txt/x", "etc"] {
+            let e = ok(&w, format!("{}/{bad}", w.display()), false).unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
+        }
+        for good in ["sub/x", "sub", "f.txt"] {
+            ok(&w, format!("{}/{good}", w.display()), false).unwrap();
+        }
+        // A regular-file slot refuses a directory and a missing file.
+        assert!(ok(&p, format!("{}/nope.deb", p.display()), true).is_err());
+        assert!(ok(&w, format!("{}/sub", w.display()), true).is_err());
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //!
 //! - [`host`]: logging and progress, linked for every handler.
 //! - [`process`]: run an allow-listed host program, linked only when granted; what it may be
-//!   handed is [`arg_grammar`]'s forms.
+//!   handed is [`arg_grammar`]'s forms; what a killed agent left running is found through
+//!   [`ledger`].
 //! - [`slot`]: A/B firmware slots and boot control, linked only when granted.
 
 pub mod arg_grammar;
 pub mod host;
+pub mod ledger;
 pub mod process;
 pub mod slot;
 

@@ -10,17 +10,19 @@
 //! keeping the end.
 
 use super::arg_grammar::{ArgForm, StepDirs};
+use super::ledger::{self, Entry, ProgramLedger};
 use crate::bindings::process::{self, Command, Error as WitError, Output};
 use crate::sandbox::store::HostState;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use wasmtime::component::{HasData, Linker};
 
 /// The environment every program gets (the rest is cleared).
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Policy for the process capability of one handler id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +65,11 @@ pub struct ProgramRule {
     /// The action's time limit still stops it.
     #[serde(default)]
     pub finish_on_cancel: bool,
+    /// Run at the next start when a run of this program was interrupted (the agent was killed
+    /// or the power cut while it ran): program and arguments, e.g. dpkg's own repair
+    /// `["/usr/bin/dpkg", "--configure", "-a"]` for apt-get and dpkg. See [`super::ledger`].
+    #[serde(default)]
+    pub recover: Vec<String>,
 }
 
 /// A directory the guest was given, as the process capability sees it.
@@ -79,6 +86,8 @@ pub struct ProcessCtx {
     pub handler_id: String,
     /// The step's directories, `/payload`, `/work`, `/state` first.
     pub dirs: Vec<MappedDir>,
+    /// Where running programs are recorded, so the next agent finds what a killed one left.
+    pub ledger: Option<Arc<ProgramLedger>>,
 }
 
 /// Why the policy refused an invocation; the text names the rule.
@@ -258,34 +267,71 @@ fn signal_group(pgid: i32, signal: i32) -> bool {
     unsafe { libc::kill(-pgid, signal) == 0 }
 }
 
-/// Stops a program's process group when the guest call is dropped (the deployment was
-/// cancelled or replaced, the agent shuts down): SIGTERM, then SIGKILL after [`STOP_GRACE`] if
-/// anything of it is left. Disarmed once the program was reaped, or for a program that must
-/// finish (`finish-on-cancel`: apt-get, dpkg).
-struct GroupStopper {
-    pgid: Option<i32>,
+/// A running program's process group, from spawn until nothing of it is left. When the guest
+/// call is dropped (the deployment was cancelled or replaced, the agent shuts down) it stops the
+/// group: SIGTERM, then SIGKILL after the grace period; a program that must finish
+/// (`finish-on-cancel`: apt-get, dpkg) is left to, up to its time limit. Its ledger entry goes
+/// once the group is gone, so only a killed agent leaves entries behind.
+struct RunningGroup {
+    entry: Entry,
+    ledger: Option<Arc<ProgramLedger>>,
     grace: Duration,
+    /// Cleared once the leader was reaped and the rest of its group dealt with.
+    armed: bool,
 }
 
-impl Drop for GroupStopper {
-    fn drop(&mut self) {
-        let Some(pgid) = self.pgid.take() else {
-            return;
-        };
-        if !signal_group(pgid, libc::SIGTERM) {
-            return; // already gone
+impl RunningGroup {
+    /// The leader was reaped: what it left in its group is stopped (unless it must finish: a
+    /// daemon a package's postinst started stays), and the entry goes.
+    fn reaped(mut self) {
+        self.armed = false;
+        if !self.entry.finish_on_cancel {
+            // By start time, not by group id alone: the leader is reaped, its number is free.
+            let left = ledger::survivors(&self.entry, &ledger::snapshot(), &self.entry.boot_id);
+            for pid in left {
+                // SAFETY: kill(2) on members of the group this call started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
         }
-        let grace = self.grace;
+        if let Some(l) = &self.ledger {
+            l.remove(self.entry.pgid);
+        }
+    }
+}
+
+impl Drop for RunningGroup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (pgid, finish, grace) = (self.entry.pgid, self.entry.finish_on_cancel, self.grace);
+        let ledger = self.ledger.take();
+        let until = if finish {
+            let left = self
+                .entry
+                .deadline_ms
+                .saturating_sub(crate::workflow::now_ms());
+            std::time::Instant::now() + Duration::from_millis(left)
+        } else {
+            signal_group(pgid, libc::SIGTERM);
+            std::time::Instant::now() + grace
+        };
         // Not on the async runtime: this runs while a future is dropped.
         std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + grace;
-            while std::time::Instant::now() < deadline {
-                if !signal_group(pgid, 0) {
-                    return;
-                }
+            let gone = || !signal_group(pgid, 0);
+            while std::time::Instant::now() < until && !gone() {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            signal_group(pgid, libc::SIGKILL);
+            if !gone() {
+                if finish {
+                    signal_group(pgid, libc::SIGTERM);
+                    std::thread::sleep(grace);
+                }
+                signal_group(pgid, libc::SIGKILL);
+            }
+            if let Some(l) = ledger {
+                l.remove(pgid);
+            }
         });
     }
 }
@@ -336,6 +382,46 @@ fn die_with_the_agent(command: &mut tokio::process::Command) {
 }
 
 impl ProcessCtx {
+    /// Starts tracking a spawned program: its ledger entry, and the guard that stops it.
+    fn track(
+        &self,
+        pid: Option<u32>,
+        program: &str,
+        rule: &ProgramRule,
+        limit: Duration,
+    ) -> Result<RunningGroup, String> {
+        let pgid = pid.ok_or("the program has no pid")? as i32;
+        let leader_start = std::fs::read_to_string(format!("/proc/{pgid}/stat"))
+            .ok()
+            .and_then(|s| ledger::parse_stat(pgid, &s))
+            .map(|p| p.start);
+        let group = RunningGroup {
+            entry: Entry {
+                pgid,
+                leader_start: leader_start.unwrap_or(0),
+                boot_id: ledger::boot_id(),
+                program: program.to_owned(),
+                handler: self.handler_id.clone(),
+                finish_on_cancel: rule.finish_on_cancel,
+                deadline_ms: crate::workflow::now_ms() + limit.as_millis() as u64,
+                recover: rule.recover.clone(),
+                env: rule.env.clone(),
+            },
+            ledger: self.ledger.clone(),
+            grace: STOP_GRACE,
+            armed: true,
+        };
+        // Fail closed: a program the next agent could not find does not run (the guard stops it).
+        if leader_start.is_none() {
+            return Err(format!("cannot read /proc/{pgid}/stat"));
+        }
+        if let Some(l) = &self.ledger {
+            l.record(&group.entry)
+                .map_err(|e| format!("cannot record it in the program ledger: {e}"))?;
+        }
+        Ok(group)
+    }
+
     async fn run(&self, cmd: Command) -> Result<Output, WitError> {
         let rule = self
             .check(&cmd)
@@ -353,7 +439,6 @@ impl ProcessCtx {
             .map(Duration::from_millis)
             .map_or(policy_limit, |t| t.min(policy_limit));
 
-        let finish_on_cancel = rule.finish_on_cancel;
         let mut command = tokio::process::Command::new(&cmd.program);
         command
             .args(&cmd.args)
@@ -366,17 +451,15 @@ impl ProcessCtx {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        if !finish_on_cancel {
+        if !rule.finish_on_cancel {
             die_with_the_agent(&mut command);
         }
         let mut child = command
             .spawn()
             .map_err(|e| WitError::SpawnFailed(format!("{}: {e}", cmd.program)))?;
-        let pgid = child.id().map(|id| id as i32);
-        let mut stopper = GroupStopper {
-            pgid: pgid.filter(|_| !finish_on_cancel),
-            grace: STOP_GRACE,
-        };
+        let group = self
+            .track(child.id(), &cmd.program, rule, limit)
+            .map_err(|e| WitError::SpawnFailed(format!("{}: {e}", cmd.program)))?;
         tracing::info!(target: "sandstep::process", handler = %self.handler_id, program = %cmd.program, args = ?cmd.args, "running host program");
 
         let cap = self.policy.max_output_bytes;
@@ -386,14 +469,11 @@ impl ProcessCtx {
         let (status, timed_out, out, err) = match tokio::time::timeout(limit, work).await {
             Ok((status, out, err)) => (status.ok(), false, out, err),
             Err(_) => {
-                let status = match pgid {
-                    Some(pgid) => stop_at_time_limit(&mut child, pgid, STOP_GRACE).await,
-                    None => child.wait().await.ok(),
-                };
+                let status = stop_at_time_limit(&mut child, group.entry.pgid, STOP_GRACE).await;
                 (status, true, (Vec::new(), false), (Vec::new(), false))
             }
         };
-        stopper.pgid = None; // reaped: the group id may be reused
+        group.reaped();
         use std::os::unix::process::ExitStatusExt;
         Ok(Output {
             exit_code: status.and_then(|s| s.code()),
@@ -481,6 +561,7 @@ mod tests {
                     ],
                     env: Default::default(),
                     finish_on_cancel: false,
+                    recover: vec![],
                 }],
                 ..ProcessPolicy::default()
             },
@@ -492,6 +573,7 @@ mod tests {
                     host: dir(n),
                 })
                 .collect(),
+            ledger: None,
         }
     }
 
@@ -575,6 +657,7 @@ mod tests {
             }],
             env: Default::default(),
             finish_on_cancel: false,
+            recover: vec![],
         });
         let script = t.path().join("payload/install.sh");
         std::fs::write(&script, b"true").unwrap();
@@ -658,6 +741,7 @@ mod tests {
                     host: "/data/w".into(),
                 },
             ],
+            ledger: None,
         };
         assert_eq!(
             c.host_path("/payload/a.deb"),

@@ -2,6 +2,7 @@
 
 use anyhow::{Context as _, Result};
 use clap::Args;
+use sandstep::capability::ledger::ProgramLedger;
 use sandstep::config::Config;
 use sandstep::datadir::{self, DataDir};
 use sandstep::sandbox::{EngineOptions, Sandbox};
@@ -66,10 +67,10 @@ impl Common {
 /// The sandbox with the data dir's component cache.
 pub fn sandbox(data: &DataDir) -> Result<Arc<Sandbox>> {
     let cache = data.component_cache().context("component cache")?;
-    Ok(Arc::new(Sandbox::new(
-        &EngineOptions::default(),
-        Some(cache),
-    )?))
+    let ledger = ProgramLedger::new(data.programs().context("program ledger")?);
+    Ok(Arc::new(
+        Sandbox::new(&EngineOptions::default(), Some(cache))?.with_ledger(ledger),
+    ))
 }
 
 /// Human form of a duration in milliseconds.

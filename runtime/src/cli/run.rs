@@ -390,6 +390,7 @@ impl Observer for Console {
                     units.len()
                 ));
             }
+            Event::Recovered { message } => self.line(format!("before resuming: {message}")),
             Event::UnitStarted { unit, .. } => self.line(format!("{}: started", self.label(*unit))),
             Event::FileProgress {
                 unit,

@@ -24,6 +24,7 @@ pub use limits::{LimitExceeded, Limits};
 pub use session::Session;
 pub use store::{CallTags, EventSink, HandlerEvent, LogLevel};
 
+use crate::capability::ledger::{ProgramLedger, Recovered};
 use crate::capability::{self, classify_import, Capability, Grants, ImportKind};
 use crate::digest::Sha256;
 use cap_std::fs::Dir;
@@ -145,6 +146,8 @@ pub struct Sandbox {
     engine: Engine,
     ticker: Arc<EpochTicker>,
     cache: Option<ComponentCache>,
+    /// Where host programs are recorded while they run (see [`crate::capability::ledger`]).
+    ledger: Option<Arc<ProgramLedger>>,
     linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<store::HostState>>>>,
 }
 
@@ -168,8 +171,25 @@ impl Sandbox {
             cache: cache_dir.map(|d| ComponentCache::new(d, key)),
             engine,
             ticker: Arc::new(ticker),
+            ledger: None,
             linkers: Mutex::default(),
         })
+    }
+
+    /// Records host programs in `ledger` while they run, so the next agent finds what a killed
+    /// one left (the agent and `sandstep run` do; one-off calls need not).
+    pub fn with_ledger(mut self, ledger: ProgramLedger) -> Self {
+        self.ledger = Some(Arc::new(ledger));
+        self
+    }
+
+    /// Deals with what a previous agent left running (see [`ProgramLedger::sweep`]); call
+    /// before any step runs. Blocking.
+    pub fn recover_programs(&self) -> Vec<Recovered> {
+        self.ledger
+            .as_ref()
+            .map(|l| l.sweep(crate::capability::process::STOP_GRACE))
+            .unwrap_or_default()
     }
 
     /// The engine.

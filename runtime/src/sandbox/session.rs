@@ -112,6 +112,7 @@ impl Sandbox {
             policy,
             handler_id: handler_id.clone(),
             dirs: mapped,
+            ledger: self.ledger.clone(),
         });
         let state = HostState {
             wasi: wasi.build(),

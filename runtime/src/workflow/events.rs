@@ -57,6 +57,9 @@ pub enum Event {
         result: StepResult,
         duration_ms: u64,
     },
+    /// Before it ran, the agent dealt with a host program a killed agent left (stopped it,
+    /// waited for it, repaired what it interrupted).
+    Recovered { message: String },
     /// The deployment stopped: finished, failed, cancelled, or waiting for a reboot/restart.
     Finished { status: Status, result: StepResult },
 }

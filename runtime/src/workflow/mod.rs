@@ -122,6 +122,8 @@ pub struct Deployer {
     loader: Loader,
     downloader: Downloader,
     journals: JournalStore,
+    /// What a previous agent left running, dealt with before this one runs its first step.
+    recovered: tokio::sync::OnceCell<Vec<String>>,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -186,7 +188,24 @@ impl Deployer {
             loader,
             downloader,
             journals,
+            recovered: Default::default(),
         })
+    }
+
+    /// Once per process, before any step runs: stops or waits for the host programs a killed
+    /// agent left, and runs their repair (see [`crate::capability::ledger`]); what it did.
+    async fn recover_programs(&self) -> &[String] {
+        self.recovered
+            .get_or_init(|| async {
+                let sandbox = self.sandbox.clone();
+                tokio::task::spawn_blocking(move || sandbox.recover_programs())
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            })
+            .await
     }
 
     /// The journal store.
@@ -211,6 +230,7 @@ impl Deployer {
         observer: Arc<dyn Observer>,
         cancel: &CancellationToken,
     ) -> Result<Outcome, WorkflowError> {
+        let recovered = self.recover_programs().await;
         let existing =
             self.journals
                 .load(&req.workflow_id)
@@ -246,6 +266,15 @@ impl Deployer {
             Some(j) if !j.status.is_terminal() && !req.force => j,
             _ => self.new_journal(&req),
         };
+        // Said once, in the first deployment this agent runs (the interrupted one, resumed).
+        if !recovered.is_empty() && journal.recovered.is_empty() {
+            journal.recovered = recovered.to_vec();
+            for message in recovered {
+                observer.event(&Event::Recovered {
+                    message: message.clone(),
+                });
+            }
+        }
         self.execute(&mut journal, req.inventory.as_ref(), observer, cancel)
             .await?;
         let result = result_file(&journal);
@@ -296,6 +325,7 @@ impl Deployer {
             started_at_ms: now,
             updated_at_ms: now,
             finished_at_ms: None,
+            recovered: Vec::new(),
             seq: 0,
         }
     }
@@ -317,6 +347,19 @@ impl Deployer {
         result: StepResult,
         observer: &dyn Observer,
     ) -> Result<(), WorkflowError> {
+        let mut result = result;
+        if status.is_terminal() && !j.recovered.is_empty() {
+            let sep = if result.result_details.is_empty() {
+                ""
+            } else {
+                "; "
+            };
+            result.result_details = format!(
+                "{}{sep}after the agent restarted: {}",
+                result.result_details,
+                j.recovered.join("; ")
+            );
+        }
         j.status = status;
         j.result = Some(result.clone());
         if status.is_terminal() {

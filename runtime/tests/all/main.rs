@@ -11,6 +11,7 @@ mod fuzz;
 mod handlers;
 mod http;
 mod process;
+mod restart;
 mod sandbox;
 mod support;
 mod trust;

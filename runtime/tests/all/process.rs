@@ -25,6 +25,7 @@ fn grants() -> Grants {
                     }],
                     env: Default::default(),
                     finish_on_cancel: false,
+                    recover: vec![],
                 },
                 ProgramRule {
                     path: "/bin/sh".into(),
@@ -36,6 +37,7 @@ fn grants() -> Grants {
                     }],
                     env: Default::default(),
                     finish_on_cancel: false,
+                    recover: vec![],
                 },
             ],
             ..ProcessPolicy::default()
@@ -245,7 +247,7 @@ async fn a_program_past_its_time_limit_is_killed_with_its_children() {
 }
 
 /// Whether a process with `marker` in its command line is alive.
-fn alive(marker: &str) -> bool {
+pub(crate) fn alive(marker: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
         std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
             String::from_utf8_lossy(&c)
@@ -255,7 +257,7 @@ fn alive(marker: &str) -> bool {
     })
 }
 
-fn wait_gone(marker: &str) -> bool {
+pub(crate) fn wait_gone(marker: &str) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while std::time::Instant::now() < deadline {
         if !alive(marker) {

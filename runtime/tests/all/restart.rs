@@ -1,0 +1,159 @@
+//! What a killed agent leaves: the next agent finds its host programs (the program ledger) before
+//! it runs any step. A program that may be cut short is stopped; one that must finish (apt-get,
+//! dpkg) is waited for, then its rule's `recover` command repairs what it interrupted; the final
+//! result says so.
+
+use crate::cli::sandstep;
+use crate::process::{alive, wait_gone};
+use crate::workflow::Env;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const SCRIPT: &str = "microsoft/script:1";
+
+/// A one-step deployment of `body` through the script handler.
+fn deployment(env: &mut Env, body: &str) -> std::path::PathBuf {
+    env.file("s.sh", body.as_bytes());
+    let m = env.manifest(vec![json!({
+        "handler": SCRIPT,
+        "files": ["s.sh"],
+        "handlerProperties": {"scriptFileName": "s.sh", "installedCriteria": "1"}
+    })]);
+    let path = env.files.path().join("manifest.json");
+    std::fs::write(&path, m).unwrap();
+    path
+}
+
+fn run(env: &Env, manifest: &Path, config: Option<&Path>) -> Child {
+    let mut c = sandstep();
+    c.arg("run")
+        .arg(manifest)
+        .arg("--allow-unsigned")
+        .arg("--files")
+        .arg(env.files.path())
+        .arg("--data-dir")
+        .arg(env.data.path())
+        .arg("--result-file")
+        .arg(env.files.path().join("result.json"));
+    if let Some(config) = config {
+        c.arg("--config").arg(config);
+    }
+    c.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn details(env: &Env) -> String {
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(env.files.path().join("result.json")).unwrap())
+            .unwrap();
+    r["resultDetails"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_restarted_agent_stops_what_the_killed_one_left_before_it_runs_the_step_again() {
+    let mut env = Env::new();
+    env.install(SCRIPT, "script");
+    let t = tempfile::tempdir().unwrap();
+    let (first, seen) = (t.path().join("first"), t.path().join("seen"));
+    // First run: a background program and a foreground one, both outliving the shell that
+    // the agent's death kills. Second run: says whether either is still alive.
+    let body = format!(
+        "if [ -e {first} ]; then\n\
+           if grep -qs 'sleep 65.0917' /proc/[0-9]*/cmdline; then echo alive > {seen}; else echo gone > {seen}; fi\n\
+           exit 0\n\
+         fi\n\
+         touch {first}\n\
+         sleep 65.0917 &\n\
+         sleep 65.0917\n",
+        first = first.display(),
+        seen = seen.display()
+    );
+    let m = deployment(&mut env, &body);
+    let mut agent = run(&env, &m, None);
+    wait_for("the step's programs starting", || alive("sleep 65.0917"));
+    agent.kill().unwrap(); // SIGKILL: nothing of the agent's own cleanup runs
+    agent.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive("sleep 65.0917"), "the shell's children outlive it");
+
+    let status = run(&env, &m, None).wait().unwrap();
+    assert!(status.code().is_some(), "{status:?}");
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "gone\n");
+    assert!(wait_gone("sleep 65.0917"));
+    let d = details(&env);
+    assert!(
+        d.contains(
+            "after the agent restarted: `/bin/sh` of handler microsoft/script:1 was interrupted"
+        ) && d.contains("2 of its processes were still running, 2 stopped by a signal"),
+        "{d}"
+    );
+    let ledger = env.data.path().join("programs");
+    assert_eq!(std::fs::read_dir(ledger).unwrap().count(), 0);
+}
+
+#[test]
+fn a_program_that_must_finish_is_waited_for_and_repaired_after_the_agent_was_killed() {
+    let mut env = Env::new();
+    env.install(SCRIPT, "script");
+    let t = tempfile::tempdir().unwrap();
+    let p = |n: &str| t.path().join(n).display().to_string();
+    // The shell is a finish-on-cancel program with a recover command, as apt-get is with dpkg's
+    // repair in the default policy.
+    let config = t.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[handlers.\"{SCRIPT}\"]\ncapabilities = [\"process\"]\npayload-in-work = true\n\
+             [[handlers.\"{SCRIPT}\".process.programs]]\npath = \"/bin/sh\"\n\
+             forms = [{{ then = [\"payload-file\"], rest = [\"any\"] }}]\n\
+             finish-on-cancel = true\n\
+             recover = [\"/bin/sh\", \"-c\", \"echo repaired >> {repaired}\"]\n",
+            repaired = p("repaired")
+        ),
+    )
+    .unwrap();
+    let body = format!(
+        "if [ -e {first} ]; then cat {finished} {repaired} > {seen}; exit 0; fi\n\
+         touch {first}\n\
+         sleep 3.0917\n\
+         echo finished > {finished}\n",
+        first = p("first"),
+        finished = p("finished"),
+        repaired = p("repaired"),
+        seen = p("seen")
+    );
+    let m = deployment(&mut env, &body);
+    let mut agent = run(&env, &m, Some(&config));
+    wait_for("the step's program starting", || alive("sleep 3.0917"));
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    assert!(
+        alive("sleep 3.0917"),
+        "a finish-on-cancel program outlives the agent"
+    );
+
+    let status = run(&env, &m, Some(&config)).wait().unwrap();
+    assert!(status.code().is_some(), "{status:?}");
+    // The step ran again only after the old program finished and the repair ran.
+    assert_eq!(
+        std::fs::read_to_string(p("seen")).unwrap(),
+        "finished\nrepaired\n"
+    );
+    let d = details(&env);
+    assert!(
+        d.contains("`/bin/sh -c echo repaired") && d.contains("repaired what it left"),
+        "{d}"
+    );
+}
