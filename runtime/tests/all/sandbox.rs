@@ -668,7 +668,7 @@ async fn a_handler_filling_work_past_its_quota_is_stopped_while_running() {
         "probe",
         Action::Install,
         &env,
-        json!({"op": "fill-work", "total_kib": 16 << 10, "then_sleep_ms": 30_000}),
+        json!({"op": "fill-work", "total_kib": 16 << 10, "then_sleep_ms": 300_000}),
         limits,
     )
     .await;
@@ -684,8 +684,9 @@ async fn a_handler_filling_work_past_its_quota_is_stopped_while_running() {
         "{}",
         r.result_details
     );
+    // Far below the handler's 300 s linger, whatever the machine's load.
     assert!(
-        started.elapsed() < Duration::from_secs(20),
+        started.elapsed() < Duration::from_secs(240),
         "not stopped while running"
     );
 }

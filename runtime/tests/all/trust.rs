@@ -324,6 +324,72 @@ async fn a_corrupted_cache_artefact_is_never_loaded() {
     );
 }
 
+/// The precompiled artefact (and its MAC sidecar) of `digest` in the data dir's cache.
+fn artefact_of(data: &std::path::Path, digest: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cache = data.join("cache/components");
+    let art = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with(digest) && name.ends_with(".cwasm")
+        })
+        .expect("install precompiled it");
+    let mac = std::path::PathBuf::from(format!("{}.mac", art.display()));
+    (art, mac)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swapped_cache_artefact_is_refused_before_it_is_mapped() {
+    let data = tempfile::tempdir().unwrap();
+    trust_test_key(data.path());
+    let l = loader(data.path());
+    let (probe, _) = l
+        .install(PROBE, signed("probe"), "probe.wasm", &Config::default(), 0)
+        .await
+        .unwrap();
+    let (other, _) = l
+        .install(
+            "contoso/config:1",
+            signed("vendor-handler"),
+            "vendor-handler.wasm",
+            &Config::default(),
+            0,
+        )
+        .await
+        .unwrap();
+    let (probe_art, probe_mac) = artefact_of(data.path(), &probe.digest);
+    let (other_art, other_mac) = artefact_of(data.path(), &other.digest);
+    // Another entry's artefact with its own valid sidecar, copied over the probe's: both files
+    // are well formed, and each sidecar matches its bytes, but the MAC binds the digest.
+    let swapped = std::fs::read(&other_art).unwrap();
+    std::fs::copy(&other_art, &probe_art).unwrap();
+    std::fs::copy(&other_mac, &probe_mac).unwrap();
+    let h = loader(data.path())
+        .load(PROBE, &Config::default())
+        .await
+        .unwrap();
+    assert_eq!(h.digest(), probe.digest);
+    assert_ne!(
+        std::fs::read(&probe_art).unwrap(),
+        swapped,
+        "compiled again from the probe"
+    );
+    // A sidecar made without the key (a crafted artefact's sha256, say) fails too.
+    let good = std::fs::read(&probe_art).unwrap();
+    std::fs::write(
+        &probe_mac,
+        hex::encode(sandstep::digest::Sha256::digest(&good)),
+    )
+    .unwrap();
+    std::fs::write(&probe_art, &swapped).unwrap();
+    loader(data.path())
+        .load(PROBE, &Config::default())
+        .await
+        .unwrap();
+    assert_ne!(std::fs::read(&probe_art).unwrap(), swapped);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deployment_step_with_an_unsigned_handler_fails_and_nothing_runs() {
     let env = Env::new();
