@@ -349,8 +349,12 @@ pub mod erc {
     pub const SANDBOX_CANCELLED: E = sandbox(0x009);
     /// The handler returned a result code that is not valid for the action.
     pub const SANDBOX_INVALID_RESULT: E = sandbox(0x00A);
-    /// The handler's `/work` folder grew past its quota (policy `work-bytes`).
+    /// A folder the handler writes grew past its quota (policy `work-bytes`, `state-bytes`,
+    /// `dir-growth-bytes`), or could not be measured.
     pub const SANDBOX_WORK_QUOTA: E = sandbox(0x00B);
+    /// The handler held more handles (open files, directories, streams) than policy
+    /// `open-handles` allows.
+    pub const SANDBOX_HANDLE_LIMIT: E = sandbox(0x00C);
 
     // sandstep's workflow (facility 11, component 1).
     /// The manifest failed validation.
@@ -492,6 +496,7 @@ pub mod erc {
         SANDBOX_CANCELLED,
         SANDBOX_INVALID_RESULT,
         SANDBOX_WORK_QUOTA,
+        SANDBOX_HANDLE_LIMIT,
         WORKFLOW_MANIFEST_INVALID,
         WORKFLOW_DOWNLOAD_FAILED,
         WORKFLOW_FILE_SIZE_MISMATCH,

@@ -9,6 +9,13 @@ use std::time::Duration;
 pub const DEFAULT_MEMORY_BYTES: u64 = 256 << 20;
 /// Default quota of a step's `/work` folder.
 pub const DEFAULT_WORK_BYTES: u64 = 1 << 30;
+/// Default quota of a handler's `/state` folder (kept across deployments: small).
+pub const DEFAULT_STATE_BYTES: u64 = 64 << 20;
+/// Default growth a writable mapped dir may see in one session.
+pub const DEFAULT_DIR_GROWTH_BYTES: u64 = 1 << 30;
+/// Default number of handles (open files and directories, streams) a handler may hold at once.
+/// Each open file is a descriptor of the agent's; this keeps well below its limit.
+pub const DEFAULT_OPEN_HANDLES: usize = 256;
 
 /// The limits a handler runs under. Policy may override them per handler id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +25,12 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Bytes the step's `/work` folder may hold (written by the handler or its host programs).
     pub work_bytes: u64,
+    /// Bytes the handler's `/state` folder may hold.
+    pub state_bytes: u64,
+    /// Bytes a writable mapped dir (`dirs`, `component-dirs`) may grow by in one session.
+    pub dir_growth_bytes: u64,
+    /// Handles (open files and directories, streams) the handler may hold at once.
+    pub open_handles: usize,
     /// Time limits per action.
     #[serde(with = "secs")]
     pub is_installed: Duration,
@@ -41,6 +54,9 @@ impl Default for Limits {
         Limits {
             memory_bytes: DEFAULT_MEMORY_BYTES,
             work_bytes: DEFAULT_WORK_BYTES,
+            state_bytes: DEFAULT_STATE_BYTES,
+            dir_growth_bytes: DEFAULT_DIR_GROWTH_BYTES,
+            open_handles: DEFAULT_OPEN_HANDLES,
             is_installed: MINUTE,
             download: 10 * MINUTE,
             backup: 10 * MINUTE,

@@ -1,12 +1,14 @@
-//! The per-step `/work` quota.
+//! Disk quotas of the folders a handler writes: `/work`, `/state` and writable mapped dirs.
 //!
 //! WASI writes go straight to the file system, and programs run through the process capability
-//! write to the same folder, so the quota is enforced from outside: while a call runs, the folder's
-//! allocated size is measured every [`POLL`]; past the limit the call is stopped (its host
-//! programs killed with it) and the step fails. A last measurement after the call catches what was
-//! written since the previous poll. What a handler can overshoot is what it writes in one poll
-//! interval; the limit is the policy's `work-bytes`. A folder that cannot be measured (too deep,
-//! too many entries, unreadable) stops the call too: the quota fails closed.
+//! write to the same folders, so quotas are enforced from outside: while a call runs, each
+//! writable folder's allocated size is measured every [`POLL`]; past its limit the call is
+//! stopped (its host programs killed with it) and the step fails naming the folder and the limit.
+//! A last measurement after the call catches what was written since the previous poll. What a
+//! handler can overshoot is what it writes in one poll interval. Limits: `work-bytes` for
+//! `/work`, `state-bytes` for `/state`, and for a writable mapped dir what it held when the
+//! session began plus `dir-growth-bytes`. A folder that cannot be measured (too deep, too many
+//! entries, unreadable) stops the call too: the quota fails closed.
 
 use cap_std::fs::{Dir, MetadataExt};
 use std::sync::Arc;
@@ -77,25 +79,67 @@ pub(crate) fn usage(dir: &Dir) -> Result<u64, UsageError> {
     }
 }
 
-/// Resolves when `dir` holds more than `limit` bytes, or cannot be measured within bounds, with
-/// what was found.
-pub(crate) async fn exceeded(dir: Arc<Dir>, limit: u64) -> Result<u64, String> {
+/// One folder measured against its limit.
+#[derive(Debug)]
+pub(crate) struct Metered {
+    /// Where the handler sees it.
+    pub guest: String,
+    pub dir: Dir,
+    pub limit: u64,
+    /// The policy knob that sets the limit (for messages).
+    pub knob: &'static str,
+}
+
+/// Why a call was stopped by a quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Breach {
+    /// `guest` holds `used` bytes, over `limit` (set by `knob`).
+    Over {
+        guest: String,
+        used: u64,
+        limit: u64,
+        knob: &'static str,
+    },
+    /// `guest` could not be measured within bounds.
+    Unmeasurable { guest: String, why: String },
+}
+
+/// Resolves when a folder outgrows its limit or cannot be measured.
+pub(crate) async fn exceeded(metered: Arc<Vec<Metered>>) -> Breach {
     loop {
         tokio::time::sleep(POLL).await;
-        match measure(&dir).await {
-            Ok(used) if used > limit => return Ok(used),
-            Ok(_) => {}
-            Err(why) => return Err(why),
+        if let Some(breach) = check(&metered).await {
+            return breach;
         }
     }
 }
 
-/// One measurement off the async threads.
-pub(crate) async fn measure(dir: &Arc<Dir>) -> Result<u64, String> {
-    let dir = dir.clone();
-    match tokio::task::spawn_blocking(move || usage(&dir)).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("the measurement failed: {e}")),
+/// Measures every folder once, off the async threads; the first breach.
+pub(crate) async fn check(metered: &Arc<Vec<Metered>>) -> Option<Breach> {
+    let metered = metered.clone();
+    tokio::task::spawn_blocking(move || metered.iter().find_map(breach))
+        .await
+        .unwrap_or_else(|e| {
+            Some(Breach::Unmeasurable {
+                guest: "?".into(),
+                why: format!("the measurement failed: {e}"),
+            })
+        })
+}
+
+fn breach(m: &Metered) -> Option<Breach> {
+    match usage(&m.dir) {
+        Ok(used) if used > m.limit => Some(Breach::Over {
+            guest: m.guest.clone(),
+            used,
+            limit: m.limit,
+            knob: m.knob,
+        }),
+        Ok(_) => None,
+        Err(e) => Some(Breach::Unmeasurable {
+            guest: m.guest.clone(),
+            why: e.to_string(),
+        }),
     }
 }
 

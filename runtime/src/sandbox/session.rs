@@ -25,8 +25,8 @@ pub struct Session {
     ticker: Arc<super::engine::EpochTicker>,
     limits: Limits,
     handler_id: String,
-    /// The step's `/work`, measured against `limits.work_bytes` while calls run.
-    work: Arc<cap_std::fs::Dir>,
+    /// The folders the handler writes, measured against their quotas while calls run.
+    metered: Arc<Vec<quota::Metered>>,
     /// Set once a call trapped or was stopped: the instance must not be used again.
     broken: Option<String>,
 }
@@ -62,12 +62,7 @@ impl Sandbox {
             reason,
         };
 
-        let work = Arc::new(
-            dirs.work
-                .dir()
-                .try_clone()
-                .map_err(|e| setup_err(format!("work handle: {e}")))?,
-        );
+        let metered = Arc::new(metered(&dirs, &limits).map_err(setup_err)?);
         let tags = Arc::new(tags);
         let mut wasi = WasiCtx::builder();
         // Filesystem calls run inline: faster than a blocking-pool hop, and the store's future
@@ -114,9 +109,11 @@ impl Sandbox {
             dirs: mapped,
             ledger: self.ledger.clone(),
         });
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.open_handles);
         let state = HostState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table,
             limiter: StoreLimiter::new(limits.memory_bytes),
             tags,
             events,
@@ -168,7 +165,7 @@ impl Sandbox {
             ticker: self.ticker.clone(),
             limits,
             handler_id,
-            work,
+            metered,
             broken: None,
         })
     }
@@ -221,7 +218,6 @@ impl Session {
                 Action::Restore => lifecycle.call_restore(store, &wit_ctx).await,
             }
         };
-        let quota = self.limits.work_bytes;
         // The epoch deadline stops guest code at `limit`; this one also covers the time the
         // guest spends waiting in a host call (a program, a slot write), which epochs cannot
         // interrupt. Dropping the call stops what the host was doing for it.
@@ -229,30 +225,26 @@ impl Session {
         let outcome = tokio::select! {
             r = call => Ended::Returned(r),
             _ = cancel.cancelled() => Ended::Cancelled,
-            over = quota::exceeded(self.work.clone(), quota) => match over {
-                Ok(used) => Ended::OverQuota(used),
-                Err(why) => Ended::Unmeasurable(why),
-            },
+            breach = quota::exceeded(self.metered.clone()) => Ended::OverQuota(breach),
             _ = wall => Ended::TimedOut(limit),
         };
         self.store.data_mut().deadline = None;
         self.report_dropped_logs();
         // What was written since the last poll counts too.
         let outcome = match outcome {
-            Ended::Returned(r) => match quota::measure(&self.work).await {
-                Ok(used) if used > quota => Ended::OverQuota(used),
-                Ok(_) => Ended::Returned(r),
-                Err(why) => Ended::Unmeasurable(why),
+            Ended::Returned(r) => match quota::check(&self.metered).await {
+                Some(breach) => Ended::OverQuota(breach),
+                None => Ended::Returned(r),
             },
             other => other,
         };
 
-        self.conclude(action, outcome, quota)
+        self.conclude(action, outcome)
     }
 
     /// The step result of a call that ended as `outcome`; a call that did not return marks the
     /// session broken (its instance may be mid-way through anything).
-    fn conclude(&mut self, action: Action, outcome: Ended, quota: u64) -> StepResult {
+    fn conclude(&mut self, action: Action, outcome: Ended) -> StepResult {
         match outcome {
             Ended::Returned(Ok(r)) => validate(
                 action,
@@ -262,12 +254,24 @@ impl Session {
                     result_details: r.result_details,
                 },
             ),
-            Ended::OverQuota(used) => {
-                let msg = format!(
-                    "handler `{}` stopped in `{action}`: its /work holds {used} bytes, more than \
-                     its quota of {quota} bytes (limits work-bytes)",
-                    self.handler_id
-                );
+            Ended::OverQuota(breach) => {
+                let msg = match breach {
+                    quota::Breach::Over {
+                        guest,
+                        used,
+                        limit,
+                        knob,
+                    } => format!(
+                        "handler `{}` stopped in `{action}`: its {guest} holds {used} bytes, more \
+                         than its quota of {limit} bytes (limits {knob})",
+                        self.handler_id
+                    ),
+                    quota::Breach::Unmeasurable { guest, why } => format!(
+                        "handler `{}` stopped in `{action}`: its {guest} cannot be measured \
+                         against its quota: {why}",
+                        self.handler_id
+                    ),
+                };
                 tracing::warn!(handler = %self.handler_id, %action, "{msg}");
                 self.broken = Some(msg.clone());
                 StepResult::failure(erc::SANDBOX_WORK_QUOTA, msg)
@@ -277,16 +281,6 @@ impl Session {
                 tracing::warn!(handler = %self.handler_id, %action, "{}", r.result_details);
                 self.broken = Some(r.result_details.clone());
                 r
-            }
-            Ended::Unmeasurable(why) => {
-                let msg = format!(
-                    "handler `{}` stopped in `{action}`: its /work cannot be measured against \
-                     its quota: {why}",
-                    self.handler_id
-                );
-                tracing::warn!(handler = %self.handler_id, %action, "{msg}");
-                self.broken = Some(msg.clone());
-                StepResult::failure(erc::SANDBOX_WORK_QUOTA, msg)
             }
             Ended::TimedOut(limit) => {
                 let msg = format!(
@@ -343,10 +337,44 @@ enum Ended {
     Cancelled,
     /// The action's time limit passed while the guest waited in a host call.
     TimedOut(std::time::Duration),
-    /// `/work` outgrew its quota; the bytes it held.
-    OverQuota(u64),
-    /// `/work` could not be measured within bounds (fail closed).
-    Unmeasurable(String),
+    /// A folder outgrew its quota or could not be measured (fail closed).
+    OverQuota(quota::Breach),
+}
+
+/// The folders a session meters: `/work` and `/state` against their quotas, and each writable
+/// mapped dir against what it held at the start plus `dir-growth-bytes`.
+fn metered(dirs: &super::dirs::StepDirs, limits: &Limits) -> Result<Vec<quota::Metered>, String> {
+    let handle = |p: &super::dirs::Preopen| {
+        p.dir()
+            .try_clone()
+            .map_err(|e| format!("{} handle: {e}", p.guest_path()))
+    };
+    let mut out = vec![
+        quota::Metered {
+            guest: dirs.work.guest_path().to_owned(),
+            dir: handle(&dirs.work)?,
+            limit: limits.work_bytes,
+            knob: "work-bytes",
+        },
+        quota::Metered {
+            guest: dirs.state.guest_path().to_owned(),
+            dir: handle(&dirs.state)?,
+            limit: limits.state_bytes,
+            knob: "state-bytes",
+        },
+    ];
+    for p in dirs.extra.iter().filter(|p| p.writable()) {
+        let dir = handle(p)?;
+        let start = quota::usage(&dir)
+            .map_err(|e| format!("{} cannot be measured: {e}", p.guest_path()))?;
+        out.push(quota::Metered {
+            guest: p.guest_path().to_owned(),
+            dir,
+            limit: start.saturating_add(limits.dir_growth_bytes),
+            knob: "dir-growth-bytes",
+        });
+    }
+    Ok(out)
 }
 
 /// Checks codes that only make sense for some actions and clamps details.
@@ -393,6 +421,22 @@ fn describe_failure(
         return StepResult::failure(
             code,
             format!("handler `{handler}` stopped in `{what}`: {limit}"),
+        );
+    }
+    let full = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<wasmtime::component::ResourceTableError>(),
+            Some(wasmtime::component::ResourceTableError::Full)
+        )
+    });
+    if full {
+        let max = store.data().table.max_capacity();
+        return StepResult::failure(
+            erc::SANDBOX_HANDLE_LIMIT,
+            format!(
+                "handler `{handler}` stopped in `{what}`: it holds more than {max} handles (open \
+                 files, directories, streams) at once (limits open-handles)"
+            ),
         );
     }
     let panic = store

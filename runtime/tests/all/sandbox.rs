@@ -762,3 +762,124 @@ async fn log_and_progress_floods_are_rate_limited_and_truncated() {
     );
     assert_eq!(progress.last().map(|p| p.0), Some(100));
 }
+
+/// Runs one probe action over `env`, with `dirs` (env's standard ones plus any extra).
+async fn call_with_dirs(
+    env: &StepEnv,
+    dirs: sandstep::sandbox::dirs::StepDirs,
+    props: serde_json::Value,
+    limits: Limits,
+) -> sandstep_model::StepResult {
+    let sandbox = sandbox();
+    let handler = sandbox.load("probe", component("probe")).await.unwrap();
+    let mut s = setup(env, "test/probe:1", Default::default(), limits, None);
+    s.dirs = dirs;
+    let mut session = sandbox.session(&handler, s).await.unwrap();
+    session
+        .call(
+            Action::Install,
+            &env.ctx("test/probe:1", props),
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_filling_state_or_a_writable_mapped_dir_is_stopped_naming_the_folder() {
+    let env = StepEnv::new();
+    let limits = Limits {
+        state_bytes: 1 << 20,
+        dir_growth_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let r = call_with_dirs(
+        &env,
+        env.dirs(),
+        json!({"op": "fill-work", "dir": "/state", "total_kib": 4096}),
+        limits.clone(),
+    )
+    .await;
+    assert_eq!(
+        r.extended_result_code,
+        erc::SANDBOX_WORK_QUOTA.raw(),
+        "{r:?}"
+    );
+    assert!(
+        r.result_details.contains("its /state holds")
+            && r.result_details.contains("(limits state-bytes)"),
+        "{}",
+        r.result_details
+    );
+
+    // A writable mapped dir may grow by dir-growth-bytes over what it held at the start.
+    let mapped = tempfile::tempdir().unwrap();
+    std::fs::write(mapped.path().join("existing.bin"), vec![1u8; 3 << 20]).unwrap();
+    let with_mapped = |env: &StepEnv| {
+        let mut dirs = env.dirs();
+        dirs.extra.push(sandstep::sandbox::dirs::Preopen::new(
+            cap_std::fs::Dir::open_ambient_dir(mapped.path(), cap_std::ambient_authority())
+                .unwrap(),
+            "/data",
+            true,
+        ));
+        dirs
+    };
+    let env = StepEnv::new();
+    let small = json!({"op": "fill-work", "dir": "/data", "total_kib": 512});
+    let r = call_with_dirs(&env, with_mapped(&env), small, limits.clone()).await;
+    assert_eq!(r.result_code, result::INSTALL_SUCCESS, "{r:?}");
+    let env = StepEnv::new();
+    let big = json!({"op": "fill-work", "dir": "/data", "total_kib": 4096});
+    let r = call_with_dirs(&env, with_mapped(&env), big, limits).await;
+    assert_eq!(
+        r.extended_result_code,
+        erc::SANDBOX_WORK_QUOTA.raw(),
+        "{r:?}"
+    );
+    assert!(
+        r.result_details.contains("its /data holds")
+            && r.result_details.contains("(limits dir-growth-bytes)"),
+        "{}",
+        r.result_details
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_holding_more_handles_than_its_limit_is_stopped_naming_the_limit() {
+    let env = StepEnv::new();
+    env.add_payload("f.txt", b"x");
+    let limits = Limits {
+        open_handles: 64,
+        ..Limits::default()
+    };
+    let r = call_once(
+        "probe",
+        Action::Install,
+        &env,
+        json!({"op": "open-many", "path": "/payload/f.txt", "count": 100_000}),
+        limits.clone(),
+    )
+    .await;
+    assert_eq!(
+        r.extended_result_code,
+        erc::SANDBOX_HANDLE_LIMIT.raw(),
+        "{r:?}"
+    );
+    assert!(
+        r.result_details.contains("more than 64 handles")
+            && r.result_details.contains("(limits open-handles)"),
+        "{}",
+        r.result_details
+    );
+    // Within the limit, the same handler succeeds.
+    let r = call_once(
+        "probe",
+        Action::Install,
+        &env,
+        json!({"op": "open-many", "path": "/payload/f.txt", "count": 32}),
+        limits,
+    )
+    .await;
+    assert_eq!(r.result_code, result::INSTALL_SUCCESS, "{r:?}");
+    assert_eq!(r.result_details, "holds 32 handles");
+}

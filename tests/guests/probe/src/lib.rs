@@ -36,12 +36,17 @@ enum Op {
     /// `then_sleep_ms` (to be caught by the quota's poll rather than its final check).
     FillWork {
         total_kib: u64,
+        /// The folder to fill (`/work` unless said).
+        #[serde(default = "default_fill_dir")]
+        dir: String,
         #[serde(default)]
         then_sleep_ms: u64,
         /// Directories made in /work first (to attack the quota's walk).
         #[serde(default)]
         dirs_first: u32,
     },
+    /// Open `path` `count` times, holding every handle, then report how many it got.
+    OpenMany { path: String, count: u32 },
     /// Call log `logs` times and progress `progress` times, with `len`-byte messages.
     Flood { logs: u32, progress: u32, len: u32 },
     /// Return a given result.
@@ -67,6 +72,10 @@ enum Op {
         #[serde(default)]
         sleep_ms: u64,
     },
+}
+
+fn default_fill_dir() -> String {
+    "/work".into()
 }
 
 fn default_apply() -> i32 {
@@ -181,13 +190,14 @@ fn run(ctx: &Context, success: i32) -> Outcome {
         }
         Op::FillWork {
             total_kib,
+            dir,
             then_sleep_ms,
             dirs_first,
         } => {
             for i in 0..dirs_first {
-                std::fs::create_dir(format!("/work/d{i}"))?;
+                std::fs::create_dir(format!("{dir}/d{i}"))?;
             }
-            let mut f = std::fs::File::create("/work/fill")?;
+            let mut f = std::fs::File::create(format!("{dir}/fill"))?;
             let chunk = vec![0x5au8; 64 << 10];
             let mut written = 0u64;
             while written < total_kib << 10 {
@@ -197,6 +207,13 @@ fn run(ctx: &Context, success: i32) -> Outcome {
             f.sync_all()?;
             std::thread::sleep(std::time::Duration::from_millis(then_sleep_ms));
             Ok(StepResult::new(success).with_details(format!("wrote {written} bytes")))
+        }
+        Op::OpenMany { path, count } => {
+            let mut held = Vec::new();
+            for _ in 0..count {
+                held.push(std::fs::File::open(&path)?);
+            }
+            Ok(StepResult::new(success).with_details(format!("holds {} handles", held.len())))
         }
         Op::Flood {
             logs,
