@@ -75,10 +75,20 @@ pub enum MqttEvent {
         payload: Vec<u8>,
         retained: bool,
     },
-    /// The broker acknowledged a QoS 1 publish.
-    PubAck,
+    /// The broker acknowledged a QoS 1 publish; under MQTT 5 it may say it refused it (its
+    /// ACL: `NotAuthorized`), which MQTT 3.1.1 brokers never tell.
+    PubAck { refused: Option<String> },
     /// The broker acknowledged a subscription; retained messages for it follow.
     SubAck,
+}
+
+/// An MQTT 5 PUBACK's reason, when it says the publish was refused.
+fn refusal(reason: rumqttc::v5::mqttbytes::v5::PubAckReason) -> Option<String> {
+    use rumqttc::v5::mqttbytes::v5::PubAckReason as R;
+    match reason {
+        R::Success | R::NoMatchingSubscribers => None,
+        other => Some(format!("{other:?}")),
+    }
 }
 
 /// Why a connection could not be set up.
@@ -227,7 +237,9 @@ impl Mqtt {
                                 payload: p.payload.to_vec(),
                                 retained: p.retain,
                             }),
-                            Ok(Event::Incoming(Packet::PubAck(_))) => Some(MqttEvent::PubAck),
+                            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                                Some(MqttEvent::PubAck { refused: None })
+                            }
                             Ok(Event::Incoming(Packet::SubAck(_))) => Some(MqttEvent::SubAck),
                             Ok(_) => None,
                             Err(e) => {
@@ -271,7 +283,9 @@ impl Mqtt {
                                 payload: p.payload.to_vec(),
                                 retained: p.retain,
                             }),
-                            Ok(Event::Incoming(Packet::PubAck(_))) => Some(MqttEvent::PubAck),
+                            Ok(Event::Incoming(Packet::PubAck(ack))) => Some(MqttEvent::PubAck {
+                                refused: refusal(ack.reason),
+                            }),
                             Ok(Event::Incoming(Packet::SubAck(_))) => Some(MqttEvent::SubAck),
                             Ok(_) => None,
                             Err(e) => {

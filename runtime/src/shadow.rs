@@ -264,7 +264,10 @@ pub async fn run(
                         .await?;
                 }
             }
-            Some(MqttEvent::PubAck | MqttEvent::SubAck) => {}
+            Some(MqttEvent::PubAck { refused: Some(why) }) => {
+                tracing::error!("the broker refused an answer of the replica ({why}): check its ACL for the replica's account");
+            }
+            Some(MqttEvent::PubAck { .. } | MqttEvent::SubAck) => {}
         }
     }
 }

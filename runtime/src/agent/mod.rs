@@ -551,7 +551,11 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
                     connected = false;
                     outbox.disconnected();
                 }
-                Some(MqttEvent::PubAck) => {
+                Some(MqttEvent::PubAck { refused }) => {
+                    if let Some(why) = refused {
+                        // Sending it again would be refused again: say so and go on.
+                        tracing::error!("the broker refused a report ({why}): check its ACL for this device's account");
+                    }
                     if let Some(o) = outbox.acked()? { confirm.sent(&o.payload); }
                 }
                 Some(MqttEvent::Message { topic, payload, .. }) if topic == accepted_topic => confirm.accepted(&payload),
@@ -678,7 +682,7 @@ async fn flush(outbox: &mut Outbox, conn: &mut Mqtt) {
         )
         .await
         {
-            Ok(Some(MqttEvent::PubAck)) => {
+            Ok(Some(MqttEvent::PubAck { .. })) => {
                 let _ = outbox.acked();
             }
             Ok(Some(MqttEvent::Disconnected(_))) | Ok(None) | Err(_) => return,

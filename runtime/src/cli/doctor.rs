@@ -219,28 +219,114 @@ async fn check_agent(r: &mut Report, config: &Config, timeout: u64) {
         return;
     }
     let url = &config.mqtt.url;
-    let reached = async {
-        let mut conn = Mqtt::connect(&config.mqtt, &format!("{device}-doctor"))?;
-        loop {
-            match conn.recv().await {
-                Some(MqttEvent::Connected) => return Ok(()),
-                Some(MqttEvent::Disconnected(e)) => return Err(anyhow::anyhow!(e)),
-                None => return Err(anyhow::anyhow!("the connection ended")),
-                Some(_) => {}
-            }
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(timeout), reached).await {
+    let wait = Duration::from_secs(timeout);
+    match tokio::time::timeout(
+        wait,
+        first_answer(&config.mqtt, &format!("{device}-doctor")),
+    )
+    .await
+    {
         Ok(Ok(())) => r.ok("broker", format!("{url} reachable")),
-        Ok(Err(e)) => r.fail(
-            "broker",
-            format!("{url}: {e:#}"),
-            "start the broker, or correct [mqtt] url and credentials",
+        Ok(Err(e)) => {
+            return r.fail(
+                "broker",
+                format!("{url}: {e:#}"),
+                "start the broker, or correct [mqtt] url and credentials",
+            )
+        }
+        Err(_) => {
+            return r.fail(
+                "broker",
+                format!("{url}: no answer within {timeout} s"),
+                "start the broker, or correct [mqtt] url (a firewall may drop the connection)",
+            )
+        }
+    }
+    check_who_may_publish(r, config, &device, wait).await;
+}
+
+/// Connects and waits for the broker's answer: connected, or why not.
+async fn first_answer(mqtt: &sandstep::mqtt::MqttConfig, client_id: &str) -> Result<()> {
+    let mut conn = Mqtt::connect(mqtt, client_id)?;
+    loop {
+        match conn.recv().await {
+            Some(MqttEvent::Connected) => return Ok(()),
+            Some(MqttEvent::Disconnected(e)) => return Err(anyhow::anyhow!(e)),
+            None => return Err(anyhow::anyhow!("the connection ended")),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Publishes `{}` to `topic` over MQTT 5 (whose PUBACK says whether the broker refused it);
+/// Some(reason) when refused.
+async fn try_publish(
+    mqtt: &sandstep::mqtt::MqttConfig,
+    client_id: &str,
+    topic: &str,
+) -> Result<Option<String>> {
+    let mut v5 = mqtt.clone();
+    v5.protocol = sandstep::mqtt::Protocol::V5;
+    let mut conn = Mqtt::connect(&v5, client_id)?;
+    loop {
+        match conn.recv().await {
+            Some(MqttEvent::Connected) => conn.publish(topic, b"{}".to_vec(), false).await?,
+            Some(MqttEvent::PubAck { refused }) => return Ok(refused),
+            Some(MqttEvent::Disconnected(e)) => {
+                return Err(anyhow::anyhow!("no MQTT 5 connection: {e}"))
+            }
+            None => return Err(anyhow::anyhow!("the connection ended")),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Whoever may publish a gateway's delta decides what it installs (within what signatures and
+/// `[device] properties` accept): warns when clients without credentials are let in, or when
+/// this device's own account may publish another device's delta (no ACL).
+async fn check_who_may_publish(r: &mut Report, config: &Config, device: &str, wait: Duration) {
+    const FIX: &str = "in mosquitto.conf: allow_anonymous false, a password_file, and an acl_file \
+        like /usr/share/doc/sandstep/examples/mosquitto.acl (only the replica and operators \
+        write desired state)";
+    let url = &config.mqtt.url;
+    let mut anonymous = config.mqtt.clone();
+    anonymous.username = None;
+    anonymous.password = None;
+    anonymous.client_cert = None;
+    anonymous.client_key = None;
+    let anon_id = format!("{device}-doctor-anon");
+    match tokio::time::timeout(wait, first_answer(&anonymous, &anon_id)).await {
+        Ok(Ok(())) => r.warn(
+            "anonymous clients",
+            format!("{url} lets clients in without credentials: anyone who reaches it may publish desired state unless its ACL forbids it"),
+            FIX,
         ),
-        Err(_) => r.fail(
-            "broker",
-            format!("{url}: no answer within {timeout} s"),
-            "start the broker, or correct [mqtt] url (a firewall may drop the connection)",
+        _ => r.ok("anonymous clients", "refused"),
+    }
+    // A device id no gateway has: the probe's `{}` reaches no agent.
+    let probe = "sandstep-doctor-probe";
+    let topics = config.agent.topics.topics();
+    let topic = sandstep_model::shadow::Topics::for_device(&topics.delta, probe);
+    let acl_id = format!("{device}-doctor-acl");
+    match tokio::time::timeout(wait, try_publish(&config.mqtt, &acl_id, &topic)).await {
+        Ok(Ok(Some(why))) => r.ok(
+            "delta topics",
+            format!("this device's account may not publish another device's delta ({why})"),
+        ),
+        Ok(Ok(None)) => r.warn(
+            "delta topics",
+            format!("this device's account may publish another device's delta ({topic}): without an ACL any account can tell any gateway what to install"),
+            FIX,
+        ),
+        Ok(Err(e)) => r.warn(
+            "delta topics",
+            format!("cannot tell who may publish deltas: {e:#}"),
+            "use a broker that speaks MQTT 5 (mosquitto 2) so refusals can be seen, and check its ACL by hand",
+        ),
+        Err(_) => r.warn(
+            "delta topics",
+            format!("cannot tell who may publish deltas: no answer within {} s", wait.as_secs()),
+            "check the broker's ACL by hand",
         ),
     }
 }

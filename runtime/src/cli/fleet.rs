@@ -172,7 +172,11 @@ async fn publish_desired(common: &Common, devices: &[String], desired: Value) ->
                 }
                 sent = true;
             }
-            Ok(Some(MqttEvent::PubAck)) => pending -= 1,
+            Ok(Some(MqttEvent::PubAck { refused: Some(why) })) => bail!(
+                "broker {}: it refused the publish ({why}); check its ACL for this account",
+                config.mqtt.url
+            ),
+            Ok(Some(MqttEvent::PubAck { refused: None })) => pending -= 1,
             Ok(Some(MqttEvent::Disconnected(e))) => bail!("broker {}: {e}", config.mqtt.url),
             Ok(Some(_)) => {}
         }

@@ -626,7 +626,7 @@ fn malformed_and_oversized_desired_documents_are_reported_and_the_agent_carries_
                             .await
                             .unwrap();
                     }
-                    sandstep::mqtt::MqttEvent::PubAck => break,
+                    sandstep::mqtt::MqttEvent::PubAck { .. } => break,
                     _ => {}
                 }
             }
@@ -898,10 +898,9 @@ async fn collect(client: &mut sandstep::mqtt::Mqtt, wait: Duration) -> Vec<(Stri
     seen
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_example_acl_keeps_each_device_to_its_own_topics() {
-    // examples/mosquitto.acl on a real mosquitto: a device cannot publish desired state for
-    // another device, and anonymous clients are refused.
+/// A mosquitto with examples/mosquitto.acl, no anonymous access, and accounts `gw-1` (pw-1)
+/// and `sandstep-replica` (pw-r). The temporary dir holds its password file.
+fn acl_broker() -> Option<(Broker, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let passwd = dir.path().join("passwd");
     for (user, pass, create) in [("gw-1", "pw-1", true), ("sandstep-replica", "pw-r", false)] {
@@ -918,11 +917,19 @@ async fn the_example_acl_keeps_each_device_to_its_own_topics() {
             .success());
     }
     let acl = crate::support::repo_root().join("examples/mosquitto.acl");
-    let Some(broker) = Broker::start_with(&format!(
+    let broker = Broker::start_with(&format!(
         "allow_anonymous false\npassword_file {}\nacl_file {}\n",
         passwd.display(),
         acl.display()
-    )) else {
+    ))?;
+    Some((broker, dir))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_acl_keeps_each_device_to_its_own_topics() {
+    // examples/mosquitto.acl on a real mosquitto: a device cannot publish desired state for
+    // another device, and anonymous clients are refused.
+    let Some((broker, _dir)) = acl_broker() else {
         return;
     };
     let cfg = |user: Option<(&str, &str)>| sandstep::mqtt::MqttConfig {
@@ -952,7 +959,7 @@ async fn the_example_acl_keeps_each_device_to_its_own_topics() {
                         .unwrap();
                 }
             }
-            sandstep::mqtt::MqttEvent::PubAck => acked += 1,
+            sandstep::mqtt::MqttEvent::PubAck { .. } => acked += 1,
             _ => {}
         }
     }
@@ -973,5 +980,57 @@ async fn the_example_acl_keeps_each_device_to_its_own_topics() {
     assert!(
         matches!(first, Some(sandstep::mqtt::MqttEvent::Disconnected(_))),
         "{first:?}"
+    );
+}
+
+/// `sandstep doctor`'s output for a gateway `gw-1` on `port` (with `account`, if any).
+fn doctor(port: u16, account: Option<(&str, &str)>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let creds = account
+        .map(|(u, p)| format!("username = \"{u}\"\npassword = \"{p}\"\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ndevice-id = \"gw-1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n{creds}"
+        ),
+    )
+    .unwrap();
+    let out = crate::cli::sandstep()
+        .arg("doctor")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn doctor_warns_when_anyone_may_publish_desired_state() {
+    // A broker that lets anyone in and has no ACL.
+    let Some(open) = Broker::start() else {
+        return;
+    };
+    let out = doctor(open.port, None);
+    assert!(out.contains("warn  anonymous clients: "), "{out}");
+    assert!(
+        out.contains(
+            "warn  delta topics: this device's account may publish another device's delta"
+        ),
+        "{out}"
+    );
+    // The shipped ACL: anonymous clients refused, and a device's account cannot publish
+    // another device's delta (mosquitto says so in its MQTT 5 PUBACK).
+    let Some((closed, _dir)) = acl_broker() else {
+        return;
+    };
+    let out = doctor(closed.port, Some(("gw-1", "pw-1")));
+    assert!(out.contains("ok    anonymous clients: refused"), "{out}");
+    assert!(
+        out.contains("ok    delta topics: this device's account may not publish another device's delta (NotAuthorized)"),
+        "{out}"
     );
 }
