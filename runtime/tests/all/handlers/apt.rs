@@ -37,8 +37,19 @@ fn can_run() -> bool {
 
 /// Builds `<PKG>_<version>_all.deb` installing /usr/share/<PKG>/hello.txt.
 fn build_deb(dir: &Path, version: &str) -> Vec<u8> {
+    build_deb_with(dir, version, None)
+}
+
+/// As [`build_deb`], with a `postinst` maintainer script.
+fn build_deb_with(dir: &Path, version: &str, postinst: Option<&str>) -> Vec<u8> {
     let root = dir.join(format!("pkg-{version}"));
     std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    if let Some(script) = postinst {
+        use std::os::unix::fs::PermissionsExt;
+        let path = root.join("DEBIAN/postinst");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     std::fs::create_dir_all(root.join(format!("usr/share/{PKG}"))).unwrap();
     std::fs::write(
         root.join("DEBIAN/control"),
@@ -281,4 +292,112 @@ async fn a_failing_apt_get_reports_its_status_and_output() {
         "{}",
         out.result.result_details
     );
+}
+
+fn dpkg_status() -> String {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", PKG])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The process group of the first process whose command line holds `marker`.
+fn group_of(marker: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        if !String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(marker)
+        {
+            return None;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn a_dpkg_transaction_cut_by_a_crash_is_repaired_before_the_step_runs_again() {
+    if !can_run() {
+        return;
+    }
+    let _lock = DPKG.blocking_lock();
+    purge();
+    let build = tempfile::tempdir().unwrap();
+    let mark = build.path().join("configured-once");
+    // The first configure hangs (so the crash lands inside dpkg's transaction); later ones pass.
+    let postinst = format!(
+        "#!/bin/sh\nif [ ! -e {m} ]; then touch {m}; exec sleep 60.0917; fi\nexit 0\n",
+        m = mark.display()
+    );
+    let deb = (
+        format!("{PKG}_1.0_all.deb"),
+        build_deb_with(build.path(), "1.0", Some(&postinst)),
+    );
+    let mut env = Env::new();
+    env.install(APT, "apt");
+    let m = apt_step(
+        &mut env,
+        "crash",
+        json!([{"name": PKG, "version": "1.0"}]),
+        std::slice::from_ref(&deb),
+        false,
+        Some("hello-crash"),
+    );
+    let manifest = build.path().join("manifest.json");
+    std::fs::write(&manifest, m).unwrap();
+    let config = build.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let result = build.path().join("result.json");
+    let agent = || {
+        let mut c = crate::cli::sandstep();
+        c.arg("run")
+            .arg(&manifest)
+            .arg("--allow-unsigned")
+            .arg("--files")
+            .arg(env.files.path())
+            .arg("--data-dir")
+            .arg(env.data.path())
+            .arg("--config")
+            .arg(&config)
+            .arg("--result-file")
+            .arg(&result)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    let mut first = agent().spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let group = loop {
+        if let Some(g) = group_of("sleep 60.0917") {
+            break g;
+        }
+        assert!(std::time::Instant::now() < deadline, "postinst never ran");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // A power cut: the agent and apt-get's whole transaction die at once.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // SAFETY: signalling the process group of the apt-get this test started.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    assert!(crate::process::wait_gone("sleep 60.0917"));
+    assert_eq!(dpkg_status(), "half-configured", "dpkg was interrupted");
+
+    let status = agent().status().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    assert!(status.success(), "{status:?} {r:#}");
+    assert_eq!(dpkg_status(), "installed");
+    assert_eq!(installed_version().as_deref(), Some("1.0"));
+    let details = r["resultDetails"].as_str().unwrap();
+    assert!(
+        details.contains("`/usr/bin/apt-get` of handler microsoft/apt:1 was interrupted")
+            && details.contains("`/usr/bin/dpkg --configure -a` repaired what it left"),
+        "{details}"
+    );
+    purge();
 }
