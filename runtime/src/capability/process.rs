@@ -12,7 +12,6 @@
 use super::arg_grammar::{ArgForm, StepDirs};
 use super::ledger::{self, Entry, ProgramLedger};
 use crate::bindings::process::{self, Command, Error as WitError, Output};
-use crate::sandbox::store::HostState;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -125,6 +124,22 @@ pub const MAX_ARG_BYTES: usize = 32 << 10;
 pub const MAX_TOTAL_ARG_BYTES: usize = 256 << 10;
 
 impl ProcessCtx {
+    /// The capability's state for one step of `handler_id`: its policy, the step's directories
+    /// (`/payload`, `/work`, `/state` first) and the ledger running programs are recorded in.
+    pub fn for_step(
+        policy: ProcessPolicy,
+        handler_id: &str,
+        dirs: Vec<MappedDir>,
+        ledger: Option<Arc<ProgramLedger>>,
+    ) -> Self {
+        ProcessCtx {
+            policy,
+            handler_id: handler_id.to_owned(),
+            dirs,
+            ledger,
+        }
+    }
+
     fn dirs_list(&self) -> String {
         self.dirs
             .iter()
@@ -487,7 +502,7 @@ impl ProcessCtx {
 }
 
 /// The view the generated bindings call into.
-pub struct ProcessView<'a>(&'a mut ProcessCtx);
+pub struct ProcessView<'a>(pub &'a mut ProcessCtx);
 
 impl process::Host for ProcessView<'_> {
     async fn run(&mut self, cmd: Command) -> wasmtime::Result<Result<Output, WitError>> {
@@ -517,15 +532,13 @@ impl HasData for HasProcess {
     type Data<'a> = ProcessView<'a>;
 }
 
-/// Links `process`; only called for handlers granted it.
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    process::add_to_linker::<HostState, HasProcess>(linker, |s| {
-        ProcessView(
-            s.process
-                .as_mut()
-                .expect("process is linked only into stores that were granted it"),
-        )
-    })
+/// Links `process`; only called for handlers granted it. `get` finds the capability's state in
+/// the store's data.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> ProcessView<'_>,
+) -> wasmtime::Result<()> {
+    process::add_to_linker::<T, HasProcess>(linker, get)
 }
 
 #[cfg(test)]

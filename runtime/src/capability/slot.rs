@@ -10,9 +10,9 @@
 //! `slot_a_bad` / `slot_b_bad`, and sandstep's `selected_boot_id` (the boot id when the other slot
 //! was selected, so a later state can say whether the system rebooted since).
 
+use super::host::{CallTags, EventSink, HandlerEvent};
 use crate::bindings::slot::{self, Error as WitError, SlotName, SlotState, Written};
 use crate::digest::Sha256;
-use crate::sandbox::store::{CallTags, EventSink, HandlerEvent, HostState};
 use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -126,6 +126,23 @@ pub struct SlotCtx {
     pub payload: Dir,
     pub events: Option<EventSink>,
     pub tags: Arc<CallTags>,
+}
+
+impl SlotCtx {
+    /// The capability's state for one step: images come from its `payload`, progress goes where
+    /// the host capability sends events.
+    pub fn for_step(
+        grant: SlotGrant,
+        payload: &Dir,
+        host: &super::host::HostCtx,
+    ) -> std::io::Result<Self> {
+        Ok(SlotCtx {
+            grant,
+            payload: payload.try_clone()?,
+            events: host.events.clone(),
+            tags: host.tags.clone(),
+        })
+    }
 }
 
 fn name(s: SlotName) -> &'static str {
@@ -425,7 +442,7 @@ impl SlotCtx {
 }
 
 /// The view the generated bindings call into.
-pub struct SlotView<'a>(&'a mut SlotCtx);
+pub struct SlotView<'a>(pub &'a mut SlotCtx);
 
 impl slot::Host for SlotView<'_> {
     async fn state(&mut self) -> wasmtime::Result<Result<SlotState, WitError>> {
@@ -508,15 +525,13 @@ impl HasData for HasSlot {
     type Data<'a> = SlotView<'a>;
 }
 
-/// Links `slot`; only called for handlers granted it.
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    slot::add_to_linker::<HostState, HasSlot>(linker, |s| {
-        SlotView(
-            s.slot
-                .as_mut()
-                .expect("slot is linked only into stores that were granted it"),
-        )
-    })
+/// Links `slot`; only called for handlers granted it. `get` finds the capability's state in
+/// the store's data.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> SlotView<'_>,
+) -> wasmtime::Result<()> {
+    slot::add_to_linker::<T, HasSlot>(linker, get)
 }
 
 #[cfg(test)]

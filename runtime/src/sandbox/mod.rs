@@ -24,7 +24,10 @@ pub use limits::{LimitExceeded, Limits};
 pub use session::Session;
 pub use store::{CallTags, EventSink, HandlerEvent, LogLevel};
 
+use crate::capability::host::HostView;
 use crate::capability::ledger::{ProgramLedger, Recovered};
+use crate::capability::process::ProcessView;
+use crate::capability::slot::SlotView;
 use crate::capability::{self, classify_import, Capability, Grants, ImportKind};
 use crate::digest::Sha256;
 use cap_std::fs::Dir;
@@ -140,6 +143,9 @@ impl HandlerComponent {
         Ok(())
     }
 }
+
+/// A capability is linked only into stores whose handler was granted it.
+const GRANTED: &str = "a capability is linked only for stores granted it";
 
 /// The engine, its ticker, the precompiled cache and the linkers.
 pub struct Sandbox {
@@ -307,12 +313,16 @@ impl Sandbox {
         let mut linker = Linker::new(&self.engine);
         let build = |linker: &mut Linker<store::HostState>| -> wasmtime::Result<()> {
             wasmtime_wasi::p2::add_to_linker_async(linker)?;
-            capability::host::add_to_linker(linker)?;
+            capability::host::add_to_linker(linker, |s| HostView(&mut s.host))?;
             if granted.contains(&Capability::Process) {
-                capability::process::add_to_linker(linker)?;
+                capability::process::add_to_linker(linker, |s| {
+                    ProcessView(s.process.as_mut().expect(GRANTED))
+                })?;
             }
             if granted.contains(&Capability::Slot) {
-                capability::slot::add_to_linker(linker)?;
+                capability::slot::add_to_linker(linker, |s| {
+                    SlotView(s.slot.as_mut().expect(GRANTED))
+                })?;
             }
             Ok(())
         };

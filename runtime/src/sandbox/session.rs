@@ -3,9 +3,10 @@
 use super::limits::{LimitExceeded, Limits, StoreLimiter};
 use super::output::GuestOutput;
 use super::quota;
-use super::store::{CallTags, HostState, RateLimit, LOG_BURST, LOG_PER_SEC};
+use super::store::{CallTags, HostState};
 use super::{HandlerComponent, Sandbox, SandboxError, SessionSetup};
 use crate::bindings::{self, All, AllPre};
+use crate::capability::host::{HostCtx, LOG_BURST, LOG_PER_SEC};
 use crate::capability::process::{MappedDir, ProcessCtx};
 use crate::capability::slot::SlotCtx;
 use crate::capability::Capability;
@@ -61,104 +62,36 @@ impl Sandbox {
             handler: handler_id.clone(),
             reason,
         };
-
         let metered = Arc::new(metered(&dirs, &limits).map_err(setup_err)?);
         let tags = Arc::new(tags);
-        let mut wasi = WasiCtx::builder();
-        // Filesystem calls run inline: faster than a blocking-pool hop, and the store's future
-        // still yields on every epoch tick. Must be set before the preopens are added.
-        wasi.allow_blocking_current_thread(true)
-            .stdout(GuestOutput::new(tags.clone(), "stdout"))
-            .stderr(GuestOutput::new(tags.clone(), "stderr"))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        let mut mapped = Vec::new();
-        for p in dirs.all() {
-            let perms = if p.writable() {
-                FsPerms::ReadWrite
-            } else {
-                FsPerms::ReadOnly
-            };
-            wasi.preopened_dir(p.fd_path(), p.guest_path(), perms)
-                .map_err(|e| setup_err(format!("preopen {}: {e}", p.guest_path())))?;
-            mapped.push(MappedDir {
-                guest: p.guest_path().to_owned(),
-                host: p
-                    .host_path()
-                    .map_err(|e| setup_err(format!("locate {}: {e}", p.guest_path())))?,
-            });
-        }
-
+        let (wasi, mapped) = wasi_ctx(&dirs, &tags).map_err(setup_err)?;
+        let host = HostCtx::new(tags, events);
         let slot = match grants.slot {
-            Some(grant) => Some(SlotCtx {
-                grant,
-                payload: dirs
-                    .payload
-                    .dir()
-                    .try_clone()
+            Some(grant) => Some(
+                SlotCtx::for_step(grant, dirs.payload.dir(), &host)
                     .map_err(|e| setup_err(format!("payload handle: {e}")))?,
-                events: events.clone(),
-                tags: tags.clone(),
-            }),
+            ),
             None => None,
         };
-        let process = grants.process.map(|policy| ProcessCtx {
-            policy,
-            handler_id: handler_id.clone(),
-            dirs: mapped,
-            ledger: self.ledger.clone(),
-        });
+        let process = grants
+            .process
+            .map(|policy| ProcessCtx::for_step(policy, &handler_id, mapped, self.ledger.clone()));
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.open_handles);
         let state = HostState {
-            wasi: wasi.build(),
+            wasi,
             table,
             limiter: StoreLimiter::new(limits.memory_bytes),
-            tags,
-            events,
             deadline: None,
-            log_limit: RateLimit::new(LOG_BURST, LOG_PER_SEC),
-            logs_dropped: 0,
-            last_progress: None,
-            progress_dropped: 0,
-            last_panic: None,
+            host,
             process,
             slot,
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_callback(|ctx| match ctx.data().deadline {
-            Some((at, action, limit)) if Instant::now() >= at => {
-                Err(wasmtime::Error::new(LimitExceeded::Time { action, limit }))
-            }
-            // Yield to tokio on every tick, so signals, MQTT and cancellation stay live.
-            _ => Ok(UpdateDeadline::Yield(1)),
-        });
-        store.set_epoch_deadline(1);
-
-        let granted = handler.capabilities();
-        let linker = self.linker(granted)?;
-        let pre = linker
-            .instantiate_pre(&handler.component)
-            .and_then(AllPre::new)
-            .map_err(|e| SandboxError::NotAHandler {
-                handler: handler_id.clone(),
-                reason: format!("{e:#}"),
-            })?;
-
-        // Instantiation runs the component's initializers: it is held to the is-installed limit.
-        let _active = self.ticker.active();
-        store.data_mut().deadline = Some((
-            Instant::now() + limits.is_installed,
-            Action::IsInstalled,
-            limits.is_installed,
-        ));
-        let instance = pre.instantiate_async(&mut store).await.map_err(|e| {
-            let r = describe_failure(&e, &store, &handler_id, "instantiation");
-            setup_err(r.result_details)
-        })?;
-        store.data_mut().deadline = None;
+        let mut store = self.new_store(state);
+        let instance = self
+            .instantiate(handler, &handler_id, &mut store, &limits)
+            .await
+            .map_err(setup_err)?;
         Ok(Session {
             store,
             instance,
@@ -169,6 +102,85 @@ impl Sandbox {
             broken: None,
         })
     }
+
+    /// A store with the memory limiter and the epoch deadline check.
+    fn new_store(&self, state: HostState) -> Store<HostState> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|ctx| match ctx.data().deadline {
+            Some((at, action, limit)) if Instant::now() >= at => {
+                Err(wasmtime::Error::new(LimitExceeded::Time { action, limit }))
+            }
+            // Yield to tokio on every tick, so signals, MQTT and cancellation stay live.
+            _ => Ok(UpdateDeadline::Yield(1)),
+        });
+        store.set_epoch_deadline(1);
+        store
+    }
+
+    /// Instantiates the component with the linker of its granted capabilities. Instantiation
+    /// runs the component's initializers: it is held to the is-installed limit.
+    async fn instantiate(
+        &self,
+        handler: &HandlerComponent,
+        handler_id: &str,
+        store: &mut Store<HostState>,
+        limits: &Limits,
+    ) -> Result<All, String> {
+        let linker = self
+            .linker(handler.capabilities())
+            .map_err(|e| e.to_string())?;
+        let pre = linker
+            .instantiate_pre(&handler.component)
+            .and_then(AllPre::new)
+            .map_err(|e| format!("not a handler: {e:#}"))?;
+        let _active = self.ticker.active();
+        store.data_mut().deadline = Some((
+            Instant::now() + limits.is_installed,
+            Action::IsInstalled,
+            limits.is_installed,
+        ));
+        let instance = pre
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(|e| describe_failure(&e, store, handler_id, "instantiation").result_details);
+        store.data_mut().deadline = None;
+        instance
+    }
+}
+
+/// The WASI context over the step's directories (no sockets, output re-emitted as log events),
+/// and the directories as the process capability sees them.
+fn wasi_ctx(
+    dirs: &super::dirs::StepDirs,
+    tags: &Arc<CallTags>,
+) -> Result<(WasiCtx, Vec<MappedDir>), String> {
+    let mut wasi = WasiCtx::builder();
+    // Filesystem calls run inline: faster than a blocking-pool hop, and the store's future
+    // still yields on every epoch tick. Must be set before the preopens are added.
+    wasi.allow_blocking_current_thread(true)
+        .stdout(GuestOutput::new(tags.clone(), "stdout"))
+        .stderr(GuestOutput::new(tags.clone(), "stderr"))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    let mut mapped = Vec::new();
+    for p in dirs.all() {
+        let perms = if p.writable() {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        wasi.preopened_dir(p.fd_path(), p.guest_path(), perms)
+            .map_err(|e| format!("preopen {}: {e}", p.guest_path()))?;
+        mapped.push(MappedDir {
+            guest: p.guest_path().to_owned(),
+            host: p
+                .host_path()
+                .map_err(|e| format!("locate {}: {e}", p.guest_path()))?,
+        });
+    }
+    Ok((wasi.build(), mapped))
 }
 
 impl Session {
@@ -179,7 +191,7 @@ impl Session {
 
     /// The call tags of this session.
     pub fn tags(&self) -> &CallTags {
-        &self.store.data().tags
+        &self.store.data().host.tags
     }
 
     /// Runs one lifecycle call under the action's time limit. Never fails: limits, traps and
@@ -202,7 +214,7 @@ impl Session {
         let wit_ctx = to_wit(ctx);
         let limit = self.limits.time_limit(action);
         self.store.data_mut().deadline = Some((Instant::now() + limit, action, limit));
-        self.store.data_mut().last_panic = None;
+        self.store.data_mut().host.clear_panic();
         let _active = self.ticker.active();
 
         let lifecycle = self.instance.sandstep_handler_lifecycle();
@@ -305,16 +317,14 @@ impl Session {
     }
 
     fn report_dropped_logs(&mut self) {
-        let data = self.store.data_mut();
-        if data.logs_dropped > 0 || data.progress_dropped > 0 {
+        let host = &mut self.store.data_mut().host;
+        let (logs, progress) = host.take_dropped();
+        if logs > 0 || progress > 0 {
             tracing::warn!(
-                handler = %data.tags.handler_id, step = %data.tags.step,
-                "dropped {} log lines past the limit ({LOG_BURST} at once, then {LOG_PER_SEC}/s) \
-                 and {} progress calls closer than 100 ms",
-                data.logs_dropped, data.progress_dropped
+                handler = %host.tags.handler_id, step = %host.tags.step,
+                "dropped {logs} log lines past the limit ({LOG_BURST} at once, then {LOG_PER_SEC}/s) \
+                 and {progress} progress calls closer than 100 ms",
             );
-            data.logs_dropped = 0;
-            data.progress_dropped = 0;
         }
     }
 
@@ -441,8 +451,8 @@ fn describe_failure(
     }
     let panic = store
         .data()
-        .last_panic
-        .as_deref()
+        .host
+        .last_panic()
         .map(|p| format!(" ({p})"))
         .unwrap_or_default();
     let cause = match e.downcast_ref::<Trap>() {
