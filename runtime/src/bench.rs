@@ -445,7 +445,13 @@ pub async fn many_steps(
     let deployer = Deployer::new(sandbox, data, config.clone()).expect("deployer");
     deployer
         .loader()
-        .install("bench/probe:1", signed_probe.to_vec(), "probe", &config, 0)
+        .install(
+            "bench/probe:1",
+            signed_probe.to_vec(),
+            "probe",
+            &config.policy(),
+            0,
+        )
         .await
         .expect("install");
     let files = t.path().join("files");

@@ -4,12 +4,11 @@
 //! without a `[handlers."<id>"]` table gets no capability beyond the base world, and default
 //! limits. See `examples/config.toml` for a commented example.
 
-use crate::capability::process::ProcessPolicy;
-use crate::capability::{Capability, Grants};
 use crate::download::DownloadConfig;
+use crate::policy::{default_policies, HandlerPolicy, Policy};
 use crate::sandbox::Limits;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The whole configuration. `Config::default()` is what an empty file gives: default settings
@@ -46,19 +45,6 @@ pub struct ShadowConfig {
     pub database: Option<PathBuf>,
 }
 
-/// The built-in policy of the default handlers (`default-policy.toml`).
-pub fn default_policies() -> BTreeMap<String, HandlerPolicy> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct PolicyFile {
-        handlers: BTreeMap<String, HandlerPolicy>,
-    }
-    // Not parsed as a `Config`: its serde default is this very function.
-    toml::from_str::<PolicyFile>(include_str!("default-policy.toml"))
-        .expect("the built-in policy is valid (tested)")
-        .handlers
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -74,75 +60,6 @@ impl Default for Config {
             device: Default::default(),
         }
     }
-}
-
-/// What one handler id is granted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct HandlerPolicy {
-    /// Capability interfaces granted (`process`, `slot`).
-    pub capabilities: BTreeSet<Capability>,
-    /// Limits replacing the defaults for this handler.
-    pub limits: Option<Limits>,
-    /// The process capability's programs and rules (when `process` is granted).
-    pub process: Option<ProcessPolicy>,
-    /// The slot capability's slots and boot control (when `slot` is granted).
-    pub slot: Option<crate::capability::slot::SlotPolicy>,
-    /// Extra host directories preopened for this handler.
-    pub dirs: Vec<ExtraDir>,
-    /// Component properties that may be mapped in as directories, for the selected component
-    /// only (component-aware handlers).
-    pub component_dirs: Vec<ComponentDir>,
-    /// Put a copy of each verified payload file in the step's work folder before the handler
-    /// runs, as ADU's agent downloads a step's files into the folder it passes as
-    /// `--work-folder` (its script handler's scripts copy `<work-folder>/<file>`). A copy, never
-    /// a link: what a program does to it cannot reach the store, another step, or a later run.
-    pub payload_in_work: bool,
-}
-
-/// A host directory the policy hands to a handler.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ExtraDir {
-    /// Absolute host path.
-    pub host: PathBuf,
-    /// Where the handler sees it (absolute, not /payload, /work or /state).
-    pub guest: String,
-    #[serde(default)]
-    pub writable: bool,
-}
-
-/// A component property (such as `path`) whose value, a host directory, is mapped in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ComponentDir {
-    /// The property name in the inventory (`properties.<name>`).
-    pub property: String,
-    /// Where the handler sees the directory.
-    pub guest: String,
-    #[serde(default)]
-    pub writable: bool,
-    /// The directory must lie under this host path (after resolving symlinks).
-    pub under: PathBuf,
-}
-
-fn check_guest_path(guest: &str) -> Result<(), String> {
-    if !guest.starts_with('/') || guest == "/" {
-        return Err(format!(
-            "guest path `{guest}` must be an absolute directory like /data"
-        ));
-    }
-    if guest.split('/').any(|p| p == ".." || p == ".") {
-        return Err(format!("guest path `{guest}` must not contain `.` or `..`"));
-    }
-    for reserved in ["/payload", "/work", "/state"] {
-        if guest == reserved || guest.starts_with(&format!("{reserved}/")) {
-            return Err(format!(
-                "guest path `{guest}` is inside {reserved}, which sandstep provides"
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Why the configuration was refused.
@@ -184,94 +101,43 @@ impl Config {
         for (id, policy) in default_policies() {
             config.handlers.entry(id).or_insert(policy);
         }
-        config.validate(origin)?;
+        config
+            .policy()
+            .validate()
+            .map_err(|e| ConfigError::Policy {
+                path: origin.to_owned(),
+                id: e.id,
+                rule: e.rule,
+            })?;
         Ok(config)
     }
 
-    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        for (id, p) in &self.handlers {
-            let err = |rule: String| ConfigError::Policy {
-                path: origin.to_owned(),
-                id: id.clone(),
-                rule,
-            };
-            if !sandstep_model::manifest::is_handler_id(id) {
-                return Err(err("not a handler id (vendor/name:version)".into()));
-            }
-            if p.process.is_some() && !p.capabilities.contains(&Capability::Process) {
-                return Err(err(
-                    "has a [process] table but `process` is not in capabilities".into(),
-                ));
-            }
-            for d in &p.dirs {
-                check_guest_path(&d.guest).map_err(|r| err(format!("dirs: {r}")))?;
-                if !d.host.is_absolute() {
-                    return Err(err(format!(
-                        "dirs: host path `{}` must be absolute",
-                        d.host.display()
-                    )));
-                }
-            }
-            for d in &p.component_dirs {
-                check_guest_path(&d.guest).map_err(|r| err(format!("component-dirs: {r}")))?;
-                if !d.under.is_absolute() {
-                    return Err(err(format!(
-                        "component-dirs: `under` path `{}` must be absolute",
-                        d.under.display()
-                    )));
-                }
-            }
-            if let Some(pp) = &p.process {
-                for prog in &pp.programs {
-                    if !prog.path.starts_with('/') {
-                        return Err(err(format!(
-                            "process program `{}` must be an absolute path",
-                            prog.path
-                        )));
-                    }
-                    if prog.recover.first().is_some_and(|r| !r.starts_with('/')) {
-                        return Err(err(format!(
-                            "process program `{}`: its `recover` command must start with an \
-                             absolute path",
-                            prog.path
-                        )));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The capabilities and policies granted to `handler_id`.
-    pub fn grants(&self, handler_id: &str) -> Grants {
-        let Some(p) = self.handlers.get(handler_id) else {
-            return Grants::default();
-        };
-        Grants {
-            process: p
-                .capabilities
-                .contains(&Capability::Process)
-                .then(|| p.process.clone().unwrap_or_default()),
-            slot: p.capabilities.contains(&Capability::Slot).then(|| {
-                crate::capability::slot::SlotGrant {
-                    policy: p.slot.clone(),
-                    handler_id: handler_id.to_owned(),
-                }
-            }),
+    /// The per-handler policy (`[limits]` and `[handlers]`).
+    pub fn policy(&self) -> Policy {
+        Policy {
+            defaults: self.limits.clone(),
+            handlers: self.handlers.clone(),
         }
     }
 
-    /// The policy table for `handler_id`, if any.
-    pub fn policy(&self, handler_id: &str) -> Option<&HandlerPolicy> {
-        self.handlers.get(handler_id)
+    /// What the deployment engine needs (also as `Config: Into<workflow::Settings>`).
+    pub fn deploy_settings(&self) -> crate::workflow::Settings {
+        crate::workflow::Settings {
+            download: self.download.clone(),
+            trust: self.trust.clone(),
+            policy: self.policy(),
+            device: self.device.clone(),
+        }
     }
 
-    /// The limits for `handler_id`.
-    pub fn limits(&self, handler_id: &str) -> Limits {
-        self.handlers
-            .get(handler_id)
-            .and_then(|p| p.limits.clone())
-            .unwrap_or_else(|| self.limits.clone())
+    /// What the agent needs.
+    pub fn agent_settings(&self) -> crate::agent::Settings {
+        crate::agent::Settings {
+            agent: self.agent.clone(),
+            mqtt: self.mqtt.clone(),
+            http_poll: self.http_poll.clone(),
+            deploy: self.deploy_settings(),
+        }
     }
 }
 
@@ -283,13 +149,14 @@ mod tests {
     fn an_empty_config_gives_defaults_and_no_grants() {
         let c = Config::parse("", "test").unwrap();
         assert_eq!(c, Config::default());
-        assert!(c.grants("anything/x:1").process.is_none());
+        assert!(c.policy().grants("anything/x:1").process.is_none());
     }
 
     #[test]
     fn the_default_handlers_have_their_built_in_policy_unless_overridden() {
         let c = Config::default();
         let script = c
+            .policy()
             .grants("microsoft/script:1")
             .process
             .expect("script may run programs");
@@ -310,7 +177,7 @@ mod tests {
                     == Some(&crate::capability::arg_grammar::Slot::PayloadFile { suffix: None }))));
         // apt-get is never cut short, and an interrupted run is repaired by dpkg at the next start.
         for id in ["microsoft/apt:1", "sandstep/apt:1"] {
-            let apt = c.grants(id).process.expect("apt may run programs");
+            let apt = c.policy().grants(id).process.expect("apt may run programs");
             let get = apt.programs.iter().find(|p| p.path == "/usr/bin/apt-get");
             let get = get.expect("apt-get is allowed");
             assert!(get.finish_on_cancel);
@@ -318,7 +185,7 @@ mod tests {
         }
         let off = Config::parse("[handlers.\"microsoft/script:1\"]\n", "t").unwrap();
         assert!(
-            off.grants("microsoft/script:1").process.is_none(),
+            off.policy().grants("microsoft/script:1").process.is_none(),
             "an explicit table replaces the default"
         );
     }
@@ -337,9 +204,9 @@ mod tests {
             "test",
         )
         .unwrap();
-        let g = c.grants("microsoft/script:1");
+        let g = c.policy().grants("microsoft/script:1");
         assert_eq!(g.process.unwrap().programs[0].path, "/bin/sh");
-        let l = c.limits("microsoft/script:1");
+        let l = c.policy().limits("microsoft/script:1");
         assert_eq!(l.memory_bytes, 1 << 20);
         assert_eq!(l.install, std::time::Duration::from_secs(5));
         assert_eq!(l.apply, Limits::default().apply);
@@ -398,5 +265,17 @@ mod example_tests {
             "the example shows the defaults"
         );
         assert_eq!(c.download, crate::download::DownloadConfig::default());
+    }
+}
+
+impl From<Config> for crate::workflow::Settings {
+    fn from(c: Config) -> Self {
+        c.deploy_settings()
+    }
+}
+
+impl From<Config> for crate::agent::Settings {
+    fn from(c: Config) -> Self {
+        c.agent_settings()
     }
 }

@@ -14,9 +14,11 @@
 //! - [`workflow`]: deployments as persisted state machines: plan, journal, units, results.
 //! - [`download`]: verified, resumable downloads into a content-addressed store.
 //! - [`digest`]: the accelerated sha256 of the data path.
+//! - [`clock`]: wall-clock timestamps (limits use the monotonic clock).
 //! - [`registry`]: which component serves which handler id.
 //! - [`loader`]: registry -> signature check -> compiled component -> policy check, on every load.
-//! - [`config`]: the TOML configuration and per-handler policy.
+//! - [`config`]: the TOML configuration; it composes each subsystem's settings.
+//! - [`policy`]: per-handler grants, limits and mapped directories.
 //! - [`defaults`]: the default handlers and the ids they serve.
 //! - [`datadir`]: the data dir, reached through cap-std handles only.
 //! - [`fault`]: crash points for the fault-injection tests (a no-op in normal builds).
@@ -28,6 +30,7 @@ pub mod agent;
 pub mod bench;
 pub mod bindings;
 pub mod capability;
+pub mod clock;
 pub mod config;
 pub mod datadir;
 pub mod defaults;
@@ -38,6 +41,7 @@ pub mod fleet_sim;
 pub mod fuzzing;
 pub mod loader;
 pub mod mqtt;
+pub mod policy;
 pub mod registry;
 pub mod sandbox;
 pub mod shadow;

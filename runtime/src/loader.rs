@@ -7,7 +7,7 @@
 //! keyed by their verified digest, and on disk keyed by digest and engine (see
 //! [`crate::sandbox::cache`]), so an artefact is only ever used for the exact bytes that verified.
 
-use crate::config::Config;
+use crate::policy::Policy;
 use crate::registry::{Entry, Registry, RegistryError};
 use crate::sandbox::{HandlerComponent, Sandbox, SandboxError};
 use crate::trust::handler_sig::{self, HandlerSignatureError};
@@ -137,7 +137,7 @@ impl Loader {
         id: &str,
         bytes: Vec<u8>,
         source: &str,
-        config: &Config,
+        policy: &Policy,
         now_ms: u64,
     ) -> Result<(Entry, HandlerComponent), LoadError> {
         if !sandstep_model::manifest::is_handler_id(id) {
@@ -146,18 +146,18 @@ impl Loader {
         let signers = self.verify(id, &bytes)?;
         let digest = hex::encode(crate::digest::Sha256::digest(&bytes));
         let component = self.compile(id, bytes.clone(), &digest).await?;
-        component.check_imports(id, &config.grants(id))?;
+        component.check_imports(id, &policy.grants(id))?;
         let entry = self.registry.install(id, &bytes, source, signers, now_ms)?;
         Ok((entry, component))
     }
 
     /// Loads the registered handler for `id`: digest, signature and policy checked every time.
-    pub async fn load(&self, id: &str, config: &Config) -> Result<HandlerComponent, LoadError> {
+    pub async fn load(&self, id: &str, policy: &Policy) -> Result<HandlerComponent, LoadError> {
         let entry = self.registry.get(id)?;
         let bytes = self.registry.component_bytes(&entry)?;
         self.verify(id, &bytes)?;
         let component = self.compile(id, bytes, &entry.digest).await?;
-        component.check_imports(id, &config.grants(id))?;
+        component.check_imports(id, &policy.grants(id))?;
         Ok(component)
     }
 

@@ -258,7 +258,7 @@ pub async fn run(
                 if !valid_device_id(&device) {
                     continue;
                 }
-                let answers = apply(&store, topics, &device, &payload, crate::workflow::now_ms())?;
+                let answers = apply(&store, topics, &device, &payload, crate::clock::now_ms())?;
                 for a in answers {
                     conn.publish(&a.topic, a.payload.to_string().into_bytes(), a.retain)
                         .await?;

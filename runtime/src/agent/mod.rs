@@ -13,7 +13,6 @@ pub mod poll;
 pub mod report;
 
 use crate::capability::ledger::ProgramLedger;
-use crate::config::Config;
 use crate::datadir::{ensure_dir, write_atomic, DataDir};
 use crate::mqtt::{Mqtt, MqttEvent};
 use crate::sandbox::{EngineOptions, Sandbox};
@@ -193,9 +192,19 @@ struct Persisted {
     workflow: Option<Workflow>,
 }
 
+/// What the agent is configured with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub agent: AgentConfig,
+    pub mqtt: crate::mqtt::MqttConfig,
+    pub http_poll: Option<poll::HttpPollConfig>,
+    /// The deployment engine's.
+    pub deploy: crate::workflow::Settings,
+}
+
 /// The agent's shared parts.
 pub struct Agent {
-    config: Config,
+    settings: Settings,
     device: String,
     deployer: Arc<Deployer>,
     data: DataDir,
@@ -205,9 +214,13 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Sets up from the config and data dir.
-    pub fn new(config: Config, data_path: &std::path::Path) -> Result<Agent, AgentError> {
-        let device = config
+    /// Sets up from its settings (a `Config` converts) and the data dir.
+    pub fn new(
+        settings: impl Into<Settings>,
+        data_path: &std::path::Path,
+    ) -> Result<Agent, AgentError> {
+        let settings = settings.into();
+        let device = settings
             .agent
             .resolved_device_id()
             .map_err(AgentError::Config)?;
@@ -220,11 +233,11 @@ impl Agent {
         let deployer = Arc::new(Deployer::new(
             sandbox,
             DataDir::open(data_path)?,
-            config.clone(),
+            settings.deploy.clone(),
         )?);
-        let topics = config.agent.topics.topics();
+        let topics = settings.agent.topics.topics();
         Ok(Agent {
-            config,
+            settings,
             device,
             deployer,
             data,
@@ -279,7 +292,7 @@ impl Agent {
         }
         let mut m = Map::new();
         m.insert("deviceId".into(), json!(self.device));
-        m.insert("groups".into(), json!(self.config.agent.groups));
+        m.insert("groups".into(), json!(self.settings.agent.groups));
         m.insert(
             "agent".into(),
             json!({"version": env!("CARGO_PKG_VERSION"), "startedAt": now_ms()}),
@@ -306,7 +319,7 @@ impl Agent {
     /// The component inventory, when the gateway has one (without, reference steps run on the
     /// host, as in ADU without a component enumerator).
     fn inventory(&self) -> Result<Option<Inventory>, String> {
-        match &self.config.agent.inventory {
+        match &self.settings.agent.inventory {
             None => Ok(None),
             Some(p) => std::fs::read_to_string(p)
                 .map_err(|e| format!("inventory {}: {e}", p.display()))
@@ -461,27 +474,28 @@ pub(crate) fn deployment_of(fields: &Map<String, Value>) -> Option<Result<Deploy
 
 /// Runs the agent until shutdown, a reboot, or a restart request.
 pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit, AgentError> {
-    if agent.config.agent.source == SourceKind::HttpPoll {
+    if agent.settings.agent.source == SourceKind::HttpPoll {
         return poll::run(agent, shutdown).await;
     }
     let mut outbox = Outbox::open(ensure_dir(agent.data.root(), "outbox", 0o700)?)?;
     let client_id = agent
-        .config
+        .settings
         .mqtt
         .client_id
         .clone()
         .unwrap_or_else(|| agent.device.clone());
-    let mut conn = Mqtt::connect(&agent.config.mqtt, &client_id)?;
+    let mut conn = Mqtt::connect(&agent.settings.mqtt, &client_id)?;
     let delta_topic = Topics::for_device(&agent.topics.delta, &agent.device);
     let accepted_topic = Topics::for_device(&agent.topics.accepted, &agent.device);
-    let mut confirm =
-        Confirmations::new(Duration::from_millis(agent.config.agent.confirm_timeout_ms));
+    let mut confirm = Confirmations::new(Duration::from_millis(
+        agent.settings.agent.confirm_timeout_ms,
+    ));
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let mut connected = false;
     let mut running: Option<Running> = None;
     let mut queued: Option<(Workflow, Request)> = None;
     let last_progress = Mutex::new(Instant::now() - Duration::from_secs(3600));
-    let interval = Duration::from_millis(agent.config.agent.progress_interval_ms);
+    let interval = Duration::from_millis(agent.settings.agent.progress_interval_ms);
 
     outbox.push(agent.reported(agent.installed_state()))?;
     // Resume what a crash, reboot or restart interrupted.
@@ -524,7 +538,7 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
         tokio::select! {
             _ = shutdown.cancelled() => {
                 if let Some(r) = running.take() {
-                    let grace = Duration::from_secs(agent.config.agent.shutdown_grace_secs);
+                    let grace = Duration::from_secs(agent.settings.agent.shutdown_grace_secs);
                     tracing::info!(workflow = %r.workflow.id, "shutting down: the step may finish within {grace:?}, else the journal resumes it at the next start");
                     let mut task = r.task;
                     if tokio::time::timeout(grace, &mut task).await.is_err() {
@@ -539,7 +553,7 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
                     connected = true;
                     outbox.disconnected();
                     conn.subscribe(&delta_topic).await?;
-                    if agent.config.agent.confirm_timeout_ms != 0 {
+                    if agent.settings.agent.confirm_timeout_ms != 0 {
                         conn.subscribe(&accepted_topic).await?;
                     }
                     tracing::info!(topic = %delta_topic, pending = outbox.len(), "connected");
@@ -697,7 +711,7 @@ async fn reboot(
     conn: &mut Mqtt,
 ) -> Result<AgentExit, AgentError> {
     flush(outbox, conn).await;
-    let cmd = &agent.config.agent.reboot_command;
+    let cmd = &agent.settings.agent.reboot_command;
     tracing::warn!(command = ?cmd, "a step asked for a reboot; the journal is persisted, rebooting");
     if let Some((program, args)) = cmd.split_first() {
         match std::process::Command::new(program).args(args).status() {

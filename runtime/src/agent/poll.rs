@@ -56,7 +56,7 @@ fn check_tag(tag: &str) -> Result<(), String> {
 
 /// Runs the polling loop until shutdown, a reboot, or a restart request.
 pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit, AgentError> {
-    let cfg = agent.config.http_poll.clone().ok_or_else(|| {
+    let cfg = agent.settings.http_poll.clone().ok_or_else(|| {
         AgentError::Config("source = \"http-poll\" needs an [http-poll] table".into())
     })?;
     let base = format!("{}/{}", cfg.base_url.trim_end_matches('/'), cfg.project);
@@ -249,7 +249,7 @@ async fn deploy(
     tracing::info!(workflow = %req.workflow_id, status = ?outcome.status, "deployment finished");
     Ok(match outcome.status {
         Status::RebootRequired => {
-            if let Some((p, a)) = agent.config.agent.reboot_command.split_first() {
+            if let Some((p, a)) = agent.settings.agent.reboot_command.split_first() {
                 let _ = std::process::Command::new(p).args(a).status();
             }
             Some(AgentExit::Rebooting)

@@ -232,7 +232,7 @@ fn settle(entry: &Entry, boot: &str, grace: Duration) -> Recovered {
     let mut left = found.clone();
     if entry.finish_on_cancel && !left.is_empty() {
         let remaining =
-            Duration::from_millis(entry.deadline_ms.saturating_sub(crate::workflow::now_ms()));
+            Duration::from_millis(entry.deadline_ms.saturating_sub(crate::clock::now_ms()));
         tracing::warn!(program = %entry.program, pgid = entry.pgid, "waiting for a program the previous agent left to finish");
         left = wait_for(entry, boot, Instant::now() + remaining);
     }
@@ -267,7 +267,7 @@ fn run_recover(entry: &Entry) -> Result<i32, String> {
     let mut child = std::process::Command::new(program)
         .args(args)
         .env_clear()
-        .env("PATH", super::process::PATH)
+        .env("PATH", super::PROGRAM_PATH)
         .env("LANG", "C")
         .envs(&entry.env)
         .stdin(Stdio::null())

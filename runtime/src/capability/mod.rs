@@ -15,6 +15,10 @@ pub mod slot;
 
 use std::fmt;
 
+/// The `PATH` every host program gets (its environment is otherwise cleared).
+pub(crate) const PROGRAM_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// A capability interface a component may import beyond the base world.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

@@ -20,9 +20,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use wasmtime::component::{HasData, Linker};
 
-/// The environment every program gets (the rest is cleared).
-pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 /// Policy for the process capability of one handler id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -325,7 +322,7 @@ impl Drop for RunningGroup {
             let left = self
                 .entry
                 .deadline_ms
-                .saturating_sub(crate::workflow::now_ms());
+                .saturating_sub(crate::clock::now_ms());
             std::time::Instant::now() + Duration::from_millis(left)
         } else {
             signal_group(pgid, libc::SIGTERM);
@@ -418,7 +415,7 @@ impl ProcessCtx {
                 program: program.to_owned(),
                 handler: self.handler_id.clone(),
                 finish_on_cancel: rule.finish_on_cancel,
-                deadline_ms: crate::workflow::now_ms() + limit.as_millis() as u64,
+                deadline_ms: crate::clock::now_ms() + limit.as_millis() as u64,
                 recover: rule.recover.clone(),
                 env: rule.env.clone(),
             },
@@ -458,7 +455,7 @@ impl ProcessCtx {
         command
             .args(&cmd.args)
             .env_clear()
-            .env("PATH", PATH)
+            .env("PATH", super::PROGRAM_PATH)
             .env("LANG", "C")
             .envs(&rule.env)
             .current_dir(&cwd)

@@ -134,7 +134,7 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
     let entries = registry.list()?;
     let loader = Loader::new(Registry::open(data.handlers()?)?, trust, sandbox);
     for e in &entries {
-        match loader.load(&e.id, &config).await {
+        match loader.load(&e.id, &config.policy()).await {
             Ok(_) => r.ok(
                 &format!("handler {}", e.id),
                 format!("verified (signed by {})", e.signers.join(", ")),

@@ -139,7 +139,7 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
                     &id,
                     bytes,
                     &component.display().to_string(),
-                    &config,
+                    &config.policy(),
                     now_ms(),
                 )
                 .await?;
@@ -166,7 +166,7 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
                             id,
                             bytes.clone(),
                             &path.display().to_string(),
-                            &config,
+                            &config.policy(),
                             now_ms(),
                         )
                         .await?;
@@ -185,7 +185,7 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
                 println!("no handlers registered in {}", data.path().display());
             }
             for e in entries {
-                let grants = config.grants(&e.id);
+                let grants = config.policy().grants(&e.id);
                 let caps = if grants.process.is_some() {
                     "process"
                 } else {

@@ -26,12 +26,11 @@ pub mod lifecycle;
 pub mod plan;
 pub mod store;
 
-use crate::config::Config;
 use crate::datadir::{safe_name, DataDir, DataDirError};
 use crate::download::{Downloader, Fetched, Source, Wanted};
 use crate::loader::Loader;
+use crate::policy::Policy;
 use crate::registry::{Registry, RegistryError};
-use crate::sandbox::Preopen;
 use crate::sandbox::{
     CallTags, EventSink, HandlerComponent, Sandbox, Session, SessionSetup, StepDirs,
 };
@@ -50,7 +49,7 @@ use sandstep_model::results::{result_file, ResultFile};
 use sandstep_model::{Action, StepContext, StepFile, StepResult};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use store::JournalStore;
 use tokio_util::sync::CancellationToken;
 
@@ -61,13 +60,7 @@ const INSTALLED_UPDATES: &str = "installed-updates.json";
 /// download, so an already-installed step never pulls a large image.
 pub const EARLY_FETCH_LIMIT: u64 = 4 << 20;
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// A deployment to run.
 #[derive(Debug, Clone)]
@@ -115,10 +108,20 @@ pub enum WorkflowError {
 }
 
 /// Runs deployments against one data dir.
+/// What the deployment engine is configured with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub download: crate::download::DownloadConfig,
+    pub trust: crate::trust::TrustConfig,
+    pub policy: Policy,
+    /// What this device is (updates' compatibility is checked against it).
+    pub device: admission::DeviceConfig,
+}
+
 pub struct Deployer {
     sandbox: Arc<Sandbox>,
     data: DataDir,
-    config: Config,
+    settings: Settings,
     loader: Loader,
     downloader: Downloader,
     journals: JournalStore,
@@ -173,18 +176,19 @@ impl Deployer {
     pub fn new(
         sandbox: Arc<Sandbox>,
         data: DataDir,
-        config: Config,
+        settings: impl Into<Settings>,
     ) -> Result<Self, WorkflowError> {
+        let settings = settings.into();
         let registry = Registry::open(data.handlers()?)?;
-        let trust = TrustStore::load(&data, &config.trust)?;
+        let trust = TrustStore::load(&data, &settings.trust)?;
         let loader = Loader::new(registry, trust, sandbox.clone());
-        let downloader = Downloader::new(data.downloads()?, config.download.clone())
+        let downloader = Downloader::new(data.downloads()?, settings.download.clone())
             .map_err(|e| WorkflowError::Http(e.to_string()))?;
         let journals = JournalStore::new(data.journals()?, data.results()?);
         Ok(Deployer {
             sandbox,
             data,
-            config,
+            settings,
             loader,
             downloader,
             journals,
@@ -218,9 +222,9 @@ impl Deployer {
         &self.loader
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The settings it runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Runs (or resumes, or reports) a deployment.
@@ -482,7 +486,7 @@ impl Deployer {
             &manifest.update_id,
             &manifest.compatibility,
             admission::allows_downgrade(j.running_manifest()),
-            &self.config.device.properties,
+            &self.settings.device.properties,
             installed.as_deref(),
         )
         .map_err(|refusal| {
@@ -562,7 +566,7 @@ impl Deployer {
                 ));
                 Ok(())
             }
-            None if j.unsigned_allowed || !self.config.trust.require_manifest_signature => {
+            None if j.unsigned_allowed || !self.settings.trust.require_manifest_signature => {
                 tracing::warn!(workflow = %j.workflow_id, "running an UNSIGNED manifest: its origin is not verified");
                 Ok(())
             }
@@ -573,7 +577,7 @@ impl Deployer {
     /// The component for a handler id: signature and policy checked on every load.
     async fn handler(&self, id: &str) -> Result<HandlerComponent, StepResult> {
         self.loader
-            .load(id, &self.config)
+            .load(id, &self.settings.policy)
             .await
             .map_err(|e| e.to_step_result())
     }
@@ -753,14 +757,16 @@ impl Deployer {
         };
         let sink = forwarding_sink(run.observer.clone(), index);
         let mut step_dirs = StepDirs::new(payload, work, state);
-        step_dirs.extra = extra_preopens(&self.config, &u.handler_id, u.component.as_ref())
+        let policy = &self.settings.policy;
+        step_dirs.extra = policy
+            .extra_preopens(&u.handler_id, u.component.as_ref())
             .map_err(|reason| StepResult::failure(erc::SANDBOX_SETUP_FAILED, reason))?;
         let setup = SessionSetup {
             handler_id: u.handler_id.clone(),
             tags,
             dirs: step_dirs,
-            grants: self.config.grants(&u.handler_id),
-            limits: self.config.limits(&u.handler_id),
+            grants: policy.grants(&u.handler_id),
+            limits: policy.limits(&u.handler_id),
             events: Some(sink),
         };
         self.sandbox
@@ -843,8 +849,9 @@ impl Deployer {
             handler: handler.clone(),
         };
         let payload_in_work = self
-            .config
-            .policy(&handler_id)
+            .settings
+            .policy
+            .handler(&handler_id)
             .is_some_and(|p| p.payload_in_work);
         // Small files first: is-installed may need them (an apt manifest, a script).
         let early: Vec<Wanted> = wanted
@@ -1061,68 +1068,6 @@ impl Deployer {
         self.done(j, cur.index, r.clone())?;
         Ok(UnitOutcome::Cancelled(r))
     }
-}
-
-/// The directories the policy adds for a handler: its `dirs`, and for a component-aware handler
-/// the selected component's directories named by `component-dirs` (each checked to lie under
-/// the policy's `under` path after resolving symlinks, so an inventory cannot hand out `/`).
-pub fn extra_preopens(
-    config: &Config,
-    handler_id: &str,
-    component: Option<&sandstep_model::Component>,
-) -> Result<Vec<Preopen>, String> {
-    let Some(policy) = config.policy(handler_id) else {
-        return Ok(Vec::new());
-    };
-    let rule = |what: &str| format!("policy handlers.\"{handler_id}\".{what}");
-    let mut out = Vec::new();
-    for d in &policy.dirs {
-        let dir = Dir::open_ambient_dir(&d.host, cap_std::ambient_authority())
-            .map_err(|e| format!("{}: cannot open {}: {e}", rule("dirs"), d.host.display()))?;
-        out.push(Preopen::new(dir, d.guest.clone(), d.writable));
-    }
-    if let Some(c) = component {
-        for d in &policy.component_dirs {
-            let value = c
-                .properties
-                .get(&d.property)
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| {
-                    format!(
-                        "component `{}` has no string property `{}` ({})",
-                        c.id,
-                        d.property,
-                        rule("component-dirs")
-                    )
-                })?;
-            let under = std::fs::canonicalize(&d.under).map_err(|e| {
-                format!(
-                    "{}: {}: {e}",
-                    rule("component-dirs.under"),
-                    d.under.display()
-                )
-            })?;
-            let real = std::fs::canonicalize(value).map_err(|e| {
-                format!(
-                    "component `{}`: properties.{} `{value}`: {e}",
-                    c.id, d.property
-                )
-            })?;
-            if !real.starts_with(&under) || !real.is_dir() {
-                return Err(format!(
-                    "component `{}`: properties.{} `{value}` is not a directory under {} ({})",
-                    c.id,
-                    d.property,
-                    under.display(),
-                    rule("component-dirs")
-                ));
-            }
-            let dir = Dir::open_ambient_dir(&real, cap_std::ambient_authority())
-                .map_err(|e| format!("component `{}`: {}: {e}", c.id, real.display()))?;
-            out.push(Preopen::new(dir, d.guest.clone(), d.writable));
-        }
-    }
-    Ok(out)
 }
 
 /// A file's source, owned.

@@ -6,6 +6,7 @@ use crate::workflow::{stateful, Env, Recorder, PROBE};
 use sandstep::config::Config;
 use sandstep::datadir::DataDir;
 use sandstep::loader::{LoadError, Loader};
+use sandstep::policy::Policy;
 use sandstep::registry::Registry;
 use sandstep::sandbox::{EngineOptions, Sandbox};
 use sandstep::trust::handler_sig::{self, HandlerSignatureError};
@@ -172,7 +173,7 @@ async fn install_refuses_unsigned_and_records_nothing() {
             PROBE,
             component("probe").to_vec(),
             "probe.wasm",
-            &Config::default(),
+            &Policy::default(),
             0,
         )
         .await
@@ -194,7 +195,7 @@ async fn install_refuses_a_component_importing_an_ungranted_capability() {
             "test/process:1",
             signed("process-probe"),
             "p.wasm",
-            &Config::default(),
+            &Policy::default(),
             0,
         )
         .await
@@ -214,7 +215,7 @@ async fn install_refuses_a_component_importing_an_ungranted_capability() {
         "test/process:1",
         signed("process-probe"),
         "p.wasm",
-        &config,
+        &config.policy(),
         0,
     )
     .await
@@ -226,7 +227,7 @@ async fn install_with_no_trusted_keys_says_how_to_add_one() {
     let data = tempfile::tempdir().unwrap();
     let l = loader(data.path());
     let err = l
-        .install(PROBE, signed("probe"), "probe.wasm", &Config::default(), 0)
+        .install(PROBE, signed("probe"), "probe.wasm", &Policy::default(), 0)
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "handler `test/probe:1` refused: no trusted handler keys: add one with `sandstep trust add handler KEY.pub`");
@@ -237,19 +238,19 @@ async fn every_load_rechecks_the_signature_and_the_stored_bytes() {
     let data = tempfile::tempdir().unwrap();
     trust_test_key(data.path());
     let (entry, _) = loader(data.path())
-        .install(PROBE, signed("probe"), "probe.wasm", &Config::default(), 0)
+        .install(PROBE, signed("probe"), "probe.wasm", &Policy::default(), 0)
         .await
         .unwrap();
     assert_eq!(entry.signers, ["test-vendor"]);
     loader(data.path())
-        .load(PROBE, &Config::default())
+        .load(PROBE, &Policy::default())
         .await
         .unwrap();
 
     // The key is no longer trusted: the next load refuses.
     std::fs::remove_file(data.path().join("trust/handlers/test-vendor.pub")).unwrap();
     let err = loader(data.path())
-        .load(PROBE, &Config::default())
+        .load(PROBE, &Policy::default())
         .await
         .unwrap_err();
     assert!(
@@ -275,7 +276,7 @@ async fn every_load_rechecks_the_signature_and_the_stored_bytes() {
     bytes[mid] ^= 1;
     std::fs::write(&stored, bytes).unwrap();
     let err = loader(data.path())
-        .load(PROBE, &Config::default())
+        .load(PROBE, &Policy::default())
         .await
         .unwrap_err();
     assert_eq!(
@@ -289,7 +290,7 @@ async fn a_corrupted_cache_artefact_is_never_loaded() {
     let data = tempfile::tempdir().unwrap();
     trust_test_key(data.path());
     let (entry, _) = loader(data.path())
-        .install(PROBE, signed("probe"), "probe.wasm", &Config::default(), 0)
+        .install(PROBE, signed("probe"), "probe.wasm", &Policy::default(), 0)
         .await
         .unwrap();
     let cache = data.path().join("cache/components");
@@ -313,7 +314,7 @@ async fn a_corrupted_cache_artefact_is_never_loaded() {
     std::fs::write(&artefact, &evil).unwrap();
     // A fresh loader (as after a restart) refuses the artefact and compiles from the verified bytes.
     let h = loader(data.path())
-        .load(PROBE, &Config::default())
+        .load(PROBE, &Policy::default())
         .await
         .unwrap();
     assert_eq!(h.digest(), entry.digest);
@@ -345,7 +346,7 @@ async fn a_swapped_cache_artefact_is_refused_before_it_is_mapped() {
     trust_test_key(data.path());
     let l = loader(data.path());
     let (probe, _) = l
-        .install(PROBE, signed("probe"), "probe.wasm", &Config::default(), 0)
+        .install(PROBE, signed("probe"), "probe.wasm", &Policy::default(), 0)
         .await
         .unwrap();
     let (other, _) = l
@@ -353,7 +354,7 @@ async fn a_swapped_cache_artefact_is_refused_before_it_is_mapped() {
             "contoso/config:1",
             signed("vendor-handler"),
             "vendor-handler.wasm",
-            &Config::default(),
+            &Policy::default(),
             0,
         )
         .await
@@ -366,7 +367,7 @@ async fn a_swapped_cache_artefact_is_refused_before_it_is_mapped() {
     std::fs::copy(&other_art, &probe_art).unwrap();
     std::fs::copy(&other_mac, &probe_mac).unwrap();
     let h = loader(data.path())
-        .load(PROBE, &Config::default())
+        .load(PROBE, &Policy::default())
         .await
         .unwrap();
     assert_eq!(h.digest(), probe.digest);
@@ -384,7 +385,7 @@ async fn a_swapped_cache_artefact_is_refused_before_it_is_mapped() {
     .unwrap();
     std::fs::write(&probe_art, &swapped).unwrap();
     loader(data.path())
-        .load(PROBE, &Config::default())
+        .load(PROBE, &Policy::default())
         .await
         .unwrap();
     assert_ne!(std::fs::read(&probe_art).unwrap(), swapped);

@@ -328,7 +328,7 @@ async fn cancel_answers_800_without_running_the_script() {
     );
     let sandbox = sandbox();
     let handler = sandbox.load("script", component("script")).await.unwrap();
-    let grants = Config::default().grants(SCRIPT);
+    let grants = Config::default().policy().grants(SCRIPT);
     let mut session = sandbox
         .session(
             &handler,
