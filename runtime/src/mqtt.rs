@@ -82,6 +82,137 @@ pub enum MqttEvent {
     SubAck,
 }
 
+/// Passes a connection's events on; a broken connection is reported and retried with backoff.
+struct Forwarder {
+    config: MqttConfig,
+    tx: mpsc::UnboundedSender<MqttEvent>,
+    attempt: u32,
+}
+
+impl Forwarder {
+    fn new(config: &MqttConfig, tx: mpsc::UnboundedSender<MqttEvent>) -> Self {
+        Forwarder {
+            config: config.clone(),
+            tx,
+            attempt: 0,
+        }
+    }
+
+    /// Handles one poll of the event loop; false once nobody listens any more.
+    async fn pass(&mut self, polled: Result<Option<MqttEvent>, String>) -> bool {
+        let event = match polled {
+            Ok(Some(MqttEvent::Connected)) => {
+                self.attempt = 0;
+                MqttEvent::Connected
+            }
+            Ok(Some(ev)) => ev,
+            Ok(None) => return true,
+            Err(e) => {
+                let _ = self.tx.send(MqttEvent::Disconnected(e));
+                tokio::time::sleep(backoff(&self.config, self.attempt)).await;
+                self.attempt += 1;
+                return true;
+            }
+        };
+        self.tx.send(event).is_ok()
+    }
+}
+
+/// The event an MQTT 3.1.1 packet means, if any.
+fn from_v311(event: rumqttc::Event) -> Option<MqttEvent> {
+    use rumqttc::{Event, Packet};
+    match event {
+        Event::Incoming(Packet::ConnAck(_)) => Some(MqttEvent::Connected),
+        Event::Incoming(Packet::Publish(p)) => Some(MqttEvent::Message {
+            topic: p.topic.clone(),
+            payload: p.payload.to_vec(),
+            retained: p.retain,
+        }),
+        Event::Incoming(Packet::PubAck(_)) => Some(MqttEvent::PubAck { refused: None }),
+        Event::Incoming(Packet::SubAck(_)) => Some(MqttEvent::SubAck),
+        _ => None,
+    }
+}
+
+/// The event an MQTT 5 packet means, if any.
+fn from_v5(event: rumqttc::v5::Event) -> Option<MqttEvent> {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::Event;
+    match event {
+        Event::Incoming(Packet::ConnAck(_)) => Some(MqttEvent::Connected),
+        Event::Incoming(Packet::Publish(p)) => Some(MqttEvent::Message {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload.to_vec(),
+            retained: p.retain,
+        }),
+        Event::Incoming(Packet::PubAck(ack)) => Some(MqttEvent::PubAck {
+            refused: refusal(ack.reason),
+        }),
+        Event::Incoming(Packet::SubAck(_)) => Some(MqttEvent::SubAck),
+        _ => None,
+    }
+}
+
+/// An MQTT 3.1.1 client and the task that runs its event loop, turning packets into events.
+fn connect_v311(
+    config: &MqttConfig,
+    client_id: &str,
+    host: String,
+    port: u16,
+    transport: Transport,
+    tx: mpsc::UnboundedSender<MqttEvent>,
+) -> (Client, tokio::task::JoinHandle<()>) {
+    let mut o = rumqttc::MqttOptions::new(client_id, host, port);
+    o.set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_transport(transport)
+        .set_clean_session(true);
+    if let (Some(u), Some(p)) = (&config.username, &config.password) {
+        o.set_credentials(u, p);
+    }
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 256);
+    let mut fwd = Forwarder::new(config, tx);
+    let task = tokio::spawn(async move {
+        loop {
+            let ev = el.poll().await.map(from_v311).map_err(|e| e.to_string());
+            if !fwd.pass(ev).await {
+                return;
+            }
+        }
+    });
+    (Client::V4(client), task)
+}
+
+/// An MQTT 5 client and the task that runs its event loop, turning packets into events.
+fn connect_v5(
+    config: &MqttConfig,
+    client_id: &str,
+    host: String,
+    port: u16,
+    transport: Transport,
+    tx: mpsc::UnboundedSender<MqttEvent>,
+) -> (Client, tokio::task::JoinHandle<()>) {
+    let mut o = rumqttc::v5::MqttOptions::new(client_id, host, port);
+    o.set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
+        .set_max_packet_size(Some(MAX_PACKET as u32))
+        .set_transport(transport)
+        .set_clean_start(true);
+    if let (Some(u), Some(p)) = (&config.username, &config.password) {
+        o.set_credentials(u, p);
+    }
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 256);
+    let mut fwd = Forwarder::new(config, tx);
+    let task = tokio::spawn(async move {
+        loop {
+            let ev = el.poll().await.map(from_v5).map_err(|e| e.to_string());
+            if !fwd.pass(ev).await {
+                return;
+            }
+        }
+    });
+    (Client::V5(client), task)
+}
+
 /// An MQTT 5 PUBACK's reason, when it says the publish was refused.
 fn refusal(reason: rumqttc::v5::mqttbytes::v5::PubAckReason) -> Option<String> {
     use rumqttc::v5::mqttbytes::v5::PubAckReason as R;
@@ -211,99 +342,9 @@ impl Mqtt {
         // Unbounded: the network loop must never wait on a consumer that may itself be waiting
         // for the network loop (to take its publish requests): that would deadlock.
         let (tx, rx) = mpsc::unbounded_channel();
-        let cfg = config.clone();
         let (client, task) = match config.protocol {
-            Protocol::V311 => {
-                let mut o = rumqttc::MqttOptions::new(client_id, host, port);
-                o.set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
-                    .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-                    .set_transport(transport)
-                    .set_clean_session(true);
-                if let (Some(u), Some(p)) = (&config.username, &config.password) {
-                    o.set_credentials(u, p);
-                }
-                let (client, mut el) = rumqttc::AsyncClient::new(o, 256);
-                let task = tokio::spawn(async move {
-                    use rumqttc::{Event, Packet};
-                    let mut attempt = 0u32;
-                    loop {
-                        let ev = match el.poll().await {
-                            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                                attempt = 0;
-                                Some(MqttEvent::Connected)
-                            }
-                            Ok(Event::Incoming(Packet::Publish(p))) => Some(MqttEvent::Message {
-                                topic: p.topic.clone(),
-                                payload: p.payload.to_vec(),
-                                retained: p.retain,
-                            }),
-                            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                                Some(MqttEvent::PubAck { refused: None })
-                            }
-                            Ok(Event::Incoming(Packet::SubAck(_))) => Some(MqttEvent::SubAck),
-                            Ok(_) => None,
-                            Err(e) => {
-                                let _ = tx.send(MqttEvent::Disconnected(e.to_string()));
-                                tokio::time::sleep(backoff(&cfg, attempt)).await;
-                                attempt += 1;
-                                None
-                            }
-                        };
-                        if let Some(ev) = ev {
-                            if tx.send(ev).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-                (Client::V4(client), task)
-            }
-            Protocol::V5 => {
-                let mut o = rumqttc::v5::MqttOptions::new(client_id, host, port);
-                o.set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
-                    .set_max_packet_size(Some(MAX_PACKET as u32))
-                    .set_transport(transport)
-                    .set_clean_start(true);
-                if let (Some(u), Some(p)) = (&config.username, &config.password) {
-                    o.set_credentials(u, p);
-                }
-                let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 256);
-                let task = tokio::spawn(async move {
-                    use rumqttc::v5::mqttbytes::v5::Packet;
-                    use rumqttc::v5::Event;
-                    let mut attempt = 0u32;
-                    loop {
-                        let ev = match el.poll().await {
-                            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                                attempt = 0;
-                                Some(MqttEvent::Connected)
-                            }
-                            Ok(Event::Incoming(Packet::Publish(p))) => Some(MqttEvent::Message {
-                                topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                                payload: p.payload.to_vec(),
-                                retained: p.retain,
-                            }),
-                            Ok(Event::Incoming(Packet::PubAck(ack))) => Some(MqttEvent::PubAck {
-                                refused: refusal(ack.reason),
-                            }),
-                            Ok(Event::Incoming(Packet::SubAck(_))) => Some(MqttEvent::SubAck),
-                            Ok(_) => None,
-                            Err(e) => {
-                                let _ = tx.send(MqttEvent::Disconnected(e.to_string()));
-                                tokio::time::sleep(backoff(&cfg, attempt)).await;
-                                attempt += 1;
-                                None
-                            }
-                        };
-                        if let Some(ev) = ev {
-                            if tx.send(ev).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-                (Client::V5(client), task)
-            }
+            Protocol::V311 => connect_v311(config, client_id, host, port, transport, tx),
+            Protocol::V5 => connect_v5(config, client_id, host, port, transport, tx),
         };
         Ok(Mqtt {
             client,
