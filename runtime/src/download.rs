@@ -411,15 +411,14 @@ impl Downloader {
         partial: &str,
         progress: Progress<'_>,
     ) -> Result<(Sha256, u64), Attempt> {
-        let fatal = Attempt::Fatal;
+        let store_err = |e| Attempt::Fatal(Self::store_err(file)(e));
         // Resume from what an earlier attempt (or run) left behind.
-        let mut out = self.open_partial(file, partial, false).map_err(fatal)?;
-        let have = out
-            .seek(SeekFrom::End(0))
-            .map_err(|e| fatal(Self::store_err(file)(e)))?;
+        let mut out = self
+            .open_partial(file, partial, false)
+            .map_err(Attempt::Fatal)?;
+        let have = out.seek(SeekFrom::End(0)).map_err(store_err)?;
         if have > file.size {
-            out.set_len(0)
-                .map_err(|e| fatal(Self::store_err(file)(e)))?;
+            out.set_len(0).map_err(store_err)?;
         }
         let have = have.min(file.size);
         let mut req = self.client.get(url);
@@ -431,66 +430,64 @@ impl Downloader {
             .send()
             .await
             .map_err(|e| Attempt::Retry(format!("request failed: {e}")))?;
-        let status = resp.status();
-        let mut offset = if status == reqwest::StatusCode::PARTIAL_CONTENT {
-            let start = resp
-                .headers()
-                .get(reqwest::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            if start != Some(have) {
-                out.set_len(0)
-                    .map_err(|e| fatal(Self::store_err(file)(e)))?;
-                return Err(Attempt::Retry(format!(
-                    "server resumed at {start:?}, not {have}"
-                )));
+        let offset = match resume_point(&resp, have) {
+            Resume::At(offset) => offset,
+            Resume::Over(reason) => {
+                out.set_len(0).map_err(store_err)?;
+                return Err(Attempt::Retry(reason));
             }
-            have
-        } else if status.is_success() {
-            0
-        } else if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
-            out.set_len(0)
-                .map_err(|e| fatal(Self::store_err(file)(e)))?;
-            return Err(Attempt::Retry(
-                "range not satisfiable; starting over".into(),
-            ));
-        } else if status.is_server_error() || status == 408 || status == 429 {
-            return Err(Attempt::Retry(format!("HTTP {}", status.as_u16())));
-        } else {
-            return Err(fatal(DownloadError::Http {
-                file: file.file_name.clone(),
-                url: url.to_owned(),
-                status: status.as_u16(),
-            }));
+            Resume::Retry(reason) => return Err(Attempt::Retry(reason)),
+            Resume::Refused(status) => {
+                return Err(Attempt::Fatal(DownloadError::Http {
+                    file: file.file_name.clone(),
+                    url: url.to_owned(),
+                    status,
+                }))
+            }
         };
         if let Some(len) = resp.content_length() {
             if offset + len > file.size {
-                return Err(fatal(DownloadError::SizeMismatch {
+                return Err(Attempt::Fatal(DownloadError::SizeMismatch {
                     file: file.file_name.clone(),
                     expected: file.size,
                     actual: offset + len,
                 }));
             }
         }
-        out.set_len(offset)
-            .map_err(|e| fatal(Self::store_err(file)(e)))?;
+        out.set_len(offset).map_err(store_err)?;
         // The digest covers the kept prefix too: hash it once, then every chunk as it arrives.
-        out.seek(SeekFrom::Start(0))
-            .map_err(|e| fatal(Self::store_err(file)(e)))?;
-        let (mut h, kept) =
-            hash_file(&mut out, Some(offset)).map_err(|e| fatal(Self::store_err(file)(e)))?;
+        out.seek(SeekFrom::Start(0)).map_err(store_err)?;
+        let (h, kept) = hash_file(&mut out, Some(offset)).map_err(store_err)?;
         if kept != offset {
-            return Err(fatal(Self::store_err(file)(std::io::Error::other(
+            return Err(store_err(std::io::Error::other(
                 "partial file shrank while resuming",
-            ))));
+            )));
         }
-        let start = offset;
-        // Hashing and writing run on a blocking thread while the next chunks arrive, so the
-        // transfer and the sha256 overlap (on a gateway's few cores, hashing is the bottleneck).
-        // The sink is always joined before returning: a retry must not reopen the partial file
-        // while chunks are still being written to it.
+        let (h, end) = self.receive(file, resp, out, h, offset, progress).await?;
+        if end < file.size {
+            return Err(Attempt::Retry(format!(
+                "transfer ended at byte {end} of {}",
+                file.size
+            )));
+        }
+        tracing::debug!(file = %file.file_name, bytes = end, elapsed = ?started.elapsed(), "downloaded");
+        Ok((h, end - offset))
+    }
+
+    /// Streams the body into `out` from `offset` on, hashing as it goes; the digest and where the
+    /// body ended. Hashing and writing run on a blocking thread while the next chunks arrive, so
+    /// the transfer and the sha256 overlap (on a gateway's few cores, hashing is the
+    /// bottleneck). The sink is always joined before returning: a retry must not reopen the
+    /// partial file while chunks are still being written to it.
+    async fn receive(
+        &self,
+        file: &Wanted,
+        resp: reqwest::Response,
+        out: cap_std::fs::File,
+        mut h: Sha256,
+        mut offset: u64,
+        progress: Progress<'_>,
+    ) -> Result<(Sha256, u64), Attempt> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
         let sink = tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
             // HTTP chunks are a few KiB: batch them into large writes.
@@ -518,7 +515,7 @@ impl Downloader {
                 })?;
                 offset += chunk.len() as u64;
                 if offset > file.size {
-                    return Err(fatal(DownloadError::SizeMismatch {
+                    return Err(Attempt::Fatal(DownloadError::SizeMismatch {
                         file: file.file_name.clone(),
                         expected: file.size,
                         actual: offset,
@@ -537,19 +534,50 @@ impl Downloader {
         }
         .await;
         drop(tx);
+        let store_err = |e| Attempt::Fatal(Self::store_err(file)(e));
         let written = sink
             .await
-            .map_err(|e| fatal(Self::store_err(file)(std::io::Error::other(e))))?;
+            .map_err(|e| store_err(std::io::Error::other(e)))?;
         received?;
-        let h = written.map_err(|e| fatal(Self::store_err(file)(e)))?;
-        if offset < file.size {
-            return Err(Attempt::Retry(format!(
-                "transfer ended at byte {offset} of {}",
-                file.size
-            )));
+        Ok((written.map_err(store_err)?, offset))
+    }
+}
+
+/// What a response means for a download that already has `have` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Resume {
+    /// Write the body from this offset.
+    At(u64),
+    /// Start over from nothing (drop the partial file), then retry.
+    Over(String),
+    /// Keep the partial file and retry.
+    Retry(String),
+    /// The server refused for good (this HTTP status).
+    Refused(u16),
+}
+
+fn resume_point(resp: &reqwest::Response, have: u64) -> Resume {
+    let status = resp.status();
+    if status == reqwest::StatusCode::PARTIAL_CONTENT {
+        let start = resp
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        if start != Some(have) {
+            return Resume::Over(format!("server resumed at {start:?}, not {have}"));
         }
-        tracing::debug!(file = %file.file_name, bytes = offset, elapsed = ?started.elapsed(), "downloaded");
-        Ok((h, offset - start))
+        Resume::At(have)
+    } else if status.is_success() {
+        Resume::At(0)
+    } else if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+        Resume::Over("range not satisfiable; starting over".into())
+    } else if status.is_server_error() || status == 408 || status == 429 {
+        Resume::Retry(format!("HTTP {}", status.as_u16()))
+    } else {
+        Resume::Refused(status.as_u16())
     }
 }
 
