@@ -330,6 +330,92 @@ impl SlotCtx {
         }
     }
 
+    /// Opens the slot for writing (a block device as it is, a file created when missing) and
+    /// checks that an image of `total` bytes fits; the file and whether it is a block device.
+    fn open_slot(&self, target: SlotName, total: u64) -> Result<(std::fs::File, bool), WitError> {
+        let slot_path = self.slot_path(target)?;
+        let shown = slot_path.display().to_string();
+        let is_block = std::fs::metadata(slot_path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_block_device()
+        });
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create(!is_block)
+            .open(slot_path)
+            .map_err(io(&shown))?;
+        let capacity = if is_block {
+            Some(dst.seek(SeekFrom::End(0)).map_err(io("slot size"))?)
+        } else {
+            self.policy()?.max_image_bytes
+        };
+        if let Some(cap) = capacity {
+            if total > cap {
+                return Err(WitError::InvalidImage(format!(
+                    "image is {total} bytes; slot {} holds {cap}",
+                    name(target).to_uppercase()
+                )));
+            }
+        }
+        dst.seek(SeekFrom::Start(0)).map_err(io("slot"))?;
+        Ok((dst, is_block))
+    }
+
+    /// Copies `src` into the slot, reporting progress every 10%; the sha256 of what was
+    /// written and its length. The hash is computed on a second thread while this one reads and
+    /// writes, so an image costs one pass of hashing time, not hashing plus copying.
+    fn copy_hashing(
+        &self,
+        src: &mut impl Read,
+        dst: &mut std::fs::File,
+        total: u64,
+        target: SlotName,
+        payload_path: &str,
+    ) -> Result<([u8; 32], u64), WitError> {
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+            let hasher = scope.spawn(move || {
+                let mut h = Sha256::new();
+                for chunk in rx {
+                    h.update(&chunk);
+                }
+                h.finalize()
+            });
+            let mut done = 0u64;
+            let mut last_pct = 0u8;
+            let copied = loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let n = match src.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => n,
+                    Err(e) => break Err(io(payload_path)(e)),
+                };
+                buf.truncate(n);
+                if let Err(e) = dst.write_all(&buf) {
+                    break Err(io("slot")(e));
+                }
+                done += n as u64;
+                if tx.send(buf).is_err() {
+                    break Err(WitError::Io("the hashing thread stopped".into()));
+                }
+                let pct = (done * 100 / total.max(1)) as u8;
+                if pct >= last_pct + 10 {
+                    last_pct = pct;
+                    self.progress(
+                        pct,
+                        format!(
+                            "applying: {done} of {total} bytes into slot {}",
+                            name(target).to_uppercase()
+                        ),
+                    );
+                }
+            };
+            drop(tx);
+            let digest = hasher.join().expect("the hashing thread does not panic");
+            copied.map(|()| (digest, done))
+        })
+    }
+
     fn write_image(
         &self,
         target: SlotName,
@@ -351,75 +437,8 @@ impl SlotCtx {
             })?;
         let mut src = self.payload.open(rel).map_err(io(payload_path))?;
         let total = src.metadata().map_err(io(payload_path))?.len();
-        let slot_path = self.slot_path(target)?;
-        let meta = std::fs::metadata(slot_path).ok();
-        let is_block = meta.as_ref().is_some_and(|m| {
-            use std::os::unix::fs::FileTypeExt;
-            m.file_type().is_block_device()
-        });
-        let mut dst = std::fs::OpenOptions::new()
-            .write(true)
-            .create(!is_block)
-            .open(slot_path)
-            .map_err(io(&slot_path.display().to_string()))?;
-        let capacity = if is_block {
-            Some(dst.seek(SeekFrom::End(0)).map_err(io("slot size"))?)
-        } else {
-            self.policy()?.max_image_bytes
-        };
-        if let Some(cap) = capacity {
-            if total > cap {
-                return Err(WitError::InvalidImage(format!(
-                    "image is {total} bytes; slot {} holds {cap}",
-                    name(target).to_uppercase()
-                )));
-            }
-        }
-        dst.seek(SeekFrom::Start(0)).map_err(io("slot"))?;
-        // The sha256 of what goes into the slot is computed on a second thread while this one
-        // reads and writes, so an image costs one pass of hashing time, not hashing plus copying.
-        let (digest, done) = std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-            let hasher = scope.spawn(move || {
-                let mut h = Sha256::new();
-                for chunk in rx {
-                    h.update(&chunk);
-                }
-                h.finalize()
-            });
-            let mut done = 0u64;
-            let mut last_pct = 0u8;
-            let copied = loop {
-                let mut buf = vec![0u8; 1 << 20];
-                let n = match src.read(&mut buf) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => n,
-                    Err(e) => break Err(io(payload_path)(e)),
-                };
-                buf.truncate(n);
-                if let Err(e) = dst.write_all(&buf) {
-                    break Err(io(&slot_path.display().to_string())(e));
-                }
-                done += n as u64;
-                if tx.send(buf).is_err() {
-                    break Err(WitError::Io("the hashing thread stopped".into()));
-                }
-                let pct = (done * 100 / total.max(1)) as u8;
-                if pct >= last_pct + 10 {
-                    last_pct = pct;
-                    self.progress(
-                        pct,
-                        format!(
-                            "applying: {done} of {total} bytes into slot {}",
-                            name(target).to_uppercase()
-                        ),
-                    );
-                }
-            };
-            drop(tx);
-            let digest = hasher.join().expect("the hashing thread does not panic");
-            copied.map(|()| (digest, done))
-        })?;
+        let (mut dst, is_block) = self.open_slot(target, total)?;
+        let (digest, done) = self.copy_hashing(&mut src, &mut dst, total, target, payload_path)?;
         if !is_block {
             dst.set_len(done).map_err(io("slot"))?;
         }
