@@ -8,7 +8,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 scripts/build-components.sh --quiet
-cargo build --quiet --release -p sandstep
+cargo build --quiet --release -p sandstep --features dev-tools
 if [[ ! -x /usr/sbin/mosquitto && $(id -u) -eq 0 ]]; then
     (apt-get install -y -q mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)) >/dev/null
 fi

@@ -16,8 +16,9 @@ if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]]; then
     (apt-get install -y -q "${missing[@]}" || (apt-get update -q && apt-get install -y -q "${missing[@]}")) >/dev/null
 fi
 # Default members: model, runtime, sdk (guests are covered through the runtime tests). The
-# fault-injection feature adds the crash points the crash-recovery test needs.
+# fault-injection feature adds the crash points the crash-recovery test needs; dev-tools the
+# fuzz targets (for the smoke run) and `sandstep bench`/`fleet-sim`.
 # Every prerequisite is installed above, so a test that finds one missing fails instead of
 # skipping (runtime/tests/all/support.rs, prerequisite_missing).
 export SANDSTEP_REQUIRE_PREREQUISITES=1
-cargo test --features sandstep/fault-injection "$@"
+cargo test --features sandstep/fault-injection,sandstep/dev-tools "$@"

@@ -582,90 +582,12 @@ pub fn firmware_path(
     let t = tempfile::tempdir().expect("tempdir");
     let image = t.path().join("fw.img");
     write_pattern(&image, mib << 20);
-    let digest = {
-        let mut h = Sha256::new();
-        let mut f = std::fs::File::open(&image).expect("open");
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).expect("read");
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        h.finalize()
-    };
+    let digest = file_sha256(&image);
     let server = FileServer::start(image.clone());
     let url = format!("http://127.0.0.1:{}/fw.img", server.port);
-    // curl, twice (the second is measured: warm page cache like ours).
-    let slot = t.path().join("curl-slot.img");
-    let mut curl = Vec::new();
-    for _ in 0..2 {
-        let (d, _, ok) = measure(
-            std::process::Command::new("curl")
-                .args(["-s", "-o"])
-                .arg(&slot)
-                .arg(&url),
-        );
-        assert!(ok, "curl failed");
-        curl.push(d);
-    }
-    let mut curl_fsync = Vec::new();
-    for _ in 0..2 {
-        let (d, _, ok) = measure(
-            std::process::Command::new("sh")
-                .args(["-c", "curl -s -o \"$1\" \"$2\" && sync \"$1\"", "sh"])
-                .arg(&slot)
-                .arg(&url),
-        );
-        assert!(ok, "curl + sync failed");
-        curl_fsync.push(d);
-    }
-    // sandstep: data dir with the signed firmware handler and file slots.
-    let data = t.path().join("data");
-    std::fs::create_dir_all(data.join("trust/handlers")).expect("mkdir");
-    std::fs::write(
-        data.join(format!("trust/handlers/{}.pub", key.name)),
-        key_bytes,
-    )
-    .expect("key");
-    std::fs::write(t.path().join("bootenv"), "booted_slot=a\n").expect("env");
-    std::fs::write(t.path().join("boot_id"), "b1\n").expect("boot id");
-    let config = t.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[trust]\nrequire-manifest-signature = false\n[handlers.\"sandstep/firmware:1\"]\ncapabilities = [\"slot\"]\n[handlers.\"sandstep/firmware:1\".slot]\na = \"{0}/a.img\"\nb = \"{0}/b.img\"\nboot-id-file = \"{0}/boot_id\"\nboot = {{ method = \"env-file\", path = \"{0}/bootenv\" }}\n",
-            t.path().display()
-        ),
-    )
-    .expect("config");
-    let fw = t.path().join("firmware.wasm");
-    std::fs::write(&fw, firmware_signed).expect("fw");
-    let st = std::process::Command::new(&exe)
-        .args(["handler", "install"])
-        .arg(&fw)
-        .args(["--id", "sandstep/firmware:1", "--data-dir"])
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("install");
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let manifest = t.path().join("fw.json");
-    std::fs::write(
-        &manifest,
-        serde_json::json!({"updateId": {"provider": "bench", "name": "fw", "version": "2.0"}, "compatibility": [{"a": "b"}],
-            "instructions": {"steps": [{"handler": "sandstep/firmware:1", "files": ["fw.img"], "handlerProperties": {"installedCriteria": "2.0"}}]},
-            "files": {"fw.img": {"fileName": "fw.img", "sizeInBytes": mib << 20, "hashes": {"sha256": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest)}}},
-            "manifestVersion": "5"})
-        .to_string(),
-    )
-    .expect("manifest");
+    let (curl, curl_fsync) = curl_runs(&url, &t.path().join("curl-slot.img"));
+    let (data, config, manifest) =
+        firmware_setup(t.path(), firmware_signed, key, key_bytes, &digest, mib);
     let mut runs = Vec::new();
     let mut rss = 0;
     for i in 0..2 {
@@ -696,31 +618,7 @@ pub fn firmware_path(
             .len(),
         mib << 20
     );
-    let journal = std::fs::read_dir(data.join("journal"))
-        .expect("journal dir")
-        .map(|e| e.expect("entry").path())
-        .find(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            name.starts_with("fw-1") && name.ends_with(".journal")
-        })
-        .expect("the last run's journal");
-    let journal = std::fs::read(journal).expect("journal");
-    let j = sandstep_model::journal::Journal::decode(&journal).expect("journal decodes");
-    let breakdown = j
-        .units
-        .iter()
-        .flat_map(|u| {
-            u.files
-                .iter()
-                .map(|f| format!("download {}", f.duration_ms))
-                .chain(
-                    u.actions
-                        .iter()
-                        .map(|a| format!("{} {}", a.action, a.duration_ms)),
-                )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let breakdown = journal_breakdown(&data);
     let mb = (mib << 20) as f64 / 1e6;
     let (c, cf, s) = (Stats::of(curl), Stats::of(curl_fsync), Stats::of(runs));
     let (cm, cfm, sm) = (
@@ -738,6 +636,135 @@ pub fn firmware_path(
         breakdown,
         sandstep_peak_rss_mib: rss as f64 / 1024.0,
     }
+}
+
+/// The sha256 of a file.
+fn file_sha256(path: &Path) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(path).expect("open");
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            return h.finalize();
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// `curl -o slot` and `curl -o slot && sync slot`, each twice; their durations.
+fn curl_runs(url: &str, slot: &Path) -> (Vec<Duration>, Vec<Duration>) {
+    // curl, twice (the second is measured: warm page cache like ours).
+    let mut curl = Vec::new();
+    for _ in 0..2 {
+        let (d, _, ok) = measure(
+            std::process::Command::new("curl")
+                .args(["-s", "-o"])
+                .arg(slot)
+                .arg(url),
+        );
+        assert!(ok, "curl failed");
+        curl.push(d);
+    }
+    let mut curl_fsync = Vec::new();
+    for _ in 0..2 {
+        let (d, _, ok) = measure(
+            std::process::Command::new("sh")
+                .args(["-c", "curl -s -o \"$1\" \"$2\" && sync \"$1\"", "sh"])
+                .arg(slot)
+                .arg(url),
+        );
+        assert!(ok, "curl + sync failed");
+        curl_fsync.push(d);
+    }
+    (curl, curl_fsync)
+}
+
+/// A data dir in `dir` with the signed firmware handler installed, file-backed slots, and a
+/// one-step firmware manifest for the image; the data dir, config and manifest paths.
+fn firmware_setup(
+    dir: &Path,
+    firmware_signed: &[u8],
+    key: &TrustedHandlerKey,
+    key_bytes: &[u8],
+    digest: &[u8; 32],
+    mib: u64,
+) -> (PathBuf, PathBuf, PathBuf) {
+    let exe = std::env::current_exe().expect("current exe");
+    // sandstep: data dir with the signed firmware handler and file slots.
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("trust/handlers")).expect("mkdir");
+    std::fs::write(
+        data.join(format!("trust/handlers/{}.pub", key.name)),
+        key_bytes,
+    )
+    .expect("key");
+    std::fs::write(dir.join("bootenv"), "booted_slot=a\n").expect("env");
+    std::fs::write(dir.join("boot_id"), "b1\n").expect("boot id");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[trust]\nrequire-manifest-signature = false\n[handlers.\"sandstep/firmware:1\"]\ncapabilities = [\"slot\"]\n[handlers.\"sandstep/firmware:1\".slot]\na = \"{0}/a.img\"\nb = \"{0}/b.img\"\nboot-id-file = \"{0}/boot_id\"\nboot = {{ method = \"env-file\", path = \"{0}/bootenv\" }}\n",
+            dir.display()
+        ),
+    )
+    .expect("config");
+    let fw = dir.join("firmware.wasm");
+    std::fs::write(&fw, firmware_signed).expect("fw");
+    let st = std::process::Command::new(&exe)
+        .args(["handler", "install"])
+        .arg(&fw)
+        .args(["--id", "sandstep/firmware:1", "--data-dir"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("install");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let manifest = dir.join("fw.json");
+    std::fs::write(
+        &manifest,
+        serde_json::json!({"updateId": {"provider": "bench", "name": "fw", "version": "2.0"}, "compatibility": [{"a": "b"}],
+            "instructions": {"steps": [{"handler": "sandstep/firmware:1", "files": ["fw.img"], "handlerProperties": {"installedCriteria": "2.0"}}]},
+            "files": {"fw.img": {"fileName": "fw.img", "sizeInBytes": mib << 20, "hashes": {"sha256": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest)}}},
+            "manifestVersion": "5"})
+        .to_string(),
+    )
+    .expect("manifest");
+    (data, config, manifest)
+}
+
+/// Where the last run's time went, from its journal: download and action durations (ms).
+fn journal_breakdown(data: &Path) -> String {
+    let journal = std::fs::read_dir(data.join("journal"))
+        .expect("journal dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("fw-1") && name.ends_with(".journal")
+        })
+        .expect("the last run's journal");
+    let journal = std::fs::read(journal).expect("journal");
+    let j = sandstep_model::journal::Journal::decode(&journal).expect("journal decodes");
+    j.units
+        .iter()
+        .flat_map(|u| {
+            u.files
+                .iter()
+                .map(|f| format!("download {}", f.duration_ms))
+                .chain(
+                    u.actions
+                        .iter()
+                        .map(|a| format!("{} {}", a.action, a.duration_ms)),
+                )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Benchmark 6: The agent's idle RSS with the MQTT connection up (KiB), given a broker URL.

@@ -97,6 +97,48 @@ async fn sim_agent(
     }
 }
 
+/// The operator's connection, subscribed to the replica's confirmations.
+async fn operator(
+    cfg: &MqttConfig,
+    prefix: &str,
+    topics: &Topics,
+    deadline: Instant,
+) -> Result<Mqtt, String> {
+    let mut op = Mqtt::connect(cfg, &format!("{prefix}-operator")).map_err(|e| e.to_string())?;
+    loop {
+        match tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            op.recv(),
+        )
+        .await
+        {
+            Ok(Some(MqttEvent::Connected)) => break,
+            Ok(Some(_)) => {}
+            _ => return Err("operator connection failed".into()),
+        }
+    }
+    op.subscribe(&Topics::filter(&topics.accepted))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(500)).await; // let the start reports settle
+    Ok(op)
+}
+
+/// The figures of a run: when each device's result came back.
+fn report(n: usize, done: &HashMap<String, Duration>, delivered_all: Duration) -> SimReport {
+    let mut times: Vec<u64> = done.values().map(|d| d.as_millis() as u64).collect();
+    times.sort_unstable();
+    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+    SimReport {
+        devices: n,
+        delivered_all_ms: delivered_all.as_millis() as u64,
+        reported_all_ms: *times.last().unwrap_or(&0),
+        round_trip_p50_ms: pct(0.5),
+        round_trip_p95_ms: pct(0.95),
+        round_trip_max_ms: *times.last().unwrap_or(&0),
+    }
+}
+
 /// Runs one simulation with `n` devices against the broker in `cfg`.
 pub async fn run(
     cfg: &MqttConfig,
@@ -137,23 +179,7 @@ pub async fn run(
         .map_err(|_| "simulated agents did not all connect in time".to_string())?;
     }
     // The operator: watch the replica's stored shadows, then publish the desired state to all.
-    let mut op = Mqtt::connect(cfg, &format!("{prefix}-operator")).map_err(|e| e.to_string())?;
-    loop {
-        match tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            op.recv(),
-        )
-        .await
-        {
-            Ok(Some(MqttEvent::Connected)) => break,
-            Ok(Some(_)) => {}
-            _ => return Err("operator connection failed".into()),
-        }
-    }
-    op.subscribe(&Topics::filter(&topics.accepted))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::time::sleep(Duration::from_millis(500)).await; // let the start reports settle
+    let mut op = operator(cfg, &prefix, &topics, deadline).await?;
     let workflow = format!("{prefix}-wf");
     let desired = json!({"state": {"desired": {"workflow": {"action": 3, "id": workflow}, "updateManifest": "{}", "fileUrls": {}}}}).to_string().into_bytes();
     let start = Instant::now();
@@ -197,15 +223,6 @@ pub async fn run(
     }
     stop.cancel();
     let _ = replica.await;
-    let mut times: Vec<u64> = done.values().map(|d| d.as_millis() as u64).collect();
-    times.sort_unstable();
-    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
-    Ok(SimReport {
-        devices: n,
-        delivered_all_ms: delivered_all.unwrap_or_else(|| start.elapsed()).as_millis() as u64,
-        reported_all_ms: *times.last().unwrap_or(&0),
-        round_trip_p50_ms: pct(0.5),
-        round_trip_p95_ms: pct(0.95),
-        round_trip_max_ms: *times.last().unwrap_or(&0),
-    })
+    let delivered_all = delivered_all.unwrap_or_else(|| start.elapsed());
+    Ok(report(n, &done, delivered_all))
 }

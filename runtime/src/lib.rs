@@ -3,8 +3,6 @@
 //! Layout:
 //! - [`agent`]: the gateway daemon: desired state over MQTT (or HTTP polling) in, reports out.
 //! - [`shadow`]: the device-state replica (SQLite) for the software-update pattern.
-//! - [`bench`]: the benchmark suite behind `sandstep bench`.
-//! - [`fleet_sim`]: N simulated agents against one broker, for the fleet benchmark.
 //! - [`mqtt`]: the MQTT connection shared by agent, replica and operator commands.
 //! - [`bindings`]: the one host `bindgen!` over `wit/`.
 //! - [`sandbox`]: engine, precompiled cache, stores with limits, WASI over cap-std directories,
@@ -22,11 +20,16 @@
 //! - [`defaults`]: the default handlers and the ids they serve.
 //! - [`datadir`]: the data dir, reached through cap-std handles only.
 //! - [`fault`]: crash points for the fault-injection tests (a no-op in normal builds).
-//! - [`fuzzing`]: the fuzz targets' bodies, shared by `fuzz/` and the test suite's smoke run.
+//!
+//! Developer tools, only with the `dev-tools` feature (the gateway package is built without):
+//! `bench` (the benchmark suite behind `sandstep bench`), `fleet_sim` (N simulated agents
+//! against one broker, for the fleet benchmark) and `fuzzing` (the fuzz targets' bodies, shared
+//! by `fuzz/` and the test suite's smoke run).
 //!
 //! The plain data (manifests, codes, step results) lives in `sandstep-model`, without wasmtime.
 
 pub mod agent;
+#[cfg(feature = "dev-tools")]
 pub mod bench;
 pub mod bindings;
 pub mod capability;
@@ -37,7 +40,9 @@ pub mod defaults;
 pub mod digest;
 pub mod download;
 pub mod fault;
+#[cfg(feature = "dev-tools")]
 pub mod fleet_sim;
+#[cfg(feature = "dev-tools")]
 pub mod fuzzing;
 pub mod loader;
 pub mod mqtt;

@@ -109,6 +109,14 @@ impl Grants {
             Capability::Slot => self.slot.is_some(),
         }
     }
+
+    /// The capabilities granted, in order.
+    pub fn capabilities(&self) -> Vec<Capability> {
+        [Capability::Process, Capability::Slot]
+            .into_iter()
+            .filter(|c| self.allows(*c))
+            .collect()
+    }
 }
 
 #[cfg(test)]

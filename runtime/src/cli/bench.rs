@@ -33,24 +33,56 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             .with_context(|| format!("{} (run scripts/build-components.sh)", p.display()))
     };
     let kp = wasmsign2::KeyPair::generate();
-    let key = TrustedHandlerKey {
-        name: "bench".into(),
-        key: kp.pk.clone().attach_default_key_id(),
-        scope: Vec::new(),
+    let keys = Keys {
+        key: TrustedHandlerKey {
+            name: "bench".into(),
+            key: kp.pk.clone().attach_default_key_id(),
+            scope: Vec::new(),
+        },
+        key_bytes: kp.pk.to_bytes(),
     };
-    let key_bytes = kp.pk.to_bytes();
     let sign = |b: Vec<u8>| handler_sig::sign(&b, &kp.sk, &kp.pk).expect("sign");
-    let (probe, guest, firmware) = (
-        sign(read("probe")?),
-        sign(read("bench-guest")?),
-        sign(read("firmware")?),
-    );
+    let guests = Guests {
+        probe: sign(read("probe")?),
+        guest: sign(read("bench-guest")?),
+        firmware: sign(read("firmware")?),
+    };
     let q = args.quick;
     let mut all = serde_json::Map::new();
     println!("| benchmark | figure | target |");
     println!("|---|---|---|");
+    sandbox_figures(&guests, &keys, q, &mut all).await?;
+    data_path_figures(&guests, &keys, q, &mut all).await?;
+    binary_size(&mut all)?;
+    match &args.broker {
+        Some(url) => agent_figures(url, &args.fleet, q, &mut all).await?,
+        None => println!("| 6, 7. agent RSS and fleet | skipped: no --broker | - |"),
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&all)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
-    let h = bench::handler_call(&guest, &key, if q { 100 } else { 500 }).await;
+/// The signed components the benchmarks run.
+struct Guests {
+    probe: Vec<u8>,
+    guest: Vec<u8>,
+    firmware: Vec<u8>,
+}
+
+/// The key they are signed with, as the agent trusts it.
+struct Keys {
+    key: TrustedHandlerKey,
+    key_bytes: Vec<u8>,
+}
+
+type Figures = serde_json::Map<String, serde_json::Value>;
+
+/// 1 and 2: a handler call's cost, and a sandboxed computation against native code.
+async fn sandbox_figures(g: &Guests, k: &Keys, q: bool, all: &mut Figures) -> Result<()> {
+    let (guest, key) = (&g.guest, &k.key);
+    let h = bench::handler_call(guest, key, if q { 100 } else { 500 }).await;
     println!(
         "| 1. handler call, compile each time ({} B component) | {} | - |",
         h.component_bytes, h.compile_each_time
@@ -73,7 +105,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     );
     all.insert("handler_call".into(), serde_json::to_value(&h)?);
 
-    let s = bench::sandbox_vs_native(&guest, if q { 16 } else { 64 }, if q { 3 } else { 5 }).await;
+    let s = bench::sandbox_vs_native(guest, if q { 16 } else { 64 }, if q { 3 } else { 5 }).await;
     println!(
         "| 2. CRC-32 of {} MiB: native | {} | - |",
         s.payload_bytes >> 20,
@@ -87,6 +119,12 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     println!("| 2. sandbox / native | {:.2}x | <= 1.5x |", s.ratio);
     all.insert("sandbox_vs_native".into(), serde_json::to_value(&s)?);
 
+    Ok(())
+}
+
+/// 3, 4 and 5: sha256, the firmware path over HTTP, a 10-step manifest.
+async fn data_path_figures(g: &Guests, k: &Keys, q: bool, all: &mut Figures) -> Result<()> {
+    let (probe, firmware, key, key_bytes) = (&g.probe, &g.firmware, &k.key, &k.key_bytes);
     let sh = bench::sha256_speed(if q { 256 } else { 1024 }).await;
     println!(
         "| 3. sha256 of {} MiB: sandstep / openssl | {:.0} / {:.0} MB/s = {:.2} | >= 0.9 |",
@@ -98,7 +136,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     all.insert("sha256".into(), serde_json::to_value(&sh)?);
 
     for mib in if q { vec![100] } else { vec![100, 1024] } {
-        let f = bench::firmware_path(&firmware, &key, &key_bytes, mib);
+        let f = bench::firmware_path(firmware, key, key_bytes, mib);
         println!(
             "| 4. firmware {} MiB over loopback HTTP: sandstep / curl | {:.0} / {:.0} MB/s = {:.2}, peak RSS {:.1} MiB | >= 0.8, < 64 MiB |",
             mib, f.sandstep_mb_s, f.curl_mb_s, f.ratio, f.sandstep_peak_rss_mib
@@ -114,7 +152,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         all.insert(format!("firmware_{mib}mib"), serde_json::to_value(&f)?);
     }
 
-    let m = bench::many_steps(&probe, &key, &key_bytes, if q { 3 } else { 10 }).await;
+    let m = bench::many_steps(probe, key, key_bytes, if q { 3 } else { 10 }).await;
     println!("| 5. 10-step manifest, total | {} | - |", m.total);
     println!(
         "| 5. sandstep's overhead per step (journal fsyncs included) | {:.2} ms | < 10 ms |",
@@ -122,6 +160,11 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     );
     all.insert("ten_steps".into(), serde_json::to_value(&m)?);
 
+    Ok(())
+}
+
+/// 6: the binary's size, as built and stripped.
+fn binary_size(all: &mut Figures) -> Result<()> {
     let exe = std::env::current_exe()?;
     let size = std::fs::metadata(&exe)?.len();
     let stripped = std::env::temp_dir().join(format!("sandstep-stripped-{}", std::process::id()));
@@ -146,31 +189,28 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         "binary_bytes".into(),
         serde_json::json!({"as_built": size, "stripped": stripped_size}),
     );
-    if let Some(url) = &args.broker {
-        let rss = bench::agent_idle_rss(url);
-        println!("| 6. agent idle RSS, MQTT connected | {rss:.1} MiB | < 30 MiB |");
-        all.insert("agent_idle_rss_mib".into(), serde_json::json!(rss));
-        let cfg = sandstep::mqtt::MqttConfig {
-            url: url.clone(),
-            ..Default::default()
-        };
-        let dir = tempfile::tempdir()?;
-        for n in if q { vec![100] } else { args.fleet.clone() } {
-            let r =
-                sandstep::fleet_sim::run(&cfg, n, dir.path(), std::time::Duration::from_secs(300))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("fleet-sim {n}: {e}"))?;
-            println!(
+    Ok(())
+}
+
+/// 6 and 7: the agent's idle memory with a broker, and fleets of simulated agents.
+async fn agent_figures(url: &str, fleet: &[usize], q: bool, all: &mut Figures) -> Result<()> {
+    let rss = bench::agent_idle_rss(url);
+    println!("| 6. agent idle RSS, MQTT connected | {rss:.1} MiB | < 30 MiB |");
+    all.insert("agent_idle_rss_mib".into(), serde_json::json!(rss));
+    let cfg = sandstep::mqtt::MqttConfig {
+        url: url.to_owned(),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir()?;
+    for n in if q { vec![100] } else { fleet.to_vec() } {
+        let r = sandstep::fleet_sim::run(&cfg, n, dir.path(), std::time::Duration::from_secs(300))
+            .await
+            .map_err(|e| anyhow::anyhow!("fleet-sim {n}: {e}"))?;
+        println!(
                 "| 7. fleet of {n}: desired state at all / all results back | {} / {} ms (per device p50 {}, p95 {}) | - |",
                 r.delivered_all_ms, r.reported_all_ms, r.round_trip_p50_ms, r.round_trip_p95_ms
             );
-            all.insert(format!("fleet_{n}"), serde_json::to_value(&r)?);
-        }
-    } else {
-        println!("| 6, 7. agent RSS and fleet | skipped: no --broker | - |");
+        all.insert(format!("fleet_{n}"), serde_json::to_value(&r)?);
     }
-    if let Some(p) = &args.json {
-        std::fs::write(p, serde_json::to_vec_pretty(&all)?)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -78,6 +78,37 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
             return finish(r);
         }
     };
+    check_keys(&mut r, &trust, &config);
+
+    let sandbox = match super::common::sandbox(&data) {
+        Ok(s) => s,
+        Err(e) => {
+            r.fail(
+                "wasm engine",
+                format!("{e:#}"),
+                "check that the data dir's cache is writable and the CPU is supported",
+            );
+            return finish(r);
+        }
+    };
+    // An empty module compiles and instantiates only when the engine (and its code memory) works.
+    match wasmtime::Module::new(sandbox.engine(), b"\0asm\x01\0\0\0") {
+        Ok(_) => r.ok("wasm engine", "compiles and runs code"),
+        Err(e) => r.fail(
+            "wasm engine",
+            format!("{e:#}"),
+            "the engine cannot map executable memory: remove MemoryDenyWriteExecute from the unit",
+        ),
+    }
+
+    check_handlers(&mut r, &data, &config, trust, sandbox).await?;
+    check_agent(&mut r, &config, broker_timeout).await;
+    finish(r)
+}
+
+/// Handler keys (none: nothing loads) and manifest root keys (none: every signed deployment is
+/// refused).
+fn check_keys(r: &mut Report, trust: &TrustStore, config: &Config) {
     if trust.handler_keys.is_empty() {
         r.fail(
             "handler keys",
@@ -108,28 +139,17 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
             format!("{} trusted", trust.roots.len()),
         );
     }
+}
 
-    let sandbox = match super::common::sandbox(&data) {
-        Ok(s) => s,
-        Err(e) => {
-            r.fail(
-                "wasm engine",
-                format!("{e:#}"),
-                "check that the data dir's cache is writable and the CPU is supported",
-            );
-            return finish(r);
-        }
-    };
-    // An empty module compiles and instantiates only when the engine (and its code memory) works.
-    match wasmtime::Module::new(sandbox.engine(), b"\0asm\x01\0\0\0") {
-        Ok(_) => r.ok("wasm engine", "compiles and runs code"),
-        Err(e) => r.fail(
-            "wasm engine",
-            format!("{e:#}"),
-            "the engine cannot map executable memory: remove MemoryDenyWriteExecute from the unit",
-        ),
-    }
-
+/// Every registered handler loads (digest, signature against today's keys, policy), and the
+/// default handlers are registered.
+async fn check_handlers(
+    r: &mut Report,
+    data: &sandstep::datadir::DataDir,
+    config: &Config,
+    trust: TrustStore,
+    sandbox: std::sync::Arc<sandstep::sandbox::Sandbox>,
+) -> Result<()> {
     let registry = Registry::open(data.handlers()?)?;
     let entries = registry.list()?;
     let loader = Loader::new(Registry::open(data.handlers()?)?, trust, sandbox);
@@ -159,8 +179,7 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
         );
     }
 
-    check_agent(&mut r, &config, broker_timeout).await;
-    finish(r)
+    Ok(())
 }
 
 fn check_data_dir(r: &mut Report, path: &std::path::Path) {

@@ -393,6 +393,7 @@ pub async fn status(
 }
 
 /// `sandstep fleet-sim`.
+#[cfg(feature = "dev-tools")]
 pub async fn fleet_sim(counts: Vec<usize>, timeout: u64, common: &Common) -> Result<ExitCode> {
     let config = common.load_config()?;
     let dir = tempfile::tempdir()?;

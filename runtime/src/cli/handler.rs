@@ -4,12 +4,13 @@ use super::common::Common;
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use sandstep::loader::Loader;
+use sandstep::policy::Policy;
 use sandstep::registry::Registry;
 use sandstep::trust::handler_sig;
 use sandstep::trust::keys::load_handler_key;
 use sandstep::trust::TrustStore;
 use sandstep::workflow::now_ms;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
@@ -82,47 +83,16 @@ fn trusted_from_dir(dir: &std::path::Path) -> Result<Vec<sandstep::trust::Truste
 }
 
 pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
-    match cmd {
+    // Signing and verifying need no data dir.
+    let cmd = match cmd {
         HandlerCommand::Sign {
             component,
             key,
             out,
-        } => {
-            let bytes = std::fs::read(&component)
-                .with_context(|| format!("cannot read {}", component.display()))?;
-            let (sk, pk) = load_handler_key(&key)?;
-            let signed = handler_sig::sign(&bytes, &sk, &pk)
-                .with_context(|| format!("{}", component.display()))?;
-            let out = out.unwrap_or(component);
-            std::fs::write(&out, signed)
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            println!("signed {} with {}", out.display(), key.display());
-            return Ok(ExitCode::SUCCESS);
-        }
-        HandlerCommand::Verify { component, trust } => {
-            let bytes = std::fs::read(&component)
-                .with_context(|| format!("cannot read {}", component.display()))?;
-            let keys = match &trust {
-                Some(dir) => trusted_from_dir(dir)?,
-                None => {
-                    let config = common.load_config()?;
-                    let data = common.data_dir(&config)?;
-                    TrustStore::load(&data, &config.trust)?.handler_keys
-                }
-            };
-            return Ok(match handler_sig::verify(&bytes, &keys) {
-                Ok(signers) => {
-                    println!("{}: signed by {}", component.display(), signers.join(", "));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    println!("{}: refused: {e}", component.display());
-                    ExitCode::FAILURE
-                }
-            });
-        }
-        _ => {}
-    }
+        } => return sign(&component, &key, out),
+        HandlerCommand::Verify { component, trust } => return verify(&component, trust, common),
+        other => other,
+    };
     let config = common.load_config()?;
     let data = common.data_dir(&config)?;
     let loader = Loader::new(
@@ -130,52 +100,16 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
         TrustStore::load(&data, &config.trust)?,
         super::common::sandbox(&data)?,
     );
+    let policy = config.policy();
     match cmd {
         HandlerCommand::Install { component, id } => {
-            let bytes = std::fs::read(&component)
-                .with_context(|| format!("cannot read {}", component.display()))?;
-            let (entry, handler) = loader
-                .install(
-                    &id,
-                    bytes,
-                    &component.display().to_string(),
-                    &config.policy(),
-                    now_ms(),
-                )
-                .await?;
-            println!(
-                "installed {} ({} bytes, sha256 {}), signed by {}",
-                entry.id,
-                entry.size,
-                entry.digest,
-                entry.signers.join(", ")
-            );
-            let caps: Vec<&str> = handler.capabilities().iter().map(|c| c.name()).collect();
-            if !caps.is_empty() {
-                println!("  capabilities: {}", caps.join(", "));
-            }
+            install(&loader, &policy, &component, &id).await?;
         }
         HandlerCommand::InstallDefaults { dir } => {
             for h in sandstep::defaults::DEFAULT_HANDLERS {
                 let path = dir.join(format!("{}.wasm", h.component));
-                let bytes = std::fs::read(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
                 for id in h.ids {
-                    let (entry, _) = loader
-                        .install(
-                            id,
-                            bytes.clone(),
-                            &path.display().to_string(),
-                            &config.policy(),
-                            now_ms(),
-                        )
-                        .await?;
-                    println!(
-                        "installed {} (sha256 {}), signed by {}",
-                        entry.id,
-                        &entry.digest[..16],
-                        entry.signers.join(", ")
-                    );
+                    install(&loader, &policy, &path, id).await?;
                 }
             }
         }
@@ -185,17 +119,18 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
                 println!("no handlers registered in {}", data.path().display());
             }
             for e in entries {
-                let grants = config.policy().grants(&e.id);
-                let caps = if grants.process.is_some() {
-                    "process"
-                } else {
-                    "-"
-                };
+                let grants = policy.grants(&e.id);
+                let caps: Vec<&str> = grants.capabilities().iter().map(|c| c.name()).collect();
                 println!(
-                    "{:<28} sha256:{}  signed by {:<16} granted: {caps}",
+                    "{:<28} sha256:{}  signed by {:<16} granted: {}",
                     e.id,
                     &e.digest[..16],
-                    e.signers.join(",")
+                    e.signers.join(","),
+                    if caps.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        caps.join(",")
+                    }
                 );
             }
         }
@@ -208,4 +143,61 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `handler sign`: embeds a signature section with `key`.
+fn sign(component: &Path, key: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
+    let bytes =
+        std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
+    let (sk, pk) = load_handler_key(key)?;
+    let signed =
+        handler_sig::sign(&bytes, &sk, &pk).with_context(|| format!("{}", component.display()))?;
+    let out = out.unwrap_or_else(|| component.to_owned());
+    std::fs::write(&out, signed).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("signed {} with {}", out.display(), key.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `handler verify`: who signed it, against a key dir or the data dir's trusted keys.
+fn verify(component: &Path, trust: Option<PathBuf>, common: &Common) -> Result<ExitCode> {
+    let bytes =
+        std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
+    let keys = match &trust {
+        Some(dir) => trusted_from_dir(dir)?,
+        None => {
+            let config = common.load_config()?;
+            let data = common.data_dir(&config)?;
+            TrustStore::load(&data, &config.trust)?.handler_keys
+        }
+    };
+    Ok(match handler_sig::verify(&bytes, &keys) {
+        Ok(signers) => {
+            println!("{}: signed by {}", component.display(), signers.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{}: refused: {e}", component.display());
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// `handler install` of one component under one id.
+async fn install(loader: &Loader, policy: &Policy, component: &Path, id: &str) -> Result<()> {
+    let bytes =
+        std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
+    let source = component.display().to_string();
+    let (entry, handler) = loader.install(id, bytes, &source, policy, now_ms()).await?;
+    println!(
+        "installed {} ({} bytes, sha256 {}), signed by {}",
+        entry.id,
+        entry.size,
+        entry.digest,
+        entry.signers.join(", ")
+    );
+    let caps: Vec<&str> = handler.capabilities().iter().map(|c| c.name()).collect();
+    if !caps.is_empty() {
+        println!("  capabilities: {}", caps.join(", "));
+    }
+    Ok(())
 }

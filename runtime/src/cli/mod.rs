@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing, logging set-up, and one module per command group.
 
+#[cfg(feature = "dev-tools")]
 mod bench;
 mod common;
 mod doctor;
@@ -63,6 +64,7 @@ enum Command {
     },
     /// Simulate N agents in this process against the broker (and an in-process replica) and
     /// measure how long a deployment takes to reach all and be reported back.
+    #[cfg(feature = "dev-tools")]
     FleetSim {
         /// Numbers of devices to simulate, one run each (e.g. 100,500,1000).
         #[arg(long, value_delimiter = ',', default_value = "100")]
@@ -72,6 +74,7 @@ enum Command {
         timeout: u64,
     },
     /// Run the benchmark suite (see BENCHMARKS.md; scripts/bench.sh prepares and runs it).
+    #[cfg(feature = "dev-tools")]
     Bench(bench::BenchArgs),
     /// Check this gateway's set-up (config, data dir, trust keys, handlers, wasm engine,
     /// broker) and print what to fix; fails when a check fails.
@@ -126,8 +129,10 @@ pub fn main() -> ExitCode {
                 json,
             } => fleet::status(device, watch, json, &cli.common).await,
             Command::Cancel { device } => fleet::cancel(device, &cli.common).await,
+            #[cfg(feature = "dev-tools")]
             Command::Bench(args) => bench::run(args).await,
             Command::Doctor { broker_timeout } => doctor::run(broker_timeout, &cli.common).await,
+            #[cfg(feature = "dev-tools")]
             Command::FleetSim { devices, timeout } => {
                 fleet::fleet_sim(devices, timeout, &cli.common).await
             }

@@ -410,14 +410,7 @@ impl Observer for Console {
                 file,
                 result_code,
             } => {
-                if let Some(b) = self
-                    .bars
-                    .lock()
-                    .expect("console lock")
-                    .remove(&(*unit, format!("download {file}")))
-                {
-                    b.finish_and_clear();
-                }
+                self.clear_bar(*unit, &format!("download {file}"));
                 let how = if *result_code == 502 {
                     "already present (502)"
                 } else {
@@ -462,17 +455,22 @@ impl Observer for Console {
                     }
                 ));
             }
-            Event::UnitFinished { unit, .. } => {
-                if let Some(b) = self
-                    .bars
-                    .lock()
-                    .expect("console lock")
-                    .remove(&(*unit, "step".into()))
-                {
-                    b.finish_and_clear();
-                }
-            }
+            Event::UnitFinished { unit, .. } => self.clear_bar(*unit, "step"),
             _ => {}
+        }
+    }
+}
+
+impl Console {
+    /// Removes a progress bar, if shown.
+    fn clear_bar(&self, unit: usize, name: &str) {
+        let bar = self
+            .bars
+            .lock()
+            .expect("console lock")
+            .remove(&(unit, name.to_owned()));
+        if let Some(b) = bar {
+            b.finish_and_clear();
         }
     }
 }

@@ -790,6 +790,7 @@ fn http_polling_follows_the_version_tag_including_a_rollback() {
     );
 }
 
+#[cfg(feature = "dev-tools")]
 #[tokio::test(flavor = "multi_thread")]
 async fn fleet_sim_reaches_every_simulated_device_and_gets_every_result_back() {
     let Some(broker) = Broker::start() else {

@@ -7,6 +7,7 @@ mod cli;
 mod downloads;
 mod faults;
 mod fleet;
+#[cfg(feature = "dev-tools")]
 mod fuzz;
 mod handlers;
 mod http;
@@ -16,3 +17,15 @@ mod sandbox;
 mod support;
 mod trust;
 mod workflow;
+
+/// The fuzz smoke run, the fleet simulation and the benchmark guest's check need the dev tools
+/// (`--features sandstep/dev-tools`, as scripts/test.sh builds): without them they are a
+/// missing prerequisite, not a pass.
+#[cfg(not(feature = "dev-tools"))]
+#[test]
+fn the_dev_tool_tests_need_the_dev_tools_feature() {
+    support::prerequisite_missing(
+        "the fuzz smoke run, fleet-sim and bench-guest tests need --features sandstep/dev-tools \
+         (scripts/test.sh enables it)",
+    );
+}

@@ -622,6 +622,7 @@ async fn vendor_example_handler_runs_its_whole_lifecycle() {
     assert_eq!(record, json!({"app.conf": "app-conf-2"}));
 }
 
+#[cfg(feature = "dev-tools")]
 #[tokio::test(flavor = "multi_thread")]
 async fn the_benchmark_guest_computes_the_same_crc_as_the_host() {
     // sandbox_vs_native asserts that the handler's output equals the native run's.
