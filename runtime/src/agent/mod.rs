@@ -9,25 +9,24 @@
 //! (`workflow`), rate-limited progress, and the result (`lastInstallResult`, plus `{"jobId",
 //! "status"}`). Reports go through the outbox, so none is lost while the broker is away.
 
+mod mqtt_loop;
 pub mod poll;
 pub mod report;
 
 use crate::capability::ledger::ProgramLedger;
-use crate::datadir::{ensure_dir, write_atomic, DataDir};
-use crate::mqtt::{Mqtt, MqttEvent};
+use crate::datadir::{write_atomic, DataDir};
 use crate::sandbox::{EngineOptions, Sandbox};
 use crate::workflow::events::{Event, Observer, UnitInfo};
 use crate::workflow::{now_ms, Deployer, Outcome, Request};
-use report::{final_patch, progress_patch, Confirmations, Outbox, Outgoing};
-use sandstep_model::deployment::{action, Deployment, Workflow, MAX_DEPLOYMENT_BYTES};
+use report::{final_patch, Outgoing};
+use sandstep_model::deployment::{Deployment, Workflow, MAX_DEPLOYMENT_BYTES};
 use sandstep_model::inventory::Inventory;
 use sandstep_model::journal::{FileSource, Journal, Status};
 use sandstep_model::shadow::{valid_device_id, Topics};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -477,248 +476,5 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
     if agent.settings.agent.source == SourceKind::HttpPoll {
         return poll::run(agent, shutdown).await;
     }
-    let mut outbox = Outbox::open(ensure_dir(agent.data.root(), "outbox", 0o700)?)?;
-    let client_id = agent
-        .settings
-        .mqtt
-        .client_id
-        .clone()
-        .unwrap_or_else(|| agent.device.clone());
-    let mut conn = Mqtt::connect(&agent.settings.mqtt, &client_id)?;
-    let delta_topic = Topics::for_device(&agent.topics.delta, &agent.device);
-    let accepted_topic = Topics::for_device(&agent.topics.accepted, &agent.device);
-    let mut confirm = Confirmations::new(Duration::from_millis(
-        agent.settings.agent.confirm_timeout_ms,
-    ));
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
-    let mut connected = false;
-    let mut running: Option<Running> = None;
-    let mut queued: Option<(Workflow, Request)> = None;
-    let last_progress = Mutex::new(Instant::now() - Duration::from_secs(3600));
-    let interval = Duration::from_millis(agent.settings.agent.progress_interval_ms);
-
-    outbox.push(agent.reported(agent.installed_state()))?;
-    // Resume what a crash, reboot or restart interrupted.
-    for j in agent.deployer.unfinished()? {
-        match agent.request_from_journal(&j) {
-            Ok(req) if running.is_none() => {
-                tracing::info!(workflow = %j.workflow_id, "resuming the unfinished deployment");
-                let w = Workflow {
-                    action: action::PROCESS_DEPLOYMENT,
-                    id: j.workflow_id.clone(),
-                    retry_timestamp: j.retry_timestamp.clone(),
-                };
-                running = Some(agent.start(w, req, &ev_tx));
-            }
-            Ok(_) => {
-                tracing::warn!(workflow = %j.workflow_id, "another unfinished deployment waits; it resumes later")
-            }
-            Err(e) => tracing::error!(workflow = %j.workflow_id, "cannot resume: {e}"),
-        }
-    }
-
-    loop {
-        if connected {
-            if let Some(o) = outbox.next_to_send() {
-                if let Err(e) = conn
-                    .publish(&o.topic, o.payload.to_string().into_bytes(), false)
-                    .await
-                {
-                    tracing::warn!("publish failed: {e}");
-                    outbox.disconnected();
-                }
-            }
-        }
-        let finished = async {
-            match running.as_mut() {
-                Some(r) => (&mut r.task).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                if let Some(r) = running.take() {
-                    let grace = Duration::from_secs(agent.settings.agent.shutdown_grace_secs);
-                    tracing::info!(workflow = %r.workflow.id, "shutting down: the step may finish within {grace:?}, else the journal resumes it at the next start");
-                    let mut task = r.task;
-                    if tokio::time::timeout(grace, &mut task).await.is_err() {
-                        task.abort();
-                    }
-                }
-                return Ok(AgentExit::Shutdown);
-            }
-            ev = conn.recv() => match ev {
-                None => return Err(AgentError::Config("the MQTT connection task ended".into())),
-                Some(MqttEvent::Connected) => {
-                    connected = true;
-                    outbox.disconnected();
-                    conn.subscribe(&delta_topic).await?;
-                    if agent.settings.agent.confirm_timeout_ms != 0 {
-                        conn.subscribe(&accepted_topic).await?;
-                    }
-                    tracing::info!(topic = %delta_topic, pending = outbox.len(), "connected");
-                }
-                Some(MqttEvent::Disconnected(e)) => {
-                    if connected {
-                        tracing::warn!("disconnected: {e}");
-                    }
-                    connected = false;
-                    outbox.disconnected();
-                }
-                Some(MqttEvent::PubAck { refused }) => {
-                    if let Some(why) = refused {
-                        // Sending it again would be refused again: say so and go on.
-                        tracing::error!("the broker refused a report ({why}): check its ACL for this device's account");
-                    }
-                    if let Some(o) = outbox.acked()? { confirm.sent(&o.payload); }
-                }
-                Some(MqttEvent::Message { topic, payload, .. }) if topic == accepted_topic => confirm.accepted(&payload),
-                Some(MqttEvent::Message { topic, payload, .. }) if topic == delta_topic => {
-                    let fields = match desired_fields(&payload) {
-                        Ok(f) => f,
-                        Err(why) => { outbox.push(agent.rejection(None, &why))?; continue; }
-                    };
-                    let Some(dep) = deployment_of(&fields) else { continue };
-                    let dep = match dep {
-                        Ok(d) => d,
-                        Err(why) => { outbox.push(agent.rejection(fields.get("workflow"), &why))?; continue; }
-                    };
-                    let w = dep.workflow.clone();
-                    if w.action == action::CANCEL {
-                        let mut patch = Map::new();
-                        patch.insert("workflow".into(), json!(w));
-                        match running.as_mut() {
-                            Some(r) => {
-                                tracing::info!(workflow = %r.workflow.id, "cancel requested");
-                                r.cancel.cancel();
-                                r.cancel_request = Some(w.clone());
-                            }
-                            None => { patch.insert("status".into(), json!("standBy")); }
-                        }
-                        queued = None;
-                        outbox.push(agent.reported(patch))?;
-                        continue;
-                    }
-                    if running.as_ref().is_some_and(|r| r.workflow == w) || queued.as_ref().is_some_and(|(q, _)| *q == w) {
-                        continue; // the same deployment again
-                    }
-                    let req = match agent.request(&dep) {
-                        Ok(r) => r,
-                        Err(why) => { outbox.push(agent.rejection(fields.get("workflow"), &why))?; continue; }
-                    };
-                    // Acknowledge: reporting the workflow empties the delta.
-                    let mut ack = Map::new();
-                    ack.insert("workflow".into(), json!(w));
-                    ack.insert("status".into(), json!("downloading"));
-                    ack.insert("lastError".into(), Value::Null);
-                    outbox.push(agent.reported(ack))?;
-                    match &running {
-                        Some(r) => {
-                            tracing::info!(old = %r.workflow.id, new = %w.id, "a new deployment replaces the running one");
-                            r.cancel.cancel();
-                            queued = Some((w, req));
-                        }
-                        None => running = Some(agent.start(w, req, &ev_tx)),
-                    }
-                }
-                Some(MqttEvent::Message { .. } | MqttEvent::SubAck) => {}
-            },
-            _ = sleep_until_some(confirm.deadline()), if connected => {
-                if let Some(full) = confirm.resend() {
-                    tracing::info!("the shadow service did not confirm a report; sending the whole reported state again");
-                    outbox.push(agent.reported(full))?;
-                }
-            }
-            Some(ev) = ev_rx.recv() => {
-                if let Event::Planned { units, .. } = &ev {
-                    if let Some(r) = running.as_mut() { r.units = units.clone(); }
-                }
-                let units = running.as_ref().map(|r| r.units.clone()).unwrap_or_default();
-                if let Some(mut patch) = progress_patch(&ev, &units) {
-                    let mut last = last_progress.lock().expect("progress lock");
-                    let urgent = matches!(ev, Event::Planned { .. } | Event::ActionStarted { .. });
-                    if urgent || last.elapsed() >= interval {
-                        *last = Instant::now();
-                        if let Some(r) = &running { patch.insert("workflow".into(), json!(r.workflow)); }
-                        let mut o = agent.reported(patch);
-                        o.progress = true;
-                        outbox.push(o)?;
-                    }
-                }
-            }
-            result = finished => {
-                let r = running.take().expect("a task finished, so one was running");
-                match result {
-                    Ok(Ok(outcome)) => {
-                        let reported = r.cancel_request.clone().unwrap_or_else(|| r.workflow.clone());
-                        for o in agent.finished(&reported, &outcome) { outbox.push(o)?; }
-                        match outcome.status {
-                            Status::RebootRequired => return reboot(&agent, &mut outbox, &mut conn).await,
-                            Status::RestartRequired => { flush(&mut outbox, &mut conn).await; return Ok(AgentExit::Restart); }
-                            _ => {}
-                        }
-                    }
-                    Ok(Err(e)) => outbox.push(agent.rejection(Some(&json!(r.workflow)), &e.to_string()))?,
-                    Err(e) => tracing::error!("deployment task failed: {e}"),
-                }
-                if let Some((w, req)) = queued.take() {
-                    running = Some(agent.start(w, req, &ev_tx));
-                }
-            }
-        }
-    }
-}
-
-/// Sleeps until `t`, or forever when there is none.
-async fn sleep_until_some(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Delivers what waits, for up to a few seconds (before a reboot or restart).
-async fn flush(outbox: &mut Outbox, conn: &mut Mqtt) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !outbox.is_empty() && Instant::now() < deadline {
-        if let Some(o) = outbox.next_to_send() {
-            if conn
-                .publish(&o.topic, o.payload.to_string().into_bytes(), false)
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        match tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            conn.recv(),
-        )
-        .await
-        {
-            Ok(Some(MqttEvent::PubAck { .. })) => {
-                let _ = outbox.acked();
-            }
-            Ok(Some(MqttEvent::Disconnected(_))) | Ok(None) | Err(_) => return,
-            Ok(Some(_)) => {}
-        }
-    }
-}
-
-async fn reboot(
-    agent: &Agent,
-    outbox: &mut Outbox,
-    conn: &mut Mqtt,
-) -> Result<AgentExit, AgentError> {
-    flush(outbox, conn).await;
-    let cmd = &agent.settings.agent.reboot_command;
-    tracing::warn!(command = ?cmd, "a step asked for a reboot; the journal is persisted, rebooting");
-    if let Some((program, args)) = cmd.split_first() {
-        match std::process::Command::new(program).args(args).status() {
-            Ok(s) if s.success() => {}
-            Ok(s) => tracing::error!("reboot command exited with {s}"),
-            Err(e) => tracing::error!("reboot command {program}: {e}"),
-        }
-    }
-    Ok(AgentExit::Rebooting)
+    mqtt_loop::run(agent, shutdown).await
 }

@@ -1,0 +1,378 @@
+//! The agent over MQTT: one loop that waits for the next input (a broker event, a deployment's
+//! progress, its end, a confirmation timeout, shutdown) and hands it to its handler. What the
+//! loop keeps between inputs is [`MqttLoop`]; every report goes through the durable outbox.
+
+use super::report::{progress_patch, Confirmations, Outbox};
+use super::{deployment_of, desired_fields, Agent, AgentError, AgentExit, Running};
+use crate::datadir::ensure_dir;
+use crate::mqtt::{Mqtt, MqttEvent};
+use crate::workflow::events::Event;
+use crate::workflow::{Outcome, Request, WorkflowError};
+use sandstep_model::deployment::{action, Workflow};
+use sandstep_model::journal::Status;
+use sandstep_model::shadow::Topics;
+use serde_json::{json, Map, Value};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How a deployment's task ended.
+type Finished = Result<Result<Outcome, WorkflowError>, tokio::task::JoinError>;
+
+/// Runs the agent over MQTT until shutdown, a reboot, or a restart request.
+pub(super) async fn run(
+    agent: Agent,
+    shutdown: CancellationToken,
+) -> Result<AgentExit, AgentError> {
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+    let mut l = MqttLoop::start(&agent, ev_tx)?;
+    loop {
+        l.send_next().await;
+        let finished = async {
+            match l.running.as_mut() {
+                Some(r) => (&mut r.task).await,
+                None => std::future::pending().await,
+            }
+        };
+        let exit = tokio::select! {
+            _ = shutdown.cancelled() => Some(l.shut_down().await),
+            ev = l.conn.recv() => l.on_mqtt(ev).await?,
+            _ = sleep_until_some(l.confirm.deadline()), if l.connected => l.on_unconfirmed()?,
+            Some(ev) = ev_rx.recv() => l.on_progress(&ev)?,
+            result = finished => l.on_finished(result).await?,
+        };
+        if let Some(exit) = exit {
+            return Ok(exit);
+        }
+    }
+}
+
+/// What the loop keeps between inputs.
+struct MqttLoop<'a> {
+    agent: &'a Agent,
+    outbox: Outbox,
+    conn: Mqtt,
+    confirm: Confirmations,
+    delta_topic: String,
+    accepted_topic: String,
+    connected: bool,
+    running: Option<Running>,
+    /// A deployment that replaces the running one once it has stopped.
+    queued: Option<(Workflow, Request)>,
+    last_progress: Instant,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl<'a> MqttLoop<'a> {
+    /// Connects, queues the installed state, and resumes what a crash, reboot or restart
+    /// interrupted.
+    fn start(agent: &'a Agent, events: mpsc::UnboundedSender<Event>) -> Result<Self, AgentError> {
+        let settings = &agent.settings;
+        let client_id = settings
+            .mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| agent.device.clone());
+        let mut l = MqttLoop {
+            agent,
+            outbox: Outbox::open(ensure_dir(agent.data.root(), "outbox", 0o700)?)?,
+            conn: Mqtt::connect(&settings.mqtt, &client_id)?,
+            confirm: Confirmations::new(Duration::from_millis(settings.agent.confirm_timeout_ms)),
+            delta_topic: Topics::for_device(&agent.topics.delta, &agent.device),
+            accepted_topic: Topics::for_device(&agent.topics.accepted, &agent.device),
+            connected: false,
+            running: None,
+            queued: None,
+            last_progress: Instant::now() - Duration::from_secs(3600),
+            events,
+        };
+        l.outbox.push(agent.reported(agent.installed_state()))?;
+        for j in agent.deployer.unfinished()? {
+            match agent.request_from_journal(&j) {
+                Ok(req) if l.running.is_none() => {
+                    tracing::info!(workflow = %j.workflow_id, "resuming the unfinished deployment");
+                    let w = Workflow {
+                        action: action::PROCESS_DEPLOYMENT,
+                        id: j.workflow_id.clone(),
+                        retry_timestamp: j.retry_timestamp.clone(),
+                    };
+                    l.running = Some(agent.start(w, req, &l.events));
+                }
+                Ok(_) => {
+                    tracing::warn!(workflow = %j.workflow_id, "another unfinished deployment waits; it resumes later")
+                }
+                Err(e) => tracing::error!(workflow = %j.workflow_id, "cannot resume: {e}"),
+            }
+        }
+        Ok(l)
+    }
+
+    /// Publishes the next waiting report, when connected.
+    async fn send_next(&mut self) {
+        if !self.connected {
+            return;
+        }
+        if let Some(o) = self.outbox.next_to_send() {
+            let payload = o.payload.to_string().into_bytes();
+            if let Err(e) = self.conn.publish(&o.topic, payload, false).await {
+                tracing::warn!("publish failed: {e}");
+                self.outbox.disconnected();
+            }
+        }
+    }
+
+    /// Shutdown: the running step may finish within the grace period, else the journal resumes
+    /// it at the next start.
+    async fn shut_down(&mut self) -> AgentExit {
+        if let Some(r) = self.running.take() {
+            let grace = Duration::from_secs(self.agent.settings.agent.shutdown_grace_secs);
+            tracing::info!(workflow = %r.workflow.id, "shutting down: the step may finish within {grace:?}, else the journal resumes it at the next start");
+            let mut task = r.task;
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        AgentExit::Shutdown
+    }
+
+    async fn on_mqtt(&mut self, ev: Option<MqttEvent>) -> Result<Option<AgentExit>, AgentError> {
+        match ev {
+            None => return Err(AgentError::Config("the MQTT connection task ended".into())),
+            Some(MqttEvent::Connected) => {
+                self.connected = true;
+                self.outbox.disconnected();
+                self.conn.subscribe(&self.delta_topic).await?;
+                if self.agent.settings.agent.confirm_timeout_ms != 0 {
+                    self.conn.subscribe(&self.accepted_topic).await?;
+                }
+                tracing::info!(topic = %self.delta_topic, pending = self.outbox.len(), "connected");
+            }
+            Some(MqttEvent::Disconnected(e)) => {
+                if self.connected {
+                    tracing::warn!("disconnected: {e}");
+                }
+                self.connected = false;
+                self.outbox.disconnected();
+            }
+            Some(MqttEvent::PubAck { refused }) => {
+                if let Some(why) = refused {
+                    // Sending it again would be refused again: say so and go on.
+                    tracing::error!("the broker refused a report ({why}): check its ACL for this device's account");
+                }
+                if let Some(o) = self.outbox.acked()? {
+                    self.confirm.sent(&o.payload);
+                }
+            }
+            Some(MqttEvent::Message { topic, payload, .. }) if topic == self.accepted_topic => {
+                self.confirm.accepted(&payload)
+            }
+            Some(MqttEvent::Message { topic, payload, .. }) if topic == self.delta_topic => {
+                self.on_delta(&payload)?
+            }
+            Some(MqttEvent::Message { .. } | MqttEvent::SubAck) => {}
+        }
+        Ok(None)
+    }
+
+    /// A desired-state delta: a deployment to start (or queue), a cancel, or a refusal.
+    fn on_delta(&mut self, payload: &[u8]) -> Result<(), AgentError> {
+        let agent = self.agent;
+        let fields = match desired_fields(payload) {
+            Ok(f) => f,
+            Err(why) => return Ok(self.outbox.push(agent.rejection(None, &why))?),
+        };
+        let dep = match deployment_of(&fields) {
+            None => return Ok(()),
+            Some(Ok(d)) => d,
+            Some(Err(why)) => {
+                return Ok(self
+                    .outbox
+                    .push(agent.rejection(fields.get("workflow"), &why))?)
+            }
+        };
+        let w = dep.workflow.clone();
+        if w.action == action::CANCEL {
+            return self.on_cancel(w);
+        }
+        let same = self.running.as_ref().is_some_and(|r| r.workflow == w)
+            || self.queued.as_ref().is_some_and(|(q, _)| *q == w);
+        if same {
+            return Ok(()); // the same deployment again
+        }
+        let req = match agent.request(&dep) {
+            Ok(r) => r,
+            Err(why) => {
+                return Ok(self
+                    .outbox
+                    .push(agent.rejection(fields.get("workflow"), &why))?)
+            }
+        };
+        // Acknowledge: reporting the workflow empties the delta.
+        let mut ack = Map::new();
+        ack.insert("workflow".into(), json!(w));
+        ack.insert("status".into(), json!("downloading"));
+        ack.insert("lastError".into(), Value::Null);
+        self.outbox.push(agent.reported(ack))?;
+        match &self.running {
+            Some(r) => {
+                tracing::info!(old = %r.workflow.id, new = %w.id, "a new deployment replaces the running one");
+                r.cancel.cancel();
+                self.queued = Some((w, req));
+            }
+            None => self.running = Some(agent.start(w, req, &self.events)),
+        }
+        Ok(())
+    }
+
+    fn on_cancel(&mut self, w: Workflow) -> Result<(), AgentError> {
+        let mut patch = Map::new();
+        patch.insert("workflow".into(), json!(w));
+        match self.running.as_mut() {
+            Some(r) => {
+                tracing::info!(workflow = %r.workflow.id, "cancel requested");
+                r.cancel.cancel();
+                r.cancel_request = Some(w);
+            }
+            None => {
+                patch.insert("status".into(), json!("standBy"));
+            }
+        }
+        self.queued = None;
+        self.outbox.push(self.agent.reported(patch))?;
+        Ok(())
+    }
+
+    /// The shadow service did not confirm a report in time: send the whole reported state.
+    fn on_unconfirmed(&mut self) -> Result<Option<AgentExit>, AgentError> {
+        if let Some(full) = self.confirm.resend() {
+            tracing::info!("the shadow service did not confirm a report; sending the whole reported state again");
+            self.outbox.push(self.agent.reported(full))?;
+        }
+        Ok(None)
+    }
+
+    /// A deployment's progress: reported at most every `progress-interval-ms`, except the
+    /// plan and each action's start.
+    fn on_progress(&mut self, ev: &Event) -> Result<Option<AgentExit>, AgentError> {
+        if let Event::Planned { units, .. } = ev {
+            if let Some(r) = self.running.as_mut() {
+                r.units = units.clone();
+            }
+        }
+        let units = self
+            .running
+            .as_ref()
+            .map(|r| r.units.clone())
+            .unwrap_or_default();
+        let Some(mut patch) = progress_patch(ev, &units) else {
+            return Ok(None);
+        };
+        let interval = Duration::from_millis(self.agent.settings.agent.progress_interval_ms);
+        let urgent = matches!(ev, Event::Planned { .. } | Event::ActionStarted { .. });
+        if urgent || self.last_progress.elapsed() >= interval {
+            self.last_progress = Instant::now();
+            if let Some(r) = &self.running {
+                patch.insert("workflow".into(), json!(r.workflow));
+            }
+            let mut o = self.agent.reported(patch);
+            o.progress = true;
+            self.outbox.push(o)?;
+        }
+        Ok(None)
+    }
+
+    /// The running deployment ended: report it, reboot or restart when it asks, then start the
+    /// queued one.
+    async fn on_finished(&mut self, result: Finished) -> Result<Option<AgentExit>, AgentError> {
+        let agent = self.agent;
+        let r = self
+            .running
+            .take()
+            .expect("a task finished, so one was running");
+        match result {
+            Ok(Ok(outcome)) => {
+                let reported = r
+                    .cancel_request
+                    .clone()
+                    .unwrap_or_else(|| r.workflow.clone());
+                for o in agent.finished(&reported, &outcome) {
+                    self.outbox.push(o)?;
+                }
+                match outcome.status {
+                    Status::RebootRequired => {
+                        return reboot(agent, &mut self.outbox, &mut self.conn)
+                            .await
+                            .map(Some)
+                    }
+                    Status::RestartRequired => {
+                        flush(&mut self.outbox, &mut self.conn).await;
+                        return Ok(Some(AgentExit::Restart));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(Err(e)) => self
+                .outbox
+                .push(agent.rejection(Some(&json!(r.workflow)), &e.to_string()))?,
+            Err(e) => tracing::error!("deployment task failed: {e}"),
+        }
+        if let Some((w, req)) = self.queued.take() {
+            self.running = Some(agent.start(w, req, &self.events));
+        }
+        Ok(None)
+    }
+}
+
+/// Sleeps until `t`, or forever when there is none.
+async fn sleep_until_some(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Delivers what waits, for up to a few seconds (before a reboot or restart).
+async fn flush(outbox: &mut Outbox, conn: &mut Mqtt) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !outbox.is_empty() && Instant::now() < deadline {
+        if let Some(o) = outbox.next_to_send() {
+            if conn
+                .publish(&o.topic, o.payload.to_string().into_bytes(), false)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        match tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            conn.recv(),
+        )
+        .await
+        {
+            Ok(Some(MqttEvent::PubAck { .. })) => {
+                let _ = outbox.acked();
+            }
+            Ok(Some(MqttEvent::Disconnected(_))) | Ok(None) | Err(_) => return,
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+async fn reboot(
+    agent: &Agent,
+    outbox: &mut Outbox,
+    conn: &mut Mqtt,
+) -> Result<AgentExit, AgentError> {
+    flush(outbox, conn).await;
+    let cmd = &agent.settings.agent.reboot_command;
+    tracing::warn!(command = ?cmd, "a step asked for a reboot; the journal is persisted, rebooting");
+    if let Some((program, args)) = cmd.split_first() {
+        match std::process::Command::new(program).args(args).status() {
+            Ok(s) if s.success() => {}
+            Ok(s) => tracing::error!("reboot command exited with {s}"),
+            Err(e) => tracing::error!("reboot command {program}: {e}"),
+        }
+    }
+    Ok(AgentExit::Rebooting)
+}
