@@ -65,11 +65,11 @@ impl Default for Config {
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config {path}: {source}")]
+    #[error("config {path}: {cause}")]
     Read {
         path: String,
-        #[source]
-        source: std::io::Error,
+        /// In the message, not a `source`: printed once.
+        cause: std::io::Error,
     },
     #[error("config {path}: {message}")]
     Parse { path: String, message: String },
@@ -86,7 +86,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })?;
         Config::parse(&text, &path.display().to_string())
     }

@@ -132,12 +132,12 @@ pub struct DataDir {
 
 /// Why the data dir could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("data dir {path}: {what}: {source}")]
+#[error("data dir {path}: {what}: {cause}")]
 pub struct DataDirError {
     pub path: String,
     pub what: String,
-    #[source]
-    pub source: std::io::Error,
+    /// In the message, not a `source`: printed once.
+    pub cause: std::io::Error,
 }
 
 impl DataDir {
@@ -146,7 +146,7 @@ impl DataDir {
         let err = |what: &str, source| DataDirError {
             path: path.display().to_string(),
             what: what.to_owned(),
-            source,
+            cause: source,
         };
         {
             use std::os::unix::fs::DirBuilderExt;
@@ -177,7 +177,7 @@ impl DataDir {
         ensure_dir(&self.root, name, mode).map_err(|source| DataDirError {
             path: self.path.display().to_string(),
             what: format!("open {name}/"),
-            source,
+            cause: source,
         })
     }
 

@@ -127,11 +127,11 @@ pub enum DownloadError {
     },
     #[error("`{file}`: {reason}")]
     Source { file: String, reason: String },
-    #[error("`{file}`: download store: {source}")]
+    #[error("`{file}`: download store: {cause}")]
     Store {
         file: String,
-        #[source]
-        source: std::io::Error,
+        /// In the message, not a `source`: printed once.
+        cause: std::io::Error,
     },
 }
 
@@ -216,7 +216,7 @@ impl Downloader {
     fn store_err(file: &Wanted) -> impl Fn(std::io::Error) -> DownloadError + '_ {
         move |source| DownloadError::Store {
             file: file.file_name.clone(),
-            source,
+            cause: source,
         }
     }
 

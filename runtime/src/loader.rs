@@ -20,15 +20,15 @@ use std::sync::{Arc, Mutex};
 /// Why a handler could not be installed or loaded. Each names the handler.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{0}")]
+    #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("handler `{id}` refused: {source}")]
+    #[error("handler `{id}` refused: {cause}")]
     Signature {
         id: String,
-        #[source]
-        source: HandlerSignatureError,
+        /// In the message, not a `source`: printed once.
+        cause: HandlerSignatureError,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Sandbox(#[from] SandboxError),
 }
 
@@ -89,7 +89,7 @@ impl Loader {
     pub fn verify(&self, id: &str, bytes: &[u8]) -> Result<Vec<String>, LoadError> {
         let refused = |source| LoadError::Signature {
             id: id.to_owned(),
-            source,
+            cause: source,
         };
         let signers = handler_sig::verify(bytes, &self.trust.handler_keys).map_err(refused)?;
         let covering: Vec<String> = signers

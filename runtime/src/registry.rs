@@ -47,8 +47,15 @@ pub enum RegistryError {
     Tampered { id: String, digest: String },
     #[error("handler registry index is corrupt: {0}")]
     Corrupt(String),
+    /// Its cause is in the message, not a `source` (printed once).
     #[error("handler registry: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for RegistryError {
+    fn from(e: std::io::Error) -> Self {
+        RegistryError::Io(e)
+    }
 }
 
 /// The registry in the data dir's `handlers/`.

@@ -26,13 +26,13 @@ pub struct Record {
 /// Why the replica stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ShadowError {
-    #[error("shadow database {path}: {source}")]
+    #[error("shadow database {path}: {cause}")]
     Db {
         path: String,
-        #[source]
-        source: rusqlite::Error,
+        /// In the message, not a `source`: printed once.
+        cause: rusqlite::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Mqtt(#[from] MqttError),
 }
 
@@ -48,7 +48,7 @@ impl Store {
         let p = path.display().to_string();
         let err = |source| ShadowError::Db {
             path: p.clone(),
-            source,
+            cause: source,
         };
         let conn = Connection::open(path).map_err(err)?;
         conn.execute_batch(
@@ -69,7 +69,7 @@ impl Store {
     fn err(&self) -> impl Fn(rusqlite::Error) -> ShadowError + '_ {
         move |source| ShadowError::Db {
             path: self.path.clone(),
-            source,
+            cause: source,
         }
     }
 

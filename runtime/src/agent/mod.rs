@@ -149,14 +149,21 @@ pub enum AgentExit {
 pub enum AgentError {
     #[error("agent: {0}")]
     Config(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Workflow(#[from] crate::workflow::WorkflowError),
-    #[error("{0}")]
+    #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),
-    #[error("{0}")]
+    #[error(transparent)]
     DataDir(#[from] crate::datadir::DataDirError),
+    /// Its cause is in the message, not a `source` (printed once).
     #[error("agent outbox: {0}")]
-    Outbox(#[from] std::io::Error),
+    Outbox(std::io::Error),
+}
+
+impl From<std::io::Error> for AgentError {
+    fn from(e: std::io::Error) -> Self {
+        AgentError::Outbox(e)
+    }
 }
 
 /// Forwards deployment events to the agent loop.

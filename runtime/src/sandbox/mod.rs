@@ -58,11 +58,11 @@ pub enum SandboxError {
     NotAHandler { handler: String, reason: String },
     #[error("cannot prepare the sandbox for `{handler}`: {reason}")]
     Setup { handler: String, reason: String },
-    #[error("component cache entry `{name}`: {source}")]
+    #[error("component cache entry `{name}`: {cause}")]
     Cache {
         name: String,
-        #[source]
-        source: std::io::Error,
+        /// In the message, not a `source`: printed once.
+        cause: std::io::Error,
     },
 }
 
@@ -261,7 +261,7 @@ impl Sandbox {
         };
         let cache_err = |source| SandboxError::Cache {
             name: cache.entry_name(digest),
-            source,
+            cause: source,
         };
         let bytes = match cache.read(digest).map_err(cache_err)? {
             cache::Lookup::Found(b) => b,

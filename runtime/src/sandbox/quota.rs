@@ -30,8 +30,15 @@ pub(crate) enum UsageError {
     TooDeep,
     #[error("it holds more than {MAX_ENTRIES} entries")]
     TooManyEntries,
+    /// Its cause is in the message, not a `source` (printed once).
     #[error("it cannot be read: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for UsageError {
+    fn from(e: std::io::Error) -> Self {
+        UsageError::Io(e)
+    }
 }
 
 /// Bytes allocated under `dir` (files, directories, symlinks; symlinks are not followed). The

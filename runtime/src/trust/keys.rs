@@ -24,11 +24,11 @@ pub enum KeyKind {
 /// Why a key file could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: String,
-        #[source]
-        source: std::io::Error,
+        /// In the message, not a `source`: printed once.
+        cause: std::io::Error,
     },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
@@ -37,7 +37,7 @@ pub enum KeyError {
 fn io(path: &Path) -> impl Fn(std::io::Error) -> KeyError + '_ {
     move |source| KeyError::Io {
         path: path.display().to_string(),
-        source,
+        cause: source,
     }
 }
 

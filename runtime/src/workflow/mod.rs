@@ -93,13 +93,13 @@ pub struct Outcome {
 /// Why a deployment could not be run at all (before or outside any step).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
-    #[error("{0}")]
+    #[error(transparent)]
     DataDir(#[from] DataDirError),
     #[error("journal for workflow `{workflow}`: {reason}")]
     Journal { workflow: String, reason: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("{0}")]
+    #[error(transparent)]
     Trust(#[from] TrustError),
     #[error("cannot start downloads: {0}")]
     Http(String),
@@ -648,7 +648,7 @@ impl Deployer {
         let err = |what: &str, source| DataDirError {
             path: self.data.path().display().to_string(),
             what: what.to_owned(),
-            source,
+            cause: source,
         };
         let payload = crate::datadir::ensure_dir(&payloads, format!("{wf}/{key}"), 0o755)
             .map_err(|e| err("payload dir", e))?;
@@ -1158,7 +1158,7 @@ fn setup_error(data: &DataDir, e: std::io::Error) -> WorkflowError {
     WorkflowError::DataDir(DataDirError {
         path: data.path().display().to_string(),
         what: "open unit directories".into(),
-        source: e,
+        cause: e,
     })
 }
 

@@ -257,7 +257,7 @@ async fn every_load_rechecks_the_signature_and_the_stored_bytes() {
         matches!(
             err,
             LoadError::Signature {
-                source: HandlerSignatureError::NoTrustedKeys,
+                cause: HandlerSignatureError::NoTrustedKeys,
                 ..
             }
         ),
