@@ -215,58 +215,104 @@ impl Policy {
         &self,
         handler_id: &str,
         component: Option<&sandstep_model::Component>,
-    ) -> Result<Vec<Preopen>, String> {
+    ) -> Result<Vec<Preopen>, PreopenError> {
         let Some(policy) = self.handler(handler_id) else {
             return Ok(Vec::new());
         };
         let rule = |what: &str| format!("policy handlers.\"{handler_id}\".{what}");
+        let open = |rule: String, path: &std::path::Path| {
+            Dir::open_ambient_dir(path, cap_std::ambient_authority()).map_err(|cause| {
+                PreopenError::Open {
+                    rule,
+                    path: path.to_owned(),
+                    cause,
+                }
+            })
+        };
         let mut out = Vec::new();
         for d in &policy.dirs {
-            let dir = Dir::open_ambient_dir(&d.host, cap_std::ambient_authority())
-                .map_err(|e| format!("{}: cannot open {}: {e}", rule("dirs"), d.host.display()))?;
+            let dir = open(rule("dirs"), &d.host)?;
             out.push(Preopen::new(dir, d.guest.clone(), d.writable));
         }
-        if let Some(c) = component {
-            for d in &policy.component_dirs {
-                let value = c
-                    .properties
-                    .get(&d.property)
-                    .and_then(|v| v.as_str())
-                    .ok_or_else(|| {
-                        format!(
-                            "component `{}` has no string property `{}` ({})",
-                            c.id,
-                            d.property,
-                            rule("component-dirs")
-                        )
-                    })?;
-                let under = std::fs::canonicalize(&d.under).map_err(|e| {
-                    format!(
-                        "{}: {}: {e}",
-                        rule("component-dirs.under"),
-                        d.under.display()
-                    )
-                })?;
-                let real = std::fs::canonicalize(value).map_err(|e| {
-                    format!(
-                        "component `{}`: properties.{} `{value}`: {e}",
-                        c.id, d.property
-                    )
-                })?;
-                if !real.starts_with(&under) || !real.is_dir() {
-                    return Err(format!(
-                        "component `{}`: properties.{} `{value}` is not a directory under {} ({})",
-                        c.id,
-                        d.property,
-                        under.display(),
-                        rule("component-dirs")
-                    ));
-                }
-                let dir = Dir::open_ambient_dir(&real, cap_std::ambient_authority())
-                    .map_err(|e| format!("component `{}`: {}: {e}", c.id, real.display()))?;
-                out.push(Preopen::new(dir, d.guest.clone(), d.writable));
-            }
+        let Some(c) = component else {
+            return Ok(out);
+        };
+        for d in &policy.component_dirs {
+            let real = component_dir(c, d, rule("component-dirs"))?;
+            let dir = open(rule("component-dirs"), &real)?;
+            out.push(Preopen::new(dir, d.guest.clone(), d.writable));
         }
         Ok(out)
     }
+}
+
+/// The real path of the directory component `c`'s property names, checked to lie under the
+/// rule's `under` path.
+fn component_dir(
+    c: &sandstep_model::Component,
+    d: &ComponentDir,
+    rule: String,
+) -> Result<PathBuf, PreopenError> {
+    let value = c
+        .properties
+        .get(&d.property)
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| PreopenError::NoProperty {
+            component: c.id.clone(),
+            property: d.property.clone(),
+            rule: rule.clone(),
+        })?;
+    let under = std::fs::canonicalize(&d.under).map_err(|cause| PreopenError::Open {
+        rule: format!("{rule}.under"),
+        path: d.under.clone(),
+        cause,
+    })?;
+    let real = std::fs::canonicalize(value).map_err(|cause| PreopenError::Resolve {
+        component: c.id.clone(),
+        property: d.property.clone(),
+        value: value.to_owned(),
+        cause,
+    })?;
+    if !real.starts_with(&under) || !real.is_dir() {
+        return Err(PreopenError::NotUnder {
+            component: c.id.clone(),
+            property: d.property.clone(),
+            value: value.to_owned(),
+            under,
+            rule,
+        });
+    }
+    Ok(real)
+}
+
+/// Why a directory the policy maps in could not be.
+#[derive(Debug, thiserror::Error)]
+pub enum PreopenError {
+    #[error("{rule}: cannot open {}: {cause}", path.display())]
+    Open {
+        rule: String,
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("component `{component}` has no string property `{property}` ({rule})")]
+    NoProperty {
+        component: String,
+        property: String,
+        rule: String,
+    },
+    #[error("component `{component}`: properties.{property} `{value}`: {cause}")]
+    Resolve {
+        component: String,
+        property: String,
+        value: String,
+        cause: std::io::Error,
+    },
+    #[error("component `{component}`: properties.{property} `{value}` is not a directory under {} ({rule})", under.display())]
+    NotUnder {
+        component: String,
+        property: String,
+        value: String,
+        under: PathBuf,
+        rule: String,
+    },
 }

@@ -76,25 +76,32 @@ impl Default for AgentConfig {
     }
 }
 
+/// Why no device id could be found.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceIdError {
+    #[error("[agent] device-id is not set and the host name is unreadable: {0}")]
+    NoHostName(std::io::Error),
+    #[error(
+        "{from} `{device}` cannot be a device id: it must be non-empty, without `/`, `+` or `#`"
+    )]
+    Unusable { from: &'static str, device: String },
+}
+
 impl AgentConfig {
     /// The device id: `device-id`, else this machine's host name (so a packaged agent runs out
     /// of the box); either must be usable in a topic.
-    pub fn resolved_device_id(&self) -> Result<String, String> {
+    pub fn resolved_device_id(&self) -> Result<String, DeviceIdError> {
         let (device, from) = match &self.device_id {
             Some(d) => (d.clone(), "device-id"),
             None => (
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
                     .map(|h| h.trim().to_owned())
-                    .map_err(|e| {
-                        format!("[agent] device-id is not set and the host name is unreadable: {e}")
-                    })?,
+                    .map_err(DeviceIdError::NoHostName)?,
                 "the host name (device-id is not set)",
             ),
         };
         if device.is_empty() || !valid_device_id(&device) {
-            return Err(format!(
-                "{from} `{device}` cannot be a device id: it must be non-empty, without `/`, `+` or `#`"
-            ));
+            return Err(DeviceIdError::Unusable { from, device });
         }
         Ok(device)
     }
@@ -149,6 +156,8 @@ pub enum AgentExit {
 pub enum AgentError {
     #[error("agent: {0}")]
     Config(String),
+    #[error(transparent)]
+    DeviceId(#[from] DeviceIdError),
     #[error(transparent)]
     Workflow(#[from] crate::workflow::WorkflowError),
     #[error(transparent)]
@@ -226,10 +235,7 @@ impl Agent {
         data_path: &std::path::Path,
     ) -> Result<Agent, AgentError> {
         let settings = settings.into();
-        let device = settings
-            .agent
-            .resolved_device_id()
-            .map_err(AgentError::Config)?;
+        let device = settings.agent.resolved_device_id()?;
         let data = DataDir::open(data_path)?;
         let sandbox = Arc::new(
             Sandbox::new(&EngineOptions::default(), Some(data.component_cache()?))

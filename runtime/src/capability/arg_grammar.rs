@@ -100,18 +100,93 @@ pub struct StepDirs<'a> {
     pub state: &'a Path,
 }
 
+/// Why an argument list does not fit a form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormError {
+    #[error("{count} arguments, at most {max}")]
+    TooMany { count: usize, max: usize },
+    #[error("`any` may only be a `rest` slot")]
+    AnyNotRest,
+    #[error("`any` needs a payload file as the first slot (the entry point)")]
+    AnyWithoutEntryPoint,
+    #[error("argument {index} `{got}` is not `{want}`")]
+    NotLiteral {
+        index: usize,
+        got: String,
+        want: String,
+    },
+    #[error("argument `{0}` is missing")]
+    MissingLiteral(String),
+    #[error("a {0} argument is missing")]
+    MissingSlot(Slot),
+    #[error("argument {index} `{arg}`: {why}")]
+    Slot {
+        index: usize,
+        arg: String,
+        why: SlotError,
+    },
+    #[error("argument {index} `{arg}` is none of: {} ({first})", kinds(rest))]
+    NoneOf {
+        index: usize,
+        arg: String,
+        rest: Vec<Slot>,
+        /// Why it does not fit the first of them.
+        first: SlotError,
+    },
+}
+
+fn kinds(slots: &[Slot]) -> String {
+    slots
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from(self.clone()))
+    }
+}
+
+/// Why one argument does not fit a slot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlotError {
+    #[error("not a Debian package spec")]
+    NotPackageSpec,
+    #[error("not a Debian package name")]
+    NotPackageName,
+    #[error("not a `{0}` file")]
+    WrongSuffix(String),
+    #[error("not beneath {0}")]
+    NotBeneath(String),
+    #[error("names the directory itself")]
+    DirectoryItself,
+    #[error("`.` or `..` in the path")]
+    DotOrDotDot,
+    #[error("a symlink or `..` on the way (resolved beneath the step's directory)")]
+    Escapes,
+    #[error("a component on the way is not a directory")]
+    NotADirectoryOnTheWay,
+    #[error("not a regular file")]
+    NotRegular,
+    #[error("{0} is a symlink")]
+    Symlink(String),
+    #[error("{path}: {errno}")]
+    Io { path: String, errno: String },
+}
+
 impl ArgForm {
     /// Accepts `args` or says, for the first argument that does not fit, why.
-    pub fn check(&self, args: &[String], dirs: StepDirs<'_>) -> Result<(), String> {
+    pub fn check(&self, args: &[String], dirs: StepDirs<'_>) -> Result<(), FormError> {
         if args.len() > self.max_args {
-            return Err(format!(
-                "{} arguments, at most {}",
-                args.len(),
-                self.max_args
-            ));
+            return Err(FormError::TooMany {
+                count: args.len(),
+                max: self.max_args,
+            });
         }
         if self.then.contains(&Slot::Any) {
-            return Err("`any` may only be a `rest` slot".into());
+            return Err(FormError::AnyNotRest);
         }
         if self.rest.contains(&Slot::Any)
             && !self
@@ -119,61 +194,63 @@ impl ArgForm {
                 .first()
                 .is_some_and(|s| matches!(s, Slot::PayloadFile { .. }))
         {
-            return Err("`any` needs a payload file as the first slot (the entry point)".into());
+            return Err(FormError::AnyWithoutEntryPoint);
         }
         let mut it = args.iter().enumerate();
         for want in &self.prefix {
             match it.next() {
                 Some((_, got)) if got == want => {}
-                Some((i, got)) => return Err(format!("argument {i} `{got}` is not `{want}`")),
-                None => return Err(format!("argument `{want}` is missing")),
+                Some((index, got)) => {
+                    return Err(FormError::NotLiteral {
+                        index,
+                        got: got.clone(),
+                        want: want.clone(),
+                    })
+                }
+                None => return Err(FormError::MissingLiteral(want.clone())),
             }
         }
         for slot in &self.then {
-            let Some((i, got)) = it.next() else {
-                return Err(format!(
-                    "a {} argument is missing",
-                    String::from(slot.clone())
-                ));
+            let Some((index, got)) = it.next() else {
+                return Err(FormError::MissingSlot(slot.clone()));
             };
-            fits(slot, got, dirs).map_err(|why| format!("argument {i} `{got}`: {why}"))?;
+            fits(slot, got, dirs).map_err(|why| FormError::Slot {
+                index,
+                arg: got.clone(),
+                why,
+            })?;
         }
-        for (i, got) in it {
-            let errors: Vec<String> = self
-                .rest
-                .iter()
-                .filter_map(|slot| fits(slot, got, dirs).err())
-                .collect();
-            if errors.len() == self.rest.len() {
-                let kinds: Vec<String> = self.rest.iter().cloned().map(String::from).collect();
-                return Err(format!(
-                    "argument {i} `{got}` is none of: {}{}",
-                    kinds.join(", "),
-                    errors
-                        .first()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                ));
-            }
+        for (index, got) in it {
+            let mut errors = self.rest.iter().map(|slot| fits(slot, got, dirs));
+            let first = match errors.next() {
+                Some(Err(e)) if errors.all(|r| r.is_err()) => e,
+                _ => continue,
+            };
+            return Err(FormError::NoneOf {
+                index,
+                arg: got.clone(),
+                rest: self.rest.clone(),
+                first,
+            });
         }
         Ok(())
     }
 }
 
 /// Whether `arg` fits `slot`.
-fn fits(slot: &Slot, arg: &str, dirs: StepDirs<'_>) -> Result<(), String> {
+fn fits(slot: &Slot, arg: &str, dirs: StepDirs<'_>) -> Result<(), SlotError> {
     match slot {
         Slot::Any => Ok(()),
         Slot::DebianPackage => is_package_spec(arg)
             .then_some(())
-            .ok_or_else(|| "not a Debian package spec".to_owned()),
+            .ok_or(SlotError::NotPackageSpec),
         Slot::DebianPackageName => is_package_name(arg)
             .then_some(())
-            .ok_or_else(|| "not a Debian package name".to_owned()),
+            .ok_or(SlotError::NotPackageName),
         Slot::PayloadFile { suffix } => {
             if let Some(x) = suffix {
                 if !arg.ends_with(x.as_str()) {
-                    return Err(format!("not a `{x}` file"));
+                    return Err(SlotError::WrongSuffix(x.clone()));
                 }
             }
             resolve_beneath(dirs.payload, arg, true)
@@ -214,30 +291,32 @@ pub fn is_package_spec(s: &str) -> bool {
 /// The program re-resolves the same text when it opens it; nothing can swap a component in
 /// between: the handler waits in this call, and whatever earlier programs of the step left
 /// running was stopped with them.
-pub fn resolve_beneath(base: &Path, arg: &str, regular_file: bool) -> Result<(), String> {
+pub fn resolve_beneath(base: &Path, arg: &str, regular_file: bool) -> Result<(), SlotError> {
     let rest = Path::new(arg)
         .strip_prefix(base)
-        .map_err(|_| format!("not beneath {}", base.display()))?;
+        .map_err(|_| SlotError::NotBeneath(base.display().to_string()))?;
     let parts: Vec<_> = rest.components().collect();
     if parts.is_empty() {
-        return Err("names the directory itself".into());
+        return Err(SlotError::DirectoryItself);
     }
     if !parts.iter().all(|p| matches!(p, Component::Normal(_))) {
-        return Err("`.` or `..` in the path".into());
+        return Err(SlotError::DotOrDotDot);
     }
-    let root = beneath::open_dir(base).map_err(|e| format!("{}: {e}", base.display()))?;
+    let io = |path: &Path, e: rustix::io::Errno| SlotError::Io {
+        path: path.display().to_string(),
+        errno: e.to_string(),
+    };
+    let root = beneath::open_dir(base).map_err(|e| io(base, e))?;
     let found = |e: rustix::io::Errno| match e {
-        rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => {
-            "a symlink or `..` on the way (resolved beneath the step's directory)".to_owned()
-        }
-        rustix::io::Errno::NOTDIR => "a component on the way is not a directory".to_owned(),
-        e => e.to_string(),
+        rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => SlotError::Escapes,
+        rustix::io::Errno::NOTDIR => SlotError::NotADirectoryOnTheWay,
+        e => io(Path::new(arg), e),
     };
     if regular_file {
         let fd = beneath::open(&root, rest, false).map_err(found)?;
         return beneath::is_regular(&fd)
             .then_some(())
-            .ok_or_else(|| "not a regular file".into());
+            .ok_or(SlotError::NotRegular);
     }
     let parent = rest.parent().filter(|p| !p.as_os_str().is_empty());
     let dir = match parent {
@@ -246,10 +325,10 @@ pub fn resolve_beneath(base: &Path, arg: &str, regular_file: bool) -> Result<(),
     };
     let last = parts.last().expect("not empty").as_os_str();
     match beneath::is_symlink_at(&dir, last) {
-        Ok(true) => Err(format!("{arg} is a symlink")),
+        Ok(true) => Err(SlotError::Symlink(arg.to_owned())),
         Ok(false) => Ok(()),
         Err(rustix::io::Errno::NOENT) => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(io(Path::new(arg), e)),
     }
 }
 
@@ -377,7 +456,7 @@ mod tests {
         std::fs::write(w.join("f.txt"), b"x").unwrap();
         for bad in ["in/x", "rel/x", "in", "f.txt/x", "etc"] {
             let e = ok(&w, format!("{}/{bad}", w.display()), false).unwrap_err();
-            assert!(!e.is_empty(), "{bad}");
+            assert!(!e.to_string().is_empty(), "{bad}");
         }
         for good in ["sub/x", "sub", "f.txt"] {
             ok(&w, format!("{}/{good}", w.display()), false).unwrap();

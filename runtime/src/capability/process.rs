@@ -9,7 +9,7 @@
 //! finish when the call is dropped), SIGKILL when the agent dies, and output captured up to a cap,
 //! keeping the end.
 
-use super::arg_grammar::{ArgForm, StepDirs};
+use super::arg_grammar::{ArgForm, FormError, StepDirs};
 use super::ledger::{self, Entry, ProgramLedger};
 use crate::bindings::process::{self, Command, Error as WitError, Output};
 use serde::{Deserialize, Serialize};
@@ -93,8 +93,18 @@ pub enum Refusal {
     ProgramNotAllowed { program: String, handler: String },
     #[error("program `{0}` must be an absolute path")]
     ProgramNotAbsolute(String),
-    #[error("the arguments of `{program}` fit none of its forms (policy: process.programs.forms): {why}")]
-    NoFormFits { program: String, why: String },
+    #[error(
+        "the arguments of `{program}` fit none of its forms (policy: process.programs.forms): {}",
+        numbered(forms)
+    )]
+    NoFormFits {
+        program: String,
+        forms: Vec<FormError>,
+    },
+    #[error("program `{0}` has no argument forms (policy: process.programs.forms)")]
+    NoForms(String),
+    #[error("the step has no /payload, /work and /state for `{0}`")]
+    NoStepDirs(String),
     #[error("working directory `{0}` is not one of the step's directories")]
     BadCwd(String),
     #[error("the program path is {0} bytes; at most {MAX_PROGRAM_BYTES} are allowed")]
@@ -111,6 +121,16 @@ pub enum Refusal {
     ArgsTooLong { program: String, len: usize },
     #[error("argument {index} of `{program}` contains a NUL byte")]
     NulInArg { program: String, index: usize },
+}
+
+/// Each form's reason, numbered.
+fn numbered(forms: &[FormError]) -> String {
+    forms
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("form {i}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Longest program path accepted (PATH_MAX).
@@ -186,23 +206,22 @@ impl ProcessCtx {
                 program: cmd.program.clone(),
                 handler: self.handler_id.clone(),
             })?;
-        let dirs = self.step_dirs().ok_or_else(|| Refusal::NoFormFits {
-            program: cmd.program.clone(),
-            why: "the step has no /payload, /work and /state".into(),
-        })?;
-        let mut why = Vec::new();
-        for (i, form) in rule.forms.iter().enumerate() {
+        let dirs = self
+            .step_dirs()
+            .ok_or_else(|| Refusal::NoStepDirs(cmd.program.clone()))?;
+        if rule.forms.is_empty() {
+            return Err(Refusal::NoForms(cmd.program.clone()));
+        }
+        let mut forms = Vec::new();
+        for form in &rule.forms {
             match form.check(&cmd.args, dirs) {
                 Ok(()) => return Ok(rule),
-                Err(e) => why.push(format!("form {i}: {e}")),
+                Err(e) => forms.push(e),
             }
-        }
-        if why.is_empty() {
-            why.push("the policy gives it no forms".into());
         }
         Err(Refusal::NoFormFits {
             program: cmd.program.clone(),
-            why: why.join("; "),
+            forms,
         })
     }
 

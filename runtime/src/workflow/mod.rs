@@ -97,6 +97,13 @@ pub enum WorkflowError {
     DataDir(#[from] DataDirError),
     #[error("journal for workflow `{workflow}`: {reason}")]
     Journal { workflow: String, reason: String },
+    #[error("journal for workflow `{workflow}`: {cause}")]
+    Stored {
+        workflow: String,
+        cause: store::StoreError,
+    },
+    #[error("journals: {0}")]
+    Journals(store::StoreError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -238,9 +245,9 @@ impl Deployer {
         let existing =
             self.journals
                 .load(&req.workflow_id)
-                .map_err(|reason| WorkflowError::Journal {
+                .map_err(|cause| WorkflowError::Stored {
                     workflow: req.workflow_id.clone(),
-                    reason,
+                    cause,
                 })?;
         let mut journal = match existing {
             Some(j) if !req.force && j.manifest != req.manifest && !j.status.is_terminal() => {
@@ -291,12 +298,7 @@ impl Deployer {
 
     /// Finds unfinished deployments (for the agent at start-up).
     pub fn unfinished(&self) -> Result<Vec<Journal>, WorkflowError> {
-        self.journals
-            .unfinished()
-            .map_err(|reason| WorkflowError::Journal {
-                workflow: "*".into(),
-                reason,
-            })
+        self.journals.unfinished().map_err(WorkflowError::Journals)
     }
 
     fn new_journal(&self, req: &Request) -> Journal {
@@ -760,7 +762,7 @@ impl Deployer {
         let policy = &self.settings.policy;
         step_dirs.extra = policy
             .extra_preopens(&u.handler_id, u.component.as_ref())
-            .map_err(|reason| StepResult::failure(erc::SANDBOX_SETUP_FAILED, reason))?;
+            .map_err(|reason| StepResult::failure(erc::SANDBOX_SETUP_FAILED, reason.to_string()))?;
         let setup = SessionSetup {
             handler_id: u.handler_id.clone(),
             tags,

@@ -5,6 +5,27 @@ use cap_std::fs::Dir;
 use sandstep_model::journal::{Journal, JournalError};
 use sandstep_model::results::ResultFile;
 
+/// Why a journal could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{name}: {cause}")]
+    Io { name: String, cause: std::io::Error },
+    #[error("{name} belongs to workflow `{owner}`")]
+    NotItsJournal { name: String, owner: String },
+    /// Torn or garbled: moved aside so the evidence stays while the deployment starts over.
+    #[error("{cause} (kept as {aside})")]
+    Corrupt { cause: JournalError, aside: String },
+    #[error("{name}: {cause}")]
+    Unreadable { name: String, cause: JournalError },
+}
+
+fn io(name: &str) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |cause| StoreError::Io {
+        name: name.to_owned(),
+        cause,
+    }
+}
+
 /// `journal/<workflow>.journal` and `results/<workflow>.json`.
 #[derive(Debug)]
 pub struct JournalStore {
@@ -27,26 +48,29 @@ impl JournalStore {
 
     /// The journal of `workflow_id`, if any. A torn or corrupt journal is reported, and moved
     /// aside (`.corrupt`) so the evidence stays while the deployment can start over.
-    pub fn load(&self, workflow_id: &str) -> Result<Option<Journal>, String> {
+    pub fn load(&self, workflow_id: &str) -> Result<Option<Journal>, StoreError> {
         let name = Self::name(workflow_id);
         crate::datadir::adopt_legacy(&self.journals, &Self::legacy_name(workflow_id), &name);
         let bytes = match self.journals.read(&name) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(io(&name)(e)),
         };
         match Journal::decode(&bytes) {
             Ok(j) if j.workflow_id == workflow_id => Ok(Some(j)),
-            Ok(j) => Err(format!("{name} belongs to workflow `{}`", j.workflow_id)),
+            Ok(j) => Err(StoreError::NotItsJournal {
+                name,
+                owner: j.workflow_id,
+            }),
             Err(e @ (JournalError::Checksum | JournalError::Body(_) | JournalError::NoHeader)) => {
                 let aside = format!("{name}.corrupt");
                 tracing::error!(journal = %name, "{e}; moved to {aside}");
                 self.journals
                     .rename(&name, &self.journals, &aside)
-                    .map_err(|e| e.to_string())?;
-                Err(format!("{e} (kept as {aside})"))
+                    .map_err(io(&name))?;
+                Err(StoreError::Corrupt { cause: e, aside })
             }
-            Err(e) => Err(e.to_string()),
+            Err(cause) => Err(StoreError::Unreadable { name, cause }),
         }
     }
 
@@ -65,18 +89,18 @@ impl JournalStore {
     }
 
     /// Journals whose deployment is not over.
-    pub fn unfinished(&self) -> Result<Vec<Journal>, String> {
+    pub fn unfinished(&self) -> Result<Vec<Journal>, StoreError> {
         let mut out = Vec::new();
-        for e in self.journals.entries().map_err(|e| e.to_string())? {
+        for e in self.journals.entries().map_err(io("journal/"))? {
             let name = e
-                .map_err(|e| e.to_string())?
+                .map_err(io("journal/"))?
                 .file_name()
                 .to_string_lossy()
                 .into_owned();
             if !name.ends_with(".journal") {
                 continue;
             }
-            let bytes = self.journals.read(&name).map_err(|e| e.to_string())?;
+            let bytes = self.journals.read(&name).map_err(io(&name))?;
             match Journal::decode(&bytes) {
                 Ok(j) if !j.status.is_terminal() => out.push(j),
                 Ok(_) => {}
