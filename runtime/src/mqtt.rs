@@ -2,7 +2,7 @@
 //! or 5, TCP or TLS (CA, client certificate), username and password, and reconnection with
 //! exponential backoff and jitter. Whatever the protocol, users see one event stream.
 
-use rumqttc::{QoS, Transport};
+use rumqttc::QoS;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -159,7 +159,7 @@ fn connect_v311(
     client_id: &str,
     host: String,
     port: u16,
-    transport: Transport,
+    transport: rumqttc::Transport,
     tx: mpsc::UnboundedSender<MqttEvent>,
 ) -> (Client, tokio::task::JoinHandle<()>) {
     let mut o = rumqttc::MqttOptions::new(client_id, host, port);
@@ -189,7 +189,7 @@ fn connect_v5(
     client_id: &str,
     host: String,
     port: u16,
-    transport: Transport,
+    transport: rumqttc::Transport,
     tx: mpsc::UnboundedSender<MqttEvent>,
 ) -> (Client, tokio::task::JoinHandle<()>) {
     let mut o = rumqttc::v5::MqttOptions::new(client_id, host, port);
@@ -222,6 +222,34 @@ fn refusal(reason: rumqttc::v5::mqttbytes::v5::PubAckReason) -> Option<String> {
     }
 }
 
+/// What the agent's loop needs of a connection: the next event, subscribe, publish (QoS 1).
+/// [`Mqtt`] is the real one; tests drive the loop through an in-process one.
+pub trait Transport {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<MqttEvent>> + Send;
+    fn subscribe(
+        &self,
+        filter: &str,
+    ) -> impl std::future::Future<Output = Result<(), MqttError>> + Send;
+    fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> impl std::future::Future<Output = Result<(), MqttError>> + Send;
+}
+
+impl Transport for Mqtt {
+    async fn recv(&mut self) -> Option<MqttEvent> {
+        Mqtt::recv(self).await
+    }
+    async fn subscribe(&self, filter: &str) -> Result<(), MqttError> {
+        Mqtt::subscribe(self, filter).await
+    }
+    async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), MqttError> {
+        Mqtt::publish(self, topic, payload, retain).await
+    }
+}
+
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -251,7 +279,7 @@ impl Drop for Mqtt {
     }
 }
 
-fn tls(config: &MqttConfig) -> Result<Transport, MqttError> {
+fn tls(config: &MqttConfig) -> Result<rumqttc::Transport, MqttError> {
     let mut roots = rustls::RootCertStore::empty();
     match &config.ca_file {
         Some(p) => {
@@ -307,9 +335,9 @@ fn tls(config: &MqttConfig) -> Result<Transport, MqttError> {
             ))
         }
     };
-    Ok(Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(
-        client_config,
-    ))))
+    Ok(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        Arc::new(client_config),
+    )))
 }
 
 fn backoff(config: &MqttConfig, attempt: u32) -> Duration {
@@ -338,7 +366,11 @@ impl Mqtt {
             ),
             None => (rest.to_owned(), if secure { 8883 } else { 1883 }),
         };
-        let transport = if secure { tls(config)? } else { Transport::Tcp };
+        let transport = if secure {
+            tls(config)?
+        } else {
+            rumqttc::Transport::Tcp
+        };
         // Unbounded: the network loop must never wait on a consumer that may itself be waiting
         // for the network loop (to take its publish requests): that would deadlock.
         let (tx, rx) = mpsc::unbounded_channel();

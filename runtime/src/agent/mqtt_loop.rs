@@ -5,7 +5,7 @@
 use super::report::{progress_patch, Confirmations, Outbox};
 use super::{deployment_of, desired_fields, Agent, AgentError, AgentExit, Running};
 use crate::datadir::ensure_dir;
-use crate::mqtt::{Mqtt, MqttEvent};
+use crate::mqtt::{Mqtt, MqttEvent, Transport};
 use crate::workflow::events::Event;
 use crate::workflow::{Outcome, Request, WorkflowError};
 use sandstep_model::deployment::{action, Workflow};
@@ -24,8 +24,24 @@ pub(super) async fn run(
     agent: Agent,
     shutdown: CancellationToken,
 ) -> Result<AgentExit, AgentError> {
+    let settings = &agent.settings;
+    let client_id = settings
+        .mqtt
+        .client_id
+        .clone()
+        .unwrap_or_else(|| agent.device.clone());
+    let conn = Mqtt::connect(&settings.mqtt, &client_id)?;
+    run_over(&agent, conn, shutdown).await
+}
+
+/// The loop over any transport.
+async fn run_over<T: Transport>(
+    agent: &Agent,
+    conn: T,
+    shutdown: CancellationToken,
+) -> Result<AgentExit, AgentError> {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
-    let mut l = MqttLoop::start(&agent, ev_tx)?;
+    let mut l = MqttLoop::start(agent, conn, ev_tx)?;
     loop {
         l.send_next().await;
         let finished = async {
@@ -48,10 +64,10 @@ pub(super) async fn run(
 }
 
 /// What the loop keeps between inputs.
-struct MqttLoop<'a> {
+struct MqttLoop<'a, T> {
     agent: &'a Agent,
     outbox: Outbox,
-    conn: Mqtt,
+    conn: T,
     confirm: Confirmations,
     delta_topic: String,
     accepted_topic: String,
@@ -63,20 +79,18 @@ struct MqttLoop<'a> {
     events: mpsc::UnboundedSender<Event>,
 }
 
-impl<'a> MqttLoop<'a> {
-    /// Connects, queues the installed state, and resumes what a crash, reboot or restart
-    /// interrupted.
-    fn start(agent: &'a Agent, events: mpsc::UnboundedSender<Event>) -> Result<Self, AgentError> {
+impl<'a, T: Transport> MqttLoop<'a, T> {
+    /// Queues the installed state, and resumes what a crash, reboot or restart interrupted.
+    fn start(
+        agent: &'a Agent,
+        conn: T,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<Self, AgentError> {
         let settings = &agent.settings;
-        let client_id = settings
-            .mqtt
-            .client_id
-            .clone()
-            .unwrap_or_else(|| agent.device.clone());
         let mut l = MqttLoop {
             agent,
             outbox: Outbox::open(ensure_dir(agent.data.root(), "outbox", 0o700)?)?,
-            conn: Mqtt::connect(&settings.mqtt, &client_id)?,
+            conn,
             confirm: Confirmations::new(Duration::from_millis(settings.agent.confirm_timeout_ms)),
             delta_topic: Topics::for_device(&agent.topics.delta, &agent.device),
             accepted_topic: Topics::for_device(&agent.topics.accepted, &agent.device),
@@ -332,7 +346,7 @@ async fn sleep_until_some(t: Option<Instant>) {
 }
 
 /// Delivers what waits, for up to a few seconds (before a reboot or restart).
-async fn flush(outbox: &mut Outbox, conn: &mut Mqtt) {
+async fn flush(outbox: &mut Outbox, conn: &mut impl Transport) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !outbox.is_empty() && Instant::now() < deadline {
         if let Some(o) = outbox.next_to_send() {
@@ -362,7 +376,7 @@ async fn flush(outbox: &mut Outbox, conn: &mut Mqtt) {
 async fn reboot(
     agent: &Agent,
     outbox: &mut Outbox,
-    conn: &mut Mqtt,
+    conn: &mut impl Transport,
 ) -> Result<AgentExit, AgentError> {
     flush(outbox, conn).await;
     let cmd = &agent.settings.agent.reboot_command;
@@ -375,4 +389,184 @@ async fn reboot(
         }
     }
     Ok(AgentExit::Rebooting)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop driven in process through a fake transport (the real-broker tier is
+    //! `tests/all/fleet.rs`): what it reports for each input.
+    use super::*;
+    use crate::agent::{AgentConfig, Settings};
+
+    /// A transport whose broker is the test: events in, publishes out; every publish is
+    /// acknowledged (or refused, as the broker's ACL would).
+    struct Fake {
+        incoming: mpsc::UnboundedReceiver<MqttEvent>,
+        acks: mpsc::UnboundedSender<MqttEvent>,
+        published: mpsc::UnboundedSender<(String, Value)>,
+        refuse: bool,
+    }
+
+    impl Transport for Fake {
+        async fn recv(&mut self) -> Option<MqttEvent> {
+            self.incoming.recv().await
+        }
+        async fn subscribe(&self, _: &str) -> Result<(), crate::mqtt::MqttError> {
+            Ok(())
+        }
+        async fn publish(
+            &self,
+            topic: &str,
+            payload: Vec<u8>,
+            _: bool,
+        ) -> Result<(), crate::mqtt::MqttError> {
+            let doc = serde_json::from_slice(&payload).expect("reports are JSON");
+            let _ = self.published.send((topic.to_owned(), doc));
+            let refused = self.refuse.then(|| "NotAuthorized".to_owned());
+            let _ = self.acks.send(MqttEvent::PubAck { refused });
+            Ok(())
+        }
+    }
+
+    /// An agent `gw-t` over a fake broker: send it events, read what it reports.
+    struct Harness {
+        to_agent: mpsc::UnboundedSender<MqttEvent>,
+        reports: mpsc::UnboundedReceiver<(String, Value)>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<Result<AgentExit, AgentError>>,
+        _data: tempfile::TempDir,
+    }
+
+    impl Harness {
+        fn start(refuse: bool) -> Harness {
+            let data = tempfile::tempdir().unwrap();
+            let settings = Settings {
+                agent: AgentConfig {
+                    device_id: Some("gw-t".into()),
+                    confirm_timeout_ms: 0,
+                    progress_interval_ms: 0,
+                    ..AgentConfig::default()
+                },
+                ..Settings::default()
+            };
+            let agent = Agent::new(settings, data.path()).unwrap();
+            let (to_agent, incoming) = mpsc::unbounded_channel();
+            let (published, reports) = mpsc::unbounded_channel();
+            let fake = Fake {
+                incoming,
+                acks: to_agent.clone(),
+                published,
+                refuse,
+            };
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            let task = tokio::spawn(async move { run_over(&agent, fake, stop).await });
+            to_agent.send(MqttEvent::Connected).unwrap();
+            Harness {
+                to_agent,
+                reports,
+                shutdown,
+                task,
+                _data: data,
+            }
+        }
+
+        fn delta(&self, doc: Value) {
+            let payload = doc.to_string().into_bytes();
+            self.to_agent
+                .send(MqttEvent::Message {
+                    topic: "state/gw-t/update/delta".into(),
+                    payload,
+                    retained: false,
+                })
+                .unwrap();
+        }
+
+        /// The next report whose `state.reported` satisfies `want`.
+        async fn report_where(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+            let wait = Duration::from_secs(30);
+            loop {
+                let (topic, doc) = tokio::time::timeout(wait, self.reports.recv())
+                    .await
+                    .expect("a report in time")
+                    .expect("the agent runs");
+                assert_eq!(topic, "state/gw-t/update");
+                let reported = doc["state"]["reported"].clone();
+                if want(&reported) {
+                    return reported;
+                }
+            }
+        }
+
+        async fn stop(self) -> AgentExit {
+            self.shutdown.cancel();
+            self.task.await.unwrap().unwrap()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_deployment_is_acknowledged_then_its_end_is_reported() {
+        let mut h = Harness::start(false);
+        // Its installed state first.
+        h.report_where(|r| r.get("deviceProperties").is_some() || r.get("handlers").is_some())
+            .await;
+        h.delta(json!({"state": {"workflow": {"action": 3, "id": "wf-1"}, "updateManifest": "{}", "fileUrls": {}}}));
+        let ack = h.report_where(|r| r["workflow"]["id"] == "wf-1").await;
+        assert_eq!(ack["status"], "downloading", "{ack}");
+        assert_eq!(ack["lastError"], Value::Null, "{ack}");
+        // An unsigned, empty manifest cannot run: the end is reported, with the reason.
+        let end = h
+            .report_where(|r| r["workflow"]["id"] == "wf-1" && r["status"] == "failed")
+            .await;
+        assert!(end.get("lastInstallResult").is_some(), "{end}");
+        assert_eq!(h.stop().await, AgentExit::Shutdown);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_malformed_delta_is_refused_naming_the_problem() {
+        let mut h = Harness::start(false);
+        h.to_agent
+            .send(MqttEvent::Message {
+                topic: "state/gw-t/update/delta".into(),
+                payload: b"{not json".to_vec(),
+                retained: false,
+            })
+            .unwrap();
+        let r = h
+            .report_where(|r| r.get("lastError").is_some_and(|e| !e.is_null()))
+            .await;
+        let message = r["lastError"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("desired document is not JSON"),
+            "{message}"
+        );
+        // A deployment naming a local file is refused too, with its workflow.
+        h.delta(json!({"state": {"workflow": {"action": 3, "id": "wf-2"}, "updateManifest": "{}", "fileUrls": {"f": "file:///etc/shadow"}}}));
+        let r = h.report_where(|r| r["workflow"]["id"] == "wf-2").await;
+        let message = r["lastError"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("`f`: a deployment from the network may only name http(s) URLs"),
+            "{r}"
+        );
+        h.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_cancel_with_nothing_running_reports_standby() {
+        let mut h = Harness::start(false);
+        h.delta(json!({"state": {"workflow": {"action": 255, "id": "wf-c"}}}));
+        let r = h.report_where(|r| r["workflow"]["id"] == "wf-c").await;
+        assert_eq!(r["status"], "standBy", "{r}");
+        h.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn reports_the_broker_refuses_do_not_stall_the_ones_after_them() {
+        let mut h = Harness::start(true);
+        h.report_where(|r| r.get("handlers").is_some()).await;
+        h.delta(json!({"state": {"workflow": {"action": 255, "id": "wf-r"}}}));
+        let r = h.report_where(|r| r["workflow"]["id"] == "wf-r").await;
+        assert_eq!(r["status"], "standBy", "{r}");
+        h.stop().await;
+    }
 }
