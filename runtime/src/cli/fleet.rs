@@ -12,7 +12,7 @@ use sandstep_model::deployment::{action, Deployment, Workflow};
 use sandstep_model::manifest::Manifest;
 use sandstep_model::shadow::{valid_device_id, Topics};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -99,6 +99,9 @@ pub struct DeployArgs {
     /// Retry a deployment that already ran (a new retryTimestamp).
     #[arg(long)]
     retry: bool,
+    /// Seconds to wait for the shadow service to confirm it stored the desired state.
+    #[arg(long, default_value_t = 15)]
+    confirm_timeout: u64,
 }
 
 /// Reads the retained shadows (`<shadow topic>` of every device) for a short while.
@@ -140,45 +143,77 @@ async fn shadows(common: &Common, wait: Duration) -> Result<BTreeMap<String, Val
     Ok(out)
 }
 
-async fn publish_desired(common: &Common, devices: &[String], desired: Value) -> Result<()> {
+/// Publishes `desired` to each device and waits until the shadow service (the replica, or a
+/// cloud shadow) confirms it stored each one on `.../accepted`, matched by a `clientToken`: a
+/// publish alone proves only that the broker took it, not that anyone keeps it. Fails naming
+/// the devices not confirmed within `wait`, or the service's refusal.
+async fn publish_desired(
+    common: &Common,
+    devices: &[String],
+    desired: Value,
+    wait: Duration,
+) -> Result<()> {
     let config = common.load_config()?;
     let topics = config.agent.topics.topics();
-    let mut conn = Mqtt::connect(
-        &config.mqtt,
-        &format!("sandstep-op-{:08x}", fastrand::u32(..)),
-    )?;
-    let payload = json!({"state": {"desired": desired}})
+    let op = format!("sandstep-op-{:08x}", fastrand::u32(..));
+    let mut conn = Mqtt::connect(&config.mqtt, &op)?;
+    let url = &config.mqtt.url;
+    let payload = json!({"state": {"desired": desired}, "clientToken": op})
         .to_string()
         .into_bytes();
-    let mut pending = devices.len();
-    let mut sent = false;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while pending > 0 {
-        match tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            conn.recv(),
-        )
-        .await
-        {
-            Err(_) | Ok(None) => bail!("broker {}: timed out publishing", config.mqtt.url),
-            Ok(Some(MqttEvent::Connected)) if !sent => {
-                for d in devices {
-                    conn.publish(
-                        &Topics::for_device(&topics.update, d),
-                        payload.clone(),
-                        false,
-                    )
-                    .await?;
-                }
-                sent = true;
-            }
-            Ok(Some(MqttEvent::PubAck { refused: Some(why) })) => bail!(
-                "broker {}: it refused the publish ({why}); check its ACL for this account",
-                config.mqtt.url
+    let mut unconfirmed: BTreeSet<&str> = devices.iter().map(String::as_str).collect();
+    let (mut subscribed, mut sent) = (0, false);
+    let deadline = Instant::now() + wait;
+    while !unconfirmed.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = match tokio::time::timeout(left, conn.recv()).await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => bail!("broker {url}: the connection ended"),
+            Err(_) if !sent => bail!("broker {url}: no connection within {}s", wait.as_secs()),
+            Err(_) => bail!(
+                "no shadow service confirmed the desired state of {} within {}s: is the replica \
+                 (`sandstep shadow`) running? The broker took it, but nothing stored it",
+                unconfirmed.into_iter().collect::<Vec<_>>().join(", "),
+                wait.as_secs()
             ),
-            Ok(Some(MqttEvent::PubAck { refused: None })) => pending -= 1,
-            Ok(Some(MqttEvent::Disconnected(e))) => bail!("broker {}: {e}", config.mqtt.url),
-            Ok(Some(_)) => {}
+        };
+        match ev {
+            MqttEvent::Connected => {
+                // Listen before speaking, so no confirmation is missed.
+                conn.subscribe(&Topics::filter(&topics.accepted)).await?;
+                conn.subscribe(&Topics::filter(&topics.rejected)).await?;
+            }
+            MqttEvent::SubAck => {
+                subscribed += 1;
+                if subscribed == 2 && !sent {
+                    for d in devices {
+                        let topic = Topics::for_device(&topics.update, d);
+                        conn.publish(&topic, payload.clone(), false).await?;
+                    }
+                    sent = true;
+                }
+            }
+            MqttEvent::PubAck { refused: Some(why) } => {
+                bail!(
+                    "broker {url}: it refused the publish ({why}); check its ACL for this account"
+                )
+            }
+            MqttEvent::Message { topic, payload, .. } => {
+                let Ok(v) = serde_json::from_slice::<Value>(&payload) else {
+                    continue;
+                };
+                if v.get("clientToken").and_then(Value::as_str) != Some(op.as_str()) {
+                    continue;
+                }
+                if let Some(d) = Topics::device_of(&topics.rejected, &topic) {
+                    bail!("the shadow service refused the desired state of {d}: {v}");
+                }
+                if let Some(d) = Topics::device_of(&topics.accepted, &topic) {
+                    unconfirmed.remove(d.as_str());
+                }
+            }
+            MqttEvent::Disconnected(e) => bail!("broker {url}: {e}"),
+            MqttEvent::PubAck { refused: None } => {}
         }
     }
     Ok(())
@@ -260,9 +295,10 @@ pub async fn deploy(args: DeployArgs, common: &Common) -> Result<ExitCode> {
             .collect(),
     };
     doc.check()?;
-    publish_desired(common, &devices, serde_json::to_value(&doc)?).await?;
+    let wait = Duration::from_secs(args.confirm_timeout);
+    publish_desired(common, &devices, serde_json::to_value(&doc)?, wait).await?;
     println!(
-        "deployed {id} ({}) to {}",
+        "deployed {id} ({}) to {} (stored by the shadow service)",
         parsed.update_id,
         devices.join(", ")
     );
@@ -286,6 +322,7 @@ pub async fn cancel(device: String, common: &Common) -> Result<ExitCode> {
         common,
         std::slice::from_ref(&device),
         json!({"workflow": {"action": action::CANCEL, "id": workflow}}),
+        Duration::from_secs(15),
     )
     .await?;
     println!("cancel of {workflow} sent to {device}");

@@ -577,6 +577,62 @@ fn a_replica_started_after_the_agent_or_restarted_mid_deployment_still_gets_ever
 }
 
 #[test]
+fn a_deploy_succeeds_only_once_the_replica_stored_it() {
+    let Some(fleet) = Fleet::new("gw-9") else {
+        return;
+    };
+    let m = fleet.manifest("unstored", vec![stateful("u", json!({}), &["f.txt"])]);
+    // No replica: the broker takes the publish, but nothing keeps it.
+    let deploy = || {
+        sandstep()
+            .arg("deploy")
+            .arg("--config")
+            .arg(&fleet.config)
+            .args([
+                "--device",
+                "gw-9",
+                "--workflow-id",
+                "wf-unstored",
+                "--manifest",
+            ])
+            .arg(&m)
+            .arg("--files-url")
+            .arg(fleet.server.base())
+            .arg("--sign-key")
+            .arg(&fleet.signing)
+            .arg("--root-key")
+            .arg(&fleet.root)
+            .args(["--confirm-timeout", "2"])
+            .output()
+            .unwrap()
+    };
+    let out = deploy();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no shadow service confirmed the desired state of gw-9 within 2s"),
+        "{err}"
+    );
+    // With the replica running, the same deploy is confirmed, and the desired state is there.
+    let _replica = fleet.replica();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = deploy();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("(stored by the shadow service)"), "{text}");
+    let all = fleet.status();
+    assert_eq!(
+        all["gw-9"].pointer("/state/desired/workflow/id"),
+        Some(&json!("wf-unstored")),
+        "{all:#}"
+    );
+}
+
+#[test]
 fn an_agent_killed_mid_deployment_resumes_and_reports_once() {
     let Some(fleet) = Fleet::new("gw-4") else {
         return;
