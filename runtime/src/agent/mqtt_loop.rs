@@ -196,7 +196,7 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
             Err(why) => return Ok(self.outbox.push(agent.rejection(None, &why))?),
         };
         let dep = match deployment_of(&fields) {
-            None => return Ok(()),
+            None => return self.on_unknown(&fields),
             Some(Ok(d)) => d,
             Some(Err(why)) => {
                 return Ok(self
@@ -235,6 +235,34 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
             }
             None => self.running = Some(agent.start(w, req, &self.events)),
         }
+        Ok(())
+    }
+
+    /// Desired fields that carry no deployment (another protocol's message, such as the
+    /// software-update pattern's `softwareURL`): refused as `lastError`, naming what sandstep
+    /// expects, and acknowledged by reporting them back (not applied), so the delta closes
+    /// instead of staying open forever. Fields the agent reports itself are never echoed.
+    fn on_unknown(&mut self, fields: &Map<String, Value>) -> Result<(), AgentError> {
+        let foreign: Map<String, Value> = fields
+            .iter()
+            .filter(|(k, _)| !super::report::AGENT_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = fields.keys().map(String::as_str).collect();
+        let why = format!(
+            "desired state without a `workflow` is not a deployment; sandstep expects ADU's \
+             deployment message (`workflow`, `updateManifest`, `updateManifestSignature`, \
+             `fileUrls`); not applied: {}",
+            names.join(", ")
+        );
+        let mut o = self.agent.rejection(None, &why);
+        if let Some(reported) = o.payload["state"]["reported"].as_object_mut() {
+            reported.extend(foreign);
+        }
+        self.outbox.push(o)?;
         Ok(())
     }
 
@@ -547,6 +575,30 @@ mod tests {
         assert!(
             message.contains("`f`: a deployment from the network may only name http(s) URLs"),
             "{r}"
+        );
+        h.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn desired_state_in_another_shape_is_refused_and_acknowledged() {
+        let mut h = Harness::start(false);
+        // The software-update pattern's own message, and a field the agent reports itself.
+        h.delta(
+            json!({"state": {"softwareURL": "http://example.invalid/fw-2.bin", "status": "x"}}),
+        );
+        let r = h
+            .report_where(|r| r.get("lastError").is_some_and(|e| !e.is_null()))
+            .await;
+        let message = r["lastError"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("desired state without a `workflow` is not a deployment")
+                && message.ends_with("not applied: softwareURL, status"),
+            "{message}"
+        );
+        assert_eq!(r["softwareURL"], "http://example.invalid/fw-2.bin", "{r}");
+        assert!(
+            r.get("status").is_none(),
+            "its own fields are not echoed: {r}"
         );
         h.stop().await;
     }

@@ -11,6 +11,23 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 
+/// The reported fields the agent writes itself (desired values for them are never echoed).
+pub const AGENT_FIELDS: &[&str] = &[
+    "deviceId",
+    "groups",
+    "status",
+    "state",
+    "progress",
+    "handlers",
+    "fileSets",
+    "workflow",
+    "lastInstallResult",
+    "lastError",
+    "installedUpdateId",
+    "pending",
+    "ack",
+];
+
 /// ADU's reported `state` values.
 pub mod adu_state {
     pub const IDLE: i32 = 0;

@@ -577,6 +577,62 @@ fn a_replica_started_after_the_agent_or_restarted_mid_deployment_still_gets_ever
 }
 
 #[test]
+fn desired_state_in_the_software_update_patterns_shape_is_refused_and_its_delta_closed() {
+    let Some(fleet) = Fleet::new("gw-8") else {
+        return;
+    };
+    let _replica = fleet.replica();
+    let _agent = fleet.agent();
+    fleet.wait_for("gw-8", "the start report", |r| r["status"] == "standBy");
+    // The seed's own "software update" desired state, as an operator of that pattern sends it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cfg = sandstep::mqtt::MqttConfig {
+            url: format!("mqtt://127.0.0.1:{}", fleet.broker.port),
+            ..Default::default()
+        };
+        let mut c = sandstep::mqtt::Mqtt::connect(&cfg, "seed-operator").unwrap();
+        let doc = json!({"state": {"desired": {"softwareURL": "http://127.0.0.1:1/fw-2.0.bin"}}});
+        loop {
+            match c.recv().await.unwrap() {
+                sandstep::mqtt::MqttEvent::Connected => c
+                    .publish("state/gw-8/update", doc.to_string().into_bytes(), false)
+                    .await
+                    .unwrap(),
+                sandstep::mqtt::MqttEvent::PubAck { .. } => break,
+                _ => {}
+            }
+        }
+    });
+    let r = fleet.wait_for("gw-8", "the refusal", |r| {
+        r.pointer("/lastError/message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.contains("not applied: softwareURL"))
+    });
+    assert!(r["lastError"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("sandstep expects ADU's deployment message"));
+    // Acknowledged: the replica's delta for it is closed, not open forever.
+    let t = Instant::now();
+    loop {
+        let all = fleet.status();
+        let delta = all["gw-8"]
+            .pointer("/state/delta")
+            .cloned()
+            .unwrap_or(json!({}));
+        if delta.as_object().is_some_and(|d| d.is_empty()) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the delta stays open: {all:#}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
 fn a_deploy_succeeds_only_once_the_replica_stored_it() {
     let Some(fleet) = Fleet::new("gw-9") else {
         return;
