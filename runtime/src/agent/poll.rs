@@ -30,11 +30,74 @@ fn default_interval() -> u64 {
     300
 }
 
-/// Persisted: the tag last acted on and the change counter.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Persisted: the tag last acted on, the change counter, and the retries of a failed tag.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct PollState {
     tag: Option<String>,
     changes: u64,
+    /// Failed attempts at `tag` so far (0 once it succeeded).
+    #[serde(default)]
+    failures: u32,
+    /// When the next attempt at a failed `tag` is due (ms since the epoch).
+    #[serde(default)]
+    retry_at_ms: u64,
+}
+
+/// Attempts at one tag before the agent waits for the server to change it.
+const MAX_ATTEMPTS: u32 = 5;
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+
+/// What to do about the server's tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// A tag not acted on yet (forward, or back to an older one).
+    NewTag,
+    /// The same tag again after a failure, its backoff over.
+    Retry,
+    Nothing,
+}
+
+/// The decision, from the persisted state alone.
+fn next(st: &PollState, tag: &str, now_ms: u64) -> Next {
+    if st.tag.as_deref() != Some(tag) {
+        Next::NewTag
+    } else if st.failures > 0 && st.failures < MAX_ATTEMPTS && now_ms >= st.retry_at_ms {
+        Next::Retry
+    } else {
+        Next::Nothing
+    }
+}
+
+/// How long after `failures` failed attempts the next one is due: the interval, doubled each
+/// time, at most [`MAX_BACKOFF`].
+fn backoff(interval: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    (interval * factor).min(MAX_BACKOFF)
+}
+
+/// The state after an attempt at `tag` ended.
+fn after_attempt(
+    st: &PollState,
+    tag: &str,
+    ok: bool,
+    interval: Duration,
+    now_ms: u64,
+) -> PollState {
+    let mut next = st.clone();
+    let same = st.tag.as_deref() == Some(tag);
+    next.tag = Some(tag.to_owned());
+    next.failures = match (ok, same) {
+        (true, _) => 0,
+        (false, true) => st.failures + 1,
+        (false, false) => 1,
+    };
+    next.retry_at_ms = if ok {
+        0
+    } else {
+        now_ms + backoff(interval, next.failures).as_millis() as u64
+    };
+    next
 }
 
 fn check_tag(tag: &str) -> Result<(), String> {
@@ -79,49 +142,121 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
 
     // Resume an interrupted deployment first.
     for j in agent.deployer.unfinished()? {
-        if let Ok(req) = agent.request_from_journal(&j) {
-            if let Some(exit) = deploy(&agent, req, &shutdown).await? {
-                return Ok(exit);
+        match agent.request_from_journal(&j) {
+            Ok(req) => {
+                if let (_, Some(exit)) = deploy(&agent, req, &shutdown).await? {
+                    return Ok(exit);
+                }
+            }
+            Err(e) => {
+                let why = format!("cannot resume workflow {}: {e}", j.workflow_id);
+                tracing::error!("{why}");
+                record(&agent, &agent.rejection(None, &why))?;
             }
         }
     }
+    let interval = Duration::from_secs(cfg.interval_secs.max(1));
     loop {
         match check(&client, &base).await {
             Ok(tag) => {
-                let mut st = load();
-                if st.tag.as_deref() != Some(tag.as_str()) {
-                    let previous = st.tag.clone();
-                    match fetch_deployment(&client, &base, &tag).await {
-                        Ok(mut d) => {
-                            st.changes += 1;
-                            d.workflow.id = format!("{}-{tag}-{}", cfg.project, st.changes);
-                            tracing::info!(from = ?previous, to = %tag, workflow = %d.workflow.id, "version changed");
-                            match agent.request(&d) {
-                                Ok(req) => {
-                                    if let Some(exit) = deploy(&agent, req, &shutdown).await? {
-                                        st.tag = Some(tag);
-                                        save(&st)?;
-                                        return Ok(exit);
-                                    }
-                                }
-                                Err(e) => tracing::error!("{base}/{tag}: {e}"),
-                            }
-                            // Acted on (succeeded or failed with its result recorded): not retried
-                            // until the server's tag changes again.
-                            st.tag = Some(tag);
-                            save(&st)?;
-                        }
-                        Err(e) => tracing::error!("{e}"),
+                let st = load();
+                let now = crate::clock::now_ms();
+                if next(&st, &tag, now) != Next::Nothing {
+                    let (ok, exit) =
+                        attempt(&agent, &client, &base, &cfg.project, &tag, &st, &shutdown).await?;
+                    let mut st = after_attempt(&st, &tag, ok, interval, now);
+                    st.changes += 1;
+                    save(&st)?;
+                    report_retry(&agent, &tag, &st)?;
+                    if let Some(exit) = exit {
+                        return Ok(exit);
                     }
                 }
             }
-            Err(e) => tracing::warn!("{e}"),
+            Err(e) => {
+                tracing::warn!("{e}");
+                record(&agent, &agent.rejection(None, &e))?;
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(AgentExit::Shutdown),
-            _ = tokio::time::sleep(Duration::from_secs(cfg.interval_secs.max(1))) => {}
+            _ = tokio::time::sleep(interval) => {}
         }
     }
+}
+
+/// One attempt at `tag`: fetch its deployment document and run it, under the workflow id
+/// `<project>-<tag>-<n>`; whether it succeeded, and whether the agent must stop.
+async fn attempt(
+    agent: &Agent,
+    client: &reqwest::Client,
+    base: &str,
+    project: &str,
+    tag: &str,
+    st: &PollState,
+    shutdown: &CancellationToken,
+) -> Result<(bool, Option<AgentExit>), AgentError> {
+    let workflow = format!("{project}-{tag}-{}", st.changes + 1);
+    tracing::info!(from = ?st.tag, to = %tag, %workflow, attempt = st.failures + 1, "deploying the server's version");
+    let refused = |why: String| {
+        let w = serde_json::json!({"action": 3, "id": workflow});
+        tracing::error!("{why}");
+        record(agent, &agent.rejection(Some(&w), &why)).map(|()| (false, None))
+    };
+    let mut d = match fetch_deployment(client, base, tag).await {
+        Ok(d) => d,
+        Err(e) => return refused(e),
+    };
+    d.workflow.id = workflow.clone();
+    let req = match agent.request(&d) {
+        Ok(r) => r,
+        Err(e) => return refused(format!("{base}/{tag}: {e}")),
+    };
+    deploy(agent, req, shutdown).await
+}
+
+/// Says, in the reported state, when a failed tag is tried again (or that it will not be;
+/// `null` once the tag succeeded).
+fn report_retry(agent: &Agent, tag: &str, st: &PollState) -> Result<(), AgentError> {
+    let mut patch = serde_json::Map::new();
+    let retry = if st.failures == 0 {
+        serde_json::Value::Null
+    } else if st.failures >= MAX_ATTEMPTS {
+        serde_json::json!({"tag": tag, "attempts": st.failures, "next": null, "note": "no more attempts until the server's version changes"})
+    } else {
+        serde_json::json!({"tag": tag, "attempts": st.failures, "nextAtMs": st.retry_at_ms})
+    };
+    patch.insert("retry".into(), retry);
+    record(agent, &agent.reported(patch))
+}
+
+/// Without a broker, the reported state is kept in the data dir (`reported.json`): each report
+/// is merged into it, as a shadow service would.
+fn record(agent: &Agent, o: &super::report::Outgoing) -> Result<(), AgentError> {
+    let root = agent.data.root();
+    let mut doc: serde_json::Value = root
+        .read("reported.json")
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({"state": {"reported": {}}}));
+    if let (Some(have), Some(patch)) = (
+        doc.pointer_mut("/state/reported")
+            .and_then(|v| v.as_object_mut()),
+        o.payload
+            .pointer("/state/reported")
+            .and_then(|v| v.as_object()),
+    ) {
+        for (k, v) in patch {
+            have.insert(k.clone(), v.clone());
+        }
+    }
+    write_atomic(
+        root,
+        "reported.json",
+        &serde_json::to_vec_pretty(&doc).expect("serializes"),
+        0o644,
+    )?;
+    Ok(())
 }
 
 /// Largest `version` body read, in bytes (a tag is at most 64 characters).
@@ -219,35 +354,30 @@ async fn fetch_deployment(
     Ok(d)
 }
 
-/// Runs one deployment to its end; `Some(exit)` when the agent must stop (reboot, restart).
+/// Runs one deployment to its end; whether it succeeded, and `Some(exit)` when the agent must
+/// stop (reboot, restart).
 async fn deploy(
     agent: &Agent,
     req: crate::workflow::Request,
     shutdown: &CancellationToken,
-) -> Result<Option<AgentExit>, AgentError> {
+) -> Result<(bool, Option<AgentExit>), AgentError> {
     let observer: Arc<dyn crate::workflow::events::Observer> =
         Arc::new(crate::workflow::events::Quiet);
     let outcome = tokio::select! {
         r = agent.deployer.run(req.clone(), observer, shutdown) => r?,
-        _ = shutdown.cancelled() => return Ok(Some(AgentExit::Shutdown)),
+        _ = shutdown.cancelled() => return Ok((false, Some(AgentExit::Shutdown))),
     };
     let w = sandstep_model::deployment::Workflow {
         action: sandstep_model::deployment::action::PROCESS_DEPLOYMENT,
         id: req.workflow_id.clone(),
         retry_timestamp: req.retry_timestamp.clone(),
     };
-    let reports = agent.finished(&w, &outcome);
-    // Without a broker, the reported state is kept in the data dir.
-    if let Some(r) = reports.first() {
-        write_atomic(
-            agent.data.root(),
-            "reported.json",
-            &serde_json::to_vec_pretty(&r.payload).expect("serializes"),
-            0o644,
-        )?;
+    if let Some(r) = agent.finished(&w, &outcome).first() {
+        record(agent, r)?;
     }
     tracing::info!(workflow = %req.workflow_id, status = ?outcome.status, "deployment finished");
-    Ok(match outcome.status {
+    let ok = !matches!(outcome.status, Status::Failed | Status::Cancelled);
+    let exit = match outcome.status {
         Status::RebootRequired => {
             if let Some((p, a)) = agent.settings.agent.reboot_command.split_first() {
                 let _ = std::process::Command::new(p).args(a).status();
@@ -256,13 +386,45 @@ async fn deploy(
         }
         Status::RestartRequired => Some(AgentExit::Restart),
         _ => None,
-    })
+    };
+    Ok((ok, exit))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read as _, Write as _};
+
+    #[test]
+    fn a_failed_tag_is_retried_with_growing_backoff_then_left_until_the_server_changes() {
+        let minute = Duration::from_secs(60);
+        let mut st = PollState::default();
+        assert_eq!(next(&st, "v1", 0), Next::NewTag);
+        let mut now = 1_000;
+        for attempt in 1..=MAX_ATTEMPTS {
+            st = after_attempt(&st, "v1", false, minute, now);
+            assert_eq!(st.failures, attempt);
+            let wait = backoff(minute, attempt).as_millis() as u64;
+            assert_eq!(st.retry_at_ms, now + wait);
+            assert_eq!(wait, (60_000u64 << (attempt - 1)).min(6 * 3600 * 1000));
+            // Not before its time.
+            assert_eq!(next(&st, "v1", st.retry_at_ms - 1), Next::Nothing);
+            now = st.retry_at_ms;
+            let due = next(&st, "v1", now);
+            if attempt < MAX_ATTEMPTS {
+                assert_eq!(due, Next::Retry);
+            } else {
+                assert_eq!(due, Next::Nothing, "bounded");
+            }
+        }
+        // A new tag always runs, and a success clears the failures.
+        assert_eq!(next(&st, "v2", now), Next::NewTag);
+        let ok = after_attempt(&st, "v2", true, minute, now);
+        assert_eq!((ok.failures, ok.retry_at_ms), (0, 0));
+        assert_eq!(next(&ok, "v2", now + 10_000_000), Next::Nothing);
+        // A first failure of a new tag counts from one.
+        assert_eq!(after_attempt(&st, "v3", false, minute, now).failures, 1);
+    }
 
     /// A one-shot loopback HTTP server answering every request with `response`.
     fn serve(response: Vec<u8>) -> String {

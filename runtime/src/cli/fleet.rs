@@ -381,6 +381,23 @@ fn row(device: &str, doc: &Value) -> Vec<String> {
 }
 
 /// `sandstep status`.
+/// The documents `status` shows: every device's shadow from the broker, or, for an agent that
+/// polls HTTP (no broker), this gateway's own reported state from its data dir.
+async fn documents(common: &Common) -> Result<BTreeMap<String, Value>> {
+    let config = common.load_config()?;
+    if config.agent.source != sandstep::agent::SourceKind::HttpPoll {
+        return shadows(common, Duration::from_secs(10)).await;
+    }
+    let data = common.data_dir(&config)?;
+    let device = config.agent.resolved_device_id()?;
+    let doc = match data.root().read("reported.json") {
+        Ok(bytes) => serde_json::from_slice(&bytes).context("reported.json")?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({"state": {"reported": {}}}),
+        Err(e) => return Err(e).context("reported.json"),
+    };
+    Ok(BTreeMap::from([(device, doc)]))
+}
+
 pub async fn status(
     device: Option<String>,
     watch: bool,
@@ -388,7 +405,7 @@ pub async fn status(
     common: &Common,
 ) -> Result<ExitCode> {
     loop {
-        let mut all = shadows(common, Duration::from_secs(10)).await?;
+        let mut all = documents(common).await?;
         if let Some(d) = &device {
             all.retain(|k, _| k == d);
         }

@@ -900,6 +900,60 @@ fn http_polling_follows_the_version_tag_including_a_rollback() {
         reported["state"]["reported"]["lastInstallResult"]["resultCode"],
         700
     );
+    // A tag whose deployment fails (its file on the server is not what the manifest says) is
+    // reported with its retry, and tried again with backoff, without a new tag.
+    publish("v3", b"print('v3')\n");
+    server.put("proj/v3/main-v3.py", b"print('not v3')\n");
+    server.put("proj/version", b"v3\n");
+    let read = || -> Value {
+        serde_json::from_slice(&std::fs::read(data.join("reported.json")).unwrap()).unwrap()
+    };
+    let t = Instant::now();
+    let failed = loop {
+        let r = read();
+        if r.pointer("/state/reported/retry/tag") == Some(&json!("v3")) {
+            break r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{r:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let reported = &failed["state"]["reported"];
+    assert!(
+        reported["lastInstallResult"]["resultCode"]
+            .as_i64()
+            .unwrap()
+            <= 0,
+        "{failed:#}"
+    );
+    assert!(
+        reported["retry"]["nextAtMs"].as_u64().is_some(),
+        "{failed:#}"
+    );
+    server.put("proj/v3/main-v3.py", b"print('v3')\n");
+    wait_main("print('v3')\n");
+    let t = Instant::now();
+    while read().pointer("/state/reported/retry") != Some(&Value::Null) {
+        assert!(t.elapsed() < Duration::from_secs(30), "{:#}", read());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // `sandstep status` on the gateway shows its own reported state.
+    let out = sandstep()
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        all["mpy-1"]["state"]["reported"]["status"], "completed",
+        "{all:#}"
+    );
 }
 
 #[cfg(feature = "dev-tools")]
