@@ -33,6 +33,9 @@ const ERC_NO_CRITERIA: ExtendedResultCode = fw_erc(1);
 const ERC_WHICH_IMAGE: ExtendedResultCode = fw_erc(2);
 /// The new slot failed to boot: the device came back on the old one.
 const ERC_ROLLBACK: ExtendedResultCode = fw_erc(3);
+/// The new slot was selected, but the device did not reboot since (the agent restarted): the
+/// selection was undone.
+const ERC_NOT_REBOOTED: ExtendedResultCode = fw_erc(4);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -96,11 +99,20 @@ impl Handler for Firmware {
         if let Some(pending) = slots.pending.clone() {
             let pending_slot = slot_from(&pending);
             if !state.rebooted {
-                return Ok(
-                    StepResult::new(result::IS_INSTALLED_NOT_INSTALLED).with_details(format!(
-                        "slot {pending_slot} ({want}) is selected; waiting for the reboot"
-                    )),
-                );
+                // The agent came back without the reboot it asked for (a crash, a service
+                // restart), or this runs again before it: undo the selection, so the next boot
+                // does not start a slot the deployment reports as failed.
+                slot::set_next_boot(state.booted)?;
+                slots.pending = None;
+                write_slots(ctx, &slots)?;
+                return Err(Failure::new(
+                    ERC_NOT_REBOOTED,
+                    format!(
+                        "slot {pending_slot} ({want}) was selected, but the device did not reboot \
+                         since; the selection is undone and slot {} stays the boot slot",
+                        state.booted
+                    ),
+                ));
             }
             if pending_slot == state.booted && running.as_deref() == Some(want.as_str()) {
                 // First boot of the new slot: it came up, so keep it.
