@@ -154,7 +154,10 @@ async fn an_image_goes_to_the_inactive_slot_and_is_committed_after_a_good_reboot
         waiting.result
     );
     let env_now = dev.env();
-    assert_eq!(env_now["boot_slot"], "a", "the boot loader agrees with the report");
+    assert_eq!(
+        env_now["boot_slot"], "a",
+        "the boot loader agrees with the report"
+    );
     assert_eq!(env_now["upgrade_available"], "0");
 
     // A fresh deployment of the same update, this time with the reboot.
