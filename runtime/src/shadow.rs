@@ -21,6 +21,8 @@ pub struct Record {
     pub reported: Map<String, Value>,
     pub version: u64,
     pub updated_ms: u64,
+    /// When the device itself last reported (ms since the epoch; 0: never).
+    pub reported_ms: u64,
 }
 
 /// Why the replica stopped.
@@ -63,6 +65,16 @@ impl Store {
              );",
         )
         .map_err(err)?;
+        // Databases from before `reported_ms` get the column (0: not known).
+        let has_column = conn
+            .prepare("SELECT reported_ms FROM devices LIMIT 0")
+            .is_ok();
+        if !has_column {
+            conn.execute_batch(
+                "ALTER TABLE devices ADD COLUMN reported_ms INTEGER NOT NULL DEFAULT 0;",
+            )
+            .map_err(err)?;
+        }
         Ok(Store { conn, path: p })
     }
 
@@ -78,7 +90,7 @@ impl Store {
         let row = self
             .conn
             .query_row(
-                "SELECT desired, reported, version, updated_ms FROM devices WHERE id = ?1",
+                "SELECT desired, reported, version, updated_ms, reported_ms FROM devices WHERE id = ?1",
                 params![id],
                 |r| {
                     Ok((
@@ -86,16 +98,18 @@ impl Store {
                         r.get::<_, String>(1)?,
                         r.get::<_, i64>(2)?,
                         r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
                     ))
                 },
             )
             .optional()
             .map_err(self.err())?;
-        Ok(row.map(|(d, r, v, u)| Record {
+        Ok(row.map(|(d, r, v, u, seen)| Record {
             desired: serde_json::from_str(&d).unwrap_or_default(),
             reported: serde_json::from_str(&r).unwrap_or_default(),
             version: v as u64,
             updated_ms: u as u64,
+            reported_ms: seen as u64,
         }))
     }
 
@@ -103,14 +117,15 @@ impl Store {
     pub fn put(&self, id: &str, r: &Record) -> Result<(), ShadowError> {
         self.conn
             .execute(
-                "INSERT INTO devices (id, desired, reported, version, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(id) DO UPDATE SET desired = ?2, reported = ?3, version = ?4, updated_ms = ?5",
+                "INSERT INTO devices (id, desired, reported, version, updated_ms, reported_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(id) DO UPDATE SET desired = ?2, reported = ?3, version = ?4, updated_ms = ?5, reported_ms = ?6",
                 params![
                     id,
                     Value::Object(r.desired.clone()).to_string(),
                     Value::Object(r.reported.clone()).to_string(),
                     r.version as i64,
-                    r.updated_ms as i64
+                    r.updated_ms as i64,
+                    r.reported_ms as i64
                 ],
             )
             .map_err(self.err())?;
@@ -189,6 +204,7 @@ pub fn apply(
     }
     if let Some(r) = &doc.state.reported {
         shadow::merge(&mut rec.reported, r);
+        rec.reported_ms = now_ms;
     }
     rec.version += 1;
     rec.updated_ms = now_ms;
@@ -219,7 +235,7 @@ pub fn apply(
     }
     out.push(Answer {
         topic: Topics::for_device(&topics.shadow, device),
-        payload: json!({"state": {"desired": rec.desired, "reported": rec.reported, "delta": delta}, "version": rec.version, "timestamp": now_ms}),
+        payload: json!({"state": {"desired": rec.desired, "reported": rec.reported, "delta": delta}, "version": rec.version, "timestamp": now_ms, "lastReportedMs": rec.reported_ms}),
         retain: true,
     });
     Ok(out)

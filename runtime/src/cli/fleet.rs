@@ -380,7 +380,6 @@ fn row(device: &str, doc: &Value) -> Vec<String> {
     ]
 }
 
-/// `sandstep status`.
 /// The documents `status` shows: every device's shadow from the broker, or, for an agent that
 /// polls HTTP (no broker), this gateway's own reported state from its data dir.
 async fn documents(common: &Common) -> Result<BTreeMap<String, Value>> {
@@ -398,52 +397,113 @@ async fn documents(common: &Common) -> Result<BTreeMap<String, Value>> {
     Ok(BTreeMap::from([(device, doc)]))
 }
 
-pub async fn status(
-    device: Option<String>,
-    watch: bool,
-    json_out: bool,
-    common: &Common,
-) -> Result<ExitCode> {
+/// How long ago, in words (`12s`, `5m`, `3h`, `2d`).
+fn ago(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        7200..=172_799 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+/// When the device last reported, by the replica's record (`None`: not known).
+fn last_reported(doc: &Value) -> Option<u64> {
+    doc.get("lastReportedMs")
+        .and_then(Value::as_u64)
+        .filter(|&t| t > 0)
+}
+
+/// Whether a device is shown: heard from within `stale_ms`, or not known (then it is shown).
+fn is_current(doc: &Value, now_ms: u64, stale_ms: u64) -> bool {
+    last_reported(doc).is_none_or(|t| now_ms.saturating_sub(t) <= stale_ms)
+}
+
+/// `sandstep status`.
+pub async fn status(args: StatusArgs, common: &Common) -> Result<ExitCode> {
     loop {
         let mut all = documents(common).await?;
-        if let Some(d) = &device {
+        if let Some(d) = &args.device {
             all.retain(|k, _| k == d);
         }
-        if json_out {
+        let now = sandstep::clock::now_ms();
+        let stale_ms = args.stale_after.saturating_mul(1000);
+        let before = all.len();
+        if !args.all {
+            all.retain(|_, doc| is_current(doc, now, stale_ms));
+        }
+        let hidden = before - all.len();
+        if args.json {
             println!("{}", serde_json::to_string(&all)?);
         } else {
-            let mut rows = vec![[
-                "DEVICE",
-                "STATUS",
-                "STATE",
-                "WORKFLOW",
-                "PROGRESS",
-                "LAST RESULT",
-                "INSTALLED",
-            ]
-            .map(String::from)
-            .to_vec()];
-            rows.extend(all.iter().map(|(d, doc)| row(d, doc)));
-            let widths: Vec<usize> = (0..rows[0].len())
-                .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-                .collect();
-            if watch {
+            if args.watch {
                 print!("\x1b[2J\x1b[H");
             }
-            for r in rows {
-                let line: Vec<String> = r
-                    .iter()
-                    .zip(&widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect();
-                println!("{}", line.join("  ").trim_end());
+            print_table(&all, now);
+            if hidden > 0 {
+                println!(
+                    "{hidden} device(s) not heard from within {}s hidden (--all shows them)",
+                    args.stale_after
+                );
             }
         }
-        if !watch {
+        if !args.watch {
             return Ok(ExitCode::SUCCESS);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+fn print_table(all: &BTreeMap<String, Value>, now: u64) {
+    let mut rows = vec![[
+        "DEVICE",
+        "STATUS",
+        "STATE",
+        "WORKFLOW",
+        "PROGRESS",
+        "LAST RESULT",
+        "INSTALLED",
+        "LAST SEEN",
+    ]
+    .map(String::from)
+    .to_vec()];
+    rows.extend(all.iter().map(|(d, doc)| {
+        let mut r = row(d, doc);
+        r.push(last_reported(doc).map_or("-".to_owned(), |t| ago(now.saturating_sub(t))));
+        r
+    }));
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// `sandstep status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Refresh every second.
+    #[arg(long)]
+    watch: bool,
+    /// Print the shadows as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Devices not heard from for this many seconds are hidden (`--all` shows them).
+    #[arg(long, default_value_t = 86_400)]
+    stale_after: u64,
+    /// Show every device, however long ago it last reported.
+    #[arg(long)]
+    all: bool,
 }
 
 /// `sandstep fleet-sim`.
@@ -467,4 +527,24 @@ pub async fn fleet_sim(counts: Vec<usize>, timeout: u64, common: &Common) -> Res
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_devices_are_told_apart_by_when_they_last_reported() {
+        let day = 86_400_000;
+        let doc = |t: u64| json!({"lastReportedMs": t});
+        assert!(is_current(&doc(10 * day), 10 * day + 5_000, day));
+        assert!(!is_current(&doc(10 * day), 12 * day, day));
+        // A replica from before the field, or a device that never reported: shown.
+        assert!(is_current(&json!({}), 12 * day, day));
+        assert!(is_current(&doc(0), 12 * day, day));
+        assert_eq!(ago(5_000), "5s ago");
+        assert_eq!(ago(600_000), "10m ago");
+        assert_eq!(ago(3 * 3_600_000), "3h ago");
+        assert_eq!(ago(3 * day), "3d ago");
+    }
 }

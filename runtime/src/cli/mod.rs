@@ -51,17 +51,7 @@ enum Command {
     /// Publish a signed deployment as desired state for devices or a group.
     Deploy(fleet::DeployArgs),
     /// Show the devices' state, progress and last results (from the replica's shadows).
-    Status {
-        /// Only this device.
-        #[arg(long)]
-        device: Option<String>,
-        /// Refresh every second.
-        #[arg(long)]
-        watch: bool,
-        /// Print the shadows as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(fleet::StatusArgs),
     /// Simulate N agents in this process against the broker (and an in-process replica) and
     /// measure how long a deployment takes to reach all and be reported back.
     #[cfg(feature = "dev-tools")]
@@ -123,11 +113,7 @@ pub fn main() -> ExitCode {
             Command::Agent => fleet::agent(&cli.common).await,
             Command::Shadow => fleet::shadow(&cli.common).await,
             Command::Deploy(args) => fleet::deploy(args, &cli.common).await,
-            Command::Status {
-                device,
-                watch,
-                json,
-            } => fleet::status(device, watch, json, &cli.common).await,
+            Command::Status(args) => fleet::status(args, &cli.common).await,
             Command::Cancel { device } => fleet::cancel(device, &cli.common).await,
             #[cfg(feature = "dev-tools")]
             Command::Bench(args) => bench::run(args).await,

@@ -633,6 +633,46 @@ fn desired_state_in_the_software_update_patterns_shape_is_refused_and_its_delta_
 }
 
 #[test]
+fn status_hides_devices_not_heard_from_and_says_when_each_last_reported() {
+    let Some(fleet) = Fleet::new("gw-7") else {
+        return;
+    };
+    let _replica = fleet.replica();
+    let mut agent = fleet.agent();
+    fleet.wait_for("gw-7", "the start report", |r| r["status"] == "standBy");
+    agent.kill();
+    std::thread::sleep(Duration::from_millis(2500));
+    let status = |extra: &[&str]| {
+        let out = sandstep()
+            .args(["status", "--config"])
+            .arg(&fleet.config)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = status(&[]);
+    assert!(
+        shown.contains("LAST SEEN") && shown.contains("gw-7"),
+        "{shown}"
+    );
+    let hidden = status(&["--stale-after", "1"]);
+    assert!(!hidden.lines().any(|l| l.starts_with("gw-7")), "{hidden}");
+    assert!(
+        hidden.contains("1 device(s) not heard from within 1s hidden (--all shows them)"),
+        "{hidden}"
+    );
+    let all = status(&["--stale-after", "1", "--all"]);
+    let line = all.lines().find(|l| l.starts_with("gw-7")).expect("listed");
+    assert!(line.trim_end().ends_with("s ago"), "{all}");
+}
+
+#[test]
 fn a_deploy_succeeds_only_once_the_replica_stored_it() {
     let Some(fleet) = Fleet::new("gw-9") else {
         return;
