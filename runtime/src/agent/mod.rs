@@ -19,7 +19,7 @@ use crate::sandbox::{EngineOptions, Sandbox};
 use crate::workflow::events::{Event, Observer, UnitInfo};
 use crate::workflow::{now_ms, Deployer, Outcome, Request};
 use report::{final_patch, Outgoing};
-use sandstep_model::deployment::{Deployment, Workflow, MAX_DEPLOYMENT_BYTES};
+use sandstep_model::deployment::{action, Deployment, Workflow, MAX_DEPLOYMENT_BYTES};
 use sandstep_model::inventory::Inventory;
 use sandstep_model::journal::{FileSource, Journal, Status};
 use sandstep_model::shadow::{valid_device_id, Topics};
@@ -482,6 +482,51 @@ pub(crate) fn deployment_of(fields: &Map<String, Value>) -> Option<Result<Deploy
             .map_err(|e| format!("deployment: {e}"))
             .and_then(|d| d.check_remote().map(|()| d).map_err(|e| e.to_string())),
     )
+}
+
+/// Interrupted deployments to resume, and refusal reports for those that cannot be.
+type Resumable = (Vec<(Workflow, Request)>, Vec<Outgoing>);
+
+impl Agent {
+    /// The deployments a crash, reboot or restart interrupted, oldest first, as workflows to
+    /// resume, and a refusal report for each that cannot be (both sources resume through this).
+    fn resumable(&self) -> Result<Resumable, AgentError> {
+        let (mut runs, mut refusals) = (Vec::new(), Vec::new());
+        for j in self.deployer.unfinished()? {
+            match self.request_from_journal(&j) {
+                Ok(req) => {
+                    let w = Workflow {
+                        action: action::PROCESS_DEPLOYMENT,
+                        id: j.workflow_id.clone(),
+                        retry_timestamp: j.retry_timestamp.clone(),
+                    };
+                    runs.push((w, req));
+                }
+                Err(e) => {
+                    let why = format!("cannot resume workflow {}: {e}", j.workflow_id);
+                    tracing::error!("{why}");
+                    refusals.push(self.rejection(Some(&json!({"id": j.workflow_id})), &why));
+                }
+            }
+        }
+        Ok((runs, refusals))
+    }
+
+    /// A step asked for a reboot, and the journal is persisted: runs `reboot-command`. Both
+    /// sources (MQTT, HTTP polling) end this way; a failing command is logged, and the journal
+    /// still waits for the reboot.
+    fn reboot_now(&self) -> AgentExit {
+        let cmd = &self.settings.agent.reboot_command;
+        tracing::warn!(command = ?cmd, "a step asked for a reboot; the journal is persisted, rebooting");
+        if let Some((program, args)) = cmd.split_first() {
+            match std::process::Command::new(program).args(args).status() {
+                Ok(s) if s.success() => {}
+                Ok(s) => tracing::error!("reboot command exited with {s}"),
+                Err(e) => tracing::error!("reboot command {program}: {e}"),
+            }
+        }
+        AgentExit::Rebooting
+    }
 }
 
 /// Runs the agent until shutdown, a reboot, or a restart request.

@@ -101,21 +101,16 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
             events,
         };
         l.outbox.push(agent.reported(agent.installed_state()))?;
-        for j in agent.deployer.unfinished()? {
-            match agent.request_from_journal(&j) {
-                Ok(req) if l.running.is_none() => {
-                    tracing::info!(workflow = %j.workflow_id, "resuming the unfinished deployment");
-                    let w = Workflow {
-                        action: action::PROCESS_DEPLOYMENT,
-                        id: j.workflow_id.clone(),
-                        retry_timestamp: j.retry_timestamp.clone(),
-                    };
-                    l.running = Some(agent.start(w, req, &l.events));
-                }
-                Ok(_) => {
-                    tracing::warn!(workflow = %j.workflow_id, "another unfinished deployment waits; it resumes later")
-                }
-                Err(e) => tracing::error!(workflow = %j.workflow_id, "cannot resume: {e}"),
+        let (runs, refusals) = agent.resumable()?;
+        for o in refusals {
+            l.outbox.push(o)?;
+        }
+        for (w, req) in runs {
+            if l.running.is_none() {
+                tracing::info!(workflow = %w.id, "resuming the unfinished deployment");
+                l.running = Some(agent.start(w, req, &l.events));
+            } else {
+                tracing::warn!(workflow = %w.id, "another unfinished deployment waits; it resumes later");
             }
         }
         Ok(l)
@@ -407,16 +402,7 @@ async fn reboot(
     conn: &mut impl Transport,
 ) -> Result<AgentExit, AgentError> {
     flush(outbox, conn).await;
-    let cmd = &agent.settings.agent.reboot_command;
-    tracing::warn!(command = ?cmd, "a step asked for a reboot; the journal is persisted, rebooting");
-    if let Some((program, args)) = cmd.split_first() {
-        match std::process::Command::new(program).args(args).status() {
-            Ok(s) if s.success() => {}
-            Ok(s) => tracing::error!("reboot command exited with {s}"),
-            Err(e) => tracing::error!("reboot command {program}: {e}"),
-        }
-    }
-    Ok(AgentExit::Rebooting)
+    Ok(agent.reboot_now())
 }
 
 #[cfg(test)]

@@ -140,19 +140,14 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
         )
     };
 
-    // Resume an interrupted deployment first.
-    for j in agent.deployer.unfinished()? {
-        match agent.request_from_journal(&j) {
-            Ok(req) => {
-                if let (_, Some(exit)) = deploy(&agent, req, &shutdown).await? {
-                    return Ok(exit);
-                }
-            }
-            Err(e) => {
-                let why = format!("cannot resume workflow {}: {e}", j.workflow_id);
-                tracing::error!("{why}");
-                record(&agent, &agent.rejection(None, &why))?;
-            }
+    // Resume what a crash, reboot or restart interrupted first.
+    let (runs, refusals) = agent.resumable()?;
+    for o in &refusals {
+        record(&agent, o)?;
+    }
+    for (_, req) in runs {
+        if let (_, Some(exit)) = deploy(&agent, req, &shutdown).await? {
+            return Ok(exit);
         }
     }
     let interval = Duration::from_secs(cfg.interval_secs.max(1));
@@ -378,12 +373,7 @@ async fn deploy(
     tracing::info!(workflow = %req.workflow_id, status = ?outcome.status, "deployment finished");
     let ok = !matches!(outcome.status, Status::Failed | Status::Cancelled);
     let exit = match outcome.status {
-        Status::RebootRequired => {
-            if let Some((p, a)) = agent.settings.agent.reboot_command.split_first() {
-                let _ = std::process::Command::new(p).args(a).status();
-            }
-            Some(AgentExit::Rebooting)
-        }
+        Status::RebootRequired => Some(agent.reboot_now()),
         Status::RestartRequired => Some(AgentExit::Restart),
         _ => None,
     };
