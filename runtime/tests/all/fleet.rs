@@ -296,6 +296,29 @@ impl Fleet {
         );
     }
 
+    /// Publishes `payload` on `topic` as a client of its own (an operator, or anyone) and waits
+    /// for the broker's acknowledgement.
+    pub fn publish_raw(&self, topic: &str, payload: &[u8]) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let cfg = sandstep::mqtt::MqttConfig {
+                url: format!("mqtt://127.0.0.1:{}", self.broker.port),
+                ..Default::default()
+            };
+            let id = format!("test-raw-{:08x}", fastrand::u32(..));
+            let mut c = sandstep::mqtt::Mqtt::connect(&cfg, &id).unwrap();
+            loop {
+                match c.recv().await.unwrap() {
+                    sandstep::mqtt::MqttEvent::Connected => {
+                        c.publish(topic, payload.to_vec(), false).await.unwrap()
+                    }
+                    sandstep::mqtt::MqttEvent::PubAck { .. } => break,
+                    _ => {}
+                }
+            }
+        });
+    }
+
     pub fn status(&self) -> Value {
         let out = sandstep()
             .args(["status", "--json", "--config"])
@@ -585,25 +608,8 @@ fn desired_state_in_the_software_update_patterns_shape_is_refused_and_its_delta_
     let _agent = fleet.agent();
     fleet.wait_for("gw-8", "the start report", |r| r["status"] == "standBy");
     // The seed's own "software update" desired state, as an operator of that pattern sends it.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let cfg = sandstep::mqtt::MqttConfig {
-            url: format!("mqtt://127.0.0.1:{}", fleet.broker.port),
-            ..Default::default()
-        };
-        let mut c = sandstep::mqtt::Mqtt::connect(&cfg, "seed-operator").unwrap();
-        let doc = json!({"state": {"desired": {"softwareURL": "http://127.0.0.1:1/fw-2.0.bin"}}});
-        loop {
-            match c.recv().await.unwrap() {
-                sandstep::mqtt::MqttEvent::Connected => c
-                    .publish("state/gw-8/update", doc.to_string().into_bytes(), false)
-                    .await
-                    .unwrap(),
-                sandstep::mqtt::MqttEvent::PubAck { .. } => break,
-                _ => {}
-            }
-        }
-    });
+    let doc = json!({"state": {"desired": {"softwareURL": "http://127.0.0.1:1/fw-2.0.bin"}}});
+    fleet.publish_raw("state/gw-8/update", doc.to_string().as_bytes());
     let r = fleet.wait_for("gw-8", "the refusal", |r| {
         r.pointer("/lastError/message")
             .and_then(Value::as_str)
@@ -763,27 +769,7 @@ fn malformed_and_oversized_desired_documents_are_reported_and_the_agent_carries_
     let _replica = fleet.replica();
     let mut agent = fleet.agent();
     fleet.wait_for("gw-5", "the start report", |r| r["status"] == "standBy");
-    let pub_raw = |payload: &[u8]| {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let cfg = sandstep::mqtt::MqttConfig {
-                url: format!("mqtt://127.0.0.1:{}", fleet.broker.port),
-                ..Default::default()
-            };
-            let mut c = sandstep::mqtt::Mqtt::connect(&cfg, "test-raw").unwrap();
-            loop {
-                match c.recv().await.unwrap() {
-                    sandstep::mqtt::MqttEvent::Connected => {
-                        c.publish("state/gw-5/update/delta", payload.to_vec(), false)
-                            .await
-                            .unwrap();
-                    }
-                    sandstep::mqtt::MqttEvent::PubAck { .. } => break,
-                    _ => {}
-                }
-            }
-        });
-    };
+    let pub_raw = |payload: &[u8]| fleet.publish_raw("state/gw-5/update/delta", payload);
     pub_raw(br#"{"state": {"workflow": {"action": 7, "id": "wf-weird"}, "updateManifest": "{}"}}"#);
     let r = fleet.wait_for("gw-5", "the refusal", |r| {
         r.pointer("/lastError/message").is_some()
