@@ -112,6 +112,148 @@ pub enum BootControl {
     Command { get: Vec<String>, set: Vec<String> },
 }
 
+impl SlotPolicy {
+    /// The boot environment's variables that sandstep reads.
+    pub fn read_env(&self) -> Result<BTreeMap<String, String>, WitError> {
+        match &self.boot {
+            BootControl::EnvFile { path } => {
+                let text = match std::fs::read_to_string(path) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                    Err(e) => {
+                        return Err(WitError::Io(format!(
+                            "boot environment {}: {e}",
+                            path.display()
+                        )))
+                    }
+                };
+                Ok(text
+                    .lines()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .collect())
+            }
+            BootControl::Command { get, .. } => {
+                let mut env = BTreeMap::new();
+                for key in [
+                    "booted_slot",
+                    "boot_slot",
+                    "upgrade_available",
+                    "slot_a_bad",
+                    "slot_b_bad",
+                    "selected_boot_id",
+                ] {
+                    let out = std::process::Command::new(&get[0])
+                        .args(&get[1..])
+                        .arg(key)
+                        .env_clear()
+                        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                        .output()
+                        .map_err(|e| WitError::Io(format!("{}: {e}", get[0])))?;
+                    if out.status.success() {
+                        env.insert(
+                            key.to_owned(),
+                            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+                        );
+                    }
+                }
+                Ok(env)
+            }
+        }
+    }
+
+    /// Changes boot environment variables (an env file atomically, or one `set` each).
+    pub fn write_env(&self, changes: &[(&str, String)]) -> Result<(), WitError> {
+        match &self.boot {
+            BootControl::EnvFile { path } => {
+                let mut env = self.read_env()?;
+                for (k, v) in changes {
+                    env.insert((*k).to_owned(), v.clone());
+                }
+                let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                let tmp = path.with_extension("sandstep-tmp");
+                let write = || -> std::io::Result<()> {
+                    let mut f = std::fs::File::create(&tmp)?;
+                    f.write_all(text.as_bytes())?;
+                    f.sync_all()?;
+                    std::fs::rename(&tmp, path)
+                };
+                write()
+                    .map_err(|e| WitError::Io(format!("boot environment {}: {e}", path.display())))
+            }
+            BootControl::Command { set, .. } => {
+                for (k, v) in changes {
+                    let status = std::process::Command::new(&set[0])
+                        .args(&set[1..])
+                        .arg(k)
+                        .arg(v)
+                        .env_clear()
+                        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                        .status()
+                        .map_err(|e| WitError::Io(format!("{}: {e}", set[0])))?;
+                    if !status.success() {
+                        return Err(WitError::Io(format!("{} {k} {v}: {status}", set[0])));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Which slot booted, which boots next, whether it is committed, which are bad, and
+    /// whether a reboot happened since a slot was selected.
+    pub fn state(&self) -> Result<SlotState, WitError> {
+        let env = self.read_env()?;
+        let policy = self;
+        let cmdline = std::fs::read_to_string(&policy.cmdline_file).unwrap_or_default();
+        let (a, b) = (policy.a.to_string_lossy(), policy.b.to_string_lossy());
+        let booted = booted_slot(
+            env.get("booted_slot").map(String::as_str),
+            &cmdline,
+            [&a, &b],
+            [root_is_on(&policy.a), root_is_on(&policy.b)],
+        )
+        .ok_or_else(|| {
+            WitError::Denied(
+                "which slot booted is unknown: set `booted_slot` in the boot environment, \
+                 `sandstep.slot=a|b` on the kernel command line, or mount the root filesystem \
+                 from a slot device; nothing is written until it is known"
+                    .into(),
+            )
+        })?;
+        let next_boot = env
+            .get("boot_slot")
+            .and_then(|v| parse_slot(v))
+            .unwrap_or(booted);
+        let bad = [SlotName::A, SlotName::B]
+            .into_iter()
+            .filter(|s| {
+                env.get(&format!("slot_{}_bad", name(*s)))
+                    .is_some_and(|v| v == "1")
+            })
+            .collect();
+        let rebooted = match env.get("selected_boot_id").filter(|v| !v.is_empty()) {
+            Some(then) => self.boot_id()? != *then,
+            None => false,
+        };
+        Ok(SlotState {
+            booted,
+            next_boot,
+            committed: env.get("upgrade_available").is_none_or(|v| v != "1"),
+            bad,
+            rebooted,
+        })
+    }
+
+    /// This boot's id.
+    pub fn boot_id(&self) -> Result<String, WitError> {
+        let p = &self.boot_id_file;
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| WitError::Io(format!("boot id {}: {e}", p.display())))
+    }
+}
+
 /// What the policy grants: the capability, with or without slots configured.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlotGrant {
@@ -142,6 +284,14 @@ impl SlotCtx {
             events: host.events.clone(),
             tags: host.tags.clone(),
         })
+    }
+}
+
+/// A slot's name as people read it: `A` or `B`.
+pub fn label(s: SlotName) -> &'static str {
+    match s {
+        SlotName::A => "A",
+        SlotName::B => "B",
     }
 }
 
@@ -189,139 +339,18 @@ impl SlotCtx {
         })
     }
 
-    fn read_env(&self) -> Result<BTreeMap<String, String>, WitError> {
-        match &self.policy()?.boot {
-            BootControl::EnvFile { path } => {
-                let text = match std::fs::read_to_string(path) {
-                    Ok(t) => t,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                    Err(e) => {
-                        return Err(WitError::Io(format!(
-                            "boot environment {}: {e}",
-                            path.display()
-                        )))
-                    }
-                };
-                Ok(text
-                    .lines()
-                    .filter_map(|l| l.split_once('='))
-                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                    .collect())
-            }
-            BootControl::Command { get, .. } => {
-                let mut env = BTreeMap::new();
-                for key in [
-                    "booted_slot",
-                    "boot_slot",
-                    "upgrade_available",
-                    "slot_a_bad",
-                    "slot_b_bad",
-                    "selected_boot_id",
-                ] {
-                    let out = std::process::Command::new(&get[0])
-                        .args(&get[1..])
-                        .arg(key)
-                        .env_clear()
-                        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-                        .output()
-                        .map_err(|e| WitError::Io(format!("{}: {e}", get[0])))?;
-                    if out.status.success() {
-                        env.insert(
-                            key.to_owned(),
-                            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-                        );
-                    }
-                }
-                Ok(env)
-            }
-        }
-    }
-
-    fn write_env(&self, changes: &[(&str, String)]) -> Result<(), WitError> {
-        match &self.policy()?.boot {
-            BootControl::EnvFile { path } => {
-                let mut env = self.read_env()?;
-                for (k, v) in changes {
-                    env.insert((*k).to_owned(), v.clone());
-                }
-                let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-                let tmp = path.with_extension("sandstep-tmp");
-                let write = || -> std::io::Result<()> {
-                    let mut f = std::fs::File::create(&tmp)?;
-                    f.write_all(text.as_bytes())?;
-                    f.sync_all()?;
-                    std::fs::rename(&tmp, path)
-                };
-                write()
-                    .map_err(|e| WitError::Io(format!("boot environment {}: {e}", path.display())))
-            }
-            BootControl::Command { set, .. } => {
-                for (k, v) in changes {
-                    let status = std::process::Command::new(&set[0])
-                        .args(&set[1..])
-                        .arg(k)
-                        .arg(v)
-                        .env_clear()
-                        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-                        .status()
-                        .map_err(|e| WitError::Io(format!("{}: {e}", set[0])))?;
-                    if !status.success() {
-                        return Err(WitError::Io(format!("{} {k} {v}: {status}", set[0])));
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-
+    // The policy's boot environment, or the refusal when no slots are configured (a refusal
+    // the handler sees, never a trap).
     fn state(&self) -> Result<SlotState, WitError> {
-        let env = self.read_env()?;
-        let policy = self.policy()?;
-        let cmdline = std::fs::read_to_string(&policy.cmdline_file).unwrap_or_default();
-        let (a, b) = (policy.a.to_string_lossy(), policy.b.to_string_lossy());
-        let booted = booted_slot(
-            env.get("booted_slot").map(String::as_str),
-            &cmdline,
-            [&a, &b],
-            [root_is_on(&policy.a), root_is_on(&policy.b)],
-        )
-        .ok_or_else(|| {
-            WitError::Denied(
-                "which slot booted is unknown: set `booted_slot` in the boot environment, \
-                 `sandstep.slot=a|b` on the kernel command line, or mount the root filesystem \
-                 from a slot device; nothing is written until it is known"
-                    .into(),
-            )
-        })?;
-        let next_boot = env
-            .get("boot_slot")
-            .and_then(|v| parse_slot(v))
-            .unwrap_or(booted);
-        let bad = [SlotName::A, SlotName::B]
-            .into_iter()
-            .filter(|s| {
-                env.get(&format!("slot_{}_bad", name(*s)))
-                    .is_some_and(|v| v == "1")
-            })
-            .collect();
-        let rebooted = match env.get("selected_boot_id").filter(|v| !v.is_empty()) {
-            Some(then) => self.boot_id()? != *then,
-            None => false,
-        };
-        Ok(SlotState {
-            booted,
-            next_boot,
-            committed: env.get("upgrade_available").is_none_or(|v| v != "1"),
-            bad,
-            rebooted,
-        })
+        self.policy()?.state()
     }
 
     fn boot_id(&self) -> Result<String, WitError> {
-        let p = &self.policy()?.boot_id_file;
-        std::fs::read_to_string(p)
-            .map(|s| s.trim().to_owned())
-            .map_err(|e| WitError::Io(format!("boot id {}: {e}", p.display())))
+        self.policy()?.boot_id()
+    }
+
+    fn write_env(&self, changes: &[(&str, String)]) -> Result<(), WitError> {
+        self.policy()?.write_env(changes)
     }
 
     fn progress(&self, percent: u8, message: String) {
@@ -452,7 +481,8 @@ impl SlotCtx {
                 )));
             }
         }
-        self.write_env(&[(&*format!("slot_{}_bad", name(target)), "0".into())])?;
+        self.policy()?
+            .write_env(&[(&*format!("slot_{}_bad", name(target)), "0".into())])?;
         Ok(Written {
             bytes: done,
             sha256: digest,
@@ -500,10 +530,13 @@ impl slot::Host for SlotView<'_> {
                 Err(e) => return Ok(Err(e)),
             }
         };
+        // `bootcount` restarts, so the boot loader counts this slot's attempts from zero
+        // (U-Boot's bootcount/bootlimit counts while `upgrade_available` is 1).
         Ok(self.0.write_env(&[
             ("boot_slot", name(target).into()),
             ("upgrade_available", pending.into()),
             ("selected_boot_id", selected),
+            ("bootcount", "0".into()),
         ]))
     }
 
@@ -516,6 +549,7 @@ impl slot::Host for SlotView<'_> {
             ("boot_slot", name(booted).into()),
             ("upgrade_available", "0".into()),
             ("selected_boot_id", String::new()),
+            ("bootcount", "0".into()),
         ]))
     }
 

@@ -102,8 +102,63 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
     }
 
     check_handlers(&mut r, &data, &config, trust, sandbox).await?;
+    check_slots(&mut r, &config);
     check_agent(&mut r, &config, broker_timeout).await;
     finish(r)
+}
+
+/// For each handler with A/B slots: both slots exist (a block device, or a file-backed slot's
+/// directory), the boot control answers, the booted slot is known and is one of the two, and
+/// what the boot loader will boot next.
+fn check_slots(r: &mut Report, config: &Config) {
+    use sandstep::capability::slot::{label, SlotPolicy};
+    let policy = config.policy();
+    let slotted: Vec<(&String, &SlotPolicy)> = policy
+        .handlers
+        .iter()
+        .filter_map(|(id, p)| p.slot.as_ref().map(|s| (id, s)))
+        .collect();
+    for (id, slots) in slotted {
+        let what = format!("slots of {id}");
+        for (name, path) in [("A", &slots.a), ("B", &slots.b)] {
+            let usable = path.exists() || path.parent().is_some_and(|d| d.is_dir());
+            if !usable {
+                r.fail(
+                    &what,
+                    format!("slot {name} {} does not exist", path.display()),
+                    "correct the slot paths in the handler's [slot] table",
+                );
+                return;
+            }
+        }
+        match slots.state() {
+            Ok(s) => r.ok(
+                &what,
+                format!(
+                    "booted {}, next boot {}{}{}",
+                    label(s.booted),
+                    label(s.next_boot),
+                    if s.committed {
+                        ""
+                    } else {
+                        ", not committed (a new slot is on trial)"
+                    },
+                    if s.bad.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", bad: {:?}", s.bad)
+                    }
+                ),
+            ),
+            Err(e) => r.fail(
+                &what,
+                e,
+                "make the boot loader say which slot booted (booted_slot in its environment, or \
+                 sandstep.slot=a|b on the kernel command line), and check the boot control \
+                 commands or file (README: sandstep/firmware:1)",
+            ),
+        }
+    }
 }
 
 /// Handler keys (none: nothing loads) and manifest root keys (none: every signed deployment is

@@ -32,23 +32,22 @@ impl Device {
         self.dir.path().join(f)
     }
     fn config(&self) -> Config {
+        Config::parse(&self.config_text(), "test").unwrap()
+    }
+    fn config_text(&self) -> String {
         std::fs::write(
             self.path("cmdline"),
             "console=ttyS0 root=/dev/mmcblk0p9 ro\n",
         )
         .unwrap();
-        Config::parse(
-            &format!(
+        format!(
                 "[handlers.\"{FW}\"]\ncapabilities = [\"slot\"]\n[handlers.\"{FW}\".slot]\na = \"{}\"\nb = \"{}\"\nboot-id-file = \"{}\"\ncmdline-file = \"{}\"\nboot = {{ method = \"env-file\", path = \"{}\" }}\n",
                 self.path("a.img").display(),
                 self.path("b.img").display(),
                 self.path("boot_id").display(),
                 self.path("cmdline").display(),
                 self.path("bootenv").display()
-            ),
-            "test",
-        )
-        .unwrap()
+            )
     }
     fn env(&self) -> BTreeMap<String, String> {
         std::fs::read_to_string(self.path("bootenv"))
@@ -252,4 +251,35 @@ async fn with_no_word_on_the_booted_slot_nothing_is_written() {
     let (out, _) = run(&env, config, env.request("wf-fw-cmdline", m)).await;
     assert_eq!(out.status, Status::RebootRequired, "{:#?}", out.result);
     assert_eq!(std::fs::read(dev.path("a.img")).unwrap(), image());
+}
+
+#[test]
+fn doctor_says_which_slot_booted_and_fails_when_nobody_says() {
+    let dev = Device::new();
+    let config = dev.path("config.toml");
+    std::fs::write(&config, dev.config_text()).unwrap();
+    let doctor = || {
+        let out = crate::cli::sandstep()
+            .arg("doctor")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dev.path("data"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = doctor();
+    assert!(
+        out.contains(&format!("ok    slots of {FW}: booted A, next boot A")),
+        "{out}"
+    );
+    // Neither the boot environment nor the kernel command line says which slot runs.
+    std::fs::write(dev.path("bootenv"), "boot_slot=a\n").unwrap();
+    let out = doctor();
+    assert!(
+        out.contains(&format!("FAIL  slots of {FW}: "))
+            && out.contains("which slot booted is unknown"),
+        "{out}"
+    );
 }
