@@ -226,6 +226,8 @@ pub struct Agent {
     topics: Topics,
     /// Makes each report's `clientToken` unique within a millisecond too.
     reports: std::sync::atomic::AtomicU64,
+    /// The `status` last reported, so a stage's `<status>At` time is when it began.
+    last_status: std::sync::Mutex<String>,
 }
 
 impl Agent {
@@ -255,6 +257,7 @@ impl Agent {
             data,
             topics,
             reports: Default::default(),
+            last_status: Default::default(),
         })
     }
 
@@ -340,7 +343,16 @@ impl Agent {
         }
     }
 
-    fn reported(&self, patch: Map<String, Value>) -> Outgoing {
+    fn reported(&self, mut patch: Map<String, Value>) -> Outgoing {
+        // The stage vocabulary of the firmware-update pattern (standBy, downloading, applying,
+        // rebooting, completed, failed) with when each stage began, beside ADU's `state`.
+        if let Some(status) = patch.get("status").and_then(Value::as_str) {
+            let mut last = self.last_status.lock().expect("status lock");
+            if *last != status {
+                *last = status.to_owned();
+                patch.insert(format!("{status}At"), json!(now_ms()));
+            }
+        }
         Outgoing {
             topic: Topics::for_device(&self.topics.update, &self.device),
             payload: json!({"state": {"reported": patch}, "clientToken": format!("{}-{}-{}", self.device, now_ms(), self.reports.fetch_add(1, std::sync::atomic::Ordering::Relaxed))}),

@@ -527,12 +527,15 @@ mod tests {
         h.delta(json!({"state": {"workflow": {"action": 3, "id": "wf-1"}, "updateManifest": "{}", "fileUrls": {}}}));
         let ack = h.report_where(|r| r["workflow"]["id"] == "wf-1").await;
         assert_eq!(ack["status"], "downloading", "{ack}");
+        // Each stage with when it began (the firmware-update pattern's vocabulary).
+        assert!(ack["downloadingAt"].as_u64().is_some(), "{ack}");
         assert_eq!(ack["lastError"], Value::Null, "{ack}");
         // An unsigned, empty manifest cannot run: the end is reported, with the reason.
         let end = h
             .report_where(|r| r["workflow"]["id"] == "wf-1" && r["status"] == "failed")
             .await;
         assert!(end.get("lastInstallResult").is_some(), "{end}");
+        assert!(end["failedAt"].as_u64().is_some(), "{end}");
         assert_eq!(h.stop().await, AgentExit::Shutdown);
     }
 

@@ -26,6 +26,13 @@ pub const AGENT_FIELDS: &[&str] = &[
     "installedUpdateId",
     "pending",
     "ack",
+    "retry",
+    "standByAt",
+    "downloadingAt",
+    "applyingAt",
+    "rebootingAt",
+    "completedAt",
+    "failedAt",
 ];
 
 /// ADU's reported `state` values.
@@ -40,16 +47,17 @@ pub mod adu_state {
     pub const FAILED: i32 = 255;
 }
 
-/// The simple status, `firmwareStatus`-style.
+/// The simple status, `firmwareStatus`-style: the firmware-update pattern's stages (standBy,
+/// downloading, applying, rebooting, completed, failed); ADU's `state` gives the detail.
 pub fn status_of(action: Action) -> (&'static str, i32) {
     match action {
         Action::IsInstalled => ("downloading", adu_state::DEPLOYMENT_IN_PROGRESS),
         Action::Download => ("downloading", adu_state::DOWNLOAD_STARTED),
-        Action::Backup => ("installing", adu_state::BACKUP_STARTED),
-        Action::Install => ("installing", adu_state::INSTALL_STARTED),
+        Action::Backup => ("applying", adu_state::BACKUP_STARTED),
+        Action::Install => ("applying", adu_state::INSTALL_STARTED),
         Action::Apply => ("applying", adu_state::APPLY_STARTED),
-        Action::Cancel => ("installing", adu_state::DEPLOYMENT_IN_PROGRESS),
-        Action::Restore => ("installing", adu_state::RESTORE_STARTED),
+        Action::Cancel => ("applying", adu_state::DEPLOYMENT_IN_PROGRESS),
+        Action::Restore => ("applying", adu_state::RESTORE_STARTED),
     }
 }
 
@@ -112,7 +120,8 @@ pub fn progress_patch(
 pub fn final_patch(status: Status, result: &ResultFile) -> Map<String, Value> {
     let (simple, state) = match status {
         Status::Succeeded => ("completed", adu_state::IDLE),
-        Status::RebootRequired | Status::RestartRequired => ("applying", adu_state::APPLY_STARTED),
+        Status::RebootRequired => ("rebooting", adu_state::APPLY_STARTED),
+        Status::RestartRequired => ("applying", adu_state::APPLY_STARTED),
         Status::Cancelled => ("standBy", adu_state::IDLE),
         _ => ("failed", adu_state::FAILED),
     };
