@@ -1,13 +1,15 @@
 //! `sandstep:handler/process`: run an allow-listed host program.
 //!
 //! The program runs outside the sandbox, so every invocation is checked against the handler's
-//! policy first: the program must be listed by absolute path, each argument must match one of that
-//! program's patterns, and any argument that is an absolute path must lie inside a directory the
-//! step was given. Refusals name the rule. A program runs with a cleared environment, no stdin,
-//! its own process group (stopped as a whole at the time limit or when the call is dropped:
-//! SIGTERM, then SIGKILL after a grace period; programs marked `finish-on-cancel` are left to
-//! finish when the call is dropped), SIGKILL when the agent dies, and output captured up to a cap,
-//! keeping the end.
+//! policy first: the program must be listed by absolute path and its arguments must fit one of
+//! its forms ([`super::arg_grammar`]: a literal option prefix, then typed slots, path slots
+//! resolved beneath their directory by the kernel). Refusals name the rule. A program runs with a
+//! cleared environment, no stdin, its own process group (stopped as a whole at the time limit or
+//! when the call is dropped: SIGTERM, then SIGKILL after a grace period; programs marked
+//! `finish-on-cancel` are left to finish when the call is dropped; what it leaves in its group is
+//! stopped when it exits), SIGKILL when the agent dies, a [`super::ledger`] entry while it runs
+//! (so the next agent finds what a killed one left), and output captured up to a cap, keeping the
+//! end.
 
 use super::arg_grammar::{ArgForm, FormError, StepDirs};
 use super::ledger::{self, Entry, ProgramLedger};
