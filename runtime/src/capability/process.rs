@@ -428,7 +428,7 @@ impl ProcessCtx {
             .ok()
             .and_then(|s| ledger::parse_stat(pgid, &s))
             .map(|p| p.start);
-        let group = RunningGroup {
+        let mut group = RunningGroup {
             entry: Entry {
                 pgid,
                 leader_start: leader_start.unwrap_or(0),
@@ -444,13 +444,18 @@ impl ProcessCtx {
             grace: STOP_GRACE,
             armed: true,
         };
-        // Fail closed: a program the next agent could not find does not run (the guard stops it).
-        if leader_start.is_none() {
-            return Err(format!("cannot read /proc/{pgid}/stat"));
-        }
-        if let Some(l) = &self.ledger {
-            l.record(&group.entry)
-                .map_err(|e| format!("cannot record it in the program ledger: {e}"))?;
+        // Fail closed: a program the next agent could not find does not run. The guard stops it
+        // as it drops, even one that must otherwise finish: it has only just started.
+        let recorded = match (leader_start, &self.ledger) {
+            (None, _) => Err(format!("cannot read /proc/{pgid}/stat")),
+            (Some(_), Some(l)) => l
+                .record(&group.entry)
+                .map_err(|e| format!("cannot record it in the program ledger: {e}")),
+            (Some(_), None) => Ok(()),
+        };
+        if let Err(e) = recorded {
+            group.entry.finish_on_cancel = false;
+            return Err(e);
         }
         Ok(group)
     }
