@@ -37,7 +37,7 @@ if [[ -z $bin ]]; then
     bin=target/$profile/sandstep
     scripts/build-components.sh --quiet
 fi
-[[ -n $version ]] || version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+[[ -n $version ]] || version=$(sed -n '0,/^version = "\(.*\)"/s//\1/p' Cargo.toml)
 arch=$(dpkg --print-architecture)
 
 sign_args=()
@@ -71,9 +71,11 @@ install -m 0644 "$key.pub" "$pkg/usr/share/sandstep/trust/handlers/$trust_name.p
     echo "# /etc/sandstep/config.toml: sandstep's configuration (a conffile: your edits survive upgrades)."
     echo "# Check it with \`sandstep doctor\`. Commands use this file when no --config is given."
     echo
-    sed -e '1,2d' \
+    # One sed, no pipe: a reader that quits early would SIGPIPE the writer (exit 141 under
+    # pipefail, depending on timing).
+    sed -e '1,2d' -e '/^# Policy per handler id/,$d' \
         -e 's|^handler-key-dirs = \[\] .*|handler-key-dirs = ["/usr/share/sandstep/trust/handlers"]   # the package'"'"'s key; add yours with `sandstep trust add handler`|' \
-        examples/config.toml | sed -n '/^# Policy per handler id/q;p'
+        examples/config.toml
     echo "# The gateway agent (sandstep-agent.service) and its broker."
     sed -e '1,3d' -e 's|^device-id = .*|# device-id = "gateway-001"          # default: the host name|' \
         -e 's|^groups = .*|groups = []|' examples/agent.toml

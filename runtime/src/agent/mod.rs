@@ -9,6 +9,7 @@
 //! (`workflow`), rate-limited progress, and the result (`lastInstallResult`, plus `{"jobId",
 //! "status"}`). Reports go through the outbox, so none is lost while the broker is away.
 
+mod file_sets;
 mod mqtt_loop;
 pub mod poll;
 pub mod report;
@@ -280,6 +281,28 @@ impl Agent {
     }
 
     /// The installed state reported at start: update id, handlers, file-set digests.
+    /// The files present at the files handler's destinations; without mapped destinations,
+    /// what it recorded installing (Degu reports MD5s at boot).
+    fn file_sets(&self) -> Map<String, Value> {
+        const FILES: &str = "sandstep/files:1";
+        if let Some(p) = self.settings.deploy.policy.handler(FILES) {
+            if !p.dirs.is_empty() {
+                return file_sets::file_sets(&p.dirs);
+            }
+        }
+        let Ok(state) = self.data.state() else {
+            return Map::new();
+        };
+        let dir = crate::datadir::safe_name(FILES);
+        crate::datadir::adopt_legacy(&state, &crate::datadir::legacy_safe_name(FILES), &dir);
+        state
+            .read(format!("{dir}/digests.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v.get("digests").and_then(Value::as_object).cloned())
+            .unwrap_or_default()
+    }
+
     fn installed_state(&self) -> Map<String, Value> {
         let p = self.persisted();
         let handlers: Vec<Value> = self
@@ -291,20 +314,7 @@ impl Agent {
             .into_iter()
             .map(|e| json!({"id": e.id, "sha256": e.digest, "signers": e.signers}))
             .collect();
-        // Installed file sets: what the files handler recorded (Degu reports MD5s at boot).
-        let mut file_sets = Map::new();
-        if let Ok(state) = self.data.state() {
-            let id = "sandstep/files:1";
-            let dir = crate::datadir::safe_name(id);
-            crate::datadir::adopt_legacy(&state, &crate::datadir::legacy_safe_name(id), &dir);
-            if let Ok(b) = state.read(format!("{dir}/digests.json")) {
-                if let Ok(v) = serde_json::from_slice::<Value>(&b) {
-                    if let Some(d) = v.get("digests").and_then(Value::as_object) {
-                        file_sets = d.clone();
-                    }
-                }
-            }
-        }
+        let file_sets = self.file_sets();
         let mut m = Map::new();
         m.insert("deviceId".into(), json!(self.device));
         m.insert("groups".into(), json!(self.settings.agent.groups));
@@ -414,6 +424,7 @@ impl Agent {
     fn finished(&self, workflow: &Workflow, outcome: &Outcome) -> Vec<Outgoing> {
         let mut patch = final_patch(outcome.status, &outcome.result);
         patch.insert("workflow".into(), json!(workflow));
+        patch.insert("fileSets".into(), Value::Object(self.file_sets()));
         let mut p = self.persisted();
         p.workflow = Some(workflow.clone());
         p.last_install_result = patch.get("lastInstallResult").cloned();

@@ -27,6 +27,7 @@ pub const AGENT_FIELDS: &[&str] = &[
     "pending",
     "ack",
     "retry",
+    "agent",
     "standByAt",
     "downloadingAt",
     "applyingAt",

@@ -904,6 +904,7 @@ fn http_polling_follows_the_version_tag_including_a_rollback() {
         }
     };
     wait_main("print('v1')\n");
+    std::fs::write(device.join("boot.py"), b"# the device's own\n").unwrap();
     server.put("proj/version", b"v2\n");
     wait_main("print('v2')\n");
     // Rollback: the server points back at v1.
@@ -926,6 +927,15 @@ fn http_polling_follows_the_version_tag_including_a_rollback() {
         reported["state"]["reported"]["lastInstallResult"]["resultCode"],
         700
     );
+    // fileSets lists what is at the destinations after the deployment, including a file that
+    // sandstep did not write.
+    let sets = &reported["state"]["reported"]["fileSets"];
+    assert_eq!(
+        sets["/dest/app/main.py"]["sha256"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"print('v1')\n")),
+        "{reported:#}"
+    );
+    assert!(sets.get("/dest/app/boot.py").is_some(), "{reported:#}");
     // A tag whose deployment fails (its file on the server is not what the manifest says) is
     // reported with its retry, and tried again with backoff, without a new tag.
     publish("v3", b"print('v3')\n");
