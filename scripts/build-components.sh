@@ -51,7 +51,9 @@ mkdir -p "$out_dir"
 exec 9>"$out_dir/.lock"
 flock 9
 
-if command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+# grep reads all its input (no -q): a reader that quits early can SIGPIPE the writer, a failure
+# under pipefail.
+if command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -x wasm32-wasip2 >/dev/null; then
     say "using rustup's wasm32-wasip2 target"
     cargo build "${quiet[@]}" --profile guest --target wasm32-wasip2 "${pkg_args[@]}"
 else

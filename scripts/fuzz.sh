@@ -41,7 +41,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz >/dev/null
 fi
 toolchain=()
-if rustup toolchain list | grep -q '^nightly'; then
+if rustup toolchain list | grep '^nightly' >/dev/null; then
     toolchain=(+nightly)
 else
     export RUSTC_BOOTSTRAP=1
