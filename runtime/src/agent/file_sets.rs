@@ -16,17 +16,26 @@ const MAX_FILES: usize = 1000;
 const MAX_DEPTH: usize = 8;
 /// Largest file hashed; a larger one is listed with its size only.
 const MAX_HASHED: u64 = 256 << 20;
+/// Most bytes hashed in all (the report runs on the agent's loop); past it, sizes only.
+const BUDGET: u64 = 512 << 20;
 
 /// `guest path -> {md5, sha256}` (or `{size, note}`) for every regular file under `dirs`.
 pub fn file_sets(dirs: &[ExtraDir]) -> Map<String, Value> {
     let mut out = Map::new();
+    let mut budget = BUDGET;
     for d in dirs {
-        walk(&d.host, d.guest.trim_end_matches('/'), 0, &mut out);
+        walk(
+            &d.host,
+            d.guest.trim_end_matches('/'),
+            0,
+            &mut out,
+            &mut budget,
+        );
     }
     out
 }
 
-fn walk(dir: &Path, guest: &str, depth: usize, out: &mut Map<String, Value>) {
+fn walk(dir: &Path, guest: &str, depth: usize, out: &mut Map<String, Value>, budget: &mut u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -40,18 +49,19 @@ fn walk(dir: &Path, guest: &str, depth: usize, out: &mut Map<String, Value>) {
         let name = e.file_name().to_string_lossy().into_owned();
         let at = format!("{guest}/{name}");
         if kind.is_dir() && depth < MAX_DEPTH {
-            walk(&e.path(), &at, depth + 1, out);
+            walk(&e.path(), &at, depth + 1, out, budget);
         } else if kind.is_file() {
-            out.insert(at, digests(&e.path()));
+            out.insert(at, digests(&e.path(), budget));
         }
     }
 }
 
-fn digests(path: &Path) -> Value {
+fn digests(path: &Path, budget: &mut u64) -> Value {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if size > MAX_HASHED {
+    if size > MAX_HASHED || size > *budget {
         return json!({"size": size, "note": "too large to hash here"});
     }
+    *budget -= size;
     let Ok(mut f) = std::fs::File::open(path) else {
         return json!({"size": size, "note": "unreadable"});
     };

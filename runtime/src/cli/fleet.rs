@@ -172,7 +172,8 @@ async fn publish_desired(
             Err(_) if !sent => bail!("broker {url}: no connection within {}s", wait.as_secs()),
             Err(_) => bail!(
                 "no shadow service confirmed the desired state of {} within {}s: is the replica \
-                 (`sandstep shadow`) running? The broker took it, but nothing stored it",
+                 (`sandstep shadow`) running, and may this account publish device updates (the \
+                 broker's ACL)? Nothing confirmed storing it",
                 unconfirmed.into_iter().collect::<Vec<_>>().join(", "),
                 wait.as_secs()
             ),
