@@ -38,6 +38,27 @@ pub struct Entry {
     pub recover: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The agent that started it (pid, start time): while that agent lives the entry is its
+    /// own, and another process on the same data dir leaves it alone.
+    #[serde(default)]
+    pub owner: Option<(i32, u64)>,
+}
+
+/// This process, as an entry's owner.
+pub fn this_process() -> Option<(i32, u64)> {
+    let pid = std::process::id() as i32;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_stat(pid, &stat).map(|p| (pid, p.start))
+}
+
+/// Whether the agent that recorded `entry` is still running (then the entry is not a leftover).
+pub fn owner_alive(entry: &Entry, procs: &[ProcInfo], boot_id: &str) -> bool {
+    entry.boot_id == boot_id
+        && entry.owner.is_some_and(|(pid, start)| {
+            procs
+                .iter()
+                .any(|p| p.pid == pid && p.start == start && !p.zombie)
+        })
 }
 
 /// A process as the sweep sees it.
@@ -197,8 +218,10 @@ impl ProgramLedger {
     /// finish). Must run before any step does.
     pub fn sweep(&self, grace: Duration) -> Vec<Recovered> {
         let boot = boot_id();
+        let procs = snapshot();
         self.entries()
             .into_iter()
+            .filter(|entry| !owner_alive(entry, &procs, &boot))
             .map(|entry| {
                 let report = settle(&entry, &boot, grace);
                 self.remove(entry.pgid);
@@ -305,7 +328,33 @@ mod tests {
             deadline_ms: 0,
             recover: vec![],
             env: Default::default(),
+            owner: Some((42, 100)),
         }
+    }
+
+    #[test]
+    fn an_entry_whose_agent_still_runs_is_not_a_leftover() {
+        let alive = [p(42, 42, 100)];
+        assert!(owner_alive(&entry(), &alive, "b1"));
+        // The agent is gone, its pid reused, or this is another boot: a leftover.
+        assert!(!owner_alive(&entry(), &[], "b1"));
+        assert!(!owner_alive(&entry(), &[p(42, 42, 999)], "b1"));
+        assert!(!owner_alive(&entry(), &alive, "b2"));
+        // Another process on the same data dir (a CLI run beside the agent) leaves a live
+        // agent's entries alone: nothing is stopped, nothing is run, the entry stays.
+        let t = tempfile::tempdir().unwrap();
+        let dir =
+            cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        let ledger = ProgramLedger::new(dir);
+        let live = Entry {
+            boot_id: boot_id(),
+            owner: this_process(),
+            recover: vec!["/bin/false".into()],
+            ..entry()
+        };
+        ledger.record(&live).unwrap();
+        assert!(ledger.sweep(Duration::from_millis(10)).is_empty());
+        assert!(t.path().join("100.json").exists());
     }
 
     fn p(pid: i32, pgrp: i32, start: u64) -> ProcInfo {

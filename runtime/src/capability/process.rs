@@ -439,6 +439,7 @@ impl ProcessCtx {
                 deadline_ms: crate::clock::now_ms() + limit.as_millis() as u64,
                 recover: rule.recover.clone(),
                 env: rule.env.clone(),
+                owner: ledger::this_process(),
             },
             ledger: self.ledger.clone(),
             grace: STOP_GRACE,
