@@ -225,8 +225,9 @@ fn report_retry(agent: &Agent, tag: &str, st: &PollState) -> Result<(), AgentErr
     record(agent, &agent.reported(patch))
 }
 
-/// Without a broker, the reported state is kept in the data dir (`reported.json`): each report
-/// is merged into it, as a shadow service would.
+/// Without a broker, the reported state is kept in the data dir (`reported.json`): each report's
+/// fields replace the file's. Unlike a shadow service's merge, a `null` is kept (`retry: null`
+/// says the tag succeeded; `lastError: null`, that nothing is wrong).
 fn record(agent: &Agent, o: &super::report::Outgoing) -> Result<(), AgentError> {
     let root = agent.data.root();
     let mut doc: serde_json::Value = root

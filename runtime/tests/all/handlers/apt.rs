@@ -312,12 +312,9 @@ fn group_of(marker: &str) -> Option<i32> {
         {
             return None;
         }
+        let pid = e.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-        stat[stat.rfind(')')? + 1..]
-            .split_whitespace()
-            .nth(2)?
-            .parse()
-            .ok()
+        sandstep::capability::ledger::parse_stat(pid, &stat).map(|p| p.pgrp)
     })
 }
 
