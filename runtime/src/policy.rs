@@ -73,6 +73,11 @@ pub struct HandlerPolicy {
     /// `--work-folder` (its script handler's scripts copy `<work-folder>/<file>`). A copy, never
     /// a link: what a program does to it cannot reach the store, another step, or a later run.
     pub payload_in_work: bool,
+    /// Fetch no file before is-installed: the handler answers it without its files (a file
+    /// set's digest against the destination), so an installed step downloads nothing. Off by
+    /// default, as is-installed may read a small file (an apt manifest, ADU's script handler
+    /// downloads its primary script first: script_handler.cpp, ScriptHandlerImpl::IsInstalled).
+    pub fetch_after_is_installed: bool,
 }
 
 /// A host directory the policy hands to a handler.

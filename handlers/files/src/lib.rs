@@ -11,11 +11,15 @@
 //!
 //! - is-installed: for a digest, the destination's current content has it; else the record;
 //! - backup: the current destination is kept in /state/previous/ (for restore, and for rolling
-//!   back later);
+//!   back later), and /state/changes.json records that this deployment changes it;
 //! - install: written beside the destination, synced, renamed over it;
 //! - apply: the record and the installed digests (/state/digests.json) are updated; 700, with the
 //!   digests in the details;
-//! - restore: the previous version goes back.
+//! - restore: the file set goes back as a whole: every destination this deployment's steps
+//!   changed gets its previous version again (or is removed when it did not exist), newest
+//!   first, and the details name them. ADU calls restore on the failing step only
+//!   (steps_handler.cpp, StepsHandler_Install); a file set half new and half old is what this
+//!   avoids.
 
 use md5::Md5;
 use sandstep_sdk::codes::{content_component, result, ExtendedResultCode, Facility};
@@ -162,6 +166,64 @@ fn save_records(ctx: &Context, r: &Records) -> Result<(), Failure> {
     Ok(())
 }
 
+/// /state/changes.json: the destinations one deployment changed, in order, for restore.
+#[derive(Default, Serialize, Deserialize)]
+struct Changes {
+    workflow: String,
+    changed: Vec<Change>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Change {
+    dest: String,
+    /// Whether a previous version was kept (else restore removes the file).
+    existed: bool,
+}
+
+/// The changes recorded for this deployment (none when the record is another deployment's).
+fn changes(ctx: &Context) -> Result<Changes, Failure> {
+    let fresh = || Changes {
+        workflow: ctx.workflow_id().to_owned(),
+        changed: Vec::new(),
+    };
+    match std::fs::read(ctx.state_path("changes.json")) {
+        Ok(b) => {
+            let c: Changes = serde_json::from_slice(&b).map_err(|e| {
+                Failure::new(f_erc(6), format!("/state/changes.json is corrupt: {e}"))
+            })?;
+            Ok(if c.workflow == ctx.workflow_id() {
+                c
+            } else {
+                fresh()
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(fresh()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn save_changes(ctx: &Context, c: &Changes) -> Result<(), Failure> {
+    let tmp = ctx.state_path("changes.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(c).expect("serializes"))?;
+    std::fs::rename(tmp, ctx.state_path("changes.json"))?;
+    Ok(())
+}
+
+/// Writes `bytes` beside `dest`, syncs, and renames it over `dest`.
+fn place(dest: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    let tmp = dest.with_file_name(format!(
+        ".{}.sandstep-new",
+        dest.file_name().expect("checked").to_string_lossy()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(dest_err(dest))?;
+        f.write_all(bytes).map_err(dest_err(dest))?;
+        f.sync_all().map_err(dest_err(dest))?;
+    }
+    std::fs::rename(&tmp, dest).map_err(dest_err(dest))?;
+    Ok(())
+}
+
 /// Where the previous version of `dest` is kept.
 fn previous(ctx: &Context, dest: &Path) -> PathBuf {
     let name: String = dest
@@ -207,12 +269,26 @@ impl Handler for Files {
 
     fn backup(&mut self, ctx: &Context) -> Outcome {
         let s = step(ctx)?;
-        if !s.dest.exists() {
-            return Ok(StepResult::new(result::BACKUP_SUCCESS).with_details("nothing there yet"));
+        let mut c = changes(ctx)?;
+        let key = s.dest.to_string_lossy().into_owned();
+        if c.changed.iter().any(|ch| ch.dest == key) {
+            // An earlier step (or attempt) of this deployment kept what was there before it.
+            return Ok(StepResult::new(result::BACKUP_SUCCESS).with_details("kept before"));
         }
-        std::fs::create_dir_all(ctx.state_path("previous"))?;
-        std::fs::copy(&s.dest, previous(ctx, &s.dest)).map_err(dest_err(&s.dest))?;
-        Ok(StepResult::new(result::BACKUP_SUCCESS))
+        let existed = s.dest.exists();
+        if existed {
+            std::fs::create_dir_all(ctx.state_path("previous"))?;
+            std::fs::copy(&s.dest, previous(ctx, &s.dest)).map_err(dest_err(&s.dest))?;
+        }
+        c.changed.push(Change { dest: key, existed });
+        save_changes(ctx, &c)?;
+        Ok(
+            StepResult::new(result::BACKUP_SUCCESS).with_details(if existed {
+                "previous version kept"
+            } else {
+                "nothing there yet"
+            }),
+        )
     }
 
     fn install(&mut self, ctx: &Context) -> Outcome {
@@ -235,16 +311,7 @@ impl Handler for Files {
                 ));
             }
         }
-        let tmp = s.dest.with_file_name(format!(
-            ".{}.sandstep-new",
-            s.dest.file_name().expect("checked").to_string_lossy()
-        ));
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(dest_err(&s.dest))?;
-            f.write_all(&bytes).map_err(dest_err(&s.dest))?;
-            f.sync_all().map_err(dest_err(&s.dest))?;
-        }
-        std::fs::rename(&tmp, &s.dest).map_err(dest_err(&s.dest))?;
+        place(&s.dest, &bytes)?;
         log::info(&format!("{} placed at {}", s.file.name, s.dest.display()));
         Ok(StepResult::new(result::INSTALL_SUCCESS))
     }
@@ -264,15 +331,44 @@ impl Handler for Files {
     }
 
     fn restore(&mut self, ctx: &Context) -> Outcome {
-        let s = step(ctx)?;
-        let prev = previous(ctx, &s.dest);
-        if !prev.exists() {
+        let c = changes(ctx)?;
+        if c.changed.is_empty() {
             return Ok(StepResult::new(result::RESTORE_SUCCESS_UNSUPPORTED)
-                .with_details("no previous version kept"));
+                .with_details("this deployment changed no file"));
         }
-        std::fs::copy(prev, &s.dest).map_err(dest_err(&s.dest))?;
-        Ok(StepResult::new(result::RESTORE_SUCCESS)
-            .with_details(format!("{} restored", s.dest.display())))
+        let mut records = records(ctx)?;
+        let (mut restored, mut removed) = (Vec::new(), Vec::new());
+        for ch in c.changed.iter().rev() {
+            let dest = Path::new(&ch.dest);
+            if ch.existed {
+                let bytes = std::fs::read(previous(ctx, dest)).map_err(dest_err(dest))?;
+                place(dest, &bytes)?;
+                records.digests.insert(ch.dest.clone(), digests(&bytes));
+                restored.push(ch.dest.as_str());
+            } else {
+                match std::fs::remove_file(dest) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(dest_err(dest)(e))
+                    }
+                    _ => {}
+                }
+                records.digests.remove(&ch.dest);
+                removed.push(ch.dest.as_str());
+            }
+            records.labels.remove(&ch.dest);
+        }
+        save_records(ctx, &records)?;
+        let mut details = Vec::new();
+        if !restored.is_empty() {
+            details.push(format!("restored {}", restored.join(", ")));
+        }
+        if !removed.is_empty() {
+            details.push(format!(
+                "removed {} (new in this deployment)",
+                removed.join(", ")
+            ));
+        }
+        Ok(StepResult::new(result::RESTORE_SUCCESS).with_details(details.join("; ")))
     }
 }
 

@@ -130,10 +130,12 @@ pub fn final_patch(status: Status, result: &ResultFile) -> Map<String, Value> {
         .step_results
         .iter()
         .map(|(k, s)| {
-            (
-                k.clone(),
-                json!({"resultCode": s.result_code, "extendedResultCodes": s.extended_result_codes, "resultDetails": s.result_details}),
-            )
+            let mut step = json!({"resultCode": s.result_code, "extendedResultCodes": s.extended_result_codes, "resultDetails": s.result_details});
+            // sandstep: what restore put back after a failed install or apply (ADU discards it).
+            if let Some(r) = s.actions.iter().rev().find(|a| a.action == Action::Restore) {
+                step["restore"] = json!({"resultCode": r.result.result_code, "resultDetails": r.result.result_details});
+            }
+            (k.clone(), step)
         })
         .collect();
     let mut m = Map::new();

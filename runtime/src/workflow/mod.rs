@@ -24,6 +24,7 @@ pub mod admission;
 pub mod events;
 pub mod lifecycle;
 pub mod plan;
+pub mod release;
 pub mod store;
 
 use crate::datadir::{safe_name, DataDir, DataDirError};
@@ -372,6 +373,13 @@ impl Deployer {
             j.finished_at_ms = Some(now_ms());
         }
         self.save(j)?;
+        if status.is_terminal() {
+            match self.journals.unfinished() {
+                Ok(unfinished) => release::release(&self.data, j, &unfinished),
+                // Without the list, a store entry another deployment wants could go: keep all.
+                Err(e) => tracing::warn!("finished deployment's files kept: {e}"),
+            }
+        }
         observer.event(&Event::Finished { status, result });
         Ok(())
     }
@@ -850,15 +858,14 @@ impl Deployer {
             work,
             handler: handler.clone(),
         };
-        let payload_in_work = self
-            .settings
-            .policy
-            .handler(&handler_id)
-            .is_some_and(|p| p.payload_in_work);
-        // Small files first: is-installed may need them (an apt manifest, a script).
+        let policy = self.settings.policy.handler(&handler_id);
+        let payload_in_work = policy.is_some_and(|p| p.payload_in_work);
+        let late = policy.is_some_and(|p| p.fetch_after_is_installed);
+        // Small files first: is-installed may need them (an apt manifest, a script), unless the
+        // policy says it does not.
         let early: Vec<Wanted> = wanted
             .iter()
-            .filter(|w| w.size <= EARLY_FETCH_LIMIT)
+            .filter(|w| !late && w.size <= EARLY_FETCH_LIMIT)
             .cloned()
             .collect();
         let work_copy = payload_in_work.then_some(&cur.work);

@@ -138,16 +138,21 @@ impl Device {
     }
 
     async fn run(&self, id: &str) -> Outcome {
+        self.run_observed(id, Arc::new(crate::workflow::Recorder::default()))
+            .await
+    }
+
+    async fn run_observed(
+        &self,
+        id: &str,
+        observer: Arc<dyn sandstep::workflow::events::Observer>,
+    ) -> Outcome {
         let data = DataDir::open(self.env.data.path()).unwrap();
         let sandbox = Arc::new(Sandbox::new(&EngineOptions::default(), None).unwrap());
         let d = Deployer::new(sandbox, data, Config::default()).unwrap();
-        d.run(
-            self.request(id),
-            Arc::new(crate::workflow::Recorder::default()),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap()
+        d.run(self.request(id), observer, &CancellationToken::new())
+            .await
+            .unwrap()
     }
 
     /// The data file of a component, under its (rewritten) path.
@@ -255,37 +260,55 @@ async fn an_inventory_naming_the_unplugged_steamer_fails_at_its_firmware_copy_as
     );
 }
 
+/// At the end of the deployment's last action (before the deployment gives its folders back),
+/// overwrites every work-folder copy of `name`, then reads every `/payload` file of that name.
+struct TamperAtTheEnd {
+    data: PathBuf,
+    name: &'static str,
+    seen: std::sync::Mutex<(usize, Vec<Value>)>,
+}
+
+impl sandstep::workflow::events::Observer for TamperAtTheEnd {
+    fn event(&self, e: &sandstep::workflow::events::Event) {
+        let sandstep::workflow::events::Event::ActionFinished { .. } = e else {
+            return;
+        };
+        let named = |dir: &str| -> Vec<PathBuf> {
+            crate::workflow::walk(&self.data.join(dir))
+                .into_iter()
+                .filter(|p| p.file_name().is_some_and(|n| n == self.name))
+                .collect()
+        };
+        let copies = named("work");
+        for c in &copies {
+            std::fs::write(c, b"tampered").unwrap();
+        }
+        let payload = named("payload")
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect();
+        *self.seen.lock().unwrap() = (copies.len(), payload);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn what_a_script_does_to_its_work_folder_copy_never_reaches_the_verified_file() {
     // The firmware file in the work folder is a copy: a script that overwrites it changes
     // neither the download store nor what the next component's step is given.
     let device = Device::new("components-inventory.json");
-    let out = device.run("wf-contoso-5-copy").await;
+    let observer = Arc::new(TamperAtTheEnd {
+        data: device.env.data.path().to_owned(),
+        name: "motor-firmware-1.2.json",
+        seen: Default::default(),
+    });
+    let out = device
+        .run_observed("wf-contoso-5-copy", observer.clone())
+        .await;
     assert_eq!(out.status, Status::Succeeded);
-    let work = device.env.data.path().join("work");
-    let copies: Vec<PathBuf> = crate::workflow::walk(&work)
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n == "motor-firmware-1.2.json")
-        })
-        .collect();
-    assert_eq!(
-        copies.len(),
-        MOTORS.len(),
-        "one copy per motor's firmware step"
-    );
-    std::fs::write(&copies[0], b"tampered").unwrap();
-    let payload = device.env.data.path().join("payload");
-    for p in crate::workflow::walk(&payload).into_iter().filter(|p| {
-        p.file_name()
-            .is_some_and(|n| n == "motor-firmware-1.2.json")
-    }) {
-        assert_eq!(
-            serde_json::from_slice::<Value>(&std::fs::read(&p).unwrap()).unwrap(),
-            data_file("motor-firmware-1.2.json"),
-            "{}",
-            p.display()
-        );
+    let (copies, payload) = std::mem::take(&mut *observer.seen.lock().unwrap());
+    assert_eq!(copies, MOTORS.len(), "one copy per motor's firmware step");
+    assert_eq!(payload.len(), MOTORS.len());
+    for p in payload {
+        assert_eq!(p, data_file("motor-firmware-1.2.json"));
     }
 }

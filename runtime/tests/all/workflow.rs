@@ -226,13 +226,16 @@ async fn inline_steps_run_in_order_and_the_result_file_says_so() {
             (1, Apply)
         ]
     );
-    // ADU's per-action result files are left in the work folder.
-    let work = find_file(
-        &env.data.path().join("work"),
-        "action_apply_aduc_result.json",
-    );
-    let v: Value = serde_json::from_slice(&std::fs::read(work).unwrap()).unwrap();
-    assert_eq!(v["resultCode"], 700);
+    // Over, the deployment gives back its folders and store files (ADU: SandboxDestroy when
+    // idle); the journal stays.
+    for dir in ["work", "payload", "downloads"] {
+        assert_eq!(
+            walk(&env.data.path().join(dir)),
+            Vec::<PathBuf>::new(),
+            "{dir}/ is empty once the deployment is over"
+        );
+    }
+    assert_eq!(walk(&env.data.path().join("journal")).len(), 1);
 }
 
 fn find_file(root: &Path, name: &str) -> PathBuf {
@@ -832,6 +835,14 @@ async fn an_immediate_reboot_stops_the_deployment_and_the_next_run_resumes() {
         "downloaded in the download phase, nothing installed before the reboot"
     );
 
+    // ADU's per-action result files are in the work folder, kept while the deployment waits.
+    let work = find_file(
+        &env.data.path().join("work"),
+        "action_apply_aduc_result.json",
+    );
+    let v: Value = serde_json::from_slice(&std::fs::read(work).unwrap()).unwrap();
+    assert_eq!(v["resultCode"], 705);
+
     let (second, rec) = env.run(env.request("wf-reboot", m)).await;
     assert_eq!(second.status, Status::Succeeded);
     assert!(matches!(
@@ -1053,29 +1064,20 @@ async fn files_come_from_a_base_url_or_a_url_per_file_id() {
         result::DOWNLOAD_SUCCESS
     );
 
+    // A finished deployment gave its store copy back: the next one fetches the file again,
+    // once for both of its steps (the second finds it in the store: 502).
+    let m = env.manifest(vec![
+        stateful("web-2", json!({}), &["a.txt"]),
+        stateful("web-3", json!({}), &["a.txt"]),
+    ]);
     let mut req = env.request("wf-http-2", m);
     req.source = FileSource::Urls([("a.txt".to_string(), server.url("a.txt"))].into());
     let (out, _) = env.run(req).await;
-    assert_eq!(out.step_code(), 603);
-    assert_eq!(
-        out.result.step_results["step_0"].files[0].result_code,
-        result::DOWNLOAD_SKIPPED_FILE_EXISTS
-    );
-    assert_eq!(
-        server.requests("a.txt").len(),
-        1,
-        "the second deployment reused the verified copy"
-    );
-}
-
-trait StepCode {
-    fn step_code(&self) -> i32;
-}
-
-impl StepCode for Outcome {
-    fn step_code(&self) -> i32 {
-        self.result.step_results["step_0"].result_code
-    }
+    assert_eq!(out.status, Status::Succeeded);
+    let file_code = |step: &str| out.result.step_results[step].files[0].result_code;
+    assert_eq!(file_code("step_0"), result::DOWNLOAD_SUCCESS);
+    assert_eq!(file_code("step_1"), result::DOWNLOAD_SKIPPED_FILE_EXISTS);
+    assert_eq!(server.requests("a.txt").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -226,3 +226,141 @@ async fn a_destination_outside_the_mapped_dirs_is_unreachable() {
     );
     assert!(!Path::new("/etc/x.conf").exists());
 }
+
+/// A file set's device directory, its config (`dirs` + `fetch-after-is-installed`), and an
+/// environment with the files handler installed.
+fn file_set_device(files: &[(&str, &[u8])]) -> (tempfile::TempDir, Config, Env) {
+    let device = tempfile::tempdir().unwrap();
+    for (name, bytes) in files {
+        std::fs::write(device.path().join(name), bytes).unwrap();
+    }
+    let config = Config::parse(
+        &format!("[handlers.\"sandstep/files:1\"]\nfetch-after-is-installed = true\ndirs = [{{ host = \"{}\", guest = \"/dest/app\", writable = true }}]\n", device.path().display()),
+        "t",
+    )
+    .unwrap();
+    let env = Env::new();
+    env.install("sandstep/files:1", "files");
+    (device, config, env)
+}
+
+/// One files step per (name, bytes, md5 wanted).
+fn file_set_steps(env: &mut Env, set: &[(&str, &[u8], String)]) -> String {
+    let mut steps = Vec::new();
+    for (name, bytes, md5) in set {
+        env.file(name, bytes);
+        steps.push(json!({"handler": "sandstep/files:1", "files": [name],
+                          "handlerProperties": {"destination": format!("/dest/app/{name}"), "installedCriteria": format!("md5:{md5}")}}));
+    }
+    env.manifest(steps)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_already_in_place_is_not_downloaded() {
+    let (main_py, config_txt) = (&b"print('hello')\n"[..], &b"interval=60\n"[..]);
+    let (device, config, mut env) =
+        file_set_device(&[("main.py", main_py), ("CONFIG", b"interval=5\n")]);
+    let m = file_set_steps(
+        &mut env,
+        &[
+            ("main.py", main_py, md5_hex(main_py)),
+            ("CONFIG", config_txt, md5_hex(config_txt)),
+        ],
+    );
+    let server = crate::http::TestServer::start();
+    server.put("CONFIG", config_txt);
+    let mut req = env.request("wf-degu-fetch", m);
+    req.source = sandstep_model::journal::FileSource::BaseUrl(server.base());
+    let out = run(&env, config, req).await;
+    assert_eq!(out.status, Status::Succeeded, "{:#?}", out.result);
+    assert_eq!(out.result.step_results["step_0"].result_code, 603);
+    assert!(
+        server.requests("main.py").is_empty(),
+        "main.py is in place: never fetched"
+    );
+    assert_eq!(server.requests("CONFIG").len(), 1);
+    assert_eq!(
+        std::fs::read(device.path().join("CONFIG")).unwrap(),
+        config_txt
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_file_set_deployment_puts_every_file_back_and_says_which() {
+    let (old_main, old_config) = (&b"print('v1')\n"[..], &b"interval=60\n"[..]);
+    let (device, config, mut env) =
+        file_set_device(&[("main.py", old_main), ("CONFIG", old_config)]);
+    let (new_main, new_lib, new_config) = (
+        &b"print('v2')\n"[..],
+        &b"def f(): pass\n"[..],
+        &b"interval=5\n"[..],
+    );
+    // CONFIG's installedCriteria names other content: its install fails (BA000304) after
+    // main.py and lib.py were placed.
+    let m = file_set_steps(
+        &mut env,
+        &[
+            ("main.py", new_main, md5_hex(new_main)),
+            ("lib.py", new_lib, md5_hex(new_lib)),
+            ("CONFIG", new_config, md5_hex(b"something else")),
+        ],
+    );
+    let out = run(&env, config, env.request("wf-degu-fail", m)).await;
+    assert_eq!(out.status, Status::Failed);
+    assert_eq!(out.result.extended_result_code as u32, 0xBA00_0304);
+    let read = |n: &str| std::fs::read(device.path().join(n)).ok();
+    assert_eq!(read("main.py").as_deref(), Some(old_main));
+    assert_eq!(read("CONFIG").as_deref(), Some(old_config));
+    assert_eq!(
+        read("lib.py"),
+        None,
+        "new in the failed deployment: removed"
+    );
+    let restore = out.result.step_results["step_2"]
+        .actions
+        .iter()
+        .find(|a| a.action == sandstep_model::Action::Restore)
+        .expect("restore ran");
+    assert_eq!(
+        restore.result.result_details,
+        "restored /dest/app/CONFIG, /dest/app/main.py; removed /dest/app/lib.py (new in this deployment)"
+    );
+    // The installed digests say what is there again.
+    let digests = crate::workflow::walk(&env.data.path().join("state"))
+        .into_iter()
+        .find(|p| p.ends_with("digests.json"))
+        .unwrap();
+    let digests: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(digests).unwrap()).unwrap();
+    assert_eq!(
+        digests["digests"]["/dest/app/main.py"]["md5"],
+        md5_hex(old_main)
+    );
+    assert!(digests["digests"].get("/dest/app/lib.py").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_set_with_a_file_missing_half_way_changes_nothing() {
+    let old_main = &b"print('v1')\n"[..];
+    let (device, config, mut env) = file_set_device(&[("main.py", old_main)]);
+    let before = stamp(&device.path().join("main.py"));
+    let (new_main, new_config) = (&b"print('v2')\n"[..], &b"interval=5\n"[..]);
+    let m = file_set_steps(
+        &mut env,
+        &[
+            ("main.py", new_main, md5_hex(new_main)),
+            ("CONFIG", new_config, md5_hex(new_config)),
+        ],
+    );
+    std::fs::remove_file(env.files.path().join("CONFIG")).unwrap();
+    let out = run(&env, config, env.request("wf-degu-missing", m)).await;
+    assert_eq!(out.status, Status::Failed);
+    assert!(
+        out.result.result_details.contains("CONFIG"),
+        "{}",
+        out.result.result_details
+    );
+    // Every file is fetched before any is placed (ADU's download phase).
+    assert_eq!(stamp(&device.path().join("main.py")), before);
+    assert!(!device.path().join("CONFIG").exists());
+}
