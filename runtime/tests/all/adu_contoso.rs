@@ -23,18 +23,25 @@ use tokio_util::sync::CancellationToken;
 const SCRIPT: &str = "microsoft/script:1";
 const ARGS: &str = "--component-name --component-name-val --component-group --component-group-val --component-prop path --component-prop-val path";
 
-fn contoso() -> PathBuf {
+pub fn contoso() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/adu/contoso")
 }
 
 /// A child update of CreateSampleMSOEUpdate-5.x.ps1: a pre-install step and a firmware step
 /// for the components of `group`, with the `kind` script and `firmware` data file.
-fn child(env: &Env, kind: &str, group: &str, version: &str, firmware: &str, ic: &str) -> String {
+pub fn child(
+    files_dir: &Path,
+    kind: &str,
+    group: &str,
+    version: &str,
+    firmware: &str,
+    ic: &str,
+) -> String {
     let script = format!("contoso-{kind}-installscript.sh");
     let mut files = serde_json::Map::new();
     for (name, dir) in [(&script, "scripts"), (&firmware.to_owned(), "data-files")] {
         let bytes = std::fs::read(contoso().join(dir).join(name)).unwrap();
-        std::fs::write(env.files.path().join(name), &bytes).unwrap();
+        std::fs::write(files_dir.join(name), &bytes).unwrap();
         files.insert(name.clone(), file_entry(name, &bytes));
     }
     json!({
@@ -55,6 +62,26 @@ fn child(env: &Env, kind: &str, group: &str, version: &str, firmware: &str, ic: 
     .to_string()
 }
 
+/// A copy of demo-devices/contoso-devices and the text of its inventory `inventory_file`, with
+/// the component paths pointing into the copy.
+pub fn copy_devices(inventory_file: &str) -> (tempfile::TempDir, String) {
+    let root = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(contoso().join("demo-devices/contoso-devices"))
+        .arg(root.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text =
+        std::fs::read_to_string(root.path().join("contoso-devices").join(inventory_file)).unwrap();
+    let text = text.replace(
+        "\\/usr\\/local\\/contoso-devices",
+        &root.path().join("contoso-devices").display().to_string(),
+    );
+    (root, text)
+}
+
 /// The demo device: a copy of demo-devices/contoso-devices and its inventory (`inventory_file`)
 /// with the component paths pointing into the copy.
 struct Device {
@@ -67,27 +94,13 @@ impl Device {
     fn new(inventory_file: &str) -> Device {
         let mut env = Env::new();
         env.install(SCRIPT, "script");
-        let root = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("cp")
-            .arg("-r")
-            .arg(contoso().join("demo-devices/contoso-devices"))
-            .arg(root.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let text =
-            std::fs::read_to_string(root.path().join("contoso-devices").join(inventory_file))
-                .unwrap();
-        let text = text.replace(
-            "\\/usr\\/local\\/contoso-devices",
-            &root.path().join("contoso-devices").display().to_string(),
-        );
+        let (root, text) = copy_devices(inventory_file);
         let inventory = Inventory::parse(&text).unwrap();
         for (name, text) in [
             (
                 "motors.json",
                 child(
-                    &env,
+                    env.files.path(),
                     "motor",
                     "motors",
                     "3.0",
@@ -98,7 +111,7 @@ impl Device {
             (
                 "cameras.json",
                 child(
-                    &env,
+                    env.files.path(),
                     "camera",
                     "cameras",
                     "3.0",
@@ -109,7 +122,7 @@ impl Device {
             (
                 "steamers.json",
                 child(
-                    &env,
+                    env.files.path(),
                     "steamer",
                     "steamers",
                     "2.0",

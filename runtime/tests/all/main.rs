@@ -14,6 +14,7 @@ mod http;
 mod process;
 mod restart;
 mod sandbox;
+mod seeds;
 mod support;
 mod trust;
 mod workflow;
