@@ -6,6 +6,7 @@
 //! - [`step`]: lifecycle actions and step results.
 //! - [`context`]: what a handler call is told (update id, files, selected component).
 //! - [`manifest`]: ADU v4/v5 update manifests, validated with field-path errors.
+//! - [`authoring`]: writing manifests: from a step list, adding files, from ADU import manifests.
 //! - [`deployment`]: the deployment message (workflow, manifest, signature, file URLs).
 //! - [`inventory`]: attached components and selection by compatibility.
 //! - [`json`]: JSON as ADU reads it (a UTF-8 byte order mark is skipped).
@@ -16,6 +17,7 @@
 //! - [`shadow`]: device-shadow documents, the delta rule, topic layouts.
 
 pub mod apt;
+pub mod authoring;
 pub mod checksum;
 pub mod codes;
 pub mod context;

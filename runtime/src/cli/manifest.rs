@@ -1,4 +1,6 @@
-//! `sandstep manifest sign`: sign a manifest in ADU's layout and write a deployment document.
+//! `sandstep manifest`: write manifests (`new`, `add-file`, `from-import`, with each file's size
+//! and hash computed here; the rules are in `sandstep_model::authoring`), and `sign` one in ADU's
+//! layout into a deployment document.
 
 use anyhow::{bail, Context as _, Result};
 use clap::Subcommand;
@@ -10,8 +12,29 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::manifest_authoring as authoring;
+pub use authoring::{FromImportArgs, NewArgs};
+
 #[derive(Debug, Subcommand)]
 pub enum ManifestCommand {
+    /// Write a new update manifest (v5) from a step list and the files in --files-dir: each
+    /// file's sizeInBytes and sha256 are computed, file ids are the file names.
+    New(NewArgs),
+    /// Add files to a manifest (or refresh their size and hash after a rebuild), optionally
+    /// listing them in one step.
+    AddFile {
+        /// The manifest to change (rewritten in place; sign it again afterwards).
+        manifest: PathBuf,
+        /// The files (their names become file ids, unless the manifest already has them).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also list them in this step's `files` (0-based).
+        #[arg(long)]
+        step: Option<usize>,
+    },
+    /// Convert an ADU import manifest (the form ADU's docs and tooling write) into the manifest
+    /// devices read; reference steps become child manifest files written beside the payloads.
+    FromImport(FromImportArgs),
     /// Sign a manifest: the signing key signs the manifest's sha256, and the signing key is
     /// itself signed by a root key (or given already signed with --sjwk).
     Sign {
@@ -44,7 +67,49 @@ pub enum ManifestCommand {
 }
 
 pub fn run(cmd: ManifestCommand) -> Result<ExitCode> {
-    let ManifestCommand::Sign {
+    match cmd {
+        ManifestCommand::New(args) => authoring::new(args),
+        ManifestCommand::AddFile {
+            manifest,
+            files,
+            step,
+        } => authoring::add_file(&manifest, &files, step),
+        ManifestCommand::FromImport(args) => authoring::from_import(args),
+        ManifestCommand::Sign {
+            manifest,
+            key,
+            root_key,
+            sjwk,
+            out,
+            workflow_id,
+            files_url,
+            write_sjwk,
+        } => sign(SignArgs {
+            manifest,
+            key,
+            root_key,
+            sjwk,
+            out,
+            workflow_id,
+            files_url,
+            write_sjwk,
+        }),
+    }
+}
+
+struct SignArgs {
+    manifest: PathBuf,
+    key: PathBuf,
+    root_key: Option<PathBuf>,
+    sjwk: Option<PathBuf>,
+    out: Option<PathBuf>,
+    workflow_id: Option<String>,
+    files_url: Option<String>,
+    write_sjwk: Option<PathBuf>,
+}
+
+fn sign(args: SignArgs) -> Result<ExitCode> {
+    let SignArgs {
         manifest,
         key,
         root_key,
@@ -53,7 +118,7 @@ pub fn run(cmd: ManifestCommand) -> Result<ExitCode> {
         workflow_id,
         files_url,
         write_sjwk,
-    } = cmd;
+    } = args;
     let text = std::fs::read_to_string(&manifest)
         .with_context(|| format!("cannot read {}", manifest.display()))?;
     let parsed = Manifest::parse(&text)

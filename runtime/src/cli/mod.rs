@@ -8,6 +8,7 @@ mod fleet;
 mod handler;
 mod key;
 mod manifest;
+mod manifest_authoring;
 mod run;
 mod step;
 mod trust;

@@ -737,3 +737,101 @@ fn a_handler_key_scoped_to_a_vendor_prefix_vouches_only_for_that_vendors_ids() {
         "{err}"
     );
 }
+
+/// `manifest new` / `add-file` / `from-import` write what devices read, with sizes and hashes
+/// from the files: a new manifest runs; ADU's own sample import manifest converts, and the
+/// stale size and hash it declares for its apt manifest are reported unless the local file is
+/// taken as it is.
+#[test]
+fn manifests_are_written_from_files_a_step_list_and_adus_import_manifests() {
+    let data = data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), b"alpha").unwrap();
+    let m = dir.path().join("new.json");
+    let step = serde_json::to_string(&stateful("new", json!({}), &["a.txt"])).unwrap();
+    ok(&sandstep()
+        .args(["manifest", "new", "--update-id", "contoso/toaster/1.0"])
+        .args([
+            "--compat",
+            "manufacturer=contoso,model=toaster",
+            "--step",
+            &step,
+        ])
+        .arg("--files-dir")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&m)
+        .output()
+        .unwrap());
+    let v: Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    assert_eq!(v["files"]["a.txt"], file_entry("a.txt", b"alpha"));
+    // A rebuilt payload and a second file: add-file refreshes and lists it in step 0.
+    std::fs::write(dir.path().join("a.txt"), b"alpha 2").unwrap();
+    std::fs::write(dir.path().join("b.txt"), b"beta").unwrap();
+    ok(&sandstep()
+        .args(["manifest", "add-file"])
+        .arg(&m)
+        .arg(dir.path().join("a.txt"))
+        .arg(dir.path().join("b.txt"))
+        .args(["--step", "0"])
+        .output()
+        .unwrap());
+    let v: Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    assert_eq!(v["files"]["a.txt"], file_entry("a.txt", b"alpha 2"));
+    assert_eq!(
+        v["instructions"]["steps"][0]["files"],
+        json!(["a.txt", "b.txt"])
+    );
+    let out = sandstep()
+        .arg("run")
+        .arg(&m)
+        .arg("--allow-unsigned")
+        .arg("--files")
+        .arg(dir.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    ok(&out);
+
+    // ADU's docs/sample-artifacts import manifest, with the apt manifest from the same place.
+    let adu = repo_root().join("tests/adu");
+    let import = dir.path().join("sample.importmanifest.json");
+    std::fs::copy(
+        adu.join("import/sample-package-update-1.0.1-importManifest.json"),
+        &import,
+    )
+    .unwrap();
+    std::fs::copy(
+        adu.join("apt/libcurl4-doc-apt-manifest.json"),
+        dir.path().join("libcurl4-doc-apt-manifest.json"),
+    )
+    .unwrap();
+    let convert = |extra: &[&str]| {
+        sandstep()
+            .args(["manifest", "from-import"])
+            .arg(&import)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = convert(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("files (`libcurl4-doc-apt-manifest.json`): `libcurl4-doc-apt-manifest.json` on disk (147 bytes"),
+        "{err}"
+    );
+    let text = ok(&convert(&["--use-local-files"]));
+    let written = dir.path().join("Contoso.SampleUpdate1.1.0.1.manifest.json");
+    assert_eq!(
+        text.trim(),
+        format!("manifest written to {}", written.display())
+    );
+    let v: Value = serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
+    assert_eq!(v["instructions"]["steps"][0]["handler"], "microsoft/apt:1");
+    assert_eq!(
+        v["files"]["libcurl4-doc-apt-manifest.json"]["sizeInBytes"],
+        147
+    );
+}
