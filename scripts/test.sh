@@ -6,12 +6,14 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 scripts/build-components.sh
 # The fleet tests need a real MQTT broker (mosquitto, from Debian; the test harness starts its
-# own instances on loopback ports) and the clock-jump test libfaketime (Debian's faketime).
+# own instances on loopback ports), the clock-jump test libfaketime (Debian's faketime), the GRUB
+# boot-control test grub-editenv (grub-common).
 # Install them when missing and we are root.
 missing=()
 [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
 [[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]] || missing+=(faketime)
 [[ -x /usr/bin/objdump ]] || missing+=(binutils)
+[[ -x /usr/bin/grub-editenv ]] || missing+=(grub-common)
 if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]]; then
     (apt-get install -y -q "${missing[@]}" || (apt-get update -q && apt-get install -y -q "${missing[@]}")) >/dev/null
 fi

@@ -101,6 +101,15 @@ fn root_is_on(slot: &std::path::Path) -> bool {
     }
 }
 
+/// Writes `bytes` beside `path`, syncs, and renames it over `path`.
+fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("sandstep-tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// The boot-control method.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", tag = "method")]
@@ -110,6 +119,69 @@ pub enum BootControl {
     /// Commands: `get` + key prints the value, `set` + key + value stores it (e.g.
     /// `get = ["/usr/bin/fw_printenv", "-n"]`, `set = ["/usr/bin/fw_setenv"]`).
     Command { get: Vec<String>, set: Vec<String> },
+    /// GRUB's environment block (`/boot/grub/grubenv`, what `load_env`/`save_env` and
+    /// `grub-editenv` read and write): rewritten whole, same size, atomically.
+    Grubenv { path: PathBuf },
+}
+
+/// The first line of a GRUB environment block (grub-core/lib/envblk.h, GRUB_ENVBLK_SIGNATURE).
+const GRUBENV_SIGNATURE: &str = "# GRUB Environment Block\n";
+/// The size `grub-editenv create` gives a block (GRUB_ENVBLK_DEFCFG's size, 1 KiB).
+const GRUBENV_SIZE: usize = 1024;
+
+/// The variables of a GRUB environment block: `KEY=VALUE` lines after the signature; a line
+/// starting with `#` is a comment (grub-editenv 2.06 writes a warning line), and the `#` padding
+/// to the block's end is one without a newline. A backslash escapes the next character (as
+/// grub-editenv writes `\\` and a newline).
+pub fn parse_grubenv(block: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let text = std::str::from_utf8(block).map_err(|_| "not UTF-8".to_owned())?;
+    let Some(body) = text.strip_prefix(GRUBENV_SIGNATURE) else {
+        return Err("no `# GRUB Environment Block` signature".into());
+    };
+    let mut env = BTreeMap::new();
+    let (mut line, mut chars) = (String::new(), body.chars());
+    let mut comment = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => {
+                if let Some((k, v)) = line.split_once('=').filter(|_| !comment) {
+                    env.insert(k.to_owned(), v.to_owned());
+                }
+                line.clear();
+                comment = false;
+            }
+            _ if comment => {}
+            '#' if line.is_empty() => comment = true,
+            '\\' => line.extend(chars.next()),
+            c => line.push(c),
+        }
+    }
+    Ok(env)
+}
+
+/// A GRUB environment block of `size` bytes holding `env`; `Err` when it does not fit.
+pub fn render_grubenv(env: &BTreeMap<String, String>, size: usize) -> Result<Vec<u8>, String> {
+    let mut text = GRUBENV_SIGNATURE.to_owned();
+    for (k, v) in env {
+        text.push_str(k);
+        text.push('=');
+        for c in v.chars() {
+            if matches!(c, '\\' | '\n') {
+                text.push('\\');
+            }
+            text.push(c);
+        }
+        text.push('\n');
+    }
+    if text.len() > size {
+        return Err(format!(
+            "the variables need {} bytes, more than the block's {size}",
+            text.len()
+        ));
+    }
+    let mut block = text.into_bytes();
+    block.resize(size, b'#');
+    Ok(block)
 }
 
 impl SlotPolicy {
@@ -133,6 +205,15 @@ impl SlotPolicy {
                     .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
                     .collect())
             }
+            BootControl::Grubenv { path } => match std::fs::read(path) {
+                Ok(b) => parse_grubenv(&b)
+                    .map_err(|e| WitError::Io(format!("GRUB environment {}: {e}", path.display()))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+                Err(e) => Err(WitError::Io(format!(
+                    "GRUB environment {}: {e}",
+                    path.display()
+                ))),
+            },
             BootControl::Command { get, .. } => {
                 let mut env = BTreeMap::new();
                 for key in [
@@ -171,15 +252,22 @@ impl SlotPolicy {
                     env.insert((*k).to_owned(), v.clone());
                 }
                 let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-                let tmp = path.with_extension("sandstep-tmp");
-                let write = || -> std::io::Result<()> {
-                    let mut f = std::fs::File::create(&tmp)?;
-                    f.write_all(text.as_bytes())?;
-                    f.sync_all()?;
-                    std::fs::rename(&tmp, path)
-                };
-                write()
+                replace_file(path, text.as_bytes())
                     .map_err(|e| WitError::Io(format!("boot environment {}: {e}", path.display())))
+            }
+            BootControl::Grubenv { path } => {
+                let mut env = self.read_env()?;
+                for (k, v) in changes {
+                    env.insert((*k).to_owned(), v.clone());
+                }
+                let size = std::fs::metadata(path)
+                    .map(|m| m.len() as usize)
+                    .unwrap_or(GRUBENV_SIZE)
+                    .max(GRUBENV_SIZE);
+                let err =
+                    |e: String| WitError::Io(format!("GRUB environment {}: {e}", path.display()));
+                let block = render_grubenv(&env, size).map_err(err)?;
+                replace_file(path, &block).map_err(|e| err(e.to_string()))
             }
             BootControl::Command { set, .. } => {
                 for (k, v) in changes {
@@ -590,6 +678,26 @@ pub fn add_to_linker<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grub_environment_block_keeps_its_size_and_other_variables() {
+        let mut block =
+            b"# GRUB Environment Block\n# WARNING: a comment\nsaved_entry=Debian\nodd=a\\\\b\n"
+                .to_vec();
+        block.resize(1024, b'#');
+        let mut env = parse_grubenv(&block).unwrap();
+        assert_eq!(env["saved_entry"], "Debian");
+        assert_eq!(env["odd"], "a\\b");
+        env.insert("boot_slot".into(), "b".into());
+        let out = render_grubenv(&env, 1024).unwrap();
+        assert_eq!(out.len(), 1024);
+        assert_eq!(parse_grubenv(&out).unwrap(), env);
+        assert!(parse_grubenv(b"boot_slot=a\n").is_err(), "no signature");
+        env.insert("big".into(), "x".repeat(1024));
+        assert!(render_grubenv(&env, 1024)
+            .unwrap_err()
+            .contains("more than the block's 1024"));
+    }
 
     #[test]
     fn the_booted_slot_comes_from_the_env_the_cmdline_or_the_root_device_or_not_at_all() {

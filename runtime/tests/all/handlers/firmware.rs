@@ -283,3 +283,85 @@ fn doctor_says_which_slot_booted_and_fails_when_nobody_says() {
         "{out}"
     );
 }
+
+/// GRUB's `grub-editenv` (Debian's grub-common), which plays GRUB's `load_env`/`save_env` here.
+fn grub_editenv() -> Option<&'static str> {
+    const BIN: &str = "/usr/bin/grub-editenv";
+    // SAFETY: geteuid has no preconditions.
+    if !std::path::Path::new(BIN).exists() && unsafe { libc::geteuid() } == 0 {
+        let _ = std::process::Command::new("sh")
+            .args(["-c", "apt-get install -y -q grub-common >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q grub-common >/dev/null)"])
+            .status();
+    }
+    if std::path::Path::new(BIN).exists() {
+        return Some(BIN);
+    }
+    crate::support::prerequisite_missing(
+        "grub-editenv (grub-common) is not installed and cannot be (not root)",
+    );
+    None
+}
+
+fn editenv(bin: &str, file: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin)
+        .arg(file)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The boot control is GRUB's environment block: sandstep writes what `grub-editenv list` (and
+/// GRUB's load_env) reads, keeps GRUB's own variables and the block's size, and reads what GRUB
+/// wrote (`booted_slot` after the reboot).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grub_environment_block_carries_the_slot_selection_both_ways() {
+    let Some(bin) = grub_editenv() else {
+        return;
+    };
+    let dev = Device::new();
+    let grubenv = dev.path("grubenv");
+    editenv(bin, &grubenv, &["create"]);
+    editenv(
+        bin,
+        &grubenv,
+        &["set", "saved_entry=Debian", "booted_slot=a", "boot_slot=a"],
+    );
+    let config = dev.config_text().replace(
+        &format!(
+            "boot = {{ method = \"env-file\", path = \"{}\" }}",
+            dev.path("bootenv").display()
+        ),
+        &format!(
+            "boot = {{ method = \"grubenv\", path = \"{}\" }}",
+            grubenv.display()
+        ),
+    );
+    assert!(config.contains("grubenv"), "{config}");
+    let config = Config::parse(&config, "test").unwrap();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let m = deployment(&mut env);
+    let (first, _) = run(&env, config.clone(), env.request("wf-grub", m.clone())).await;
+    assert_eq!(first.status, Status::RebootRequired, "{:#?}", first.result);
+    let listed = editenv(bin, &grubenv, &["list"]);
+    for line in ["boot_slot=b", "upgrade_available=1", "saved_entry=Debian"] {
+        assert!(listed.lines().any(|l| l == line), "{line} in {listed}");
+    }
+    assert_eq!(std::fs::metadata(&grubenv).unwrap().len(), 1024);
+    // GRUB boots slot B and says so.
+    editenv(bin, &grubenv, &["set", "booted_slot=b"]);
+    std::fs::write(dev.path("boot_id"), "boot-2\n").unwrap();
+    let (second, _) = run(&env, config, env.request("wf-grub", m)).await;
+    assert_eq!(second.status, Status::Succeeded, "{:#?}", second.result);
+    let listed = editenv(bin, &grubenv, &["list"]);
+    assert!(
+        listed.lines().any(|l| l == "upgrade_available=0"),
+        "{listed}"
+    );
+}
