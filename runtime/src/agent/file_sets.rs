@@ -3,10 +3,11 @@
 //! after each deployment, so a file put there by other means shows too. The walk is bounded
 //! (depth, count, size) and never follows symlinks.
 
+use super::reported::FileDigests;
 use crate::digest::Sha256;
 use crate::policy::ExtraDir;
 use md5::{Digest as _, Md5};
-use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -20,8 +21,8 @@ const MAX_HASHED: u64 = 256 << 20;
 const BUDGET: u64 = 512 << 20;
 
 /// `guest path -> {md5, sha256}` (or `{size, note}`) for every regular file under `dirs`.
-pub fn file_sets(dirs: &[ExtraDir]) -> Map<String, Value> {
-    let mut out = Map::new();
+pub fn file_sets(dirs: &[ExtraDir]) -> BTreeMap<String, FileDigests> {
+    let mut out = BTreeMap::new();
     let mut budget = BUDGET;
     for d in dirs {
         walk(
@@ -35,7 +36,13 @@ pub fn file_sets(dirs: &[ExtraDir]) -> Map<String, Value> {
     out
 }
 
-fn walk(dir: &Path, guest: &str, depth: usize, out: &mut Map<String, Value>, budget: &mut u64) {
+fn walk(
+    dir: &Path,
+    guest: &str,
+    depth: usize,
+    out: &mut BTreeMap<String, FileDigests>,
+    budget: &mut u64,
+) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -56,14 +63,18 @@ fn walk(dir: &Path, guest: &str, depth: usize, out: &mut Map<String, Value>, bud
     }
 }
 
-fn digests(path: &Path, budget: &mut u64) -> Value {
+fn digests(path: &Path, budget: &mut u64) -> FileDigests {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let not_hashed = |note: &str| FileDigests::NotHashed {
+        size,
+        note: note.to_owned(),
+    };
     if size > MAX_HASHED || size > *budget {
-        return json!({"size": size, "note": "too large to hash here"});
+        return not_hashed("too large to hash here");
     }
     *budget -= size;
     let Ok(mut f) = std::fs::File::open(path) else {
-        return json!({"size": size, "note": "unreadable"});
+        return not_hashed("unreadable");
     };
     let (mut md5, mut sha) = (Md5::new(), Sha256::new());
     let mut buf = vec![0u8; 1 << 16];
@@ -74,10 +85,13 @@ fn digests(path: &Path, budget: &mut u64) -> Value {
                 md5.update(&buf[..n]);
                 sha.update(&buf[..n]);
             }
-            Err(_) => return json!({"size": size, "note": "unreadable"}),
+            Err(_) => return not_hashed("unreadable"),
         }
     }
-    json!({"md5": hex::encode(md5.finalize()), "sha256": hex::encode(sha.finalize())})
+    FileDigests::Hashed {
+        md5: hex::encode(md5.finalize()),
+        sha256: hex::encode(sha.finalize()),
+    }
 }
 
 #[cfg(test)]
@@ -99,12 +113,11 @@ mod tests {
         let keys: Vec<&str> = sets.keys().map(String::as_str).collect();
         assert_eq!(keys, ["/dest/app/main.py", "/dest/app/sub/lib.py"]);
         assert_eq!(
-            sets["/dest/app/sub/lib.py"]["md5"],
-            "d41d8cd98f00b204e9800998ecf8427e"
-        );
-        assert_eq!(
-            sets["/dest/app/sub/lib.py"]["sha256"],
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            sets["/dest/app/sub/lib.py"],
+            FileDigests::Hashed {
+                md5: "d41d8cd98f00b204e9800998ecf8427e".into(),
+                sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into()
+            }
         );
     }
 }

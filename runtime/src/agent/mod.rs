@@ -1,6 +1,8 @@
 //! The gateway agent (`sandstep agent`): desired state in, deployments run, reported state out.
 //!
-//! - [`report`]: the reported-state patches and the persisted outbox.
+//! - [`reported`]: the reported-state document, typed: each report is a `Patch`.
+//! - [`report`]: the persisted outbox and the shadow service's confirmations.
+//! - `mqtt_loop`: the MQTT source, one handler per input.
 //! - [`poll`]: the HTTP-polling source (micropython-ota layout), for gateways without a broker.
 //!
 //! With MQTT, the agent subscribes to its delta topic; a delta carrying a `workflow` is a
@@ -13,13 +15,18 @@ mod file_sets;
 mod mqtt_loop;
 pub mod poll;
 pub mod report;
+pub mod reported;
 
 use crate::capability::ledger::ProgramLedger;
 use crate::datadir::{write_atomic, DataDir};
 use crate::sandbox::{EngineOptions, Sandbox};
 use crate::workflow::events::{Event, Observer, UnitInfo};
 use crate::workflow::{now_ms, Deployer, Outcome, Request};
-use report::{final_patch, Outgoing};
+use report::Outgoing;
+use reported::{
+    adu_state, AgentInfo, FileDigests, HandlerInfo, LastInstallResult, Patch, ReportedWorkflow,
+    Stage,
+};
 use sandstep_model::deployment::{action, Deployment, Workflow, MAX_DEPLOYMENT_BYTES};
 use sandstep_model::inventory::Inventory;
 use sandstep_model::journal::{FileSource, Journal, Status};
@@ -203,7 +210,7 @@ struct Persisted {
     #[serde(default)]
     installed_update_id: Option<String>,
     #[serde(default)]
-    last_install_result: Option<Value>,
+    last_install_result: Option<LastInstallResult>,
     #[serde(default)]
     workflow: Option<Workflow>,
 }
@@ -227,8 +234,8 @@ pub struct Agent {
     topics: Topics,
     /// Makes each report's `clientToken` unique within a millisecond too.
     reports: std::sync::atomic::AtomicU64,
-    /// The `status` last reported, so a stage's `<status>At` time is when it began.
-    last_status: std::sync::Mutex<String>,
+    /// The stage last reported, so a stage's `<stage>At` time is when it began.
+    last_stage: std::sync::Mutex<Option<Stage>>,
 }
 
 impl Agent {
@@ -258,7 +265,7 @@ impl Agent {
             data,
             topics,
             reports: Default::default(),
-            last_status: Default::default(),
+            last_stage: Default::default(),
         })
     }
 
@@ -283,7 +290,7 @@ impl Agent {
     /// The installed state reported at start: update id, handlers, file-set digests.
     /// The files present at the files handler's destinations; without mapped destinations,
     /// what it recorded installing (Degu reports MD5s at boot).
-    fn file_sets(&self) -> Map<String, Value> {
+    fn file_sets(&self) -> std::collections::BTreeMap<String, FileDigests> {
         const FILES: &str = "sandstep/files:1";
         if let Some(p) = self.settings.deploy.policy.handler(FILES) {
             if !p.dirs.is_empty() {
@@ -291,54 +298,53 @@ impl Agent {
             }
         }
         let Ok(state) = self.data.state() else {
-            return Map::new();
+            return Default::default();
         };
         let dir = crate::datadir::safe_name(FILES);
         crate::datadir::adopt_legacy(&state, &crate::datadir::legacy_safe_name(FILES), &dir);
+        #[derive(Deserialize)]
+        struct Recorded {
+            digests: std::collections::BTreeMap<String, FileDigests>,
+        }
         state
             .read(format!("{dir}/digests.json"))
             .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v.get("digests").and_then(Value::as_object).cloned())
+            .and_then(|b| serde_json::from_slice::<Recorded>(&b).ok())
+            .map(|r| r.digests)
             .unwrap_or_default()
     }
 
-    fn installed_state(&self) -> Map<String, Value> {
+    fn installed_state(&self) -> Patch {
         let p = self.persisted();
-        let handlers: Vec<Value> = self
+        let handlers = self
             .deployer
             .loader()
             .registry()
             .list()
             .unwrap_or_default()
             .into_iter()
-            .map(|e| json!({"id": e.id, "sha256": e.digest, "signers": e.signers}))
+            .map(|e| HandlerInfo {
+                id: e.id,
+                sha256: e.digest,
+                signers: e.signers,
+            })
             .collect();
-        let file_sets = self.file_sets();
-        let mut m = Map::new();
-        m.insert("deviceId".into(), json!(self.device));
-        m.insert("groups".into(), json!(self.settings.agent.groups));
-        m.insert(
-            "agent".into(),
-            json!({"version": env!("CARGO_PKG_VERSION"), "startedAt": now_ms()}),
-        );
-        m.insert("status".into(), json!("standBy"));
-        m.insert("state".into(), json!(report::adu_state::IDLE));
-        m.insert("handlers".into(), Value::Array(handlers));
-        m.insert("fileSets".into(), Value::Object(file_sets));
-        m.insert(
-            "installedUpdateId".into(),
-            p.installed_update_id
-                .map(Value::from)
-                .unwrap_or(Value::Null),
-        );
-        if let Some(r) = p.last_install_result {
-            m.insert("lastInstallResult".into(), r);
+        Patch {
+            device_id: Some(self.device.clone()),
+            groups: Some(self.settings.agent.groups.clone()),
+            agent: Some(AgentInfo {
+                version: env!("CARGO_PKG_VERSION"),
+                started_at: now_ms(),
+            }),
+            status: Some(Stage::StandBy),
+            state: Some(adu_state::IDLE),
+            handlers: Some(handlers),
+            file_sets: Some(self.file_sets()),
+            installed_update_id: Some(p.installed_update_id),
+            last_install_result: p.last_install_result,
+            workflow: p.workflow.map(ReportedWorkflow::Known),
+            ..Patch::default()
         }
-        if let Some(w) = p.workflow {
-            m.insert("workflow".into(), json!(w));
-        }
-        m
     }
 
     /// The component inventory, when the gateway has one (without, reference steps run on the
@@ -353,19 +359,28 @@ impl Agent {
         }
     }
 
-    fn reported(&self, mut patch: Map<String, Value>) -> Outgoing {
-        // The stage vocabulary of the firmware-update pattern (standBy, downloading, applying,
-        // rebooting, completed, failed) with when each stage began, beside ADU's `state`.
-        if let Some(status) = patch.get("status").and_then(Value::as_str) {
-            let mut last = self.last_status.lock().expect("status lock");
-            if *last != status {
-                *last = status.to_owned();
-                patch.insert(format!("{status}At"), json!(now_ms()));
+    /// A report of `patch`. The stage vocabulary of the firmware-update pattern comes with when
+    /// each stage began (`<stage>At`), beside ADU's `state`.
+    fn reported(&self, mut patch: Patch) -> Outgoing {
+        if let Some(stage) = patch.status {
+            let mut last = self.last_stage.lock().expect("stage lock");
+            if *last != Some(stage) {
+                *last = Some(stage);
+                patch.stage_began_at = Some(now_ms());
             }
         }
+        self.envelope(patch.to_map())
+    }
+
+    /// The update-topic message carrying `reported` (a patch, or the whole reported state sent
+    /// again), with a `clientToken` unique to this report.
+    fn envelope(&self, reported: Map<String, Value>) -> Outgoing {
+        let n = self
+            .reports
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Outgoing {
             topic: Topics::for_device(&self.topics.update, &self.device),
-            payload: json!({"state": {"reported": patch}, "clientToken": format!("{}-{}-{}", self.device, now_ms(), self.reports.fetch_add(1, std::sync::atomic::Ordering::Relaxed))}),
+            payload: json!({"state": {"reported": reported}, "clientToken": format!("{}-{}-{n}", self.device, now_ms())}),
             progress: false,
         }
     }
@@ -422,12 +437,12 @@ impl Agent {
 
     /// Records a finished deployment and returns its reports.
     fn finished(&self, workflow: &Workflow, outcome: &Outcome) -> Vec<Outgoing> {
-        let mut patch = final_patch(outcome.status, &outcome.result);
-        patch.insert("workflow".into(), json!(workflow));
-        patch.insert("fileSets".into(), Value::Object(self.file_sets()));
+        let mut patch = Patch::finished(outcome.status, &outcome.result);
+        patch.workflow = Some(ReportedWorkflow::Known(workflow.clone()));
+        patch.file_sets = Some(self.file_sets());
         let mut p = self.persisted();
         p.workflow = Some(workflow.clone());
-        p.last_install_result = patch.get("lastInstallResult").cloned();
+        p.last_install_result = patch.last_install_result.clone();
         if let Some(id) = &outcome.result.installed_update_id {
             p.installed_update_id = Some(id.clone());
         }
@@ -449,14 +464,9 @@ impl Agent {
         out
     }
 
-    fn rejection(&self, workflow: Option<&Value>, why: &str) -> Outgoing {
-        let mut patch = Map::new();
-        patch.insert("lastError".into(), json!({"message": why, "at": now_ms()}));
-        if let Some(w) = workflow {
-            patch.insert("workflow".into(), w.clone());
-        }
+    fn rejection(&self, workflow: Option<ReportedWorkflow>, why: &str) -> Outgoing {
         tracing::warn!("desired state refused: {why}");
-        self.reported(patch)
+        self.reported(Patch::refusal(workflow, why, now_ms()))
     }
 }
 
@@ -528,7 +538,8 @@ impl Agent {
                 Err(e) => {
                     let why = format!("cannot resume workflow {}: {e}", j.workflow_id);
                     tracing::error!("{why}");
-                    refusals.push(self.rejection(Some(&json!({"id": j.workflow_id})), &why));
+                    let w = ReportedWorkflow::AsReceived(json!({"id": j.workflow_id}));
+                    refusals.push(self.rejection(Some(w), &why));
                 }
             }
         }

@@ -2,7 +2,8 @@
 //! progress, its end, a confirmation timeout, shutdown) and hands it to its handler. What the
 //! loop keeps between inputs is [`MqttLoop`]; every report goes through the durable outbox.
 
-use super::report::{progress_patch, Confirmations, Outbox};
+use super::report::{Confirmations, Outbox};
+use super::reported::{Patch, ReportedWorkflow, Stage, AGENT_FIELDS};
 use super::{deployment_of, desired_fields, Agent, AgentError, AgentExit, Running};
 use crate::datadir::ensure_dir;
 use crate::mqtt::{Mqtt, MqttEvent, Transport};
@@ -11,7 +12,7 @@ use crate::workflow::{Outcome, Request, WorkflowError};
 use sandstep_model::deployment::{action, Workflow};
 use sandstep_model::journal::Status;
 use sandstep_model::shadow::Topics;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -194,9 +195,11 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
             None => return self.on_unknown(&fields),
             Some(Ok(d)) => d,
             Some(Err(why)) => {
-                return Ok(self
-                    .outbox
-                    .push(agent.rejection(fields.get("workflow"), &why))?)
+                let w = fields
+                    .get("workflow")
+                    .cloned()
+                    .map(ReportedWorkflow::AsReceived);
+                return Ok(self.outbox.push(agent.rejection(w, &why))?);
             }
         };
         let w = dep.workflow.clone();
@@ -211,16 +214,20 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
         let req = match agent.request(&dep) {
             Ok(r) => r,
             Err(why) => {
-                return Ok(self
-                    .outbox
-                    .push(agent.rejection(fields.get("workflow"), &why))?)
+                let w = fields
+                    .get("workflow")
+                    .cloned()
+                    .map(ReportedWorkflow::AsReceived);
+                return Ok(self.outbox.push(agent.rejection(w, &why))?);
             }
         };
         // Acknowledge: reporting the workflow empties the delta.
-        let mut ack = Map::new();
-        ack.insert("workflow".into(), json!(w));
-        ack.insert("status".into(), json!("downloading"));
-        ack.insert("lastError".into(), Value::Null);
+        let ack = Patch {
+            workflow: Some(ReportedWorkflow::Known(w.clone())),
+            status: Some(Stage::Downloading),
+            last_error: Some(None),
+            ..Patch::default()
+        };
         self.outbox.push(agent.reported(ack))?;
         match &self.running {
             Some(r) => {
@@ -240,7 +247,7 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
     fn on_unknown(&mut self, fields: &Map<String, Value>) -> Result<(), AgentError> {
         let foreign: Map<String, Value> = fields
             .iter()
-            .filter(|(k, _)| !super::report::AGENT_FIELDS.contains(&k.as_str()))
+            .filter(|(k, _)| !AGENT_FIELDS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if fields.is_empty() {
@@ -253,26 +260,25 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
              `fileUrls`); not applied: {}",
             names.join(", ")
         );
-        let mut o = self.agent.rejection(None, &why);
-        if let Some(reported) = o.payload["state"]["reported"].as_object_mut() {
-            reported.extend(foreign);
-        }
-        self.outbox.push(o)?;
+        tracing::warn!("desired state refused: {why}");
+        let mut patch = Patch::refusal(None, &why, crate::workflow::now_ms());
+        patch.echo = foreign;
+        self.outbox.push(self.agent.reported(patch))?;
         Ok(())
     }
 
     fn on_cancel(&mut self, w: Workflow) -> Result<(), AgentError> {
-        let mut patch = Map::new();
-        patch.insert("workflow".into(), json!(w));
+        let mut patch = Patch {
+            workflow: Some(ReportedWorkflow::Known(w.clone())),
+            ..Patch::default()
+        };
         match self.running.as_mut() {
             Some(r) => {
                 tracing::info!(workflow = %r.workflow.id, "cancel requested");
                 r.cancel.cancel();
                 r.cancel_request = Some(w);
             }
-            None => {
-                patch.insert("status".into(), json!("standBy"));
-            }
+            None => patch.status = Some(Stage::StandBy),
         }
         self.queued = None;
         self.outbox.push(self.agent.reported(patch))?;
@@ -283,7 +289,7 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
     fn on_unconfirmed(&mut self) -> Result<Option<AgentExit>, AgentError> {
         if let Some(full) = self.confirm.resend() {
             tracing::info!("the shadow service did not confirm a report; sending the whole reported state again");
-            self.outbox.push(self.agent.reported(full))?;
+            self.outbox.push(self.agent.envelope(full))?;
         }
         Ok(None)
     }
@@ -301,7 +307,7 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
             .as_ref()
             .map(|r| r.units.clone())
             .unwrap_or_default();
-        let Some(mut patch) = progress_patch(ev, &units) else {
+        let Some(mut patch) = Patch::for_event(ev, &units) else {
             return Ok(None);
         };
         let interval = Duration::from_millis(self.agent.settings.agent.progress_interval_ms);
@@ -309,7 +315,7 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
         if urgent || self.last_progress.elapsed() >= interval {
             self.last_progress = Instant::now();
             if let Some(r) = &self.running {
-                patch.insert("workflow".into(), json!(r.workflow));
+                patch.workflow = Some(ReportedWorkflow::Known(r.workflow.clone()));
             }
             let mut o = self.agent.reported(patch);
             o.progress = true;
@@ -350,7 +356,7 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
             }
             Ok(Err(e)) => self
                 .outbox
-                .push(agent.rejection(Some(&json!(r.workflow)), &e.to_string()))?,
+                .push(agent.rejection(Some(ReportedWorkflow::Known(r.workflow)), &e.to_string()))?,
             Err(e) => tracing::error!("deployment task failed: {e}"),
         }
         if let Some((w, req)) = self.queued.take() {
@@ -411,6 +417,7 @@ mod tests {
     //! `tests/all/fleet.rs`): what it reports for each input.
     use super::*;
     use crate::agent::{AgentConfig, Settings};
+    use serde_json::json;
 
     /// A transport whose broker is the test: events in, publishes out; every publish is
     /// acknowledged (or refused, as the broker's ACL would).

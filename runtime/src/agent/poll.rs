@@ -4,9 +4,10 @@
 //! desired state, run under the workflow id `<project>-<tag>-<n>` (n counts the changes), so a
 //! tag seen before runs again when the server points back at it.
 
+use super::reported::{Patch, ReportedWorkflow, Retry};
 use super::{Agent, AgentError, AgentExit};
 use crate::datadir::write_atomic;
-use sandstep_model::deployment::{Deployment, MAX_DEPLOYMENT_BYTES};
+use sandstep_model::deployment::{Deployment, Workflow, MAX_DEPLOYMENT_BYTES};
 use sandstep_model::journal::Status;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -194,9 +195,17 @@ async fn attempt(
     let workflow = format!("{project}-{tag}-{}", st.changes + 1);
     tracing::info!(from = ?st.tag, to = %tag, %workflow, attempt = st.failures + 1, "deploying the server's version");
     let refused = |why: String| {
-        let w = serde_json::json!({"action": 3, "id": workflow});
+        let w = Workflow {
+            action: sandstep_model::deployment::action::PROCESS_DEPLOYMENT,
+            id: workflow.clone(),
+            retry_timestamp: None,
+        };
         tracing::error!("{why}");
-        record(agent, &agent.rejection(Some(&w), &why)).map(|()| (false, None))
+        record(
+            agent,
+            &agent.rejection(Some(ReportedWorkflow::Known(w)), &why),
+        )
+        .map(|()| (false, None))
     };
     let mut d = match fetch_deployment(client, base, tag).await {
         Ok(d) => d,
@@ -213,15 +222,19 @@ async fn attempt(
 /// Says, in the reported state, when a failed tag is tried again (or that it will not be;
 /// `null` once the tag succeeded).
 fn report_retry(agent: &Agent, tag: &str, st: &PollState) -> Result<(), AgentError> {
-    let mut patch = serde_json::Map::new();
-    let retry = if st.failures == 0 {
-        serde_json::Value::Null
-    } else if st.failures >= MAX_ATTEMPTS {
-        serde_json::json!({"tag": tag, "attempts": st.failures, "next": null, "note": "no more attempts until the server's version changes"})
-    } else {
-        serde_json::json!({"tag": tag, "attempts": st.failures, "nextAtMs": st.retry_at_ms})
+    let retry = (st.failures > 0).then(|| {
+        let last = st.failures >= MAX_ATTEMPTS;
+        Retry {
+            tag: tag.to_owned(),
+            attempts: st.failures,
+            next_at_ms: (!last).then_some(st.retry_at_ms),
+            note: last.then_some("no more attempts until the server's version changes"),
+        }
+    });
+    let patch = Patch {
+        retry: Some(retry),
+        ..Patch::default()
     };
-    patch.insert("retry".into(), retry);
     record(agent, &agent.reported(patch))
 }
 

@@ -1,173 +1,11 @@
-//! What the agent reports: the reported-state document, built from deployment events, and the
-//! outbox that delivers reports in order, across disconnections and restarts.
+//! How reports travel: the outbox that delivers them in order, across disconnections and
+//! restarts, and the shadow service's confirmations. What they say is [`super::reported`].
 
 use crate::datadir::write_atomic;
-use crate::workflow::events::Event;
 use cap_std::fs::Dir;
-use sandstep_model::journal::Status;
-use sandstep_model::results::ResultFile;
-use sandstep_model::Action;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::collections::VecDeque;
-
-/// The reported fields the agent writes itself (desired values for them are never echoed).
-pub const AGENT_FIELDS: &[&str] = &[
-    "deviceId",
-    "groups",
-    "status",
-    "state",
-    "progress",
-    "handlers",
-    "fileSets",
-    "workflow",
-    "lastInstallResult",
-    "lastError",
-    "installedUpdateId",
-    "pending",
-    "ack",
-    "retry",
-    "agent",
-    "standByAt",
-    "downloadingAt",
-    "applyingAt",
-    "rebootingAt",
-    "completedAt",
-    "failedAt",
-];
-
-/// ADU's reported `state` values.
-pub mod adu_state {
-    pub const IDLE: i32 = 0;
-    pub const DOWNLOAD_STARTED: i32 = 1;
-    pub const INSTALL_STARTED: i32 = 3;
-    pub const APPLY_STARTED: i32 = 5;
-    pub const DEPLOYMENT_IN_PROGRESS: i32 = 6;
-    pub const BACKUP_STARTED: i32 = 7;
-    pub const RESTORE_STARTED: i32 = 9;
-    pub const FAILED: i32 = 255;
-}
-
-/// The simple status, `firmwareStatus`-style: the firmware-update pattern's stages (standBy,
-/// downloading, applying, rebooting, completed, failed); ADU's `state` gives the detail.
-pub fn status_of(action: Action) -> (&'static str, i32) {
-    match action {
-        Action::IsInstalled => ("downloading", adu_state::DEPLOYMENT_IN_PROGRESS),
-        Action::Download => ("downloading", adu_state::DOWNLOAD_STARTED),
-        Action::Backup => ("applying", adu_state::BACKUP_STARTED),
-        Action::Install => ("applying", adu_state::INSTALL_STARTED),
-        Action::Apply => ("applying", adu_state::APPLY_STARTED),
-        Action::Cancel => ("applying", adu_state::DEPLOYMENT_IN_PROGRESS),
-        Action::Restore => ("applying", adu_state::RESTORE_STARTED),
-    }
-}
-
-/// A reported-state patch for an event of the running deployment; `None` when the event changes
-/// nothing worth reporting.
-pub fn progress_patch(
-    ev: &Event,
-    units: &[crate::workflow::events::UnitInfo],
-) -> Option<Map<String, Value>> {
-    let unit = |i: usize| units.get(i).cloned();
-    let mut m = Map::new();
-    match ev {
-        Event::Planned { units, .. } => {
-            m.insert("status".into(), json!("downloading"));
-            m.insert("state".into(), json!(adu_state::DEPLOYMENT_IN_PROGRESS));
-            m.insert("progress".into(), json!({"units": units.len()}));
-        }
-        Event::FileProgress {
-            unit: i,
-            file,
-            done,
-            total,
-        } => {
-            let pct = if *total == 0 { 100 } else { done * 100 / total };
-            m.insert("status".into(), json!("downloading"));
-            m.insert("state".into(), json!(adu_state::DOWNLOAD_STARTED));
-            m.insert(
-                "progress".into(),
-                json!({"unit": unit(*i).map(|u| u.label), "file": file, "percent": pct}),
-            );
-        }
-        Event::ActionStarted { unit: i, action } => {
-            let (status, state) = status_of(*action);
-            let u = unit(*i);
-            m.insert("status".into(), json!(status));
-            m.insert("state".into(), json!(state));
-            m.insert(
-                "progress".into(),
-                json!({"unit": u.as_ref().map(|u| &u.label), "step": u.as_ref().map(|u| u.step), "handler": u.as_ref().map(|u| &u.handler), "action": action.name(), "percent": 0}),
-            );
-        }
-        Event::Handler {
-            unit: i,
-            percent: Some(p),
-            message,
-            ..
-        } => {
-            let u = unit(*i);
-            m.insert(
-                "progress".into(),
-                json!({"unit": u.as_ref().map(|u| &u.label), "step": u.as_ref().map(|u| u.step), "handler": u.as_ref().map(|u| &u.handler), "percent": p, "message": message}),
-            );
-        }
-        _ => return None,
-    }
-    Some(m)
-}
-
-/// The final patch of a deployment: status, ADU state, `lastInstallResult`, `installedUpdateId`.
-pub fn final_patch(status: Status, result: &ResultFile) -> Map<String, Value> {
-    let (simple, state) = match status {
-        Status::Succeeded => ("completed", adu_state::IDLE),
-        Status::RebootRequired => ("rebooting", adu_state::APPLY_STARTED),
-        Status::RestartRequired => ("applying", adu_state::APPLY_STARTED),
-        Status::Cancelled => ("standBy", adu_state::IDLE),
-        _ => ("failed", adu_state::FAILED),
-    };
-    let steps: Map<String, Value> = result
-        .step_results
-        .iter()
-        .map(|(k, s)| {
-            let mut step = json!({"resultCode": s.result_code, "extendedResultCodes": s.extended_result_codes, "resultDetails": s.result_details});
-            // sandstep: what restore put back after a failed install or apply (ADU discards it).
-            if let Some(r) = s.actions.iter().rev().find(|a| a.action == Action::Restore) {
-                step["restore"] = json!({"resultCode": r.result.result_code, "resultDetails": r.result.result_details});
-            }
-            (k.clone(), step)
-        })
-        .collect();
-    let mut m = Map::new();
-    m.insert("status".into(), json!(simple));
-    m.insert("state".into(), json!(state));
-    m.insert("progress".into(), Value::Null);
-    m.insert(
-        "lastInstallResult".into(),
-        json!({
-            "resultCode": result.result_code,
-            "extendedResultCodes": result.extended_result_codes,
-            "resultDetails": result.result_details,
-            "stepResults": steps,
-        }),
-    );
-    if let Some(id) = &result.installed_update_id {
-        m.insert("installedUpdateId".into(), json!(id));
-    }
-    if matches!(status, Status::RebootRequired | Status::RestartRequired) {
-        m.insert(
-            "pending".into(),
-            json!(if status == Status::RebootRequired {
-                "reboot"
-            } else {
-                "restart"
-            }),
-        );
-    } else {
-        m.insert("pending".into(), Value::Null);
-    }
-    m
-}
 
 /// One message waiting to be delivered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -402,6 +240,7 @@ impl Confirmations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn outbox() -> (tempfile::TempDir, Outbox) {
         let t = tempfile::tempdir().unwrap();
