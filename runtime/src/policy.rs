@@ -106,20 +106,33 @@ pub struct ComponentDir {
     pub under: PathBuf,
 }
 
-fn check_guest_path(guest: &str) -> Result<(), String> {
+/// Why a guest path cannot be a mapped directory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuestPathError {
+    #[error("guest path `{0}` must be an absolute directory like /data")]
+    NotAbsolute(String),
+    #[error("guest path `{0}` must not contain `.` or `..`")]
+    DotSegment(String),
+    #[error("guest path `{guest}` is inside {reserved}, which sandstep provides")]
+    Reserved {
+        guest: String,
+        reserved: &'static str,
+    },
+}
+
+fn check_guest_path(guest: &str) -> Result<(), GuestPathError> {
     if !guest.starts_with('/') || guest == "/" {
-        return Err(format!(
-            "guest path `{guest}` must be an absolute directory like /data"
-        ));
+        return Err(GuestPathError::NotAbsolute(guest.to_owned()));
     }
     if guest.split('/').any(|p| p == ".." || p == ".") {
-        return Err(format!("guest path `{guest}` must not contain `.` or `..`"));
+        return Err(GuestPathError::DotSegment(guest.to_owned()));
     }
     for reserved in ["/payload", "/work", "/state"] {
         if guest == reserved || guest.starts_with(&format!("{reserved}/")) {
-            return Err(format!(
-                "guest path `{guest}` is inside {reserved}, which sandstep provides"
-            ));
+            return Err(GuestPathError::Reserved {
+                guest: guest.to_owned(),
+                reserved,
+            });
         }
     }
     Ok(())

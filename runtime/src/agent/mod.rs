@@ -14,6 +14,7 @@
 mod file_sets;
 mod mqtt_loop;
 pub mod poll;
+pub mod refused;
 pub mod report;
 pub mod reported;
 
@@ -22,6 +23,7 @@ use crate::datadir::{write_atomic, DataDir};
 use crate::sandbox::{EngineOptions, Sandbox};
 use crate::workflow::events::{Event, Observer, UnitInfo};
 use crate::workflow::{now_ms, Deployer, Outcome, Request};
+use refused::Refused;
 use report::Outgoing;
 use reported::{
     adu_state, AgentInfo, FileDigests, HandlerInfo, LastInstallResult, Patch, ReportedWorkflow,
@@ -349,14 +351,18 @@ impl Agent {
 
     /// The component inventory, when the gateway has one (without, reference steps run on the
     /// host, as in ADU without a component enumerator).
-    fn inventory(&self) -> Result<Option<Inventory>, String> {
-        match &self.settings.agent.inventory {
-            None => Ok(None),
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| format!("inventory {}: {e}", p.display()))
-                .and_then(|t| Inventory::parse(&t).map_err(|e| format!("{}: {e}", p.display())))
-                .map(Some),
-        }
+    fn inventory(&self) -> Result<Option<Inventory>, Refused> {
+        let Some(p) = &self.settings.agent.inventory else {
+            return Ok(None);
+        };
+        let err = |cause: String| Refused::Inventory {
+            path: p.clone(),
+            cause,
+        };
+        let text = std::fs::read_to_string(p).map_err(|e| err(e.to_string()))?;
+        Inventory::parse(&text)
+            .map(Some)
+            .map_err(|e| err(e.to_string()))
     }
 
     /// A report of `patch`. The stage vocabulary of the firmware-update pattern comes with when
@@ -385,14 +391,11 @@ impl Agent {
         }
     }
 
-    fn request(&self, d: &Deployment) -> Result<Request, String> {
+    fn request(&self, d: &Deployment) -> Result<Request, Refused> {
         Ok(Request {
             workflow_id: d.workflow.id.clone(),
             retry_timestamp: d.workflow.retry_timestamp.clone(),
-            manifest: d
-                .update_manifest
-                .clone()
-                .ok_or("updateManifest is missing")?,
+            manifest: d.update_manifest.clone().ok_or(Refused::NoManifest)?,
             source: FileSource::Urls(d.file_urls.clone()),
             inventory: self.inventory()?,
             force: false,
@@ -401,7 +404,7 @@ impl Agent {
         })
     }
 
-    fn request_from_journal(&self, j: &Journal) -> Result<Request, String> {
+    fn request_from_journal(&self, j: &Journal) -> Result<Request, Refused> {
         Ok(Request {
             workflow_id: j.workflow_id.clone(),
             retry_timestamp: j.retry_timestamp.clone(),
@@ -464,26 +467,30 @@ impl Agent {
         out
     }
 
-    fn rejection(&self, workflow: Option<ReportedWorkflow>, why: &str) -> Outgoing {
+    fn rejection(
+        &self,
+        workflow: Option<ReportedWorkflow>,
+        why: &dyn std::fmt::Display,
+    ) -> Outgoing {
+        let why = why.to_string();
         tracing::warn!("desired state refused: {why}");
-        self.reported(Patch::refusal(workflow, why, now_ms()))
+        self.reported(Patch::refusal(workflow, &why, now_ms()))
     }
 }
 
 /// The fields of a delta (or of a desired document, or a whole shadow document).
-pub(crate) fn desired_fields(payload: &[u8]) -> Result<Map<String, Value>, String> {
+pub(crate) fn desired_fields(payload: &[u8]) -> Result<Map<String, Value>, Refused> {
     if payload.len() > MAX_DEPLOYMENT_BYTES {
-        return Err(format!(
-            "desired document is {} bytes; the limit is {MAX_DEPLOYMENT_BYTES}",
-            payload.len()
-        ));
+        return Err(Refused::TooLarge {
+            bytes: payload.len(),
+            limit: MAX_DEPLOYMENT_BYTES,
+        });
     }
-    let v: Value = serde_json::from_slice(payload)
-        .map_err(|e| format!("desired document is not JSON: {e}"))?;
+    let v: Value = serde_json::from_slice(payload).map_err(|cause| Refused::NotJson { cause })?;
     let state = v
         .get("state")
         .and_then(Value::as_object)
-        .ok_or("desired document has no `state` object")?;
+        .ok_or(Refused::NoState)?;
     let fields = state
         .get("desired")
         .or_else(|| state.get("delta"))
@@ -493,7 +500,7 @@ pub(crate) fn desired_fields(payload: &[u8]) -> Result<Map<String, Value>, Strin
 }
 
 /// Turns delta fields into a deployment, if they carry one.
-pub(crate) fn deployment_of(fields: &Map<String, Value>) -> Option<Result<Deployment, String>> {
+pub(crate) fn deployment_of(fields: &Map<String, Value>) -> Option<Result<Deployment, Refused>> {
     fields.get("workflow")?;
     let doc = Value::Object(
         fields
@@ -512,8 +519,8 @@ pub(crate) fn deployment_of(fields: &Map<String, Value>) -> Option<Result<Deploy
     );
     Some(
         serde_json::from_value::<Deployment>(doc)
-            .map_err(|e| format!("deployment: {e}"))
-            .and_then(|d| d.check_remote().map(|()| d).map_err(|e| e.to_string())),
+            .map_err(|cause| Refused::Malformed { cause })
+            .and_then(|d| d.check_remote().map(|()| d).map_err(Refused::from)),
     )
 }
 

@@ -51,17 +51,31 @@ async fn run_over<T: Transport>(
                 None => std::future::pending().await,
             }
         };
-        let exit = tokio::select! {
-            _ = shutdown.cancelled() => Some(l.shut_down().await),
-            ev = l.conn.recv() => l.on_mqtt(ev).await?,
-            _ = sleep_until_some(l.confirm.deadline()), if l.connected => l.on_unconfirmed()?,
-            Some(ev) = ev_rx.recv() => l.on_progress(&ev)?,
-            result = finished => l.on_finished(result).await?,
+        let input = tokio::select! {
+            _ = shutdown.cancelled() => Input::Shutdown,
+            ev = l.conn.recv() => Input::Broker(ev),
+            _ = sleep_until_some(l.confirm.deadline()), if l.connected => Input::Unconfirmed,
+            Some(ev) = ev_rx.recv() => Input::Progress(ev),
+            result = finished => Input::Finished(result),
         };
-        if let Some(exit) = exit {
+        if let Some(exit) = l.dispatch(input).await? {
             return Ok(exit);
         }
     }
+}
+
+/// One input of the loop.
+enum Input {
+    /// SIGTERM or the service manager.
+    Shutdown,
+    /// A broker event (`None`: the connection task ended).
+    Broker(Option<MqttEvent>),
+    /// The shadow service did not confirm a report in time.
+    Unconfirmed,
+    /// An event of the running deployment.
+    Progress(Event),
+    /// The running deployment's task ended.
+    Finished(Finished),
 }
 
 /// What the loop keeps between inputs.
@@ -115,6 +129,17 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
             }
         }
         Ok(l)
+    }
+
+    /// Hands `input` to its handler; `Some` when the agent must stop.
+    async fn dispatch(&mut self, input: Input) -> Result<Option<AgentExit>, AgentError> {
+        match input {
+            Input::Shutdown => Ok(Some(self.shut_down().await)),
+            Input::Broker(ev) => self.on_mqtt(ev).await,
+            Input::Unconfirmed => self.on_unconfirmed(),
+            Input::Progress(ev) => self.on_progress(&ev),
+            Input::Finished(result) => self.on_finished(result).await,
+        }
     }
 
     /// Publishes the next waiting report, when connected.

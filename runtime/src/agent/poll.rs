@@ -4,6 +4,7 @@
 //! desired state, run under the workflow id `<project>-<tag>-<n>` (n counts the changes), so a
 //! tag seen before runs again when the server points back at it.
 
+use super::refused::ServerError;
 use super::reported::{Patch, ReportedWorkflow, Retry};
 use super::{Agent, AgentError, AgentExit};
 use crate::datadir::write_atomic;
@@ -101,21 +102,13 @@ fn after_attempt(
     next
 }
 
-fn check_tag(tag: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&tag.len())
+fn tag_is_valid(tag: &str) -> bool {
+    (1..=64).contains(&tag.len())
         && tag
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         && tag != "."
-        && tag != "..";
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "version tag `{}` must be 1-64 characters of [A-Za-z0-9._-]",
-            tag.escape_debug()
-        ))
-    }
+        && tag != ".."
 }
 
 /// Runs the polling loop until shutdown, a reboot, or a restart request.
@@ -194,7 +187,7 @@ async fn attempt(
 ) -> Result<(bool, Option<AgentExit>), AgentError> {
     let workflow = format!("{project}-{tag}-{}", st.changes + 1);
     tracing::info!(from = ?st.tag, to = %tag, %workflow, attempt = st.failures + 1, "deploying the server's version");
-    let refused = |why: String| {
+    let refused = |why: &dyn std::fmt::Display| {
         let w = Workflow {
             action: sandstep_model::deployment::action::PROCESS_DEPLOYMENT,
             id: workflow.clone(),
@@ -203,18 +196,18 @@ async fn attempt(
         tracing::error!("{why}");
         record(
             agent,
-            &agent.rejection(Some(ReportedWorkflow::Known(w)), &why),
+            &agent.rejection(Some(ReportedWorkflow::Known(w)), why),
         )
         .map(|()| (false, None))
     };
     let mut d = match fetch_deployment(client, base, tag).await {
         Ok(d) => d,
-        Err(e) => return refused(e),
+        Err(e) => return refused(&e),
     };
     d.workflow.id = workflow.clone();
     let req = match agent.request(&d) {
         Ok(r) => r,
-        Err(e) => return refused(format!("{base}/{tag}: {e}")),
+        Err(e) => return refused(&format!("{base}/{tag}: {e}")),
     };
     deploy(agent, req, shutdown).await
 }
@@ -306,39 +299,55 @@ fn describe(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// A response body, refused as soon as it passes `limit` bytes (never read whole first).
-async fn read_capped(
-    mut resp: reqwest::Response,
+/// The body of `url` as text, refused as soon as it passes `limit` bytes (never read whole
+/// first).
+async fn get_text(
+    client: &reqwest::Client,
     url: &str,
     limit: usize,
-) -> Result<Vec<u8>, String> {
+) -> Result<String, ServerError> {
+    let unreachable = |e: &dyn std::error::Error| ServerError::Unreachable {
+        url: url.to_owned(),
+        cause: describe(e),
+    };
+    let mut resp = client.get(url).send().await.map_err(|e| unreachable(&e))?;
+    if !resp.status().is_success() {
+        return Err(ServerError::Status {
+            url: url.to_owned(),
+            status: resp.status().as_u16(),
+        });
+    }
+    let too_large = || ServerError::TooLarge {
+        url: url.to_owned(),
+        limit,
+    };
     if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(format!("{url}: the body is over {limit} bytes"));
+        return Err(too_large());
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(&e))? {
         if body.len() + chunk.len() > limit {
-            return Err(format!("{url}: the body is over {limit} bytes"));
+            return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    String::from_utf8(body).map_err(|_| ServerError::NotUtf8 {
+        url: url.to_owned(),
+    })
 }
 
-async fn check(client: &reqwest::Client, base: &str) -> Result<String, String> {
+async fn check(client: &reqwest::Client, base: &str) -> Result<String, ServerError> {
     let url = format!("{base}/version");
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {}", describe(&e)))?;
-    if !resp.status().is_success() {
-        return Err(format!("{url} answered HTTP {}", resp.status().as_u16()));
+    let tag = get_text(client, &url, MAX_VERSION_BYTES)
+        .await?
+        .trim()
+        .to_owned();
+    if !tag_is_valid(&tag) {
+        return Err(ServerError::BadTag {
+            url,
+            tag: tag.escape_debug().to_string(),
+        });
     }
-    let body = read_capped(resp, &url, MAX_VERSION_BYTES).await?;
-    let text = std::str::from_utf8(&body).map_err(|_| format!("{url}: not UTF-8"))?;
-    let tag = text.trim().to_owned();
-    check_tag(&tag).map_err(|e| format!("{url}: {e}"))?;
     Ok(tag)
 }
 
@@ -346,21 +355,11 @@ async fn fetch_deployment(
     client: &reqwest::Client,
     base: &str,
     tag: &str,
-) -> Result<Deployment, String> {
+) -> Result<Deployment, ServerError> {
     let url = format!("{base}/{tag}/deployment.json");
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {}", describe(&e)))?;
-    if !resp.status().is_success() {
-        return Err(format!("{url} answered HTTP {}", resp.status().as_u16()));
-    }
-    let bytes = read_capped(resp, &url, MAX_DEPLOYMENT_BYTES).await?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{url}: not UTF-8"))?;
-    let d = Deployment::parse(text).map_err(|e| format!("{url}: {e}"))?;
-    d.check_remote().map_err(|e| format!("{url}: {e}"))?;
-    Ok(d)
+    let text = get_text(client, &url, MAX_DEPLOYMENT_BYTES).await?;
+    let d = Deployment::parse(&text).and_then(|d| d.check_remote().map(|()| d));
+    d.map_err(|cause| ServerError::BadDeployment { url, cause })
 }
 
 /// Runs one deployment to its end; whether it succeeded, and `Some(exit)` when the agent must
@@ -455,7 +454,12 @@ mod tests {
         let err = check(&client(&base).unwrap(), &format!("{base}/proj"))
             .await
             .unwrap_err();
-        assert!(err.contains("redirect to another server refused"), "{err}");
+        assert!(matches!(err, ServerError::Unreachable { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("redirect to another server refused"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -468,7 +472,13 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.ends_with(&format!("the body is over {MAX_VERSION_BYTES} bytes")),
+            matches!(
+                err,
+                ServerError::TooLarge {
+                    limit: MAX_VERSION_BYTES,
+                    ..
+                }
+            ),
             "{err}"
         );
     }

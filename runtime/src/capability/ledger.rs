@@ -140,7 +140,7 @@ pub struct Recovered {
     /// Stopped by a signal (the rest ended on their own).
     pub stopped: usize,
     /// The recover command and how it ended.
-    pub recover: Option<(String, Result<i32, String>)>,
+    pub recover: Option<(String, Result<i32, RecoverError>)>,
 }
 
 impl std::fmt::Display for Recovered {
@@ -282,11 +282,24 @@ fn settle(entry: &Entry, boot: &str, grace: Duration) -> Recovered {
     report
 }
 
+/// Why a recover command did not run to its end (kept in the report, so plain data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecoverError {
+    #[error("empty command")]
+    Empty,
+    #[error("{program}: {cause}")]
+    Spawn { program: String, cause: String },
+    #[error("stopped after {}s", .0.as_secs())]
+    TimedOut(Duration),
+    #[error("waiting for it: {0}")]
+    Wait(String),
+}
+
 /// How long a recover command may take.
 const RECOVER_LIMIT: Duration = Duration::from_secs(1800);
 
-fn run_recover(entry: &Entry) -> Result<i32, String> {
-    let (program, args) = entry.recover.split_first().ok_or("empty command")?;
+fn run_recover(entry: &Entry) -> Result<i32, RecoverError> {
+    let (program, args) = entry.recover.split_first().ok_or(RecoverError::Empty)?;
     let mut child = std::process::Command::new(program)
         .args(args)
         .env_clear()
@@ -297,7 +310,10 @@ fn run_recover(entry: &Entry) -> Result<i32, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("{program}: {e}"))?;
+        .map_err(|e| RecoverError::Spawn {
+            program: program.clone(),
+            cause: e.to_string(),
+        })?;
     let until = Instant::now() + RECOVER_LIMIT;
     loop {
         match child.try_wait() {
@@ -306,9 +322,9 @@ fn run_recover(entry: &Entry) -> Result<i32, String> {
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("stopped after {}s", RECOVER_LIMIT.as_secs()));
+                return Err(RecoverError::TimedOut(RECOVER_LIMIT));
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(RecoverError::Wait(e.to_string())),
         }
     }
 }

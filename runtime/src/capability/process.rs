@@ -422,8 +422,9 @@ impl ProcessCtx {
         program: &str,
         rule: &ProgramRule,
         limit: Duration,
-    ) -> Result<RunningGroup, String> {
-        let pgid = pid.ok_or("the program has no pid")? as i32;
+    ) -> Result<RunningGroup, WitError> {
+        let no_pid = || WitError::SpawnFailed(format!("{program}: the program has no pid"));
+        let pgid = pid.ok_or_else(no_pid)? as i32;
         let leader_start = std::fs::read_to_string(format!("/proc/{pgid}/stat"))
             .ok()
             .and_then(|s| ledger::parse_stat(pgid, &s))
@@ -453,7 +454,8 @@ impl ProcessCtx {
                 .record(&group.entry)
                 .map_err(|e| format!("cannot record it in the program ledger: {e}")),
             (Some(_), None) => Ok(()),
-        };
+        }
+        .map_err(|why| WitError::SpawnFailed(format!("{program}: {why}")));
         if let Err(e) = recorded {
             group.entry.finish_on_cancel = false;
             return Err(e);
@@ -496,9 +498,7 @@ impl ProcessCtx {
         let mut child = command
             .spawn()
             .map_err(|e| WitError::SpawnFailed(format!("{}: {e}", cmd.program)))?;
-        let group = self
-            .track(child.id(), &cmd.program, rule, limit)
-            .map_err(|e| WitError::SpawnFailed(format!("{}: {e}", cmd.program)))?;
+        let group = self.track(child.id(), &cmd.program, rule, limit)?;
         tracing::info!(target: "sandstep::process", handler = %self.handler_id, program = %cmd.program, args = ?cmd.args, "running host program");
 
         let cap = self.policy.max_output_bytes;

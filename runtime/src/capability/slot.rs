@@ -129,14 +129,25 @@ const GRUBENV_SIGNATURE: &str = "# GRUB Environment Block\n";
 /// The size `grub-editenv create` gives a block (GRUB_ENVBLK_DEFCFG's size, 1 KiB).
 const GRUBENV_SIZE: usize = 1024;
 
+/// A GRUB environment block that cannot be read or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrubenvError {
+    #[error("not UTF-8")]
+    NotUtf8,
+    #[error("no `# GRUB Environment Block` signature")]
+    NoSignature,
+    #[error("the variables need {need} bytes, more than the block's {size}")]
+    TooLarge { need: usize, size: usize },
+}
+
 /// The variables of a GRUB environment block: `KEY=VALUE` lines after the signature; a line
 /// starting with `#` is a comment (grub-editenv 2.06 writes a warning line), and the `#` padding
 /// to the block's end is one without a newline. A backslash escapes the next character (as
 /// grub-editenv writes `\\` and a newline).
-pub fn parse_grubenv(block: &[u8]) -> Result<BTreeMap<String, String>, String> {
-    let text = std::str::from_utf8(block).map_err(|_| "not UTF-8".to_owned())?;
+pub fn parse_grubenv(block: &[u8]) -> Result<BTreeMap<String, String>, GrubenvError> {
+    let text = std::str::from_utf8(block).map_err(|_| GrubenvError::NotUtf8)?;
     let Some(body) = text.strip_prefix(GRUBENV_SIGNATURE) else {
-        return Err("no `# GRUB Environment Block` signature".into());
+        return Err(GrubenvError::NoSignature);
     };
     let mut env = BTreeMap::new();
     let (mut line, mut chars) = (String::new(), body.chars());
@@ -160,7 +171,10 @@ pub fn parse_grubenv(block: &[u8]) -> Result<BTreeMap<String, String>, String> {
 }
 
 /// A GRUB environment block of `size` bytes holding `env`; `Err` when it does not fit.
-pub fn render_grubenv(env: &BTreeMap<String, String>, size: usize) -> Result<Vec<u8>, String> {
+pub fn render_grubenv(
+    env: &BTreeMap<String, String>,
+    size: usize,
+) -> Result<Vec<u8>, GrubenvError> {
     let mut text = GRUBENV_SIGNATURE.to_owned();
     for (k, v) in env {
         text.push_str(k);
@@ -174,10 +188,10 @@ pub fn render_grubenv(env: &BTreeMap<String, String>, size: usize) -> Result<Vec
         text.push('\n');
     }
     if text.len() > size {
-        return Err(format!(
-            "the variables need {} bytes, more than the block's {size}",
-            text.len()
-        ));
+        return Err(GrubenvError::TooLarge {
+            need: text.len(),
+            size,
+        });
     }
     let mut block = text.into_bytes();
     block.resize(size, b'#');
@@ -264,10 +278,11 @@ impl SlotPolicy {
                     .map(|m| m.len() as usize)
                     .unwrap_or(GRUBENV_SIZE)
                     .max(GRUBENV_SIZE);
-                let err =
-                    |e: String| WitError::Io(format!("GRUB environment {}: {e}", path.display()));
-                let block = render_grubenv(&env, size).map_err(err)?;
-                replace_file(path, &block).map_err(|e| err(e.to_string()))
+                let err = |e: &dyn std::fmt::Display| {
+                    WitError::Io(format!("GRUB environment {}: {e}", path.display()))
+                };
+                let block = render_grubenv(&env, size).map_err(|e| err(&e))?;
+                replace_file(path, &block).map_err(|e| err(&e))
             }
             BootControl::Command { set, .. } => {
                 for (k, v) in changes {
@@ -694,9 +709,10 @@ mod tests {
         assert_eq!(parse_grubenv(&out).unwrap(), env);
         assert!(parse_grubenv(b"boot_slot=a\n").is_err(), "no signature");
         env.insert("big".into(), "x".repeat(1024));
-        assert!(render_grubenv(&env, 1024)
-            .unwrap_err()
-            .contains("more than the block's 1024"));
+        assert!(matches!(
+            render_grubenv(&env, 1024),
+            Err(GrubenvError::TooLarge { size: 1024, .. })
+        ));
     }
 
     #[test]

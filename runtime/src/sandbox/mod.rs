@@ -39,6 +39,34 @@ use std::sync::{Arc, Mutex};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
+/// What stopped a step's sandbox from being prepared. Each names the directory or stage.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{guest} handle: {cause}")]
+    Handle {
+        guest: String,
+        cause: std::io::Error,
+    },
+    #[error("{guest} cannot be measured: {cause}")]
+    Measure { guest: String, cause: String },
+    #[error("preopen {guest}: {cause}")]
+    Preopen { guest: String, cause: String },
+    #[error("locate {guest}: {cause}")]
+    Locate {
+        guest: String,
+        cause: std::io::Error,
+    },
+    #[error("payload handle: {0}")]
+    Payload(std::io::Error),
+    #[error("linker: {0}")]
+    Linker(String),
+    #[error("not a handler: {0}")]
+    NotAHandler(String),
+    /// The instantiation's failure, as a step's result details say it.
+    #[error("{0}")]
+    Instantiation(String),
+}
+
 /// Why a handler could not be loaded or a session not started.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -56,8 +84,8 @@ pub enum SandboxError {
     UnknownImport { handler: String, import: String },
     #[error("handler `{handler}` does not export sandstep:handler/lifecycle@0.1.0: {reason}")]
     NotAHandler { handler: String, reason: String },
-    #[error("cannot prepare the sandbox for `{handler}`: {reason}")]
-    Setup { handler: String, reason: String },
+    #[error("cannot prepare the sandbox for `{handler}`: {cause}")]
+    Setup { handler: String, cause: SetupError },
     #[error("component cache entry `{name}`: {cause}")]
     Cache {
         name: String,

@@ -4,7 +4,7 @@ use super::limits::{LimitExceeded, Limits, StoreLimiter};
 use super::output::GuestOutput;
 use super::quota;
 use super::store::{CallTags, HostState};
-use super::{HandlerComponent, Sandbox, SandboxError, SessionSetup};
+use super::{HandlerComponent, Sandbox, SandboxError, SessionSetup, SetupError};
 use crate::bindings::{self, All, AllPre};
 use crate::capability::host::{HostCtx, LOG_BURST, LOG_PER_SEC};
 use crate::capability::process::{MappedDir, ProcessCtx};
@@ -58,9 +58,9 @@ impl Sandbox {
             events,
         } = setup;
         handler.check_imports(&handler_id, &grants)?;
-        let setup_err = |reason: String| SandboxError::Setup {
+        let setup_err = |cause: SetupError| SandboxError::Setup {
             handler: handler_id.clone(),
-            reason,
+            cause,
         };
         let metered = Arc::new(metered(&dirs, &limits).map_err(setup_err)?);
         let tags = Arc::new(tags);
@@ -69,7 +69,7 @@ impl Sandbox {
         let slot = match grants.slot {
             Some(grant) => Some(
                 SlotCtx::for_step(grant, dirs.payload.dir(), &host)
-                    .map_err(|e| setup_err(format!("payload handle: {e}")))?,
+                    .map_err(|e| setup_err(SetupError::Payload(e)))?,
             ),
             None => None,
         };
@@ -126,24 +126,24 @@ impl Sandbox {
         handler_id: &str,
         store: &mut Store<HostState>,
         limits: &Limits,
-    ) -> Result<All, String> {
+    ) -> Result<All, SetupError> {
         let linker = self
             .linker(handler.capabilities())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SetupError::Linker(e.to_string()))?;
         let pre = linker
             .instantiate_pre(&handler.component)
             .and_then(AllPre::new)
-            .map_err(|e| format!("not a handler: {e:#}"))?;
+            .map_err(|e| SetupError::NotAHandler(format!("{e:#}")))?;
         let _active = self.ticker.active();
         store.data_mut().deadline = Some((
             Instant::now() + limits.is_installed,
             Action::IsInstalled,
             limits.is_installed,
         ));
-        let instance = pre
-            .instantiate_async(&mut *store)
-            .await
-            .map_err(|e| describe_failure(&e, store, handler_id, "instantiation").result_details);
+        let instance = pre.instantiate_async(&mut *store).await.map_err(|e| {
+            let r = describe_failure(&e, store, handler_id, "instantiation");
+            SetupError::Instantiation(r.result_details)
+        });
         store.data_mut().deadline = None;
         instance
     }
@@ -154,7 +154,7 @@ impl Sandbox {
 fn wasi_ctx(
     dirs: &super::dirs::StepDirs,
     tags: &Arc<CallTags>,
-) -> Result<(WasiCtx, Vec<MappedDir>), String> {
+) -> Result<(WasiCtx, Vec<MappedDir>), SetupError> {
     let mut wasi = WasiCtx::builder();
     // Filesystem calls run inline: faster than a blocking-pool hop, and the store's future
     // still yields on every epoch tick. Must be set before the preopens are added.
@@ -172,12 +172,16 @@ fn wasi_ctx(
             FsPerms::ReadOnly
         };
         wasi.preopened_dir(p.fd_path(), p.guest_path(), perms)
-            .map_err(|e| format!("preopen {}: {e}", p.guest_path()))?;
+            .map_err(|e| SetupError::Preopen {
+                guest: p.guest_path().to_owned(),
+                cause: format!("{e:#}"),
+            })?;
         mapped.push(MappedDir {
             guest: p.guest_path().to_owned(),
-            host: p
-                .host_path()
-                .map_err(|e| format!("locate {}: {e}", p.guest_path()))?,
+            host: p.host_path().map_err(|cause| SetupError::Locate {
+                guest: p.guest_path().to_owned(),
+                cause,
+            })?,
         });
     }
     Ok((wasi.build(), mapped))
@@ -353,11 +357,15 @@ enum Ended {
 
 /// The folders a session meters: `/work` and `/state` against their quotas, and each writable
 /// mapped dir against what it held at the start plus `dir-growth-bytes`.
-fn metered(dirs: &super::dirs::StepDirs, limits: &Limits) -> Result<Vec<quota::Metered>, String> {
+fn metered(
+    dirs: &super::dirs::StepDirs,
+    limits: &Limits,
+) -> Result<Vec<quota::Metered>, SetupError> {
     let handle = |p: &super::dirs::Preopen| {
-        p.dir()
-            .try_clone()
-            .map_err(|e| format!("{} handle: {e}", p.guest_path()))
+        p.dir().try_clone().map_err(|cause| SetupError::Handle {
+            guest: p.guest_path().to_owned(),
+            cause,
+        })
     };
     let mut out = vec![
         quota::Metered {
@@ -375,8 +383,10 @@ fn metered(dirs: &super::dirs::StepDirs, limits: &Limits) -> Result<Vec<quota::M
     ];
     for p in dirs.extra.iter().filter(|p| p.writable()) {
         let dir = handle(p)?;
-        let start = quota::usage(&dir)
-            .map_err(|e| format!("{} cannot be measured: {e}", p.guest_path()))?;
+        let start = quota::usage(&dir).map_err(|e| SetupError::Measure {
+            guest: p.guest_path().to_owned(),
+            cause: e.to_string(),
+        })?;
         out.push(quota::Metered {
             guest: p.guest_path().to_owned(),
             dir,

@@ -417,7 +417,7 @@ impl Deployer {
         }
         let manifests = Manifests::from_journal(j).map_err(|reason| WorkflowError::Journal {
             workflow: j.workflow_id.clone(),
-            reason,
+            reason: reason.to_string(),
         })?;
         observer_ref.event(&Event::Planned {
             workflow_id: j.workflow_id.clone(),
@@ -1197,17 +1197,26 @@ enum UnitOutcome {
     Followup(Followup, StepResult),
 }
 
+/// A manifest a journal holds that no longer parses (a newer sandstep's stricter rule).
+#[derive(Debug, thiserror::Error)]
+enum StoredManifestError {
+    #[error("stored manifest no longer parses: {0}")]
+    Parent(sandstep_model::manifest::ManifestError),
+    #[error("stored child manifest of step {step}: {cause}")]
+    Child {
+        step: u32,
+        cause: sandstep_model::manifest::ManifestError,
+    },
+}
+
 impl Manifests {
-    fn from_journal(j: &Journal) -> Result<Manifests, String> {
-        let parent = Manifest::parse(j.running_manifest())
-            .map_err(|e| format!("stored manifest no longer parses: {e}"))?;
+    fn from_journal(j: &Journal) -> Result<Manifests, StoredManifestError> {
+        let parent = Manifest::parse(j.running_manifest()).map_err(StoredManifestError::Parent)?;
         let mut children = HashMap::new();
         for (step, text) in &j.children {
-            children.insert(
-                *step,
-                Manifest::parse_child(text)
-                    .map_err(|e| format!("stored child manifest of step {step}: {e}"))?,
-            );
+            let child = Manifest::parse_child(text)
+                .map_err(|cause| StoredManifestError::Child { step: *step, cause })?;
+            children.insert(*step, child);
         }
         Ok(Manifests { parent, children })
     }
