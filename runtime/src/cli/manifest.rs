@@ -3,7 +3,7 @@
 //! layout into a deployment document.
 
 use anyhow::{bail, Context as _, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use sandstep::trust::keys::load_private_jwk;
 use sandstep::trust::manifest_sig;
 use sandstep_model::deployment::{action, Deployment, Workflow};
@@ -37,33 +37,36 @@ pub enum ManifestCommand {
     FromImport(FromImportArgs),
     /// Sign a manifest: the signing key signs the manifest's sha256, and the signing key is
     /// itself signed by a root key (or given already signed with --sjwk).
-    Sign {
-        /// The manifest (JSON); its exact bytes are signed.
-        manifest: PathBuf,
-        /// The signing key (a private JWK from `sandstep key generate --kind manifest-rsa|manifest-ed25519`).
-        #[arg(long, alias = "signing-key")]
-        key: PathBuf,
-        /// The root key that vouches for the signing key (its kid names it).
-        #[arg(long, conflicts_with = "sjwk")]
-        root_key: Option<PathBuf>,
-        /// The signing key already signed by a root (a file holding the compact JWS), so the
-        /// root key can stay offline.
-        #[arg(long)]
-        sjwk: Option<PathBuf>,
-        /// Write a deployment document here (workflow, updateManifest, signature, fileUrls);
-        /// without it, only the signature is printed.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Workflow id for the deployment document (default: derived from the manifest).
-        #[arg(long)]
-        workflow_id: Option<String>,
-        /// Base URL for fileUrls (URL = base + fileName) in the deployment document.
-        #[arg(long)]
-        files_url: Option<String>,
-        /// Only write the signed signing key (sjwk) for later use with --sjwk, to this file.
-        #[arg(long)]
-        write_sjwk: Option<PathBuf>,
-    },
+    Sign(SignArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The manifest (JSON); its exact bytes are signed.
+    manifest: PathBuf,
+    /// The signing key (a private JWK from `sandstep key generate --kind manifest-rsa|manifest-ed25519`).
+    #[arg(long, alias = "signing-key")]
+    key: PathBuf,
+    /// The root key that vouches for the signing key (its kid names it).
+    #[arg(long, conflicts_with = "sjwk")]
+    root_key: Option<PathBuf>,
+    /// The signing key already signed by a root (a file holding the compact JWS), so the
+    /// root key can stay offline.
+    #[arg(long)]
+    sjwk: Option<PathBuf>,
+    /// Write a deployment document here (workflow, updateManifest, signature, fileUrls);
+    /// without it, only the signature is printed.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Workflow id for the deployment document (default: derived from the manifest).
+    #[arg(long)]
+    workflow_id: Option<String>,
+    /// Base URL for fileUrls (URL = base + fileName) in the deployment document.
+    #[arg(long)]
+    files_url: Option<String>,
+    /// Only write the signed signing key (sjwk) for later use with --sjwk, to this file.
+    #[arg(long)]
+    write_sjwk: Option<PathBuf>,
 }
 
 pub fn run(cmd: ManifestCommand) -> Result<ExitCode> {
@@ -75,37 +78,8 @@ pub fn run(cmd: ManifestCommand) -> Result<ExitCode> {
             step,
         } => authoring::add_file(&manifest, &files, step),
         ManifestCommand::FromImport(args) => authoring::from_import(args),
-        ManifestCommand::Sign {
-            manifest,
-            key,
-            root_key,
-            sjwk,
-            out,
-            workflow_id,
-            files_url,
-            write_sjwk,
-        } => sign(SignArgs {
-            manifest,
-            key,
-            root_key,
-            sjwk,
-            out,
-            workflow_id,
-            files_url,
-            write_sjwk,
-        }),
+        ManifestCommand::Sign(args) => sign(args),
     }
-}
-
-struct SignArgs {
-    manifest: PathBuf,
-    key: PathBuf,
-    root_key: Option<PathBuf>,
-    sjwk: Option<PathBuf>,
-    out: Option<PathBuf>,
-    workflow_id: Option<String>,
-    files_url: Option<String>,
-    write_sjwk: Option<PathBuf>,
 }
 
 fn sign(args: SignArgs) -> Result<ExitCode> {

@@ -62,6 +62,46 @@ pub fn child(
     .to_string()
 }
 
+/// Update 5.0's three child updates (motors, cameras, steamers), their files written into
+/// `files_dir`: (child manifest file name, its text).
+pub fn children(files_dir: &Path) -> [(&'static str, String); 3] {
+    [
+        (
+            "motors.json",
+            child(
+                files_dir,
+                "motor",
+                "motors",
+                "3.0",
+                "motor-firmware-1.2.json",
+                "1.2",
+            ),
+        ),
+        (
+            "cameras.json",
+            child(
+                files_dir,
+                "camera",
+                "cameras",
+                "3.0",
+                "camera-firmware-2.1.json",
+                "2.1",
+            ),
+        ),
+        (
+            "steamers.json",
+            child(
+                files_dir,
+                "steamer",
+                "steamers",
+                "2.0",
+                "steamer-firmware-2.0.json",
+                "2.0",
+            ),
+        ),
+    ]
+}
+
 /// A copy of demo-devices/contoso-devices and the text of its inventory `inventory_file`, with
 /// the component paths pointing into the copy.
 pub fn copy_devices(inventory_file: &str) -> (tempfile::TempDir, String) {
@@ -96,41 +136,7 @@ impl Device {
         env.install(SCRIPT, "script");
         let (root, text) = copy_devices(inventory_file);
         let inventory = Inventory::parse(&text).unwrap();
-        for (name, text) in [
-            (
-                "motors.json",
-                child(
-                    env.files.path(),
-                    "motor",
-                    "motors",
-                    "3.0",
-                    "motor-firmware-1.2.json",
-                    "1.2",
-                ),
-            ),
-            (
-                "cameras.json",
-                child(
-                    env.files.path(),
-                    "camera",
-                    "cameras",
-                    "3.0",
-                    "camera-firmware-2.1.json",
-                    "2.1",
-                ),
-            ),
-            (
-                "steamers.json",
-                child(
-                    env.files.path(),
-                    "steamer",
-                    "steamers",
-                    "2.0",
-                    "steamer-firmware-2.0.json",
-                    "2.0",
-                ),
-            ),
-        ] {
+        for (name, text) in children(env.files.path()) {
             env.file(name, text.as_bytes());
         }
         Device {

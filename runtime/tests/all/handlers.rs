@@ -2,5 +2,5 @@
 
 mod apt;
 mod files;
-mod firmware;
+pub(crate) mod firmware;
 mod script;

@@ -9,7 +9,6 @@ use crate::workflow::file_entry;
 use sandstep::datadir::DataDir;
 use sandstep::registry::Registry;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -85,59 +84,6 @@ fn exits(agent: &mut Proc) {
     }
 }
 
-/// The device side of the A/B flow: two file-backed slots, the boot loader's environment file,
-/// the kernel's boot id. The test plays the boot loader.
-struct Slots {
-    dir: tempfile::TempDir,
-}
-
-impl Slots {
-    fn new() -> Slots {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.img"), b"factory image 1.0").unwrap();
-        std::fs::write(dir.path().join("bootenv"), "booted_slot=a\nboot_slot=a\n").unwrap();
-        std::fs::write(dir.path().join("boot_id"), "boot-1\n").unwrap();
-        std::fs::write(dir.path().join("cmdline"), "console=ttyS0 ro\n").unwrap();
-        Slots { dir }
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
-    }
-
-    fn policy(&self) -> String {
-        format!(
-            "[handlers.\"{FW}\"]\ncapabilities = [\"slot\"]\n[handlers.\"{FW}\".slot]\na = \"{}\"\nb = \"{}\"\nboot-id-file = \"{}\"\ncmdline-file = \"{}\"\nboot = {{ method = \"env-file\", path = \"{}\" }}\n",
-            self.path("a.img").display(),
-            self.path("b.img").display(),
-            self.path("boot_id").display(),
-            self.path("cmdline").display(),
-            self.path("bootenv").display()
-        )
-    }
-
-    fn env(&self) -> BTreeMap<String, String> {
-        std::fs::read_to_string(self.path("bootenv"))
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect()
-    }
-
-    /// The boot loader boots `slot`, with a new boot id.
-    fn reboot_into(&self, slot: &str) {
-        let mut env = self.env();
-        env.insert("booted_slot".into(), slot.into());
-        let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        std::fs::write(self.path("bootenv"), text).unwrap();
-        std::fs::write(
-            self.path("boot_id"),
-            format!("boot-{}\n", fastrand::u64(..)),
-        )
-        .unwrap();
-    }
-}
-
 fn firmware(fleet: &Fleet, version: &str, image: &[u8]) -> PathBuf {
     let file = format!("fw-{version}.img");
     manifest(
@@ -168,8 +114,8 @@ fn seed_firmware_ab_goes_through_its_stages_and_a_reboot_and_fails_safely_withou
         return;
     };
     install(&fleet, FW, "firmware");
-    let slots = Slots::new();
-    append_config(&fleet, &slots.policy());
+    let slots = crate::handlers::firmware::Device::new();
+    append_config(&fleet, &slots.config_text());
     let _replica = fleet.replica();
     let mut agent = fleet.agent();
     fleet.wait_for("gw-fw", "the start report", |r| r["status"] == "standBy");
@@ -373,7 +319,7 @@ fn seed_degu_file_set_replaces_what_differs_and_a_failed_set_is_put_back_whole()
 /// camera gets its firmware; the steamers' child update matches no component (604).
 #[test]
 fn seed_adu_multi_step_with_reference_steps_runs_through_the_agent_as_under_adu() {
-    use crate::adu_contoso::{child, copy_devices};
+    use crate::adu_contoso::{children, copy_devices};
     let Some(fleet) = Fleet::new("vacuum-1") else {
         return;
     };
@@ -388,41 +334,7 @@ fn seed_adu_multi_step_with_reference_steps_runs_through_the_agent_as_under_adu(
         1,
     );
     std::fs::write(&fleet.config, config).unwrap();
-    let children = [
-        (
-            "motors.json",
-            child(
-                &fleet.files,
-                "motor",
-                "motors",
-                "3.0",
-                "motor-firmware-1.2.json",
-                "1.2",
-            ),
-        ),
-        (
-            "cameras.json",
-            child(
-                &fleet.files,
-                "camera",
-                "cameras",
-                "3.0",
-                "camera-firmware-2.1.json",
-                "2.1",
-            ),
-        ),
-        (
-            "steamers.json",
-            child(
-                &fleet.files,
-                "steamer",
-                "steamers",
-                "2.0",
-                "steamer-firmware-2.0.json",
-                "2.0",
-            ),
-        ),
-    ];
+    let children = children(&fleet.files);
     for (name, text) in &children {
         std::fs::write(fleet.files.join(name), text).unwrap();
     }

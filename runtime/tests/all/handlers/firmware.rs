@@ -16,25 +16,27 @@ use tokio_util::sync::CancellationToken;
 
 const FW: &str = "sandstep/firmware:1";
 
-struct Device {
+/// A device with two file-backed slots, a boot-loader environment file and a boot id (also
+/// the seed flow's device in seeds.rs).
+pub(crate) struct Device {
     dir: tempfile::TempDir,
 }
 
 impl Device {
-    fn new() -> Device {
+    pub(crate) fn new() -> Device {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.img"), b"factory image 1.0").unwrap();
         std::fs::write(dir.path().join("bootenv"), "booted_slot=a\nboot_slot=a\n").unwrap();
         std::fs::write(dir.path().join("boot_id"), "boot-1\n").unwrap();
         Device { dir }
     }
-    fn path(&self, f: &str) -> PathBuf {
+    pub(crate) fn path(&self, f: &str) -> PathBuf {
         self.dir.path().join(f)
     }
     fn config(&self) -> Config {
         Config::parse(&self.config_text(), "test").unwrap()
     }
-    fn config_text(&self) -> String {
+    pub(crate) fn config_text(&self) -> String {
         std::fs::write(
             self.path("cmdline"),
             "console=ttyS0 root=/dev/mmcblk0p9 ro\n",
@@ -49,7 +51,7 @@ impl Device {
                 self.path("bootenv").display()
             )
     }
-    fn env(&self) -> BTreeMap<String, String> {
+    pub(crate) fn env(&self) -> BTreeMap<String, String> {
         std::fs::read_to_string(self.path("bootenv"))
             .unwrap()
             .lines()
@@ -57,7 +59,7 @@ impl Device {
             .collect()
     }
     /// The boot loader: boots `slot` (a new boot id).
-    fn reboot_into(&self, slot: &str) {
+    pub(crate) fn reboot_into(&self, slot: &str) {
         let mut env = self.env();
         env.insert("booted_slot".into(), slot.into());
         let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
