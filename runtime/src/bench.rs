@@ -111,6 +111,7 @@ impl StepEnv {
             grants: Grants::default(),
             limits,
             events: None,
+            streams: None,
         }
     }
 }

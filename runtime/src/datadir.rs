@@ -215,6 +215,10 @@ impl DataDir {
     pub fn programs(&self) -> Result<Dir, DataDirError> {
         self.sub("programs", 0o700)
     }
+    /// Where a streamed image's durable progress is recorded (per image and slot).
+    pub fn streams(&self) -> Result<Dir, DataDirError> {
+        self.sub("streams", 0o700)
+    }
     pub fn results(&self) -> Result<Dir, DataDirError> {
         self.sub("results", 0o755)
     }

@@ -13,6 +13,7 @@
 use super::host::{CallTags, EventSink, HandlerEvent};
 use crate::bindings::slot::{self, Error as WitError, SlotName, SlotState, Written};
 use crate::digest::Sha256;
+use crate::download::{Destination, OwnedSource, Wanted};
 use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -364,11 +365,27 @@ pub struct SlotGrant {
     pub handler_id: String,
 }
 
+/// Step files the host streams into a slot instead of placing them in /payload (firmware
+/// images): their sources, and where progress is recorded so that a restart resumes.
+pub struct Streams {
+    pub downloader: Arc<crate::download::Downloader>,
+    /// By file name.
+    pub files: BTreeMap<String, (Wanted, OwnedSource)>,
+    /// The data dir's `streams/` (0700): `<sha256>-<slot>` holds how much of the slot is that
+    /// image's, durable. Outside every handler's reach.
+    pub records: Dir,
+}
+
+/// Bytes streamed between syncs (each sync records where a restart resumes).
+const STREAM_CHECKPOINT: u64 = 32 << 20;
+
 /// Per-store state of the capability.
 pub struct SlotCtx {
     pub grant: SlotGrant,
     /// The step's /payload, where images are read from.
     pub payload: Dir,
+    /// Images that are not in /payload but streamed from their source.
+    pub streams: Option<Arc<Streams>>,
     pub events: Option<EventSink>,
     pub tags: Arc<CallTags>,
 }
@@ -379,11 +396,13 @@ impl SlotCtx {
     pub fn for_step(
         grant: SlotGrant,
         payload: &Dir,
+        streams: Option<Arc<Streams>>,
         host: &super::host::HostCtx,
     ) -> std::io::Result<Self> {
         Ok(SlotCtx {
             grant,
             payload: payload.try_clone()?,
+            streams,
             events: host.events.clone(),
             tags: host.tags.clone(),
         })
@@ -471,7 +490,9 @@ impl SlotCtx {
             use std::os::unix::fs::FileTypeExt;
             m.file_type().is_block_device()
         });
+        // Read too: a resumed stream hashes the prefix already in the slot.
         let mut dst = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(!is_block)
             .open(slot_path)
@@ -548,6 +569,9 @@ impl SlotCtx {
         })
     }
 
+    /// Writes payload file `payload_path` into `target` (never the booted slot): from
+    /// /payload, or streamed from its source when the host streams it. The slot is marked bad
+    /// until the whole image is written, verified and synced.
     fn write_image(
         &self,
         target: SlotName,
@@ -567,30 +591,141 @@ impl SlotCtx {
             .ok_or_else(|| {
                 WitError::Denied(format!("`{payload_path}` is not a file in /payload"))
             })?;
-        let mut src = self.payload.open(rel).map_err(io(payload_path))?;
+        let streamed = self.streams.as_ref().and_then(|s| s.files.get(rel));
+        let bad_flag = format!("slot_{}_bad", name(target));
+        let written = match streamed {
+            Some((wanted, source)) => {
+                self.policy()?.write_env(&[(&*bad_flag, "1".into())])?;
+                self.stream_image(target, wanted, source)?
+            }
+            None => {
+                let mut src = self.payload.open(rel).map_err(io(payload_path))?;
+                self.policy()?.write_env(&[(&*bad_flag, "1".into())])?;
+                self.copy_image(target, &mut src, payload_path)?
+            }
+        };
+        if let Some(want) = expected {
+            if !want.eq_ignore_ascii_case(&written.sha256) {
+                return Err(WitError::InvalidImage(format!(
+                    "slot {} now holds sha256 {}, expected {want}; it stays marked bad",
+                    name(target).to_uppercase(),
+                    written.sha256
+                )));
+            }
+        }
+        self.policy()?.write_env(&[(&*bad_flag, "0".into())])?;
+        Ok(written)
+    }
+
+    /// Copies an image from /payload into `target`, synced.
+    fn copy_image(
+        &self,
+        target: SlotName,
+        src: &mut cap_std::fs::File,
+        payload_path: &str,
+    ) -> Result<Written, WitError> {
         let total = src.metadata().map_err(io(payload_path))?.len();
         let (mut dst, is_block) = self.open_slot(target, total)?;
-        let (digest, done) = self.copy_hashing(&mut src, &mut dst, total, target, payload_path)?;
+        let (digest, done) = self.copy_hashing(src, &mut dst, total, target, payload_path)?;
         if !is_block {
             dst.set_len(done).map_err(io("slot"))?;
         }
         dst.sync_all().map_err(io("slot"))?;
-        let digest = hex::encode(digest);
-        if let Some(want) = expected {
-            if !want.eq_ignore_ascii_case(&digest) {
-                return Err(WitError::InvalidImage(format!(
-                    "slot {} now holds sha256 {digest}, expected {want}",
-                    name(target).to_uppercase()
-                )));
-            }
-        }
-        self.policy()?
-            .write_env(&[(&*format!("slot_{}_bad", name(target)), "0".into())])?;
         Ok(Written {
             bytes: done,
-            sha256: digest,
+            sha256: hex::encode(digest),
         })
     }
+
+    /// Streams `wanted` from its source straight into `target`, resuming from what an earlier
+    /// attempt made durable; verified against the signed manifest's size and sha256.
+    fn stream_image(
+        &self,
+        target: SlotName,
+        wanted: &Wanted,
+        source: &OwnedSource,
+    ) -> Result<Written, WitError> {
+        let streams = self.streams.as_ref().expect("called for a streamed file");
+        let (dst, is_block) = self.open_slot(target, wanted.size)?;
+        let record = format!("{}-{}", wanted.key(), name(target));
+        let resume_at = stream_record(&streams.records, &record, name(target));
+        let records = streams.records.try_clone().map_err(io("streams/"))?;
+        let rec = record.clone();
+        let checkpoint = Arc::new(move |durable: u64| {
+            let _ =
+                crate::datadir::write_atomic(&records, &rec, durable.to_string().as_bytes(), 0o600);
+        });
+        let dest = Destination {
+            file: dst.try_clone().map_err(io("slot"))?,
+            resume_at,
+            checkpoint_every: STREAM_CHECKPOINT,
+            checkpoint,
+        };
+        let label = name(target).to_uppercase();
+        let last = std::sync::Mutex::new(0u8);
+        let progress = |done: u64, total: u64| {
+            let pct = (done * 100 / total.max(1)) as u8;
+            let mut l = last.lock().expect("progress lock");
+            if pct >= *l + 5 || done == total {
+                *l = pct;
+                self.progress(
+                    pct,
+                    format!("applying: {done} of {total} bytes streamed into slot {label}"),
+                );
+            }
+        };
+        let fetched = tokio::runtime::Handle::current().block_on(streams.downloader.stream_into(
+            wanted,
+            source.as_source(),
+            dest,
+            &progress,
+        ));
+        let fetched = match fetched {
+            Ok(n) => n,
+            Err(crate::download::DownloadError::HashMismatch {
+                expected, actual, ..
+            }) => {
+                let _ = streams.records.remove_file(&record);
+                return Err(WitError::InvalidImage(format!(
+                    "slot {label} was written with sha256 {actual}, but the signed manifest says {expected}; slot {label} stays marked bad"
+                )));
+            }
+            Err(e) => {
+                return Err(WitError::Io(format!(
+                    "{e}; slot {label} stays marked bad, and the next attempt resumes"
+                )))
+            }
+        };
+        if !is_block {
+            dst.set_len(wanted.size).map_err(io("slot"))?;
+            dst.sync_all().map_err(io("slot"))?;
+        }
+        let _ = streams.records.remove_file(&record);
+        tracing::info!(file = %wanted.file_name, slot = %label, fetched, size = wanted.size, resumed_at = resume_at, "image streamed into the slot");
+        Ok(Written {
+            bytes: wanted.size,
+            sha256: wanted.key(),
+        })
+    }
+}
+
+/// How much of a slot an earlier attempt made durable for this image (`record`); records of
+/// other images for the same slot are dropped, as that slot is about to be rewritten.
+fn stream_record(records: &Dir, record: &str, slot: &str) -> u64 {
+    let suffix = format!("-{slot}");
+    if let Ok(entries) = records.entries() {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.ends_with(&suffix) && n != record {
+                let _ = records.remove_file(&n);
+            }
+        }
+    }
+    records
+        .read_to_string(record)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The view the generated bindings call into.

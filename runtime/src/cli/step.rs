@@ -186,6 +186,7 @@ async fn call(args: CallArgs) -> Result<ExitCode> {
         grants,
         limits,
         events: None,
+        streams: None,
     };
     let result = match sandbox.session(&handler, setup).await {
         Ok(mut session) => {

@@ -369,4 +369,6 @@ pub struct SessionSetup {
     pub grants: Grants,
     pub limits: Limits,
     pub events: Option<EventSink>,
+    /// Step files the slot capability streams from their source (none: all in /payload).
+    pub streams: Option<Arc<crate::capability::slot::Streams>>,
 }

@@ -56,6 +56,7 @@ impl Sandbox {
             grants,
             limits,
             events,
+            streams,
         } = setup;
         handler.check_imports(&handler_id, &grants)?;
         let setup_err = |cause: SetupError| SandboxError::Setup {
@@ -68,7 +69,7 @@ impl Sandbox {
         let host = HostCtx::new(tags, events);
         let slot = match grants.slot {
             Some(grant) => Some(
-                SlotCtx::for_step(grant, dirs.payload.dir(), &host)
+                SlotCtx::for_step(grant, dirs.payload.dir(), streams.clone(), &host)
                     .map_err(|e| setup_err(SetupError::Payload(e)))?,
             ),
             None => None,

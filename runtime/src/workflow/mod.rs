@@ -27,8 +27,9 @@ pub mod plan;
 pub mod release;
 pub mod store;
 
+use crate::capability::slot::Streams;
 use crate::datadir::{safe_name, DataDir, DataDirError};
-use crate::download::{Downloader, Fetched, Source, Wanted};
+use crate::download::{Downloader, Fetched, OwnedSource, Wanted};
 use crate::loader::Loader;
 use crate::policy::Policy;
 use crate::registry::{Registry, RegistryError};
@@ -131,7 +132,7 @@ pub struct Deployer {
     data: DataDir,
     settings: Settings,
     loader: Loader,
-    downloader: Downloader,
+    downloader: Arc<Downloader>,
     journals: JournalStore,
     /// What a previous agent left running, dealt with before this one runs its first step.
     recovered: tokio::sync::OnceCell<Vec<String>>,
@@ -158,8 +159,10 @@ struct Run<'a> {
 struct Prepared {
     cur: Current,
     session: Session,
-    /// Every file of the step.
+    /// Every file of the step the workflow fetches into the store.
     wanted: Vec<Wanted>,
+    /// The step's files the slot capability streams from their source instead.
+    streamed: Vec<Wanted>,
     payload: Dir,
     /// Policy `payload-in-work`: copies of the files in the work folder.
     payload_in_work: bool,
@@ -191,6 +194,7 @@ impl Deployer {
         let trust = TrustStore::load(&data, &settings.trust)?;
         let loader = Loader::new(registry, trust, sandbox.clone());
         let downloader = Downloader::new(data.downloads()?, settings.download.clone())
+            .map(Arc::new)
             .map_err(|e| WorkflowError::Http(e.to_string()))?;
         let journals = JournalStore::new(data.journals()?, data.results()?);
         Ok(Deployer {
@@ -756,6 +760,7 @@ impl Deployer {
         index: usize,
         handler: &HandlerComponent,
         dirs: (Dir, Dir, Dir),
+        streams: Option<Arc<Streams>>,
         run: &Run<'_>,
     ) -> Result<Session, StepResult> {
         let u = &j.units[index];
@@ -778,11 +783,51 @@ impl Deployer {
             grants: policy.grants(&u.handler_id),
             limits: policy.limits(&u.handler_id),
             events: Some(sink),
+            streams,
         };
         self.sandbox
             .session(handler, setup)
             .await
             .map_err(|e| e.to_step_result())
+    }
+
+    /// Sees that each file the slot capability will stream is there with its size.
+    async fn probe_streamed(&self, j: &Journal, streamed: &[Wanted]) -> Result<(), StepResult> {
+        for w in streamed {
+            let source = resolve_source(&j.source, w)?;
+            self.downloader
+                .probe(w, source.as_source())
+                .await
+                .map_err(|e| StepResult::failure(e.erc(), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The sources of the files a unit's slot capability streams (`None`: there are none).
+    fn streams(
+        &self,
+        j: &Journal,
+        streamed: &[Wanted],
+    ) -> Result<Option<Arc<Streams>>, StepResult> {
+        if streamed.is_empty() {
+            return Ok(None);
+        }
+        let mut files = BTreeMap::new();
+        for w in streamed {
+            files.insert(
+                w.file_name.clone(),
+                (w.clone(), resolve_source(&j.source, w)?),
+            );
+        }
+        let records = self
+            .data
+            .streams()
+            .map_err(|e| StepResult::failure(erc::SANDBOX_SETUP_FAILED, e.to_string()))?;
+        Ok(Some(Arc::new(Streams {
+            downloader: self.downloader.clone(),
+            files,
+            records,
+        })))
     }
 
     /// Runs one action, journaling before it and recording after it.
@@ -848,7 +893,12 @@ impl Deployer {
             Ok(h) => h,
             Err(r) => return self.fail_unit(j, index, r).map(Err),
         };
-        let (ctx, wanted) = self.unit_context(j, index, run.manifests);
+        let (ctx, all) = self.unit_context(j, index, run.manifests);
+        let streamed = streamed_files(
+            self.settings.policy.grants(&handler_id).slot.is_some(),
+            &all,
+        );
+        let wanted: Vec<Wanted> = all.into_iter().filter(|w| !streamed.contains(w)).collect();
         let dirs = self.unit_dirs(j, index).map_err(WorkflowError::DataDir)?;
         let payload = dirs.0.try_clone().map_err(|e| setup_error(&self.data, e))?;
         let work = dirs.1.try_clone().map_err(|e| setup_error(&self.data, e))?;
@@ -880,7 +930,14 @@ impl Deployer {
             }
             return self.fail_unit(j, index, r).map(Err);
         }
-        let session = match self.open_session(j, index, &handler, dirs, run).await {
+        let streams = match self.streams(j, &streamed) {
+            Ok(s) => s,
+            Err(r) => return self.fail_unit(j, index, r).map(Err),
+        };
+        let session = match self
+            .open_session(j, index, &handler, dirs, streams, run)
+            .await
+        {
             Ok(s) => s,
             Err(r) => return self.fail_unit(j, index, r).map(Err),
         };
@@ -888,6 +945,7 @@ impl Deployer {
             cur,
             session,
             wanted,
+            streamed,
             payload,
             payload_in_work,
         }))
@@ -935,10 +993,14 @@ impl Deployer {
             j.units[index].state = UnitState::Running { next };
             self.save(j)?;
             let work_copy = p.payload_in_work.then_some(&p.cur.work);
-            if let Err(r) = self
+            let fetched = self
                 .fetch_files(j, index, &p.wanted, &p.payload, work_copy, run)
-                .await
-            {
+                .await;
+            let probed = match fetched {
+                Ok(()) if phase == Phase::Download => self.probe_streamed(j, &p.streamed).await,
+                other => other,
+            };
+            if let Err(r) = probed {
                 if r.result_code == result::FAILURE_CANCELLED {
                     return self.cancel_unit(j, &p.cur, r, run).await;
                 }
@@ -1021,7 +1083,7 @@ impl Deployer {
         if session.is_broken() {
             let fresh = match self.unit_dirs(j, cur.index) {
                 Ok(dirs) => {
-                    self.open_session(j, cur.index, &cur.handler, dirs, run)
+                    self.open_session(j, cur.index, &cur.handler, dirs, None, run)
                         .await
                 }
                 Err(e) => Err(StepResult::failure(
@@ -1063,7 +1125,7 @@ impl Deployer {
         };
         if let Ok(dirs) = self.unit_dirs(j, cur.index) {
             if let Ok(mut s) = self
-                .open_session(j, cur.index, &cur.handler, dirs, &cleanup)
+                .open_session(j, cur.index, &cur.handler, dirs, None, &cleanup)
                 .await
             {
                 self.call(j, cur, &mut s, Action::Cancel, &cleanup).await?;
@@ -1079,19 +1141,15 @@ impl Deployer {
     }
 }
 
-/// A file's source, owned.
-pub(crate) enum OwnedSource {
-    Directory(Dir),
-    Url(String),
-}
-
-impl OwnedSource {
-    pub(crate) fn as_source(&self) -> Source<'_> {
-        match self {
-            OwnedSource::Directory(d) => Source::Directory(d),
-            OwnedSource::Url(u) => Source::Url(u),
-        }
-    }
+/// The files a step's slot capability streams straight into a slot instead of the workflow
+/// fetching them into the store: with the `slot` capability granted, those over the early-fetch
+/// size (firmware images; a small file such as a block index still comes first).
+fn streamed_files(slot_granted: bool, files: &[Wanted]) -> Vec<Wanted> {
+    files
+        .iter()
+        .filter(|w| slot_granted && w.size > EARLY_FETCH_LIMIT)
+        .cloned()
+        .collect()
 }
 
 /// Where file `w` comes from, per the deployment's file source.

@@ -835,3 +835,67 @@ fn manifests_are_written_from_files_a_step_list_and_adus_import_manifests() {
         147
     );
 }
+
+/// A power cut while an image streams into its slot: the next run resumes from the slot's last
+/// durable checkpoint (a Range request from there), and the whole image still verifies.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_crash_mid_stream_resumes_from_the_slots_last_checkpoint() {
+    let dev = crate::handlers::firmware::Device::new();
+    let server = crate::http::TestServer::start();
+    let mut env = crate::workflow::Env::new();
+    env.install("sandstep/firmware:1", "firmware");
+    let image: Vec<u8> = (0..40_000_000u32).map(|i| (i % 253) as u8).collect();
+    env.file("fw.img", &image);
+    std::fs::remove_file(env.files.path().join("fw.img")).unwrap();
+    server.put("fw.img", &image);
+    let manifest = env.files.path().join("manifest.json");
+    std::fs::write(
+        &manifest,
+        env.manifest(vec![json!({"handler": "sandstep/firmware:1", "files": ["fw.img"], "handlerProperties": {"installedCriteria": "4.0"}})]),
+    )
+    .unwrap();
+    let config = env.files.path().join("config.toml");
+    std::fs::write(&config, dev.config_text()).unwrap();
+    let run = |crash: bool| {
+        let mut c = sandstep();
+        c.arg("run")
+            .arg(&manifest)
+            .arg("--allow-unsigned")
+            .arg("--files")
+            .arg(server.base())
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(env.data.path());
+        if crash {
+            c.env("SANDSTEP_CRASH_AT", "stream-checkpoint");
+        }
+        c.output().unwrap()
+    };
+    let out = run(true);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("fault injection: crashing at stream-checkpoint"));
+    let records = crate::workflow::walk(&env.data.path().join("streams"));
+    assert_eq!(records.len(), 1, "{records:?}");
+    let durable: u64 = std::fs::read_to_string(&records[0])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        durable >= 32 << 20 && durable < image.len() as u64,
+        "{durable}"
+    );
+    let out = run(false);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "reboot required: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.requests("fw.img"), [None, Some(durable)]);
+    assert!(std::fs::read(dev.path("b.img")).unwrap() == image);
+    assert!(crate::workflow::walk(&env.data.path().join("streams")).is_empty());
+}

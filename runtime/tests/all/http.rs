@@ -100,6 +100,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
+    let method = line.split_whitespace().next().unwrap_or("GET").to_owned();
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
     let mut range = None;
     loop {
@@ -111,6 +112,20 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         if let Some(v) = lower.strip_prefix("range: bytes=") {
             range = v.trim().trim_end_matches('-').parse::<u64>().ok();
         }
+    }
+    if method == "HEAD" {
+        // Headers only; not a transfer, so neither logged nor counted against a behavior.
+        let len = state.lock().unwrap().files.get(&path).map(Vec::len);
+        let head = match len {
+            Some(n) => {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n")
+            }
+            None => {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+            }
+        };
+        let mut out = conn;
+        return out.write_all(head.as_bytes());
     }
     let (body, behavior) = {
         let mut s = state.lock().unwrap();

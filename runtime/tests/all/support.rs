@@ -125,6 +125,7 @@ pub fn setup(
         grants,
         limits,
         events,
+        streams: None,
     }
 }
 

@@ -367,3 +367,136 @@ async fn a_grub_environment_block_carries_the_slot_selection_both_ways() {
         "{listed}"
     );
 }
+
+/// An image over the early-fetch size: streamed by the slot capability.
+fn big_image(seed: u8) -> Vec<u8> {
+    (0..6_000_000u32).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+fn served_deployment(
+    env: &mut Env,
+    server: &crate::http::TestServer,
+    image: &[u8],
+) -> sandstep::workflow::Request {
+    env.file("fw-big.img", image);
+    std::fs::remove_file(env.files.path().join("fw-big.img")).unwrap();
+    server.put("fw-big.img", image);
+    let m = env.manifest(vec![json!({"handler": FW, "files": ["fw-big.img"], "handlerProperties": {"installedCriteria": "3.0"}})]);
+    let mut req = env.request("wf-stream", m);
+    req.source = sandstep_model::journal::FileSource::BaseUrl(server.base());
+    req
+}
+
+/// The image goes from the server straight into the inactive slot, hashed as it is written:
+/// no copy lands in the download store, and the slot is selected only after it verified.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_streams_into_the_slot_with_no_copy_in_the_store() {
+    let dev = Device::new();
+    let server = crate::http::TestServer::start();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let image = big_image(1);
+    let req = served_deployment(&mut env, &server, &image);
+    let (out, rec) = run(&env, dev.config(), req).await;
+    assert_eq!(out.status, Status::RebootRequired, "{:#?}", out.result);
+    assert_eq!(std::fs::read(dev.path("b.img")).unwrap(), image);
+    assert_eq!(server.requests("fw-big.img"), [None], "one transfer");
+    // Waiting for the reboot the deployment keeps its files: the store has none of the image.
+    let store = crate::workflow::walk(&env.data.path().join("downloads"));
+    assert!(store.is_empty(), "{store:?}");
+    assert_eq!(dev.env()["boot_slot"], "b");
+    assert_eq!(dev.env()["slot_b_bad"], "0");
+    let msgs = progress_messages(&rec);
+    assert!(
+        msgs.iter()
+            .any(|m| m == "applying: 6000000 of 6000000 bytes streamed into slot B"),
+        "{msgs:?}"
+    );
+}
+
+/// Bytes that are not the signed manifest's: the slot stays marked bad, the boot loader keeps
+/// the running slot, and the step says which digests differ.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_image_that_does_not_verify_leaves_the_slot_bad_and_unselected() {
+    let dev = Device::new();
+    let server = crate::http::TestServer::start();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let image = big_image(2);
+    let req = served_deployment(&mut env, &server, &image);
+    server.behave(
+        "fw-big.img",
+        crate::http::Behavior {
+            wrong_bytes: true,
+            ..Default::default()
+        },
+    );
+    let (out, _) = run(&env, dev.config(), req).await;
+    assert_eq!(out.status, Status::Failed, "{:#?}", out.result);
+    let details = &out.result.step_results["step_0"].result_details;
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&image));
+    assert!(
+        details.contains(&format!(
+            "but the signed manifest says {want}; slot B stays marked bad"
+        )),
+        "{details}"
+    );
+    let env_now = dev.env();
+    assert_eq!(env_now["slot_b_bad"], "1");
+    assert_eq!(env_now["boot_slot"], "a");
+}
+
+/// A file missing on the server fails the step in the download phase, before anything is
+/// written, as a download would.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_image_missing_on_the_server_fails_before_any_slot_is_touched() {
+    let dev = Device::new();
+    let server = crate::http::TestServer::start();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let req = served_deployment(&mut env, &server, &big_image(3));
+    server.behave(
+        "fw-big.img",
+        crate::http::Behavior {
+            status: Some(404),
+            ..Default::default()
+        },
+    );
+    server.put("fw-big.img", b"");
+    let (out, _) = run(&env, dev.config(), req).await;
+    assert_eq!(out.status, Status::Failed, "{:#?}", out.result);
+    assert!(!dev.path("b.img").exists(), "slot B untouched");
+    assert!(
+        server.requests("fw-big.img").is_empty(),
+        "no transfer started"
+    );
+}
+
+/// A connection dropped mid-image: the next attempt asks for the rest (HTTP Range) and the
+/// prefix already in the slot is hashed from the slot, not fetched again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_stream_resumes_where_the_slot_holds_the_image() {
+    let dev = Device::new();
+    let server = crate::http::TestServer::start();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let image = big_image(4);
+    let req = served_deployment(&mut env, &server, &image);
+    server.behave(
+        "fw-big.img",
+        crate::http::Behavior {
+            drop_first: Some((1, 2_500_000)),
+            ..Default::default()
+        },
+    );
+    let mut config = dev.config();
+    config.download.initial_backoff_ms = 10;
+    let (out, _) = run(&env, config, req).await;
+    assert_eq!(out.status, Status::RebootRequired, "{:#?}", out.result);
+    assert_eq!(std::fs::read(dev.path("b.img")).unwrap(), image);
+    let requests = server.requests("fw-big.img");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[0], None);
+    let resumed = requests[1].expect("the second asks for a range");
+    assert!(resumed > 0 && resumed <= 2_500_000, "{requests:?}");
+}

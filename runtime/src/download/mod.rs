@@ -9,6 +9,9 @@
 //! no fsync, and a partial file that fails its hash after resuming is fetched again from the start.
 //! Proxies come from the usual environment variables (`https_proxy`, `no_proxy`, ...).
 
+mod stream;
+pub use stream::Destination;
+
 use crate::digest::Sha256;
 use cap_std::fs::{Dir, File, OpenOptions};
 use futures_util::StreamExt;
@@ -86,6 +89,22 @@ pub enum Source<'a> {
     Directory(&'a Dir),
 }
 
+/// A file's source, owned.
+#[derive(Debug)]
+pub enum OwnedSource {
+    Directory(Dir),
+    Url(String),
+}
+
+impl OwnedSource {
+    pub fn as_source(&self) -> Source<'_> {
+        match self {
+            OwnedSource::Directory(d) => Source::Directory(d),
+            OwnedSource::Url(u) => Source::Url(u),
+        }
+    }
+}
+
 /// What fetching did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fetched {
@@ -127,6 +146,12 @@ pub enum DownloadError {
     },
     #[error("`{file}`: {reason}")]
     Source { file: String, reason: String },
+    #[error("`{file}`: writing it where it streams to: {cause}")]
+    Destination {
+        file: String,
+        /// In the message, not a `source`: printed once.
+        cause: std::io::Error,
+    },
     #[error("`{file}`: download store: {cause}")]
     Store {
         file: String,
@@ -172,7 +197,7 @@ impl std::fmt::Debug for Downloader {
 
 const CHUNK: usize = 256 * 1024;
 
-fn hash_file(f: &mut File, limit: Option<u64>) -> std::io::Result<(Sha256, u64)> {
+fn hash_file(f: &mut impl Read, limit: Option<u64>) -> std::io::Result<(Sha256, u64)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
@@ -463,7 +488,9 @@ impl Downloader {
                 "partial file shrank while resuming",
             )));
         }
-        let (h, end) = self.receive(file, resp, out, h, offset, progress).await?;
+        let (h, end) = self
+            .receive(file, resp, Box::new(out), h, offset, progress)
+            .await?;
         if end < file.size {
             return Err(Attempt::Retry(format!(
                 "transfer ended at byte {end} of {}",
@@ -483,7 +510,7 @@ impl Downloader {
         &self,
         file: &Wanted,
         resp: reqwest::Response,
-        out: cap_std::fs::File,
+        out: Box<dyn Write + Send>,
         mut h: Sha256,
         mut offset: u64,
         progress: Progress<'_>,
