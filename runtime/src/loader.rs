@@ -2,13 +2,17 @@
 //! against the trusted keys -> compiled component (from memory, the on-disk cache, or compiled)
 //! -> imports checked against the handler id's policy.
 //!
-//! The signature is checked on every load, not only at install: a trust key removed since, or a
-//! component file changed since, takes effect at once. Compiled components are kept in memory
-//! keyed by their verified digest, and on disk keyed by digest and engine (see
-//! [`crate::sandbox::cache`]), so an artefact is only ever used for the exact bytes that verified.
+//! The signature is checked on every load, not only at install: a component file changed since
+//! takes effect at once. The trust keys are read when the loader is made (the agent's start),
+//! so a verdict holds while the component file is unchanged: a load whose file has the identity
+//! (inode, size, times) of the one verified before reuses that verdict without reading it again.
+//! Compiled components are kept in memory keyed by their verified digest (at most
+//! [`MAX_COMPILED`], least recently used dropped first), and on disk keyed by digest and engine
+//! (see [`crate::sandbox::cache`]), so an artefact is only ever used for the exact bytes that
+//! verified.
 
 use crate::policy::Policy;
-use crate::registry::{Entry, Registry, RegistryError};
+use crate::registry::{Entry, FileIdentity, Registry, RegistryError};
 use crate::sandbox::{HandlerComponent, Sandbox, SandboxError};
 use crate::trust::handler_sig::{self, HandlerSignatureError};
 use crate::trust::TrustStore;
@@ -50,12 +54,57 @@ impl LoadError {
     }
 }
 
+/// Compiled components kept in memory.
+pub const MAX_COMPILED: usize = 32;
+
+/// A signature verdict, valid while the component file keeps this identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verdict {
+    digest: String,
+    file: FileIdentity,
+}
+
+/// Compiled components by digest, with when each was last used.
+#[derive(Default)]
+struct Compiled {
+    map: HashMap<String, (HandlerComponent, u64)>,
+    clock: u64,
+}
+
+impl Compiled {
+    fn get(&mut self, digest: &str) -> Option<HandlerComponent> {
+        self.clock += 1;
+        let now = self.clock;
+        self.map.get_mut(digest).map(|(c, used)| {
+            *used = now;
+            c.clone()
+        })
+    }
+
+    fn insert(&mut self, c: HandlerComponent) {
+        if self.map.len() >= MAX_COMPILED {
+            if let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(d, _)| d.clone())
+            {
+                self.map.remove(&oldest);
+            }
+        }
+        self.clock += 1;
+        self.map.insert(c.digest().to_owned(), (c, self.clock));
+    }
+}
+
 /// Installs and loads handlers under the trust store and policy.
 pub struct Loader {
     registry: Registry,
     trust: TrustStore,
     sandbox: Arc<Sandbox>,
-    compiled: Mutex<HashMap<String, HandlerComponent>>,
+    compiled: Mutex<Compiled>,
+    /// By handler id.
+    verdicts: Mutex<HashMap<String, Verdict>>,
 }
 
 impl std::fmt::Debug for Loader {
@@ -73,6 +122,7 @@ impl Loader {
             trust,
             sandbox,
             compiled: Mutex::default(),
+            verdicts: Mutex::default(),
         }
     }
 
@@ -118,7 +168,7 @@ impl Loader {
         digest: &str,
     ) -> Result<HandlerComponent, LoadError> {
         if let Some(c) = self.compiled.lock().expect("compiled map lock").get(digest) {
-            return Ok(c.clone());
+            return Ok(c);
         }
         let c = self
             .sandbox
@@ -127,7 +177,7 @@ impl Loader {
         self.compiled
             .lock()
             .expect("compiled map lock")
-            .insert(c.digest().to_owned(), c.clone());
+            .insert(c.clone());
         Ok(c)
     }
 
@@ -151,12 +201,36 @@ impl Loader {
         Ok((entry, component))
     }
 
-    /// Loads the registered handler for `id`: digest, signature and policy checked every time.
+    /// Loads the registered handler for `id`: digest, signature and policy checked every time
+    /// (the first two from the verdict on this very file when it has not changed since).
     pub async fn load(&self, id: &str, policy: &Policy) -> Result<HandlerComponent, LoadError> {
         let entry = self.registry.get(id)?;
-        let bytes = self.registry.component_bytes(&entry)?;
-        self.verify(id, &bytes)?;
-        let component = self.compile(id, bytes, &entry.digest).await?;
+        let file = self.registry.component_identity(&entry)?;
+        let verdict = Verdict {
+            digest: entry.digest.clone(),
+            file,
+        };
+        let known = self.verdicts.lock().expect("verdicts lock").get(id) == Some(&verdict);
+        let cached = if known {
+            self.compiled
+                .lock()
+                .expect("compiled map lock")
+                .get(&entry.digest)
+        } else {
+            None
+        };
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let bytes = self.registry.component_bytes(&entry)?;
+                self.verify(id, &bytes)?;
+                self.verdicts
+                    .lock()
+                    .expect("verdicts lock")
+                    .insert(id.to_owned(), verdict);
+                self.compile(id, bytes, &entry.digest).await?
+            }
+        };
         component.check_imports(id, &policy.grants(id))?;
         Ok(component)
     }
@@ -164,6 +238,7 @@ impl Loader {
     /// Forgets `id` and drops its cache entry when no other id uses the same component.
     pub fn remove(&self, id: &str) -> Result<Entry, LoadError> {
         let entry = self.registry.remove(id)?;
+        self.verdicts.lock().expect("verdicts lock").remove(id);
         let still_used = self
             .registry
             .list()?
@@ -173,6 +248,7 @@ impl Loader {
             self.compiled
                 .lock()
                 .expect("compiled map lock")
+                .map
                 .remove(&entry.digest);
             if let Some(cache) = self.sandbox.cache() {
                 let _ = cache.remove(&entry.digest);

@@ -12,6 +12,16 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
 
+/// A stored file's identity: unchanged means its bytes are the ones read before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
 const INDEX: &str = "registry.json";
 const COMPONENTS: &str = "components";
 
@@ -156,6 +166,20 @@ impl Registry {
             .handlers
             .remove(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))
+    }
+
+    /// What identifies the stored component file's current content without reading it: device,
+    /// inode, size, and modification and change times (any write changes the change time).
+    pub fn component_identity(&self, entry: &Entry) -> Result<FileIdentity, RegistryError> {
+        use cap_std::fs::MetadataExt as _;
+        let m = self.components.metadata(format!("{}.wasm", entry.digest))?;
+        Ok(FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
     }
 
     /// The stored component bytes, checked against the recorded digest.

@@ -285,6 +285,37 @@ async fn every_load_rechecks_the_signature_and_the_stored_bytes() {
     );
 }
 
+/// The agent's loader lives as long as the agent: a component file changed under it (same
+/// size, one byte flipped) is refused at the next load, though the loader verified and compiled
+/// that handler before and keeps both in memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_lived_loader_refuses_a_component_file_changed_after_it_verified_it() {
+    let data = tempfile::tempdir().unwrap();
+    trust_test_key(data.path());
+    let l = loader(data.path());
+    let (entry, _) = l
+        .install(PROBE, signed("probe"), "probe.wasm", &Policy::default(), 0)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        l.load(PROBE, &Policy::default()).await.unwrap();
+    }
+    let stored = data
+        .path()
+        .join("handlers/components")
+        .join(format!("{}.wasm", entry.digest));
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&stored, bytes).unwrap();
+    let err = l.load(PROBE, &Policy::default()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not match its recorded digest"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupted_cache_artefact_is_never_loaded() {
     let data = tempfile::tempdir().unwrap();
