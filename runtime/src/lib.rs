@@ -10,7 +10,9 @@
 //! - [`capability`]: host interfaces handlers import (`host` for all; `process` when granted).
 //! - [`trust`]: handler signatures (wasmsign2), manifest signatures (JWS), trusted keys.
 //! - [`workflow`]: deployments as persisted state machines: plan, journal, units, results.
-//! - [`download`]: verified, resumable downloads into a content-addressed store.
+//! - [`download`]: verified, resumable downloads into a content-addressed store, and streams
+//!   straight into a destination (a firmware slot).
+//! - [`blockindex`]: block indexes of firmware images, and which blocks an update must fetch.
 //! - [`digest`]: the accelerated sha256 of the data path.
 //! - [`clock`]: wall-clock timestamps (limits use the monotonic clock).
 //! - [`registry`]: which component serves which handler id.
@@ -32,6 +34,7 @@ pub mod agent;
 #[cfg(feature = "dev-tools")]
 pub mod bench;
 pub mod bindings;
+pub mod blockindex;
 pub mod capability;
 pub mod clock;
 pub mod config;

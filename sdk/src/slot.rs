@@ -78,6 +78,9 @@ pub struct Written {
     pub bytes: u64,
     /// sha256 of the bytes written, lower-case hex.
     pub sha256: String,
+    /// Bytes that came over the network: less than `bytes` when the update carried a block
+    /// index and the device already had blocks of the image.
+    pub fetched: u64,
 }
 
 /// Why a slot operation failed.
@@ -156,6 +159,7 @@ pub fn write_image(
     Ok(Written {
         bytes: w.bytes,
         sha256: w.sha256,
+        fetched: w.fetched,
     })
 }
 

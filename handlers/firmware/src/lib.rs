@@ -179,8 +179,15 @@ impl Handler for Firmware {
         slots.versions.insert(target.to_string(), want);
         slots.pending = None;
         write_slots(ctx, &slots)?;
-        Ok(StepResult::new(result::INSTALL_SUCCESS)
-            .with_details(format!("{} bytes into slot {target}", written.bytes)))
+        let details = if written.fetched < written.bytes {
+            format!(
+                "{} bytes into slot {target}; {} fetched, the rest was on the device",
+                written.bytes, written.fetched
+            )
+        } else {
+            format!("{} bytes into slot {target}", written.bytes)
+        };
+        Ok(StepResult::new(result::INSTALL_SUCCESS).with_details(details))
     }
 
     fn apply(&mut self, ctx: &Context) -> Outcome {

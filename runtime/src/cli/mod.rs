@@ -4,6 +4,7 @@
 mod bench;
 mod common;
 mod doctor;
+mod firmware;
 mod fleet;
 mod handler;
 mod key;
@@ -39,9 +40,12 @@ enum Command {
     /// Generate signing keys.
     #[command(subcommand)]
     Key(key::KeyCommand),
-    /// Sign manifests.
+    /// Write, convert and sign manifests.
     #[command(subcommand)]
     Manifest(manifest::ManifestCommand),
+    /// Firmware images: block indexes for updates that fetch only what changed.
+    #[command(subcommand)]
+    Firmware(firmware::FirmwareCommand),
     /// Manage trusted keys.
     #[command(subcommand)]
     Trust(trust::TrustCommand),
@@ -109,6 +113,7 @@ pub fn main() -> ExitCode {
             Command::Handler(cmd) => handler::run(cmd, &cli.common).await,
             Command::Key(cmd) => key::run(cmd),
             Command::Manifest(cmd) => manifest::run(cmd),
+            Command::Firmware(cmd) => firmware::run(cmd),
             Command::Trust(cmd) => trust::run(cmd, &cli.common),
             Command::Step(cmd) => step::run(cmd).await,
             Command::Agent => fleet::agent(&cli.common).await,

@@ -330,3 +330,94 @@ fn copy_local(
     }
     Ok((h, end))
 }
+
+impl Downloader {
+    /// Fetches bytes `start..end` of `url` into `sink`, resuming within the range after a
+    /// dropped connection; `Ok(false)` when the server ignores Range requests (then nothing was
+    /// passed to `sink`).
+    pub async fn fetch_range(
+        &self,
+        file: &Wanted,
+        url: &str,
+        (start, end): (u64, u64),
+        sink: &mut (dyn FnMut(u64, &[u8]) -> std::io::Result<()> + Send),
+    ) -> Result<bool, DownloadError> {
+        let mut at = start;
+        let mut attempt = 0u32;
+        while at < end {
+            attempt += 1;
+            let req = self
+                .client
+                .get(url)
+                .header(reqwest::header::RANGE, format!("bytes={at}-{}", end - 1));
+            let failed = match req.send().await {
+                Ok(resp) if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT => {
+                    match self.take_range(file, resp, &mut at, end, sink).await {
+                        Ok(()) => continue,
+                        Err(Attempt::Fatal(e)) => return Err(e),
+                        Err(Attempt::Retry(why)) => why,
+                    }
+                }
+                Ok(resp) if resp.status().is_success() => return Ok(false),
+                Ok(resp) if resp.status().is_server_error() => {
+                    format!("HTTP {}", resp.status().as_u16())
+                }
+                Ok(resp) => {
+                    return Err(DownloadError::Http {
+                        file: file.file_name.clone(),
+                        url: url.to_owned(),
+                        status: resp.status().as_u16(),
+                    })
+                }
+                Err(e) => e.to_string(),
+            };
+            if attempt >= self.config.attempts {
+                return Err(DownloadError::Network {
+                    file: file.file_name.clone(),
+                    url: url.to_owned(),
+                    attempts: attempt,
+                    last: failed,
+                });
+            }
+            tokio::time::sleep(self.config.backoff(attempt)).await;
+        }
+        Ok(true)
+    }
+
+    /// Passes a 206 body on to `sink` from `*at`, advancing it; stops at `end`.
+    async fn take_range(
+        &self,
+        file: &Wanted,
+        mut resp: reqwest::Response,
+        at: &mut u64,
+        end: u64,
+        sink: &mut (dyn FnMut(u64, &[u8]) -> std::io::Result<()> + Send),
+    ) -> Result<(), Attempt> {
+        let first = resp
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        if first != Some(*at) {
+            return Err(Attempt::Retry(format!(
+                "asked for byte {at}, the server sent from {first:?}"
+            )));
+        }
+        let stall = std::time::Duration::from_secs(self.config.stall_timeout_secs);
+        while *at < end {
+            let next = tokio::time::timeout(stall, resp.chunk())
+                .await
+                .map_err(|_| Attempt::Retry(format!("no data for {stall:?}")))?
+                .map_err(|e| Attempt::Retry(format!("range broke off at byte {at}: {e}")))?;
+            let Some(chunk) = next else {
+                return Err(Attempt::Retry(format!("range ended at byte {at}")));
+            };
+            let take = chunk.len().min((end - *at) as usize);
+            sink(*at, &chunk[..take]).map_err(|e| Attempt::Fatal(dest_err(file)(e)))?;
+            *at += take as u64;
+        }
+        Ok(())
+    }
+}

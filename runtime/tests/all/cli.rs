@@ -899,3 +899,37 @@ fn a_crash_mid_stream_resumes_from_the_slots_last_checkpoint() {
     assert!(std::fs::read(dev.path("b.img")).unwrap() == image);
     assert!(crate::workflow::walk(&env.data.path().join("streams")).is_empty());
 }
+
+/// `sandstep firmware index` writes the block index the slot capability reads.
+#[test]
+fn firmware_index_writes_the_block_index_of_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let image: Vec<u8> = (0..300_000u32).map(|i| (i % 7) as u8).collect();
+    let path = dir.path().join("fw.img");
+    std::fs::write(&path, &image).unwrap();
+    let out = ok(&sandstep()
+        .args(["firmware", "index"])
+        .arg(&path)
+        .args(["--block-size", "65536"])
+        .output()
+        .unwrap());
+    assert!(
+        out.contains("5 blocks of 65536 bytes for 300000 bytes"),
+        "{out}"
+    );
+    let index = sandstep::blockindex::BlockIndex::parse(
+        &std::fs::read(dir.path().join("fw.img.blockindex")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        index,
+        sandstep::blockindex::BlockIndex::of(&mut &image[..], 65536).unwrap()
+    );
+    let bad = sandstep()
+        .args(["firmware", "index"])
+        .arg(&path)
+        .args(["--block-size", "1000"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}

@@ -24,6 +24,8 @@ pub struct Behavior {
     pub lie_length: Option<u64>,
     /// For the first request, wait this long before sending the body.
     pub stall_first: Option<Duration>,
+    /// Ignore Range headers (answer 200 with the whole file).
+    pub no_range: bool,
 }
 
 #[derive(Default)]
@@ -103,6 +105,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let method = line.split_whitespace().next().unwrap_or("GET").to_owned();
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
     let mut range = None;
+    let mut range_end: Option<u64> = None;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h == "\r\n" {
@@ -110,7 +113,9 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         }
         let lower = h.to_ascii_lowercase();
         if let Some(v) = lower.strip_prefix("range: bytes=") {
-            range = v.trim().trim_end_matches('-').parse::<u64>().ok();
+            let (start, end) = v.trim().split_once('-').unwrap_or((v.trim(), ""));
+            range = start.parse::<u64>().ok();
+            range_end = end.parse::<u64>().ok();
         }
     }
     if method == "HEAD" {
@@ -161,19 +166,27 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     }
     body.extend(std::iter::repeat_n(b'X', behavior.extra_bytes));
     let total = body.len() as u64;
+    if behavior.no_range {
+        range = None;
+    }
     let (head, slice) = match range {
-        Some(start) if start < total => (
-            format!(
-                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{total}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                total - 1,
-                total - start
-            ),
-            &body[start as usize..],
-        ),
+        Some(start) if start < total => {
+            let last = range_end.unwrap_or(total - 1).min(total - 1);
+            (
+                format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{last}/{total}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    last + 1 - start
+                ),
+                &body[start as usize..=last as usize],
+            )
+        }
         Some(_) => return out.write_all(status_line(416, "Range Not Satisfiable").as_bytes()),
         None => {
             let len = behavior.lie_length.unwrap_or(total);
-            (format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"), &body[..])
+            (
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"),
+                &body[..],
+            )
         }
     };
     out.write_all(head.as_bytes())?;

@@ -500,3 +500,107 @@ async fn a_dropped_stream_resumes_where_the_slot_holds_the_image() {
     let resumed = requests[1].expect("the second asks for a range");
     assert!(resumed > 0 && resumed <= 2_500_000, "{requests:?}");
 }
+
+/// Image v1 on the running slot, v2 = v1 with every 20th 64 KiB block changed (5%), its block
+/// index beside it on the server; the request streams v2 with the index.
+fn delta_setup(
+    dev: &Device,
+    env: &mut Env,
+    server: &crate::http::TestServer,
+) -> (Vec<u8>, sandstep::workflow::Request) {
+    let v1 = big_image(5);
+    std::fs::write(dev.path("a.img"), &v1).unwrap();
+    let mut v2 = v1.clone();
+    for block in (0..v2.len() / 65536).step_by(20) {
+        v2[block * 65536 + 100] ^= 0x5A;
+    }
+    let index = sandstep::blockindex::BlockIndex::of(&mut &v2[..], 65536)
+        .unwrap()
+        .to_bytes();
+    for (name, bytes) in [("fw-big.img", &v2), ("fw-big.img.blockindex", &index)] {
+        env.file(name, bytes);
+        std::fs::remove_file(env.files.path().join(name)).unwrap();
+        server.put(name, bytes);
+    }
+    let m = env.manifest(vec![
+        json!({"handler": FW, "files": ["fw-big.img", "fw-big.img.blockindex"],
+        "handlerProperties": {"installedCriteria": "5.0", "imageFileName": "fw-big.img"}}),
+    ]);
+    let mut req = env.request("wf-delta", m);
+    req.source = sandstep_model::journal::FileSource::BaseUrl(server.base());
+    (v2, req)
+}
+
+/// The install action's details (the result file has the step only once it is over).
+fn install_details(rec: &Recorder) -> String {
+    rec.0
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|e| match e {
+            Event::ActionFinished {
+                action: sandstep_model::Action::Install,
+                result,
+                ..
+            } => Some(result.result_details.clone()),
+            _ => None,
+        })
+        .expect("install ran")
+}
+
+fn fetched_of(rec: &Recorder) -> u64 {
+    let details = install_details(rec);
+    details
+        .split("; ")
+        .nth(1)
+        .and_then(|s| s.strip_suffix(" fetched, the rest was on the device"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no fetched count in {details:?}"))
+}
+
+/// With a block index, only the changed blocks come over the network (coalesced Range
+/// requests); the rest is copied from the running slot; the whole image still verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delta_update_fetches_only_the_changed_blocks() {
+    let dev = Device::new();
+    let server = crate::http::TestServer::start();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let (v2, req) = delta_setup(&dev, &mut env, &server);
+    let (out, rec) = run(&env, dev.config(), req).await;
+    assert_eq!(out.status, Status::RebootRequired, "{:#?}", out.result);
+    assert_eq!(std::fs::read(dev.path("b.img")).unwrap(), v2);
+    let changed = (v2.len() as u64 / 65536).div_ceil(20) * 65536;
+    let fetched = fetched_of(&rec);
+    assert!(
+        fetched <= changed * 13 / 10,
+        "fetched {fetched} for {changed} changed bytes"
+    );
+    let ranges = server.requests("fw-big.img");
+    assert!(ranges.iter().all(Option::is_some), "{ranges:?}");
+    assert!(progress_messages(&rec)
+        .iter()
+        .any(|m| m.starts_with("applying: fetched ") && m.contains("(6000000 in the image)")));
+}
+
+/// A server that ignores Range requests: the whole image is streamed instead, and it still
+/// ends right.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delta_update_from_a_server_without_ranges_streams_the_whole_image() {
+    let dev = Device::new();
+    let server = crate::http::TestServer::start();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let (v2, req) = delta_setup(&dev, &mut env, &server);
+    server.behave(
+        "fw-big.img",
+        crate::http::Behavior {
+            no_range: true,
+            ..Default::default()
+        },
+    );
+    let (out, rec) = run(&env, dev.config(), req).await;
+    assert_eq!(out.status, Status::RebootRequired, "{:#?}", out.result);
+    assert_eq!(std::fs::read(dev.path("b.img")).unwrap(), v2);
+    assert_eq!(install_details(&rec), "6000000 bytes into slot B");
+}

@@ -12,6 +12,7 @@
 
 use super::host::{CallTags, EventSink, HandlerEvent};
 use crate::bindings::slot::{self, Error as WitError, SlotName, SlotState, Written};
+use crate::blockindex::BlockIndex;
 use crate::digest::Sha256;
 use crate::download::{Destination, OwnedSource, Wanted};
 use cap_std::fs::Dir;
@@ -21,6 +22,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
+
+mod delta;
 
 /// Policy for the slot capability.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -595,8 +598,14 @@ impl SlotCtx {
         let bad_flag = format!("slot_{}_bad", name(target));
         let written = match streamed {
             Some((wanted, source)) => {
+                let index = self.block_index(rel)?;
                 self.policy()?.write_env(&[(&*bad_flag, "1".into())])?;
-                self.stream_image(target, wanted, source)?
+                match index {
+                    Some(index) => {
+                        self.delta_image(target, state.booted, wanted, source, &index)?
+                    }
+                    None => self.stream_image(target, wanted, source)?,
+                }
             }
             None => {
                 let mut src = self.payload.open(rel).map_err(io(payload_path))?;
@@ -617,6 +626,19 @@ impl SlotCtx {
         Ok(written)
     }
 
+    /// The block index that came with streamed image `rel` (`/payload/<rel>.blockindex`).
+    fn block_index(&self, rel: &str) -> Result<Option<BlockIndex>, WitError> {
+        let name = format!("{rel}.blockindex");
+        let bytes = match self.payload.read(&name) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&name)(e)),
+        };
+        BlockIndex::parse(&bytes)
+            .map(Some)
+            .map_err(|e| WitError::InvalidImage(format!("/payload/{name}: {e}")))
+    }
+
     /// Copies an image from /payload into `target`, synced.
     fn copy_image(
         &self,
@@ -634,6 +656,7 @@ impl SlotCtx {
         Ok(Written {
             bytes: done,
             sha256: hex::encode(digest),
+            fetched: done,
         })
     }
 
@@ -705,6 +728,7 @@ impl SlotCtx {
         Ok(Written {
             bytes: wanted.size,
             sha256: wanted.key(),
+            fetched,
         })
     }
 }
