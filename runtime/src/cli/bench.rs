@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Only these groups: sandbox (1, 2), data-path (3-5), size, agent (6, 7). Default: all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 pub async fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -51,11 +54,19 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut all = serde_json::Map::new();
     println!("| benchmark | figure | target |");
     println!("|---|---|---|");
-    sandbox_figures(&guests, &keys, q, &mut all).await?;
-    data_path_figures(&guests, &keys, q, &mut all).await?;
-    binary_size(&mut all)?;
+    let wanted = |g: &str| args.only.is_empty() || args.only.iter().any(|o| o == g);
+    if wanted("sandbox") {
+        sandbox_figures(&guests, &keys, q, &mut all).await?;
+    }
+    if wanted("data-path") {
+        data_path_figures(&guests, &keys, q, &mut all).await?;
+    }
+    if wanted("size") {
+        binary_size(&mut all)?;
+    }
     match &args.broker {
-        Some(url) => agent_figures(url, &args.fleet, q, &mut all).await?,
+        Some(url) if wanted("agent") => agent_figures(url, &args.fleet, q, &mut all).await?,
+        Some(_) => {}
         None => println!("| 6, 7. agent RSS and fleet | skipped: no --broker | - |"),
     }
     if let Some(p) = &args.json {
