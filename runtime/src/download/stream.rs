@@ -69,6 +69,7 @@ impl Downloader {
     ) -> Result<u64, DownloadError> {
         let written = Arc::new(AtomicU64::new(dest.resume_at.min(file.size)));
         let mut attempt = 0u32;
+        let mut restarted = false;
         loop {
             attempt += 1;
             let have = written.load(Ordering::SeqCst);
@@ -78,6 +79,14 @@ impl Downloader {
             match outcome {
                 Ok((h, end)) => {
                     let actual = h.finalize();
+                    if actual.as_slice() != file.sha256 && have > 0 && !restarted {
+                        // The kept prefix may not be this image's any more (the slot was
+                        // written by something else since the record): once, from nothing.
+                        tracing::warn!(file = %file.file_name, "the resumed image fails its hash; streaming it again from the start");
+                        restarted = true;
+                        written.store(0, Ordering::SeqCst);
+                        continue;
+                    }
                     if actual.as_slice() != file.sha256 {
                         return Err(DownloadError::HashMismatch {
                             file: file.file_name.clone(),

@@ -1,9 +1,13 @@
 //! `sandstep:handler/slot`: A/B firmware slots.
 //!
 //! The policy names the two slots (block devices or files) and the boot control: a bootloader
-//! environment file of `key=value` lines, or allow-listed commands such as `fw_printenv` /
-//! `fw_setenv`. The handler decides, the host moves the data: `write-image` streams a payload file
-//! into the inactive slot while hashing it, so the image never passes through guest memory.
+//! environment file of `key=value` lines, GRUB's environment block, or allow-listed commands
+//! such as `fw_printenv` / `fw_setenv`. The handler decides, the host moves the data:
+//! `write-image` puts a payload file into the inactive slot while hashing it, so the image never
+//! passes through guest memory. An image the workflow left to this capability ([`Streams`]) is
+//! streamed from its source straight into the slot, resumably; with a block index beside it
+//! (`delta`), only the blocks the device lacks are fetched. The slot is marked bad from the
+//! first byte until the whole image verified.
 //!
 //! Boot environment keys (U-Boot style): `booted_slot` (set by the boot loader: what runs now),
 //! `boot_slot` (what boots next), `upgrade_available` (1 until the new slot is committed),

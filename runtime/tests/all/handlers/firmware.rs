@@ -604,3 +604,24 @@ async fn a_delta_update_from_a_server_without_ranges_streams_the_whole_image() {
     assert_eq!(std::fs::read(dev.path("b.img")).unwrap(), v2);
     assert_eq!(install_details(&rec), "6000000 bytes into slot B");
 }
+
+/// A resume record whose slot has since been written with something else: the resumed image
+/// fails its hash, so it is streamed once more from the start instead of failing the step.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_stream_record_costs_one_restart_not_a_failure() {
+    let dev = Device::new();
+    let server = crate::http::TestServer::start();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let image = big_image(6);
+    let req = served_deployment(&mut env, &server, &image);
+    std::fs::write(dev.path("b.img"), vec![0u8; image.len()]).unwrap();
+    let streams = env.data.path().join("streams");
+    std::fs::create_dir_all(&streams).unwrap();
+    let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&image));
+    std::fs::write(streams.join(format!("{key}-b")), "4194304").unwrap();
+    let (out, _) = run(&env, dev.config(), req).await;
+    assert_eq!(out.status, Status::RebootRequired, "{:#?}", out.result);
+    assert_eq!(std::fs::read(dev.path("b.img")).unwrap(), image);
+    assert_eq!(server.requests("fw-big.img"), [Some(4194304), None]);
+}
