@@ -201,7 +201,13 @@ async fn call(args: CallArgs) -> Result<ExitCode> {
         }
         Err(e) => e.to_step_result(),
     };
-    println!("{}", serde_json::to_string_pretty(&result)?);
+    // Extended codes in hex, as result files, `status` and the README write them.
+    let shown = serde_json::json!({
+        "resultCode": result.result_code,
+        "extendedResultCode": format!("{:08X}", result.extended_result_code as u32),
+        "resultDetails": result.result_details,
+    });
+    println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(if result.is_success() {
         ExitCode::SUCCESS
     } else {

@@ -933,3 +933,29 @@ fn firmware_index_writes_the_block_index_of_an_image() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+/// `step call` prints extended result codes in hex, as result files and `status` do.
+#[test]
+fn step_call_prints_extended_codes_in_hex() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("vendor-handler.wasm");
+    std::fs::write(&wasm, component("vendor-handler")).unwrap();
+    let out = sandstep()
+        .args(["step", "call"])
+        .arg(&wasm)
+        .arg("install")
+        .args(["--handler-id", "contoso/config:1", "--properties", "{}"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let erc = v["extendedResultCode"].as_str().unwrap();
+    assert!(
+        erc.len() == 8
+            && erc
+                .chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+            && erc != "00000000",
+        "{v}"
+    );
+}
