@@ -21,6 +21,8 @@
 //! - [`policy`]: per-handler grants, limits and mapped directories.
 //! - [`defaults`]: the default handlers and the ids they serve.
 //! - [`datadir`]: the data dir, reached through cap-std handles only.
+//! - [`wasm_binary`]: a WebAssembly binary's layout (sections, a component's imports), read
+//!   before anything else touches the bytes.
 //! - [`fault`]: crash points for the fault-injection tests (a no-op in normal builds).
 //!
 //! Developer tools, only with the `dev-tools` feature (the gateway package is built without):
@@ -54,4 +56,5 @@ pub mod registry;
 pub mod sandbox;
 pub mod shadow;
 pub mod trust;
+pub mod wasm_binary;
 pub mod workflow;

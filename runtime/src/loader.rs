@@ -194,6 +194,11 @@ impl Loader {
             return Err(RegistryError::BadId(id.to_owned()).into());
         }
         let signers = self.verify(id, &bytes)?;
+        // Refused by policy before anything is compiled or cached, when its imports can be read
+        // from the binary (else the compiled component's are checked below).
+        if let Some(imports) = crate::wasm_binary::component_imports(&bytes) {
+            crate::sandbox::check_imports(id, &imports, &policy.grants(id))?;
+        }
         let digest = hex::encode(crate::digest::Sha256::digest(&bytes));
         let component = self.compile(id, bytes.clone(), &digest).await?;
         component.check_imports(id, &policy.grants(id))?;

@@ -149,27 +149,37 @@ impl HandlerComponent {
 
     /// Refuses imports the grants do not cover, naming the first one.
     pub fn check_imports(&self, handler_id: &str, grants: &Grants) -> Result<(), SandboxError> {
-        for import in &self.imports {
-            match classify_import(import) {
-                ImportKind::Base => {}
-                ImportKind::Capability(c) if grants.allows(c) => {}
-                ImportKind::Capability(capability) => {
-                    return Err(SandboxError::CapabilityDenied {
-                        handler: handler_id.to_owned(),
-                        import: import.clone(),
-                        capability,
-                    })
-                }
-                ImportKind::Unknown => {
-                    return Err(SandboxError::UnknownImport {
-                        handler: handler_id.to_owned(),
-                        import: import.clone(),
-                    })
-                }
+        check_imports(handler_id, &self.imports, grants)
+    }
+}
+
+/// Refuses `imports` the grants do not cover, naming the first one (also used on a component's
+/// imports read from its binary, before it is compiled).
+pub fn check_imports(
+    handler_id: &str,
+    imports: &[String],
+    grants: &Grants,
+) -> Result<(), SandboxError> {
+    for import in imports {
+        match classify_import(import) {
+            ImportKind::Base => {}
+            ImportKind::Capability(c) if grants.allows(c) => {}
+            ImportKind::Capability(capability) => {
+                return Err(SandboxError::CapabilityDenied {
+                    handler: handler_id.to_owned(),
+                    import: import.clone(),
+                    capability,
+                })
+            }
+            ImportKind::Unknown => {
+                return Err(SandboxError::UnknownImport {
+                    handler: handler_id.to_owned(),
+                    import: import.clone(),
+                })
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// A capability is linked only into stores whose handler was granted it.

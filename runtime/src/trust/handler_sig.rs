@@ -13,6 +13,7 @@
 //! refusal precisely. A test pins that both agree.
 
 use super::TrustedHandlerKey;
+use crate::wasm_binary::{leb_u32, section};
 use std::io::Cursor;
 use wasmsign2::{Module, PublicKey, PublicKeySet, SecretKey, Section, WSError};
 
@@ -100,56 +101,6 @@ pub fn verify(
         Some(names) => Ok(names),
         None => verify_with_wasmsign2(component, trusted),
     }
-}
-
-/// A LEB128 u32 at `*at`, advancing it.
-fn leb_u32(b: &[u8], at: &mut usize) -> Option<u32> {
-    let mut v: u32 = 0;
-    for shift in (0..35).step_by(7) {
-        let byte = *b.get(*at)?;
-        *at += 1;
-        v |= u32::from(byte & 0x7f).checked_shl(shift)?;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-/// One section of a module or component, as laid out in the file.
-struct RawSection<'a> {
-    id: u8,
-    /// The name, for a custom section (id 0).
-    name: Option<&'a [u8]>,
-    /// What follows the name (custom) or the size (others).
-    payload: &'a [u8],
-    /// The offset just past the section.
-    end: usize,
-}
-
-/// The section starting at `at`; `None` when it is cut short or malformed.
-fn section(b: &[u8], at: usize) -> Option<RawSection<'_>> {
-    let mut p = at;
-    let id = *b.get(p)?;
-    p += 1;
-    let size = leb_u32(b, &mut p)? as usize;
-    let end = p.checked_add(size).filter(|&e| e <= b.len())?;
-    if id != 0 {
-        return Some(RawSection {
-            id,
-            name: None,
-            payload: &b[p..end],
-            end,
-        });
-    }
-    let name_len = leb_u32(b, &mut p)? as usize;
-    let name_end = p.checked_add(name_len).filter(|&e| e <= end)?;
-    Some(RawSection {
-        id,
-        name: Some(&b[p..name_end]),
-        payload: &b[name_end..end],
-        end,
-    })
 }
 
 /// Checks that every length in the file fits in the file before wasmsign2 reads it: wasmsign2

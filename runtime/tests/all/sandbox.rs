@@ -884,3 +884,37 @@ async fn a_handler_holding_more_handles_than_its_limit_is_stopped_naming_the_lim
     assert_eq!(r.result_code, result::INSTALL_SUCCESS, "{r:?}");
     assert_eq!(r.result_details, "holds 32 handles");
 }
+
+/// The imports read from a component's binary (before it is compiled, to refuse it by policy
+/// first) are the ones wasmtime finds when it compiles it, for every component built here;
+/// a module or garbage reads as nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn imports_read_from_the_binary_match_the_compiled_components() {
+    let sb = Sandbox::new(&EngineOptions::default(), None).unwrap();
+    for name in [
+        "probe",
+        "process-probe",
+        "bench-guest",
+        "vendor-handler",
+        "apt",
+        "script",
+        "firmware",
+        "files",
+        "component",
+    ] {
+        let bytes = component(name);
+        let read = sandstep::wasm_binary::component_imports(&bytes)
+            .unwrap_or_else(|| panic!("{name}: not read"));
+        let compiled = sb.load(name, bytes).await.unwrap();
+        let mut a = read.clone();
+        let mut b = compiled.imports().to_vec();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{name}");
+    }
+    assert_eq!(
+        sandstep::wasm_binary::component_imports(b"\0asm\x01\0\0\0"),
+        None
+    );
+    assert_eq!(sandstep::wasm_binary::component_imports(b"garbage"), None);
+}

@@ -205,6 +205,12 @@ async fn install_refuses_a_component_importing_an_ungranted_capability() {
         "handler `test/process:1` imports `sandstep:handler/process@0.1.0`: capability `process` is not granted to it by policy"
     );
     assert!(l.registry().list().unwrap().is_empty());
+    // Refused before it was compiled: nothing in the precompiled cache.
+    let cached = crate::workflow::walk(&data.path().join("cache"));
+    assert!(
+        cached.iter().all(|p| p.is_dir() || p.ends_with("mac.key")),
+        "{cached:?}"
+    );
     // With the grant, it installs.
     let config = Config::parse(
         "[handlers.\"test/process:1\"]\ncapabilities = [\"process\"]\n",
