@@ -213,6 +213,36 @@ impl Context {
         }
     }
 
+    /// A test context with a step file `name` read from `path` (a native test's own file, in
+    /// place of `/payload/<name>`); its size and sha256 are computed.
+    ///
+    /// ```
+    /// let dir = std::env::temp_dir().join(format!("sdk-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// std::fs::write(dir.join("app.conf"), b"x=1\n").unwrap();
+    /// let ctx = sandstep_sdk::Context::for_test("contoso/config:1", "{}")
+    ///     .with_file("app.conf", dir.join("app.conf"));
+    /// let f = ctx.file("app.conf").unwrap();
+    /// assert_eq!(std::fs::read(f.path()).unwrap(), b"x=1\n");
+    /// assert_eq!(f.size, 4);
+    /// ```
+    pub fn with_file(mut self, name: &str, path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let sha256 = <sha2::Sha256 as sha2::Digest>::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.files.push(StepFile {
+            id: name.to_owned(),
+            name: name.to_owned(),
+            size: bytes.len() as u64,
+            sha256,
+            path,
+        });
+        self
+    }
+
     /// The deployment's workflow id.
     ///
     /// ```

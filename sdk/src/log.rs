@@ -1,6 +1,7 @@
 //! Logging and progress. The host tags each line with workflow, step and handler, and rate-limits
 //! floods, so log freely but not in tight loops.
 
+#[cfg(target_family = "wasm")]
 use crate::__private::bindings::sandstep::handler::host;
 
 /// Severity of a log line.
@@ -24,14 +25,24 @@ pub enum Level {
 /// sandstep_sdk::log::log(sandstep_sdk::log::Level::Debug, "checking slot state");
 /// ```
 pub fn log(level: Level, message: &str) {
-    let level = match level {
+    // Outside a component (a handler's native unit tests) there is no host: print instead.
+    #[cfg(not(target_family = "wasm"))]
+    {
+        eprintln!("[{level:?}] {message}");
+    }
+    #[cfg(target_family = "wasm")]
+    host::log(wit_level(level), message);
+}
+
+#[cfg(target_family = "wasm")]
+fn wit_level(level: Level) -> host::LogLevel {
+    match level {
         Level::Trace => host::LogLevel::Trace,
         Level::Debug => host::LogLevel::Debug,
         Level::Info => host::LogLevel::Info,
         Level::Warn => host::LogLevel::Warn,
         Level::Error => host::LogLevel::Error,
-    };
-    host::log(level, message);
+    }
 }
 
 /// Emits an info line.
@@ -76,5 +87,19 @@ pub fn debug(message: &str) {
 /// sandstep_sdk::log::progress(50, "half of the packages installed");
 /// ```
 pub fn progress(percent: u8, message: &str) {
+    #[cfg(not(target_family = "wasm"))]
+    eprintln!("[progress {}%] {message}", percent.min(100));
+    #[cfg(target_family = "wasm")]
     host::progress(percent.min(100), message);
+}
+
+#[cfg(test)]
+mod tests {
+    /// A handler's native unit tests may log and report progress: printed, not a trap.
+    #[test]
+    fn logging_outside_a_component_prints() {
+        super::info("native");
+        super::warn("native");
+        super::progress(150, "native");
+    }
 }
