@@ -26,7 +26,7 @@ pub enum TrustCommand {
         /// The public key file (NAME.pub from `sandstep key generate`); for `root`, also ADU's
         /// root key package file (root keys, disabled root keys, disabled signing keys).
         key: PathBuf,
-        /// The name it is known by (default: the file name without .pub).
+        /// The name it is known by (default: the file name without .pub and .key).
         #[arg(long)]
         name: Option<String>,
         /// For a handler key: the handler id prefixes it may sign (repeatable, e.g. `contoso/`);
@@ -56,7 +56,9 @@ pub fn run(cmd: TrustCommand, common: &Common) -> Result<ExitCode> {
                     .file_name()
                     .and_then(|n| n.to_str())
                     .map(|n| {
+                        // vendor.key.pub (from `key generate --out vendor.key`) is "vendor".
                         n.trim_end_matches(".pub")
+                            .trim_end_matches(".key")
                             .trim_end_matches(".json")
                             .trim_end_matches(".rootkeys")
                             .to_owned()
