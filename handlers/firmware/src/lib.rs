@@ -153,7 +153,9 @@ impl Handler for Firmware {
     }
 
     fn download(&mut self, _ctx: &Context) -> Outcome {
-        log::progress(100, "downloading: image verified by the host");
+        // The host fetched the small files; an image is streamed into the slot at install,
+        // verified as it is written.
+        log::progress(100, "downloading: done by the host");
         Ok(StepResult::new(result::DOWNLOAD_SUCCESS))
     }
 
