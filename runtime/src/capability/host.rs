@@ -57,7 +57,9 @@ pub struct HostCtx {
     logs_dropped: u32,
     /// When and at what percent the last progress event was passed on.
     last_progress: Option<(Instant, u8)>,
-    progress_dropped: u32,
+    /// The latest progress too close to the last one passed on: passed on with the next one
+    /// that is due, or when the call ends (coalesced, never lost).
+    pending_progress: Option<(u8, String)>,
     /// The last `panic: ...` line the SDK logged: the reason behind a trap.
     last_panic: Option<String>,
 }
@@ -70,7 +72,7 @@ impl HostCtx {
             log_limit: RateLimit::new(LOG_BURST, LOG_PER_SEC),
             logs_dropped: 0,
             last_progress: None,
-            progress_dropped: 0,
+            pending_progress: None,
             last_panic: None,
         }
     }
@@ -92,12 +94,28 @@ impl HostCtx {
         self.last_panic.as_deref()
     }
 
-    /// Log lines and progress calls dropped since the last call of this; resets both.
-    pub fn take_dropped(&mut self) -> (u32, u32) {
-        let dropped = (self.logs_dropped, self.progress_dropped);
-        self.logs_dropped = 0;
-        self.progress_dropped = 0;
-        dropped
+    /// Log lines dropped since the last call of this; resets the count.
+    pub fn take_dropped(&mut self) -> u32 {
+        std::mem::take(&mut self.logs_dropped)
+    }
+
+    /// Passes on the progress a call reported last when it was held back (too close to the
+    /// one before); the end of each call runs this.
+    pub fn flush_progress(&mut self) {
+        if let Some((percent, message)) = self.pending_progress.take() {
+            self.pass_progress(percent, message);
+        }
+    }
+
+    fn pass_progress(&mut self, percent: u8, message: String) {
+        let message = clamp(message);
+        self.last_progress = Some((Instant::now(), percent));
+        tracing::debug!(
+            target: "sandstep::handler",
+            workflow = %self.tags.workflow_id, step = %self.tags.step, handler = %self.tags.handler_id,
+            percent, "progress: {message}"
+        );
+        self.emit(HandlerEvent::Progress { percent, message });
     }
 }
 
@@ -211,18 +229,12 @@ impl host::Host for HostView<'_> {
                     || now.saturating_duration_since(at) >= PROGRESS_INTERVAL
             }
         };
-        if !due {
-            self.0.progress_dropped += 1;
-            return Ok(());
+        if due {
+            self.0.pending_progress = None;
+            self.0.pass_progress(percent, message);
+        } else {
+            self.0.pending_progress = Some((percent, message));
         }
-        self.0.last_progress = Some((now, percent));
-        let message = clamp(message);
-        tracing::debug!(
-            target: "sandstep::handler",
-            workflow = %self.0.tags.workflow_id, step = %self.0.tags.step, handler = %self.0.tags.handler_id,
-            percent, "progress: {message}"
-        );
-        self.0.emit(HandlerEvent::Progress { percent, message });
         Ok(())
     }
 }

@@ -321,14 +321,16 @@ impl Session {
         }
     }
 
+    /// At the end of a call: the progress held back is passed on, and dropped log lines (a
+    /// flood, not a fast action) are said once.
     fn report_dropped_logs(&mut self) {
         let host = &mut self.store.data_mut().host;
-        let (logs, progress) = host.take_dropped();
-        if logs > 0 || progress > 0 {
+        host.flush_progress();
+        let logs = host.take_dropped();
+        if logs > 0 {
             tracing::warn!(
                 handler = %host.tags.handler_id, step = %host.tags.step,
-                "dropped {logs} log lines past the limit ({LOG_BURST} at once, then {LOG_PER_SEC}/s) \
-                 and {progress} progress calls closer than 100 ms",
+                "dropped {logs} log lines past the limit ({LOG_BURST} at once, then {LOG_PER_SEC}/s)",
             );
         }
     }

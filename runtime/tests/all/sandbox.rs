@@ -764,6 +764,29 @@ async fn log_and_progress_floods_are_rate_limited_and_truncated() {
     assert_eq!(progress.last().map(|p| p.0), Some(100));
 }
 
+/// Progress reported faster than it is passed on is coalesced, not lost: the last one a call
+/// reported reaches the sink when the call ends, and no warning is logged for a fast action.
+#[tokio::test(flavor = "multi_thread")]
+async fn fast_progress_is_coalesced_and_the_last_one_arrives() {
+    let env = StepEnv::new();
+    let (seen, r) = install_recording_events(&env, json!({"op": "steps", "last": 90})).await;
+    assert_eq!(r.result_code, result::INSTALL_SUCCESS, "{r:?}");
+    let progress: Vec<(u8, String)> = seen
+        .iter()
+        .filter_map(|(_, e)| match e {
+            HandlerEvent::Progress { percent, message } => Some((*percent, message.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress.first(), Some(&(10, "step 10".to_owned())));
+    assert_eq!(
+        progress.last(),
+        Some(&(90, "step 90".to_owned())),
+        "{progress:?}"
+    );
+    assert!(progress.len() < 9, "held back in between: {progress:?}");
+}
+
 /// Runs one probe action over `env`, with `dirs` (env's standard ones plus any extra).
 async fn call_with_dirs(
     env: &StepEnv,

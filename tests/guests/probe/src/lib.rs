@@ -49,6 +49,8 @@ enum Op {
     OpenMany { path: String, count: u32 },
     /// Call log `logs` times and progress `progress` times, with `len`-byte messages.
     Flood { logs: u32, progress: u32, len: u32 },
+    /// Report progress 10, 20, ... up to `last` percent at once, and return.
+    Steps { last: u8 },
     /// Return a given result.
     Return {
         code: i32,
@@ -229,6 +231,12 @@ fn run(ctx: &Context, success: i32) -> Outcome {
             }
             sandstep_sdk::log::progress(100, "done");
             Ok(StepResult::new(success).with_details(format!("{logs} logs, {progress} progress")))
+        }
+        Op::Steps { last } => {
+            for p in (10..=last).step_by(10) {
+                sandstep_sdk::log::progress(p, &format!("step {p}"));
+            }
+            Ok(StepResult::new(success))
         }
         Op::Stateful { .. } => unreachable!("stateful ops are dispatched before run"),
         Op::Return { code, erc, details } => Ok(StepResult {
