@@ -211,10 +211,17 @@ struct Running {
 struct Persisted {
     #[serde(default)]
     installed_update_id: Option<String>,
-    #[serde(default)]
+    /// Read leniently: a result this version cannot read is dropped, not the whole file (which
+    /// would lose the installed update id).
+    #[serde(default, deserialize_with = "lenient")]
     last_install_result: Option<LastInstallResult>,
     #[serde(default)]
     workflow: Option<Workflow>,
+}
+
+fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<LastInstallResult>, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).ok())
 }
 
 /// What the agent is configured with.
@@ -576,4 +583,20 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
         return poll::run(agent, shutdown).await;
     }
     mqtt_loop::run(agent, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent-state file whose last result this version cannot read keeps the rest.
+    #[test]
+    fn an_unreadable_last_result_does_not_lose_the_installed_update() {
+        let p: Persisted = serde_json::from_str(
+            r#"{"installedUpdateId": "u-1", "lastInstallResult": {"resultCode": "odd"}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.installed_update_id.as_deref(), Some("u-1"));
+        assert!(p.last_install_result.is_none());
+    }
 }
