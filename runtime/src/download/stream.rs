@@ -266,11 +266,14 @@ fn dest_err(file: &Wanted) -> impl Fn(std::io::Error) -> DownloadError + '_ {
     }
 }
 
-/// What a HEAD answer says of a file to stream: there with its size, or not. A server that
-/// does not answer HEAD (405, 501) is given the benefit of the doubt.
+/// What a HEAD answer says of a file to stream: there with its size, or gone (404, 410). Any
+/// other refusal gets the benefit of the doubt, and the stream at install says what is wrong: a
+/// pre-signed URL is signed for GET only (a HEAD gets 403), and some servers do not answer HEAD
+/// at all (405, 501).
 fn head_says(file: &Wanted, url: &str, resp: &reqwest::Response) -> Result<(), DownloadError> {
     let status = resp.status();
-    if matches!(status.as_u16(), 405 | 501) {
+    if !status.is_success() && !matches!(status.as_u16(), 404 | 410) {
+        tracing::debug!(file = %file.file_name, status = status.as_u16(), "HEAD not answered; the stream will tell");
         return Ok(());
     }
     if !status.is_success() {

@@ -26,6 +26,8 @@ pub struct Behavior {
     pub stall_first: Option<Duration>,
     /// Ignore Range headers (answer 200 with the whole file).
     pub no_range: bool,
+    /// Answer HEAD requests with this status (a pre-signed URL signed for GET only: 403).
+    pub head_status: Option<u16>,
 }
 
 #[derive(Default)]
@@ -120,12 +122,19 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     }
     if method == "HEAD" {
         // Headers only; not a transfer, so neither logged nor counted against a behavior.
-        let len = state.lock().unwrap().files.get(&path).map(Vec::len);
-        let head = match len {
-            Some(n) => {
+        let (len, refused) = {
+            let s = state.lock().unwrap();
+            let refused = s.behaviors.get(&path).and_then(|b| b.head_status);
+            (s.files.get(&path).map(Vec::len), refused)
+        };
+        let head = match (refused, len) {
+            (Some(code), _) => {
+                format!("HTTP/1.1 {code} Refused\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            }
+            (None, Some(n)) => {
                 format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n")
             }
-            None => {
+            (None, None) => {
                 "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
             }
         };

@@ -625,3 +625,25 @@ async fn a_stale_stream_record_costs_one_restart_not_a_failure() {
     assert_eq!(std::fs::read(dev.path("b.img")).unwrap(), image);
     assert_eq!(server.requests("fw-big.img"), [Some(4194304), None]);
 }
+
+/// A pre-signed URL is signed for GET only, so a HEAD is refused (403): the download phase
+/// gives it the benefit of the doubt, and the stream at install works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_url_that_refuses_head_still_streams() {
+    let dev = Device::new();
+    let server = crate::http::TestServer::start();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let image = big_image(7);
+    let req = served_deployment(&mut env, &server, &image);
+    server.behave(
+        "fw-big.img",
+        crate::http::Behavior {
+            head_status: Some(403),
+            ..Default::default()
+        },
+    );
+    let (out, _) = run(&env, dev.config(), req).await;
+    assert_eq!(out.status, Status::RebootRequired, "{:#?}", out.result);
+    assert_eq!(std::fs::read(dev.path("b.img")).unwrap(), image);
+}
