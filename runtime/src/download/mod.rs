@@ -583,16 +583,20 @@ enum Resume {
     Refused(u16),
 }
 
+/// Where a 206 body starts (its `Content-Range: bytes START-END/TOTAL`).
+fn range_start(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
+        .get(reqwest::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 fn resume_point(resp: &reqwest::Response, have: u64) -> Resume {
     let status = resp.status();
     if status == reqwest::StatusCode::PARTIAL_CONTENT {
-        let start = resp
-            .headers()
-            .get(reqwest::header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("bytes "))
-            .and_then(|v| v.split('-').next())
-            .and_then(|v| v.parse::<u64>().ok());
+        let start = range_start(resp);
         if start != Some(have) {
             return Resume::Over(format!("server resumed at {start:?}, not {have}"));
         }

@@ -4,8 +4,8 @@
 //! HTTP Range request. That prefix is hashed again from the destination, not fetched again.
 
 use super::{
-    hash_file, open_regular, open_regular_in, resume_point, Attempt, DownloadError, Downloader,
-    Progress, Resume, Source, Wanted,
+    hash_file, open_regular, open_regular_in, range_start, resume_point, Attempt, DownloadError,
+    Downloader, Progress, Resume, Source, Wanted,
 };
 use crate::digest::Sha256;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -405,13 +405,7 @@ impl Downloader {
         end: u64,
         sink: &mut (dyn FnMut(u64, &[u8]) -> std::io::Result<()> + Send),
     ) -> Result<(), Attempt> {
-        let first = resp
-            .headers()
-            .get(reqwest::header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("bytes "))
-            .and_then(|v| v.split('-').next())
-            .and_then(|v| v.parse::<u64>().ok());
+        let first = range_start(&resp);
         if first != Some(*at) {
             return Err(Attempt::Retry(format!(
                 "asked for byte {at}, the server sent from {first:?}"
