@@ -656,6 +656,7 @@ pub fn firmware_path(
         let _ = std::fs::remove_dir_all(data.join("downloads"));
         let _ = std::fs::remove_dir_all(data.join("journal"));
         std::fs::write(t.path().join("bootenv"), "booted_slot=a\n").expect("env");
+        settle();
         let (d, peak, ok) = measure(
             std::process::Command::new(&exe)
                 .arg("run")
@@ -715,10 +716,18 @@ fn file_sha256(path: &Path) -> [u8; 32] {
 }
 
 /// `curl -o slot` and `curl -o slot && sync slot`, each twice; their durations.
+/// Writes back every dirty page before a measured run, so no run waits behind the writeback of
+/// the one before (a journal fsync on ext4 can wait for another file's dirty data).
+fn settle() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+}
+
 fn curl_runs(url: &str, slot: &Path) -> (Vec<Duration>, Vec<Duration>) {
     // curl, twice (the second is measured: warm page cache like ours).
     let mut curl = Vec::new();
     for _ in 0..2 {
+        settle();
         let (d, _, ok) = measure(
             std::process::Command::new("curl")
                 .args(["-s", "-o"])
@@ -730,6 +739,7 @@ fn curl_runs(url: &str, slot: &Path) -> (Vec<Duration>, Vec<Duration>) {
     }
     let mut curl_fsync = Vec::new();
     for _ in 0..2 {
+        settle();
         let (d, _, ok) = measure(
             std::process::Command::new("sh")
                 .args(["-c", "curl -s -o \"$1\" \"$2\" && sync \"$1\"", "sh"])
