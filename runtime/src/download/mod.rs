@@ -161,6 +161,19 @@ pub enum DownloadError {
 }
 
 impl DownloadError {
+    /// Every attempt at `file` from `source` failed; `last` says how the last one did.
+    fn gave_up(file: &Wanted, source: Source<'_>, attempts: u32, last: String) -> Self {
+        DownloadError::Network {
+            file: file.file_name.clone(),
+            url: match source {
+                Source::Url(u) => u.to_owned(),
+                Source::Directory(_) => file.file_name.clone(),
+            },
+            attempts,
+            last,
+        }
+    }
+
     /// The extended result code for the step result.
     pub fn erc(&self) -> ExtendedResultCode {
         match self {
@@ -320,16 +333,7 @@ impl Downloader {
                     return Err(e);
                 }
                 Err(Attempt::Retry(reason)) if attempt >= self.config.attempts => {
-                    let url = match source {
-                        Source::Url(u) => u.to_owned(),
-                        Source::Directory(_) => file.file_name.clone(),
-                    };
-                    return Err(DownloadError::Network {
-                        file: file.file_name.clone(),
-                        url,
-                        attempts: attempt,
-                        last: reason,
-                    });
+                    return Err(DownloadError::gave_up(file, source, attempt, reason));
                 }
                 Err(Attempt::Retry(reason)) => {
                     let delay = self.config.backoff(attempt);
@@ -446,39 +450,14 @@ impl Downloader {
             out.set_len(0).map_err(store_err)?;
         }
         let have = have.min(file.size);
-        let mut req = self.client.get(url);
-        if have > 0 && have < file.size {
-            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
-        }
         let started = Instant::now();
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Attempt::Retry(format!("request failed: {e}")))?;
-        let offset = match resume_point(&resp, have) {
-            Resume::At(offset) => offset,
-            Resume::Over(reason) => {
+        let (resp, offset) = match self.request_from(file, url, have).await? {
+            Got::Body(resp, offset) => (resp, offset),
+            Got::StartOver(reason) => {
                 out.set_len(0).map_err(store_err)?;
                 return Err(Attempt::Retry(reason));
             }
-            Resume::Retry(reason) => return Err(Attempt::Retry(reason)),
-            Resume::Refused(status) => {
-                return Err(Attempt::Fatal(DownloadError::Http {
-                    file: file.file_name.clone(),
-                    url: url.to_owned(),
-                    status,
-                }))
-            }
         };
-        if let Some(len) = resp.content_length() {
-            if offset + len > file.size {
-                return Err(Attempt::Fatal(DownloadError::SizeMismatch {
-                    file: file.file_name.clone(),
-                    expected: file.size,
-                    actual: offset + len,
-                }));
-            }
-        }
         out.set_len(offset).map_err(store_err)?;
         // The digest covers the kept prefix too: hash it once, then every chunk as it arrives.
         out.seek(SeekFrom::Start(0)).map_err(store_err)?;
@@ -567,6 +546,51 @@ impl Downloader {
             .map_err(|e| store_err(std::io::Error::other(e)))?;
         received?;
         Ok((written.map_err(store_err)?, offset))
+    }
+}
+
+/// What a GET from byte `have` got.
+enum Got {
+    /// The body, starting at this offset (0 when the server ignored the Range).
+    Body(reqwest::Response, u64),
+    /// The server answered a range other than the one asked for: drop what is kept, then retry.
+    StartOver(String),
+}
+
+impl Downloader {
+    /// A GET of `url` from byte `have` on (a Range request when `have` is inside the file),
+    /// refused for good when the server refuses it or announces more than `sizeInBytes`.
+    async fn request_from(&self, file: &Wanted, url: &str, have: u64) -> Result<Got, Attempt> {
+        let mut req = self.client.get(url);
+        if have > 0 && have < file.size {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Attempt::Retry(format!("request failed: {e}")))?;
+        let offset = match resume_point(&resp, have) {
+            Resume::At(offset) => offset,
+            Resume::Over(reason) => return Ok(Got::StartOver(reason)),
+            Resume::Retry(reason) => return Err(Attempt::Retry(reason)),
+            Resume::Refused(status) => {
+                return Err(Attempt::Fatal(DownloadError::Http {
+                    file: file.file_name.clone(),
+                    url: url.to_owned(),
+                    status,
+                }))
+            }
+        };
+        if let Some(len) = resp.content_length() {
+            if offset + len > file.size {
+                return Err(Attempt::Fatal(DownloadError::SizeMismatch {
+                    file: file.file_name.clone(),
+                    expected: file.size,
+                    actual: offset + len,
+                }));
+            }
+        }
+        Ok(Got::Body(resp, offset))
     }
 }
 

@@ -4,8 +4,8 @@
 //! HTTP Range request. That prefix is hashed again from the destination, not fetched again.
 
 use super::{
-    hash_file, open_regular, open_regular_in, range_start, resume_point, Attempt, DownloadError,
-    Downloader, Progress, Resume, Source, Wanted,
+    hash_file, open_regular, open_regular_in, range_start, Attempt, DownloadError, Downloader, Got,
+    Progress, Source, Wanted,
 };
 use crate::digest::Sha256;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -99,15 +99,7 @@ impl Downloader {
                 }
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry(last)) if attempt >= self.config.attempts => {
-                    return Err(DownloadError::Network {
-                        file: file.file_name.clone(),
-                        url: match source {
-                            Source::Url(u) => u.to_owned(),
-                            Source::Directory(_) => file.file_name.clone(),
-                        },
-                        attempts: attempt,
-                        last,
-                    });
+                    return Err(DownloadError::gave_up(file, source, attempt, last));
                 }
                 Err(Attempt::Retry(reason)) => {
                     let delay = self.config.backoff(attempt);
@@ -152,12 +144,12 @@ impl Downloader {
                 Err(e) => e.to_string(),
             };
             if attempt >= self.config.attempts {
-                return Err(DownloadError::Network {
-                    file: file.file_name.clone(),
-                    url: url.to_owned(),
-                    attempts: attempt,
+                return Err(DownloadError::gave_up(
+                    file,
+                    Source::Url(url),
+                    attempt,
                     last,
-                });
+                ));
             }
             tokio::time::sleep(self.config.backoff(attempt)).await;
         }
@@ -178,7 +170,13 @@ impl Downloader {
         let mut out = dest.file.try_clone().map_err(dest_err)?;
         let (resp, offset) = match source {
             Source::Url(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                let (resp, offset) = self.request_from(file, url, have).await?;
+                let (resp, offset) = match self.request_from(file, url, have).await? {
+                    Got::Body(resp, offset) => (resp, offset),
+                    Got::StartOver(reason) => return Err(Attempt::Retry(reason)),
+                };
+                if offset == 0 && have > 0 {
+                    tracing::info!(file = %file.file_name, "the server does not resume (no Range support): streaming from the start");
+                }
                 (Some(resp), offset)
             }
             _ => (None, have),
@@ -215,47 +213,6 @@ impl Downloader {
             )));
         }
         Ok((h, end))
-    }
-
-    /// A GET from byte `have` on; the response and the offset its body starts at.
-    async fn request_from(
-        &self,
-        file: &Wanted,
-        url: &str,
-        have: u64,
-    ) -> Result<(reqwest::Response, u64), Attempt> {
-        let mut req = self.client.get(url);
-        if have > 0 && have < file.size {
-            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Attempt::Retry(format!("request failed: {e}")))?;
-        let offset = match resume_point(&resp, have) {
-            Resume::At(offset) => offset,
-            Resume::Over(reason) | Resume::Retry(reason) => return Err(Attempt::Retry(reason)),
-            Resume::Refused(status) => {
-                return Err(Attempt::Fatal(DownloadError::Http {
-                    file: file.file_name.clone(),
-                    url: url.to_owned(),
-                    status,
-                }))
-            }
-        };
-        if offset == 0 && have > 0 {
-            tracing::info!(file = %file.file_name, "the server does not resume (no Range support): streaming from the start");
-        }
-        if let Some(len) = resp.content_length() {
-            if offset + len > file.size {
-                return Err(Attempt::Fatal(DownloadError::SizeMismatch {
-                    file: file.file_name.clone(),
-                    expected: file.size,
-                    actual: offset + len,
-                }));
-            }
-        }
-        Ok((resp, offset))
     }
 }
 
@@ -384,12 +341,12 @@ impl Downloader {
                 Err(e) => e.to_string(),
             };
             if attempt >= self.config.attempts {
-                return Err(DownloadError::Network {
-                    file: file.file_name.clone(),
-                    url: url.to_owned(),
-                    attempts: attempt,
-                    last: failed,
-                });
+                return Err(DownloadError::gave_up(
+                    file,
+                    Source::Url(url),
+                    attempt,
+                    failed,
+                ));
             }
             tokio::time::sleep(self.config.backoff(attempt)).await;
         }
