@@ -674,6 +674,10 @@ impl SlotCtx {
     ) -> Result<Written, WitError> {
         let streams = self.streams.as_ref().expect("called for a streamed file");
         let (dst, is_block) = self.open_slot(target, wanted.size)?;
+        if !is_block {
+            // The image's length from the start, so the stream's final sync is the only one.
+            dst.set_len(wanted.size).map_err(io("slot"))?;
+        }
         let record = format!("{}-{}", wanted.key(), name(target));
         let resume_at = stream_record(&streams.records, &record, name(target));
         let records = streams.records.try_clone().map_err(io("streams/"))?;
@@ -683,7 +687,7 @@ impl SlotCtx {
                 crate::datadir::write_atomic(&records, &rec, durable.to_string().as_bytes(), 0o600);
         });
         let dest = Destination {
-            file: dst.try_clone().map_err(io("slot"))?,
+            file: dst,
             resume_at,
             checkpoint_every: STREAM_CHECKPOINT,
             checkpoint,
@@ -723,10 +727,6 @@ impl SlotCtx {
                 )))
             }
         };
-        if !is_block {
-            dst.set_len(wanted.size).map_err(io("slot"))?;
-            dst.sync_all().map_err(io("slot"))?;
-        }
         let _ = streams.records.remove_file(&record);
         tracing::info!(file = %wanted.file_name, slot = %label, fetched, size = wanted.size, resumed_at = resume_at, "image streamed into the slot");
         Ok(Written {
