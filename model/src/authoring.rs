@@ -79,6 +79,18 @@ impl<'a> Files<'a> {
         name: &str,
         declared: Option<FileFacts>,
     ) -> Result<String, AuthoringError> {
+        let facts = self.facts_of(field, name, declared)?;
+        self.table.insert(name.to_owned(), entry(name, &facts));
+        Ok(name.to_owned())
+    }
+
+    /// The size and hash `name` gets: the local file's, else `declared`.
+    fn facts_of(
+        &self,
+        field: &str,
+        name: &str,
+        declared: Option<FileFacts>,
+    ) -> Result<FileFacts, AuthoringError> {
         if let Err(rule) = check_plain_name(name) {
             return fail(self.doc, field, format!("file name `{name}` {rule}"));
         }
@@ -92,8 +104,7 @@ impl<'a> Files<'a> {
             (Some(f), _) | (None, Some(f)) => f,
             (None, None) => return fail(self.doc, field, format!("`{name}` not found, and no size and hash given for it")),
         };
-        self.table.insert(name.to_owned(), entry(name, &facts));
-        Ok(name.to_owned())
+        Ok(facts)
     }
 }
 
@@ -199,10 +210,12 @@ pub fn add_files(
     };
     let mut ids = Vec::new();
     let mut table = table;
+    let files = Files::new(doc, facts);
     for name in names_to_add {
-        let mut files = Files::new(doc, facts);
-        files.add(&format!("files (adding `{name}`)"), name, None)?;
-        let (_, fresh) = files.table.into_iter().next().expect("added");
+        let fresh = entry(
+            name,
+            &files.facts_of(&format!("files (adding `{name}`)"), name, None)?,
+        );
         let id = table
             .iter()
             .find(|(_, e)| e.get("fileName").or_else(|| e.get("filename")) == Some(&json!(name)))
