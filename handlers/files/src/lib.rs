@@ -150,20 +150,35 @@ fn step(ctx: &Context) -> Result<Step<'_>, Failure> {
     })
 }
 
-fn records(ctx: &Context) -> Result<Records, Failure> {
-    match std::fs::read(ctx.state_path("digests.json")) {
+/// A JSON record in /state (`None` when there is none yet); `erc` says it is corrupt.
+fn load_state<T: serde::de::DeserializeOwned>(
+    ctx: &Context,
+    name: &str,
+    erc: ExtendedResultCode,
+) -> Result<Option<T>, Failure> {
+    match std::fs::read(ctx.state_path(name)) {
         Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| Failure::new(f_erc(5), format!("/state/digests.json is corrupt: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Records::default()),
+            .map(Some)
+            .map_err(|e| Failure::new(erc, format!("/state/{name} is corrupt: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
-fn save_records(ctx: &Context, r: &Records) -> Result<(), Failure> {
-    let tmp = ctx.state_path("digests.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(r).expect("serializes"))?;
-    std::fs::rename(tmp, ctx.state_path("digests.json"))?;
+/// Writes a JSON record in /state whole (beside it, then renamed over it).
+fn save_state<T: Serialize>(ctx: &Context, name: &str, value: &T) -> Result<(), Failure> {
+    let tmp = ctx.state_path(format!("{name}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value).expect("serializes"))?;
+    std::fs::rename(tmp, ctx.state_path(name))?;
     Ok(())
+}
+
+fn records(ctx: &Context) -> Result<Records, Failure> {
+    Ok(load_state(ctx, "digests.json", f_erc(5))?.unwrap_or_default())
+}
+
+fn save_records(ctx: &Context, r: &Records) -> Result<(), Failure> {
+    save_state(ctx, "digests.json", r)
 }
 
 /// /state/changes.json: the destinations one deployment changed, in order, for restore.
@@ -186,27 +201,13 @@ fn changes(ctx: &Context) -> Result<Changes, Failure> {
         workflow: ctx.workflow_id().to_owned(),
         changed: Vec::new(),
     };
-    match std::fs::read(ctx.state_path("changes.json")) {
-        Ok(b) => {
-            let c: Changes = serde_json::from_slice(&b).map_err(|e| {
-                Failure::new(f_erc(6), format!("/state/changes.json is corrupt: {e}"))
-            })?;
-            Ok(if c.workflow == ctx.workflow_id() {
-                c
-            } else {
-                fresh()
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(fresh()),
-        Err(e) => Err(e.into()),
-    }
+    let c: Option<Changes> = load_state(ctx, "changes.json", f_erc(6))?;
+    Ok(c.filter(|c| c.workflow == ctx.workflow_id())
+        .unwrap_or_else(fresh))
 }
 
 fn save_changes(ctx: &Context, c: &Changes) -> Result<(), Failure> {
-    let tmp = ctx.state_path("changes.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(c).expect("serializes"))?;
-    std::fs::rename(tmp, ctx.state_path("changes.json"))?;
-    Ok(())
+    save_state(ctx, "changes.json", c)
 }
 
 /// Writes `bytes` beside `dest`, syncs, and renames it over `dest`.
