@@ -161,8 +161,9 @@ struct Prepared {
     session: Session,
     /// Every file of the step the workflow fetches into the store.
     wanted: Vec<Wanted>,
-    /// The step's files the slot capability streams from their source instead.
-    streamed: Vec<Wanted>,
+    /// The step's files the slot capability streams from their source instead, with their
+    /// sources.
+    streams: Option<Arc<Streams>>,
     payload: Dir,
     /// Policy `payload-in-work`: copies of the files in the work folder.
     payload_in_work: bool,
@@ -792,9 +793,8 @@ impl Deployer {
     }
 
     /// Sees that each file the slot capability will stream is there with its size.
-    async fn probe_streamed(&self, j: &Journal, streamed: &[Wanted]) -> Result<(), StepResult> {
-        for w in streamed {
-            let source = resolve_source(&j.source, w)?;
+    async fn probe_streamed(&self, streams: Option<&Streams>) -> Result<(), StepResult> {
+        for (w, source) in streams.iter().flat_map(|s| s.files.values()) {
             self.downloader
                 .probe(w, source.as_source())
                 .await
@@ -935,7 +935,7 @@ impl Deployer {
             Err(r) => return self.fail_unit(j, index, r).map(Err),
         };
         let session = match self
-            .open_session(j, index, &handler, dirs, streams, run)
+            .open_session(j, index, &handler, dirs, streams.clone(), run)
             .await
         {
             Ok(s) => s,
@@ -945,7 +945,7 @@ impl Deployer {
             cur,
             session,
             wanted,
-            streamed,
+            streams,
             payload,
             payload_in_work,
         }))
@@ -997,7 +997,9 @@ impl Deployer {
                 .fetch_files(j, index, &p.wanted, &p.payload, work_copy, run)
                 .await;
             let probed = match fetched {
-                Ok(()) if phase == Phase::Download => self.probe_streamed(j, &p.streamed).await,
+                Ok(()) if phase == Phase::Download => {
+                    self.probe_streamed(p.streams.as_deref()).await
+                }
                 other => other,
             };
             if let Err(r) = probed {
