@@ -647,6 +647,15 @@ fn open_regular(path: &str) -> std::io::Result<std::fs::File> {
     regular(f)
 }
 
+/// File `name` of a local source (a files directory, or a `file://` URL), opened as
+/// [`open_regular`] does.
+pub(crate) fn open_local(source: Source<'_>, name: &str) -> std::io::Result<std::fs::File> {
+    match source {
+        Source::Directory(dir) => open_regular_in(dir, name),
+        Source::Url(u) => open_regular(u.trim_start_matches("file://")),
+    }
+}
+
 /// [`open_regular`] for a name in a directory handle.
 fn open_regular_in(dir: &Dir, name: &str) -> std::io::Result<std::fs::File> {
     use cap_std::fs::OpenOptionsExt as _;

@@ -4,8 +4,8 @@
 //! HTTP Range request. That prefix is hashed again from the destination, not fetched again.
 
 use super::{
-    hash_file, open_regular, open_regular_in, range_start, Attempt, DownloadError, Downloader, Got,
-    Progress, Source, Wanted,
+    hash_file, open_local, range_start, Attempt, DownloadError, Downloader, Got, Progress, Source,
+    Wanted,
 };
 use crate::digest::Sha256;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -117,11 +117,9 @@ impl Downloader {
         let url = match source {
             Source::Url(u) if u.starts_with("http://") || u.starts_with("https://") => u,
             local => {
-                let f = match local {
-                    Source::Directory(dir) => open_regular_in(dir, &file.file_name),
-                    Source::Url(u) => open_regular(u.trim_start_matches("file://")),
-                };
-                let size = f.and_then(|f| f.metadata()).map(|m| m.len());
+                let size = open_local(local, &file.file_name)
+                    .and_then(|f| f.metadata())
+                    .map(|m| m.len());
                 return match size {
                     Ok(n) if n == file.size => Ok(()),
                     Ok(n) => Err(DownloadError::SizeMismatch {
@@ -271,11 +269,7 @@ fn copy_local(
             reason: e.to_string(),
         })
     };
-    let mut src = match source {
-        Source::Directory(dir) => open_regular_in(dir, &file.file_name),
-        Source::Url(url) => open_regular(url.trim_start_matches("file://")),
-    }
-    .map_err(source_err)?;
+    let mut src = open_local(source, &file.file_name).map_err(source_err)?;
     src.seek(SeekFrom::Start(offset)).map_err(source_err)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut end = offset;

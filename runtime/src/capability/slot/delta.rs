@@ -177,11 +177,7 @@ fn local_range(
         file: wanted.file_name.clone(),
         reason: e.to_string(),
     };
-    let mut f = match source {
-        OwnedSource::Directory(d) => d.open(&wanted.file_name).map(|f| f.into_std()),
-        OwnedSource::Url(u) => std::fs::File::open(u.trim_start_matches("file://")),
-    }
-    .map_err(err)?;
+    let mut f = crate::download::open_local(source.as_source(), &wanted.file_name).map_err(err)?;
     f.seek(SeekFrom::Start(start)).map_err(err)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut at = start;

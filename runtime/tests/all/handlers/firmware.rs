@@ -647,3 +647,44 @@ async fn a_url_that_refuses_head_still_streams() {
     assert_eq!(out.status, Status::RebootRequired, "{:#?}", out.result);
     assert_eq!(std::fs::read(dev.path("b.img")).unwrap(), image);
 }
+
+/// From a local files directory (`sandstep run --files DIR`) an image streams into the slot the
+/// same way, and with a block index only the changed blocks are read from it.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_stream_from_a_files_directory_too_whole_or_by_changed_blocks() {
+    let dev = Device::new();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let image = big_image(8);
+    env.file("fw-big.img", &image);
+    let m = env.manifest(vec![json!({"handler": FW, "files": ["fw-big.img"], "handlerProperties": {"installedCriteria": "3.0"}})]);
+    let (out, _) = run(&env, dev.config(), env.request("wf-local", m)).await;
+    assert_eq!(out.status, Status::RebootRequired, "{:#?}", out.result);
+    assert_eq!(std::fs::read(dev.path("b.img")).unwrap(), image);
+    let store = crate::workflow::walk(&env.data.path().join("downloads"));
+    assert!(store.is_empty(), "{store:?}");
+
+    let dev = Device::new();
+    let server = crate::http::TestServer::start();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let (v2, mut req) = delta_setup(&dev, &mut env, &server);
+    for (name, bytes) in [
+        ("fw-big.img", v2.clone()),
+        (
+            "fw-big.img.blockindex",
+            sandstep::blockindex::BlockIndex::of(&mut &v2[..], 65536)
+                .unwrap()
+                .to_bytes(),
+        ),
+    ] {
+        std::fs::write(env.files.path().join(name), bytes).unwrap();
+    }
+    req.source =
+        sandstep_model::journal::FileSource::Directory(env.files.path().display().to_string());
+    let (out, rec) = run(&env, dev.config(), req).await;
+    assert_eq!(out.status, Status::RebootRequired, "{:#?}", out.result);
+    assert_eq!(std::fs::read(dev.path("b.img")).unwrap(), v2);
+    assert!(fetched_of(&rec) < v2.len() as u64 / 5);
+    assert!(server.requests("fw-big.img").is_empty());
+}
