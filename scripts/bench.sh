@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
 # The benchmark suite: builds the release binary and the components, starts a broker on a free
-# loopback port, and runs `sandstep bench`. Figures go to stdout (a Markdown table) and to
-# target/bench.json. Record them in BENCHMARKS.md with the machine and the date.
+# loopback port, and runs `sandstep bench`; then, as root, the firmware installs side by side with
+# the peers from Debian's packages (scripts/bench-peers.py: curl, SWUpdate, Mender, casync,
+# zchunk). Figures go to stdout (Markdown tables) and to target/bench.json and
+# target/bench-peers.json. Record them in BENCHMARKS.md with the machine and the date.
 #
-# Usage: scripts/bench.sh [--quick]
+# Usage: scripts/bench.sh [--quick] [--no-peers] [sandstep bench options]
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+peers=yes
+quick=no
+args=()
+for a in "$@"; do
+    case $a in
+        --no-peers) peers=no ;;
+        --quick) quick=yes; args+=("$a") ;;
+        *) args+=("$a") ;;
+    esac
+done
 scripts/build-components.sh --quiet
 cargo build --quiet --release -p sandstep --features dev-tools
 if [[ ! -x /usr/sbin/mosquitto && $(id -u) -eq 0 ]]; then
@@ -24,4 +36,13 @@ if [[ -x /usr/sbin/mosquitto ]]; then
     broker=(--broker "mqtt://127.0.0.1:$port")
 fi
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(date -u +%Y-%m-%d)"
-target/release/sandstep bench "${broker[@]}" --json target/bench.json "$@"
+target/release/sandstep bench "${broker[@]}" --json target/bench.json "${args[@]}"
+if [[ $peers == yes ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "bench: the side-by-side firmware run needs root (loop devices); skipped" >&2
+    elif [[ $quick == yes ]]; then
+        scripts/bench-peers.py --sizes 100 --runs 1 --json target/bench-peers.json
+    else
+        scripts/bench-peers.py --json target/bench-peers.json
+    fi
+fi

@@ -39,7 +39,7 @@ pub fn run(cmd: FirmwareCommand) -> Result<ExitCode> {
     .with_context(|| format!("cannot read {}", image.display()))?;
     let out = out.unwrap_or_else(|| {
         let mut name = image.clone().into_os_string();
-        name.push(".blockindex");
+        name.push(sandstep::blockindex::FILE_SUFFIX);
         PathBuf::from(name)
     });
     std::fs::write(&out, index.to_bytes())

@@ -1145,11 +1145,16 @@ impl Deployer {
 
 /// The files a step's slot capability streams straight into a slot instead of the workflow
 /// fetching them into the store: with the `slot` capability granted, those over the early-fetch
-/// size (firmware images; a small file such as a block index still comes first).
+/// size (firmware images), never a block index: the slot capability reads that from `/payload`,
+/// and a large image's index is itself over the early-fetch size.
 fn streamed_files(slot_granted: bool, files: &[Wanted]) -> Vec<Wanted> {
     files
         .iter()
-        .filter(|w| slot_granted && w.size > EARLY_FETCH_LIMIT)
+        .filter(|w| {
+            slot_granted
+                && w.size > EARLY_FETCH_LIMIT
+                && !w.file_name.ends_with(crate::blockindex::FILE_SUFFIX)
+        })
         .cloned()
         .collect()
 }
@@ -1304,5 +1309,33 @@ fn recording(j: &Journal) -> String {
         (_, UnitState::Running { next }) => format!("step {} before {next}", u.label()),
         (_, UnitState::Done) => format!("the end of step {}", u.label()),
         _ => format!("step {}", u.label()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(name: &str, size: u64) -> Wanted {
+        Wanted {
+            id: name.into(),
+            file_name: name.into(),
+            size,
+            sha256: [0; 32],
+        }
+    }
+
+    #[test]
+    fn only_large_images_of_slot_granted_steps_stream_and_never_their_block_index() {
+        let big = EARLY_FETCH_LIMIT + 1;
+        let files = [
+            wanted("fw.img", big),
+            // A 1 GiB image's index at 8 KiB blocks is 4 MiB: over the limit, still fetched.
+            wanted("fw.img.blockindex", big),
+            wanted("small.cfg", 10),
+        ];
+        let names = |v: Vec<Wanted>| v.into_iter().map(|w| w.file_name).collect::<Vec<_>>();
+        assert_eq!(names(streamed_files(true, &files)), ["fw.img"]);
+        assert!(streamed_files(false, &files).is_empty());
     }
 }

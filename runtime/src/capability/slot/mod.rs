@@ -632,7 +632,7 @@ impl SlotCtx {
 
     /// The block index that came with streamed image `rel` (`/payload/<rel>.blockindex`).
     fn block_index(&self, rel: &str) -> Result<Option<BlockIndex>, WitError> {
-        let name = format!("{rel}.blockindex");
+        let name = format!("{rel}{}", crate::blockindex::FILE_SUFFIX);
         let bytes = match self.payload.read(&name) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
