@@ -146,6 +146,8 @@ pub struct Context {
     installed_criteria: Option<String>,
     files: Vec<StepFile>,
     component: Option<Component>,
+    /// Where `/payload`, `/work` and `/state` are in a native test ([`Context::with_dirs`]).
+    dirs: Option<PathBuf>,
 }
 
 impl Context {
@@ -182,6 +184,7 @@ impl Context {
                 version: c.version,
                 properties: c.properties,
             }),
+            dirs: None,
         }
     }
 
@@ -210,6 +213,35 @@ impl Context {
             installed_criteria,
             files: Vec::new(),
             component: None,
+            dirs: None,
+        }
+    }
+
+    /// A test context whose `/payload`, `/work` and `/state` are `dir/payload`, `dir/work` and
+    /// `dir/state` (created), so a native test can run the handler's calls one after another and
+    /// look at what they left.
+    ///
+    /// ```
+    /// let dir = std::env::temp_dir().join(format!("sdk-dirs-{}", std::process::id()));
+    /// let ctx = sandstep_sdk::Context::for_test("contoso/config:1", "{}").with_dirs(&dir);
+    /// std::fs::write(ctx.state_path("installed"), b"v2").unwrap();
+    /// assert_eq!(std::fs::read(dir.join("state/installed")).unwrap(), b"v2");
+    /// assert_eq!(ctx.work_path("x"), dir.join("work/x"));
+    /// ```
+    pub fn with_dirs(mut self, dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        for sub in ["payload", "work", "state"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("a test directory can be created");
+        }
+        self.dirs = Some(dir);
+        self
+    }
+
+    /// `fixed` (a sandbox directory) joined with `relative`, or its stand-in in a native test.
+    fn under(&self, fixed: &str, relative: &Path) -> PathBuf {
+        match &self.dirs {
+            Some(dir) => dir.join(fixed.trim_start_matches('/')).join(relative),
+            None => Path::new(fixed).join(relative),
         }
     }
 
@@ -367,7 +399,7 @@ impl Context {
     /// assert_eq!(ctx.payload_path("fw.bin"), std::path::Path::new("/payload/fw.bin"));
     /// ```
     pub fn payload_path(&self, relative: impl AsRef<Path>) -> PathBuf {
-        Path::new(PAYLOAD_DIR).join(relative)
+        self.under(PAYLOAD_DIR, relative.as_ref())
     }
 
     /// A path under `/work`, this step's scratch directory.
@@ -377,7 +409,7 @@ impl Context {
     /// assert_eq!(ctx.work_path("out.txt"), std::path::Path::new("/work/out.txt"));
     /// ```
     pub fn work_path(&self, relative: impl AsRef<Path>) -> PathBuf {
-        Path::new(WORK_DIR).join(relative)
+        self.under(WORK_DIR, relative.as_ref())
     }
 
     /// A path under `/state`, which persists across deployments.
@@ -387,6 +419,6 @@ impl Context {
     /// assert_eq!(ctx.state_path("installed.json"), std::path::Path::new("/state/installed.json"));
     /// ```
     pub fn state_path(&self, relative: impl AsRef<Path>) -> PathBuf {
-        Path::new(STATE_DIR).join(relative)
+        self.under(STATE_DIR, relative.as_ref())
     }
 }

@@ -1,10 +1,12 @@
 //! Failures: errors that become a failure step result (result code 0 unless set otherwise).
 
-use sandstep_model::codes::{erc, result, ExtendedResultCode};
+use crate::done::Done;
+use sandstep_model::codes::{content_component, erc, result, ExtendedResultCode, Facility};
 use sandstep_model::step::StepResult;
 
-/// What a lifecycle call returns: a result, or a failure (usually through `?`).
-pub type Outcome = Result<StepResult, Failure>;
+/// What a lifecycle call returns: its typed result (see [`crate::done`]), or a failure (usually
+/// through `?`).
+pub type Outcome<C> = Result<Done<C>, Failure>;
 
 /// A failed call: an extended result code and details, turned into a step result.
 ///
@@ -35,6 +37,19 @@ impl Failure {
             erc,
             details: details.into(),
         }
+    }
+
+    /// A failure with the handler's own code: extended code facility 3 (content handler),
+    /// component 32 (custom handlers, as ADU assigns), `code` in the low 20 bits.
+    ///
+    /// ```
+    /// let f = sandstep_sdk::Failure::vendor(0x42, "controller did not answer");
+    /// assert_eq!(f.erc().raw(), 0x3200_0042);
+    /// ```
+    pub fn vendor(code: u32, details: impl Into<String>) -> Self {
+        let erc =
+            ExtendedResultCode::new(Facility::ContentHandler, content_component::CUSTOM, code);
+        Failure::new(erc, details)
     }
 
     /// A cancelled call (result code -1).

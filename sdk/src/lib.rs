@@ -6,41 +6,42 @@
 //! [`Outcome`] back into a step result.
 //!
 //! ```
-//! use sandstep_sdk::{codes::result, export_handler, Context, Handler, Outcome, StepResult};
+//! use sandstep_sdk::done::{Applied, Installed, IsInstalled};
+//! use sandstep_sdk::{export_handler, Context, Handler, Outcome};
 //!
 //! #[derive(Default)]
 //! struct Hello;
 //!
 //! impl Handler for Hello {
-//!     fn is_installed(&mut self, ctx: &Context) -> Outcome {
-//!         let marker = ctx.state_path("installed");
-//!         Ok(StepResult::new(if marker.exists() {
-//!             result::IS_INSTALLED_INSTALLED
+//!     fn is_installed(&mut self, ctx: &Context) -> Outcome<IsInstalled> {
+//!         Ok(if ctx.state_path("installed").exists() {
+//!             IsInstalled::Installed.into()
 //!         } else {
-//!             result::IS_INSTALLED_NOT_INSTALLED
-//!         }))
+//!             IsInstalled::NotInstalled.into()
+//!         })
 //!     }
-//!     fn install(&mut self, ctx: &Context) -> Outcome {
+//!     fn install(&mut self, ctx: &Context) -> Outcome<Installed> {
 //!         sandstep_sdk::log::info("installing");
 //!         std::fs::write(ctx.work_path("greeting"), b"hello")?;
-//!         Ok(StepResult::new(result::INSTALL_SUCCESS))
+//!         Ok(Installed::Success.with_details("greeting written"))
 //!     }
-//!     fn apply(&mut self, ctx: &Context) -> Outcome {
+//!     fn apply(&mut self, ctx: &Context) -> Outcome<Applied> {
 //!         std::fs::write(ctx.state_path("installed"), b"")?;
-//!         Ok(StepResult::new(result::APPLY_SUCCESS))
+//!         Ok(Applied::Success.into())
 //!     }
 //! }
 //!
 //! export_handler!(Hello);
 //! ```
 //!
-//! Layout: [`context`] (what a call sees), [`failure`] (errors that become failure results),
-//! [`log`] (logging and progress), [`process`] and [`slot`] (capabilities, each granted by the
+//! Layout: [`context`] (what a call sees), [`done`] (each call's result codes, typed),
+//! [`failure`] (errors that become failure results), [`log`] (logging and progress), [`process`] and [`slot`] (capabilities, each granted by the
 //! gateway's policy), [`codes`] (ADU's result codes and the extended-code builder).
 
 extern crate self as sandstep_sdk;
 
 pub mod context;
+pub mod done;
 pub mod failure;
 pub mod log;
 pub mod process;
@@ -50,12 +51,11 @@ pub mod slot;
 pub mod __private;
 
 pub use context::{Component, Context, StepFile, UpdateId, PAYLOAD_DIR, STATE_DIR, WORK_DIR};
+pub use done::Done;
 pub use failure::{Failure, Outcome};
 pub use sandstep_model::codes;
 pub use sandstep_model::codes::{ExtendedResultCode, Facility};
 pub use sandstep_model::step::{Action, StepResult, MAX_RESULT_DETAILS};
-
-use codes::result;
 
 /// A step handler: ADU's seven lifecycle calls.
 ///
@@ -65,57 +65,78 @@ use codes::result;
 /// `restore` follows a failed `install` or `apply`. `cancel` runs in a fresh instance after the
 /// running call was stopped; use it to clean up (files in `/work`, `/state`).
 ///
-/// Return `Ok(StepResult)` with the code for the action, or `Err(Failure)` (often through `?`),
-/// which becomes result code 0 with the failure's extended code and details.
+/// Each call returns its own code type ([`done`]): `Ok(code.into())`, or
+/// `Ok(code.with_details(..))`; a code of another call does not compile. `Err(Failure)` (often
+/// through `?`) becomes result code 0 with the failure's extended code and details.
 ///
 /// ```
-/// use sandstep_sdk::{codes::result, Context, Handler, Outcome, StepResult};
+/// use sandstep_sdk::done::{Applied, Installed, IsInstalled};
+/// use sandstep_sdk::{Context, Handler, Outcome};
 ///
 /// #[derive(Default)]
 /// struct Noop;
 ///
 /// impl Handler for Noop {
-///     fn is_installed(&mut self, _: &Context) -> Outcome {
-///         Ok(StepResult::new(result::IS_INSTALLED_NOT_INSTALLED))
+///     fn is_installed(&mut self, _: &Context) -> Outcome<IsInstalled> {
+///         Ok(IsInstalled::NotInstalled.into())
 ///     }
-///     fn install(&mut self, _: &Context) -> Outcome {
-///         Ok(StepResult::new(result::INSTALL_SUCCESS))
+///     fn install(&mut self, _: &Context) -> Outcome<Installed> {
+///         Ok(Installed::Success.into())
 ///     }
-///     fn apply(&mut self, _: &Context) -> Outcome {
-///         Ok(StepResult::new(result::APPLY_SUCCESS))
+///     fn apply(&mut self, _: &Context) -> Outcome<Applied> {
+///         Ok(Applied::Success.into())
 ///     }
+/// }
+/// ```
+///
+/// ```compile_fail
+/// # use sandstep_sdk::done::{Applied, Installed, IsInstalled};
+/// # use sandstep_sdk::{Context, Handler, Outcome};
+/// # #[derive(Default)]
+/// # struct Wrong;
+/// impl Handler for Wrong {
+/// #   fn is_installed(&mut self, _: &Context) -> Outcome<IsInstalled> {
+/// #       Ok(IsInstalled::NotInstalled.into())
+/// #   }
+///     // An apply code from install: a compile error, not a refusal at run time.
+///     fn install(&mut self, _: &Context) -> Outcome<Installed> {
+///         Ok(Applied::Success.into())
+///     }
+/// #   fn apply(&mut self, _: &Context) -> Outcome<Applied> {
+/// #       Ok(Applied::Success.into())
+/// #   }
 /// }
 /// ```
 pub trait Handler: Default + 'static {
     /// Is this step's update already installed? Return 900 (installed) or 901 (not installed).
-    fn is_installed(&mut self, ctx: &Context) -> Outcome;
+    fn is_installed(&mut self, ctx: &Context) -> Outcome<done::IsInstalled>;
 
     /// Prepare the step's content. The host has already fetched and verified every step file into
     /// `/payload`, so the default returns 500 (download success).
-    fn download(&mut self, _ctx: &Context) -> Outcome {
-        Ok(StepResult::new(result::DOWNLOAD_SUCCESS))
+    fn download(&mut self, _ctx: &Context) -> Outcome<done::Downloaded> {
+        Ok(done::Downloaded::Success.into())
     }
 
     /// Save what `restore` needs. Default: 1001 (backup unsupported, not a failure).
-    fn backup(&mut self, _ctx: &Context) -> Outcome {
-        Ok(StepResult::new(result::BACKUP_SUCCESS_UNSUPPORTED))
+    fn backup(&mut self, _ctx: &Context) -> Outcome<done::BackedUp> {
+        Ok(done::BackedUp::Unsupported.into())
     }
 
     /// Install the update. Return 600, or 605-608 when a reboot or agent restart is needed.
-    fn install(&mut self, ctx: &Context) -> Outcome;
+    fn install(&mut self, ctx: &Context) -> Outcome<done::Installed>;
 
     /// Make the installed update active. Return 700, or 705-708 when a reboot or agent restart is
     /// needed.
-    fn apply(&mut self, ctx: &Context) -> Outcome;
+    fn apply(&mut self, ctx: &Context) -> Outcome<done::Applied>;
 
     /// Clean up after a cancelled deployment. Default: 800 (cancel success).
-    fn cancel(&mut self, _ctx: &Context) -> Outcome {
-        Ok(StepResult::new(result::CANCEL_SUCCESS))
+    fn cancel(&mut self, _ctx: &Context) -> Outcome<done::Cancelled> {
+        Ok(done::Cancelled::Success.into())
     }
 
     /// Undo a failed install or apply. Default: 1101 (restore unsupported, not a failure).
-    fn restore(&mut self, _ctx: &Context) -> Outcome {
-        Ok(StepResult::new(result::RESTORE_SUCCESS_UNSUPPORTED))
+    fn restore(&mut self, _ctx: &Context) -> Outcome<done::Restored> {
+        Ok(done::Restored::Unsupported.into())
     }
 }
 
@@ -125,13 +146,14 @@ pub trait Handler: Default + 'static {
 /// [`Default`]. Panics inside the handler are reported to the host's log before the call traps.
 ///
 /// ```
-/// # use sandstep_sdk::{codes::result, Context, Handler, Outcome, StepResult};
+/// # use sandstep_sdk::done::{Applied, Installed, IsInstalled};
+/// # use sandstep_sdk::{Context, Handler, Outcome};
 /// #[derive(Default)]
 /// struct Mine;
 /// # impl Handler for Mine {
-/// #     fn is_installed(&mut self, _: &Context) -> Outcome { Ok(StepResult::new(901)) }
-/// #     fn install(&mut self, _: &Context) -> Outcome { Ok(StepResult::new(600)) }
-/// #     fn apply(&mut self, _: &Context) -> Outcome { Ok(StepResult::new(700)) }
+/// #     fn is_installed(&mut self, _: &Context) -> Outcome<IsInstalled> { Ok(IsInstalled::NotInstalled.into()) }
+/// #     fn install(&mut self, _: &Context) -> Outcome<Installed> { Ok(Installed::Success.into()) }
+/// #     fn apply(&mut self, _: &Context) -> Outcome<Applied> { Ok(Applied::Success.into()) }
 /// # }
 /// sandstep_sdk::export_handler!(Mine);
 /// ```

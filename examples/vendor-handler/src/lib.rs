@@ -12,8 +12,8 @@
 //! - `target`: the name to install it as, a plain file name.
 //! - `installedCriteria`: the version label recorded on success.
 
-use sandstep_sdk::codes::{result, ExtendedResultCode, Facility};
-use sandstep_sdk::{export_handler, log, Context, Failure, Handler, Outcome, StepResult};
+use sandstep_sdk::codes::{ExtendedResultCode, Facility};
+use sandstep_sdk::{done, export_handler, log, Context, Failure, Handler, Outcome};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -127,28 +127,28 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
 struct ConfigHandler;
 
 impl Handler for ConfigHandler {
-    fn is_installed(&mut self, ctx: &Context) -> Outcome {
+    fn is_installed(&mut self, ctx: &Context) -> Outcome<done::IsInstalled> {
         let props = Props::parse(ctx)?;
         let installed =
             read_record(ctx)?.get(&props.target).map(String::as_str) == Some(props.criteria()?);
-        Ok(StepResult::new(if installed {
-            result::IS_INSTALLED_INSTALLED
+        Ok(if installed {
+            done::IsInstalled::Installed.into()
         } else {
-            result::IS_INSTALLED_NOT_INSTALLED
-        }))
+            done::IsInstalled::NotInstalled.into()
+        })
     }
 
-    fn backup(&mut self, ctx: &Context) -> Outcome {
+    fn backup(&mut self, ctx: &Context) -> Outcome<done::BackedUp> {
         let props = Props::parse(ctx)?;
         let (current, _) = target(ctx, &props)?;
         if !current.exists() {
-            return Ok(StepResult::new(result::BACKUP_SUCCESS).with_details("nothing to back up"));
+            return Ok(done::BackedUp::Success.with_details("nothing to back up"));
         }
         std::fs::copy(&current, ctx.work_path("backup"))?;
-        Ok(StepResult::new(result::BACKUP_SUCCESS))
+        Ok(done::BackedUp::Success.into())
     }
 
-    fn install(&mut self, ctx: &Context) -> Outcome {
+    fn install(&mut self, ctx: &Context) -> Outcome<done::Installed> {
         let props = Props::parse(ctx)?;
         let file = match &props.file_name {
             Some(name) => ctx.file(name)?,
@@ -174,28 +174,27 @@ impl Handler for ConfigHandler {
         ));
         write_atomically(&target(ctx, &props)?.0, &bytes)?;
         log::progress(100, "configuration written");
-        Ok(StepResult::new(result::INSTALL_SUCCESS))
+        Ok(done::Installed::Success.into())
     }
 
-    fn apply(&mut self, ctx: &Context) -> Outcome {
+    fn apply(&mut self, ctx: &Context) -> Outcome<done::Applied> {
         let props = Props::parse(ctx)?;
         let mut record = read_record(ctx)?;
         let (_, key) = target(ctx, &props)?;
         record.insert(key.clone(), props.criteria()?.to_owned());
         let json = serde_json::to_vec_pretty(&record).expect("a string map always serializes");
         write_atomically(&record_path(ctx), &json)?;
-        Ok(StepResult::new(result::APPLY_SUCCESS).with_details(format!("{key} is now active")))
+        Ok(done::Applied::Success.with_details(format!("{key} is now active")))
     }
 
-    fn restore(&mut self, ctx: &Context) -> Outcome {
+    fn restore(&mut self, ctx: &Context) -> Outcome<done::Restored> {
         let props = Props::parse(ctx)?;
         let backup = ctx.work_path("backup");
         if !backup.exists() {
-            return Ok(StepResult::new(result::RESTORE_SUCCESS_UNSUPPORTED)
-                .with_details("no backup was taken"));
+            return Ok(done::Restored::Unsupported.with_details("no backup was taken"));
         }
         std::fs::copy(backup, target(ctx, &props)?.0)?;
-        Ok(StepResult::new(result::RESTORE_SUCCESS))
+        Ok(done::Restored::Success.into())
     }
 }
 

@@ -13,9 +13,9 @@
 //! - apply: records the criteria; 707 when the manifest asks for an agent restart, else 700.
 
 use sandstep_model::apt::{AptManifest, Package};
-use sandstep_sdk::codes::{erc, result, ExtendedResultCode};
+use sandstep_sdk::codes::{erc, ExtendedResultCode};
 use sandstep_sdk::process::{self, Command, Output};
-use sandstep_sdk::{export_handler, log, Context, Failure, Handler, Outcome, StepResult};
+use sandstep_sdk::{done, export_handler, log, Context, Failure, Handler, Outcome};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -200,26 +200,26 @@ fn dpkg_agrees(step: &Step) -> Result<Result<(), String>, Failure> {
 struct Apt;
 
 impl Handler for Apt {
-    fn is_installed(&mut self, ctx: &Context) -> Outcome {
+    fn is_installed(&mut self, ctx: &Context) -> Outcome<done::IsInstalled> {
         let step = load(ctx)?;
         if !read_record(ctx)?.installed.contains_key(&step.criteria) {
-            return Ok(StepResult::new(result::IS_INSTALLED_NOT_INSTALLED)
+            return Ok(done::IsInstalled::NotInstalled
                 .with_details(format!("{} was never applied here", step.criteria)));
         }
         Ok(match dpkg_agrees(&step)? {
-            Ok(()) => StepResult::new(result::IS_INSTALLED_INSTALLED),
-            Err(why) => StepResult::new(result::IS_INSTALLED_NOT_INSTALLED)
+            Ok(()) => done::IsInstalled::Installed.into(),
+            Err(why) => done::IsInstalled::NotInstalled
                 .with_details(format!("recorded as installed, but {why}")),
         })
     }
 
-    fn download(&mut self, ctx: &Context) -> Outcome {
+    fn download(&mut self, ctx: &Context) -> Outcome<done::Downloaded> {
         let step = load(ctx)?;
         apt_get(&step, true)?;
-        Ok(StepResult::new(result::DOWNLOAD_SUCCESS))
+        Ok(done::Downloaded::Success.into())
     }
 
-    fn install(&mut self, ctx: &Context) -> Outcome {
+    fn install(&mut self, ctx: &Context) -> Outcome<done::Installed> {
         let step = load(ctx)?;
         apt_get(&step, false)?;
         if let Err(why) = dpkg_agrees(&step)? {
@@ -229,10 +229,10 @@ impl Handler for Apt {
             ));
         }
         log::progress(100, "packages installed");
-        Ok(StepResult::new(result::INSTALL_SUCCESS))
+        Ok(done::Installed::Success.into())
     }
 
-    fn apply(&mut self, ctx: &Context) -> Outcome {
+    fn apply(&mut self, ctx: &Context) -> Outcome<done::Applied> {
         let step = load(ctx)?;
         let mut record = read_record(ctx)?;
         record.installed.insert(
@@ -245,11 +245,11 @@ impl Handler for Apt {
             serde_json::to_vec_pretty(&record).expect("a record serializes"),
         )?;
         std::fs::rename(&tmp, record_path(ctx))?;
-        Ok(StepResult::new(if step.manifest.agent_restart_required {
-            result::APPLY_REQUIRED_IMMEDIATE_AGENT_RESTART
+        Ok(if step.manifest.agent_restart_required {
+            done::Applied::AgentRestart(done::When::Now).into()
         } else {
-            result::APPLY_SUCCESS
-        }))
+            done::Applied::Success.into()
+        })
     }
 }
 

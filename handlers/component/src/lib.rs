@@ -11,8 +11,8 @@
 //! - apply: the version record becomes installedCriteria; 700;
 //! - restore: the backed-up files go back.
 
-use sandstep_sdk::codes::{content_component, result, ExtendedResultCode, Facility};
-use sandstep_sdk::{export_handler, log, Context, Failure, Handler, Outcome, StepResult};
+use sandstep_sdk::codes::{content_component, ExtendedResultCode, Facility};
+use sandstep_sdk::{done, export_handler, log, Context, Failure, Handler, Outcome};
 use std::path::{Path, PathBuf};
 
 const fn c_erc(code: u32) -> ExtendedResultCode {
@@ -66,18 +66,18 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 struct ComponentHandler;
 
 impl Handler for ComponentHandler {
-    fn is_installed(&mut self, ctx: &Context) -> Outcome {
+    fn is_installed(&mut self, ctx: &Context) -> Outcome<done::IsInstalled> {
         let want = criteria(ctx)?;
         let dir = component_dir(ctx)?;
         let have = std::fs::read_to_string(dir.join(VERSION)).unwrap_or_default();
-        Ok(StepResult::new(if have.trim() == want {
-            result::IS_INSTALLED_INSTALLED
+        Ok(if have.trim() == want {
+            done::IsInstalled::Installed.into()
         } else {
-            result::IS_INSTALLED_NOT_INSTALLED
-        }))
+            done::IsInstalled::NotInstalled.into()
+        })
     }
 
-    fn backup(&mut self, ctx: &Context) -> Outcome {
+    fn backup(&mut self, ctx: &Context) -> Outcome<done::BackedUp> {
         let dir = component_dir(ctx)?;
         let backup = ctx.work_path("backup");
         std::fs::create_dir_all(&backup)?;
@@ -88,10 +88,10 @@ impl Handler for ComponentHandler {
                 saved += 1;
             }
         }
-        Ok(StepResult::new(result::BACKUP_SUCCESS).with_details(format!("{saved} files saved")))
+        Ok(done::BackedUp::Success.with_details(format!("{saved} files saved")))
     }
 
-    fn install(&mut self, ctx: &Context) -> Outcome {
+    fn install(&mut self, ctx: &Context) -> Outcome<done::Installed> {
         let dir = component_dir(ctx)?;
         let c = ctx.component().expect("checked by component_dir");
         for (i, f) in ctx.files().iter().enumerate() {
@@ -103,25 +103,22 @@ impl Handler for ComponentHandler {
                 &format!("{} written for {}", f.name, c.id),
             );
         }
-        Ok(
-            StepResult::new(result::INSTALL_SUCCESS).with_details(format!(
-                "{} files written for {}",
-                ctx.files().len(),
-                c.id
-            )),
-        )
+        Ok(done::Installed::Success.with_details(format!(
+            "{} files written for {}",
+            ctx.files().len(),
+            c.id
+        )))
     }
 
-    fn apply(&mut self, ctx: &Context) -> Outcome {
+    fn apply(&mut self, ctx: &Context) -> Outcome<done::Applied> {
         let want = criteria(ctx)?;
         let dir = component_dir(ctx)?;
         write_atomic(&dir.join(VERSION), want.as_bytes())?;
         let c = ctx.component().expect("checked by component_dir");
-        Ok(StepResult::new(result::APPLY_SUCCESS)
-            .with_details(format!("{} ({}) now at {want}", c.id, c.name)))
+        Ok(done::Applied::Success.with_details(format!("{} ({}) now at {want}", c.id, c.name)))
     }
 
-    fn restore(&mut self, ctx: &Context) -> Outcome {
+    fn restore(&mut self, ctx: &Context) -> Outcome<done::Restored> {
         let dir = component_dir(ctx)?;
         let backup = ctx.work_path("backup");
         let mut restored = 0;
@@ -131,8 +128,7 @@ impl Handler for ComponentHandler {
                 restored += 1;
             }
         }
-        Ok(StepResult::new(result::RESTORE_SUCCESS)
-            .with_details(format!("{restored} files restored")))
+        Ok(done::Restored::Success.with_details(format!("{restored} files restored")))
     }
 }
 

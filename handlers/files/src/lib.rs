@@ -22,8 +22,8 @@
 //!   avoids.
 
 use md5::Md5;
-use sandstep_sdk::codes::{content_component, result, ExtendedResultCode, Facility};
-use sandstep_sdk::{export_handler, log, Context, Failure, Handler, Outcome, StepFile, StepResult};
+use sandstep_sdk::codes::{content_component, ExtendedResultCode, Facility};
+use sandstep_sdk::{done, export_handler, log, Context, Failure, Handler, Outcome, StepFile};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -243,7 +243,7 @@ fn dest_err(dest: &Path) -> impl Fn(std::io::Error) -> Failure + '_ {
 struct Files;
 
 impl Handler for Files {
-    fn is_installed(&mut self, ctx: &Context) -> Outcome {
+    fn is_installed(&mut self, ctx: &Context) -> Outcome<done::IsInstalled> {
         let s = step(ctx)?;
         let current = match std::fs::read(&s.dest) {
             Ok(b) => Some(digests(&b)),
@@ -261,20 +261,20 @@ impl Handler for Files {
             }
             (_, None) => false,
         };
-        Ok(StepResult::new(if installed {
-            result::IS_INSTALLED_INSTALLED
+        Ok(if installed {
+            done::IsInstalled::Installed.into()
         } else {
-            result::IS_INSTALLED_NOT_INSTALLED
-        }))
+            done::IsInstalled::NotInstalled.into()
+        })
     }
 
-    fn backup(&mut self, ctx: &Context) -> Outcome {
+    fn backup(&mut self, ctx: &Context) -> Outcome<done::BackedUp> {
         let s = step(ctx)?;
         let mut c = changes(ctx)?;
         let key = s.dest.to_string_lossy().into_owned();
         if c.changed.iter().any(|ch| ch.dest == key) {
             // An earlier step (or attempt) of this deployment kept what was there before it.
-            return Ok(StepResult::new(result::BACKUP_SUCCESS).with_details("kept before"));
+            return Ok(done::BackedUp::Success.with_details("kept before"));
         }
         let existed = s.dest.exists();
         if existed {
@@ -283,16 +283,14 @@ impl Handler for Files {
         }
         c.changed.push(Change { dest: key, existed });
         save_changes(ctx, &c)?;
-        Ok(
-            StepResult::new(result::BACKUP_SUCCESS).with_details(if existed {
-                "previous version kept"
-            } else {
-                "nothing there yet"
-            }),
-        )
+        Ok(done::BackedUp::Success.with_details(if existed {
+            "previous version kept"
+        } else {
+            "nothing there yet"
+        }))
     }
 
-    fn install(&mut self, ctx: &Context) -> Outcome {
+    fn install(&mut self, ctx: &Context) -> Outcome<done::Installed> {
         let s = step(ctx)?;
         let bytes = std::fs::read(s.file.path())?;
         let d = digests(&bytes);
@@ -314,10 +312,10 @@ impl Handler for Files {
         }
         place(&s.dest, &bytes)?;
         log::info(&format!("{} placed at {}", s.file.name, s.dest.display()));
-        Ok(StepResult::new(result::INSTALL_SUCCESS))
+        Ok(done::Installed::Success.into())
     }
 
-    fn apply(&mut self, ctx: &Context) -> Outcome {
+    fn apply(&mut self, ctx: &Context) -> Outcome<done::Applied> {
         let s = step(ctx)?;
         let d = digests(&std::fs::read(&s.dest).map_err(dest_err(&s.dest))?);
         let mut r = records(ctx)?;
@@ -327,15 +325,13 @@ impl Handler for Files {
             r.labels.insert(key.clone(), l.clone());
         }
         save_records(ctx, &r)?;
-        Ok(StepResult::new(result::APPLY_SUCCESS)
-            .with_details(format!("{key} md5={} sha256={}", d.md5, d.sha256)))
+        Ok(done::Applied::Success.with_details(format!("{key} md5={} sha256={}", d.md5, d.sha256)))
     }
 
-    fn restore(&mut self, ctx: &Context) -> Outcome {
+    fn restore(&mut self, ctx: &Context) -> Outcome<done::Restored> {
         let c = changes(ctx)?;
         if c.changed.is_empty() {
-            return Ok(StepResult::new(result::RESTORE_SUCCESS_UNSUPPORTED)
-                .with_details("this deployment changed no file"));
+            return Ok(done::Restored::Unsupported.with_details("this deployment changed no file"));
         }
         let mut records = records(ctx)?;
         let (mut restored, mut removed) = (Vec::new(), Vec::new());
@@ -369,7 +365,7 @@ impl Handler for Files {
                 removed.join(", ")
             ));
         }
-        Ok(StepResult::new(result::RESTORE_SUCCESS).with_details(details.join("; ")))
+        Ok(done::Restored::Success.with_details(details.join("; ")))
     }
 }
 

@@ -14,9 +14,9 @@
 //!
 //! Progress is reported `firmwareStatus`-style: downloading, applying, completed.
 
-use sandstep_sdk::codes::{result, ExtendedResultCode, Facility};
+use sandstep_sdk::codes::{ExtendedResultCode, Facility};
 use sandstep_sdk::slot::{self, Slot};
-use sandstep_sdk::{export_handler, log, Context, Failure, Handler, Outcome, StepResult};
+use sandstep_sdk::{done, export_handler, log, Context, Failure, Handler, Outcome};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -91,7 +91,7 @@ fn slot_from(s: &str) -> Slot {
 struct Firmware;
 
 impl Handler for Firmware {
-    fn is_installed(&mut self, ctx: &Context) -> Outcome {
+    fn is_installed(&mut self, ctx: &Context) -> Outcome<done::IsInstalled> {
         let want = criteria(ctx)?;
         let state = slot::state()?;
         let mut slots = read_slots(ctx)?;
@@ -120,12 +120,10 @@ impl Handler for Firmware {
                 slots.pending = None;
                 write_slots(ctx, &slots)?;
                 log::progress(100, "completed");
-                return Ok(
-                    StepResult::new(result::IS_INSTALLED_INSTALLED).with_details(format!(
-                        "running {want} from slot {}; committed",
-                        state.booted
-                    )),
-                );
+                return Ok(done::IsInstalled::Installed.with_details(format!(
+                    "running {want} from slot {}; committed",
+                    state.booted
+                )));
             }
             if pending_slot != state.booted {
                 // Rebooted, but the boot loader fell back: the new slot did not come up.
@@ -143,23 +141,23 @@ impl Handler for Firmware {
                 ));
             }
         }
-        Ok(StepResult::new(
+        Ok(
             if running.as_deref() == Some(want.as_str()) && state.committed {
-                result::IS_INSTALLED_INSTALLED
+                done::IsInstalled::Installed.into()
             } else {
-                result::IS_INSTALLED_NOT_INSTALLED
+                done::IsInstalled::NotInstalled.into()
             },
-        ))
+        )
     }
 
-    fn download(&mut self, _ctx: &Context) -> Outcome {
+    fn download(&mut self, _ctx: &Context) -> Outcome<done::Downloaded> {
         // The host fetched the small files; an image is streamed into the slot at install,
         // verified as it is written.
         log::progress(100, "downloading: done by the host");
-        Ok(StepResult::new(result::DOWNLOAD_SUCCESS))
+        Ok(done::Downloaded::Success.into())
     }
 
-    fn install(&mut self, ctx: &Context) -> Outcome {
+    fn install(&mut self, ctx: &Context) -> Outcome<done::Installed> {
         let want = criteria(ctx)?;
         let props: Props = ctx.properties()?;
         let image = match props.image_file_name.as_deref() {
@@ -189,28 +187,29 @@ impl Handler for Firmware {
         } else {
             format!("{} bytes into slot {target}", written.bytes)
         };
-        Ok(StepResult::new(result::INSTALL_SUCCESS).with_details(details))
+        Ok(done::Installed::Success.with_details(details))
     }
 
-    fn apply(&mut self, ctx: &Context) -> Outcome {
+    fn apply(&mut self, ctx: &Context) -> Outcome<done::Applied> {
         let state = slot::state()?;
         let target = state.booted.other();
         slot::set_next_boot(target)?;
         let mut slots = read_slots(ctx)?;
         slots.pending = Some(target.to_string());
         write_slots(ctx, &slots)?;
-        Ok(StepResult::new(result::APPLY_REQUIRED_IMMEDIATE_REBOOT)
-            .with_details(format!("slot {target} boots next")))
+        Ok(
+            done::Applied::Reboot(done::When::Now)
+                .with_details(format!("slot {target} boots next")),
+        )
     }
 
-    fn restore(&mut self, ctx: &Context) -> Outcome {
+    fn restore(&mut self, ctx: &Context) -> Outcome<done::Restored> {
         let state = slot::state()?;
         slot::set_next_boot(state.booted)?;
         let mut slots = read_slots(ctx)?;
         slots.pending = None;
         write_slots(ctx, &slots)?;
-        Ok(StepResult::new(result::RESTORE_SUCCESS)
-            .with_details(format!("slot {} stays", state.booted)))
+        Ok(done::Restored::Success.with_details(format!("slot {} stays", state.booted)))
     }
 }
 

@@ -19,9 +19,11 @@ use sandstep_model::script_protocol::{
     action_option, result_file_name, split_arguments, substitute_tokens,
 };
 use sandstep_model::script_result::ScriptResult;
-use sandstep_sdk::codes::{erc, result, ExtendedResultCode};
+use sandstep_sdk::codes::{erc, ExtendedResultCode};
 use sandstep_sdk::process::{self, Command};
-use sandstep_sdk::{export_handler, log, Action, Context, Failure, Handler, Outcome, StepResult};
+use sandstep_sdk::{
+    done, export_handler, log, Action, Context, Done, Failure, Handler, Outcome, StepResult,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -80,7 +82,7 @@ fn script_file<'a>(ctx: &'a Context, props: &Props) -> Result<&'a sandstep_sdk::
     })
 }
 
-fn run(ctx: &Context, action: Action) -> Outcome {
+fn run(ctx: &Context, action: Action) -> Result<StepResult, Failure> {
     let props: Props = ctx.properties()?;
     let script = script_file(ctx, &props)?;
     let result_name = result_file_name(action);
@@ -183,23 +185,23 @@ fn run(ctx: &Context, action: Action) -> Outcome {
 struct Script;
 
 impl Handler for Script {
-    fn is_installed(&mut self, ctx: &Context) -> Outcome {
-        run(ctx, Action::IsInstalled)
+    fn is_installed(&mut self, ctx: &Context) -> Outcome<done::IsInstalled> {
+        run(ctx, Action::IsInstalled).map(Done::relayed)
     }
-    fn download(&mut self, ctx: &Context) -> Outcome {
-        run(ctx, Action::Download)
+    fn download(&mut self, ctx: &Context) -> Outcome<done::Downloaded> {
+        run(ctx, Action::Download).map(Done::relayed)
     }
-    fn install(&mut self, ctx: &Context) -> Outcome {
-        run(ctx, Action::Install)
+    fn install(&mut self, ctx: &Context) -> Outcome<done::Installed> {
+        run(ctx, Action::Install).map(Done::relayed)
     }
-    fn apply(&mut self, ctx: &Context) -> Outcome {
-        run(ctx, Action::Apply)
+    fn apply(&mut self, ctx: &Context) -> Outcome<done::Applied> {
+        run(ctx, Action::Apply).map(Done::relayed)
     }
     /// ADU's script handler does not run the script to cancel (`ScriptHandlerImpl::Cancel`
     /// requests the workflow's cancellation and answers 800); the host has already stopped the
     /// running action.
-    fn cancel(&mut self, _ctx: &Context) -> Outcome {
-        Ok(StepResult::new(result::CANCEL_SUCCESS))
+    fn cancel(&mut self, _ctx: &Context) -> Outcome<done::Cancelled> {
+        Ok(done::Cancelled::Success.into())
     }
 }
 

@@ -3,19 +3,18 @@
 //! quickly (the handler-call benchmark measures that call).
 
 use sandstep_model::checksum::crc32_update;
-use sandstep_sdk::codes::result;
-use sandstep_sdk::{export_handler, Context, Handler, Outcome, StepResult};
+use sandstep_sdk::{done, export_handler, Context, Handler, Outcome};
 use std::io::{Read, Write};
 
 #[derive(Default)]
 struct Bench;
 
 impl Handler for Bench {
-    fn is_installed(&mut self, _ctx: &Context) -> Outcome {
-        Ok(StepResult::new(result::IS_INSTALLED_NOT_INSTALLED))
+    fn is_installed(&mut self, _ctx: &Context) -> Outcome<done::IsInstalled> {
+        Ok(done::IsInstalled::NotInstalled.into())
     }
 
-    fn install(&mut self, ctx: &Context) -> Outcome {
+    fn install(&mut self, ctx: &Context) -> Outcome<done::Installed> {
         let mut out = std::fs::File::create(ctx.work_path("crc.txt"))?;
         let mut buf = vec![0u8; 1 << 20];
         for f in ctx.files() {
@@ -30,11 +29,11 @@ impl Handler for Bench {
             }
             writeln!(out, "{} {crc:08x}", f.name)?;
         }
-        Ok(StepResult::new(result::INSTALL_SUCCESS))
+        Ok(done::Installed::Success.into())
     }
 
-    fn apply(&mut self, _ctx: &Context) -> Outcome {
-        Ok(StepResult::new(result::APPLY_SUCCESS))
+    fn apply(&mut self, _ctx: &Context) -> Outcome<done::Applied> {
+        Ok(done::Applied::Success.into())
     }
 }
 

@@ -4,7 +4,7 @@
 //! needed. Each op is used by a test in `runtime/tests/all/sandbox.rs`.
 
 use sandstep_sdk::codes::result;
-use sandstep_sdk::{export_handler, Context, Failure, Handler, Outcome, StepResult};
+use sandstep_sdk::{done, export_handler, Context, Done, Failure, Handler, Outcome, StepResult};
 use serde::Deserialize;
 use std::io::Write;
 
@@ -92,7 +92,10 @@ fn log_line(ctx: &Context, name: &str, line: &str) -> std::io::Result<()> {
     writeln!(f, "{line}")
 }
 
-fn stateful(ctx: &Context, action: &str) -> Outcome {
+/// A result with any code, as a test asks for (the host must refuse what is not ADU's).
+type Raw = Result<StepResult, Failure>;
+
+fn stateful(ctx: &Context, action: &str) -> Raw {
     let Op::Stateful {
         name,
         apply_code,
@@ -146,7 +149,7 @@ fn is_stateful(ctx: &Context) -> bool {
 #[derive(Default)]
 struct Probe;
 
-fn run(ctx: &Context, success: i32) -> Outcome {
+fn run(ctx: &Context, success: i32) -> Raw {
     let op: Op = ctx.properties()?;
     match op {
         Op::Summarize => {
@@ -248,51 +251,51 @@ fn run(ctx: &Context, success: i32) -> Outcome {
 }
 
 impl Handler for Probe {
-    fn is_installed(&mut self, ctx: &Context) -> Outcome {
+    fn is_installed(&mut self, ctx: &Context) -> Outcome<done::IsInstalled> {
         if is_stateful(ctx) {
-            return stateful(ctx, "is-installed");
+            return stateful(ctx, "is-installed").map(Done::relayed);
         }
         match ctx.properties::<Op>() {
-            Ok(Op::Installed) => Ok(StepResult::new(result::IS_INSTALLED_INSTALLED)),
-            Ok(Op::Return { .. }) => run(ctx, result::IS_INSTALLED_INSTALLED),
-            _ => Ok(StepResult::new(result::IS_INSTALLED_NOT_INSTALLED)),
+            Ok(Op::Installed) => Ok(done::IsInstalled::Installed.into()),
+            Ok(Op::Return { .. }) => run(ctx, result::IS_INSTALLED_INSTALLED).map(Done::relayed),
+            _ => Ok(done::IsInstalled::NotInstalled.into()),
         }
     }
-    fn download(&mut self, ctx: &Context) -> Outcome {
+    fn download(&mut self, ctx: &Context) -> Outcome<done::Downloaded> {
         if is_stateful(ctx) {
-            return stateful(ctx, "download");
+            return stateful(ctx, "download").map(Done::relayed);
         }
-        Ok(StepResult::new(result::DOWNLOAD_SUCCESS))
+        Ok(done::Downloaded::Success.into())
     }
-    fn backup(&mut self, ctx: &Context) -> Outcome {
+    fn backup(&mut self, ctx: &Context) -> Outcome<done::BackedUp> {
         if is_stateful(ctx) {
-            return stateful(ctx, "backup");
+            return stateful(ctx, "backup").map(Done::relayed);
         }
-        Ok(StepResult::new(result::BACKUP_SUCCESS_UNSUPPORTED))
+        Ok(done::BackedUp::Unsupported.into())
     }
-    fn install(&mut self, ctx: &Context) -> Outcome {
+    fn install(&mut self, ctx: &Context) -> Outcome<done::Installed> {
         if is_stateful(ctx) {
-            return stateful(ctx, "install");
+            return stateful(ctx, "install").map(Done::relayed);
         }
-        run(ctx, result::INSTALL_SUCCESS)
+        run(ctx, result::INSTALL_SUCCESS).map(Done::relayed)
     }
-    fn apply(&mut self, ctx: &Context) -> Outcome {
+    fn apply(&mut self, ctx: &Context) -> Outcome<done::Applied> {
         if is_stateful(ctx) {
-            return stateful(ctx, "apply");
+            return stateful(ctx, "apply").map(Done::relayed);
         }
-        run(ctx, result::APPLY_SUCCESS)
+        run(ctx, result::APPLY_SUCCESS).map(Done::relayed)
     }
-    fn restore(&mut self, ctx: &Context) -> Outcome {
+    fn restore(&mut self, ctx: &Context) -> Outcome<done::Restored> {
         if is_stateful(ctx) {
-            return stateful(ctx, "restore");
+            return stateful(ctx, "restore").map(Done::relayed);
         }
-        Ok(StepResult::new(result::RESTORE_SUCCESS_UNSUPPORTED))
+        Ok(done::Restored::Unsupported.into())
     }
-    fn cancel(&mut self, ctx: &Context) -> Outcome {
+    fn cancel(&mut self, ctx: &Context) -> Outcome<done::Cancelled> {
         if is_stateful(ctx) {
-            return stateful(ctx, "cancel");
+            return stateful(ctx, "cancel").map(Done::relayed);
         }
-        Ok(StepResult::new(result::CANCEL_SUCCESS))
+        Ok(done::Cancelled::Success.into())
     }
 }
 

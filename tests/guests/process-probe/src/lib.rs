@@ -1,9 +1,8 @@
 //! A test guest that imports the `process` capability. Its install runs the program named in
 //! `handlerProperties` and reports the output as JSON in the result details, or the refusal.
 
-use sandstep_sdk::codes::result;
 use sandstep_sdk::process::{self, Command};
-use sandstep_sdk::{export_handler, Context, Handler, Outcome, StepResult};
+use sandstep_sdk::{done, export_handler, Context, Handler, Outcome};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -27,11 +26,11 @@ enum Op {
 struct ProcessProbe;
 
 impl Handler for ProcessProbe {
-    fn is_installed(&mut self, _: &Context) -> Outcome {
-        Ok(StepResult::new(result::IS_INSTALLED_NOT_INSTALLED))
+    fn is_installed(&mut self, _: &Context) -> Outcome<done::IsInstalled> {
+        Ok(done::IsInstalled::NotInstalled.into())
     }
 
-    fn install(&mut self, ctx: &Context) -> Outcome {
+    fn install(&mut self, ctx: &Context) -> Outcome<done::Installed> {
         match ctx.properties::<Op>()? {
             Op::Run {
                 program,
@@ -55,17 +54,17 @@ impl Handler for ProcessProbe {
                     "stderr": out.stderr,
                     "truncated": out.truncated,
                 });
-                Ok(StepResult::new(result::INSTALL_SUCCESS).with_details(report.to_string()))
+                Ok(done::Installed::Success.with_details(report.to_string()))
             }
             Op::HostPath { path } => {
                 let host = process::host_path(&path)?;
-                Ok(StepResult::new(result::INSTALL_SUCCESS).with_details(host))
+                Ok(done::Installed::Success.with_details(host))
             }
         }
     }
 
-    fn apply(&mut self, _: &Context) -> Outcome {
-        Ok(StepResult::new(result::APPLY_SUCCESS))
+    fn apply(&mut self, _: &Context) -> Outcome<done::Applied> {
+        Ok(done::Applied::Success.into())
     }
 }
 
