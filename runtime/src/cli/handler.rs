@@ -1,4 +1,5 @@
-//! `sandstep handler install|list|remove|sign|verify`: the handler registry and signatures.
+//! `sandstep handler install|list|remove|sign|verify`: the handler registry and signatures;
+//! `handler new|build` (a vendor's project) are in `handler_kit`.
 
 use super::common::Common;
 use anyhow::{Context as _, Result};
@@ -15,6 +16,22 @@ use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
 pub enum HandlerCommand {
+    /// Write a new handler project in DIR (a Rust crate for the SDK: the handler, a native test,
+    /// a sample manifest and payload, a README with the next commands).
+    New {
+        /// The project's directory (created; its name becomes the crate's).
+        dir: PathBuf,
+        /// The handler id it serves, e.g. contoso/config:1.
+        #[arg(long)]
+        id: String,
+    },
+    /// Build a handler project into a component (rustup's wasm32-wasip2 target when installed,
+    /// else Debian's Rust toolchain) and print its imports and the capabilities they need.
+    Build {
+        /// The project's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Verify a signed component, check its imports against the policy for the id, precompile
     /// it, and register it as the handler for the id.
     Install {
@@ -91,6 +108,14 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
             out,
         } => return sign(&component, &key, out),
         HandlerCommand::Verify { component, trust } => return verify(&component, trust, common),
+        HandlerCommand::New { dir, id } => {
+            super::handler_kit::new_project(&dir, &id)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        HandlerCommand::Build { dir } => {
+            super::handler_kit::build(&dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         other => other,
     };
     let config = common.load_config()?;
@@ -138,9 +163,10 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
             let e = loader.remove(&id)?;
             println!("removed {} (sha256 {})", e.id, e.digest);
         }
-        HandlerCommand::Sign { .. } | HandlerCommand::Verify { .. } => {
-            unreachable!("handled above")
-        }
+        HandlerCommand::Sign { .. }
+        | HandlerCommand::Verify { .. }
+        | HandlerCommand::New { .. }
+        | HandlerCommand::Build { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -149,7 +149,7 @@ pub fn new(args: NewArgs) -> Result<ExitCode> {
 }
 
 /// Now as ADU's tooling writes `createdDateTime` (ISO 8601, UTC).
-fn chrono_now() -> String {
+pub(super) fn chrono_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -3,10 +3,12 @@
 #[cfg(feature = "dev-tools")]
 mod bench;
 mod common;
+mod dev;
 mod doctor;
 mod firmware;
 mod fleet;
 mod handler;
+mod handler_kit;
 mod key;
 mod manifest;
 mod manifest_authoring;
@@ -86,6 +88,9 @@ enum Command {
     /// Development tools for a single step.
     #[command(subcommand)]
     Step(step::StepCommand),
+    /// Handler development: run a handler on a manifest in a throwaway data directory.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -116,6 +121,7 @@ pub fn main() -> ExitCode {
             Command::Firmware(cmd) => firmware::run(cmd),
             Command::Trust(cmd) => trust::run(cmd, &cli.common),
             Command::Step(cmd) => step::run(cmd).await,
+            Command::Dev(cmd) => dev::run(cmd),
             Command::Agent => fleet::agent(&cli.common).await,
             Command::Shadow => fleet::shadow(&cli.common).await,
             Command::Deploy(args) => fleet::deploy(args, &cli.common).await,

@@ -17,6 +17,7 @@ mod sandbox;
 mod seeds;
 mod support;
 mod trust;
+mod vendor_kit;
 mod workflow;
 
 /// The fuzz smoke run, the fleet simulation and the benchmark guest's check need the dev tools
