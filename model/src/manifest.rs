@@ -14,8 +14,11 @@ use std::fmt;
 
 /// Largest manifest accepted, in bytes (the limits below keep real manifests far smaller).
 pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
-/// Largest `sizeInBytes` (ADU's schema: 2^31).
-pub const MAX_FILE_SIZE: u64 = 1 << 31;
+/// Largest `sizeInBytes`: 1 TiB. ADU's service takes files of up to 2 GiB in an import, but its
+/// agent keeps the size as a `size_t` (`ADUC_FileEntity::SizeInBytes`,
+/// src/adu_types/inc/aduc/types/update_content.h) and so accepts larger ones; firmware images
+/// streamed into a slot are often larger than 2 GiB.
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
 
 /// One validation failure: where, and which rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
