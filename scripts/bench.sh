@@ -35,8 +35,18 @@ if [[ -x /usr/sbin/mosquitto ]]; then
     sleep 0.5
     broker=(--broker "mqtt://127.0.0.1:$port")
 fi
+# Group 8: the `handler new` template in each language, built with `handler build` (Python and
+# JavaScript with the toolchains scripts/guest-toolchains.sh installs).
+langs=target/bench-langs
+rm -rf "$langs" && mkdir -p "$langs"
+PATH="$(scripts/guest-toolchains.sh --quiet):$PATH"
+for lang in rust python js; do
+    target/release/sandstep handler new "$langs/bench-$lang" --id "bench/lang-$lang:1" --lang "$lang" >/dev/null
+    built=$(CARGO_TARGET_DIR=$root/target target/release/sandstep handler build "$langs/bench-$lang" 2>/dev/null | head -1 | cut -d' ' -f1)
+    cp "$built" "$langs/$lang.wasm"
+done
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(date -u +%Y-%m-%d)"
-target/release/sandstep bench "${broker[@]}" --json target/bench.json "${args[@]}"
+target/release/sandstep bench "${broker[@]}" --lang-dir "$langs" --json target/bench.json "${args[@]}"
 if [[ $peers == yes ]]; then
     if [[ $(id -u) -ne 0 ]]; then
         echo "bench: the side-by-side firmware run needs root (loop devices); skipped" >&2

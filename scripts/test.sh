@@ -17,6 +17,9 @@ missing=()
 if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]]; then
     (apt-get install -y -q "${missing[@]}" || (apt-get update -q && apt-get install -y -q "${missing[@]}")) >/dev/null
 fi
+# The Python and JavaScript handler toolchains (componentize-py from PyPI, componentize-js from
+# npm), pinned, into target/tools: the vendor-kit test builds a handler with each.
+scripts/guest-toolchains.sh --quiet >/dev/null
 # Default members: model, runtime, sdk (guests are covered through the runtime tests). The
 # fault-injection feature adds the crash points the crash-recovery test needs; dev-tools the
 # fuzz targets (for the smoke run) and `sandstep bench`/`fleet-sim`.

@@ -65,6 +65,10 @@ fn dir(p: &Path) -> Dir {
     Dir::open_ambient_dir(p, ambient_authority()).expect("bench directory")
 }
 
+/// handlerProperties under which every `handler new` template answers is-installed with 901.
+const SAMPLE_PROPERTIES: &str =
+    r#"{"fileName": "app.conf", "installedCriteria": "1.0", "currentVersion": "0.9"}"#;
+
 fn ctx(handler: &str, files: Vec<sandstep_model::StepFile>) -> StepContext {
     StepContext {
         workflow_id: "bench".into(),
@@ -76,7 +80,8 @@ fn ctx(handler: &str, files: Vec<sandstep_model::StepFile>) -> StepContext {
         handler_id: handler.into(),
         step_index: 0,
         level: 0,
-        handler_properties: Default::default(),
+        // What the `handler new` templates read in is-installed (the benchmark guest reads none).
+        handler_properties: serde_json::from_str(SAMPLE_PROPERTIES).expect("sample properties"),
         files,
         component: None,
     }
@@ -225,23 +230,23 @@ pub async fn handler_call(
     }
 }
 
-/// Calls through the agent's own loader (a data dir with the handler installed and its key
-/// trusted), as each step of a deployment loads its handler.
-async fn agent_loader_calls(
+const BENCH_ID: &str = "bench/handler:1";
+
+/// The agent's loader over a data dir in `root` with `signed` installed as [`BENCH_ID`] and its
+/// key trusted, and its sandbox.
+async fn agent_loader(
+    root: &Path,
     signed: &[u8],
     key: &TrustedHandlerKey,
     key_bytes: &[u8],
-    env: &StepEnv,
-    iterations: usize,
-) -> Stats {
-    let t = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(t.path().join("trust/handlers")).expect("mkdir");
+) -> (crate::loader::Loader, Arc<Sandbox>) {
+    std::fs::create_dir_all(root.join("trust/handlers")).expect("mkdir");
     std::fs::write(
-        t.path().join(format!("trust/handlers/{}.pub", key.name)),
+        root.join(format!("trust/handlers/{}.pub", key.name)),
         key_bytes,
     )
     .expect("key");
-    let data = DataDir::open(t.path()).expect("data dir");
+    let data = DataDir::open(root).expect("data dir");
     let trust = crate::trust::TrustStore::load(&data, &Default::default()).expect("trust");
     let registry =
         crate::registry::Registry::open(data.handlers().expect("handlers")).expect("registry");
@@ -253,12 +258,31 @@ async fn agent_loader_calls(
         .expect("sandbox"),
     );
     let loader = crate::loader::Loader::new(registry, trust, sb.clone());
-    let policy = crate::policy::Policy::default();
-    let id = "bench/handler:1";
     loader
-        .install(id, signed.to_vec(), "bench.wasm", &policy, 0)
+        .install(
+            BENCH_ID,
+            signed.to_vec(),
+            "bench.wasm",
+            &Default::default(),
+            0,
+        )
         .await
         .expect("install");
+    (loader, sb)
+}
+
+/// Calls through the agent's own loader (a data dir with the handler installed and its key
+/// trusted), as each step of a deployment loads its handler.
+async fn agent_loader_calls(
+    signed: &[u8],
+    key: &TrustedHandlerKey,
+    key_bytes: &[u8],
+    env: &StepEnv,
+    iterations: usize,
+) -> Stats {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (loader, sb) = agent_loader(t.path(), signed, key, key_bytes).await;
+    let (policy, id) = (crate::policy::Policy::default(), BENCH_ID);
     let mut v = Vec::new();
     for _ in 0..iterations {
         let t = Instant::now();
@@ -267,6 +291,40 @@ async fn agent_loader_calls(
         v.push(t.elapsed());
     }
     Stats::of(v)
+}
+
+/// What a handler's language costs: the component, its install, its calls.
+#[derive(Debug, Clone, Serialize)]
+pub struct LanguageFigures {
+    pub component_bytes: usize,
+    /// `handler install`: signature check, policy check, compilation, registry (each run into a
+    /// fresh data dir, so nothing is cached).
+    pub install: Stats,
+    /// A call through the agent's loader: load (verdict and compiled component kept) and
+    /// is-installed in a fresh instance.
+    pub call: Stats,
+}
+
+/// Benchmark 8: install and per-call cost of one signed handler component.
+pub async fn language(
+    signed: &[u8],
+    key: &TrustedHandlerKey,
+    key_bytes: &[u8],
+    iterations: usize,
+) -> LanguageFigures {
+    let mut installs = Vec::new();
+    for _ in 0..3 {
+        let t = tempfile::tempdir().expect("tempdir");
+        let started = Instant::now();
+        agent_loader(t.path(), signed, key, key_bytes).await;
+        installs.push(started.elapsed());
+    }
+    let env = StepEnv::new();
+    LanguageFigures {
+        component_bytes: signed.len(),
+        install: Stats::of(installs),
+        call: agent_loader_calls(signed, key, key_bytes, &env, iterations).await,
+    }
 }
 
 /// Figures of the sandbox-versus-native benchmark.

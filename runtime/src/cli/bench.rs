@@ -24,9 +24,15 @@ pub struct BenchArgs {
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Only these groups: sandbox (1, 2), data-path (3-5), size, agent (6, 7). Default: all.
+    /// Only these groups: sandbox (1, 2), data-path (3-5), size, agent (6, 7), languages (8).
+    /// Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Handler components of the same template in each language, as rust.wasm, python.wasm and
+    /// js.wasm (scripts/bench.sh builds them with `handler new` and `handler build`); group 8
+    /// measures those present.
+    #[arg(long)]
+    lang_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -64,6 +70,9 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     if wanted("size") {
         binary_size(&mut all)?;
     }
+    if let Some(dir) = args.lang_dir.as_deref().filter(|_| wanted("languages")) {
+        language_figures(dir, &sign, &keys, q, &mut all).await?;
+    }
     match &args.broker {
         Some(url) if wanted("agent") => agent_figures(url, &args.fleet, q, &mut all).await?,
         Some(_) => {}
@@ -89,6 +98,34 @@ struct Keys {
 }
 
 type Figures = serde_json::Map<String, serde_json::Value>;
+
+/// 8: the same handler written in Rust, Python and JavaScript: size, install, call.
+async fn language_figures(
+    dir: &std::path::Path,
+    sign: &dyn Fn(Vec<u8>) -> Vec<u8>,
+    k: &Keys,
+    q: bool,
+    all: &mut Figures,
+) -> Result<()> {
+    let mut figures = serde_json::Map::new();
+    for lang in ["rust", "python", "js"] {
+        let path = dir.join(format!("{lang}.wasm"));
+        let Ok(bytes) = std::fs::read(&path) else {
+            println!("| 8. {lang} handler | skipped: no {} | - |", path.display());
+            continue;
+        };
+        let f = bench::language(&sign(bytes), &k.key, &k.key_bytes, if q { 50 } else { 200 }).await;
+        println!(
+            "| 8. {lang} handler ({:.1} MB): install (compile) / call through the agent's loader | {} / {} | - |",
+            f.component_bytes as f64 / 1e6,
+            f.install,
+            f.call
+        );
+        figures.insert(lang.into(), serde_json::to_value(&f)?);
+    }
+    all.insert("languages".into(), figures.into());
+    Ok(())
+}
 
 /// 1 and 2: a handler call's cost, and a sandboxed computation against native code.
 async fn sandbox_figures(g: &Guests, k: &Keys, q: bool, all: &mut Figures) -> Result<()> {

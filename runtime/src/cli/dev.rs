@@ -75,6 +75,8 @@ pub fn run(cmd: DevCommand) -> Result<ExitCode> {
     let status = run.status().context("cannot run sandstep run")?;
     if args.keep {
         eprintln!("data directory kept: {}", dir.keep().join("data").display());
+    } else {
+        eprintln!("(the data directory and its result file are removed; --keep keeps them)");
     }
     Ok(ExitCode::from(
         status.code().unwrap_or(1).clamp(0, 255) as u8

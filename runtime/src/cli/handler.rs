@@ -16,14 +16,19 @@ use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
 pub enum HandlerCommand {
-    /// Write a new handler project in DIR (a Rust crate for the SDK: the handler, a native test,
-    /// a sample manifest and payload, a README with the next commands).
+    /// Write a new handler project in DIR: the handler (a Rust crate for the SDK with a native
+    /// test, or a Python or JavaScript module with the WIT package), a sample manifest and
+    /// payload, a README with the next commands.
     New {
         /// The project's directory (created; its name becomes the crate's).
         dir: PathBuf,
         /// The handler id it serves, e.g. contoso/config:1.
         #[arg(long)]
         id: String,
+        /// The language: a Rust crate for the SDK, or Python (componentize-py) or JavaScript
+        /// (componentize-js) against the WIT package.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: super::handler_kit::Lang,
     },
     /// Build a handler project into a component (rustup's wasm32-wasip2 target when installed,
     /// else Debian's Rust toolchain) and print its imports and the capabilities they need.
@@ -108,8 +113,8 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
             out,
         } => return sign(&component, &key, out),
         HandlerCommand::Verify { component, trust } => return verify(&component, trust, common),
-        HandlerCommand::New { dir, id } => {
-            super::handler_kit::new_project(&dir, &id)?;
+        HandlerCommand::New { dir, id, lang } => {
+            super::handler_kit::new_project(&dir, &id, lang)?;
             return Ok(ExitCode::SUCCESS);
         }
         HandlerCommand::Build { dir } => {

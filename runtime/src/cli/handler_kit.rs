@@ -1,7 +1,9 @@
 //! `sandstep handler new` and `handler build`: a handler project from a template, anywhere on
-//! disk, and its build into a component with the toolchain this machine has (rustup's
-//! wasm32-wasip2 target, else Debian's Rust with the standard library built from source, as
-//! scripts/build-components.sh builds the project's own guests).
+//! disk, in Rust, Python or JavaScript, and its build into a component: Rust with the toolchain
+//! this machine has (rustup's wasm32-wasip2 target, else Debian's Rust with the standard library
+//! built from source, as scripts/build-components.sh builds the project's own guests), Python
+//! with componentize-py, JavaScript with componentize-js (their official toolchains, on PATH).
+//! The Python and JavaScript templates are the handlers in examples/, with the id replaced.
 
 use anyhow::{bail, Context as _, Result};
 use sandstep::capability::{classify_import, ImportKind};
@@ -13,6 +15,17 @@ use std::process::Command;
 const CARGO_TOML: &str = include_str!("../../templates/rust/Cargo.toml");
 const LIB_RS: &str = include_str!("../../templates/rust/lib.rs");
 const README: &str = include_str!("../../templates/rust/README.md");
+const PY_APP: &str = include_str!("../../../examples/python-handler/app.py");
+const PY_README: &str = include_str!("../../templates/python/README.md");
+const JS_APP: &str = include_str!("../../../examples/js-handler/handler.js");
+const JS_README: &str = include_str!("../../templates/js/README.md");
+/// The WIT package a Python or JavaScript project is built against.
+const WIT: &str = include_str!("../../../wit/handler.wit");
+/// The handler ids the examples carry, replaced by the new project's.
+const PY_EXAMPLE_ID: &str = "acme/pyconfig:1";
+const JS_EXAMPLE_ID: &str = "acme/jscheck:1";
+/// The world non-Rust handlers target: logging and progress, nothing to grant.
+const BASE_WORLD: &str = "sandstep:handler/handler";
 /// The versions the SDK is tested with: a new project starts from them.
 const LOCK: &str = include_str!("../../../Cargo.lock");
 const SAMPLE_FILE: &str = "app.conf";
@@ -45,6 +58,24 @@ pub fn names(dir_name: &str, id: &str) -> Result<Names, String> {
             "--id {id}: a handler id is vendor/name:version, e.g. contoso/config:1"
         ));
     }
+    let krate = crate_name_of(dir_name)?;
+    let type_name: String = krate
+        .split('-')
+        .filter(|w| !w.is_empty())
+        .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
+        .collect::<String>()
+        + "Handler";
+    let vendor = id.split('/').next().unwrap_or_default().to_owned();
+    Ok(Names {
+        krate,
+        type_name,
+        vendor,
+    })
+}
+
+/// The crate (and component) name a project directory's name gives: lower case, runs of other
+/// characters as `-`; it must start with a letter.
+pub fn crate_name_of(dir_name: &str) -> Result<String, String> {
     let krate: String = dir_name
         .chars()
         .map(|c| {
@@ -62,18 +93,7 @@ pub fn names(dir_name: &str, id: &str) -> Result<Names, String> {
             "{dir_name}: the directory's name must start with a letter (it names the crate)"
         ));
     }
-    let type_name: String = krate
-        .split('-')
-        .filter(|w| !w.is_empty())
-        .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
-        .collect::<String>()
-        + "Handler";
-    let vendor = id.split('/').next().unwrap_or_default().to_owned();
-    Ok(Names {
-        krate,
-        type_name,
-        vendor,
-    })
+    Ok(krate)
 }
 
 /// Fills a template's placeholders.
@@ -100,8 +120,46 @@ fn find_sdk() -> Result<PathBuf> {
     bail!("no sandstep-sdk found: set SANDSTEP_SDK to the sdk directory of a sandstep checkout")
 }
 
-/// `handler new DIR --id ID`: writes the project.
-pub fn new_project(dir: &Path, id: &str) -> Result<()> {
+/// A handler project's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    Js,
+}
+
+impl Lang {
+    /// The language of the project in `dir`, told by its files.
+    fn of(dir: &Path) -> Result<Lang> {
+        [
+            ("Cargo.toml", Lang::Rust),
+            ("app.py", Lang::Python),
+            ("handler.js", Lang::Js),
+        ]
+        .into_iter()
+        .find(|(file, _)| dir.join(file).is_file())
+        .map(|(_, lang)| lang)
+        .with_context(|| {
+            format!(
+                "{}: no Cargo.toml, app.py or handler.js: not a handler project (sandstep handler new makes one)",
+                dir.display()
+            )
+        })
+    }
+
+    /// The sample step's handlerProperties.
+    fn sample_properties(self) -> serde_json::Value {
+        match self {
+            Lang::Rust | Lang::Python => {
+                serde_json::json!({"fileName": SAMPLE_FILE, "installedCriteria": "1.0"})
+            }
+            Lang::Js => serde_json::json!({"installedCriteria": "1.0", "currentVersion": "0.9"}),
+        }
+    }
+}
+
+/// `handler new DIR --id ID [--lang L]`: writes the project.
+pub fn new_project(dir: &Path, id: &str, lang: Lang) -> Result<()> {
     let dir_name = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -113,23 +171,36 @@ pub fn new_project(dir: &Path, id: &str) -> Result<()> {
             dir.display()
         );
     }
-    let sdk = find_sdk()?;
-    std::fs::create_dir_all(dir.join("src"))?;
     std::fs::create_dir_all(dir.join("payload"))?;
     let write = |rel: &str, text: &str| {
-        std::fs::write(dir.join(rel), text)
-            .with_context(|| format!("writing {}", dir.join(rel).display()))
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     };
-    write("Cargo.toml", &render(CARGO_TOML, &names, id, &sdk))?;
-    write("src/lib.rs", &render(LIB_RS, &names, id, &sdk))?;
-    write("README.md", &render(README, &names, id, &sdk))?;
-    write("Cargo.lock", LOCK)?;
-    write(".gitignore", "/target\n*.key\n")?;
+    match lang {
+        Lang::Rust => {
+            let sdk = find_sdk()?;
+            write("Cargo.toml", &render(CARGO_TOML, &names, id, &sdk))?;
+            write("src/lib.rs", &render(LIB_RS, &names, id, &sdk))?;
+            write("README.md", &render(README, &names, id, &sdk))?;
+            write("Cargo.lock", LOCK)?;
+        }
+        Lang::Python | Lang::Js => {
+            let (app, file, example_id, readme) = match lang {
+                Lang::Python => (PY_APP, "app.py", PY_EXAMPLE_ID, PY_README),
+                _ => (JS_APP, "handler.js", JS_EXAMPLE_ID, JS_README),
+            };
+            write(file, &example_as(app, example_id, id, &names))?;
+            write("README.md", &render(readme, &names, id, Path::new("")))?;
+            write("wit/handler.wit", WIT)?;
+        }
+    }
+    write(".gitignore", "/target\n*.key\n__pycache__/\n")?;
     write(&format!("payload/{SAMPLE_FILE}"), "greeting=hello\n")?;
-    write(
-        "manifest.json",
-        &sample_manifest(&names, id, &dir.join("payload"))?,
-    )?;
+    let manifest = sample_manifest(&names, id, lang, &dir.join("payload"))?;
+    write("manifest.json", &manifest)?;
     println!(
         "wrote {} ({}, handler {id}); next: cd {} && sandstep handler build",
         dir.display(),
@@ -139,8 +210,20 @@ pub fn new_project(dir: &Path, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// An example handler's source as the new project's: its id, and its build line's paths.
+fn example_as(source: &str, example_id: &str, id: &str, names: &Names) -> String {
+    let example_wasm = format!(
+        "{}.wasm",
+        example_id.split(['/', ':']).nth(1).unwrap_or_default()
+    );
+    source
+        .replace(example_id, id)
+        .replace("../../wit", "wit")
+        .replace(&example_wasm, &format!("target/{}.wasm", names.krate))
+}
+
 /// A one-step manifest installing the sample file with the new handler.
-fn sample_manifest(names: &Names, id: &str, payload: &Path) -> Result<String> {
+fn sample_manifest(names: &Names, id: &str, lang: Lang, payload: &Path) -> Result<String> {
     let update = UpdateId {
         provider: names.vendor.clone(),
         name: names.krate.clone(),
@@ -150,7 +233,7 @@ fn sample_manifest(names: &Names, id: &str, payload: &Path) -> Result<String> {
         serde_json::json!({"manufacturer": names.vendor, "model": names.krate}),
     )?;
     let step = serde_json::json!({"handler": id, "files": [SAMPLE_FILE],
-        "handlerProperties": {"fileName": SAMPLE_FILE, "installedCriteria": "1.0"}});
+        "handlerProperties": lang.sample_properties()});
     let facts = |name: &str| -> Result<Option<FileFacts>, String> {
         let bytes = std::fs::read(payload.join(name)).map_err(|e| format!("{name}: {e}"))?;
         Ok(Some(FileFacts {
@@ -246,6 +329,18 @@ fn build_command(dir: &Path) -> Result<Command> {
 
 /// `handler build [DIR]`: builds the component and prints it with what it imports.
 pub fn build(dir: &Path) -> Result<PathBuf> {
+    let wasm = match Lang::of(dir)? {
+        Lang::Rust => build_rust(dir)?,
+        lang => build_other(dir, lang)?,
+    };
+    let bytes =
+        std::fs::read(&wasm).with_context(|| format!("the build wrote no {}", wasm.display()))?;
+    println!("{} ({} bytes)", wasm.display(), bytes.len());
+    print!("{}", describe_imports(&bytes));
+    Ok(wasm)
+}
+
+fn build_rust(dir: &Path) -> Result<PathBuf> {
     let krate = crate_name(dir)?;
     let status = build_command(dir)?.status().context("cannot run cargo")?;
     if !status.success() {
@@ -254,15 +349,66 @@ pub fn build(dir: &Path) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| dir.join("target"));
-    let wasm = target.join(format!(
+    Ok(target.join(format!(
         "wasm32-wasip2/guest/{}.wasm",
         krate.replace('-', "_")
-    ));
-    let bytes =
-        std::fs::read(&wasm).with_context(|| format!("the build wrote no {}", wasm.display()))?;
-    println!("{} ({} bytes)", wasm.display(), bytes.len());
-    print!("{}", describe_imports(&bytes));
-    Ok(wasm)
+    )))
+}
+
+/// A Python or JavaScript project through its official toolchain, into `target/<name>.wasm`.
+fn build_other(dir: &Path, lang: Lang) -> Result<PathBuf> {
+    let dir_name = dir
+        .canonicalize()?
+        .file_name()
+        .and_then(|n| n.to_str().map(str::to_owned))
+        .context("the project directory has no name")?;
+    let krate = crate_name_of(&dir_name).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(dir.join("target"))?;
+    let out = format!("target/{krate}.wasm");
+    let (tool, args, install) = match lang {
+        Lang::Python => (
+            "componentize-py",
+            vec![
+                "-d",
+                "wit",
+                "-w",
+                BASE_WORLD,
+                "componentize",
+                "app",
+                "-o",
+                &out,
+            ],
+            "pip install componentize-py==0.25.1",
+        ),
+        _ => (
+            "componentize-js",
+            // No HTTP or fetch: sandstep offers handlers no network.
+            vec![
+                "handler.js",
+                "--wit",
+                "wit",
+                "--world-name",
+                BASE_WORLD,
+                "-d",
+                "http",
+                "fetch-event",
+                "-o",
+                &out,
+            ],
+            "npm install -g @bytecodealliance/componentize-js@0.23.0",
+        ),
+    };
+    let status = match Command::new(tool).args(&args).current_dir(dir).status() {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{tool} is not on PATH: `{install}` (or scripts/guest-toolchains.sh in a sandstep checkout)")
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot run {tool}")),
+    };
+    if !status.success() {
+        bail!("{tool} failed on {} ({status})", dir.display());
+    }
+    Ok(dir.join(out))
 }
 
 /// What a component imports, and the capabilities a gateway must grant for it.
@@ -293,4 +439,36 @@ pub fn describe_imports(component: &[u8]) -> String {
         ),
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_projects_names_come_from_its_directory_and_handler_id() {
+        let n = names("Acme Config_2", "acme/config:1").unwrap();
+        assert_eq!(n.krate, "acme-config-2");
+        assert_eq!(n.type_name, "AcmeConfig2Handler");
+        assert_eq!(n.vendor, "acme");
+        assert!(names("2fast", "acme/x:1")
+            .unwrap_err()
+            .contains("start with a letter"));
+        assert!(names("ok", "acme-x")
+            .unwrap_err()
+            .contains("vendor/name:version"));
+    }
+
+    #[test]
+    fn the_language_templates_are_the_examples_with_the_new_id_and_paths() {
+        let n = names("acme-py", "acme/thing:2").unwrap();
+        let py = example_as(PY_APP, PY_EXAMPLE_ID, "acme/thing:2", &n);
+        assert!(py.contains("`acme/thing:2`") && !py.contains(PY_EXAMPLE_ID));
+        assert!(py.contains("componentize-py -d wit -w sandstep:handler/handler componentize app -o target/acme-py.wasm"));
+        let js = example_as(JS_APP, JS_EXAMPLE_ID, "acme/thing:2", &n);
+        assert!(
+            js.contains("--wit wit --world-name sandstep:handler/handler")
+                && !js.contains(JS_EXAMPLE_ID)
+        );
+    }
 }

@@ -75,7 +75,7 @@ fn sign_and_dev_run(project: &Path, wasm: &Path) -> String {
         .arg(&key)
         .output()
         .unwrap());
-    let signed = project.join("acme-config.wasm");
+    let signed = project.join("signed.wasm");
     ok(&sandstep()
         .args(["handler", "sign"])
         .arg(wasm)
@@ -117,4 +117,63 @@ fn handler_new_refuses_a_bad_id_and_a_directory_in_use() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
     assert_eq!(std::fs::read(t.path().join("keep.txt")).unwrap(), b"mine");
+}
+
+/// PATH with the component toolchains scripts/guest-toolchains.sh installs (it runs in
+/// scripts/test.sh); `None` when they are not there.
+fn guest_toolchains_path() -> Option<String> {
+    let tools = repo_root().join("target/tools");
+    let py = tools.join("python/bin");
+    let js = tools.join("js/node_modules/.bin");
+    if !py.join("componentize-py").exists() || !js.join("componentize-js").exists() {
+        return None;
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    Some(format!("{}:{}:{path}", py.display(), js.display()))
+}
+
+/// `handler new --lang`, `handler build`, `handler sign`, `dev run`: the output of `dev run`.
+fn new_build_run(lang: &str, id: &str, path: &str) -> String {
+    let t = tempfile::tempdir().unwrap();
+    let project = t.path().join(format!("acme-{lang}"));
+    ok(&sandstep()
+        .args(["handler", "new"])
+        .arg(&project)
+        .args(["--id", id, "--lang", lang])
+        .output()
+        .unwrap());
+    let built = ok(&sandstep()
+        .args(["handler", "build"])
+        .arg(&project)
+        .env("PATH", path)
+        .output()
+        .unwrap());
+    assert!(
+        built.contains("capabilities: none needed"),
+        "a {lang} handler built against the base world asks for no capability: {built}"
+    );
+    let wasm = project.join(format!("target/acme-{lang}.wasm"));
+    sign_and_dev_run(&project, &wasm)
+}
+
+#[test]
+fn python_and_javascript_handlers_build_with_their_official_toolchains_and_run() {
+    let Some(path) = guest_toolchains_path() else {
+        crate::support::prerequisite_missing(
+            "componentize-py and componentize-js (scripts/guest-toolchains.sh installs them)",
+        );
+        return;
+    };
+    let py = new_build_run("python", "acme/pyconfig:1", &path);
+    assert!(py.contains("install -> 600"), "{py}");
+    assert!(py.contains("app.conf installed"), "{py}");
+    assert!(py.contains("apply -> 700"), "{py}");
+    let js = new_build_run("js", "acme/jscheck:1", &path);
+    assert!(js.contains("is-installed -> 901"), "{js}");
+    assert!(js.contains("running 0.9, want 1.0"), "{js}");
+    assert!(
+        js.contains("1 file(s) verified: app.conf (15 bytes)"),
+        "{js}"
+    );
+    assert!(js.contains("apply -> 700"), "{js}");
 }
