@@ -5,32 +5,24 @@
 
 use super::{io, name, SlotCtx, WitError, Written};
 use crate::bindings::slot::SlotName;
-use crate::blockindex::{coalesce, plan, Block, BlockIndex, MAX_GAP_BLOCKS};
+use crate::blockindex::{coalesce, decide, Block, BlockIndex, LocalBlocks, MAX_GAP_BLOCKS};
 use crate::digest::Sha256;
 use crate::download::{OwnedSource, Wanted};
-use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
-/// The digest of each `block_size` block of `f`'s first `len` bytes (`None` for a block `f`
-/// does not hold whole).
-fn block_digests(f: &std::fs::File, len: u64, block_size: u64) -> Vec<Option<[u8; 32]>> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; block_size as usize];
-    let mut at = 0u64;
-    while at < len {
-        let want = (len - at).min(block_size) as usize;
-        match f.read_exact_at(&mut buf[..want], at) {
-            Ok(()) => out.push(Some(Sha256::digest(&buf[..want]))),
-            Err(_) => out.push(None),
-        }
-        at += want as u64;
-    }
-    out
+/// Reads block `i` of `f` (`block_size` bytes, fewer for the image's last) into `buf`; its digest,
+/// or `None` when `f` does not hold it whole.
+fn block_digest(f: &std::fs::File, index: &BlockIndex, i: u64, buf: &mut [u8]) -> Option<[u8; 32]> {
+    let (start, end) = index.range(i);
+    let buf = &mut buf[..(end - start) as usize];
+    f.read_exact_at(buf, start).ok()?;
+    Some(Sha256::digest(buf))
 }
 
 impl SlotCtx {
-    /// Writes `wanted` into `target` using `index`; the bytes fetched over the network.
+    /// Writes `wanted` into `target` using `index`; the bytes fetched over the network. Memory:
+    /// the index and the running slot's block map, about 60 bytes per block.
     pub(super) fn delta_image(
         &self,
         target: SlotName,
@@ -46,34 +38,35 @@ impl SlotCtx {
             )));
         }
         let (dst, is_block) = self.open_slot(target, wanted.size)?;
-        let target_blocks = block_digests(&dst, wanted.size, index.block_size);
         let running = std::fs::File::open(self.slot_path(booted)?).map_err(io("running slot"))?;
-        let mut local = HashMap::new();
-        for (i, d) in block_digests(&running, wanted.size, index.block_size)
-            .into_iter()
-            .enumerate()
-        {
-            if let Some(d) = d {
-                local.entry(d).or_insert(i as u64 * index.block_size);
+        let blocks = index.blocks.len() as u64;
+        let mut buf = vec![0u8; index.block_size as usize];
+        let mut local = LocalBlocks::with_capacity(index.blocks.len());
+        for i in 0..blocks {
+            if let Some(d) = block_digest(&running, index, i, &mut buf) {
+                local.add(i as u32, &d);
             }
         }
-        let blocks = plan(index, &target_blocks, &local);
-        for (i, b) in blocks.iter().enumerate() {
-            if let Block::Copy(at) = b {
-                let (start, end) = index.range(i as u64);
-                let mut buf = vec![0u8; (end - start) as usize];
-                running
-                    .read_exact_at(&mut buf, *at)
-                    .map_err(io("running slot"))?;
-                dst.write_all_at(&buf, start).map_err(io("slot"))?;
+        let mut fetch = Vec::new();
+        for i in 0..blocks {
+            let have = block_digest(&dst, index, i, &mut buf);
+            match decide(index, i, have.as_ref(), &local) {
+                Block::Keep => {}
+                Block::Copy(at) => {
+                    let (start, end) = index.range(i);
+                    let buf = &mut buf[..(end - start) as usize];
+                    running.read_exact_at(buf, at).map_err(io("running slot"))?;
+                    dst.write_all_at(buf, start).map_err(io("slot"))?;
+                }
+                Block::Fetch => fetch.push(i),
             }
         }
-        let fetched = self.fetch_runs(&dst, target, wanted, source, index, &blocks)?;
+        let fetched = self.fetch_runs(&dst, target, wanted, source, index, &fetch)?;
         self.finish_delta(dst, is_block, target, wanted, fetched)
     }
 
-    /// Fetches the blocks `blocks` says to, in coalesced ranges; the bytes fetched. A server
-    /// that ignores Range gets the whole image streamed instead, said once.
+    /// Fetches blocks `fetch` (ascending block numbers) in coalesced ranges; the bytes fetched.
+    /// A server that ignores Range gets the whole image streamed instead, said once.
     fn fetch_runs(
         &self,
         dst: &std::fs::File,
@@ -81,9 +74,9 @@ impl SlotCtx {
         wanted: &Wanted,
         source: &OwnedSource,
         index: &BlockIndex,
-        blocks: &[Block],
+        fetch: &[u64],
     ) -> Result<u64, WitError> {
-        let runs = coalesce(blocks, MAX_GAP_BLOCKS);
+        let runs = coalesce(fetch, MAX_GAP_BLOCKS);
         let total: u64 = runs
             .iter()
             .map(|(a, b)| index.range(*b).1 - index.range(*a).0)
@@ -91,6 +84,7 @@ impl SlotCtx {
         let label = name(target).to_uppercase();
         let streams = self.streams.as_ref().expect("a streamed file");
         let mut fetched = 0u64;
+        let mut shown = None;
         for (first, last) in runs {
             let range = (index.range(first).0, index.range(last).1);
             let mut sink = |at: u64, bytes: &[u8]| dst.write_all_at(bytes, at);
@@ -110,13 +104,18 @@ impl SlotCtx {
                 return self.stream_image(target, wanted, source).map(|w| w.fetched);
             }
             fetched += range.1 - range.0;
-            self.progress(
-                (fetched * 100 / total.max(1)) as u8,
-                format!(
-                    "applying: fetched {fetched} of {total} changed bytes ({} in the image) into slot {label}",
-                    wanted.size
-                ),
-            );
+            // One report per percent, not one per request (thousands for scattered changes).
+            let percent = (fetched * 100 / total.max(1)) as u8;
+            if shown != Some(percent) {
+                shown = Some(percent);
+                self.progress(
+                    percent,
+                    format!(
+                        "applying: fetched {fetched} of {total} changed bytes ({} in the image) into slot {label}",
+                        wanted.size
+                    ),
+                );
+            }
         }
         Ok(fetched)
     }
