@@ -88,6 +88,38 @@ chmod 0644 "$pkg/etc/sandstep/config.toml"
 "$bin" trust list --config "$pkg/etc/sandstep/config.toml" --data-dir "$stage/check" >/dev/null \
     || { echo "package: the generated config does not load" >&2; exit 1; }
 
+# The handler SDK's sources, for `sandstep handler new` (a project depends on it by path): the
+# sdk and model crates, the WIT package, and a workspace manifest made from this repository's,
+# with only what those two crates inherit.
+rust=$pkg/usr/share/sandstep/rust
+install -d "$rust"
+cp -r sdk model wit "$rust/"
+rm -rf "$rust/sdk/target" "$rust/model/target"
+python3 - Cargo.toml "$rust/Cargo.toml" <<'PY'
+import re, sys, tomllib
+root = tomllib.load(open(sys.argv[1], "rb"))
+ws = root["workspace"]
+used = set()
+for crate in ("sdk", "model"):
+    deps = tomllib.load(open(f"{crate}/Cargo.toml", "rb")).get("dependencies", {})
+    used |= {name for name, spec in deps.items() if isinstance(spec, dict) and spec.get("workspace")}
+def value(v):
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(value(x) for x in v) + "]"
+    return '"' + v + '"' if isinstance(v, str) else str(v).lower()
+out = ['# The sdk and model crates as shipped for handler projects (made by scripts/package.sh).',
+       '[workspace]', 'resolver = "2"', 'members = ["sdk", "model"]', '', '[workspace.package]']
+out += [f"{k} = {value(v)}" for k, v in ws["package"].items()]
+out += ['', '[workspace.dependencies]']
+out += [f"{k} = {value(ws['dependencies'][k])}" for k in sorted(used)]
+for table, lints in ws.get("lints", {}).items():
+    out += ['', f'[workspace.lints.{table}]'] + [f"{k} = {value(v)}" for k, v in lints.items()]
+open(sys.argv[2], "w").write("\n".join(out) + "\n")
+PY
+find "$rust" -type d -exec chmod 0755 {} + && find "$rust" -type f -exec chmod 0644 {} +
+
 install -m 0644 packaging/systemd/sandstep-agent.service packaging/systemd/sandstep-shadow.service \
     "$pkg/lib/systemd/system/"
 install -m 0644 README.md examples/agent.toml "$pkg/usr/share/doc/sandstep/"

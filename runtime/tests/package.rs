@@ -210,6 +210,25 @@ fn doctor() -> String {
     t
 }
 
+/// `handler new` from the installed package depends on the SDK the package ships, and that
+/// workspace resolves (the build itself is tested from the source tree).
+fn a_new_handler_project_uses_the_packaged_sdk(dir: &Path) {
+    let project = dir.join("acme-probe");
+    run(installed()
+        .env_remove("SANDSTEP_SDK")
+        .args(["handler", "new"])
+        .arg(&project)
+        .args(["--id", "acme/probe:1"]));
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains(r#"sandstep-sdk = { path = "/usr/share/sandstep/rust/sdk" }"#),
+        "{manifest}"
+    );
+    run(Command::new("cargo")
+        .args(["metadata", "--offline", "--format-version", "1"])
+        .current_dir(&project));
+}
+
 #[test]
 fn the_package_installs_runs_a_deployment_upgrades_keeping_state_and_purges() {
     if let Some(why) = why_skip() {
@@ -238,6 +257,7 @@ fn the_package_installs_runs_a_deployment_upgrades_keeping_state_and_purges() {
     assert!(
         Path::new("/usr/share/sandstep/trust/handlers/sandstep-development-UNSAFE.pub").exists()
     );
+    a_new_handler_project_uses_the_packaged_sdk(dir);
     let listed = text(&run(installed().args(["handler", "list"])));
     for id in [
         "microsoft/apt:1",
@@ -364,6 +384,7 @@ fn the_package_installs_runs_a_deployment_upgrades_keeping_state_and_purges() {
         "/etc/sandstep",
         "/var/lib/sandstep",
         "/usr/lib/sandstep",
+        "/usr/share/sandstep/rust",
     ] {
         assert!(!Path::new(p).exists(), "{p} is left after purge");
     }
