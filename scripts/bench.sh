@@ -42,7 +42,7 @@ rm -rf "$langs" && mkdir -p "$langs"
 PATH="$(scripts/guest-toolchains.sh --quiet):$PATH"
 for lang in rust python js; do
     target/release/sandstep handler new "$langs/bench-$lang" --id "bench/lang-$lang:1" --lang "$lang" >/dev/null
-    built=$(CARGO_TARGET_DIR=$root/target target/release/sandstep handler build "$langs/bench-$lang" 2>/dev/null | head -1 | cut -d' ' -f1)
+    built=$(CARGO_TARGET_DIR=$root/target target/release/sandstep handler build "$langs/bench-$lang" 2>/dev/null | grep ' bytes)$' | cut -d' ' -f1)
     cp "$built" "$langs/$lang.wasm"
 done
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(date -u +%Y-%m-%d)"
