@@ -174,7 +174,7 @@ class Loop:
         else:
             with open(path, "wb") as f:
                 f.truncate(size)
-        self.path, self.size = path, size
+        self.path = path
         # Direct I/O to the backing file: the slot behaves like a disk, not a second page cache.
         self.dev = sh("losetup", "--direct-io=on", "-f", "--show", path).strip()
 
@@ -329,7 +329,7 @@ class Bench:
         """A CMS-signed .swu whose raw image goes to `slot` (sw-description names the device)."""
         d, cert = www / "swu", self.work / "swupdate"
         d.mkdir()
-        sha = sh("sha256sum", image).split()[0]
+        sha = digest(image).hex()
         (d / "sw-description").write_text(
             'software = { version = "2.0"; hardware-compatibility = ["1.0"];\n'
             f'  images: ( {{ filename = "fw.img"; device = "{slot}"; type = "raw"; sha256 = "{sha}"; }} ); }};\n')
@@ -400,19 +400,24 @@ class Bench:
 
 
 @functools.lru_cache(maxsize=None)
-def entry(path):
+def digest(path):
+    """The sha256 of an image file, computed once per path (images do not change in a run)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(4 * MIB):
             h.update(chunk)
+    return h.digest()
+
+
+def entry(path):
     return {"fileName": path.name, "sizeInBytes": path.stat().st_size,
-            "hashes": {"sha256": base64.b64encode(h.digest()).decode()}}
+            "hashes": {"sha256": base64.b64encode(digest(path)).decode()}}
 
 
 def slot_matches(dev, image):
     """Whether the slot's first len(image) bytes are the image (checked outside the timing)."""
     return sh("sh", "-c", f"head -c {image.stat().st_size} {dev} | sha256sum").split()[0] == \
-        sh("sha256sum", image).split()[0]
+        digest(image).hex()
 
 
 # ---- the runs -------------------------------------------------------------------------------

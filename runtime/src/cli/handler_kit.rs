@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Context as _, Result};
 use sandstep::capability::{classify_import, ImportKind};
-use sandstep_model::authoring::{self, FileFacts};
+use sandstep_model::authoring;
 use sandstep_model::UpdateId;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -234,20 +234,13 @@ fn sample_manifest(names: &Names, id: &str, lang: Lang, payload: &Path) -> Resul
     )?;
     let step = serde_json::json!({"handler": id, "files": [SAMPLE_FILE],
         "handlerProperties": lang.sample_properties()});
-    let facts = |name: &str| -> Result<Option<FileFacts>, String> {
-        let bytes = std::fs::read(payload.join(name)).map_err(|e| format!("{name}: {e}"))?;
-        Ok(Some(FileFacts {
-            size: bytes.len() as u64,
-            sha256: sandstep::digest::Sha256::digest(&bytes),
-        }))
-    };
     let created = super::manifest_authoring::chrono_now();
     Ok(authoring::new_manifest(
         &update,
         &[compat],
         &[step],
         &created,
-        &facts,
+        &|n| super::manifest_authoring::facts(&payload.join(n)),
     )?)
 }
 

@@ -58,7 +58,7 @@ pub struct FromImportArgs {
 }
 
 /// Size and sha256 of `path`, `None` when it does not exist.
-fn facts(path: &Path) -> Result<Option<FileFacts>, String> {
+pub(super) fn facts(path: &Path) -> Result<Option<FileFacts>, String> {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
