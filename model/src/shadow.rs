@@ -70,6 +70,76 @@ pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
     }
 }
 
+/// A report's place in its device's order: the run of the agent that sent it (random per agent
+/// start) and its number within that run. It travels in the report's `clientToken`
+/// (`<device>#<run>.<seq>`, which every shadow service echoes), so several replicas storing one
+/// device's reports in whatever order they finish still keep the newest value of each field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportOrder {
+    pub run: u32,
+    pub seq: u64,
+}
+
+impl ReportOrder {
+    pub fn token(&self, device: &str) -> String {
+        format!("{device}#{:08x}.{}", self.run, self.seq)
+    }
+
+    /// The order a `clientToken` carries, if it is one of `device`'s reports.
+    pub fn of_token(token: &str, device: &str) -> Option<ReportOrder> {
+        let (run, seq) = token
+            .strip_prefix(device)?
+            .strip_prefix('#')?
+            .split_once('.')?;
+        Some(ReportOrder {
+            run: u32::from_str_radix(run, 16).ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+
+    fn of_value(v: &Value) -> Option<ReportOrder> {
+        Some(ReportOrder {
+            run: u32::try_from(v.get(0)?.as_u64()?).ok()?,
+            seq: v.get(1)?.as_u64()?,
+        })
+    }
+
+    /// Whether a report in this place replaces a field last set by one in `earlier`: a later
+    /// report of the same run, or any report of another run (the agent restarted).
+    fn replaces(&self, earlier: &ReportOrder) -> bool {
+        self.run != earlier.run || self.seq > earlier.seq
+    }
+}
+
+/// [`merge`] for reports that may arrive out of order: `orders` keeps, per field, the place of
+/// the report that last set (or deleted) it, and a field is only changed by a report placed
+/// after that. Reports without a place (`None`) merge as before and forget the fields' places.
+pub fn merge_ordered(
+    target: &mut Map<String, Value>,
+    orders: &mut Map<String, Value>,
+    patch: &Map<String, Value>,
+    order: Option<ReportOrder>,
+) {
+    for (k, v) in patch {
+        let newer = match (order, orders.get(k).and_then(ReportOrder::of_value)) {
+            (Some(o), Some(earlier)) => o.replaces(&earlier),
+            _ => true,
+        };
+        if !newer {
+            continue;
+        }
+        match order {
+            Some(o) => orders.insert(k.clone(), Value::from(vec![u64::from(o.run), o.seq])),
+            None => orders.remove(k),
+        };
+        if v.is_null() {
+            target.remove(k);
+        } else {
+            target.insert(k.clone(), v.clone());
+        }
+    }
+}
+
 /// The desired fields that differ from the reported ones (see the module doc for deployments).
 pub fn delta(desired: &Map<String, Value>, reported: &Map<String, Value>) -> Map<String, Value> {
     let workflow_differs = desired
@@ -234,5 +304,44 @@ mod tests {
             Document::parse(&big).unwrap_err(),
             DocumentError::TooLarge(MAX_DOCUMENT_BYTES + 1)
         );
+    }
+
+    #[test]
+    fn reports_stored_out_of_order_keep_each_fields_newest_value() {
+        let (mut r, mut o) = (Map::new(), Map::new());
+        let at = |seq| Some(ReportOrder { run: 7, seq });
+        // The result (3) is stored before the acknowledgement (2) that preceded it.
+        merge_ordered(
+            &mut r,
+            &mut o,
+            &obj(json!({"status": "completed", "progress": null})),
+            at(3),
+        );
+        merge_ordered(
+            &mut r,
+            &mut o,
+            &obj(json!({"status": "downloading", "workflow": "w", "progress": 5})),
+            at(2),
+        );
+        assert_eq!(
+            Value::Object(r.clone()),
+            json!({"status": "completed", "workflow": "w"})
+        );
+        // A new run of the agent starts over at 1 and still counts.
+        merge_ordered(
+            &mut r,
+            &mut o,
+            &obj(json!({"status": "standBy"})),
+            Some(ReportOrder { run: 8, seq: 1 }),
+        );
+        assert_eq!(r["status"], "standBy");
+        let t = ReportOrder { run: 0xab, seq: 42 }.token("gw-1");
+        assert_eq!(t, "gw-1#000000ab.42");
+        assert_eq!(
+            ReportOrder::of_token(&t, "gw-1"),
+            Some(ReportOrder { run: 0xab, seq: 42 })
+        );
+        assert_eq!(ReportOrder::of_token(&t, "gw-2"), None);
+        assert_eq!(ReportOrder::of_token("sandstep-op-1234", "gw-1"), None);
     }
 }

@@ -38,11 +38,28 @@ pub struct Config {
 }
 
 /// The `[shadow]` table: the device-state replica.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ShadowConfig {
-    /// The SQLite database (default: `<data-dir>/shadow.sqlite`).
-    pub database: Option<PathBuf>,
+    /// A SQLite file (default: `<data-dir>/shadow.sqlite`) or a PostgreSQL URL
+    /// (`postgres://user@host/db`) for fleets served by several replicas.
+    pub database: Option<String>,
+    /// The MQTT shared-subscription group replicas join (`$share/<group>/...`), so each report
+    /// is handled by one of them; empty: a plain subscription (a broker without shared
+    /// subscriptions, one replica only).
+    pub share_group: String,
+    /// How often the replica looks at running rollouts, in milliseconds.
+    pub rollout_interval_ms: u64,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        ShadowConfig {
+            database: None,
+            share_group: "sandstep".into(),
+            rollout_interval_ms: 1000,
+        }
+    }
 }
 
 impl Default for Config {

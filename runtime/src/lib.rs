@@ -2,7 +2,7 @@
 //!
 //! Layout:
 //! - [`agent`]: the gateway daemon: desired state over MQTT (or HTTP polling) in, reports out.
-//! - [`shadow`]: the device-state replica (SQLite) for the software-update pattern.
+//! - [`shadow`]: the device-state replica (SQLite or PostgreSQL) and its phased rollouts.
 //! - [`mqtt`]: the MQTT connection shared by agent, replica and operator commands.
 //! - [`bindings`]: the one host `bindgen!` over `wit/`.
 //! - [`sandbox`]: engine, precompiled cache, stores with limits, WASI over cap-std directories,

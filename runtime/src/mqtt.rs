@@ -390,6 +390,11 @@ impl Mqtt {
         self.events.recv().await
     }
 
+    /// The next event if one is already waiting.
+    pub fn try_recv(&mut self) -> Option<MqttEvent> {
+        self.events.try_recv().ok()
+    }
+
     /// Subscribes (QoS 1).
     pub async fn subscribe(&self, filter: &str) -> Result<(), MqttError> {
         match &self.client {

@@ -241,7 +241,9 @@ pub struct Agent {
     deployer: Arc<Deployer>,
     data: DataDir,
     topics: Topics,
-    /// Makes each report's `clientToken` unique within a millisecond too.
+    /// This run of the agent and its reports so far: each report's place, in its `clientToken`
+    /// (`ReportOrder`), lets replicas that store reports out of order keep the newest fields.
+    run: u32,
     reports: std::sync::atomic::AtomicU64,
     /// The stage last reported, so a stage's `<stage>At` time is when it began.
     last_stage: std::sync::Mutex<Option<Stage>>,
@@ -273,6 +275,7 @@ impl Agent {
             deployer,
             data,
             topics,
+            run: fastrand::u32(..),
             reports: Default::default(),
             last_stage: Default::default(),
         })
@@ -388,12 +391,15 @@ impl Agent {
     /// The update-topic message carrying `reported` (a patch, or the whole reported state sent
     /// again), with a `clientToken` unique to this report.
     fn envelope(&self, reported: Map<String, Value>) -> Outgoing {
-        let n = self
-            .reports
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let order = sandstep_model::shadow::ReportOrder {
+            run: self.run,
+            seq: self
+                .reports
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        };
         Outgoing {
             topic: Topics::for_device(&self.topics.update, &self.device),
-            payload: json!({"state": {"reported": reported}, "clientToken": format!("{}-{}-{n}", self.device, now_ms())}),
+            payload: json!({"state": {"reported": reported}, "clientToken": order.token(&self.device)}),
             progress: false,
         }
     }

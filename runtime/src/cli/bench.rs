@@ -19,8 +19,11 @@ pub struct BenchArgs {
     #[arg(long)]
     broker: Option<String>,
     /// Fleet sizes to simulate.
-    #[arg(long, value_delimiter = ',', default_value = "100,500,1000")]
+    #[arg(long, value_delimiter = ',', default_value = "1000,2000,5000,10000")]
     fleet: Vec<usize>,
+    /// A PostgreSQL for the fleet figures with two replicas (scripts/bench.sh starts one).
+    #[arg(long)]
+    postgres: Option<String>,
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -74,7 +77,9 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         language_figures(dir, &sign, &keys, q, &mut all).await?;
     }
     match &args.broker {
-        Some(url) if wanted("agent") => agent_figures(url, &args.fleet, q, &mut all).await?,
+        Some(url) if wanted("agent") => {
+            agent_figures(url, &args.fleet, args.postgres.as_deref(), q, &mut all).await?
+        }
         Some(_) => {}
         None => println!("| 6, 7. agent RSS and fleet | skipped: no --broker | - |"),
     }
@@ -244,8 +249,18 @@ fn binary_size(all: &mut Figures) -> Result<()> {
     Ok(())
 }
 
-/// 6 and 7: the agent's idle memory with a broker, and fleets of simulated agents.
-async fn agent_figures(url: &str, fleet: &[usize], q: bool, all: &mut Figures) -> Result<()> {
+/// 6 and 7: the agent's idle memory with a broker, and fleets of simulated agents: a 4-phase
+/// rollout with a failure limit, stored by one replica on SQLite, and by two on PostgreSQL (one
+/// of them killed half-way at the largest size).
+async fn agent_figures(
+    url: &str,
+    fleet: &[usize],
+    postgres: Option<&str>,
+    q: bool,
+    all: &mut Figures,
+) -> Result<()> {
+    use sandstep::fleet_sim::{SimOptions, SimReport};
+    use sandstep::shadow::store::Database;
     let rss = bench::agent_idle_rss(url);
     println!("| 6. agent idle RSS, MQTT connected | {rss:.1} MiB | < 30 MiB |");
     all.insert("agent_idle_rss_mib".into(), serde_json::json!(rss));
@@ -254,15 +269,52 @@ async fn agent_figures(url: &str, fleet: &[usize], q: bool, all: &mut Figures) -
         ..Default::default()
     };
     let dir = tempfile::tempdir()?;
-    for n in if q { vec![100] } else { fleet.to_vec() } {
-        let r = sandstep::fleet_sim::run(&cfg, n, dir.path(), std::time::Duration::from_secs(300))
+    let sizes = if q { vec![200] } else { fleet.to_vec() };
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let mut runs = Vec::new();
+    for &n in &sizes {
+        runs.push((
+            n,
+            Database::Sqlite(dir.path().join(format!("f{n}.sqlite"))),
+            1,
+            false,
+        ));
+        if let Some(pg) = postgres {
+            runs.push((n, Database::parse(pg), 2, false));
+            if n == largest {
+                runs.push((n, Database::parse(pg), 2, true));
+            }
+        }
+    }
+    println!(
+        "7. fleet (rollout 1%,10%,50%,100%, 1% of devices fail, limit 5%):\n{}",
+        SimReport::HEADER
+    );
+    for (i, (n, database, replicas, kill_one)) in runs.into_iter().enumerate() {
+        let opts = SimOptions {
+            devices: n,
+            database,
+            replicas,
+            replica_exe: std::env::current_exe()?,
+            phases: vec![100, 1000, 5000, 10_000],
+            max_failure_rate: Some(500),
+            failing: 100,
+            kill_one,
+            timeout: std::time::Duration::from_secs(600),
+            work_dir: dir.path().join(format!("run-{i}")),
+        };
+        let r = sandstep::fleet_sim::run(&cfg, &opts)
             .await
             .map_err(|e| anyhow::anyhow!("fleet-sim {n}: {e}"))?;
-        println!(
-                "| 7. fleet of {n}: desired state at all / all results back | {} / {} ms (per device p50 {}, p95 {}) | - |",
-                r.delivered_all_ms, r.reported_all_ms, r.round_trip_p50_ms, r.round_trip_p95_ms
-            );
-        all.insert(format!("fleet_{n}"), serde_json::to_value(&r)?);
+        println!("{}", r.row());
+        all.insert(
+            format!(
+                "fleet_{n}_{}_{replicas}{}",
+                r.backend,
+                if kill_one { "_killed" } else { "" }
+            ),
+            serde_json::to_value(&r)?,
+        );
     }
     Ok(())
 }

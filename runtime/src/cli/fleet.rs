@@ -6,6 +6,8 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use sandstep::agent::{self, Agent, AgentExit};
 use sandstep::mqtt::{Mqtt, MqttEvent};
+use sandstep::shadow::store::Database;
+use sandstep::shadow::ReplicaOptions;
 use sandstep::trust::keys::load_private_jwk;
 use sandstep::trust::manifest_sig;
 use sandstep_model::deployment::{action, Deployment, Workflow};
@@ -52,19 +54,106 @@ pub async fn agent(common: &Common) -> Result<ExitCode> {
     }
 }
 
+/// Where the replica's store is: `[shadow] database`, or `<data-dir>/shadow.sqlite`.
+pub fn database(common: &Common, config: &sandstep::config::Config) -> Result<Database> {
+    Ok(match &config.shadow.database {
+        Some(d) => Database::parse(d),
+        None => Database::Sqlite(common.data_dir(config)?.path().join("shadow.sqlite")),
+    })
+}
+
 /// `sandstep shadow`.
 pub async fn shadow(common: &Common) -> Result<ExitCode> {
     let config = common.load_config()?;
-    let data = common.data_dir(&config)?;
-    let db = config
-        .shadow
-        .database
-        .clone()
-        .unwrap_or_else(|| data.path().join("shadow.sqlite"));
+    let opts = ReplicaOptions {
+        database: database(common, &config)?,
+        share_group: Some(config.shadow.share_group.clone()).filter(|g| !g.is_empty()),
+        rollout_interval: Duration::from_millis(config.shadow.rollout_interval_ms.max(50)),
+    };
     let topics = config.agent.topics.topics();
-    eprintln!("replica: {} on {}", db.display(), config.mqtt.url);
-    sandstep::shadow::run(&config.mqtt, &topics, &db, shutdown_token()).await?;
+    eprintln!(
+        "replica: {} on {} ({})",
+        opts.database.display(),
+        config.mqtt.url,
+        sandstep::shadow::subscription(&topics, opts.share_group.as_deref())
+    );
+    sandstep::shadow::run(&config.mqtt, &topics, &opts, shutdown_token()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How a deployment is signed (`deploy`, `rollout create`).
+#[derive(Debug, Args)]
+pub struct SigningArgs {
+    /// The signing key (private JWK).
+    #[arg(long, alias = "key")]
+    sign_key: Option<PathBuf>,
+    /// The root key that vouches for the signing key.
+    #[arg(long)]
+    root_key: Option<PathBuf>,
+    /// The signing key already signed by a root (compact JWS file), instead of --root-key.
+    #[arg(long)]
+    sjwk: Option<PathBuf>,
+    /// Deploy without a signature (devices refuse it unless configured otherwise).
+    #[arg(long)]
+    unsigned: bool,
+}
+
+/// ADU's deployment document for `manifest`, signed, its files at `files_url` + file name;
+/// with the manifest's update id (`provider/name/version`).
+pub fn deployment(
+    manifest: &std::path::Path,
+    files_url: &str,
+    signing: &SigningArgs,
+    workflow: Workflow,
+) -> Result<(Deployment, String)> {
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let parsed = Manifest::parse(&text)
+        .with_context(|| format!("{} is not a valid manifest", manifest.display()))?;
+    let signature = match (&signing.sign_key, signing.unsigned) {
+        (Some(k), _) => {
+            let key = load_private_jwk(k)?;
+            let sjwk = match (&signing.root_key, &signing.sjwk) {
+                (Some(r), _) => {
+                    manifest_sig::sign_signing_key(&key.public(), &load_private_jwk(r)?)?
+                }
+                (None, Some(p)) => std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?
+                    .trim()
+                    .to_owned(),
+                (None, None) => bail!("--sign-key needs --root-key or --sjwk"),
+            };
+            Some(manifest_sig::sign(&text, &key, &sjwk))
+        }
+        (None, true) => None,
+        (None, false) => bail!("give --sign-key (with --root-key or --sjwk), or --unsigned"),
+    };
+    let base = if files_url.ends_with('/') {
+        files_url.to_owned()
+    } else {
+        format!("{files_url}/")
+    };
+    let doc = Deployment {
+        workflow,
+        update_manifest: Some(text),
+        update_manifest_signature: signature,
+        file_urls: parsed
+            .files
+            .iter()
+            .map(|(fid, f)| (fid.clone(), format!("{base}{}", f.file_name)))
+            .collect(),
+    };
+    doc.check()?;
+    Ok((doc, parsed.update_id.to_string()))
+}
+
+/// A new workflow id.
+pub fn new_workflow_id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{:04x}",
+        sandstep::workflow::now_ms(),
+        fastrand::u16(..)
+    )
 }
 
 #[derive(Debug, Args)]
@@ -81,18 +170,8 @@ pub struct DeployArgs {
     /// Where devices fetch the files: URL = this base + fileName.
     #[arg(long)]
     files_url: String,
-    /// The signing key (private JWK).
-    #[arg(long, alias = "key")]
-    sign_key: Option<PathBuf>,
-    /// The root key that vouches for the signing key.
-    #[arg(long)]
-    root_key: Option<PathBuf>,
-    /// The signing key already signed by a root (compact JWS file), instead of --root-key.
-    #[arg(long)]
-    sjwk: Option<PathBuf>,
-    /// Deploy without a signature (devices refuse it unless configured otherwise).
-    #[arg(long)]
-    unsigned: bool,
+    #[command(flatten)]
+    signing: SigningArgs,
     /// Workflow id (default: generated).
     #[arg(long)]
     workflow_id: Option<String>,
@@ -222,28 +301,16 @@ async fn publish_desired(
 
 /// `sandstep deploy`.
 pub async fn deploy(args: DeployArgs, common: &Common) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.manifest)
-        .with_context(|| format!("cannot read {}", args.manifest.display()))?;
-    let parsed = Manifest::parse(&text)
-        .with_context(|| format!("{} is not a valid manifest", args.manifest.display()))?;
-    let signature = match (&args.sign_key, args.unsigned) {
-        (Some(k), _) => {
-            let signing = load_private_jwk(k)?;
-            let sjwk = match (&args.root_key, &args.sjwk) {
-                (Some(r), _) => {
-                    manifest_sig::sign_signing_key(&signing.public(), &load_private_jwk(r)?)?
-                }
-                (None, Some(p)) => std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read {}", p.display()))?
-                    .trim()
-                    .to_owned(),
-                (None, None) => bail!("--sign-key needs --root-key or --sjwk"),
-            };
-            Some(manifest_sig::sign(&text, &signing, &sjwk))
-        }
-        (None, true) => None,
-        (None, false) => bail!("give --sign-key (with --root-key or --sjwk), or --unsigned"),
+    let id = args
+        .workflow_id
+        .clone()
+        .unwrap_or_else(|| new_workflow_id("wf"));
+    let workflow = Workflow {
+        action: action::PROCESS_DEPLOYMENT,
+        id: id.clone(),
+        retry_timestamp: args.retry.then(|| sandstep::workflow::now_ms().to_string()),
     };
+    let (doc, update_id) = deployment(&args.manifest, &args.files_url, &args.signing, workflow)?;
     let mut devices = args.devices.clone();
     if let Some(g) = &args.group {
         let all = shadows(common, Duration::from_secs(10)).await?;
@@ -269,38 +336,10 @@ pub async fn deploy(args: DeployArgs, common: &Common) -> Result<ExitCode> {
             bail!("`{d}` is not a device id");
         }
     }
-    let base = if args.files_url.ends_with('/') {
-        args.files_url.clone()
-    } else {
-        format!("{}/", args.files_url)
-    };
-    let id = args.workflow_id.clone().unwrap_or_else(|| {
-        format!(
-            "wf-{}-{:04x}",
-            sandstep::workflow::now_ms(),
-            fastrand::u16(..)
-        )
-    });
-    let doc = Deployment {
-        workflow: Workflow {
-            action: action::PROCESS_DEPLOYMENT,
-            id: id.clone(),
-            retry_timestamp: args.retry.then(|| sandstep::workflow::now_ms().to_string()),
-        },
-        update_manifest: Some(text),
-        update_manifest_signature: signature,
-        file_urls: parsed
-            .files
-            .iter()
-            .map(|(fid, f)| (fid.clone(), format!("{base}{}", f.file_name)))
-            .collect(),
-    };
-    doc.check()?;
     let wait = Duration::from_secs(args.confirm_timeout);
     publish_desired(common, &devices, serde_json::to_value(&doc)?, wait).await?;
     println!(
-        "deployed {id} ({}) to {} (stored by the shadow service)",
-        parsed.update_id,
+        "deployed {id} ({update_id}) to {} (stored by the shadow service)",
         devices.join(", ")
     );
     Ok(ExitCode::SUCCESS)
@@ -423,6 +462,14 @@ fn is_current(doc: &Value, now_ms: u64, stale_ms: u64) -> bool {
 
 /// `sandstep status`.
 pub async fn status(args: StatusArgs, common: &Common) -> Result<ExitCode> {
+    if let Some(id) = &args.rollout {
+        let config = common.load_config()?;
+        let db = database(common, &config)?;
+        let mut store = sandstep::shadow::store::Store::open(&db)
+            .await
+            .with_context(|| format!("opening the replica's store {}", db.display()))?;
+        return super::rollout::status(&mut store, id, args.json).await;
+    }
     loop {
         let mut all = documents(common).await?;
         if let Some(d) = &args.device {
@@ -505,27 +552,68 @@ pub struct StatusArgs {
     /// Show every device, however long ago it last reported.
     #[arg(long)]
     all: bool,
+    /// A rollout's per-phase counts instead (from the replica's store, `[shadow] database`).
+    #[arg(long)]
+    rollout: Option<String>,
+}
+
+/// `sandstep fleet-sim` options.
+#[cfg(feature = "dev-tools")]
+#[derive(Debug, Args)]
+pub struct FleetSimArgs {
+    /// Numbers of devices to simulate, one run each (e.g. 1000,10000).
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    devices: Vec<usize>,
+    /// The replicas' store: a PostgreSQL URL, or (default) a fresh SQLite file per run.
+    #[arg(long)]
+    database: Option<String>,
+    /// Replica processes.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Kill one replica once half the results are stored (needs --replicas 2 or more).
+    #[arg(long)]
+    kill_one: bool,
+    /// The rollout's phases.
+    #[arg(long, default_value = "1%,10%,50%,100%")]
+    phases: String,
+    /// The rollout's failure limit.
+    #[arg(long, default_value = "5%")]
+    max_failure_rate: String,
+    /// Share of the simulated devices whose install fails.
+    #[arg(long, default_value = "1%")]
+    failing: String,
+    /// Give up after this many seconds per run.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
 }
 
 /// `sandstep fleet-sim`.
 #[cfg(feature = "dev-tools")]
-pub async fn fleet_sim(counts: Vec<usize>, timeout: u64, common: &Common) -> Result<ExitCode> {
+pub async fn fleet_sim(args: FleetSimArgs, common: &Common) -> Result<ExitCode> {
+    use sandstep::shadow::rollout::{parse_percent, parse_phases};
     let config = common.load_config()?;
     let dir = tempfile::tempdir()?;
-    println!("devices  delivered_all_ms  reported_all_ms  p50_ms  p95_ms  max_ms");
-    for n in counts {
-        let r = sandstep::fleet_sim::run(&config.mqtt, n, dir.path(), Duration::from_secs(timeout))
+    println!("{}", sandstep::fleet_sim::SimReport::HEADER);
+    for n in args.devices.iter().copied() {
+        let opts = sandstep::fleet_sim::SimOptions {
+            devices: n,
+            database: match &args.database {
+                Some(d) => Database::parse(d),
+                None => Database::Sqlite(dir.path().join(format!("fleet-{n}.sqlite"))),
+            },
+            replicas: args.replicas,
+            replica_exe: std::env::current_exe()?,
+            phases: parse_phases(&args.phases)?,
+            max_failure_rate: Some(parse_percent("--max-failure-rate", &args.max_failure_rate)?),
+            failing: parse_percent("--failing", &args.failing)?,
+            kill_one: args.kill_one,
+            timeout: Duration::from_secs(args.timeout),
+            work_dir: dir.path().join(format!("run-{n}")),
+        };
+        let r = sandstep::fleet_sim::run(&config.mqtt, &opts)
             .await
             .map_err(|e| anyhow::anyhow!("fleet-sim with {n} devices: {e}"))?;
-        println!(
-            "{:>7}  {:>16}  {:>15}  {:>6}  {:>6}  {:>6}",
-            r.devices,
-            r.delivered_all_ms,
-            r.reported_all_ms,
-            r.round_trip_p50_ms,
-            r.round_trip_p95_ms,
-            r.round_trip_max_ms
-        );
+        println!("{}", r.row());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@ mod handler_kit;
 mod key;
 mod manifest;
 mod manifest_authoring;
+mod rollout;
 mod run;
 mod step;
 mod trust;
@@ -57,19 +58,16 @@ enum Command {
     Shadow,
     /// Publish a signed deployment as desired state for devices or a group.
     Deploy(fleet::DeployArgs),
-    /// Show the devices' state, progress and last results (from the replica's shadows).
+    /// Show the devices' state, progress and last results (from the replica's shadows), or a
+    /// rollout's phases (`--rollout ID`).
     Status(fleet::StatusArgs),
-    /// Simulate N agents in this process against the broker (and an in-process replica) and
-    /// measure how long a deployment takes to reach all and be reported back.
+    /// Phased rollouts to a group that stop themselves when devices fail.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
+    /// Simulate N agents in this process against the broker and replica processes, run a phased
+    /// rollout to them, and measure how long until every result is stored.
     #[cfg(feature = "dev-tools")]
-    FleetSim {
-        /// Numbers of devices to simulate, one run each (e.g. 100,500,1000).
-        #[arg(long, value_delimiter = ',', default_value = "100")]
-        devices: Vec<usize>,
-        /// Give up after this many seconds per run.
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
-    },
+    FleetSim(fleet::FleetSimArgs),
     /// Run the benchmark suite (see BENCHMARKS.md; scripts/bench.sh prepares and runs it).
     #[cfg(feature = "dev-tools")]
     Bench(bench::BenchArgs),
@@ -126,14 +124,13 @@ pub fn main() -> ExitCode {
             Command::Shadow => fleet::shadow(&cli.common).await,
             Command::Deploy(args) => fleet::deploy(args, &cli.common).await,
             Command::Status(args) => fleet::status(args, &cli.common).await,
+            Command::Rollout(cmd) => rollout::run(cmd, &cli.common).await,
             Command::Cancel { device } => fleet::cancel(device, &cli.common).await,
             #[cfg(feature = "dev-tools")]
             Command::Bench(args) => bench::run(args).await,
             Command::Doctor { broker_timeout } => doctor::run(broker_timeout, &cli.common).await,
             #[cfg(feature = "dev-tools")]
-            Command::FleetSim { devices, timeout } => {
-                fleet::fleet_sim(devices, timeout, &cli.common).await
-            }
+            Command::FleetSim(args) => fleet::fleet_sim(args, &cli.common).await,
         }
     });
     match outcome {

@@ -118,7 +118,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
         let f = std::fs::File::create(&log).unwrap();
         let child = cmd
             .stdout(f.try_clone().unwrap())
@@ -173,8 +173,8 @@ pub struct Fleet {
     /// The loopback HTTP server the gateway downloads from (a deployment from the network may
     /// only name http(s) URLs).
     pub server: crate::http::TestServer,
-    root: PathBuf,
-    signing: PathBuf,
+    pub root: PathBuf,
+    pub signing: PathBuf,
     pub broker: Broker,
 }
 
@@ -989,29 +989,6 @@ fn http_polling_follows_the_version_tag_including_a_rollback() {
     assert_eq!(
         all["mpy-1"]["state"]["reported"]["status"], "completed",
         "{all:#}"
-    );
-}
-
-#[cfg(feature = "dev-tools")]
-#[tokio::test(flavor = "multi_thread")]
-async fn fleet_sim_reaches_every_simulated_device_and_gets_every_result_back() {
-    let Some(broker) = Broker::start() else {
-        return;
-    };
-    let cfg = sandstep::mqtt::MqttConfig {
-        url: format!("mqtt://127.0.0.1:{}", broker.port),
-        ..Default::default()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    // 300 devices: more publishes than any client queue holds, so a consumer that blocks the
-    // network loop would deadlock here.
-    let r = sandstep::fleet_sim::run(&cfg, 300, dir.path(), Duration::from_secs(120))
-        .await
-        .unwrap();
-    assert_eq!(r.devices, 300);
-    assert!(r.delivered_all_ms <= r.reported_all_ms);
-    assert!(
-        r.round_trip_p50_ms <= r.round_trip_p95_ms && r.round_trip_p95_ms <= r.round_trip_max_ms
     );
 }
 

@@ -13,6 +13,7 @@ mod handlers;
 mod http;
 mod process;
 mod restart;
+mod rollouts;
 mod sandbox;
 mod seeds;
 mod support;
