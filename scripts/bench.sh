@@ -24,6 +24,8 @@ cargo build --quiet --release -p sandstep --features dev-tools
 if [[ ! -x /usr/sbin/mosquitto && $(id -u) -eq 0 ]]; then
     (apt-get install -y -q mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)) >/dev/null
 fi
+# 10,000 simulated devices hold 10,000 connections: mosquitto and fleet-sim need the descriptors.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 broker=()
 if [[ -x /usr/sbin/mosquitto ]]; then
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -31,9 +33,13 @@ if [[ -x /usr/sbin/mosquitto ]]; then
     printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\n' "$port" > "$conf"
     /usr/sbin/mosquitto -c "$conf" >/dev/null 2>&1 &
     mosq=$!
-    trap 'kill $mosq 2>/dev/null; rm -f "$conf"' EXIT
+    # The fleet figures with two replicas use a throwaway PostgreSQL (Debian's, as an
+    # unprivileged user; scripts/postgres.sh).
+    pgdir=$(mktemp -d)
+    pg=$(scripts/postgres.sh start "$pgdir/pg")
+    trap 'kill $mosq 2>/dev/null; rm -f "$conf"; scripts/postgres.sh stop "$pgdir/pg"; rm -rf "$pgdir"' EXIT
     sleep 0.5
-    broker=(--broker "mqtt://127.0.0.1:$port")
+    broker=(--broker "mqtt://127.0.0.1:$port" --postgres "$pg")
 fi
 # Group 8: the `handler new` template in each language, built with `handler build` (Python and
 # JavaScript with the toolchains scripts/guest-toolchains.sh installs).

@@ -111,6 +111,24 @@ async fn both_stores_merge_in_order_version_every_write_and_migrate_once() {
     .await;
 }
 
+/// Replicas and operator commands opening a new database at the same moment each find it
+/// migrated once, none failing on a migration another already applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn stores_opened_at_once_on_a_new_database_migrate_it_once() {
+    each_store(async |db| {
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let db = db.clone();
+                tokio::spawn(async move { Store::open(&db).await.map(|_| ()) })
+            })
+            .collect();
+        for o in opens {
+            o.await.unwrap().unwrap();
+        }
+    })
+    .await;
+}
+
 /// One device's reports stored out of order (two replicas finishing in the other order) keep
 /// each field's newest value, by the place the agent's `clientToken` gives each report.
 #[tokio::test(flavor = "multi_thread")]

@@ -51,14 +51,26 @@ impl Sqlite {
             db: name.clone(),
             cause,
         };
-        let mut conn = Connection::open(path).map_err(err)?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
-            .map_err(err)?;
-        // Two replicas on one file wait for each other's transactions instead of failing.
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(err)?;
-        migrate(&mut conn).map_err(err)?;
-        Ok(Sqlite { conn, name })
+        // Two replicas on one file (or a replica and an operator command) wait for each other's
+        // transactions instead of failing. Setting up a new file (switching it to WAL, the
+        // first migration) can still be refused as busy without waiting: tried again a while.
+        let until = std::time::Instant::now() + BUSY_WAIT;
+        loop {
+            match set_up(path) {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < until =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20 + fastrand::u64(..30)));
+                }
+                other => {
+                    return Ok(Sqlite {
+                        conn: other.map_err(err)?,
+                        name,
+                    })
+                }
+            }
+        }
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -298,30 +310,44 @@ fn change_one(
     })
 }
 
-/// Applies the migrations the file lacks, each in its own transaction with its version.
+/// How long a replica waits on another's transaction.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn set_up(path: &Path) -> rusqlite::Result<Connection> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_WAIT)?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Applies the migrations the file lacks, each in its own transaction with its version. The
+/// version is read inside the transaction: a replica and an operator command opening a new file
+/// at once apply each migration once.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for (n, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+    loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let Some(sql) = MIGRATIONS.get(current) else {
+            return tx.commit();
+        };
         tx.execute_batch(sql)?;
-        if n == 0 {
-            // Files from before `reported_ms` get the column (0: not known).
-            if tx
+        // Files from before `reported_ms` get the column (0: not known).
+        if current == 0
+            && tx
                 .prepare("SELECT reported_ms FROM devices LIMIT 0")
                 .is_err()
-            {
-                tx.execute_batch(
-                    "ALTER TABLE devices ADD COLUMN reported_ms INTEGER NOT NULL DEFAULT 0;",
-                )?;
-            }
+        {
+            tx.execute_batch(
+                "ALTER TABLE devices ADD COLUMN reported_ms INTEGER NOT NULL DEFAULT 0;",
+            )?;
         }
-        if n == 1 {
+        if current == 1 {
             backfill(&tx)?;
         }
-        tx.pragma_update(None, "user_version", n + 1)?;
+        tx.pragma_update(None, "user_version", current + 1)?;
         tx.commit()?;
     }
-    Ok(())
 }
 
 /// Fills the derived columns of devices stored before they existed.
