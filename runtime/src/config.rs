@@ -283,6 +283,29 @@ mod example_tests {
         );
         assert_eq!(c.download, crate::download::DownloadConfig::default());
     }
+
+    #[test]
+    fn the_example_configs_replica_block_parses_when_uncommented() {
+        let text = include_str!("../../examples/config.toml");
+        let block: String = text
+            .lines()
+            .skip_while(|l| *l != "# [shadow]")
+            .map_while(|l| l.strip_prefix("# "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c: super::Config = toml::from_str(&block).unwrap();
+        assert_eq!(
+            c.shadow.database.as_deref(),
+            Some("postgres://sandstep@%2Frun%2Fpostgresql/fleet")
+        );
+        assert_eq!(
+            c.shadow,
+            super::ShadowConfig {
+                database: c.shadow.database.clone(),
+                ..Default::default()
+            }
+        );
+    }
 }
 
 impl From<Config> for crate::workflow::Settings {

@@ -104,7 +104,41 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
     check_handlers(&mut r, &data, &config, trust, sandbox).await?;
     check_slots(&mut r, &config);
     check_agent(&mut r, &config, broker_timeout).await;
+    check_replica_store(&mut r, &config).await;
     finish(r)
+}
+
+/// Where a replica runs with `[shadow] database` set: the store opens (reachable, migrations
+/// applied) and what it holds.
+async fn check_replica_store(r: &mut Report, config: &Config) {
+    let Some(db) = &config.shadow.database else {
+        return;
+    };
+    let db = sandstep::shadow::store::Database::parse(db);
+    let opened = async {
+        let mut s = sandstep::shadow::store::Store::open(&db).await?;
+        Ok::<_, sandstep::shadow::store::StoreError>((
+            s.schema_version().await?,
+            s.devices().await?.len(),
+            s.rollouts().await?.len(),
+        ))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), opened).await {
+        Ok(Ok((v, devices, rollouts))) => r.ok(
+            "replica store",
+            format!("{} (schema {v}): {devices} device(s), {rollouts} rollout(s)", db.display()),
+        ),
+        Ok(Err(e)) => r.fail(
+            "replica store",
+            e,
+            "check [shadow] database: the server runs, the URL's user, host, port and database exist",
+        ),
+        Err(_) => r.fail(
+            "replica store",
+            format!("{}: no answer within 10s", db.display()),
+            "check that the database server is reachable from here",
+        ),
+    }
 }
 
 /// For each handler with A/B slots: both slots exist (a block device, or a file-backed slot's

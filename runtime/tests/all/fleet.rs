@@ -1107,8 +1107,9 @@ fn acl_broker() -> Option<(Broker, tempfile::TempDir)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_example_acl_keeps_each_device_to_its_own_topics() {
-    // examples/mosquitto.acl on a real mosquitto: a device cannot publish desired state for
-    // another device, and anonymous clients are refused.
+    // examples/mosquitto.acl on a real mosquitto: the replica's account may join the replicas'
+    // shared subscription, a device cannot publish desired state for another device, and
+    // anonymous clients are refused.
     let Some((broker, _dir)) = acl_broker() else {
         return;
     };
@@ -1122,7 +1123,12 @@ async fn the_example_acl_keeps_each_device_to_its_own_topics() {
         sandstep::mqtt::Mqtt::connect(&cfg(Some(("sandstep-replica", "pw-r"))), "replica").unwrap();
     loop {
         if let Some(sandstep::mqtt::MqttEvent::Connected) = replica.recv().await {
-            replica.subscribe("state/+/update").await.unwrap();
+            // As `sandstep shadow` subscribes: through the replicas' shared subscription.
+            let filter = sandstep::shadow::subscription(
+                &sandstep_model::shadow::Topics::replica(),
+                Some("sandstep"),
+            );
+            replica.subscribe(&filter).await.unwrap();
             break;
         }
     }

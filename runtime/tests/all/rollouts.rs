@@ -325,22 +325,16 @@ fn cli(f: &Fleet, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// The operator's flow: `rollout create` to a group of two real agents in two phases, `status
-/// --rollout` until it finished, then controls refused on a finished rollout.
+/// The operator's flow: `rollout create` to a group of real agents in two phases, one of them
+/// coming online only after the rollout started; `status --rollout` until it finished, then
+/// controls refused on a finished rollout.
 #[test]
-fn a_rollout_from_the_cli_reaches_a_group_phase_by_phase_and_status_counts_it() {
+fn a_rollout_from_the_cli_reaches_a_group_phase_by_phase_a_late_device_too_and_status_counts_it() {
     let Some(f) = Fleet::new("ro-a") else { return };
     let (config_b, data_b) = second_agent(&f, "ro-b");
     let _replica = f.replica();
     let _a = f.agent();
-    let mut b = Command::new(env!("CARGO_BIN_EXE_sandstep"));
-    b.args(["--log", "info", "agent", "--config"])
-        .arg(&config_b)
-        .arg("--data-dir")
-        .arg(&data_b);
-    let _b = Proc::spawn(b, f.dir.path().join("agent-b.log"));
     f.wait_for("ro-a", "the start report", |r| r["status"] == "standBy");
-    f.wait_for("ro-b", "the start report", |r| r["status"] == "standBy");
     let manifest = f.manifest("rolled", vec![stateful("a", json!({}), &["f.txt"])]);
     let (root, signing) = (f.root.clone(), f.signing.clone());
     let out = cli(
@@ -373,7 +367,14 @@ fn a_rollout_from_the_cli_reaches_a_group_phase_by_phase_and_status_counts_it() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("(2 device(s) now)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(1 device(s) now)"));
+    // The second gateway comes online after the rollout started: it joins its phase.
+    let mut b = Command::new(env!("CARGO_BIN_EXE_sandstep"));
+    b.args(["--log", "info", "agent", "--config"])
+        .arg(&config_b)
+        .arg("--data-dir")
+        .arg(&data_b);
+    let _b = Proc::spawn(b, f.dir.path().join("agent-b.log"));
     let t = Instant::now();
     let status = loop {
         let out = cli(&f, &["status", "--rollout", "ro-1", "--json"]);
@@ -390,20 +391,9 @@ fn a_rollout_from_the_cli_reaches_a_group_phase_by_phase_and_status_counts_it() 
         std::thread::sleep(Duration::from_millis(300));
     };
     let phases = status["phaseCounts"].as_array().unwrap();
-    assert_eq!(
-        (
-            phases[0]["devices"].as_u64(),
-            phases[0]["succeeded"].as_u64()
-        ),
-        (Some(1), Some(1))
-    );
-    assert_eq!(
-        (
-            phases[1]["devices"].as_u64(),
-            phases[1]["succeeded"].as_u64()
-        ),
-        (Some(1), Some(1))
-    );
+    let sum = |k: &str| phases.iter().map(|p| p[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((sum("devices"), sum("succeeded")), (2, 2), "{status:#}");
+    assert!(phases[0]["succeeded"].as_u64() >= Some(1), "{status:#}");
     let all = f.status();
     for d in ["ro-a", "ro-b"] {
         assert_eq!(all[d]["state"]["reported"]["workflow"]["id"], "ro-1");
@@ -543,5 +533,42 @@ async fn failures_over_the_limit_pause_the_rollout_before_it_reaches_everyone() 
     assert!(
         why.contains("over the 5.0% limit") && why.contains("0/30000007 x"),
         "{why}"
+    );
+}
+
+/// `sandstep doctor` where a replica runs: the configured store opens (schema, what it holds),
+/// or the check fails naming the database.
+#[test]
+fn doctor_checks_the_replicas_store() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let doctor = |url: &str| {
+        let config = dir.path().join("replica.toml");
+        std::fs::write(
+            &config,
+            format!("[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[shadow]\ndatabase = \"{url}\"\n"),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_sandstep"))
+            .args(["doctor", "--broker-timeout", "1", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = doctor(&pg.url);
+    assert!(
+        out.lines().any(|l| l.starts_with("ok    replica store:")
+            && l.contains("(schema 1): 0 device(s), 0 rollout(s)")),
+        "{out}"
+    );
+    let out = doctor("postgres://sandstep@127.0.0.1:1/none");
+    assert!(
+        out.lines().any(|l| l.starts_with(
+            "FAIL  replica store: shadow database postgres://sandstep@127.0.0.1:1/none"
+        )),
+        "{out}"
     );
 }
