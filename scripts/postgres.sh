@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL from Debian's packages, for the fleet tests and benchmarks:
-#   scripts/postgres.sh start DIR   initdb in DIR/data, start on a free loopback port, print the URL
+#   scripts/postgres.sh start DIR [--tls CERTS]
+#                                   initdb in DIR/data, start on a free loopback port, print the
+#                                   URL; with --tls, serve TLS with CERTS/server.pem and server.key
+#                                   (scripts/test-ca.sh makes them)
 #   scripts/postgres.sh stop DIR    stop it (DIR can then be removed)
 # PostgreSQL refuses to run as root, so as root the cluster belongs to an unprivileged user
 # ($SANDSTEP_PG_USER, default nobody). Trust authentication, loopback only; nothing persists
@@ -26,9 +29,17 @@ start)
     [[ $(id -u) -eq 0 ]] && chown "${SANDSTEP_PG_USER:-nobody}" "$dir"
     "${run[@]}" "$bin/initdb" -D "$dir/data" -U sandstep --auth=trust -E UTF8 --no-instructions >"$dir/initdb.log" 2>&1 ||
         { cat "$dir/initdb.log" >&2; exit 1; }
+    tls=()
+    if [[ ${3:-} == --tls ]]; then
+        certs=${4:?--tls needs the directory scripts/test-ca.sh wrote}
+        cp "$certs/server.pem" "$certs/server.key" "$dir/"
+        [[ $(id -u) -eq 0 ]] && chown "${SANDSTEP_PG_USER:-nobody}" "$dir/server.pem" "$dir/server.key"
+        chmod 0600 "$dir/server.key"
+        tls=(-c ssl=on -c "ssl_cert_file=$dir/server.pem" -c "ssl_key_file=$dir/server.key")
+    fi
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir -c max_connections=100" \
+        -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir -c max_connections=100 ${tls[*]}" \
         start >/dev/null || { cat "$dir/postgres.log" >&2; exit 1; }
     echo "postgres://sandstep@127.0.0.1:$port/postgres"
     ;;

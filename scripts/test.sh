@@ -7,12 +7,14 @@ cd "$root"
 scripts/build-components.sh
 # The fleet tests need a real MQTT broker (mosquitto, from Debian; the test harness starts its
 # own instances on loopback ports) and PostgreSQL (Debian's; scripts/postgres.sh runs throwaway
-# clusters in temporary directories as an unprivileged user), the clock-jump test libfaketime
+# clusters in temporary directories as an unprivileged user; openssl makes their test CA), the
+# clock-jump test libfaketime
 # (Debian's faketime), the GRUB boot-control test grub-editenv (grub-common).
 # Install them when missing and we are root.
 missing=()
 [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+[[ -x /usr/bin/openssl ]] || missing+=(openssl)
 [[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]] || missing+=(faketime)
 [[ -x /usr/bin/objdump ]] || missing+=(binutils)
 [[ -x /usr/bin/grub-editenv ]] || missing+=(grub-common)

@@ -44,6 +44,9 @@ pub struct ShadowConfig {
     /// A SQLite file (default: `<data-dir>/shadow.sqlite`) or a PostgreSQL URL
     /// (`postgres://user@host/db`) for fleets served by several replicas.
     pub database: Option<String>,
+    /// The CA certificate(s) (PEM) PostgreSQL's TLS certificate is checked against; default:
+    /// the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// The MQTT shared-subscription group replicas join (`$share/<group>/...`), so each report
     /// is handled by one of them; empty: a plain subscription (a broker without shared
     /// subscriptions, one replica only).
@@ -56,6 +59,7 @@ impl Default for ShadowConfig {
     fn default() -> Self {
         ShadowConfig {
             database: None,
+            ca_file: None,
             share_group: "sandstep".into(),
             rollout_interval_ms: 1000,
         }
@@ -299,11 +303,13 @@ mod example_tests {
             Some("postgres://sandstep@%2Frun%2Fpostgresql/fleet")
         );
         assert_eq!(
-            c.shadow,
-            super::ShadowConfig {
-                database: c.shadow.database.clone(),
-                ..Default::default()
-            }
+            c.shadow.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/sandstep/db-ca.pem"))
+        );
+        assert_eq!(
+            (c.shadow.share_group.as_str(), c.shadow.rollout_interval_ms),
+            ("sandstep", 1000),
+            "the example shows the defaults"
         );
     }
 }

@@ -272,9 +272,16 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 fn start_replicas(cfg: &MqttConfig, o: &SimOptions) -> Result<Replicas, String> {
+    // The replicas' `[shadow]` table: the store, and the CA its TLS is checked against.
     let db = match &o.database {
-        Database::Sqlite(p) => p.display().to_string(),
-        Database::Postgres(url) => url.clone(),
+        Database::Sqlite(p) => format!("database = {:?}\n", p.display().to_string()),
+        Database::Postgres { url, ca_file } => {
+            let ca = ca_file
+                .as_ref()
+                .map(|c| format!("ca-file = {:?}\n", c.display().to_string()))
+                .unwrap_or_default();
+            format!("database = {url:?}\n{ca}")
+        }
     };
     let mut out = Vec::new();
     for i in 0..o.replicas {
@@ -282,7 +289,7 @@ fn start_replicas(cfg: &MqttConfig, o: &SimOptions) -> Result<Replicas, String> 
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let conf = dir.join("config.toml");
         let text = format!(
-            "[mqtt]\nurl = {:?}\nclient-id = \"sim-replica-{i}-{:04x}\"\n[shadow]\ndatabase = {db:?}\nrollout-interval-ms = 200\n",
+            "[mqtt]\nurl = {:?}\nclient-id = \"sim-replica-{i}-{:04x}\"\n[shadow]\n{db}rollout-interval-ms = 200\n",
             cfg.url,
             fastrand::u16(..)
         );
@@ -422,6 +429,24 @@ async fn device_writes(store: &mut Store) -> Result<u64, String> {
     Ok(n)
 }
 
+/// Where the rollout stands by the store: the rollout, the devices it deployed to, and how
+/// many of those have a final result stored.
+async fn standing(store: &mut Store, id: &str) -> Result<(Rollout, Vec<String>, usize), String> {
+    let (now, _) = store
+        .rollout(id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the rollout vanished")?;
+    let members = store.members(&now).await.map_err(|e| e.to_string())?;
+    let deployed: Vec<_> = members.iter().filter(|m| m.deployed.is_some()).collect();
+    let finished = deployed
+        .iter()
+        .filter(|m| m.outcome.as_ref().is_some_and(|x| x.finished()))
+        .count();
+    let ids = deployed.into_iter().map(|m| m.id.clone()).collect();
+    Ok((now, ids, finished))
+}
+
 type Watched = (HashMap<String, Duration>, Vec<u64>, bool);
 
 /// Waits until the rollout ends (finished, or paused by its failure limit) and every device it
@@ -450,17 +475,7 @@ async fn watch(
         }
         if Instant::now() >= next_look {
             next_look = Instant::now() + Duration::from_millis(250);
-            let (now, _) = store
-                .rollout(&r.id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("the rollout vanished")?;
-            let members = store.members(&now).await.map_err(|e| e.to_string())?;
-            let deployed: Vec<_> = members.iter().filter(|m| m.deployed.is_some()).collect();
-            let finished = deployed
-                .iter()
-                .filter(|m| m.outcome.as_ref().is_some_and(|x| x.finished()))
-                .count();
+            let (now, deployed, finished) = standing(store, &r.id).await?;
             let all_in = finished == deployed.len();
             last_seen = format!(
                 "the rollout is {} in phase {} ({}); {} deployed, {finished} finished in the store",
@@ -471,7 +486,7 @@ async fn watch(
             );
             if now.progress.state != State::Running
                 && all_in
-                && deployed.iter().all(|m| done.contains_key(&m.id))
+                && deployed.iter().all(|d| done.contains_key(d))
             {
                 return Ok((done, rss, killed));
             }
@@ -504,17 +519,8 @@ async fn finish(
     killed: bool,
     writes_before: u64,
 ) -> Result<SimReport, String> {
-    let (now, _) = store
-        .rollout(&r.id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the rollout vanished")?;
-    let members = store.members(&now).await.map_err(|e| e.to_string())?;
-    let deployed: Vec<_> = members.iter().filter(|m| m.deployed.is_some()).collect();
-    let lost = deployed
-        .iter()
-        .filter(|m| !m.outcome.as_ref().is_some_and(|x| x.finished()))
-        .count();
+    let (now, deployed, finished) = standing(store, &r.id).await?;
+    let lost = deployed.len() - finished;
     let writes = device_writes(store).await? - writes_before;
     let mut times: Vec<u64> = done.values().map(|d| d.as_millis() as u64).collect();
     times.sort_unstable();
@@ -528,7 +534,7 @@ async fn finish(
         devices: o.devices,
         backend: match o.database {
             Database::Sqlite(_) => "sqlite",
-            Database::Postgres(_) => "postgresql",
+            Database::Postgres { .. } => "postgresql",
         },
         replicas: o.replicas,
         all_stored_ms: all_stored.as_millis() as u64,

@@ -4,6 +4,7 @@
 //! - [`agent`]: the gateway daemon: desired state over MQTT (or HTTP polling) in, reports out.
 //! - [`shadow`]: the device-state replica (SQLite or PostgreSQL) and its phased rollouts.
 //! - [`mqtt`]: the MQTT connection shared by agent, replica and operator commands.
+//! - [`tls_roots`]: the CAs TLS clients trust (MQTT, the replica's PostgreSQL).
 //! - [`bindings`]: the one host `bindgen!` over `wit/`.
 //! - [`sandbox`]: engine, precompiled cache, stores with limits, WASI over cap-std directories,
 //!   and [`sandbox::Session`], which runs a handler's lifecycle calls and always yields a result.
@@ -55,6 +56,7 @@ pub mod policy;
 pub mod registry;
 pub mod sandbox;
 pub mod shadow;
+pub mod tls_roots;
 pub mod trust;
 pub mod wasm_binary;
 pub mod workflow;

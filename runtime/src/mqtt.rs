@@ -280,24 +280,7 @@ impl Drop for Mqtt {
 }
 
 fn tls(config: &MqttConfig) -> Result<rumqttc::Transport, MqttError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &config.ca_file {
-        Some(p) => {
-            let pem = std::fs::read(p)
-                .map_err(|e| MqttError::Tls(format!("ca-file {}: {e}", p.display())))?;
-            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let c = c.map_err(|e| MqttError::Tls(format!("ca-file {}: {e}", p.display())))?;
-                roots
-                    .add(c)
-                    .map_err(|e| MqttError::Tls(format!("ca-file {}: {e}", p.display())))?;
-            }
-        }
-        None => {
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
-        }
-    }
+    let roots = crate::tls_roots::roots(config.ca_file.as_deref()).map_err(MqttError::Tls)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

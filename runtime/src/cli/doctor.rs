@@ -114,7 +114,7 @@ async fn check_replica_store(r: &mut Report, config: &Config) {
     let Some(db) = &config.shadow.database else {
         return;
     };
-    let db = sandstep::shadow::store::Database::parse(db);
+    let db = sandstep::shadow::store::Database::parse(db, config.shadow.ca_file.as_deref());
     let opened = async {
         let mut s = sandstep::shadow::store::Store::open(&db).await?;
         Ok::<_, sandstep::shadow::store::StoreError>((

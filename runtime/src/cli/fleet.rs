@@ -57,7 +57,7 @@ pub async fn agent(common: &Common) -> Result<ExitCode> {
 /// Where the replica's store is: `[shadow] database`, or `<data-dir>/shadow.sqlite`.
 pub fn database(common: &Common, config: &sandstep::config::Config) -> Result<Database> {
     Ok(match &config.shadow.database {
-        Some(d) => Database::parse(d),
+        Some(d) => Database::parse(d, config.shadow.ca_file.as_deref()),
         None => Database::Sqlite(common.data_dir(config)?.path().join("shadow.sqlite")),
     })
 }
@@ -81,9 +81,16 @@ pub async fn shadow(common: &Common) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How a deployment is signed (`deploy`, `rollout create`).
+/// What a deployment is made of (`deploy`, `rollout create`): the manifest, where its files
+/// are, and how it is signed.
 #[derive(Debug, Args)]
-pub struct SigningArgs {
+pub struct DeploymentArgs {
+    /// The update manifest.
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Where devices fetch the files: URL = this base + fileName.
+    #[arg(long)]
+    files_url: String,
     /// The signing key (private JWK).
     #[arg(long, alias = "key")]
     sign_key: Option<PathBuf>,
@@ -98,14 +105,10 @@ pub struct SigningArgs {
     unsigned: bool,
 }
 
-/// ADU's deployment document for `manifest`, signed, its files at `files_url` + file name;
+/// ADU's deployment document for the manifest, signed, its files at `--files-url` + file name;
 /// with the manifest's update id (`provider/name/version`).
-pub fn deployment(
-    manifest: &std::path::Path,
-    files_url: &str,
-    signing: &SigningArgs,
-    workflow: Workflow,
-) -> Result<(Deployment, String)> {
+pub fn deployment(args: &DeploymentArgs, workflow: Workflow) -> Result<(Deployment, String)> {
+    let (manifest, files_url, signing) = (&args.manifest, &args.files_url, args);
     let text = std::fs::read_to_string(manifest)
         .with_context(|| format!("cannot read {}", manifest.display()))?;
     let parsed = Manifest::parse(&text)
@@ -164,14 +167,8 @@ pub struct DeployArgs {
     /// Target every device reporting this group.
     #[arg(long)]
     group: Option<String>,
-    /// The update manifest.
-    #[arg(long)]
-    manifest: PathBuf,
-    /// Where devices fetch the files: URL = this base + fileName.
-    #[arg(long)]
-    files_url: String,
     #[command(flatten)]
-    signing: SigningArgs,
+    deployment: DeploymentArgs,
     /// Workflow id (default: generated).
     #[arg(long)]
     workflow_id: Option<String>,
@@ -310,7 +307,7 @@ pub async fn deploy(args: DeployArgs, common: &Common) -> Result<ExitCode> {
         id: id.clone(),
         retry_timestamp: args.retry.then(|| sandstep::workflow::now_ms().to_string()),
     };
-    let (doc, update_id) = deployment(&args.manifest, &args.files_url, &args.signing, workflow)?;
+    let (doc, update_id) = deployment(&args.deployment, workflow)?;
     let mut devices = args.devices.clone();
     if let Some(g) = &args.group {
         let all = shadows(common, Duration::from_secs(10)).await?;
@@ -598,7 +595,7 @@ pub async fn fleet_sim(args: FleetSimArgs, common: &Common) -> Result<ExitCode> 
         let opts = sandstep::fleet_sim::SimOptions {
             devices: n,
             database: match &args.database {
-                Some(d) => Database::parse(d),
+                Some(d) => Database::parse(d, config.shadow.ca_file.as_deref()),
                 None => Database::Sqlite(dir.path().join(format!("fleet-{n}.sqlite"))),
             },
             replicas: args.replicas,

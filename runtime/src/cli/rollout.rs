@@ -2,14 +2,13 @@
 //! replica's store (`[shadow] database`); the replicas carry them out (sandstep::shadow::rollout).
 
 use super::common::Common;
-use super::fleet::{database, deployment, new_workflow_id, SigningArgs};
+use super::fleet::{database, deployment, new_workflow_id, DeploymentArgs};
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use sandstep::shadow::rollout::{self, Member, PhaseCounts, Progress, Rollout, State};
 use sandstep::shadow::store::Store;
 use sandstep_model::deployment::{action, Workflow};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
@@ -40,14 +39,8 @@ pub struct CreateArgs {
     /// The group (devices reporting it in `groups`).
     #[arg(long)]
     group: String,
-    /// The update manifest.
-    #[arg(long)]
-    manifest: PathBuf,
-    /// Where devices fetch the files: URL = this base + fileName.
-    #[arg(long)]
-    files_url: String,
     #[command(flatten)]
-    signing: SigningArgs,
+    deployment: DeploymentArgs,
     /// Cumulative share of the group per phase.
     #[arg(long, default_value = "1%,10%,50%,100%")]
     phases: String,
@@ -98,7 +91,7 @@ async fn create(args: CreateArgs, store: &mut Store) -> Result<ExitCode> {
         id: id.clone(),
         retry_timestamp: None,
     };
-    let (doc, update_id) = deployment(&args.manifest, &args.files_url, &args.signing, workflow)?;
+    let (doc, update_id) = deployment(&args.deployment, workflow)?;
     let Value::Object(desired) = serde_json::to_value(&doc)? else {
         bail!("a deployment serialises to an object");
     };

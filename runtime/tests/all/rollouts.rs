@@ -21,10 +21,16 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Option<Postgres> {
+        Postgres::start_with(&[])
+    }
+
+    /// With `extra` arguments to scripts/postgres.sh (`--tls CERTS`).
+    pub fn start_with(extra: &[&std::ffi::OsStr]) -> Option<Postgres> {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(crate::support::repo_root().join("scripts/postgres.sh"))
             .arg("start")
             .arg(dir.path())
+            .args(extra)
             .output()
             .unwrap();
         if !out.status.success() {
@@ -53,7 +59,7 @@ async fn each_store(test: impl AsyncFn(Database)) {
     let dir = tempfile::tempdir().unwrap();
     test(Database::Sqlite(dir.path().join("shadow.sqlite"))).await;
     let Some(pg) = Postgres::start() else { return };
-    test(Database::Postgres(pg.url.clone())).await;
+    test(Database::parse(&pg.url, None)).await;
 }
 
 fn report(v: Value) -> Document {
@@ -487,14 +493,7 @@ async fn two_replicas_on_postgresql_one_killed_half_way_lose_nothing() {
         ..Default::default()
     };
     let dir = tempfile::tempdir().unwrap();
-    let o = sim(
-        400,
-        Database::Postgres(pg.url.clone()),
-        2,
-        0,
-        true,
-        dir.path(),
-    );
+    let o = sim(400, Database::parse(&pg.url, None), 2, 0, true, dir.path());
     let r = sandstep::fleet_sim::run(&cfg, &o).await.unwrap();
     assert!(r.killed_one, "{r:?}");
     assert_eq!(
@@ -571,4 +570,38 @@ fn doctor_checks_the_replicas_store() {
         )),
         "{out}"
     );
+}
+
+/// A replica reaches PostgreSQL over TLS, checking the server's certificate against
+/// `[shadow] ca-file`; against the system's CAs the same server is refused, and the error says
+/// why; a server without TLS is refused when the URL requires it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_speaks_tls_to_postgresql_and_checks_the_servers_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let made = Command::new(crate::support::repo_root().join("scripts/test-ca.sh"))
+        .arg(certs.path())
+        .status()
+        .unwrap();
+    assert!(made.success(), "scripts/test-ca.sh");
+    let Some(pg) = Postgres::start_with(&["--tls".as_ref(), certs.path().as_os_str()]) else {
+        return;
+    };
+    let url = format!("{}?sslmode=require", pg.url);
+    let ca = certs.path().join("ca.pem");
+    let mut s = Store::open(&Database::parse(&url, Some(&ca)))
+        .await
+        .unwrap();
+    assert_eq!(s.devices().await.unwrap().len(), 0);
+    let Err(e) = Store::open(&Database::parse(&url, None)).await else {
+        panic!("a certificate from an unknown CA was accepted");
+    };
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    let Some(plain) = Postgres::start() else {
+        return;
+    };
+    let required = format!("{}?sslmode=require", plain.url);
+    let Err(e) = Store::open(&Database::parse(&required, Some(&ca))).await else {
+        panic!("sslmode=require was met without TLS");
+    };
+    assert!(e.to_string().contains("shadow database"), "{e}");
 }

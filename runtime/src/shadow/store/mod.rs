@@ -22,15 +22,24 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Database {
     Sqlite(PathBuf),
-    /// A libpq-style URL (`postgres://user@host:port/db`, `postgresql://...?host=/run/socket`).
-    Postgres(String),
+    /// A libpq-style URL (`postgres://user@host:port/db?sslmode=require`, a Unix socket as a
+    /// percent-encoded host), and the CA file its TLS certificate is checked against (default:
+    /// the system's CAs). TLS is used when the server offers it (`sslmode=prefer`, the default)
+    /// or always (`sslmode=require`).
+    Postgres {
+        url: String,
+        ca_file: Option<PathBuf>,
+    },
 }
 
 impl Database {
     /// `postgres://` or `postgresql://` URLs are PostgreSQL; anything else is a SQLite file.
-    pub fn parse(text: &str) -> Database {
+    pub fn parse(text: &str, ca_file: Option<&std::path::Path>) -> Database {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            Database::Postgres(text.to_owned())
+            Database::Postgres {
+                url: text.to_owned(),
+                ca_file: ca_file.map(PathBuf::from),
+            }
         } else {
             Database::Sqlite(PathBuf::from(text))
         }
@@ -40,7 +49,7 @@ impl Database {
     pub fn display(&self) -> String {
         match self {
             Database::Sqlite(p) => p.display().to_string(),
-            Database::Postgres(url) => redact(url),
+            Database::Postgres { url, .. } => redact(url),
         }
     }
 }
@@ -64,13 +73,15 @@ fn redact(url: &str) -> String {
 pub enum StoreError {
     #[error("shadow database {db}: {cause}")]
     Sqlite { db: String, cause: rusqlite::Error },
-    #[error("shadow database {db}: {cause}")]
+    #[error("shadow database {db}: {}", chain(.cause))]
     Postgres {
         db: String,
         cause: tokio_postgres::Error,
     },
     #[error("shadow database {db}: {what}")]
     Data { db: String, what: String },
+    #[error("shadow database {db}: TLS: {what}")]
+    Tls { db: String, what: String },
     #[error(
         "shadow database {db}: device {device} kept changing under this replica ({tries} tries)"
     )]
@@ -81,6 +92,18 @@ pub enum StoreError {
     },
     #[error("rollout `{0}` already exists")]
     RolloutExists(String),
+}
+
+/// An error and its causes (tokio-postgres says "error performing TLS handshake" and keeps
+/// which certificate was refused, and why, in its source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out = format!("{out}: {s}");
+        next = s.source();
+    }
+    out
 }
 
 /// How often a version conflict on one device is retried before giving up.
@@ -207,7 +230,9 @@ impl Store {
     pub async fn open(db: &Database) -> Result<Store, StoreError> {
         Ok(match db {
             Database::Sqlite(p) => Store::Sqlite(sqlite::Sqlite::open(p)?),
-            Database::Postgres(url) => Store::Postgres(postgres::Postgres::open(url).await?),
+            Database::Postgres { url, ca_file } => {
+                Store::Postgres(postgres::Postgres::open(url, ca_file.as_deref()).await?)
+            }
         })
     }
 
@@ -374,16 +399,16 @@ mod tests {
     #[test]
     fn urls_name_postgres_and_hide_passwords() {
         assert_eq!(
-            Database::parse("postgres://u:secret@127.0.0.1:5432/db").display(),
+            Database::parse("postgres://u:secret@127.0.0.1:5432/db", None).display(),
             "postgres://u:***@127.0.0.1:5432/db"
         );
         assert_eq!(
-            Database::parse("/var/lib/sandstep/shadow.sqlite"),
+            Database::parse("/var/lib/sandstep/shadow.sqlite", None),
             Database::Sqlite("/var/lib/sandstep/shadow.sqlite".into())
         );
         assert!(matches!(
-            Database::parse("postgresql://x/y"),
-            Database::Postgres(_)
+            Database::parse("postgresql://x/y", None),
+            Database::Postgres { .. }
         ));
     }
 

@@ -5,8 +5,10 @@
 use super::{groups_of, in_input_order, record, DeviceSummary, Row, StoreError, MAX_TRIES};
 use crate::shadow::record::Record;
 use std::collections::HashMap;
+use std::path::Path;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The key of the advisory lock migrations run under (any constant of our own).
 const MIGRATION_LOCK: i64 = 0x5a4e_d57e;
@@ -56,13 +58,21 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    pub async fn open(url: &str) -> Result<Postgres, StoreError> {
+    pub async fn open(url: &str, ca_file: Option<&Path>) -> Result<Postgres, StoreError> {
         let name = super::redact(url);
         let err = |cause| StoreError::Postgres {
             db: name.clone(),
             cause,
         };
-        let (mut client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(err)?;
+        let tls = crate::tls_roots::roots(ca_file)
+            .and_then(crate::tls_roots::client_config)
+            .map_err(|what| StoreError::Tls {
+                db: name.clone(),
+                what,
+            })?;
+        let (mut client, connection) = tokio_postgres::connect(url, MakeRustlsConnect::new(tls))
+            .await
+            .map_err(err)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::error!("shadow database connection: {e}");

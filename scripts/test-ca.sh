@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# A throwaway certificate authority for tests that speak TLS on loopback (PostgreSQL, brokers):
+#   scripts/test-ca.sh DIR     writes DIR/ca.pem, DIR/ca.key, and a server certificate for
+#                              127.0.0.1 and localhost signed by it (DIR/server.pem, DIR/server.key)
+# openssl from Debian; installed when missing and root. The keys are test keys: never deploy them.
+set -euo pipefail
+dir=${1:?directory}
+if ! command -v openssl >/dev/null; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "test-ca.sh: openssl is not installed (apt-get install openssl)" >&2
+        exit 1
+    fi
+    (apt-get install -y -q openssl || (apt-get update -q && apt-get install -y -q openssl)) >/dev/null
+fi
+mkdir -p "$dir"
+cd "$dir"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=sandstep test CA" -keyout ca.key -out ca.pem 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj "/CN=127.0.0.1" -keyout server.key -out server.csr 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+    -extfile server.ext -out server.pem 2>/dev/null
+rm -f server.csr server.ext ca.srl
+chmod 0600 ca.key server.key
