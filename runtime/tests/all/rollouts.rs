@@ -605,3 +605,60 @@ async fn the_store_speaks_tls_to_postgresql_and_checks_the_servers_certificate()
     };
     assert!(e.to_string().contains("shadow database"), "{e}");
 }
+
+/// The operator's controls on a running rollout: pause, resume, abort, each shown by `status
+/// --rollout` with who did it; a second abort is refused.
+#[test]
+fn pause_resume_and_abort_change_a_running_rollout_and_say_who() {
+    let Some(f) = Fleet::new("ro-ctl") else {
+        return;
+    };
+    let manifest = f.manifest("ctl", vec![stateful("a", json!({}), &["f.txt"])]);
+    let out = cli(
+        &f,
+        &[
+            "rollout",
+            "create",
+            "--group",
+            "nobody-yet",
+            "--id",
+            "ro-ctl",
+            "--soak",
+            "1h",
+            "--unsigned",
+            "--files-url",
+            &f.server.base(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = || {
+        let out = cli(&f, &["status", "--rollout", "ro-ctl", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v["state"].as_str().unwrap().to_owned(), v["reason"].clone())
+    };
+    assert_eq!(state().0, "running");
+    for (cmd, want, reason) in [
+        ("pause", "paused", json!("paused by the operator")),
+        ("resume", "running", Value::Null),
+        ("abort", "aborted", json!("aborted by the operator")),
+    ] {
+        let out = cli(&f, &["rollout", cmd, "ro-ctl"]);
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(state(), (want.to_owned(), reason), "after {cmd}");
+    }
+    let again = cli(&f, &["rollout", "abort", "ro-ctl"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("rollout ro-ctl is aborted"));
+    let missing = cli(&f, &["rollout", "pause", "ro-none"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no rollout `ro-none`"));
+}
