@@ -5,6 +5,7 @@
 //! - [`shadow`]: the device-state replica (SQLite or PostgreSQL) and its phased rollouts.
 //! - [`mqtt`]: the MQTT connection shared by agent, replica and operator commands.
 //! - [`tls_roots`]: the CAs TLS clients trust (MQTT, the replica's PostgreSQL).
+//! - [`iothub`]: Azure IoT Hub's device protocol (so far: authentication), for the ADU drop-in.
 //! - [`bindings`]: the one host `bindgen!` over `wit/`.
 //! - [`sandbox`]: engine, precompiled cache, stores with limits, WASI over cap-std directories,
 //!   and [`sandbox::Session`], which runs a handler's lifecycle calls and always yields a result.
@@ -50,6 +51,7 @@ pub mod fault;
 pub mod fleet_sim;
 #[cfg(feature = "dev-tools")]
 pub mod fuzzing;
+pub mod iothub;
 pub mod loader;
 pub mod mqtt;
 pub mod policy;
