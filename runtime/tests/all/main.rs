@@ -11,6 +11,7 @@ mod fleet;
 mod fuzz;
 mod handlers;
 mod http;
+mod mqtt_tls;
 mod process;
 mod restart;
 mod rollouts;
