@@ -91,11 +91,6 @@ pub async fn run(
         };
         match ev {
             None => return Ok(()),
-            Some(MqttEvent::Connected) => {
-                tracing::info!(%filter, "replica connected");
-                conn.subscribe(&filter).await?;
-            }
-            Some(MqttEvent::Disconnected(e)) => tracing::warn!("replica disconnected: {e}"),
             Some(MqttEvent::Message { topic, payload, .. }) => {
                 let mut batch = vec![(topic, payload)];
                 while batch.len() < MAX_BATCH {
@@ -118,7 +113,10 @@ pub async fn run(
 
 async fn handle_other(conn: &Mqtt, filter: &str, ev: MqttEvent) -> Result<(), ShadowError> {
     match ev {
-        MqttEvent::Connected => conn.subscribe(filter).await?,
+        MqttEvent::Connected => {
+            tracing::info!(%filter, "replica connected");
+            conn.subscribe(filter).await?;
+        }
         MqttEvent::Disconnected(e) => tracing::warn!("replica disconnected: {e}"),
         MqttEvent::PubAck { refused: Some(why) } => {
             tracing::error!("the broker refused an answer of the replica ({why}): check its ACL for the replica's account");
