@@ -460,11 +460,7 @@ fn is_current(doc: &Value, now_ms: u64, stale_ms: u64) -> bool {
 /// `sandstep status`.
 pub async fn status(args: StatusArgs, common: &Common) -> Result<ExitCode> {
     if let Some(id) = &args.rollout {
-        let config = common.load_config()?;
-        let db = database(common, &config)?;
-        let mut store = sandstep::shadow::store::Store::open(&db)
-            .await
-            .with_context(|| format!("opening the replica's store {}", db.display()))?;
+        let mut store = super::rollout::open_store(common).await?;
         return super::rollout::status(&mut store, id, args.json).await;
     }
     loop {

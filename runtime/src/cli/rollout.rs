@@ -58,12 +58,17 @@ pub struct CreateArgs {
     id: Option<String>,
 }
 
-pub async fn run(cmd: RolloutCommand, common: &Common) -> Result<ExitCode> {
+/// The replica's store as the config names it (`[shadow] database`, or the data dir's file).
+pub async fn open_store(common: &Common) -> Result<Store> {
     let config = common.load_config()?;
     let db = database(common, &config)?;
-    let mut store = Store::open(&db)
+    Store::open(&db)
         .await
-        .with_context(|| format!("opening the replica's store {}", db.display()))?;
+        .with_context(|| format!("opening the replica's store {}", db.display()))
+}
+
+pub async fn run(cmd: RolloutCommand, common: &Common) -> Result<ExitCode> {
+    let mut store = open_store(common).await?;
     match cmd {
         RolloutCommand::Create(args) => create(*args, &mut store).await,
         RolloutCommand::List { json } => list(&mut store, json).await,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn sandstep() -> Command {
+pub fn sandstep() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sandstep"));
     c.env_remove("RUST_LOG");
     c

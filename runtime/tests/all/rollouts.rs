@@ -2,7 +2,7 @@
 //! scripts/postgres.sh in a temporary directory as an unprivileged user), several replicas on
 //! one database, and phased rollouts from the operator's CLI to real agents.
 
-use crate::fleet::{Fleet, Proc};
+use crate::fleet::{sandstep, Fleet, Proc};
 use crate::workflow::stateful;
 use sandstep::shadow::record::Record;
 use sandstep::shadow::rollout::{Progress, Rollout, State};
@@ -321,7 +321,7 @@ fn second_agent(f: &Fleet, device: &str) -> (PathBuf, PathBuf) {
 }
 
 fn cli(f: &Fleet, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sandstep"))
+    sandstep()
         .args(args)
         .arg("--config")
         .arg(&f.config)
@@ -375,7 +375,7 @@ fn a_rollout_from_the_cli_reaches_a_group_phase_by_phase_a_late_device_too_and_s
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("(1 device(s) now)"));
     // The second gateway comes online after the rollout started: it joins its phase.
-    let mut b = Command::new(env!("CARGO_BIN_EXE_sandstep"));
+    let mut b = sandstep();
     b.args(["--log", "info", "agent", "--config"])
         .arg(&config_b)
         .arg("--data-dir")
@@ -548,7 +548,7 @@ fn doctor_checks_the_replicas_store() {
             format!("[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[shadow]\ndatabase = \"{url}\"\n"),
         )
         .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_sandstep"))
+        let out = sandstep()
             .args(["doctor", "--broker-timeout", "1", "--config"])
             .arg(&config)
             .arg("--data-dir")
