@@ -29,6 +29,8 @@ pub struct Config {
     pub mqtt: crate::mqtt::MqttConfig,
     /// The HTTP-polling source.
     pub http_poll: Option<crate::agent::poll::HttpPollConfig>,
+    /// The IoT Hub source (ADU's protocol).
+    pub iothub: Option<crate::iothub::config::IotHubConfig>,
     /// The device-state replica.
     pub shadow: ShadowConfig,
     /// Policy per handler id.
@@ -76,6 +78,7 @@ impl Default for Config {
             agent: crate::agent::AgentConfig::default(),
             mqtt: crate::mqtt::MqttConfig::default(),
             http_poll: None,
+            iothub: None,
             shadow: ShadowConfig::default(),
             handlers: default_policies(),
             device: Default::default(),
@@ -157,6 +160,7 @@ impl Config {
             agent: self.agent.clone(),
             mqtt: self.mqtt.clone(),
             http_poll: self.http_poll.clone(),
+            iothub: self.iothub.clone(),
             deploy: self.deploy_settings(),
         }
     }

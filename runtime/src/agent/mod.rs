@@ -12,6 +12,7 @@
 //! "status"}`). Reports go through the outbox, so none is lost while the broker is away.
 
 mod file_sets;
+mod hub;
 mod mqtt_loop;
 pub mod poll;
 pub mod refused;
@@ -50,7 +51,7 @@ pub struct AgentConfig {
     pub groups: Vec<String>,
     /// The component inventory (JSON) for reference steps.
     pub inventory: Option<PathBuf>,
-    /// Where deployments come from: `mqtt` or `http-poll`.
+    /// Where deployments come from: `mqtt`, `http-poll` or `iothub`.
     pub source: SourceKind,
     /// Topic layout: `replica` (state/<id>/update, ...), `aws` ($aws/things/<id>/shadow/...).
     pub topics: TopicLayout,
@@ -123,6 +124,8 @@ impl AgentConfig {
 pub enum SourceKind {
     Mqtt,
     HttpPoll,
+    /// IoT Hub's device twin, as ADU's agent speaks it (`[iothub]`).
+    Iothub,
 }
 
 /// A preset or explicit topic templates.
@@ -174,6 +177,8 @@ pub enum AgentError {
     Mqtt(#[from] crate::mqtt::MqttError),
     #[error(transparent)]
     DataDir(#[from] crate::datadir::DataDirError),
+    #[error(transparent)]
+    IotHub(#[from] crate::iothub::config::IotHubError),
     /// Its cause is in the message, not a `source` (printed once).
     #[error("agent outbox: {0}")]
     Outbox(std::io::Error),
@@ -230,6 +235,7 @@ pub struct Settings {
     pub agent: AgentConfig,
     pub mqtt: crate::mqtt::MqttConfig,
     pub http_poll: Option<poll::HttpPollConfig>,
+    pub iothub: Option<crate::iothub::config::IotHubConfig>,
     /// The deployment engine's.
     pub deploy: crate::workflow::Settings,
 }
@@ -247,6 +253,8 @@ pub struct Agent {
     reports: std::sync::atomic::AtomicU64,
     /// The stage last reported, so a stage's `<stage>At` time is when it began.
     last_stage: std::sync::Mutex<Option<Stage>>,
+    /// With `source = "iothub"`: the device's identity there.
+    hub: Option<crate::iothub::config::Identity>,
 }
 
 impl Agent {
@@ -255,8 +263,26 @@ impl Agent {
         settings: impl Into<Settings>,
         data_path: &std::path::Path,
     ) -> Result<Agent, AgentError> {
-        let settings = settings.into();
-        let device = settings.agent.resolved_device_id()?;
+        let mut settings: Settings = settings.into();
+        let hub = match settings.agent.source {
+            SourceKind::Iothub => Some(settings.iothub.clone().unwrap_or_default().identity()?),
+            _ => None,
+        };
+        if let Some(id) = &hub {
+            // du-config.json's manufacturer and model, unless `[device]` says otherwise: the
+            // service matches updates to what is reported, and so does this gateway.
+            let props = &mut settings.deploy.device.properties;
+            for (k, v) in [("manufacturer", &id.manufacturer), ("model", &id.model)] {
+                if let Some(v) = v {
+                    props.entry(k.to_owned()).or_insert_with(|| v.clone());
+                }
+            }
+        }
+        // Over IoT Hub the device is the one its connection string names.
+        let device = match &hub {
+            Some(id) => id.connection.device_id.clone(),
+            None => settings.agent.resolved_device_id()?,
+        };
         let data = DataDir::open(data_path)?;
         let sandbox = Arc::new(
             Sandbox::new(&EngineOptions::default(), Some(data.component_cache()?))
@@ -278,6 +304,7 @@ impl Agent {
             run: fastrand::u32(..),
             reports: Default::default(),
             last_stage: Default::default(),
+            hub,
         })
     }
 
@@ -586,6 +613,7 @@ impl Agent {
 /// Runs the agent until shutdown, a reboot, or a restart request.
 pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit, AgentError> {
     if agent.settings.agent.source == SourceKind::HttpPoll {
+        // (`iothub` runs in the MQTT loop, over its own session.)
         return poll::run(agent, shutdown).await;
     }
     mqtt_loop::run(agent, shutdown).await

@@ -2,10 +2,12 @@
 //! progress, its end, a confirmation timeout, shutdown) and hands it to its handler. What the
 //! loop keeps between inputs is [`MqttLoop`]; every report goes through the durable outbox.
 
-use super::report::{Confirmations, Outbox};
-use super::reported::{Patch, ReportedWorkflow, Stage, AGENT_FIELDS};
+use super::hub::{self, HubInput, HubState};
+use super::report::{Confirmations, Outbox, Outgoing};
+use super::reported::{adu_state, Patch, ReportedWorkflow, Stage, AGENT_FIELDS};
 use super::{deployment_of, desired_fields, Agent, AgentError, AgentExit, Running};
 use crate::datadir::ensure_dir;
+use crate::iothub::session::HubSession;
 use crate::mqtt::{Mqtt, MqttEvent, Transport};
 use crate::workflow::events::Event;
 use crate::workflow::{Outcome, Request, WorkflowError};
@@ -26,6 +28,11 @@ pub(super) async fn run(
     shutdown: CancellationToken,
 ) -> Result<AgentExit, AgentError> {
     let settings = &agent.settings;
+    if let Some(identity) = &agent.hub {
+        let config = settings.iothub.clone().unwrap_or_default();
+        let conn = HubSession::connect(&config, identity, &settings.mqtt)?;
+        return run_over(&agent, conn, shutdown).await;
+    }
     let client_id = settings
         .mqtt
         .client_id
@@ -45,6 +52,7 @@ async fn run_over<T: Transport>(
     let mut l = MqttLoop::start(agent, conn, ev_tx)?;
     loop {
         l.send_next().await;
+        let deadline = l.deadline();
         let finished = async {
             match l.running.as_mut() {
                 Some(r) => (&mut r.task).await,
@@ -54,7 +62,7 @@ async fn run_over<T: Transport>(
         let input = tokio::select! {
             _ = shutdown.cancelled() => Input::Shutdown,
             ev = l.conn.recv() => Input::Broker(ev),
-            _ = sleep_until_some(l.confirm.deadline()), if l.connected => Input::Unconfirmed,
+            _ = sleep_until_some(deadline), if l.connected => Input::Unconfirmed,
             Some(ev) = ev_rx.recv() => Input::Progress(ev),
             result = finished => Input::Finished(result),
         };
@@ -92,6 +100,8 @@ struct MqttLoop<'a, T> {
     queued: Option<(Workflow, Request)>,
     last_progress: Instant,
     events: mpsc::UnboundedSender<Event>,
+    /// Over IoT Hub: the twin protocol's part (`None` over the MQTT shadow).
+    hub: Option<HubState>,
 }
 
 impl<'a, T: Transport> MqttLoop<'a, T> {
@@ -102,11 +112,26 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
         events: mpsc::UnboundedSender<Event>,
     ) -> Result<Self, AgentError> {
         let settings = &agent.settings;
+        let hub = agent.hub.as_ref().map(|id| {
+            let timeout = settings
+                .iothub
+                .as_ref()
+                .map_or(30_000, |c| c.response_timeout_ms);
+            HubState::new(
+                hub::device_properties(id, &settings.deploy.device.properties),
+                Duration::from_millis(timeout),
+            )
+        });
+        // Over IoT Hub the hub's answers confirm each report; the shadow's confirmations are off.
+        let confirm_ms = match hub {
+            Some(_) => 0,
+            None => settings.agent.confirm_timeout_ms,
+        };
         let mut l = MqttLoop {
             agent,
             outbox: Outbox::open(ensure_dir(agent.data.root(), "outbox", 0o700)?)?,
             conn,
-            confirm: Confirmations::new(Duration::from_millis(settings.agent.confirm_timeout_ms)),
+            confirm: Confirmations::new(Duration::from_millis(confirm_ms)),
             delta_topic: Topics::for_device(&agent.topics.delta, &agent.device),
             accepted_topic: Topics::for_device(&agent.topics.accepted, &agent.device),
             connected: false,
@@ -114,11 +139,15 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
             queued: None,
             last_progress: Instant::now() - Duration::from_secs(3600),
             events,
+            hub,
         };
-        l.outbox.push(agent.reported(agent.installed_state()))?;
+        for o in l.hub.as_ref().map(HubState::startup).unwrap_or_default() {
+            l.push(o)?;
+        }
+        l.push(agent.reported(agent.installed_state()))?;
         let (runs, refusals) = agent.resumable()?;
         for o in refusals {
-            l.outbox.push(o)?;
+            l.push(o)?;
         }
         for (w, req) in runs {
             if l.running.is_none() {
@@ -131,12 +160,34 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
         Ok(l)
     }
 
+    /// Queues a report (over IoT Hub, in ADU's shape, or not at all when ADU's agent would
+    /// send nothing).
+    fn push(&mut self, o: Outgoing) -> Result<(), AgentError> {
+        let o = match self.hub.as_mut() {
+            Some(h) => match h.shape(o) {
+                Some(o) => o,
+                None => return Ok(()),
+            },
+            None => o,
+        };
+        Ok(self.outbox.push(o)?)
+    }
+
+    /// When the loop must look again without an input: a shadow confirmation or a twin answer
+    /// overdue.
+    fn deadline(&self) -> Option<Instant> {
+        match &self.hub {
+            Some(h) => h.deadline(),
+            None => self.confirm.deadline(),
+        }
+    }
+
     /// Hands `input` to its handler; `Some` when the agent must stop.
     async fn dispatch(&mut self, input: Input) -> Result<Option<AgentExit>, AgentError> {
         match input {
             Input::Shutdown => Ok(Some(self.shut_down().await)),
             Input::Broker(ev) => self.on_mqtt(ev).await,
-            Input::Unconfirmed => self.on_unconfirmed(),
+            Input::Unconfirmed => self.on_unconfirmed().await,
             Input::Progress(ev) => self.on_progress(&ev),
             Input::Finished(result) => self.on_finished(result).await,
         }
@@ -144,14 +195,25 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
 
     /// Publishes the next waiting report, when connected.
     async fn send_next(&mut self) {
-        if !self.connected {
+        if !self.connected || self.outbox.in_flight || self.outbox.is_empty() {
             return;
         }
+        let topic = match self.hub.as_mut() {
+            Some(h) => match h.send_report() {
+                Some(t) => Some(t),
+                None => return,
+            },
+            None => None,
+        };
         if let Some(o) = self.outbox.next_to_send() {
             let payload = o.payload.to_string().into_bytes();
-            if let Err(e) = self.conn.publish(&o.topic, payload, false).await {
+            let topic = topic.unwrap_or(o.topic);
+            if let Err(e) = self.conn.publish(&topic, payload, false).await {
                 tracing::warn!("publish failed: {e}");
                 self.outbox.disconnected();
+                if let Some(h) = self.hub.as_mut() {
+                    h.disconnected();
+                }
             }
         }
     }
@@ -173,22 +235,19 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
     async fn on_mqtt(&mut self, ev: Option<MqttEvent>) -> Result<Option<AgentExit>, AgentError> {
         match ev {
             None => return Err(AgentError::Config("the MQTT connection task ended".into())),
-            Some(MqttEvent::Connected) => {
-                self.connected = true;
-                self.outbox.disconnected();
-                self.conn.subscribe(&self.delta_topic).await?;
-                if self.agent.settings.agent.confirm_timeout_ms != 0 {
-                    self.conn.subscribe(&self.accepted_topic).await?;
-                }
-                tracing::info!(topic = %self.delta_topic, pending = self.outbox.len(), "connected");
-            }
+            Some(MqttEvent::Connected) => self.on_connected().await?,
             Some(MqttEvent::Disconnected(e)) => {
                 if self.connected {
                     tracing::warn!("disconnected: {e}");
                 }
                 self.connected = false;
                 self.outbox.disconnected();
+                if let Some(h) = self.hub.as_mut() {
+                    h.disconnected();
+                }
             }
+            // Over IoT Hub a report is delivered when the hub answers it, not at the PUBACK.
+            Some(MqttEvent::PubAck { .. }) if self.hub.is_some() => {}
             Some(MqttEvent::PubAck { refused }) => {
                 if let Some(why) = refused {
                     // Sending it again would be refused again: say so and go on.
@@ -197,6 +256,9 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
                 if let Some(o) = self.outbox.acked()? {
                     self.confirm.sent(&o.payload);
                 }
+            }
+            Some(MqttEvent::Message { topic, payload, .. }) if self.hub.is_some() => {
+                self.on_twin(&topic, &payload).await?
             }
             Some(MqttEvent::Message { topic, payload, .. }) if topic == self.accepted_topic => {
                 self.confirm.accepted(&payload)
@@ -209,13 +271,95 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
         Ok(None)
     }
 
-    /// A desired-state delta: a deployment to start (or queue), a cancel, or a refusal.
-    fn on_delta(&mut self, payload: &[u8]) -> Result<(), AgentError> {
-        let agent = self.agent;
-        let fields = match desired_fields(payload) {
-            Ok(f) => f,
-            Err(why) => return Ok(self.outbox.push(agent.rejection(None, &why))?),
+    /// (Re)connected: subscribe; over IoT Hub, ask for the whole twin (desired changes made
+    /// while the device was away come only in it).
+    async fn on_connected(&mut self) -> Result<(), AgentError> {
+        self.connected = true;
+        self.outbox.disconnected();
+        match self.hub.as_mut() {
+            Some(h) => {
+                h.disconnected();
+                for filter in crate::iothub::twin::SUBSCRIPTIONS {
+                    self.conn.subscribe(filter).await?;
+                }
+                let get = h.send_get();
+                self.conn.publish(&get, Vec::new(), false).await?;
+                tracing::info!(pending = self.outbox.len(), "connected to IoT Hub");
+            }
+            None => {
+                self.conn.subscribe(&self.delta_topic).await?;
+                if self.agent.settings.agent.confirm_timeout_ms != 0 {
+                    self.conn.subscribe(&self.accepted_topic).await?;
+                }
+                tracing::info!(topic = %self.delta_topic, pending = self.outbox.len(), "connected");
+            }
+        }
+        Ok(())
+    }
+
+    /// A message on IoT Hub's twin topics.
+    async fn on_twin(&mut self, topic: &str, payload: &[u8]) -> Result<(), AgentError> {
+        let Some(h) = self.hub.as_mut() else {
+            return Ok(());
         };
+        match h.message(topic, payload) {
+            HubInput::Delivered => {
+                self.outbox.acked()?;
+            }
+            HubInput::Resend => self.outbox.disconnected(),
+            HubInput::Service { value, version } => self.on_service(value, version)?,
+            HubInput::Nothing => {}
+        }
+        Ok(())
+    }
+
+    /// The desired `deviceUpdate.service`: handled like a shadow delta, then acknowledged
+    /// (adu_core_interface.c `OrchestratorUpdateCallback`). A workflow this agent already
+    /// finished, with the same retry timestamp, is not run again: the whole twin brings it back
+    /// after every reconnect (agent_workflow.c: "Ignore duplicate deployment that can be caused
+    /// by token expiry connection refresh").
+    fn on_service(&mut self, value: Value, version: u64) -> Result<(), AgentError> {
+        match value.as_object() {
+            Some(fields) if fields.get("workflow").is_some_and(|w| !w.is_null()) => {
+                if !self.finished_already(fields) {
+                    self.on_desired(fields.clone())?;
+                }
+            }
+            Some(_) => {}
+            None => tracing::error!("desired deviceUpdate.service is not an object: {value}"),
+        }
+        if let Some(ack) = self.hub.as_mut().and_then(|h| h.ack(&value, version)) {
+            self.push(ack)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `fields` carry the deployment this agent last finished, not running now.
+    fn finished_already(&self, fields: &Map<String, Value>) -> bool {
+        let Some(Ok(w)) = fields
+            .get("workflow")
+            .map(|w| serde_json::from_value::<Workflow>(w.clone()))
+        else {
+            return false;
+        };
+        let running = self.running.as_ref().is_some_and(|r| r.workflow.id == w.id);
+        let last = self.agent.persisted().workflow;
+        !running
+            && w.action == action::PROCESS_DEPLOYMENT
+            && last.is_some_and(|l| l.id == w.id && l.retry_timestamp == w.retry_timestamp)
+    }
+
+    /// A desired-state delta.
+    fn on_delta(&mut self, payload: &[u8]) -> Result<(), AgentError> {
+        match desired_fields(payload) {
+            Ok(fields) => self.on_desired(fields),
+            Err(why) => self.push(self.agent.rejection(None, &why)),
+        }
+    }
+
+    /// Desired fields: a deployment to start (or queue), a cancel, or a refusal.
+    fn on_desired(&mut self, fields: Map<String, Value>) -> Result<(), AgentError> {
+        let agent = self.agent;
         let dep = match deployment_of(&fields) {
             None => return self.on_unknown(&fields),
             Some(Ok(d)) => d,
@@ -224,7 +368,7 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
                     .get("workflow")
                     .cloned()
                     .map(ReportedWorkflow::AsReceived);
-                return Ok(self.outbox.push(agent.rejection(w, &why))?);
+                return self.push(agent.rejection(w, &why));
             }
         };
         let w = dep.workflow.clone();
@@ -243,17 +387,19 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
                     .get("workflow")
                     .cloned()
                     .map(ReportedWorkflow::AsReceived);
-                return Ok(self.outbox.push(agent.rejection(w, &why))?);
+                return self.push(agent.rejection(w, &why));
             }
         };
-        // Acknowledge: reporting the workflow empties the delta.
+        // Acknowledge: reporting the workflow empties the delta; ADU's agent reports
+        // DeploymentInProgress here (`ReportPreDeploymentProcessingState`).
         let ack = Patch {
             workflow: Some(ReportedWorkflow::Known(w.clone())),
             status: Some(Stage::Downloading),
+            state: Some(adu_state::DEPLOYMENT_IN_PROGRESS),
             last_error: Some(None),
             ..Patch::default()
         };
-        self.outbox.push(agent.reported(ack))?;
+        self.push(agent.reported(ack))?;
         match &self.running {
             Some(r) => {
                 tracing::info!(old = %r.workflow.id, new = %w.id, "a new deployment replaces the running one");
@@ -288,7 +434,7 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
         tracing::warn!("desired state refused: {why}");
         let mut patch = Patch::refusal(None, &why, crate::workflow::now_ms());
         patch.echo = foreign;
-        self.outbox.push(self.agent.reported(patch))?;
+        self.push(self.agent.reported(patch))?;
         Ok(())
     }
 
@@ -303,18 +449,34 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
                 r.cancel.cancel();
                 r.cancel_request = Some(w);
             }
-            None => patch.status = Some(Stage::StandBy),
+            None => {
+                // ADU: "Cancel received with no operation in progress - returning to Idle".
+                patch.status = Some(Stage::StandBy);
+                patch.state = Some(adu_state::IDLE);
+            }
         }
         self.queued = None;
-        self.outbox.push(self.agent.reported(patch))?;
+        self.push(self.agent.reported(patch))?;
         Ok(())
     }
 
     /// The shadow service did not confirm a report in time: send the whole reported state.
-    fn on_unconfirmed(&mut self) -> Result<Option<AgentExit>, AgentError> {
+    /// Over IoT Hub: send again what the hub did not answer.
+    async fn on_unconfirmed(&mut self) -> Result<Option<AgentExit>, AgentError> {
+        if let Some(h) = self.hub.as_mut() {
+            let (report, get) = h.overdue();
+            if report {
+                self.outbox.disconnected();
+            }
+            if get {
+                let topic = h.send_get();
+                self.conn.publish(&topic, Vec::new(), false).await?;
+            }
+            return Ok(None);
+        }
         if let Some(full) = self.confirm.resend() {
             tracing::info!("the shadow service did not confirm a report; sending the whole reported state again");
-            self.outbox.push(self.agent.envelope(full))?;
+            self.push(self.agent.envelope(full))?;
         }
         Ok(None)
     }
@@ -344,7 +506,7 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
             }
             let mut o = self.agent.reported(patch);
             o.progress = true;
-            self.outbox.push(o)?;
+            self.push(o)?;
         }
         Ok(None)
     }
@@ -364,23 +526,21 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
                     .clone()
                     .unwrap_or_else(|| r.workflow.clone());
                 for o in agent.finished(&reported, &outcome) {
-                    self.outbox.push(o)?;
+                    self.push(o)?;
                 }
                 match outcome.status {
                     Status::RebootRequired => {
-                        return reboot(agent, &mut self.outbox, &mut self.conn)
-                            .await
-                            .map(Some)
+                        self.flush().await;
+                        return Ok(Some(agent.reboot_now()));
                     }
                     Status::RestartRequired => {
-                        flush(&mut self.outbox, &mut self.conn).await;
+                        self.flush().await;
                         return Ok(Some(AgentExit::Restart));
                     }
                     _ => {}
                 }
             }
             Ok(Err(e)) => self
-                .outbox
                 .push(agent.rejection(Some(ReportedWorkflow::Known(r.workflow)), &e.to_string()))?,
             Err(e) => tracing::error!("deployment task failed: {e}"),
         }
@@ -391,49 +551,46 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
     }
 }
 
+impl<T: Transport> MqttLoop<'_, T> {
+    /// Delivers what waits, for up to a few seconds (before a reboot or restart); only
+    /// deliveries are handled meanwhile.
+    async fn flush(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.outbox.is_empty() && Instant::now() < deadline {
+            self.send_next().await;
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let ev = match tokio::time::timeout(wait, self.conn.recv()).await {
+                Ok(Some(ev)) => ev,
+                Ok(None) | Err(_) => return,
+            };
+            let delivered = match (ev, self.hub.as_mut()) {
+                (MqttEvent::PubAck { .. }, None) => true,
+                (MqttEvent::Message { topic, payload, .. }, Some(h)) => {
+                    match h.message(&topic, &payload) {
+                        HubInput::Delivered => true,
+                        HubInput::Resend => {
+                            self.outbox.disconnected();
+                            false
+                        }
+                        _ => false,
+                    }
+                }
+                (MqttEvent::Disconnected(_), _) => return,
+                _ => false,
+            };
+            if delivered {
+                let _ = self.outbox.acked();
+            }
+        }
+    }
+}
+
 /// Sleeps until `t`, or forever when there is none.
 async fn sleep_until_some(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }
-}
-
-/// Delivers what waits, for up to a few seconds (before a reboot or restart).
-async fn flush(outbox: &mut Outbox, conn: &mut impl Transport) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !outbox.is_empty() && Instant::now() < deadline {
-        if let Some(o) = outbox.next_to_send() {
-            if conn
-                .publish(&o.topic, o.payload.to_string().into_bytes(), false)
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        match tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            conn.recv(),
-        )
-        .await
-        {
-            Ok(Some(MqttEvent::PubAck { .. })) => {
-                let _ = outbox.acked();
-            }
-            Ok(Some(MqttEvent::Disconnected(_))) | Ok(None) | Err(_) => return,
-            Ok(Some(_)) => {}
-        }
-    }
-}
-
-async fn reboot(
-    agent: &Agent,
-    outbox: &mut Outbox,
-    conn: &mut impl Transport,
-) -> Result<AgentExit, AgentError> {
-    flush(outbox, conn).await;
-    Ok(agent.reboot_now())
 }
 
 #[cfg(test)]

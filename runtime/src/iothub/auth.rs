@@ -17,8 +17,8 @@ pub const ADU_MODEL_ID: &str = "dtmi:azure:iot:deviceUpdateModel;3";
 pub const API_VERSION: &str = "2021-04-12";
 
 /// A device (or module) connection string: `HostName=...;DeviceId=...;SharedAccessKey=...`,
-/// or `x509=true` instead of a key for a certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// or `x509=true` instead of a key for a certificate. Its `Debug` leaves the key out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConnectionString {
     pub host_name: String,
     pub device_id: String,
@@ -44,6 +44,21 @@ pub enum AuthError {
     KeyNotBase64,
     #[error("connection string: {0} is not supported ({1})")]
     Unsupported(String, &'static str),
+}
+
+impl std::fmt::Debug for ConnectionString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionString")
+            .field("host_name", &self.host_name)
+            .field("device_id", &self.device_id)
+            .field("module_id", &self.module_id)
+            .field(
+                "shared_access_key",
+                &self.shared_access_key.as_ref().map(|_| "<hidden>"),
+            )
+            .field("gateway_host_name", &self.gateway_host_name)
+            .finish()
+    }
 }
 
 impl ConnectionString {

@@ -1,8 +1,21 @@
-//! Azure IoT Hub's device protocol, so the agent can stand in for ADU's agent (`source =
-//! "iothub"`). Built so far: [`auth`] (connection strings, shared access signatures, the MQTT
-//! user name with the Device Update model id) and [`twin`] (the twin's MQTT topics and their
-//! answers). The `deviceUpdate` component's documents and the connection loop come next
-//! (issue 20).
+//! Azure IoT Hub's device protocol, so the agent stands in for ADU's agent (`[agent] source =
+//! "iothub"`):
+//!
+//! - [`auth`]: connection strings, shared access signatures, the MQTT user name announcing the
+//!   Device Update model id;
+//! - [`config`]: the `[iothub]` table, and the identity read from a connection string or ADU's
+//!   du-config.json;
+//! - [`session`]: the MQTT connection, renewed with a new signature before the old expires;
+//! - [`twin`]: the twin's MQTT topics and their answers;
+//! - [`component`]: the `deviceUpdate` component's documents in ADU's shapes;
+//! - [`device_info`]: the `deviceInformation` component.
+//!
+//! The agent's loop (`agent::mqtt_loop`, with `agent::hub`) uses them; `sandstep doctor` checks
+//! the connection.
 
 pub mod auth;
+pub mod component;
+pub mod config;
+pub mod device_info;
+pub mod session;
 pub mod twin;
