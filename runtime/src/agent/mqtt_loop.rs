@@ -321,8 +321,12 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
     fn on_service(&mut self, value: Value, version: u64) -> Result<(), AgentError> {
         match value.as_object() {
             Some(fields) if fields.get("workflow").is_some_and(|w| !w.is_null()) => {
-                if !self.finished_already(fields) {
-                    self.on_desired(fields.clone())?;
+                // The service nulls what a message does not use (a cancel's manifest, a
+                // delivered signature): null is absent, as ADU's parser reads it.
+                let mut fields = fields.clone();
+                fields.retain(|_, v| !v.is_null());
+                if !self.finished_already(&fields) {
+                    self.on_desired(fields)?;
                 }
             }
             Some(_) => {}

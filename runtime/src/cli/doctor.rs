@@ -300,6 +300,9 @@ fn check_data_dir(r: &mut Report, path: &std::path::Path) {
 
 async fn check_agent(r: &mut Report, config: &Config, timeout: u64) {
     use sandstep::agent::SourceKind;
+    if config.agent.source == SourceKind::Iothub {
+        return check_iothub(r, config, timeout).await;
+    }
     let device = match config.agent.resolved_device_id() {
         Ok(d) => {
             r.ok("device id", &d);
@@ -351,6 +354,63 @@ async fn check_agent(r: &mut Report, config: &Config, timeout: u64) {
         }
     }
     check_who_may_publish(r, config, &device, wait).await;
+}
+
+/// With `source = "iothub"`: the identity reads, the hub (or gateway) answers over TLS, and it
+/// accepts the token and the user name announcing ADU's model id.
+async fn check_iothub(r: &mut Report, config: &Config, timeout: u64) {
+    use sandstep::iothub::{auth::ADU_MODEL_ID, session};
+    let hub = config.iothub.clone().unwrap_or_default();
+    let id = match hub.identity() {
+        Ok(id) => id,
+        Err(e) => {
+            return r.fail(
+                "iothub identity",
+                e,
+                "set [iothub] connection-string, or connection-string-file (ADU's du-config.json works)",
+            )
+        }
+    };
+    let c = &id.connection;
+    let how = match c.shared_access_key {
+        Some(_) => format!(
+            "shared access key, tokens valid {} s",
+            hub.sas_lifetime_secs
+        ),
+        None => "X.509 certificate".to_owned(),
+    };
+    r.ok(
+        "iothub identity",
+        format!("device {} on {} ({how})", c.client_id(), c.host_name),
+    );
+    let now = sandstep::clock::now_ms() / 1000;
+    let (mqtt, _) = match session::mqtt_config(&hub, &id, &config.mqtt, now) {
+        Ok(m) => m,
+        Err(e) => return r.fail("iothub", e, "correct the [iothub] settings it names"),
+    };
+    let target = format!("{}:{}", c.connect_host(), hub.port);
+    let wait = Duration::from_secs(timeout);
+    match tokio::time::timeout(wait, first_answer(&mqtt, &c.client_id())).await {
+        Ok(Ok(())) => r.ok(
+            "iothub",
+            format!("{target} reachable; it accepted the device's credentials and the model id {ADU_MODEL_ID}"),
+        ),
+        Ok(Err(e)) if e.to_string().contains("return code") => r.fail(
+            "iothub",
+            format!("{target} refused the connection: {e:#}"),
+            "check the device's key or certificate in the hub, and this machine's clock (a token is valid from now for sas-lifetime-secs)",
+        ),
+        Ok(Err(e)) => r.fail(
+            "iothub",
+            format!("{target}: {e:#}"),
+            "check the host name, [iothub] port, and ca-file (the hub's certificate must chain to it)",
+        ),
+        Err(_) => r.fail(
+            "iothub",
+            format!("{target}: no answer within {timeout} s"),
+            "check the network path to the hub (port 8883 outbound)",
+        ),
+    }
 }
 
 /// Connects and waits for the broker's answer: connected, or why not.

@@ -2,20 +2,16 @@
 //! `deploy`, `status`, `cancel`.
 
 use super::common::Common;
+use super::deployment::{database, deployment, new_workflow_id, DeploymentArgs};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use sandstep::agent::{self, Agent, AgentExit};
 use sandstep::mqtt::{Mqtt, MqttEvent};
-use sandstep::shadow::store::Database;
 use sandstep::shadow::ReplicaOptions;
-use sandstep::trust::keys::load_private_jwk;
-use sandstep::trust::manifest_sig;
-use sandstep_model::deployment::{action, Deployment, Workflow};
-use sandstep_model::manifest::Manifest;
+use sandstep_model::deployment::{action, Workflow};
 use sandstep_model::shadow::{valid_device_id, Topics};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -54,14 +50,6 @@ pub async fn agent(common: &Common) -> Result<ExitCode> {
     }
 }
 
-/// Where the replica's store is: `[shadow] database`, or `<data-dir>/shadow.sqlite`.
-pub fn database(common: &Common, config: &sandstep::config::Config) -> Result<Database> {
-    Ok(match &config.shadow.database {
-        Some(d) => Database::parse(d, config.shadow.ca_file.as_deref()),
-        None => Database::Sqlite(common.data_dir(config)?.path().join("shadow.sqlite")),
-    })
-}
-
 /// `sandstep shadow`.
 pub async fn shadow(common: &Common) -> Result<ExitCode> {
     let config = common.load_config()?;
@@ -79,84 +67,6 @@ pub async fn shadow(common: &Common) -> Result<ExitCode> {
     );
     sandstep::shadow::run(&config.mqtt, &topics, &opts, shutdown_token()).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// What a deployment is made of (`deploy`, `rollout create`): the manifest, where its files
-/// are, and how it is signed.
-#[derive(Debug, Args)]
-pub struct DeploymentArgs {
-    /// The update manifest.
-    #[arg(long)]
-    manifest: PathBuf,
-    /// Where devices fetch the files: URL = this base + fileName.
-    #[arg(long)]
-    files_url: String,
-    /// The signing key (private JWK).
-    #[arg(long, alias = "key")]
-    sign_key: Option<PathBuf>,
-    /// The root key that vouches for the signing key.
-    #[arg(long)]
-    root_key: Option<PathBuf>,
-    /// The signing key already signed by a root (compact JWS file), instead of --root-key.
-    #[arg(long)]
-    sjwk: Option<PathBuf>,
-    /// Deploy without a signature (devices refuse it unless configured otherwise).
-    #[arg(long)]
-    unsigned: bool,
-}
-
-/// ADU's deployment document for the manifest, signed, its files at `--files-url` + file name;
-/// with the manifest's update id (`provider/name/version`).
-pub fn deployment(args: &DeploymentArgs, workflow: Workflow) -> Result<(Deployment, String)> {
-    let (manifest, files_url, signing) = (&args.manifest, &args.files_url, args);
-    let text = std::fs::read_to_string(manifest)
-        .with_context(|| format!("cannot read {}", manifest.display()))?;
-    let parsed = Manifest::parse(&text)
-        .with_context(|| format!("{} is not a valid manifest", manifest.display()))?;
-    let signature = match (&signing.sign_key, signing.unsigned) {
-        (Some(k), _) => {
-            let key = load_private_jwk(k)?;
-            let sjwk = match (&signing.root_key, &signing.sjwk) {
-                (Some(r), _) => {
-                    manifest_sig::sign_signing_key(&key.public(), &load_private_jwk(r)?)?
-                }
-                (None, Some(p)) => std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read {}", p.display()))?
-                    .trim()
-                    .to_owned(),
-                (None, None) => bail!("--sign-key needs --root-key or --sjwk"),
-            };
-            Some(manifest_sig::sign(&text, &key, &sjwk))
-        }
-        (None, true) => None,
-        (None, false) => bail!("give --sign-key (with --root-key or --sjwk), or --unsigned"),
-    };
-    let base = if files_url.ends_with('/') {
-        files_url.to_owned()
-    } else {
-        format!("{files_url}/")
-    };
-    let doc = Deployment {
-        workflow,
-        update_manifest: Some(text),
-        update_manifest_signature: signature,
-        file_urls: parsed
-            .files
-            .iter()
-            .map(|(fid, f)| (fid.clone(), format!("{base}{}", f.file_name)))
-            .collect(),
-    };
-    doc.check()?;
-    Ok((doc, parsed.update_id.to_string()))
-}
-
-/// A new workflow id.
-pub fn new_workflow_id(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{:04x}",
-        sandstep::workflow::now_ms(),
-        fastrand::u16(..)
-    )
 }
 
 #[derive(Debug, Args)]
@@ -584,6 +494,7 @@ pub struct FleetSimArgs {
 #[cfg(feature = "dev-tools")]
 pub async fn fleet_sim(args: FleetSimArgs, common: &Common) -> Result<ExitCode> {
     use sandstep::shadow::rollout::{parse_percent, parse_phases};
+    use sandstep::shadow::store::Database;
     let config = common.load_config()?;
     let dir = tempfile::tempdir()?;
     println!("{}", sandstep::fleet_sim::SimReport::HEADER);

@@ -3,6 +3,7 @@
 #[cfg(feature = "dev-tools")]
 mod bench;
 mod common;
+mod deployment;
 mod dev;
 mod doctor;
 mod firmware;

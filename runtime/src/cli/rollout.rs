@@ -2,7 +2,7 @@
 //! replica's store (`[shadow] database`); the replicas carry them out (sandstep::shadow::rollout).
 
 use super::common::Common;
-use super::fleet::{database, deployment, new_workflow_id, DeploymentArgs};
+use super::deployment::{database, deployment, new_workflow_id, DeploymentArgs};
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use sandstep::shadow::rollout::{self, Member, PhaseCounts, Progress, Rollout, State};

@@ -63,7 +63,7 @@ pub enum IotHubError {
     NoCertificate,
     #[error("[iothub]: client-cert and client-key are for x509=true; this connection string has a SharedAccessKey")]
     CertificateWithKey,
-    #[error("[iothub] sas-lifetime-secs must be at least 60")]
+    #[error("[iothub] sas-lifetime-secs must be at least 10")]
     ShortLifetime,
 }
 
@@ -83,7 +83,7 @@ impl IotHubConfig {
     /// Reads the connection string (from the config or its file) and checks it against the
     /// certificate settings.
     pub fn identity(&self) -> Result<Identity, IotHubError> {
-        if self.sas_lifetime_secs < 60 {
+        if self.sas_lifetime_secs < 10 {
             return Err(IotHubError::ShortLifetime);
         }
         let mut id = match (&self.connection_string, &self.connection_string_file) {

@@ -145,6 +145,10 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    /// What the process has printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
