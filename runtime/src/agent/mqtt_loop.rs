@@ -144,8 +144,17 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
         for o in l.hub.as_ref().map(HubState::startup).unwrap_or_default() {
             l.push(o)?;
         }
-        l.push(agent.reported(agent.installed_state()))?;
         let (runs, refusals) = agent.resumable()?;
+        let mut installed = agent.installed_state();
+        if let Some((w, _)) = runs.first() {
+            // A deployment resumes (after its reboot, say): it is in progress, not idle, and
+            // the result it stopped with is not its end.
+            installed.state = Some(adu_state::DEPLOYMENT_IN_PROGRESS);
+            installed.status = Some(Stage::Applying);
+            installed.last_install_result = None;
+            installed.workflow = Some(ReportedWorkflow::Known(w.clone()));
+        }
+        l.push(agent.reported(installed))?;
         for o in refusals {
             l.push(o)?;
         }

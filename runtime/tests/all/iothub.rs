@@ -434,3 +434,88 @@ fn doctor_checks_the_hub_connection_and_the_devices_credentials() {
         Some("signature does not match the device's key")
     );
 }
+
+/// A deployment that ends while the network is down has its result delivered once it is back
+/// (the outbox); a step that asks for a reboot has the agent reboot, and the next start
+/// resumes it and reports the end, as ADU's agent does after its reboot (nothing is reported
+/// while the reboot is pending: ApplyStarted is not a state ADU sends).
+#[test]
+fn results_survive_a_network_cut_and_a_reboot_is_resumed_and_reported() {
+    let Some(g) = HubGateway::new("") else {
+        return;
+    };
+    let mut agent = g.fleet.agent();
+    g.hub.wait_agent("the startup report", |a| {
+        a.get("deviceProperties").is_some()
+    });
+    let m = g.fleet.manifest(
+        "hub-net",
+        vec![stateful("hub-net", json!({"sleep_ms": 3000}), &["f.txt"])],
+    );
+    g.hub.deploy(&g.signed(&m, "wf-net"));
+    g.hub.wait_agent("wf-net in progress", |a| {
+        a["workflow"]["id"] == "wf-net" && a["state"] == 6
+    });
+    g.hub.cut(true);
+    let t = std::time::Instant::now();
+    while !g.fleet.log("hub-net").iter().any(|l| l == "apply") {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the step never finished"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let before = g.patches("agent").len();
+    g.hub.cut(false);
+    let a = g.hub.wait_agent("wf-net's result after the cut", |a| {
+        a["workflow"]["id"] == "wf-net" && a["state"] == 0
+    });
+    assert!(g.patches("agent").len() > before);
+    assert_eq!(
+        a["lastInstallResult"]["stepResults"]["step_0"]["resultCode"], 700,
+        "{a}"
+    );
+
+    // A step asking for an immediate reboot (705): the agent runs reboot-command and exits.
+    let m = g.fleet.manifest(
+        "hub-reboot",
+        vec![
+            stateful("hub-fw", json!({"apply_code": 705}), &["f.txt"]),
+            stateful("hub-after", json!({}), &["f.txt"]),
+        ],
+    );
+    g.hub.deploy(&g.signed(&m, "wf-boot"));
+    let t = std::time::Instant::now();
+    while agent.is_running() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the agent did not exit to reboot"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let states: Vec<Value> = g
+        .patches("agent")
+        .iter()
+        .filter(|p| p["workflow"]["id"] == "wf-boot")
+        .map(|p| p["state"].clone())
+        .collect();
+    assert_eq!(
+        states,
+        [json!(6)],
+        "only DeploymentInProgress before the reboot"
+    );
+    // "After the reboot": the agent starts again and resumes.
+    let _agent = g.fleet.agent();
+    let a = g.hub.wait_agent("wf-boot's end after the reboot", |a| {
+        a["workflow"]["id"] == "wf-boot" && a["state"] == 0
+    });
+    assert_eq!(
+        a["lastInstallResult"]["stepResults"]["step_0"]["resultDetails"],
+        "confirmed installed after the requested reboot or restart"
+    );
+    assert_eq!(
+        a["installedUpdateId"],
+        "{\"provider\":\"test\",\"name\":\"hub-reboot\",\"version\":\"1.0\"}"
+    );
+}

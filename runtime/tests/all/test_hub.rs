@@ -53,6 +53,8 @@ pub struct TestHub {
     pub twin: Arc<Mutex<Twin>>,
     /// Reported patches still to answer with 429.
     pub throttle: Arc<AtomicU32>,
+    /// The network between device and hub is down: sessions end, connections are dropped.
+    cut: Arc<(std::sync::atomic::AtomicBool, tokio::sync::Notify)>,
     service: Arc<tokio::sync::Mutex<Option<Mqtt>>>,
 }
 
@@ -110,7 +112,8 @@ impl TestHub {
             admissions: admissions.clone(),
         };
         let acceptor = tls_acceptor(certs.path());
-        rt.spawn(gate.serve(listener, acceptor));
+        let cut: Arc<(std::sync::atomic::AtomicBool, tokio::sync::Notify)> = Default::default();
+        rt.spawn(gate.serve(listener, acceptor, cut.clone()));
         let hub = TestHub {
             rt,
             host: "localhost",
@@ -121,10 +124,19 @@ impl TestHub {
             admissions,
             twin: Default::default(),
             throttle: Default::default(),
+            cut,
             service: Default::default(),
         };
         hub.start_service(broker_port);
         hub
+    }
+
+    /// Cuts the network between devices and the hub (`true`), or mends it.
+    pub fn cut(&self, down: bool) {
+        self.cut.0.store(down, Ordering::SeqCst);
+        if down {
+            self.cut.1.notify_waiters();
+        }
     }
 
     /// The device's connection string.
@@ -363,16 +375,29 @@ struct Connect {
 }
 
 impl Gate {
-    async fn serve(self, listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+    async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        cut: Arc<(std::sync::atomic::AtomicBool, tokio::sync::Notify)>,
+    ) {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            if cut.0.load(Ordering::SeqCst) {
+                continue; // dropped: the device sees its connection fail
+            }
             let gate = self.clone();
             let acceptor = acceptor.clone();
+            let cut = cut.clone();
             tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(tcp).await {
-                    gate.session(tls).await;
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = gate.session(tls) => {}
+                    _ = cut.1.notified() => {}
                 }
             });
         }
