@@ -316,6 +316,31 @@ mod example_tests {
             "the example shows the defaults"
         );
     }
+
+    #[test]
+    fn the_example_configs_iothub_block_parses_when_uncommented_and_shows_the_defaults() {
+        let text = include_str!("../../examples/config.toml");
+        let block: String = text
+            .lines()
+            .skip_while(|l| *l != "# [iothub]")
+            .map_while(|l| l.strip_prefix("# "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c: super::Config = toml::from_str(&block).unwrap();
+        let hub = c.iothub.unwrap();
+        assert_eq!(
+            hub.connection_string_file.as_deref(),
+            Some(std::path::Path::new("/etc/adu/du-config.json"))
+        );
+        assert_eq!(
+            hub,
+            crate::iothub::config::IotHubConfig {
+                connection_string_file: hub.connection_string_file.clone(),
+                ..Default::default()
+            },
+            "the example shows the defaults"
+        );
+    }
 }
 
 impl From<Config> for crate::workflow::Settings {

@@ -5,7 +5,8 @@
 //! - [`shadow`]: the device-state replica (SQLite or PostgreSQL) and its phased rollouts.
 //! - [`mqtt`]: the MQTT connection shared by agent, replica and operator commands.
 //! - [`tls_roots`]: the CAs TLS clients trust (MQTT, the replica's PostgreSQL).
-//! - [`iothub`]: Azure IoT Hub's device protocol (so far: authentication), for the ADU drop-in.
+//! - [`iothub`]: Azure IoT Hub's device protocol and ADU's twin documents, for the ADU drop-in
+//!   (`[agent] source = "iothub"`; the agent's loop drives it through `agent::hub`).
 //! - [`bindings`]: the one host `bindgen!` over `wit/`.
 //! - [`sandbox`]: engine, precompiled cache, stores with limits, WASI over cap-std directories,
 //!   and [`sandbox::Session`], which runs a handler's lifecycle calls and always yields a result.

@@ -63,6 +63,8 @@ pub enum HubInput {
     Resend,
     /// A desired `service` to handle, with its version.
     Service { value: Value, version: u64 },
+    /// A desired document that cannot be read: reported as refused.
+    Refused(String),
     /// Nothing to do.
     Nothing,
 }
@@ -228,12 +230,16 @@ impl HubState {
 
     /// A whole twin (`whole`) or a desired patch: its `deviceUpdate.service`, if any.
     fn desired(&mut self, payload: &[u8], whole: bool, version: Option<u64>) -> HubInput {
-        let Ok(doc) = serde_json::from_slice::<Value>(payload) else {
-            tracing::error!(
-                "IoT Hub sent a twin document that is not JSON ({} bytes); ignored",
+        let limit = sandstep_model::deployment::MAX_DEPLOYMENT_BYTES;
+        if payload.len() > limit {
+            return HubInput::Refused(format!(
+                "desired twin document of {} bytes is over the {limit}-byte limit; not read",
                 payload.len()
-            );
-            return HubInput::Nothing;
+            ));
+        }
+        let doc = match serde_json::from_slice::<Value>(payload) {
+            Ok(d) => d,
+            Err(e) => return HubInput::Refused(format!("desired twin document is not JSON: {e}")),
         };
         let Some((value, v)) = component::desired_service(&doc, whole) else {
             return HubInput::Nothing;
@@ -369,6 +375,15 @@ mod tests {
             ),
             HubInput::Nothing
         );
+        assert!(matches!(
+            h.message("$iothub/twin/PATCH/properties/desired/?$version=8", b"{not json"),
+            HubInput::Refused(why) if why.starts_with("desired twin document is not JSON")
+        ));
+        let huge = vec![b' '; sandstep_model::deployment::MAX_DEPLOYMENT_BYTES + 1];
+        assert!(matches!(
+            h.message("$iothub/twin/PATCH/properties/desired/?$version=9", &huge),
+            HubInput::Refused(why) if why.contains("over the")
+        ));
     }
 
     #[test]

@@ -317,6 +317,7 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
             }
             HubInput::Resend => self.outbox.disconnected(),
             HubInput::Service { value, version } => self.on_service(value, version)?,
+            HubInput::Refused(why) => self.push(self.agent.rejection(None, &why))?,
             HubInput::Nothing => {}
         }
         Ok(())

@@ -519,3 +519,50 @@ fn results_survive_a_network_cut_and_a_reboot_is_resumed_and_reported() {
         "{\"provider\":\"test\",\"name\":\"hub-reboot\",\"version\":\"1.0\"}"
     );
 }
+
+/// A device authenticated by an X.509 certificate (`x509=true` in its connection string, with
+/// `client-cert` and `client-key`): no password, the certificate signed by the CA the hub
+/// trusts with the device id as its subject; doctor says so, and deployments run.
+#[test]
+fn a_device_with_an_x509_certificate_connects_without_a_key() {
+    let Some(g) = HubGateway::new("") else {
+        return;
+    };
+    let du_config = g.fleet.dir.path().join("du-config.json");
+    let text = std::fs::read_to_string(&du_config)
+        .unwrap()
+        .replace(&format!("SharedAccessKey={}", g.hub.key), "x509=true");
+    std::fs::write(&du_config, text).unwrap();
+    let certs = g.hub.certs.path();
+    let mut config = std::fs::read_to_string(&g.fleet.config).unwrap();
+    config.push_str(&format!(
+        "client-cert = \"{}\"\nclient-key = \"{}\"\n",
+        certs.join("client.pem").display(),
+        certs.join("client.key").display()
+    ));
+    std::fs::write(&g.fleet.config, config).unwrap();
+    let out = sandstep()
+        .args(["doctor", "--broker-timeout", "10", "--config"])
+        .arg(&g.fleet.config)
+        .arg("--data-dir")
+        .arg(&g.fleet.data)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains(&format!(
+            "ok    iothub identity: device {DEVICE} on localhost (X.509 certificate)"
+        )) && out.contains("accepted the device's credentials"),
+        "{out}"
+    );
+    let _agent = g.fleet.agent();
+    let m = g
+        .fleet
+        .manifest("hub-x509", vec![stateful("hub-x", json!({}), &["f.txt"])]);
+    g.hub.deploy(&g.signed(&m, "wf-x509"));
+    g.hub.wait_agent("wf-x509", |a| {
+        a["workflow"]["id"] == "wf-x509" && a["state"] == 0
+    });
+    let a = g.hub.admissions.lock().unwrap();
+    assert!(a.iter().all(|a| a.refused.is_none()), "{a:?}");
+}

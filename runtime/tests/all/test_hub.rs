@@ -347,10 +347,23 @@ fn tls_acceptor(certs: &Path) -> tokio_rustls::TlsAcceptor {
     .unwrap()
     .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // A client certificate is optional (SAS devices have none); one that is sent must chain to
+    // the test CA, as IoT Hub checks CA-signed device certificates.
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut std::fs::read(certs.join("ca.pem")).unwrap().as_slice()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .unwrap();
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .unwrap();
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
@@ -404,10 +417,17 @@ impl Gate {
     }
 
     async fn session(&self, mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
+        // The certificate's subject must name the device (CN = device id). A search of the DER
+        // for the id is enough for the test CA's certificates, whose only other name is its own.
+        let certificate_names_device = tls.get_ref().1.peer_certificates().is_some_and(|c| {
+            c[0].as_ref()
+                .windows(self.device.len())
+                .any(|w| w == self.device.as_bytes())
+        });
         let Some(c) = read_connect(&mut tls).await else {
             return;
         };
-        let refused = self.check(&c);
+        let refused = self.check(&c, certificate_names_device);
         self.admissions.lock().unwrap().push(Admission {
             client_id: c.client_id.clone(),
             user_name: c.user_name.clone(),
@@ -429,7 +449,7 @@ impl Gate {
     }
 
     /// Why this CONNECT is refused, if it is.
-    fn check(&self, c: &Connect) -> Option<String> {
+    fn check(&self, c: &Connect, certificate_names_device: bool) -> Option<String> {
         if c.client_id != self.device {
             return Some(format!("client id {} is not the device", c.client_id));
         }
@@ -439,6 +459,9 @@ impl Gate {
         );
         if c.user_name != want {
             return Some(format!("user name {} (want {want})", c.user_name));
+        }
+        if certificate_names_device && c.password.is_empty() {
+            return None; // authenticated by its X.509 certificate
         }
         check_sas(
             &c.password,
