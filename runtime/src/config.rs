@@ -292,16 +292,21 @@ mod example_tests {
         assert_eq!(c.download, crate::download::DownloadConfig::default());
     }
 
-    #[test]
-    fn the_example_configs_replica_block_parses_when_uncommented() {
+    /// The example config's commented-out block under `header`, uncommented and parsed.
+    fn uncommented(header: &str) -> super::Config {
         let text = include_str!("../../examples/config.toml");
         let block: String = text
             .lines()
-            .skip_while(|l| *l != "# [shadow]")
+            .skip_while(|l| *l != header)
             .map_while(|l| l.strip_prefix("# "))
             .map(|l| format!("{l}\n"))
             .collect();
-        let c: super::Config = toml::from_str(&block).unwrap();
+        toml::from_str(&block).unwrap()
+    }
+
+    #[test]
+    fn the_example_configs_replica_block_parses_when_uncommented() {
+        let c = uncommented("# [shadow]");
         assert_eq!(
             c.shadow.database.as_deref(),
             Some("postgres://sandstep@%2Frun%2Fpostgresql/fleet")
@@ -319,15 +324,7 @@ mod example_tests {
 
     #[test]
     fn the_example_configs_iothub_block_parses_when_uncommented_and_shows_the_defaults() {
-        let text = include_str!("../../examples/config.toml");
-        let block: String = text
-            .lines()
-            .skip_while(|l| *l != "# [iothub]")
-            .map_while(|l| l.strip_prefix("# "))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let c: super::Config = toml::from_str(&block).unwrap();
-        let hub = c.iothub.unwrap();
+        let hub = uncommented("# [iothub]").iothub.unwrap();
         assert_eq!(
             hub.connection_string_file.as_deref(),
             Some(std::path::Path::new("/etc/adu/du-config.json"))

@@ -539,8 +539,17 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
                     .cancel_request
                     .clone()
                     .unwrap_or_else(|| r.workflow.clone());
-                for o in agent.finished(&reported, &outcome) {
-                    self.push(o)?;
+                let reports = agent.finished(&reported, &outcome);
+                // Over IoT Hub a replaced deployment's end is not reported: ADU's agent goes on
+                // to the replacement "instead of going to idle and reporting the results as a
+                // cancel failure" (agent_workflow.c, `ADUC_Workflow_HandlePropertyUpdate`).
+                let replaced = self.hub.is_some()
+                    && self.queued.is_some()
+                    && outcome.status == Status::Cancelled;
+                if !replaced {
+                    for o in reports {
+                        self.push(o)?;
+                    }
                 }
                 match outcome.status {
                     Status::RebootRequired => {

@@ -2,7 +2,7 @@
 //! Hub of `test_hub.rs` (IoT Hub's documented MQTT device protocol played on a real mosquitto
 //! with TLS). What ADU's agent reports is cited beside each check (Azure/iot-hub-device-update).
 
-use crate::fleet::{sandstep, Fleet};
+use crate::fleet::{sandstep, Fleet, Proc};
 use crate::test_hub::TestHub;
 use crate::workflow::stateful;
 use sandstep::mqtt::MqttEvent;
@@ -75,6 +75,60 @@ impl HubGateway {
             .unwrap();
         assert!(status.success());
         serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap()
+    }
+
+    /// `sandstep doctor`'s output.
+    fn doctor(&self) -> String {
+        let out = sandstep()
+            .args(["doctor", "--broker-timeout", "10", "--config"])
+            .arg(&self.fleet.config)
+            .arg("--data-dir")
+            .arg(&self.fleet.data)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts the agent and waits for its startup report.
+    fn start_agent(&self) -> Proc {
+        let agent = self.fleet.agent();
+        self.hub.wait_agent("the startup report", |a| {
+            a.get("deviceProperties").is_some()
+        });
+        agent
+    }
+
+    /// Deploys `steps` (a manifest named `name`) as workflow `workflow`.
+    fn deploy(&self, name: &str, steps: Vec<Value>, workflow: &str) {
+        let m = self.fleet.manifest(name, steps);
+        self.hub.deploy(&self.signed(&m, workflow));
+    }
+
+    /// Deploys one step as `workflow` and waits for its success.
+    fn deploy_one_and_wait(&self, name: &str, workflow: &'static str) -> Value {
+        self.deploy(name, vec![stateful(name, json!({}), &["f.txt"])], workflow);
+        self.hub.wait_agent(workflow, |a| {
+            a["workflow"]["id"] == workflow && a["state"] == 0
+        })
+    }
+
+    /// Waits until the probe step `name` has logged `action`.
+    fn wait_logged(&self, name: &str, action: &str) {
+        let t = std::time::Instant::now();
+        while !self.fleet.log(name).iter().any(|l| l == action) {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{name} never logged {action}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `workflow` is reported in progress.
+    fn wait_in_progress(&self, workflow: &'static str) {
+        self.hub.wait_agent("in progress", |a| {
+            a["workflow"]["id"] == workflow && a["state"] == 6
+        });
     }
 
     /// The raw reported patches carrying `deviceUpdate.<property>`.
@@ -204,15 +258,11 @@ fn a_real_adu_deployment_over_iot_hub_is_reported_as_adus_agent_reports_it() {
 }
 
 #[test]
-fn deployments_restarts_retries_and_cancels_over_the_twin_behave_as_adus_agent() {
+fn deployments_restarts_retries_replacements_and_cancels_over_the_twin_behave_as_adus_agent() {
     let Some(g) = HubGateway::new("") else {
         return;
     };
-    let mut agent = g.fleet.agent();
-    g.hub.wait_agent("the startup report", |a| {
-        a.get("deviceProperties").is_some()
-    });
-
+    let mut agent = g.start_agent();
     let m = g.fleet.manifest(
         "hub-ok",
         vec![
@@ -273,32 +323,38 @@ fn deployments_restarts_retries_and_cancels_over_the_twin_behave_as_adus_agent()
     assert_eq!(starts(&agent), 1, "the retry ran");
     assert_eq!(installs("hub-a"), 1);
 
-    // A cancel while a step runs: back to Idle, the step cancelled.
-    let slow = g.fleet.manifest(
-        "hub-slow",
-        vec![stateful("hub-slow", json!({"sleep_ms": 60000}), &["f.txt"])],
+    // A new deployment while one runs replaces it: the running step is cancelled, and the
+    // replaced deployment's end is not reported (ADU goes on to the replacement).
+    let slow = |name: &str| vec![stateful(name, json!({"sleep_ms": 60000}), &["f.txt"])];
+    g.deploy("hub-slow", slow("hub-slow"), "wf-slow");
+    g.wait_in_progress("wf-slow");
+    g.wait_logged("hub-slow", "install");
+    g.deploy_one_and_wait("hub-next", "wf-next");
+    assert_eq!(
+        g.fleet.log("hub-slow").last().map(String::as_str),
+        Some("cancel")
     );
-    g.hub.deploy(&g.signed(&slow, "wf-slow"));
-    g.hub.wait_agent("wf-slow in progress", |a| {
-        a["workflow"]["id"] == "wf-slow" && a["state"] == 6
-    });
-    let t = std::time::Instant::now();
-    while !g.fleet.log("hub-slow").iter().any(|l| l == "install") {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the slow step never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        !g.patches("agent")
+            .iter()
+            .any(|p| p["workflow"]["id"] == "wf-slow" && p["state"] != 6),
+        "the replaced deployment's end was reported: {:#?}",
+        g.patches("agent")
+    );
+
+    // A cancel while a step runs: back to Idle, the step cancelled.
+    g.deploy("hub-slow2", slow("hub-slow2"), "wf-slow2");
+    g.wait_in_progress("wf-slow2");
+    g.wait_logged("hub-slow2", "install");
     g.hub.set_desired(json!({"deviceUpdate": {"service": {
-        "workflow": {"action": 255, "id": "wf-slow"},
+        "workflow": {"action": 255, "id": "wf-slow2"},
         "updateManifest": null, "updateManifestSignature": null, "fileUrls": null}}}));
     let a = g.hub.wait_agent("the cancel", |a| {
         a["workflow"]["action"] == 255 && a["state"] == 0
     });
-    assert_eq!(a["workflow"]["id"], "wf-slow");
+    assert_eq!(a["workflow"]["id"], "wf-slow2");
     assert_eq!(
-        g.fleet.log("hub-slow").last().map(String::as_str),
+        g.fleet.log("hub-slow2").last().map(String::as_str),
         Some("cancel")
     );
     agent.kill();
@@ -346,10 +402,7 @@ fn the_hub_refuses_expired_or_forged_tokens_and_the_agent_renews_its_own() {
 
     // The agent's tokens live 10 s; it reconnects with a new one at 8 s, and each is accepted.
     let before = g.hub.accepted_connections();
-    let _agent = g.fleet.agent();
-    g.hub.wait_agent("the startup report", |a| {
-        a.get("deviceProperties").is_some()
-    });
+    let _agent = g.start_agent();
     let t = std::time::Instant::now();
     while g.hub.accepted_connections() < before + 3 {
         assert!(
@@ -371,13 +424,7 @@ fn the_hub_refuses_expired_or_forged_tokens_and_the_agent_renews_its_own() {
         "every token the agent made was accepted"
     );
     // And it still takes deployments.
-    let m = g.fleet.manifest(
-        "hub-renewed",
-        vec![stateful("hub-r", json!({}), &["f.txt"])],
-    );
-    g.hub.deploy(&g.signed(&m, "wf-r"));
-    g.hub
-        .wait_agent("wf-r", |a| a["workflow"]["id"] == "wf-r" && a["state"] == 0);
+    g.deploy_one_and_wait("hub-r", "wf-r");
 }
 
 /// `sandstep doctor` with `source = "iothub"`: the identity, the hub reachable over TLS, the
@@ -387,17 +434,7 @@ fn doctor_checks_the_hub_connection_and_the_devices_credentials() {
     let Some(g) = HubGateway::new("") else {
         return;
     };
-    let doctor = || {
-        let out = sandstep()
-            .args(["doctor", "--broker-timeout", "10", "--config"])
-            .arg(&g.fleet.config)
-            .arg("--data-dir")
-            .arg(&g.fleet.data)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let out = doctor();
+    let out = g.doctor();
     assert!(
         out.contains(&format!(
             "ok    iothub identity: device {DEVICE} on localhost (shared access key, tokens valid 3600 s)"
@@ -415,7 +452,7 @@ fn doctor_checks_the_hub_connection_and_the_devices_credentials() {
         .unwrap()
         .replace(&g.hub.key, "d3Jvbmcga2V5");
     std::fs::write(&du_config, text).unwrap();
-    let out = doctor();
+    let out = g.doctor();
     assert!(
         out.lines()
             .any(|l| l.starts_with("FAIL  iothub: localhost:")
@@ -444,27 +481,15 @@ fn results_survive_a_network_cut_and_a_reboot_is_resumed_and_reported() {
     let Some(g) = HubGateway::new("") else {
         return;
     };
-    let mut agent = g.fleet.agent();
-    g.hub.wait_agent("the startup report", |a| {
-        a.get("deviceProperties").is_some()
-    });
-    let m = g.fleet.manifest(
+    let mut agent = g.start_agent();
+    g.deploy(
         "hub-net",
         vec![stateful("hub-net", json!({"sleep_ms": 3000}), &["f.txt"])],
+        "wf-net",
     );
-    g.hub.deploy(&g.signed(&m, "wf-net"));
-    g.hub.wait_agent("wf-net in progress", |a| {
-        a["workflow"]["id"] == "wf-net" && a["state"] == 6
-    });
+    g.wait_in_progress("wf-net");
     g.hub.cut(true);
-    let t = std::time::Instant::now();
-    while !g.fleet.log("hub-net").iter().any(|l| l == "apply") {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the step never finished"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    g.wait_logged("hub-net", "apply");
     std::thread::sleep(Duration::from_secs(1));
     let before = g.patches("agent").len();
     g.hub.cut(false);
@@ -478,14 +503,14 @@ fn results_survive_a_network_cut_and_a_reboot_is_resumed_and_reported() {
     );
 
     // A step asking for an immediate reboot (705): the agent runs reboot-command and exits.
-    let m = g.fleet.manifest(
+    g.deploy(
         "hub-reboot",
         vec![
             stateful("hub-fw", json!({"apply_code": 705}), &["f.txt"]),
             stateful("hub-after", json!({}), &["f.txt"]),
         ],
+        "wf-boot",
     );
-    g.hub.deploy(&g.signed(&m, "wf-boot"));
     let t = std::time::Instant::now();
     while agent.is_running() {
         assert!(
@@ -541,28 +566,15 @@ fn a_device_with_an_x509_certificate_connects_without_a_key() {
         certs.join("client.key").display()
     ));
     std::fs::write(&g.fleet.config, config).unwrap();
-    let out = sandstep()
-        .args(["doctor", "--broker-timeout", "10", "--config"])
-        .arg(&g.fleet.config)
-        .arg("--data-dir")
-        .arg(&g.fleet.data)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&out.stdout);
+    let out = g.doctor();
     assert!(
         out.contains(&format!(
             "ok    iothub identity: device {DEVICE} on localhost (X.509 certificate)"
         )) && out.contains("accepted the device's credentials"),
         "{out}"
     );
-    let _agent = g.fleet.agent();
-    let m = g
-        .fleet
-        .manifest("hub-x509", vec![stateful("hub-x", json!({}), &["f.txt"])]);
-    g.hub.deploy(&g.signed(&m, "wf-x509"));
-    g.hub.wait_agent("wf-x509", |a| {
-        a["workflow"]["id"] == "wf-x509" && a["state"] == 0
-    });
+    let _agent = g.start_agent();
+    g.deploy_one_and_wait("hub-x", "wf-x509");
     let a = g.hub.admissions.lock().unwrap();
     assert!(a.iter().all(|a| a.refused.is_none()), "{a:?}");
 }
