@@ -153,12 +153,26 @@ fn install_result(r: &Value) -> Map<String, Value> {
         if !steps.is_empty() {
             let steps: Map<String, Value> = steps
                 .iter()
-                .map(|(k, v)| (k.clone(), Value::Object(pick(v))))
+                .map(|(k, v)| {
+                    let mut step = pick(v);
+                    // ADU reports one code per step (the child workflow's); sandstep lists one
+                    // per component of a reference step: the first failure's stands for them.
+                    let one = one_code(step["extendedResultCodes"].as_str().unwrap_or(""));
+                    step.insert("extendedResultCodes".into(), Value::from(one));
+                    (k.clone(), Value::Object(step))
+                })
                 .collect();
             out.insert("stepResults".into(), Value::Object(steps));
         }
     }
     out
+}
+
+/// The first non-zero code of a `%08X` list, else `00000000`.
+fn one_code(list: &str) -> &str {
+    list.split(',')
+        .find(|c| c.chars().any(|ch| ch != '0'))
+        .unwrap_or("00000000")
 }
 
 /// The `service` acknowledgement: the desired value with its signature and file URLs nulled,
@@ -275,6 +289,25 @@ mod tests {
                    "lastInstallResult": {"resultCode": 700, "extendedResultCodes": "00000000",
                        "resultDetails": null, "stepResults": {"step_0": {"resultCode": 700,
                        "extendedResultCodes": "00000000", "resultDetails": "ok"}}}})
+        );
+    }
+
+    #[test]
+    fn a_reference_steps_codes_per_component_are_reported_as_one_code() {
+        let r = agent_report(&map(json!({
+            "state": 255,
+            "lastInstallResult": {"resultCode": 0, "extendedResultCodes": "80000001,30000001",
+                "resultDetails": "x", "stepResults": {"step_0": {"resultCode": 0,
+                "extendedResultCodes": "00000000,30000001", "resultDetails": ""}}}
+        })))
+        .unwrap();
+        assert_eq!(
+            r["lastInstallResult"]["extendedResultCodes"],
+            "80000001,30000001"
+        );
+        assert_eq!(
+            r["lastInstallResult"]["stepResults"]["step_0"]["extendedResultCodes"],
+            "30000001"
         );
     }
 

@@ -353,6 +353,9 @@ fn deployments_restarts_retries_replacements_and_cancels_over_the_twin_behave_as
         a["workflow"]["action"] == 255 && a["state"] == 0
     });
     assert_eq!(a["workflow"]["id"], "wf-slow2");
+    // goal-state-support.md: "report to the cloud a result code of ADUC_Result_Failure_Cancelled
+    // (-1) and transition to Idle state".
+    assert_eq!(a["lastInstallResult"]["resultCode"], -1, "{a}");
     assert_eq!(
         g.fleet.log("hub-slow2").last().map(String::as_str),
         Some("cancel")
