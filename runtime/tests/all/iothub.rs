@@ -476,7 +476,8 @@ fn doctor_checks_the_hub_connection_and_the_devices_credentials() {
 }
 
 /// A deployment that ends while the network is down has its result delivered once it is back
-/// (the outbox); a step that asks for a reboot has the agent reboot, and the next start
+/// (the outbox); one made while the device is away arrives with the whole twin after the
+/// reconnection; a step that asks for a reboot has the agent reboot, and the next start
 /// resumes it and reports the end, as ADU's agent does after its reboot (nothing is reported
 /// while the reboot is pending: ApplyStarted is not a state ADU sends).
 #[test]
@@ -504,6 +505,23 @@ fn results_survive_a_network_cut_and_a_reboot_is_resumed_and_reported() {
         a["lastInstallResult"]["stepResults"]["step_0"]["resultCode"], 700,
         "{a}"
     );
+
+    // A deployment the service makes while the device is away: its desired patch never
+    // reaches the device, the whole twin asked for after the reconnection brings it.
+    let gets = g.hub.twin.lock().unwrap().gets;
+    g.hub.cut(true);
+    std::thread::sleep(Duration::from_millis(500));
+    g.deploy(
+        "hub-away",
+        vec![stateful("hub-away", json!({}), &["f.txt"])],
+        "wf-away",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    g.hub.cut(false);
+    g.hub.wait_agent("wf-away", |a| {
+        a["workflow"]["id"] == "wf-away" && a["state"] == 0
+    });
+    assert!(g.hub.twin.lock().unwrap().gets > gets);
 
     // A step asking for an immediate reboot (705): the agent runs reboot-command and exits.
     g.deploy(
