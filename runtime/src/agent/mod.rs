@@ -2,7 +2,9 @@
 //!
 //! - [`reported`]: the reported-state document, typed: each report is a `Patch`.
 //! - [`report`]: the persisted outbox and the shadow service's confirmations.
-//! - `mqtt_loop`: the MQTT source, one handler per input.
+//! - `mqtt_loop`: the MQTT source, one handler per input; also runs the IoT Hub source.
+//! - `hub`: the IoT Hub source's part of that loop (request ids, twin answers, ADU's shapes;
+//!   the protocol itself is [`crate::iothub`]).
 //! - [`poll`]: the HTTP-polling source (micropython-ota layout), for gateways without a broker.
 //!
 //! With MQTT, the agent subscribes to its delta topic; a delta carrying a `workflow` is a
@@ -53,7 +55,7 @@ pub struct AgentConfig {
     pub inventory: Option<PathBuf>,
     /// Where deployments come from: `mqtt`, `http-poll` or `iothub`.
     pub source: SourceKind,
-    /// Topic layout: `replica` (state/<id>/update, ...), `aws` ($aws/things/<id>/shadow/...).
+    /// Topic layout: `replica` (`state/<id>/update`, ...), `aws` (`$aws/things/<id>/shadow/...`).
     pub topics: TopicLayout,
     /// Run to reboot the gateway when a step asks for it (after the journal is persisted).
     pub reboot_command: Vec<String>,

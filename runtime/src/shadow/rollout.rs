@@ -1,5 +1,5 @@
 //! Phased rollouts, as pure decisions: which devices a phase holds, when the next phase starts,
-//! when the rollout stops itself. The replica applies them ([`super::driver`]); the store keeps
+//! when the rollout stops itself. The replica applies them (`Rollouts::drive` in [`super`]); the store keeps
 //! the rollout and which device got its deployment in which phase, so any replica, or one
 //! restarted, decides the same.
 //!
