@@ -1,7 +1,7 @@
 //! Phased rollouts, as pure decisions: which devices a phase holds, when the next phase starts,
-//! when the rollout stops itself. The replica applies them (`Rollouts::drive` in [`super`]); the store keeps
-//! the rollout and which device got its deployment in which phase, so any replica, or one
-//! restarted, decides the same.
+//! when the rollout stops itself. The replica applies them (`Rollouts::drive` in [`super`]);
+//! the store keeps the rollout and which device got its deployment in which phase, so any
+//! replica, or one restarted, decides the same.
 //!
 //! A device's place is its rank among the group's devices by a hash of (rollout id, device id):
 //! the same on every replica and after restarts, and uncorrelated between rollouts. Phase `k`
