@@ -146,11 +146,47 @@ async fn store_batch(
             Err(refusal) => answers.push(refusal),
         }
     }
-    let stored = store.merge_batch(&docs, now).await?;
+    let (docs, stored, unreadable) = merge_readable(store, docs, now).await?;
     for ((device, doc), rec) in docs.iter().zip(&stored) {
         answers.extend(record::answers(topics, device, doc, rec, now));
     }
+    for (device, why) in unreadable {
+        let message = format!(
+            "not stored: the replica cannot read this device's stored state ({why}); repair or \
+             delete the device's row"
+        );
+        tracing::error!(%device, "{message}");
+        answers.push(record::rejection(topics, &device, 500, &message, now));
+    }
     publish(conn, answers).await
+}
+
+/// The devices of `docs`, and updates of them, stored records, and the devices refused.
+type Merged = (Vec<(String, Document)>, Vec<Record>, Vec<(String, String)>);
+
+/// Merges `docs` in one transaction. A device whose stored row is unreadable (changed outside
+/// sandstep) fails the whole transaction; then each device is read alone, those unreadable
+/// are set aside (refused, with why), and the rest are stored.
+async fn merge_readable(
+    store: &mut Store,
+    docs: Vec<(String, Document)>,
+    now: u64,
+) -> Result<Merged, ShadowError> {
+    match store.merge_batch(&docs, now).await {
+        Ok(stored) => return Ok((docs, stored, Vec::new())),
+        Err(StoreError::Data { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (mut readable, mut unreadable) = (Vec::new(), Vec::new());
+    for (device, doc) in docs {
+        match store.get(&device).await {
+            Err(e @ StoreError::Data { .. }) => unreadable.push((device, e.to_string())),
+            Err(e) => return Err(e.into()),
+            Ok(_) => readable.push((device, doc)),
+        }
+    }
+    let stored = store.merge_batch(&readable, now).await?;
+    Ok((readable, stored, unreadable))
 }
 
 async fn publish(conn: &Mqtt, answers: Vec<Answer>) -> Result<(), ShadowError> {
@@ -171,9 +207,41 @@ const NUDGE_EVERY_MS: u64 = 30_000;
 #[derive(Debug, Default)]
 struct Rollouts {
     nudged: HashMap<String, u64>,
+    /// Devices whose stored row could not be read, and when: not deployed to, and tried again
+    /// (and said again) every `NUDGE_EVERY_MS`, so a repaired row is picked up.
+    unreadable: HashMap<String, u64>,
 }
 
 impl Rollouts {
+    /// Deploys to `targets` in one transaction; when a device's stored row is unreadable, that
+    /// device is left out (and remembered) and the others deployed.
+    async fn deploy_readable(
+        &mut self,
+        store: &mut Store,
+        r: &rollout::Rollout,
+        targets: &[(String, usize)],
+        now: u64,
+    ) -> Result<Vec<(String, Record)>, ShadowError> {
+        match store.deploy_batch(&r.id, targets, &r.desired, now).await {
+            Err(StoreError::Data { .. }) => {}
+            other => return Ok(other?),
+        }
+        let mut readable = Vec::new();
+        for (device, phase) in targets {
+            match store.get(device).await {
+                Err(e @ StoreError::Data { .. }) => {
+                    tracing::error!(rollout = %r.id, %device, "not deployed: the replica cannot read this device's stored state ({e}); repair or delete the device's row");
+                    self.unreadable.insert(device.clone(), now);
+                }
+                Err(e) => return Err(e.into()),
+                Ok(_) => readable.push((device.clone(), *phase)),
+            }
+        }
+        Ok(store
+            .deploy_batch(&r.id, &readable, &r.desired, now)
+            .await?)
+    }
+
     /// One look at every running rollout: deploy to the devices whose phase has started, nudge
     /// those that have not acknowledged, then save where the rollout stands. Another replica
     /// doing the same at the same moment deploys nothing twice (the store records who got it)
@@ -197,12 +265,13 @@ impl Rollouts {
                     .filter(|m| m.deployed.is_some() && m.outcome.is_none())
                     .map(|m| m.id.clone()),
             );
-            let t = rollout::tick(&r, &members, now);
+            let mut t = rollout::tick(&r, &members, now);
+            self.unreadable
+                .retain(|_, at| now.saturating_sub(*at) < NUDGE_EVERY_MS);
+            t.deploy.retain(|(d, _)| !self.unreadable.contains_key(d));
             let mut answers = Vec::new();
             if !t.deploy.is_empty() {
-                let changed = store
-                    .deploy_batch(&r.id, &t.deploy, &r.desired, now)
-                    .await?;
+                let changed = self.deploy_readable(store, &r, &t.deploy, now).await?;
                 tracing::info!(rollout = %r.id, phase = t.progress.phase, devices = changed.len(), "deployed");
                 for (d, rec) in &changed {
                     answers.extend(rec.publications(topics, d, now));

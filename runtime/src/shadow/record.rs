@@ -164,6 +164,16 @@ pub struct Answer {
     pub retain: bool,
 }
 
+/// The answer refusing a device's update, on its `rejected` topic: `code` as a shadow service
+/// gives it (400 the document, 500 the service's own trouble) and why.
+pub fn rejection(topics: &Topics, device: &str, code: u16, message: &str, now_ms: u64) -> Answer {
+    Answer {
+        topic: Topics::for_device(&topics.rejected, device),
+        payload: json!({"code": code, "message": message, "timestamp": now_ms}),
+        retain: false,
+    }
+}
+
 /// A message from a device's update topic, read: a document to merge, or the answer refusing it.
 pub fn read_update(
     topics: &Topics,
@@ -171,11 +181,7 @@ pub fn read_update(
     payload: &[u8],
     now_ms: u64,
 ) -> Result<Document, Answer> {
-    let rejected = |message: String| Answer {
-        topic: Topics::for_device(&topics.rejected, device),
-        payload: json!({"code": 400, "message": message, "timestamp": now_ms}),
-        retain: false,
-    };
+    let rejected = |message: String| rejection(topics, device, 400, &message, now_ms);
     // The agent's acknowledgement (`{"jobId", "status"}`) is stored as reported `ack`.
     let doc = match Document::parse(payload) {
         Ok(d) => d,

@@ -662,3 +662,122 @@ fn pause_resume_and_abort_change_a_running_rollout_and_say_who() {
     let missing = cli(&f, &["rollout", "pause", "ro-none"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no rollout `ro-none`"));
 }
+
+/// A device row made unreadable outside sandstep (its reported state not a JSON object) costs
+/// that device's update and deployment only: the replica refuses the update on the device's
+/// `rejected` topic, naming the problem, stores the other devices' updates, deploys a rollout
+/// to the others, writes nothing over the row, and keeps running.
+#[test]
+fn an_unreadable_device_row_costs_only_that_devices_update_and_deployment_and_the_replica_carries_on(
+) {
+    let Some(f) = Fleet::new("row-x") else { return };
+    let mut replica = f.replica();
+    let report = |d: &str, n: u32| {
+        f.publish_raw(
+            &format!("state/{d}/update"),
+            json!({"state": {"reported": {"n": n, "groups": ["rows"]}}})
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    let reported_n = |d: &str| f.status()[d]["state"]["reported"]["n"].clone();
+    // Sent again until stored: the replica may not have subscribed yet.
+    let t = Instant::now();
+    while reported_n("row-bad") != 1 || reported_n("row-good") != 1 {
+        assert!(t.elapsed() < Duration::from_secs(30), "{:#}", f.status());
+        report("row-bad", 1);
+        report("row-good", 1);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A hand edit of the replica's SQLite file.
+    let db = rusqlite::Connection::open(f.dir.path().join("replica/shadow.sqlite")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute(
+        "UPDATE devices SET reported = '[1]' WHERE id = 'row-bad'",
+        [],
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut watcher = rt.block_on(async {
+        let cfg = sandstep::mqtt::MqttConfig {
+            url: format!("mqtt://127.0.0.1:{}", f.broker.port),
+            ..Default::default()
+        };
+        let mut c = sandstep::mqtt::Mqtt::connect(&cfg, "row-watcher").unwrap();
+        while c.recv().await != Some(sandstep::mqtt::MqttEvent::Connected) {}
+        c.subscribe("state/row-bad/update/rejected").await.unwrap();
+        while c.recv().await != Some(sandstep::mqtt::MqttEvent::SubAck) {}
+        c
+    });
+    report("row-bad", 2);
+    report("row-good", 2);
+    let refusal = rt.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), watcher.recv()).await {
+                Ok(Some(sandstep::mqtt::MqttEvent::Message { payload, .. })) => {
+                    break serde_json::from_slice::<Value>(&payload).unwrap()
+                }
+                Ok(Some(_)) => {}
+                other => panic!("no refusal: {other:?}"),
+            }
+        }
+    });
+    let message = refusal["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("not stored: the replica cannot read this device's stored state")
+            && message.contains("not a JSON object"),
+        "{refusal}"
+    );
+    let t = Instant::now();
+    while reported_n("row-good") != 2 {
+        assert!(t.elapsed() < Duration::from_secs(30), "{:#}", f.status());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(replica.is_running(), "the replica exited");
+
+    // A rollout to their group: the readable device gets the deployment, the other is left out.
+    let manifest = f.manifest("rows", vec![stateful("a", json!({}), &["f.txt"])]);
+    let out = cli(
+        &f,
+        &[
+            "rollout",
+            "create",
+            "--group",
+            "rows",
+            "--id",
+            "ro-rows",
+            "--phases",
+            "100%",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--files-url",
+            &f.server.base(),
+            "--sign-key",
+            f.signing.to_str().unwrap(),
+            "--root-key",
+            f.root.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Instant::now();
+    while f.status()["row-good"]["state"]["desired"]["workflow"]["id"] != "ro-rows" {
+        assert!(t.elapsed() < Duration::from_secs(30), "{:#}", f.status());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(replica.is_running(), "the replica exited");
+    // Nothing was written over the unreadable row.
+    let (stored, desired): (String, String) = db
+        .query_row(
+            "SELECT reported, desired FROM devices WHERE id = 'row-bad'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(stored, "[1]");
+    assert!(!desired.contains("ro-rows"), "{desired}");
+}
