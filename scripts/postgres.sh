@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL from Debian's packages, for the fleet tests and benchmarks:
-#   scripts/postgres.sh start DIR [--tls CERTS]
+#   scripts/postgres.sh start DIR [--tls CERTS [--client-certs]]
 #                                   initdb in DIR/data, start on a free loopback port, print the
 #                                   URL; with --tls, serve TLS with CERTS/server.pem and server.key
-#                                   (scripts/test-ca.sh makes them)
+#                                   (scripts/test-ca.sh makes them); with --client-certs, TCP
+#                                   clients must present a certificate signed by CERTS/ca.pem whose
+#                                   CN is the user (`cert` authentication; the user is sandstep)
 #   scripts/postgres.sh stop DIR    stop it (DIR can then be removed)
 # PostgreSQL refuses to run as root, so as root the cluster belongs to an unprivileged user
 # ($SANDSTEP_PG_USER, default nobody). Trust authentication, loopback only; nothing persists
@@ -36,6 +38,12 @@ start)
         [[ $(id -u) -eq 0 ]] && chown "${SANDSTEP_PG_USER:-nobody}" "$dir/server.pem" "$dir/server.key"
         chmod 0600 "$dir/server.key"
         tls=(-c ssl=on -c "ssl_cert_file=$dir/server.pem" -c "ssl_key_file=$dir/server.key")
+        if [[ ${5:-} == --client-certs ]]; then
+            cp "$certs/ca.pem" "$dir/"
+            printf 'local all all trust\nhostssl all all 127.0.0.1/32 cert\n' > "$dir/pg_hba.conf"
+            [[ $(id -u) -eq 0 ]] && chown "${SANDSTEP_PG_USER:-nobody}" "$dir/ca.pem" "$dir/pg_hba.conf"
+            tls+=(-c "ssl_ca_file=$dir/ca.pem" -c "hba_file=$dir/pg_hba.conf")
+        fi
     fi
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \

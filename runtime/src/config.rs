@@ -49,6 +49,10 @@ pub struct ShadowConfig {
     /// The CA certificate(s) (PEM) PostgreSQL's TLS certificate is checked against; default:
     /// the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM) the replica presents to PostgreSQL (`cert`
+    /// authentication: the certificate's CN is the database user).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     /// The MQTT shared-subscription group replicas join (`$share/<group>/...`), so each report
     /// is handled by one of them; empty: a plain subscription (a broker without shared
     /// subscriptions, one replica only).
@@ -62,8 +66,27 @@ impl Default for ShadowConfig {
         ShadowConfig {
             database: None,
             ca_file: None,
+            client_cert: None,
+            client_key: None,
             share_group: "sandstep".into(),
             rollout_interval_ms: 1000,
+        }
+    }
+}
+
+impl ShadowConfig {
+    /// The replica's store when `database` names one (else the data dir's SQLite file).
+    pub fn store(&self) -> Option<crate::shadow::store::Database> {
+        let d = self.database.as_deref()?;
+        Some(crate::shadow::store::Database::parse(d, self.tls()))
+    }
+
+    /// How the replica speaks TLS to PostgreSQL.
+    pub fn tls(&self) -> crate::shadow::store::PgTls {
+        crate::shadow::store::PgTls {
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
         }
     }
 }

@@ -272,15 +272,21 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 fn start_replicas(cfg: &MqttConfig, o: &SimOptions) -> Result<Replicas, String> {
-    // The replicas' `[shadow]` table: the store, and the CA its TLS is checked against.
+    // The replicas' `[shadow]` table: the store, and its TLS settings.
     let db = match &o.database {
         Database::Sqlite(p) => format!("database = {:?}\n", p.display().to_string()),
-        Database::Postgres { url, ca_file } => {
-            let ca = ca_file
-                .as_ref()
-                .map(|c| format!("ca-file = {:?}\n", c.display().to_string()))
-                .unwrap_or_default();
-            format!("database = {url:?}\n{ca}")
+        Database::Postgres { url, tls } => {
+            let mut table = format!("database = {url:?}\n");
+            for (key, path) in [
+                ("ca-file", &tls.ca_file),
+                ("client-cert", &tls.client_cert),
+                ("client-key", &tls.client_key),
+            ] {
+                if let Some(p) = path {
+                    table.push_str(&format!("{key} = {:?}\n", p.display().to_string()));
+                }
+            }
+            table
         }
     };
     let mut out = Vec::new();

@@ -281,43 +281,10 @@ impl Drop for Mqtt {
 
 fn tls(config: &MqttConfig) -> Result<rumqttc::Transport, MqttError> {
     let roots = crate::tls_roots::roots(config.ca_file.as_deref()).map_err(MqttError::Tls)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| MqttError::Tls(e.to_string()))?
-        .with_root_certificates(roots);
-    let client_config = match (&config.client_cert, &config.client_key) {
-        (Some(cert), Some(key)) => {
-            let certs = rustls_pemfile::certs(
-                &mut std::fs::read(cert)
-                    .map_err(|e| MqttError::Tls(format!("client-cert {}: {e}", cert.display())))?
-                    .as_slice(),
-            )
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| MqttError::Tls(format!("client-cert {}: {e}", cert.display())))?;
-            let key_der = rustls_pemfile::private_key(
-                &mut std::fs::read(key)
-                    .map_err(|e| MqttError::Tls(format!("client-key {}: {e}", key.display())))?
-                    .as_slice(),
-            )
-            .map_err(|e| MqttError::Tls(format!("client-key {}: {e}", key.display())))?
-            .ok_or_else(|| {
-                MqttError::Tls(format!(
-                    "client-key {}: no private key found",
-                    key.display()
-                ))
-            })?;
-            builder
-                .with_client_auth_cert(certs, key_der)
-                .map_err(|e| MqttError::Tls(e.to_string()))?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => {
-            return Err(MqttError::Tls(
-                "client-cert and client-key go together".into(),
-            ))
-        }
-    };
+    let client =
+        crate::tls_roots::client_pair(config.client_cert.as_deref(), config.client_key.as_deref())
+            .map_err(MqttError::Tls)?;
+    let client_config = crate::tls_roots::client_config(roots, client).map_err(MqttError::Tls)?;
     Ok(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
         Arc::new(client_config),
     )))

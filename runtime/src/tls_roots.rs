@@ -1,5 +1,6 @@
 //! The certificate authorities a TLS client trusts: the PEM file the config names (`ca-file`),
-//! else the system's. Shared by the MQTT connection and the replica's PostgreSQL connection.
+//! else the system's, and the client certificate presented, if any. Shared by the MQTT
+//! connection and the replica's PostgreSQL connection.
 
 use std::path::Path;
 
@@ -27,13 +28,47 @@ pub fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-/// A client configuration (ring's provider, safe defaults) trusting `roots`, no client
-/// certificate.
-pub fn client_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+/// A client configuration (ring's provider, safe defaults) trusting `roots`, presenting the
+/// certificate chain and key of `client` (PEM files) when given. Errors name the file.
+pub fn client_config(
+    roots: rustls::RootCertStore,
+    client: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, String> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    let Some((cert, key)) = client else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let read =
+        |what: &str, p: &Path| std::fs::read(p).map_err(|e| format!("{what} {}: {e}", p.display()));
+    let certs = rustls_pemfile::certs(&mut read("client-cert", cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("client-cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "client-cert {}: no certificate in it",
+            cert.display()
+        ));
+    }
+    let key_der = rustls_pemfile::private_key(&mut read("client-key", key)?.as_slice())
+        .map_err(|e| format!("client-key {}: {e}", key.display()))?
+        .ok_or_else(|| format!("client-key {}: no private key found", key.display()))?;
+    builder
+        .with_client_auth_cert(certs, key_der)
+        .map_err(|e| e.to_string())
+}
+
+/// `client-cert` and `client-key` as a pair: both or neither.
+pub fn client_pair<'a>(
+    cert: Option<&'a Path>,
+    key: Option<&'a Path>,
+) -> Result<Option<(&'a Path, &'a Path)>, String> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        _ => Err("client-cert and client-key go together".into()),
+    }
 }

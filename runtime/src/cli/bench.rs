@@ -280,9 +280,9 @@ async fn agent_figures(
             false,
         ));
         if let Some(pg) = postgres {
-            runs.push((n, Database::parse(pg, None), 2, false));
+            runs.push((n, Database::parse(pg, Default::default()), 2, false));
             if n == largest {
-                runs.push((n, Database::parse(pg, None), 2, true));
+                runs.push((n, Database::parse(pg, Default::default()), 2, true));
             }
         }
     }

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 /// Where the replica's store is: `[shadow] database`, or `<data-dir>/shadow.sqlite`.
 pub fn database(common: &Common, config: &sandstep::config::Config) -> Result<Database> {
-    Ok(match &config.shadow.database {
-        Some(d) => Database::parse(d, config.shadow.ca_file.as_deref()),
+    Ok(match config.shadow.store() {
+        Some(db) => db,
         None => Database::Sqlite(common.data_dir(config)?.path().join("shadow.sqlite")),
     })
 }

@@ -111,10 +111,9 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
 /// Where a replica runs with `[shadow] database` set: the store opens (reachable, migrations
 /// applied) and what it holds.
 async fn check_replica_store(r: &mut Report, config: &Config) {
-    let Some(db) = &config.shadow.database else {
+    let Some(db) = config.shadow.store() else {
         return;
     };
-    let db = sandstep::shadow::store::Database::parse(db, config.shadow.ca_file.as_deref());
     let opened = async {
         let mut s = sandstep::shadow::store::Store::open(&db).await?;
         Ok::<_, sandstep::shadow::store::StoreError>((

@@ -502,7 +502,7 @@ pub async fn fleet_sim(args: FleetSimArgs, common: &Common) -> Result<ExitCode> 
         let opts = sandstep::fleet_sim::SimOptions {
             devices: n,
             database: match &args.database {
-                Some(d) => Database::parse(d, config.shadow.ca_file.as_deref()),
+                Some(d) => Database::parse(d, config.shadow.tls()),
                 None => Database::Sqlite(dir.path().join(format!("fleet-{n}.sqlite"))),
             },
             replicas: args.replicas,

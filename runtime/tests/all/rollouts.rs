@@ -6,7 +6,7 @@ use crate::fleet::{sandstep, Fleet, Proc};
 use crate::workflow::stateful;
 use sandstep::shadow::record::Record;
 use sandstep::shadow::rollout::{Progress, Rollout, State};
-use sandstep::shadow::store::{Database, Store, StoreError};
+use sandstep::shadow::store::{Database, PgTls, Store, StoreError};
 use sandstep_model::shadow::Document;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -59,7 +59,7 @@ async fn each_store(test: impl AsyncFn(Database)) {
     let dir = tempfile::tempdir().unwrap();
     test(Database::Sqlite(dir.path().join("shadow.sqlite"))).await;
     let Some(pg) = Postgres::start() else { return };
-    test(Database::parse(&pg.url, None)).await;
+    test(Database::parse(&pg.url, Default::default())).await;
 }
 
 fn report(v: Value) -> Document {
@@ -493,7 +493,14 @@ async fn two_replicas_on_postgresql_one_killed_half_way_lose_nothing() {
         ..Default::default()
     };
     let dir = tempfile::tempdir().unwrap();
-    let o = sim(400, Database::parse(&pg.url, None), 2, 0, true, dir.path());
+    let o = sim(
+        400,
+        Database::parse(&pg.url, Default::default()),
+        2,
+        0,
+        true,
+        dir.path(),
+    );
     let r = sandstep::fleet_sim::run(&cfg, &o).await.unwrap();
     assert!(r.killed_one, "{r:?}");
     assert_eq!(
@@ -588,11 +595,11 @@ async fn the_store_speaks_tls_to_postgresql_and_checks_the_servers_certificate()
     };
     let url = format!("{}?sslmode=require", pg.url);
     let ca = certs.path().join("ca.pem");
-    let mut s = Store::open(&Database::parse(&url, Some(&ca)))
+    let mut s = Store::open(&Database::parse(&url, ca_only(&ca)))
         .await
         .unwrap();
     assert_eq!(s.devices().await.unwrap().len(), 0);
-    let Err(e) = Store::open(&Database::parse(&url, None)).await else {
+    let Err(e) = Store::open(&Database::parse(&url, Default::default())).await else {
         panic!("a certificate from an unknown CA was accepted");
     };
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
@@ -600,10 +607,66 @@ async fn the_store_speaks_tls_to_postgresql_and_checks_the_servers_certificate()
         return;
     };
     let required = format!("{}?sslmode=require", plain.url);
-    let Err(e) = Store::open(&Database::parse(&required, Some(&ca))).await else {
+    let Err(e) = Store::open(&Database::parse(&required, ca_only(&ca))).await else {
         panic!("sslmode=require was met without TLS");
     };
     assert!(e.to_string().contains("shadow database"), "{e}");
+}
+
+/// TLS checking the server's certificate against `ca`, no client certificate.
+fn ca_only(ca: &std::path::Path) -> PgTls {
+    PgTls {
+        ca_file: Some(ca.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Where PostgreSQL authenticates clients by certificate (pg_hba.conf `cert`), the replica
+/// presents `[shadow] client-cert` and `client-key`: accepted; without them it is refused,
+/// and a certificate without its key is refused before connecting, naming both settings.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_presents_a_client_certificate_where_postgresql_requires_one() {
+    let certs = tempfile::tempdir().unwrap();
+    let made = Command::new(crate::support::repo_root().join("scripts/test-ca.sh"))
+        .arg(certs.path())
+        .arg("sandstep")
+        .status()
+        .unwrap();
+    assert!(made.success(), "scripts/test-ca.sh");
+    let Some(pg) = Postgres::start_with(&[
+        "--tls".as_ref(),
+        certs.path().as_os_str(),
+        "--client-certs".as_ref(),
+    ]) else {
+        return;
+    };
+    let url = format!("{}?sslmode=require", pg.url);
+    let c = certs.path();
+    let with_cert = PgTls {
+        ca_file: Some(c.join("ca.pem")),
+        client_cert: Some(c.join("client.pem")),
+        client_key: Some(c.join("client.key")),
+    };
+    let mut s = Store::open(&Database::parse(&url, with_cert.clone()))
+        .await
+        .unwrap();
+    assert_eq!(s.devices().await.unwrap().len(), 0);
+    let Err(e) = Store::open(&Database::parse(&url, ca_only(&c.join("ca.pem")))).await else {
+        panic!("a client without a certificate was let in");
+    };
+    assert!(e.to_string().contains("certificate"), "{e}");
+    let half = PgTls {
+        client_key: None,
+        ..with_cert
+    };
+    let Err(e) = Store::open(&Database::parse(&url, half)).await else {
+        panic!("a certificate without its key was used");
+    };
+    assert!(
+        e.to_string()
+            .contains("client-cert and client-key go together"),
+        "{e}"
+    );
 }
 
 /// The operator's controls on a running rollout: pause, resume, abort, each shown by `status

@@ -23,22 +23,31 @@ use std::path::PathBuf;
 pub enum Database {
     Sqlite(PathBuf),
     /// A libpq-style URL (`postgres://user@host:port/db?sslmode=require`, a Unix socket as a
-    /// percent-encoded host), and the CA file its TLS certificate is checked against (default:
-    /// the system's CAs). TLS is used when the server offers it (`sslmode=prefer`, the default)
-    /// or always (`sslmode=require`).
+    /// percent-encoded host), and its TLS settings. TLS is used when the server offers it
+    /// (`sslmode=prefer`, the default) or always (`sslmode=require`).
     Postgres {
         url: String,
-        ca_file: Option<PathBuf>,
+        tls: PgTls,
     },
+}
+
+/// How the replica speaks TLS to PostgreSQL: the CA file the server's certificate is checked
+/// against (default: the system's CAs), and a client certificate and key to present (for
+/// `cert` authentication in pg_hba.conf).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PgTls {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 impl Database {
     /// `postgres://` or `postgresql://` URLs are PostgreSQL; anything else is a SQLite file.
-    pub fn parse(text: &str, ca_file: Option<&std::path::Path>) -> Database {
+    pub fn parse(text: &str, tls: PgTls) -> Database {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             Database::Postgres {
                 url: text.to_owned(),
-                ca_file: ca_file.map(PathBuf::from),
+                tls,
             }
         } else {
             Database::Sqlite(PathBuf::from(text))
@@ -230,8 +239,8 @@ impl Store {
     pub async fn open(db: &Database) -> Result<Store, StoreError> {
         Ok(match db {
             Database::Sqlite(p) => Store::Sqlite(sqlite::Sqlite::open(p)?),
-            Database::Postgres { url, ca_file } => {
-                Store::Postgres(postgres::Postgres::open(url, ca_file.as_deref()).await?)
+            Database::Postgres { url, tls } => {
+                Store::Postgres(postgres::Postgres::open(url, tls).await?)
             }
         })
     }
@@ -399,15 +408,15 @@ mod tests {
     #[test]
     fn urls_name_postgres_and_hide_passwords() {
         assert_eq!(
-            Database::parse("postgres://u:secret@127.0.0.1:5432/db", None).display(),
+            Database::parse("postgres://u:secret@127.0.0.1:5432/db", PgTls::default()).display(),
             "postgres://u:***@127.0.0.1:5432/db"
         );
         assert_eq!(
-            Database::parse("/var/lib/sandstep/shadow.sqlite", None),
+            Database::parse("/var/lib/sandstep/shadow.sqlite", PgTls::default()),
             Database::Sqlite("/var/lib/sandstep/shadow.sqlite".into())
         );
         assert!(matches!(
-            Database::parse("postgresql://x/y", None),
+            Database::parse("postgresql://x/y", PgTls::default()),
             Database::Postgres { .. }
         ));
     }

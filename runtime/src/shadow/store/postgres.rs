@@ -5,7 +5,6 @@
 use super::{groups_of, in_input_order, record, DeviceSummary, Row, StoreError, MAX_TRIES};
 use crate::shadow::record::Record;
 use std::collections::HashMap;
-use std::path::Path;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement, Transaction};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -58,14 +57,21 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    pub async fn open(url: &str, ca_file: Option<&Path>) -> Result<Postgres, StoreError> {
+    pub async fn open(url: &str, tls: &super::PgTls) -> Result<Postgres, StoreError> {
         let name = super::redact(url);
         let err = |cause| StoreError::Postgres {
             db: name.clone(),
             cause,
         };
-        let tls = crate::tls_roots::roots(ca_file)
-            .and_then(crate::tls_roots::client_config)
+        let client =
+            crate::tls_roots::client_pair(tls.client_cert.as_deref(), tls.client_key.as_deref());
+        let tls = client
+            .and_then(|client| {
+                crate::tls_roots::client_config(
+                    crate::tls_roots::roots(tls.ca_file.as_deref())?,
+                    client,
+                )
+            })
             .map_err(|what| StoreError::Tls {
                 db: name.clone(),
                 what,
