@@ -22,15 +22,20 @@ pub const REPORTED: &str = "$iothub/twin/PATCH/properties/reported/";
 /// How long to wait before sending again what the hub throttled or failed.
 const RETRY_PAUSE: Duration = Duration::from_secs(5);
 
-/// What the device reports about itself: `[device]` properties (manufacturer and model first),
-/// then du-config.json's additional device properties.
+/// What the device reports about itself: `manufacturer` and `model` from `[device]
+/// properties`, else du-config.json's; the other `[device]` properties; du-config.json's
+/// additional device properties. (Reported only: like ADU's agent, this does not make the
+/// gateway check updates' compatibility; `[device] properties` do.)
 pub fn device_properties(
     identity: &crate::iothub::config::Identity,
     configured: &std::collections::BTreeMap<String, String>,
 ) -> DeviceProperties {
     let mut properties: Vec<(String, String)> = Vec::new();
-    for k in ["manufacturer", "model"] {
-        if let Some(v) = configured.get(k) {
+    for (k, from_adu) in [
+        ("manufacturer", &identity.manufacturer),
+        ("model", &identity.model),
+    ] {
+        if let Some(v) = configured.get(k).or(from_adu.as_ref()) {
             properties.push((k.to_owned(), v.clone()));
         }
     }
@@ -384,6 +389,43 @@ mod tests {
             h.message("$iothub/twin/PATCH/properties/desired/?$version=9", &huge),
             HubInput::Refused(why) if why.contains("over the")
         ));
+    }
+
+    #[test]
+    fn reported_properties_come_from_device_properties_else_from_adus_config() {
+        let identity = crate::iothub::config::Identity {
+            connection: crate::iothub::auth::ConnectionString::parse(
+                "HostName=h;DeviceId=d;SharedAccessKey=cGFzc3dvcmQ=",
+            )
+            .unwrap(),
+            manufacturer: Some("contoso".into()),
+            model: Some("espresso-v1".into()),
+            compat_property_names: None,
+            additional_properties: vec![("location".into(), "lab".into())],
+        };
+        let configured = [
+            ("model".to_owned(), "espresso-v2".to_owned()),
+            ("site".into(), "x".into()),
+        ]
+        .into_iter()
+        .collect();
+        let p = device_properties(&identity, &configured);
+        let pairs = |p: &DeviceProperties| {
+            p.properties
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pairs(&p),
+            [
+                "manufacturer=contoso",
+                "model=espresso-v2",
+                "site=x",
+                "location=lab"
+            ]
+        );
+        assert_eq!(p.compat_property_names, "manufacturer,model");
     }
 
     #[test]

@@ -265,21 +265,11 @@ impl Agent {
         settings: impl Into<Settings>,
         data_path: &std::path::Path,
     ) -> Result<Agent, AgentError> {
-        let mut settings: Settings = settings.into();
+        let settings: Settings = settings.into();
         let hub = match settings.agent.source {
             SourceKind::Iothub => Some(settings.iothub.clone().unwrap_or_default().identity()?),
             _ => None,
         };
-        if let Some(id) = &hub {
-            // du-config.json's manufacturer and model, unless `[device]` says otherwise: the
-            // service matches updates to what is reported, and so does this gateway.
-            let props = &mut settings.deploy.device.properties;
-            for (k, v) in [("manufacturer", &id.manufacturer), ("model", &id.model)] {
-                if let Some(v) = v {
-                    props.entry(k.to_owned()).or_insert_with(|| v.clone());
-                }
-            }
-        }
         // Over IoT Hub the device is the one its connection string names.
         let device = match &hub {
             Some(id) => id.connection.device_id.clone(),
