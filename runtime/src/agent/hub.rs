@@ -64,7 +64,7 @@ pub fn device_properties(
 pub enum HubInput {
     /// The report in flight is stored (or refused for good, already logged): take it out.
     Delivered,
-    /// The report in flight must be sent again (after [`HubState::ready`]).
+    /// The report in flight must be sent again, once the pause the hub asked for is over.
     Resend,
     /// A desired `service` to handle, with its version.
     Service { value: Value, version: u64 },
@@ -74,6 +74,7 @@ pub enum HubInput {
     Nothing,
 }
 
+/// The IoT Hub protocol's state between the loop's inputs.
 pub struct HubState {
     next_rid: u64,
     /// The reported patch awaiting its answer: request id, when sent.
@@ -87,7 +88,7 @@ pub struct HubState {
     /// The desired version last acknowledged.
     acked_version: Option<u64>,
     timeout: Duration,
-    pub properties: DeviceProperties,
+    properties: DeviceProperties,
 }
 
 impl HubState {

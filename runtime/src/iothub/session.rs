@@ -8,8 +8,8 @@ use super::config::{Identity, IotHubConfig};
 use crate::mqtt::{Mqtt, MqttConfig, MqttError, MqttEvent, Protocol, Transport};
 use std::time::Duration;
 
-/// What [`HubSession::connect`] needs besides the `[iothub]` table: the `[mqtt]` table's keep-alive
-/// and reconnection backoff.
+/// The connection, and what it takes to make the next one: the `[iothub]` table, the identity,
+/// and the `[mqtt]` table (keep-alive, reconnection backoff).
 pub struct HubSession {
     config: IotHubConfig,
     identity: Identity,
