@@ -602,10 +602,10 @@ impl Agent {
     }
 }
 
-/// Runs the agent until shutdown, a reboot, or a restart request.
+/// Runs the agent until shutdown, a reboot, or a restart request. IoT Hub runs in the MQTT
+/// loop, over its own session.
 pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit, AgentError> {
     if agent.settings.agent.source == SourceKind::HttpPoll {
-        // (`iothub` runs in the MQTT loop, over its own session.)
         return poll::run(agent, shutdown).await;
     }
     mqtt_loop::run(agent, shutdown).await
