@@ -30,7 +30,9 @@ if [[ ${#packages[@]} -eq 0 ]]; then
     done
 fi
 
-debian_packages=(rustc-web cargo-web rust-web-src wasi-libc lld-14)
+# shellcheck source=debian-wasip2.env
+source "$root/scripts/debian-wasip2.env"
+read -r -a debian_packages <<< "$DEBIAN_PACKAGES"
 
 missing_debian_packages() {
     local missing=()
@@ -75,7 +77,7 @@ else
     # wasm-ld, and give the component an _initialize so static constructors run.
     env -u CARGO_ENCODED_RUSTFLAGS -u RUSTUP_TOOLCHAIN -u CARGO -u RUSTC_WRAPPER -u RUSTC_WORKSPACE_WRAPPER \
         PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \
-        RUSTFLAGS="-C link-self-contained=no -L /usr/lib/wasm32-wasi -C link-arg=--wasm-ld-path=/usr/bin/wasm-ld-14 -C link-arg=/usr/lib/wasm32-wasi/crt1-reactor.o" \
+        RUSTFLAGS="$DEBIAN_RUSTFLAGS" \
         /usr/bin/cargo build "${quiet[@]}" --locked --profile guest --target wasm32-wasip2 \
         -Zbuild-std=std,panic_abort "${pkg_args[@]}"
 fi

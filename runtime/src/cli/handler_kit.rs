@@ -30,14 +30,28 @@ const BASE_WORLD: &str = "sandstep:handler/handler";
 const LOCK: &str = include_str!("../../../Cargo.lock");
 const SAMPLE_FILE: &str = "app.conf";
 
+/// Debian's wasm32-wasip2 recipe (packages and flags), shared with scripts/build-components.sh.
+const DEBIAN_RECIPE: &str = include_str!("../../../scripts/debian-wasip2.env");
+
+/// A `NAME="value"` of the recipe.
+fn debian_recipe(name: &str) -> &'static str {
+    DEBIAN_RECIPE
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix('=')?
+                .strip_prefix('"')?
+                .strip_suffix('"')
+        })
+        .expect("scripts/debian-wasip2.env names it")
+}
+
 /// The Debian packages that build wasm32-wasip2 components without rustup's target.
-pub const DEBIAN_TOOLCHAIN: [&str; 5] = [
-    "rustc-web",
-    "cargo-web",
-    "rust-web-src",
-    "wasi-libc",
-    "lld-14",
-];
+pub fn debian_toolchain() -> Vec<&'static str> {
+    debian_recipe("DEBIAN_PACKAGES")
+        .split_whitespace()
+        .collect()
+}
 
 /// A project's names, derived from its directory and handler id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,7 +284,7 @@ fn rustup_has_wasip2() -> bool {
 
 /// The Debian toolchain packages this machine lacks.
 fn missing_debian_packages() -> Vec<&'static str> {
-    DEBIAN_TOOLCHAIN
+    debian_toolchain()
         .into_iter()
         .filter(|p| {
             !Command::new("dpkg-query")
@@ -293,7 +307,7 @@ fn build_command(dir: &Path) -> Result<Command> {
             bail!(
                 "no wasm32-wasip2 target in rustup, and Debian's toolchain is missing {}: run `apt-get install -y {}` (as root), or `rustup target add wasm32-wasip2`",
                 missing.join(" "),
-                DEBIAN_TOOLCHAIN.join(" ")
+                debian_toolchain().join(" ")
             );
         }
         cmd = Command::new("/usr/bin/cargo");
@@ -313,8 +327,15 @@ fn build_command(dir: &Path) -> Result<Command> {
             .env("RUSTC", "/usr/bin/rustc")
             .env("RUSTDOC", "/usr/bin/rustdoc")
             .env("RUSTC_BOOTSTRAP", "1")
-            .env("RUSTFLAGS", "-C link-self-contained=no -L /usr/lib/wasm32-wasi -C link-arg=--wasm-ld-path=/usr/bin/wasm-ld-14 -C link-arg=/usr/lib/wasm32-wasi/crt1-reactor.o")
-            .args(["build", "--profile", "guest", "--target", "wasm32-wasip2", "-Zbuild-std=std,panic_abort"]);
+            .env("RUSTFLAGS", debian_recipe("DEBIAN_RUSTFLAGS"))
+            .args([
+                "build",
+                "--profile",
+                "guest",
+                "--target",
+                "wasm32-wasip2",
+                "-Zbuild-std=std,panic_abort",
+            ]);
     }
     cmd.current_dir(dir);
     Ok(cmd)
@@ -437,6 +458,25 @@ pub fn describe_imports(component: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debians_recipe_is_read_from_the_file_build_components_sources() {
+        assert_eq!(
+            debian_toolchain(),
+            [
+                "rustc-web",
+                "cargo-web",
+                "rust-web-src",
+                "wasi-libc",
+                "lld-14"
+            ]
+        );
+        let flags = debian_recipe("DEBIAN_RUSTFLAGS");
+        assert!(
+            flags.starts_with("-C link-self-contained=no") && flags.ends_with("crt1-reactor.o"),
+            "{flags}"
+        );
+    }
 
     #[test]
     fn a_projects_names_come_from_its_directory_and_handler_id() {
