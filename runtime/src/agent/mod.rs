@@ -255,8 +255,12 @@ pub struct Agent {
     reports: std::sync::atomic::AtomicU64,
     /// The stage last reported, so a stage's `<stage>At` time is when it began.
     last_stage: std::sync::Mutex<Option<Stage>>,
-    /// With `source = "iothub"`: the device's identity there.
-    hub: Option<crate::iothub::config::Identity>,
+    /// With `source = "iothub"`: the `[iothub]` table (defaults filled in) and the device's
+    /// identity there.
+    hub: Option<(
+        crate::iothub::config::IotHubConfig,
+        crate::iothub::config::Identity,
+    )>,
 }
 
 impl Agent {
@@ -267,12 +271,16 @@ impl Agent {
     ) -> Result<Agent, AgentError> {
         let settings: Settings = settings.into();
         let hub = match settings.agent.source {
-            SourceKind::Iothub => Some(settings.iothub.clone().unwrap_or_default().identity()?),
+            SourceKind::Iothub => {
+                let config = settings.iothub.clone().unwrap_or_default();
+                let identity = config.identity()?;
+                Some((config, identity))
+            }
             _ => None,
         };
         // Over IoT Hub the device is the one its connection string names.
         let device = match &hub {
-            Some(id) => id.connection.device_id.clone(),
+            Some((_, id)) => id.connection.device_id.clone(),
             None => settings.agent.resolved_device_id()?,
         };
         let data = DataDir::open(data_path)?;

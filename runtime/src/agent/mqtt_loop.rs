@@ -28,9 +28,8 @@ pub(super) async fn run(
     shutdown: CancellationToken,
 ) -> Result<AgentExit, AgentError> {
     let settings = &agent.settings;
-    if let Some(identity) = &agent.hub {
-        let config = settings.iothub.clone().unwrap_or_default();
-        let conn = HubSession::connect(&config, identity, &settings.mqtt)?;
+    if let Some((config, identity)) = &agent.hub {
+        let conn = HubSession::connect(config, identity, &settings.mqtt)?;
         return run_over(&agent, conn, shutdown).await;
     }
     let client_id = settings
@@ -112,14 +111,10 @@ impl<'a, T: Transport> MqttLoop<'a, T> {
         events: mpsc::UnboundedSender<Event>,
     ) -> Result<Self, AgentError> {
         let settings = &agent.settings;
-        let hub = agent.hub.as_ref().map(|id| {
-            let timeout = settings
-                .iothub
-                .as_ref()
-                .map_or(30_000, |c| c.response_timeout_ms);
+        let hub = agent.hub.as_ref().map(|(config, id)| {
             HubState::new(
                 hub::device_properties(id, &settings.deploy.device.properties),
-                Duration::from_millis(timeout),
+                Duration::from_millis(config.response_timeout_ms),
             )
         });
         // Over IoT Hub the hub's answers confirm each report; the shadow's confirmations are off.

@@ -177,16 +177,26 @@ async fn merge_readable(
         Err(StoreError::Data { .. }) => {}
         Err(e) => return Err(e.into()),
     }
-    let (mut readable, mut unreadable) = (Vec::new(), Vec::new());
-    for (device, doc) in docs {
-        match store.get(&device).await {
-            Err(e @ StoreError::Data { .. }) => unreadable.push((device, e.to_string())),
-            Err(e) => return Err(e.into()),
-            Ok(_) => readable.push((device, doc)),
-        }
-    }
+    let (readable, unreadable) = set_aside_unreadable(store, docs).await?;
     let stored = store.merge_batch(&readable, now).await?;
     Ok((readable, stored, unreadable))
+}
+
+/// Splits `(device, item)` pairs into those whose stored row reads and those whose row does
+/// not (with why): what a batch that failed on an unreadable row is retried with.
+async fn set_aside_unreadable<T>(
+    store: &mut Store,
+    items: Vec<(String, T)>,
+) -> Result<(Vec<(String, T)>, Vec<(String, String)>), StoreError> {
+    let (mut readable, mut unreadable) = (Vec::new(), Vec::new());
+    for (device, item) in items {
+        match store.get(&device).await {
+            Err(e @ StoreError::Data { .. }) => unreadable.push((device, e.to_string())),
+            Err(e) => return Err(e),
+            Ok(_) => readable.push((device, item)),
+        }
+    }
+    Ok((readable, unreadable))
 }
 
 async fn publish(conn: &Mqtt, answers: Vec<Answer>) -> Result<(), ShadowError> {
@@ -226,16 +236,10 @@ impl Rollouts {
             Err(StoreError::Data { .. }) => {}
             other => return Ok(other?),
         }
-        let mut readable = Vec::new();
-        for (device, phase) in targets {
-            match store.get(device).await {
-                Err(e @ StoreError::Data { .. }) => {
-                    tracing::error!(rollout = %r.id, %device, "not deployed: the replica cannot read this device's stored state ({e}); repair or delete the device's row");
-                    self.unreadable.insert(device.clone(), now);
-                }
-                Err(e) => return Err(e.into()),
-                Ok(_) => readable.push((device.clone(), *phase)),
-            }
+        let (readable, unreadable) = set_aside_unreadable(store, targets.to_vec()).await?;
+        for (device, why) in unreadable {
+            tracing::error!(rollout = %r.id, %device, "not deployed: the replica cannot read this device's stored state ({why}); repair or delete the device's row");
+            self.unreadable.insert(device, now);
         }
         Ok(store
             .deploy_batch(&r.id, &readable, &r.desired, now)

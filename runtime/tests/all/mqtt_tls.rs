@@ -5,15 +5,10 @@
 use crate::fleet::Broker;
 use sandstep::mqtt::{Mqtt, MqttConfig, MqttEvent};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 fn make_ca(dir: &Path) {
-    let made = Command::new(crate::support::repo_root().join("scripts/test-ca.sh"))
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(made.success(), "scripts/test-ca.sh");
+    crate::support::test_ca(dir, None);
     // mosquitto started as root reads its certificates as the `mosquitto` user: the throwaway
     // directory and server key must be readable to it.
     use std::os::unix::fs::PermissionsExt;

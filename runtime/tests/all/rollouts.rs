@@ -585,11 +585,7 @@ fn doctor_checks_the_replicas_store() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_store_speaks_tls_to_postgresql_and_checks_the_servers_certificate() {
     let certs = tempfile::tempdir().unwrap();
-    let made = Command::new(crate::support::repo_root().join("scripts/test-ca.sh"))
-        .arg(certs.path())
-        .status()
-        .unwrap();
-    assert!(made.success(), "scripts/test-ca.sh");
+    crate::support::test_ca(certs.path(), None);
     let Some(pg) = Postgres::start_with(&["--tls".as_ref(), certs.path().as_os_str()]) else {
         return;
     };
@@ -627,12 +623,7 @@ fn ca_only(ca: &std::path::Path) -> PgTls {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_store_presents_a_client_certificate_where_postgresql_requires_one() {
     let certs = tempfile::tempdir().unwrap();
-    let made = Command::new(crate::support::repo_root().join("scripts/test-ca.sh"))
-        .arg(certs.path())
-        .arg("sandstep")
-        .status()
-        .unwrap();
-    assert!(made.success(), "scripts/test-ca.sh");
+    crate::support::test_ca(certs.path(), Some("sandstep"));
     let Some(pg) = Postgres::start_with(&[
         "--tls".as_ref(),
         certs.path().as_os_str(),

@@ -189,3 +189,14 @@ pub fn prerequisite_missing(why: &str) {
     }
     eprintln!("skipped: {why}");
 }
+
+/// A throwaway CA in `dir` (scripts/test-ca.sh): ca.pem, a server certificate for 127.0.0.1 and
+/// localhost, and a client certificate whose CN is `client` (the script's default: gw-1).
+pub fn test_ca(dir: &Path, client: Option<&str>) {
+    let made = std::process::Command::new(repo_root().join("scripts/test-ca.sh"))
+        .arg(dir)
+        .args(client)
+        .status()
+        .unwrap();
+    assert!(made.success(), "scripts/test-ca.sh");
+}

@@ -85,13 +85,7 @@ impl TestHub {
     /// A hub for `device` in front of the mosquitto listening on `broker_port`.
     pub fn start(broker_port: u16, device: &str) -> TestHub {
         let certs = tempfile::tempdir().unwrap();
-        let made =
-            std::process::Command::new(crate::support::repo_root().join("scripts/test-ca.sh"))
-                .arg(certs.path())
-                .arg(device)
-                .status()
-                .unwrap();
-        assert!(made.success(), "scripts/test-ca.sh");
+        crate::support::test_ca(certs.path(), Some(device));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -349,10 +343,7 @@ fn tls_acceptor(certs: &Path) -> tokio_rustls::TlsAcceptor {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // A client certificate is optional (SAS devices have none); one that is sent must chain to
     // the test CA, as IoT Hub checks CA-signed device certificates.
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in rustls_pemfile::certs(&mut std::fs::read(certs.join("ca.pem")).unwrap().as_slice()) {
-        roots.add(ca.unwrap()).unwrap();
-    }
+    let roots = sandstep::tls_roots::roots(Some(&certs.join("ca.pem"))).unwrap();
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
