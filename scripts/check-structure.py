@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Structure checks of a Rust source tree (scripts/check.sh runs them on runtime/src):
+"""Structure checks of a Rust source tree (scripts/check.sh runs them on every crate's src):
 
   import cycles   no cycle among top-level modules, nor among their submodules (a module and
                   its own ancestors may use each other: that is nesting, not a cycle);

@@ -11,7 +11,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 scripts/build-components.sh
-cargo build --quiet -p sandstep
+cargo build --quiet -p sandstep -p sandstep-fleet
 sandstep=target/debug/sandstep
 data=target/demo-data
 keys=target/demo-keys

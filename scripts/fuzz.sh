@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs sandstep's fuzz targets (fuzz/fuzz_targets, bodies in runtime/src/fuzzing.rs) under
+# Runs sandstep's fuzz targets (fuzz/fuzz_targets, bodies in gateway/src/fuzzing.rs) under
 # libFuzzer through cargo-fuzz, each for a bounded time. New corpus entries go to
 # target/fuzz/corpus/<target> (the committed seeds in fuzz/seeds/<target> are read, never written);
 # a crash leaves its input in target/fuzz/artifacts/<target>/ and fails the run.
@@ -12,7 +12,7 @@
 # Needs cargo-fuzz (installed from crates.io when missing) and a nightly toolchain for the
 # sanitizer flags; without nightly, the stable toolchain is used with RUSTC_BOOTSTRAP=1.
 # Every target also runs in the ordinary test suite over its seeds, regressions and mutations
-# (runtime/tests/all/fuzz.rs), without libFuzzer.
+# (gateway/tests/all/fuzz.rs), without libFuzzer.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -61,6 +61,12 @@ for t in "${targets[@]}"; do
         -max_total_time="$time" -jobs="$jobs" -workers="$jobs" -max_len=262144 \
         -artifact_prefix="$artifacts/" -print_final_stats=1 2>&1 | tail -n 12; then
         failed+=("$t")
+    fi
+    # With -jobs, libFuzzer writes each job's log to fuzz-<n>.log in the working directory:
+    # keep them with the target's run, never in the source tree.
+    if compgen -G 'fuzz-*.log' >/dev/null; then
+        mkdir -p "$fuzz_target_dir/logs/$t"
+        mv fuzz-*.log "$fuzz_target_dir/logs/$t/"
     fi
 done
 if [[ ${#failed[@]} -gt 0 ]]; then

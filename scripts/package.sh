@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# Builds the Debian package: sandstep_<version>_<arch>.deb with the binary, the default handlers
-# signed with the release key, that key's public half as a trusted key, /etc/sandstep/config.toml
-# (a conffile with the default policy of every default handler), and the systemd units.
+# Builds the two Debian packages:
+#   sandstep_<version>_<arch>.deb        the gateway: the `sandstep` binary, the default handlers
+#                                        signed with the release key, that key's public half as a
+#                                        trusted key, /etc/sandstep/config.toml (a conffile with
+#                                        the default policy of every default handler), the
+#                                        agent's systemd unit, the handler SDK's sources;
+#   sandstep-fleet_<version>_<arch>.deb  the fleet side: the `sandstep-fleet` binary (replica,
+#                                        deploy, status, rollouts), /etc/sandstep/fleet.toml, the
+#                                        replica's unit. No wasmtime, no handlers.
 #
 # Usage: scripts/package.sh [--key KEY] [--version VERSION] [--profile release|debug] [--out DIR]
-#                           [--bin PATH]
+#                           [--bin PATH --fleet-bin PATH]
 #   --key KEY          the handler release key (`sandstep key generate`; KEY.pub beside it). Without
 #                      it a DEVELOPMENT key is generated once at target/dev-keys/handlers-dev.key and
 #                      installed as trust/handlers/sandstep-development-UNSAFE.pub.
 #   --version VERSION  the package version (default: the workspace version).
 #   --profile          release (default; the shipped binary) or debug (fast, for tests).
-#   --out DIR          where the .deb goes (default: target/package). Its path is printed last.
-#   --bin PATH         package this binary and the components already in target/wasm, building
-#                      nothing (the package test runs inside `cargo test`, which holds the build
-#                      lock).
+#   --out DIR          where the .debs go (default: target/package). Their paths are printed last,
+#                      the gateway's then the fleet's.
+#   --bin PATH         package this gateway binary and the components already in target/wasm,
+#   --fleet-bin PATH   and this fleet binary, building nothing (the package test runs inside
+#                      `cargo test`, which holds the build lock).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-key="" version="" profile=release out=target/package bin=""
+key="" version="" profile=release out=target/package bin="" fleet_bin=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --key) key="$2"; shift 2 ;;
@@ -25,18 +32,21 @@ while [[ $# -gt 0 ]]; do
         --profile) profile="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --bin) bin="$2"; shift 2 ;;
+        --fleet-bin) fleet_bin="$2"; shift 2 ;;
         *) echo "package: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 if [[ -z $bin ]]; then
     case "$profile" in
-        release) cargo build --quiet --release -p sandstep ;;
-        debug) cargo build --quiet -p sandstep ;;
+        release) cargo build --quiet --release -p sandstep -p sandstep-fleet ;;
+        debug) cargo build --quiet -p sandstep -p sandstep-fleet ;;
         *) echo "package: --profile is release or debug" >&2; exit 2 ;;
     esac
     bin=target/$profile/sandstep
+    fleet_bin=target/$profile/sandstep-fleet
     scripts/build-components.sh --quiet
 fi
+[[ -n $fleet_bin ]] || { echo "package: --bin needs --fleet-bin" >&2; exit 2; }
 [[ -n $version ]] || version=$(sed -n '0,/^version = "\(.*\)"/s//\1/p' Cargo.toml)
 arch=$(dpkg --print-architecture)
 
@@ -82,7 +92,7 @@ install -m 0644 "$key.pub" "$pkg/usr/share/sandstep/trust/handlers/$trust_name.p
     echo
     sed -n '/^# Policy per handler id/,$p' examples/config.toml
     echo
-    sed -e '1,2d' runtime/src/default-policy.toml
+    sed -e '1,2d' gateway/src/default-policy.toml
 } > "$pkg/etc/sandstep/config.toml"
 chmod 0644 "$pkg/etc/sandstep/config.toml"
 "$bin" trust list --config "$pkg/etc/sandstep/config.toml" --data-dir "$stage/check" >/dev/null \
@@ -120,11 +130,11 @@ open(sys.argv[2], "w").write("\n".join(out) + "\n")
 PY
 find "$rust" -type d -exec chmod 0755 {} + && find "$rust" -type f -exec chmod 0644 {} +
 
-install -m 0644 packaging/systemd/sandstep-agent.service packaging/systemd/sandstep-shadow.service \
-    "$pkg/lib/systemd/system/"
+install -m 0644 packaging/sandstep/systemd/sandstep-agent.service "$pkg/lib/systemd/system/"
 install -m 0644 README.md examples/agent.toml "$pkg/usr/share/doc/sandstep/"
-install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm "$pkg/DEBIAN/"
-install -m 0644 packaging/debian/conffiles "$pkg/DEBIAN/"
+install -m 0755 packaging/sandstep/debian/postinst packaging/sandstep/debian/prerm \
+    packaging/sandstep/debian/postrm "$pkg/DEBIAN/"
+install -m 0644 packaging/sandstep/debian/conffiles "$pkg/DEBIAN/"
 
 glibc=$(objdump -T "$pkg/usr/bin/sandstep" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
 cat > "$pkg/DEBIAN/control" <<EOF
@@ -135,7 +145,7 @@ Maintainer: sandstep developers <sandstep@example.invalid>
 Installed-Size: $(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
 Depends: libc6 (>= $glibc), libgcc-s1
 Recommends: ca-certificates
-Suggests: mosquitto
+Suggests: mosquitto, sandstep-fleet
 Section: admin
 Priority: optional
 Homepage: https://example.invalid/sandstep
@@ -147,9 +157,48 @@ Description: sandboxed multi-step update agent for Linux gateways
  middle of an update and reports progress as device-shadow state over MQTT.
  .
  Shipped handlers: apt, script, A/B firmware, component-aware, file sets.
+ The fleet side (replica, deployments, rollouts) is the sandstep-fleet package.
+EOF
+
+# The fleet side: its binary, config and the replica's unit.
+fleet=$stage/sandstep-fleet
+install -d "$fleet/DEBIAN" "$fleet/usr/bin" "$fleet/etc/sandstep" "$fleet/lib/systemd/system" \
+    "$fleet/usr/share/doc/sandstep-fleet"
+install -m 0755 "$fleet_bin" "$fleet/usr/bin/sandstep-fleet"
+strip --strip-unneeded "$fleet/usr/bin/sandstep-fleet"
+install -m 0644 examples/fleet.toml "$fleet/etc/sandstep/fleet.toml"
+install -m 0644 packaging/sandstep-fleet/systemd/sandstep-shadow.service "$fleet/lib/systemd/system/"
+install -m 0644 README.md "$fleet/usr/share/doc/sandstep-fleet/"
+install -m 0755 packaging/sandstep-fleet/debian/postinst packaging/sandstep-fleet/debian/prerm \
+    packaging/sandstep-fleet/debian/postrm "$fleet/DEBIAN/"
+install -m 0644 packaging/sandstep-fleet/debian/conffiles "$fleet/DEBIAN/"
+glibc=$(objdump -T "$fleet/usr/bin/sandstep-fleet" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
+cat > "$fleet/DEBIAN/control" <<EOF
+Package: sandstep-fleet
+Version: $version
+Architecture: $arch
+Maintainer: sandstep developers <sandstep@example.invalid>
+Installed-Size: $(du -sk --exclude=DEBIAN "$fleet" | cut -f1)
+Depends: libc6 (>= $glibc), libgcc-s1
+Recommends: ca-certificates
+Suggests: mosquitto, postgresql
+Replaces: sandstep (<< 0.2.0~)
+Breaks: sandstep (<< 0.2.0~)
+Section: admin
+Priority: optional
+Homepage: https://example.invalid/sandstep
+Description: fleet side of the sandstep update agent: replica, deployments, rollouts
+ The device-state replica (desired and reported documents over MQTT, kept in
+ SQLite or PostgreSQL, several replicas sharing one database), and the
+ operator's commands: signed deployments to devices or groups, status, cancel,
+ and phased rollouts that pause themselves when devices fail. Runs where the
+ fleet is steered; gateways run the sandstep package.
 EOF
 
 mkdir -p "$out"
 deb="$out/sandstep_${version}_${arch}.deb"
+fleet_deb="$out/sandstep-fleet_${version}_${arch}.deb"
 dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Zxz --build "$fleet" "$fleet_deb" >/dev/null
 echo "$deb"
+echo "$fleet_deb"

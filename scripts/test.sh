@@ -24,10 +24,11 @@ fi
 # The Python and JavaScript handler toolchains (componentize-py from PyPI, componentize-js from
 # npm), pinned, into target/tools: the vendor-kit test builds a handler with each.
 scripts/guest-toolchains.sh --quiet >/dev/null
-# Default members: model, runtime, sdk (guests are covered through the runtime tests). The
-# fault-injection feature adds the crash points the crash-recovery test needs; dev-tools the
-# fuzz targets (for the smoke run) and `sandstep bench`/`fleet-sim`.
+# Default members: model, transport, signing, gateway, fleet, sdk (guests are covered through
+# the gateway's tests, which run both binaries). The fault-injection feature adds the crash
+# points the crash-recovery test needs; dev-tools the fuzz targets (for the smoke run),
+# `sandstep bench` and `sandstep-fleet fleet-sim`.
 # Every prerequisite is installed above, so a test that finds one missing fails instead of
-# skipping (runtime/tests/all/support.rs, prerequisite_missing).
+# skipping (tests/testkit, prerequisite_missing).
 export SANDSTEP_REQUIRE_PREREQUISITES=1
-cargo test --features sandstep/fault-injection,sandstep/dev-tools "$@"
+cargo test --features sandstep/fault-injection,sandstep/dev-tools,sandstep-fleet/dev-tools "$@"

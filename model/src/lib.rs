@@ -15,6 +15,7 @@
 //! - [`script_protocol`]: ADU's script protocol: argument splitting, tokens, action options.
 //! - [`script_result`]: the result file of ADU's script protocol.
 //! - [`shadow`]: device-shadow documents, the delta rule, topic layouts.
+//! - [`status`]: how a device's reported document reads in a status table.
 
 pub mod apt;
 pub mod authoring;
@@ -30,6 +31,7 @@ pub mod results;
 pub mod script_protocol;
 pub mod script_result;
 pub mod shadow;
+pub mod status;
 pub mod step;
 
 pub use codes::{ExtendedResultCode, Facility, Followup};

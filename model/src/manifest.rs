@@ -749,25 +749,45 @@ impl Validator {
                 .map(str::to_owned),
         };
         if kind_value == "reference" {
-            for key in m.keys() {
-                if !["type", "description", "detachedManifestFileId"].contains(&key.as_str()) {
-                    let rule = if key == "updateId" {
-                        "unknown reference step field (`updateId` is the import manifest's form; a device manifest names the child with `detachedManifestFileId`)"
-                    } else {
-                        "unknown reference step field"
-                    };
-                    self.err(join(path, key), rule);
-                }
-            }
-            let p = join(path, "detachedManifestFileId");
-            let id = self
-                .required(m, "detachedManifestFileId", path)
-                .and_then(|v| self.file_id(v, &p, files))?;
-            return Some(Step::Reference(ReferenceStep {
-                description,
-                detached_manifest_file_id: id,
-            }));
+            return self.reference_step(m, path, description, files);
         }
+        self.inline_step(m, path, description, files)
+    }
+
+    fn reference_step(
+        &mut self,
+        m: &Map<String, Value>,
+        path: &str,
+        description: Option<String>,
+        files: &[String],
+    ) -> Option<Step> {
+        for key in m.keys() {
+            if !["type", "description", "detachedManifestFileId"].contains(&key.as_str()) {
+                let rule = if key == "updateId" {
+                    "unknown reference step field (`updateId` is the import manifest's form; a device manifest names the child with `detachedManifestFileId`)"
+                } else {
+                    "unknown reference step field"
+                };
+                self.err(join(path, key), rule);
+            }
+        }
+        let p = join(path, "detachedManifestFileId");
+        let id = self
+            .required(m, "detachedManifestFileId", path)
+            .and_then(|v| self.file_id(v, &p, files))?;
+        Some(Step::Reference(ReferenceStep {
+            description,
+            detached_manifest_file_id: id,
+        }))
+    }
+
+    fn inline_step(
+        &mut self,
+        m: &Map<String, Value>,
+        path: &str,
+        description: Option<String>,
+        files: &[String],
+    ) -> Option<Step> {
         for key in m.keys() {
             if ![
                 "type",
@@ -797,8 +817,38 @@ impl Validator {
                     Some(h.to_owned())
                 }
             });
+        let step_files = self.step_files(m, path, files);
+        let pp = join(path, "handlerProperties");
+        let props = match m.get("handlerProperties") {
+            None => {
+                self.err(
+                    &pp,
+                    "is required for an inline step (ADU fails such a step with 0x8040000D)",
+                );
+                None
+            }
+            Some(v) => self.object(v, &pp).cloned(),
+        };
+        if let Some(Some(ic)) = props.as_ref().map(|p| p.get("installedCriteria")) {
+            self.string(ic, &join(&pp, "installedCriteria"));
+        }
+        Some(Step::Inline(InlineStep {
+            description,
+            handler: handler?,
+            files: step_files?,
+            handler_properties: props?,
+        }))
+    }
+
+    /// An inline step's `files`: 1 to 10 ids of the manifest's files, none twice.
+    fn step_files(
+        &mut self,
+        m: &Map<String, Value>,
+        path: &str,
+        files: &[String],
+    ) -> Option<Vec<String>> {
         let fp = join(path, "files");
-        let step_files = self.required(m, "files", path).and_then(|v| {
+        self.required(m, "files", path).and_then(|v| {
             let Value::Array(items) = v else {
                 self.err(&fp, format!("must be an array, not {}", kind(v)));
                 return None;
@@ -822,27 +872,7 @@ impl Validator {
                 }
             }
             Some(ids)
-        });
-        let pp = join(path, "handlerProperties");
-        let props = match m.get("handlerProperties") {
-            None => {
-                self.err(
-                    &pp,
-                    "is required for an inline step (ADU fails such a step with 0x8040000D)",
-                );
-                None
-            }
-            Some(v) => self.object(v, &pp).cloned(),
-        };
-        if let Some(Some(ic)) = props.as_ref().map(|p| p.get("installedCriteria")) {
-            self.string(ic, &join(&pp, "installedCriteria"));
-        }
-        Some(Step::Inline(InlineStep {
-            description,
-            handler: handler?,
-            files: step_files?,
-            handler_properties: props?,
-        }))
+        })
     }
 }
 

@@ -226,6 +226,41 @@ impl Topics {
     }
 }
 
+/// `[agent] topics`: a preset or explicit templates. Both halves read it from the same key, so
+/// the agent and the replica agree on where documents travel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TopicLayout {
+    Preset(Preset),
+    Custom(Topics),
+}
+
+/// The named layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// [`Topics::replica`].
+    Replica,
+    /// [`Topics::aws`].
+    Aws,
+}
+
+impl Default for TopicLayout {
+    fn default() -> Self {
+        TopicLayout::Preset(Preset::Replica)
+    }
+}
+
+impl TopicLayout {
+    pub fn topics(&self) -> Topics {
+        match self {
+            TopicLayout::Preset(Preset::Replica) => Topics::replica(),
+            TopicLayout::Preset(Preset::Aws) => Topics::aws(),
+            TopicLayout::Custom(t) => t.clone(),
+        }
+    }
+}
+
 /// Whether a device id can be used in topics: no MQTT wildcards or separators, 1-128 chars.
 pub fn valid_device_id(id: &str) -> bool {
     (1..=128).contains(&id.len())

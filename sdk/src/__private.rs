@@ -1,19 +1,10 @@
 //! Glue used by [`export_handler!`](crate::export_handler); not part of the public API.
 
-pub mod bindings {
-    wit_bindgen::generate!({
-        path: "../wit",
-        world: "sandstep:handler/all",
-        pub_export_macro: true,
-        export_macro_name: "__export_all_world",
-        default_bindings_module: "sandstep_sdk::__private::bindings",
-        runtime_path: "sandstep_sdk::__private::wit_bindgen_rt",
-    });
-}
-
-pub use bindings::exports::sandstep::handler::lifecycle::Guest as Lifecycle;
-pub use bindings::sandstep::handler::types::{StepContext as WitContext, StepResult as WitResult};
-pub use wit_bindgen::rt as wit_bindgen_rt;
+pub use crate::__bindings as bindings;
+pub use crate::__bindings::exports::sandstep::handler::lifecycle::Guest as Lifecycle;
+pub use crate::__bindings::sandstep::handler::types::{
+    StepContext as WitContext, StepResult as WitResult,
+};
 
 use crate::done::Code;
 use crate::{Action, Context, Handler, Outcome, StepResult};

@@ -48,6 +48,8 @@ pub mod process;
 pub mod slot;
 
 #[doc(hidden)]
+pub mod __bindings;
+#[doc(hidden)]
 pub mod __private;
 
 pub use context::{Component, Context, StepFile, UpdateId, PAYLOAD_DIR, STATE_DIR, WORK_DIR};

@@ -2,7 +2,7 @@
 //! floods, so log freely but not in tight loops.
 
 #[cfg(target_family = "wasm")]
-use crate::__private::bindings::sandstep::handler::host;
+use crate::__bindings::sandstep::handler::host;
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! policy also lists the programs and the argument shapes allowed. The program runs on the host
 //! with a cleared environment (`PATH` and `LANG=C` only), no stdin, captured output and a time limit.
 
-use crate::__private::bindings::sandstep::handler::process as wit;
+use crate::__bindings::sandstep::handler::process as wit;
 use crate::failure::Failure;
 use sandstep_model::codes::erc;
 use std::path::Path;

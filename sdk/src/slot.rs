@@ -4,7 +4,7 @@
 //! way, so an image never passes through the handler's memory. Which devices or files are the
 //! slots, and how the next boot slot is selected, is the gateway's policy.
 
-use crate::__private::bindings::sandstep::handler::slot as wit;
+use crate::__bindings::sandstep::handler::slot as wit;
 use crate::failure::Failure;
 use sandstep_model::codes::erc;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! A test guest that does what `handlerProperties.op` says, in whichever action is called.
 //!
 //! It imports only the base world (log, progress, WASI filesystem), so no capability grant is
-//! needed. Each op is used by a test in `runtime/tests/all/sandbox.rs`.
+//! needed. Each op is used by a test in `gateway/tests/all/sandbox.rs`.
 
 use sandstep_sdk::codes::result;
 use sandstep_sdk::{done, export_handler, Context, Done, Failure, Handler, Outcome, StepResult};

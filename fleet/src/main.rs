@@ -1,0 +1,7 @@
+//! The `sandstep-fleet` command.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,307 @@
+//! The configuration file (TOML): data dir, downloads, default limits, and the per-handler policy.
+//!
+//! Everything is optional; an empty file (or none) gives the embedded defaults. A handler id
+//! without a `[handlers."<id>"]` table gets no capability beyond the base world, and default
+//! limits. See `examples/config.toml` for a commented example.
+
+use crate::download::DownloadConfig;
+use crate::policy::{default_policies, HandlerPolicy, Policy};
+use crate::sandbox::Limits;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration. `Config::default()` is what an empty file gives: default settings
+/// and the built-in policy of the default handlers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Where sandstep keeps its state (default: /var/lib/sandstep as root, else a per-user dir).
+    pub data_dir: Option<PathBuf>,
+    pub download: DownloadConfig,
+    /// Limits for handlers without their own.
+    pub limits: Limits,
+    /// Trusted keys and signature rules.
+    pub trust: crate::trust::TrustConfig,
+    /// The gateway agent.
+    pub agent: crate::agent::AgentConfig,
+    /// The MQTT broker (agent, replica, operator commands).
+    pub mqtt: sandstep_transport::mqtt::MqttConfig,
+    /// The HTTP-polling source.
+    pub http_poll: Option<crate::agent::poll::HttpPollConfig>,
+    /// The IoT Hub source (ADU's protocol).
+    pub iothub: Option<crate::iothub::config::IotHubConfig>,
+    /// The device-state replica's table: read by `sandstep-fleet`, accepted here so one file
+    /// can serve a machine that runs both halves.
+    pub shadow: Option<toml::Table>,
+    /// Policy per handler id.
+    pub handlers: BTreeMap<String, HandlerPolicy>,
+    /// What the device is: the properties updates' compatibility is checked against.
+    pub device: crate::workflow::admission::DeviceConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: None,
+            download: DownloadConfig::default(),
+            limits: Limits::default(),
+            trust: crate::trust::TrustConfig::default(),
+            agent: crate::agent::AgentConfig::default(),
+            mqtt: sandstep_transport::mqtt::MqttConfig::default(),
+            http_poll: None,
+            iothub: None,
+            shadow: None,
+            handlers: default_policies(),
+            device: Default::default(),
+        }
+    }
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {cause}")]
+    Read {
+        path: String,
+        /// In the message, not a `source`: printed once.
+        cause: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config {path}: handlers.\"{id}\": {rule}")]
+    Policy {
+        path: String,
+        id: String,
+        rule: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            cause: source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses config text; `origin` names it in errors. The built-in policy of the default
+    /// handlers applies to every id the text does not configure itself.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        for (id, policy) in default_policies() {
+            config.handlers.entry(id).or_insert(policy);
+        }
+        config
+            .policy()
+            .validate()
+            .map_err(|e| ConfigError::Policy {
+                path: origin.to_owned(),
+                id: e.id,
+                rule: e.rule,
+            })?;
+        Ok(config)
+    }
+
+    /// The per-handler policy (`[limits]` and `[handlers]`).
+    pub fn policy(&self) -> Policy {
+        Policy {
+            defaults: self.limits.clone(),
+            handlers: self.handlers.clone(),
+        }
+    }
+
+    /// What the deployment engine needs (also as `Config: Into<workflow::Settings>`).
+    pub fn deploy_settings(&self) -> crate::workflow::Settings {
+        crate::workflow::Settings {
+            download: self.download.clone(),
+            trust: self.trust.clone(),
+            policy: self.policy(),
+            device: self.device.clone(),
+        }
+    }
+
+    /// What the agent needs.
+    pub fn agent_settings(&self) -> crate::agent::Settings {
+        crate::agent::Settings {
+            agent: self.agent.clone(),
+            mqtt: self.mqtt.clone(),
+            http_poll: self.http_poll.clone(),
+            iothub: self.iothub.clone(),
+            deploy: self.deploy_settings(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_config_gives_defaults_and_no_grants() {
+        let c = Config::parse("", "test").unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.policy().grants("anything/x:1").process.is_none());
+    }
+
+    #[test]
+    fn the_default_handlers_have_their_built_in_policy_unless_overridden() {
+        let c = Config::default();
+        let script = c
+            .policy()
+            .grants("microsoft/script:1")
+            .process
+            .expect("script may run programs");
+        assert_eq!(
+            script
+                .programs
+                .iter()
+                .map(|p| p.path.as_str())
+                .collect::<Vec<_>>(),
+            ["/bin/sh", "/bin/bash"]
+        );
+        // The interpreter's entry point is always a payload file; nothing else may be.
+        assert!(script
+            .programs
+            .iter()
+            .all(|p| p.forms.iter().all(|f| f.prefix.is_empty()
+                && f.then.first()
+                    == Some(&crate::capability::arg_grammar::Slot::PayloadFile { suffix: None }))));
+        // apt-get is never cut short, and an interrupted run is repaired by dpkg at the next start.
+        for id in ["microsoft/apt:1", "sandstep/apt:1"] {
+            let apt = c.policy().grants(id).process.expect("apt may run programs");
+            let get = apt.programs.iter().find(|p| p.path == "/usr/bin/apt-get");
+            let get = get.expect("apt-get is allowed");
+            assert!(get.finish_on_cancel);
+            assert_eq!(get.recover, ["/usr/bin/dpkg", "--configure", "-a"]);
+        }
+        let off = Config::parse("[handlers.\"microsoft/script:1\"]\n", "t").unwrap();
+        assert!(
+            off.policy().grants("microsoft/script:1").process.is_none(),
+            "an explicit table replaces the default"
+        );
+    }
+
+    #[test]
+    fn policy_grants_process_with_its_programs() {
+        let c = Config::parse(
+            r#"
+            [handlers."microsoft/script:1"]
+            capabilities = ["process"]
+            limits = { memory-bytes = 1048576, install = 5 }
+            [[handlers."microsoft/script:1".process.programs]]
+            path = "/bin/sh"
+            forms = [{ then = ["payload-file"], rest = ["any"] }]
+            "#,
+            "test",
+        )
+        .unwrap();
+        let g = c.policy().grants("microsoft/script:1");
+        assert_eq!(g.process.unwrap().programs[0].path, "/bin/sh");
+        let l = c.policy().limits("microsoft/script:1");
+        assert_eq!(l.memory_bytes, 1 << 20);
+        assert_eq!(l.install, std::time::Duration::from_secs(5));
+        assert_eq!(l.apply, Limits::default().apply);
+    }
+
+    #[test]
+    fn extra_dirs_may_not_shadow_the_standard_ones() {
+        let e = Config::parse(
+            "[handlers.\"a/b:1\"]\ndirs = [{ host = \"/srv\", guest = \"/work/x\" }]\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "config c.toml: handlers.\"a/b:1\": dirs: guest path `/work/x` is inside /work, which sandstep provides");
+        let e = Config::parse("[handlers.\"a/b:1\"]\ncomponent-dirs = [{ property = \"path\", guest = \"/c/../etc\", under = \"/srv\" }]\n", "c.toml").unwrap_err();
+        assert_eq!(e.to_string(), "config c.toml: handlers.\"a/b:1\": component-dirs: guest path `/c/../etc` must not contain `.` or `..`");
+        Config::parse("[handlers.\"a/b:1\"]\ndirs = [{ host = \"/srv\", guest = \"/srv\", writable = true }]\n", "c.toml").unwrap();
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = Config::parse("[handlers.\"a/b:1\"]\nprocess = {}\n", "c.toml").unwrap_err();
+        assert_eq!(e.to_string(), "config c.toml: handlers.\"a/b:1\": has a [process] table but `process` is not in capabilities");
+        let e = Config::parse("[handlers.\"nope\"]\n", "c.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config c.toml: handlers.\"nope\": not a handler id (vendor/name:version)"
+        );
+        let e = Config::parse(
+            "[handlers.\"a/b:1\"]\ncapabilities = [\"process\"]\n[[handlers.\"a/b:1\".process.programs]]\npath = \"/bin/true\"\nrecover = [\"dpkg\"]\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`recover` command must start with an absolute path"),
+            "{e}"
+        );
+        let e = Config::parse("colour = 1\n", "c.toml").unwrap_err();
+        assert!(
+            e.to_string().starts_with("config c.toml: TOML parse error"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config.toml");
+        let c = super::Config::load(std::path::Path::new(path)).unwrap();
+        assert_eq!(
+            c.limits,
+            crate::sandbox::Limits::default(),
+            "the example shows the defaults"
+        );
+        assert_eq!(c.download, crate::download::DownloadConfig::default());
+    }
+
+    /// The example config's commented-out block under `header`, uncommented and parsed.
+    fn uncommented(header: &str) -> super::Config {
+        let text = include_str!("../../examples/config.toml");
+        let block: String = text
+            .lines()
+            .skip_while(|l| *l != header)
+            .map_while(|l| l.strip_prefix("# "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        toml::from_str(&block).unwrap()
+    }
+
+    #[test]
+    fn the_example_configs_iothub_block_parses_when_uncommented_and_shows_the_defaults() {
+        let hub = uncommented("# [iothub]").iothub.unwrap();
+        assert_eq!(
+            hub.connection_string_file.as_deref(),
+            Some(std::path::Path::new("/etc/adu/du-config.json"))
+        );
+        assert_eq!(
+            hub,
+            crate::iothub::config::IotHubConfig {
+                connection_string_file: hub.connection_string_file.clone(),
+                ..Default::default()
+            },
+            "the example shows the defaults"
+        );
+    }
+}
+
+impl From<Config> for crate::workflow::Settings {
+    fn from(c: Config) -> Self {
+        c.deploy_settings()
+    }
+}
+
+impl From<Config> for crate::agent::Settings {
+    fn from(c: Config) -> Self {
+        c.agent_settings()
+    }
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Checks the invariants ARCHITECTURE.md states, where a script can (scripts/check.sh runs it).
+
+Each check prints what broke, naming the file or the dependency path; the exit status is 1 when
+any did. Dependencies are read with `cargo tree` (the resolved graph, so a crate pulled in
+transitively counts), sources with a comment- and string-blind scan.
+
+Usage: scripts/check-architecture.py [REPO_ROOT]
+"""
+import os
+import re
+import subprocess
+import sys
+
+ROOT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from importlib import import_module  # noqa: E402
+
+structure = import_module("check-structure")
+
+
+def deps(package, features=None):
+    """Every crate `package` links in a normal build (not dev, not build scripts)."""
+    cmd = ["cargo", "tree", "--quiet", "-p", package, "-e", "normal", "--prefix", "none",
+           "--offline", "--no-dedupe"]
+    if features:
+        cmd += ["--features", features]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def code_of(path):
+    with open(path, encoding="utf-8") as f:
+        return structure.without_tests(structure.code_only(f.read()))
+
+
+def rust_files(src):
+    for dirpath, _, files in os.walk(os.path.join(ROOT, src)):
+        for name in sorted(files):
+            if name.endswith(".rs"):
+                yield os.path.join(dirpath, name)
+
+
+def forbid_crates(package, crates, why, features=None):
+    found = sorted(deps(package, features) & set(crates))
+    return [f"{package} links {c}: {why}" for c in found]
+
+
+def forbid_in_sources(src, patterns, why, allowed=()):
+    """Source lines of `src` matching any of `patterns`, outside files ending in `allowed`."""
+    out = []
+    for path in rust_files(src):
+        rel = os.path.relpath(path, ROOT)
+        if rel.endswith(tuple(allowed)):
+            continue
+        for n, line in enumerate(code_of(path).splitlines(), 1):
+            for p in patterns:
+                if re.search(p, line):
+                    out.append(f"{rel}:{n}: `{line.strip()}`: {why}")
+    return out
+
+
+DATABASES = ["rusqlite", "libsqlite3-sys", "tokio-postgres", "postgres-protocol",
+             "tokio-postgres-rustls"]
+WASM_ENGINE = ["wasmtime", "cranelift-codegen", "wasmtime-wasi"]
+I_O = [r"\bstd::fs\b", r"\bstd::net\b", r"\bstd::process\b", r"\btokio\b", r"SystemTime::now",
+       r"\bstd::env\b"]
+
+
+def problems():
+    yield from forbid_crates("sandstep", DATABASES, "the gateway never links a database client")
+    yield from forbid_crates("sandstep", DATABASES, "not even with its dev tools",
+                             features="dev-tools")
+    yield from forbid_crates("sandstep-fleet", WASM_ENGINE + ["sandstep"],
+                             "the fleet side links no wasm engine and not the gateway",
+                             features="dev-tools")
+    for shared in ("sandstep-transport", "sandstep-signing", "sandstep-model"):
+        yield from forbid_crates(shared, ["sandstep", "sandstep-fleet"] + WASM_ENGINE + DATABASES,
+                                 "a shared crate knows neither half")
+    yield from forbid_in_sources("model/src", I_O, "the model crate has no I/O")
+
+
+def main():
+    found = list(problems())
+    for p in found:
+        print(f"check-architecture: {p}", file=sys.stderr)
+    sys.exit(1 if found else 0)
+
+
+if __name__ == "__main__":
+    main()
