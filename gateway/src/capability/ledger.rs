@@ -1,7 +1,10 @@
 //! The ledger of running host programs: what a killed agent left behind, found at the next start.
 //!
-//! Each program the process capability starts gets an entry (its process group, the leader's
-//! start time, the boot it ran in) for as long as it runs. An agent killed with `kill -9` cannot
+//! Each program the process capability starts gets an entry for as long as it runs, made durable
+//! *before* the program starts: a token the program and every descendant that keeps its
+//! environment carry (`SANDSTEP_PROGRAM=<token>`), then, once spawned, its process group and the
+//! leader's start time. An agent killed at any instant, even between the spawn and recording the
+//! group, so leaves an entry that finds the program. An agent killed with `kill -9` cannot
 //! remove its entries, so the next agent finds them before it runs any step ([`ProgramLedger::
 //! sweep`]): a program that was to be left to finish (`finish-on-cancel`: apt-get, dpkg) is
 //! waited for up to its time limit; anything else still alive of the group is stopped (SIGTERM,
@@ -9,8 +12,9 @@
 //! transaction that a power cut interrupted is repaired and said so. Which processes belong to an
 //! entry is a pure decision ([`survivors`]) over a snapshot of `/proc`.
 //!
-//! A program that leaves its process group (`setsid`) escapes this; under systemd the unit's
-//! control group covers it (the packaged unit's `KillMode=mixed` kills what is left of the unit).
+//! A program that leaves its process group (`setsid`) and clears its environment escapes this;
+//! under systemd the unit's control group covers it (the packaged unit's `KillMode=mixed` kills
+//! what is left of the unit).
 
 use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
@@ -18,10 +22,17 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+/// The environment variable that carries an entry's token into the program and its descendants.
+pub const TOKEN_VAR: &str = "SANDSTEP_PROGRAM";
+
 /// One running program.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// Its process group (the leader's pid).
+    /// Names the entry and is in the program's environment ([`TOKEN_VAR`]); empty in entries of
+    /// agents before 0.2 (found by their group alone).
+    #[serde(default)]
+    pub token: String,
+    /// Its process group (the leader's pid); 0 while the program is being started.
     pub pgid: i32,
     /// The leader's start time, in clock ticks since boot (`/proc/PID/stat` field 22).
     pub leader_start: u64,
@@ -62,34 +73,39 @@ pub fn owner_alive(entry: &Entry, procs: &[ProcInfo], boot_id: &str) -> bool {
 }
 
 /// A process as the sweep sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcInfo {
     pub pid: i32,
     pub pgrp: i32,
     pub start: u64,
     /// Exited, not yet reaped (where init does not reap, it stays so): nothing left to stop.
     pub zombie: bool,
+    /// Its [`TOKEN_VAR`], when the snapshot read environments ([`snapshot_with_tokens`]).
+    pub token: Option<String>,
 }
 
-/// The processes of `procs` that belong to `entry`'s group.
+/// The processes of `procs` that belong to `entry`: those carrying its token, and the members
+/// of its group.
 ///
 /// Linux does not hand out a pid that is still some group's id, so while anything of the group
 /// lives its number means this group. When a process with the group's number lives but started
 /// at another time, the number was reused: the group is gone. Members started before the leader
-/// cannot be ours.
+/// cannot be ours. An entry recorded before its spawn (pgid 0) is found by its token alone.
 pub fn survivors(entry: &Entry, procs: &[ProcInfo], boot_id: &str) -> Vec<i32> {
     if entry.boot_id != boot_id {
         return Vec::new();
     }
-    if procs
+    let group_reused = procs
         .iter()
-        .any(|p| p.pid == entry.pgid && p.start != entry.leader_start)
-    {
-        return Vec::new();
-    }
+        .any(|p| p.pid == entry.pgid && p.start != entry.leader_start);
+    let in_group = |p: &ProcInfo| {
+        entry.pgid != 0 && !group_reused && p.pgrp == entry.pgid && p.start >= entry.leader_start
+    };
+    let has_token =
+        |p: &ProcInfo| !entry.token.is_empty() && p.token.as_deref() == Some(entry.token.as_str());
     procs
         .iter()
-        .filter(|p| p.pgrp == entry.pgid && p.start >= entry.leader_start && !p.zombie)
+        .filter(|p| !p.zombie && (in_group(p) || has_token(p)))
         .map(|p| p.pid)
         .collect()
 }
@@ -104,7 +120,34 @@ pub fn parse_stat(pid: i32, stat: &str) -> Option<ProcInfo> {
         pgrp: fields.get(2)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
         zombie: *fields.first()? == "Z",
+        token: None,
     })
+}
+
+/// The value of [`TOKEN_VAR`] in a `/proc/PID/environ` (NUL-separated `NAME=value`).
+pub fn token_in_environ(environ: &[u8]) -> Option<String> {
+    let prefix = format!("{TOKEN_VAR}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Every process now running, with the token in its environment (for the sweep: reading every
+/// environment costs more than [`snapshot`]).
+pub fn snapshot_with_tokens() -> Vec<ProcInfo> {
+    let mut procs = snapshot();
+    for p in &mut procs {
+        p.token = std::fs::read(format!("/proc/{}/environ", p.pid))
+            .ok()
+            .and_then(|e| token_in_environ(&e));
+    }
+    procs
+}
+
+/// A new entry token: 128 random bits, hex.
+pub fn new_token() -> String {
+    format!("{:032x}", fastrand::u128(..))
 }
 
 /// Every process now running.
@@ -172,8 +215,13 @@ pub struct ProgramLedger {
     dir: Dir,
 }
 
-fn entry_name(pgid: i32) -> String {
-    format!("{pgid}.json")
+/// An entry's file: by its token, or (entries of agents before 0.2) its group.
+fn entry_name(entry: &Entry) -> String {
+    if entry.token.is_empty() {
+        format!("{}.json", entry.pgid)
+    } else {
+        format!("{}.json", entry.token)
+    }
 }
 
 impl ProgramLedger {
@@ -181,15 +229,15 @@ impl ProgramLedger {
         ProgramLedger { dir }
     }
 
-    /// Records a program that just started.
+    /// Records a program about to start, or (again) one that started (durably either way).
     pub fn record(&self, entry: &Entry) -> std::io::Result<()> {
         let bytes = serde_json::to_vec(entry).expect("an entry serializes");
-        crate::datadir::write_atomic(&self.dir, &entry_name(entry.pgid), &bytes, 0o600)
+        crate::datadir::write_atomic(&self.dir, &entry_name(entry), &bytes, 0o600)
     }
 
-    /// Forgets a program whose group is gone.
-    pub fn remove(&self, pgid: i32) {
-        let _ = self.dir.remove_file(entry_name(pgid));
+    /// Forgets a program that is gone (or never started).
+    pub fn remove(&self, entry: &Entry) {
+        let _ = self.dir.remove_file(entry_name(entry));
     }
 
     fn entries(&self) -> Vec<Entry> {
@@ -224,7 +272,7 @@ impl ProgramLedger {
             .filter(|entry| !owner_alive(entry, &procs, &boot))
             .map(|entry| {
                 let report = settle(&entry, &boot, grace);
-                self.remove(entry.pgid);
+                self.remove(&entry);
                 report
             })
             .collect()
@@ -241,7 +289,7 @@ fn signal_all(pids: &[i32], signal: i32) {
 /// Waits until nothing of the entry lives or `until` passes; what is still alive.
 fn wait_for(entry: &Entry, boot: &str, until: Instant) -> Vec<i32> {
     loop {
-        let left = survivors(entry, &snapshot(), boot);
+        let left = survivors(entry, &snapshot_with_tokens(), boot);
         if left.is_empty() || Instant::now() >= until {
             return left;
         }
@@ -251,7 +299,7 @@ fn wait_for(entry: &Entry, boot: &str, until: Instant) -> Vec<i32> {
 
 /// Stops or waits for what is left of one entry, then runs its recover command.
 fn settle(entry: &Entry, boot: &str, grace: Duration) -> Recovered {
-    let found = survivors(entry, &snapshot(), boot);
+    let found = survivors(entry, &snapshot_with_tokens(), boot);
     let mut left = found.clone();
     if entry.finish_on_cancel && !left.is_empty() {
         let remaining = Duration::from_millis(
@@ -338,6 +386,7 @@ mod tests {
 
     fn entry() -> Entry {
         Entry {
+            token: String::new(),
             pgid: 100,
             leader_start: 5000,
             boot_id: "b1".into(),
@@ -374,6 +423,12 @@ mod tests {
         ledger.record(&live).unwrap();
         assert!(ledger.sweep(Duration::from_millis(10)).is_empty());
         assert!(t.path().join("100.json").exists());
+        let tokened = Entry {
+            token: "t1".into(),
+            ..live
+        };
+        ledger.record(&tokened).unwrap();
+        assert!(t.path().join("t1.json").exists());
     }
 
     fn p(pid: i32, pgrp: i32, start: u64) -> ProcInfo {
@@ -382,7 +437,47 @@ mod tests {
             pgrp,
             start,
             zombie: false,
+            token: None,
         }
+    }
+
+    /// An agent killed between recording a program and learning its group leaves an entry
+    /// without one: what carries its token is found, wherever it went (another group, a new
+    /// session), and nothing else.
+    #[test]
+    fn an_entry_recorded_before_its_spawn_finds_its_programs_by_token() {
+        let early = Entry {
+            token: "tok".into(),
+            pgid: 0,
+            leader_start: 0,
+            ..entry()
+        };
+        let carrying = |pid, pgrp| ProcInfo {
+            token: Some("tok".into()),
+            ..p(pid, pgrp, 7000)
+        };
+        let procs = [
+            carrying(200, 200),
+            carrying(201, 300),
+            p(0, 0, 1),
+            ProcInfo {
+                token: Some("other".into()),
+                ..p(202, 200, 7000)
+            },
+        ];
+        assert_eq!(survivors(&early, &procs, "b1"), vec![200, 201]);
+        // With its group known too, both ways count, each process once.
+        let both = Entry {
+            token: "tok".into(),
+            ..entry()
+        };
+        let procs = [p(100, 100, 5000), carrying(101, 100), carrying(250, 250)];
+        assert_eq!(survivors(&both, &procs, "b1"), vec![100, 101, 250]);
+        assert_eq!(
+            token_in_environ(b"PATH=/bin\0SANDSTEP_PROGRAM=abc\0LANG=C\0"),
+            Some("abc".into())
+        );
+        assert_eq!(token_in_environ(b"PATH=/bin\0"), None);
     }
 
     #[test]
@@ -403,7 +498,7 @@ mod tests {
             ..p(100, 100, 5000)
         };
         assert_eq!(
-            survivors(&entry(), &[zombie, p(101, 100, 5010)], "b1"),
+            survivors(&entry(), &[zombie.clone(), p(101, 100, 5010)], "b1"),
             vec![101]
         );
     }
@@ -431,6 +526,7 @@ mod tests {
                 pgrp: 4240,
                 start: 123456,
                 zombie: false,
+                token: None,
             })
         );
         assert_eq!(parse_stat(1, "1 (init"), None);

@@ -327,7 +327,7 @@ impl RunningGroup {
             }
         }
         if let Some(l) = &self.ledger {
-            l.remove(self.entry.pgid);
+            l.remove(&self.entry);
         }
     }
 }
@@ -339,6 +339,7 @@ impl Drop for RunningGroup {
         }
         let (pgid, finish, grace) = (self.entry.pgid, self.entry.finish_on_cancel, self.grace);
         let ledger = self.ledger.take();
+        let entry = self.entry.clone();
         let until = if finish {
             let left = self
                 .entry
@@ -363,7 +364,7 @@ impl Drop for RunningGroup {
                 signal_group(pgid, libc::SIGKILL);
             }
             if let Some(l) = ledger {
-                l.remove(pgid);
+                l.remove(&entry);
             }
         });
     }
@@ -415,39 +416,57 @@ fn die_with_the_agent(command: &mut tokio::process::Command) {
 }
 
 impl ProcessCtx {
-    /// Starts tracking a spawned program: its ledger entry, and the guard that stops it.
-    fn track(
+    /// The ledger entry of a program about to start, recorded before it does (fail closed: a
+    /// program the next agent could not find does not run).
+    fn announce(
         &self,
-        pid: Option<u32>,
         program: &str,
         rule: &ProgramRule,
         limit: Duration,
-    ) -> Result<RunningGroup, WitError> {
+    ) -> Result<Entry, WitError> {
+        let entry = Entry {
+            token: ledger::new_token(),
+            pgid: 0,
+            leader_start: 0,
+            boot_id: ledger::boot_id(),
+            program: program.to_owned(),
+            handler: self.handler_id.clone(),
+            finish_on_cancel: rule.finish_on_cancel,
+            deadline_ms: sandstep_transport::clock::now_ms() + limit.as_millis() as u64,
+            recover: rule.recover.clone(),
+            env: rule.env.clone(),
+            owner: ledger::this_process(),
+        };
+        if let Some(l) = &self.ledger {
+            l.record(&entry).map_err(|e| {
+                WitError::SpawnFailed(format!(
+                    "{program}: cannot record it in the program ledger: {e}"
+                ))
+            })?;
+        }
+        Ok(entry)
+    }
+
+    /// Starts tracking a spawned program: its group in the ledger entry, and the guard that
+    /// stops it.
+    fn track(&self, pid: Option<u32>, mut entry: Entry) -> Result<RunningGroup, WitError> {
+        let program = entry.program.clone();
         let no_pid = || WitError::SpawnFailed(format!("{program}: the program has no pid"));
         let pgid = pid.ok_or_else(no_pid)? as i32;
         let leader_start = std::fs::read_to_string(format!("/proc/{pgid}/stat"))
             .ok()
             .and_then(|s| ledger::parse_stat(pgid, &s))
             .map(|p| p.start);
+        entry.pgid = pgid;
+        entry.leader_start = leader_start.unwrap_or(0);
         let mut group = RunningGroup {
-            entry: Entry {
-                pgid,
-                leader_start: leader_start.unwrap_or(0),
-                boot_id: ledger::boot_id(),
-                program: program.to_owned(),
-                handler: self.handler_id.clone(),
-                finish_on_cancel: rule.finish_on_cancel,
-                deadline_ms: sandstep_transport::clock::now_ms() + limit.as_millis() as u64,
-                recover: rule.recover.clone(),
-                env: rule.env.clone(),
-                owner: ledger::this_process(),
-            },
+            entry,
             ledger: self.ledger.clone(),
             grace: STOP_GRACE,
             armed: true,
         };
-        // Fail closed: a program the next agent could not find does not run. The guard stops it
-        // as it drops, even one that must otherwise finish: it has only just started.
+        // Fail closed: a program whose group cannot be known does not run. The guard stops it as
+        // it drops, even one that must otherwise finish: it has only just started.
         let recorded = match (leader_start, &self.ledger) {
             (None, _) => Err(format!("cannot read /proc/{pgid}/stat")),
             (Some(_), Some(l)) => l
@@ -480,6 +499,7 @@ impl ProcessCtx {
             .map(Duration::from_millis)
             .map_or(policy_limit, |t| t.min(policy_limit));
 
+        let entry = self.announce(&cmd.program, rule, limit)?;
         let mut command = tokio::process::Command::new(&cmd.program);
         command
             .args(&cmd.args)
@@ -487,6 +507,7 @@ impl ProcessCtx {
             .env("PATH", super::PROGRAM_PATH)
             .env("LANG", "C")
             .envs(&rule.env)
+            .env(ledger::TOKEN_VAR, &entry.token)
             .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -495,10 +516,16 @@ impl ProcessCtx {
         if !rule.finish_on_cancel {
             die_with_the_agent(&mut command);
         }
-        let mut child = command
-            .spawn()
-            .map_err(|e| WitError::SpawnFailed(format!("{}: {e}", cmd.program)))?;
-        let group = self.track(child.id(), &cmd.program, rule, limit)?;
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                if let Some(l) = &self.ledger {
+                    l.remove(&entry);
+                }
+                return Err(WitError::SpawnFailed(format!("{}: {e}", cmd.program)));
+            }
+        };
+        let group = self.track(child.id(), entry)?;
         tracing::info!(target: "sandstep::process", handler = %self.handler_id, program = %cmd.program, args = ?cmd.args, "running host program");
 
         let cap = self.policy.max_output_bytes;

@@ -129,7 +129,8 @@ async fn an_allowed_program_runs_in_the_work_folder_with_a_cleared_environment()
         .map(|l| l.split('=').next().unwrap())
         .filter(|v| *v != "PWD" && *v != "SHLVL" && *v != "_")
         .collect();
-    assert_eq!(vars, vec!["LANG", "PATH"]);
+    // LANG and PATH, and the token that finds the program after a crash (the ledger).
+    assert_eq!(vars, vec!["LANG", "PATH", "SANDSTEP_PROGRAM"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -66,27 +66,54 @@ fn a_restarted_agent_stops_what_the_killed_one_left_before_it_runs_the_step_agai
     let mut env = Env::new();
     env.install(SCRIPT, "script");
     let t = tempfile::tempdir().unwrap();
-    let (first, seen) = (t.path().join("first"), t.path().join("seen"));
-    // First run: a background program and a foreground one, both outliving the shell that
-    // the agent's death kills. Second run: says whether either is still alive.
+    let (first, seen, pids) = (
+        t.path().join("first"),
+        t.path().join("seen"),
+        t.path().join("pids"),
+    );
+    // First run: a background program and a foreground one (each recording its pid), both
+    // outliving the shell that the agent's death kills. Second run: says whether either of those
+    // processes is still alive (`check`: a zombie's cmdline is empty; `sleep`'s arguments are
+    // separated by NULs in it, so they are turned into spaces before matching).
+    let check = format!(
+        "state=gone\n\
+         for pid in $(cat {pids}); do\n\
+           if tr '\\0' ' ' < /proc/$pid/cmdline 2>/dev/null | grep -q 'sleep 65.0917'; then state=alive; fi\n\
+         done\n\
+         echo $state\n",
+        pids = pids.display()
+    );
     let body = format!(
-        "if [ -e {first} ]; then\n\
-           if grep -qs 'sleep 65.0917' /proc/[0-9]*/cmdline; then echo alive > {seen}; else echo gone > {seen}; fi\n\
-           exit 0\n\
-         fi\n\
+        "if [ -e {first} ]; then\n(\n{check}) > {seen}\nexit 0\nfi\n\
          touch {first}\n\
          sleep 65.0917 &\n\
-         sleep 65.0917\n",
+         echo $! >> {pids}\n\
+         sh -c 'echo $$ >> {pids}; exec sleep 65.0917'\n",
         first = first.display(),
-        seen = seen.display()
+        seen = seen.display(),
+        pids = pids.display()
     );
     let m = deployment(&mut env, &body);
     let mut agent = run(&env, &m, None);
-    wait_for("the step's programs starting", || alive("sleep 65.0917"));
-    agent.kill().unwrap(); // SIGKILL: nothing of the agent's own cleanup runs
+    // Both programs running (two pids recorded, the second one already sleep), then SIGKILL at
+    // once: nothing of the agent's own cleanup runs.
+    wait_for("the step's programs starting", || {
+        std::fs::read_to_string(&pids).is_ok_and(|p| p.lines().count() == 2)
+            && alive("sleep 65.0917")
+    });
+    agent.kill().unwrap();
     agent.wait().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(alive("sleep 65.0917"), "the shell's children outlive it");
+    let before = std::process::Command::new("/bin/sh")
+        .args(["-c", &check])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&before.stdout),
+        "alive\n",
+        "the second run's check sees them before it runs"
+    );
 
     let status = run(&env, &m, None).wait().unwrap();
     assert!(status.code().is_some(), "{status:?}");
