@@ -29,11 +29,6 @@ def deps(package, features=None):
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
-def code_of(path):
-    with open(path, encoding="utf-8") as f:
-        return structure.without_tests(structure.code_only(f.read()))
-
-
 def rust_files(src):
     for dirpath, _, files in os.walk(os.path.join(ROOT, src)):
         for name in sorted(files):
@@ -41,19 +36,49 @@ def rust_files(src):
                 yield os.path.join(dirpath, name)
 
 
+def string_errors(src):
+    """`Result<T, String>` (or `&str`) in `src`'s library code (not its `cli/`, not tests)."""
+    for path, code in structure.sources(os.path.join(ROOT, src)):
+        rel = os.path.relpath(path, ROOT)
+        if "/cli/" in rel or rel.endswith("/main.rs"):
+            continue
+        for m in re.finditer(r"\bResult<", code):
+            i, depth = m.end(), 1
+            while i < len(code) and depth:
+                depth += {"<": 1, ">": -1}.get(code[i], 0)
+                i += 1
+            args, depth, cur = [], 0, ""
+            for ch in code[m.end():i - 1]:
+                depth += {"<": 1, "(": 1, "[": 1, ">": -1, ")": -1, "]": -1}.get(ch, 0)
+                if ch == "," and depth == 0:
+                    args.append(cur)
+                    cur = ""
+                else:
+                    cur += ch
+            args.append(cur)
+            if len(args) == 2 and args[1].strip() in ("String", "&str", "&'static str"):
+                line = code.count("\n", 0, m.start()) + 1
+                yield f"{rel}:{line}: Result<_, {args[1].strip()}>: library errors are typed (thiserror)"
+
+
 def forbid_crates(package, crates, why, features=None):
     found = sorted(deps(package, features) & set(crates))
     return [f"{package} links {c}: {why}" for c in found]
 
 
-def forbid_in_sources(src, patterns, why, allowed=()):
-    """Source lines of `src` matching any of `patterns`, outside files ending in `allowed`."""
+def forbid_in_sources(src, patterns, why, allowed=(), skip_dir=None):
+    """Library source lines of `src` (test modules left out) matching any of `patterns`, outside
+    files ending in `allowed` and outside `skip_dir`."""
     out = []
+    crate_src = src.split("/src")[0] + "/src"
+    code = {os.path.relpath(p, ROOT): c for p, c in structure.sources(os.path.join(ROOT, crate_src))}
     for path in rust_files(src):
         rel = os.path.relpath(path, ROOT)
-        if rel.endswith(tuple(allowed)):
+        if rel.endswith(tuple(allowed)) or (skip_dir and rel.startswith(skip_dir + "/")):
             continue
-        for n, line in enumerate(code_of(path).splitlines(), 1):
+        if rel not in code:
+            continue  # a test module's file
+        for n, line in enumerate(code[rel].splitlines(), 1):
             for p in patterns:
                 if re.search(p, line):
                     out.append(f"{rel}:{n}: `{line.strip()}`: {why}")
@@ -78,6 +103,12 @@ def problems():
         yield from forbid_crates(shared, ["sandstep", "sandstep-fleet"] + WASM_ENGINE + DATABASES,
                                  "a shared crate knows neither half")
     yield from forbid_in_sources("model/src", I_O, "the model crate has no I/O")
+    yield from forbid_in_sources(
+        "gateway/src/agent", [r"\bjson!\s*\(", r"\bserde_json::to_value\b"],
+        "only source adapters (agent/source/) shape wire JSON",
+        allowed=(), skip_dir="gateway/src/agent/source")
+    for src in ("model/src", "transport/src", "signing/src", "gateway/src", "fleet/src", "sdk/src"):
+        yield from string_errors(src)
 
 
 def main():

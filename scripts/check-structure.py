@@ -69,11 +69,29 @@ def without_tests(code):
     return code
 
 
-def sources(root):
+def test_modules(root):
+    """Modules declared `#[cfg(test)] mod name;` (their code lives in a file of its own)."""
+    found = set()
     for dirpath, _, files in os.walk(root):
         for f in sorted(files):
             if f.endswith(".rs"):
                 path = os.path.join(dirpath, f)
+                code = code_only(open(path, encoding="utf-8").read())
+                parent = module_of(root, path)
+                for m in re.finditer(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+([a-z_][a-z0-9_]*)\s*;", code):
+                    found.add(f"{parent}::{m.group(1)}" if parent else m.group(1))
+    return found
+
+
+def sources(root):
+    tests = test_modules(root)
+    for dirpath, _, files in os.walk(root):
+        for f in sorted(files):
+            if f.endswith(".rs"):
+                path = os.path.join(dirpath, f)
+                module = module_of(root, path) or ""
+                if any(module == t or module.startswith(t + "::") for t in tests):
+                    continue  # test code, in a file of its own
                 yield path, without_tests(code_only(open(path, encoding="utf-8").read()))
 
 

@@ -4,6 +4,7 @@
 //! without a `[handlers."<id>"]` table gets no capability beyond the base world, and default
 //! limits. See `examples/config.toml` for a commented example.
 
+use crate::agent::source::SourceSettings;
 use crate::download::DownloadConfig;
 use crate::policy::{default_policies, HandlerPolicy, Policy};
 use crate::sandbox::Limits;
@@ -28,9 +29,11 @@ pub struct Config {
     /// The MQTT broker (agent, replica, operator commands).
     pub mqtt: sandstep_transport::mqtt::MqttConfig,
     /// The HTTP-polling source.
-    pub http_poll: Option<crate::agent::poll::HttpPollConfig>,
+    pub http_poll: Option<crate::agent::source::http_poll::HttpPollConfig>,
     /// The IoT Hub source (ADU's protocol).
     pub iothub: Option<crate::iothub::config::IotHubConfig>,
+    /// The hawkBit source (its Direct Device Integration API).
+    pub hawkbit: Option<crate::agent::source::hawkbit::HawkbitConfig>,
     /// The device-state replica's table: read by `sandstep-fleet`, accepted here so one file
     /// can serve a machine that runs both halves.
     pub shadow: Option<toml::Table>,
@@ -51,6 +54,7 @@ impl Default for Config {
             mqtt: sandstep_transport::mqtt::MqttConfig::default(),
             http_poll: None,
             iothub: None,
+            hawkbit: None,
             shadow: None,
             handlers: default_policies(),
             device: Default::default(),
@@ -69,6 +73,12 @@ pub enum ConfigError {
     },
     #[error("config {path}: {message}")]
     Parse { path: String, message: String },
+    #[error("config {path}: [agent] source = \"{kind}\" needs a [{table}] table")]
+    SourceTable {
+        path: String,
+        kind: &'static str,
+        table: &'static str,
+    },
     #[error("config {path}: handlers.\"{id}\": {rule}")]
     Policy {
         path: String,
@@ -105,7 +115,30 @@ impl Config {
                 id: e.id,
                 rule: e.rule,
             })?;
+        config
+            .source()
+            .map_err(|(kind, table)| ConfigError::SourceTable {
+                path: origin.to_owned(),
+                kind,
+                table,
+            })?;
         Ok(config)
+    }
+
+    /// The source `[agent] source` names, with its table; `Err((source, table))` when the
+    /// table it needs is missing (IoT Hub's is optional: its defaults read ADU's own config).
+    pub fn source(&self) -> Result<SourceSettings, (&'static str, &'static str)> {
+        use crate::agent::SourceKind;
+        Ok(match self.agent.source {
+            SourceKind::Mqtt => SourceSettings::Shadow,
+            SourceKind::Iothub => SourceSettings::Iothub(self.iothub.clone().unwrap_or_default()),
+            SourceKind::HttpPoll => {
+                SourceSettings::HttpPoll(self.http_poll.clone().ok_or(("http-poll", "http-poll"))?)
+            }
+            SourceKind::Hawkbit => {
+                SourceSettings::Hawkbit(self.hawkbit.clone().ok_or(("hawkbit", "hawkbit"))?)
+            }
+        })
     }
 
     /// The per-handler policy (`[limits]` and `[handlers]`).
@@ -131,8 +164,9 @@ impl Config {
         crate::agent::Settings {
             agent: self.agent.clone(),
             mqtt: self.mqtt.clone(),
-            http_poll: self.http_poll.clone(),
-            iothub: self.iothub.clone(),
+            source: self
+                .source()
+                .expect("checked when the config was parsed or built with its table"),
             deploy: self.deploy_settings(),
         }
     }
@@ -274,6 +308,28 @@ mod example_tests {
             .map(|l| format!("{l}\n"))
             .collect();
         toml::from_str(&block).unwrap()
+    }
+
+    /// The agent example's `[hawkbit]` block, uncommented, makes a hawkBit source.
+    #[test]
+    fn the_agent_examples_hawkbit_block_parses_when_uncommented() {
+        let text = include_str!("../../examples/agent.toml");
+        let block: String = text
+            .lines()
+            .skip_while(|l| *l != "# [hawkbit]")
+            .map_while(|l| l.strip_prefix("# "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = super::Config::parse(
+            &format!("[agent]\nsource = \"hawkbit\"\n{block}"),
+            "agent.toml",
+        )
+        .unwrap();
+        let Ok(crate::agent::source::SourceSettings::Hawkbit(hb)) = c.source() else {
+            panic!("{:?}", c.source())
+        };
+        assert_eq!(hb.base_url, "https://hawkbit.example");
+        assert_eq!(hb.poll_interval_secs, Some(60));
     }
 
     #[test]

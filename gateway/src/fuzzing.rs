@@ -164,7 +164,7 @@ pub fn config(data: &[u8]) {
 
 /// An MQTT desired-state payload, as the agent reads it, and as the replica stores documents.
 pub fn desired_state(data: &[u8]) {
-    if let Ok(fields) = crate::agent::desired_fields(data) {
+    if let Ok(fields) = crate::agent::source::shadow::desired_fields(data) {
         if let Some(Ok(d)) = crate::agent::deployment_of(&fields) {
             if let Some(m) = d.update_manifest.as_deref() {
                 let _ = Manifest::parse(m);

@@ -49,8 +49,16 @@ fn fail<T>(
     })
 }
 
+/// Why a file's facts could not be had (reading it failed): the path and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {cause}")]
+pub struct FactsError {
+    pub path: String,
+    pub cause: std::io::Error,
+}
+
 /// The facts of a file by name: `Ok(None)` when it is not there.
-pub type Facts<'a> = dyn Fn(&str) -> Result<Option<FileFacts>, String> + 'a;
+pub type Facts<'a> = dyn Fn(&str) -> Result<Option<FileFacts>, FactsError> + 'a;
 
 /// A device manifest's `files` table being filled in.
 struct Files<'a> {
@@ -94,7 +102,7 @@ impl<'a> Files<'a> {
         if let Err(rule) = check_plain_name(name) {
             return fail(self.doc, field, format!("file name `{name}` {rule}"));
         }
-        let local = (self.facts)(name).or_else(|e| fail(self.doc, field, e))?;
+        let local = (self.facts)(name).or_else(|e| fail(self.doc, field, e.to_string()))?;
         let facts = match (local, declared) {
             (Some(l), Some(d)) if l != d && !self.prefer_local => {
                 return fail(self.doc, field, format!(
@@ -513,7 +521,7 @@ mod tests {
 
     fn facts_of(
         files: BTreeMap<&'static str, Vec<u8>>,
-    ) -> impl Fn(&str) -> Result<Option<FileFacts>, String> {
+    ) -> impl Fn(&str) -> Result<Option<FileFacts>, FactsError> {
         move |name| {
             Ok(files.get(name).map(|b| FileFacts {
                 size: b.len() as u64,

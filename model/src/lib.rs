@@ -14,6 +14,7 @@
 //! - [`results`]: root and per-step results, and the result file.
 //! - [`script_protocol`]: ADU's script protocol: argument splitting, tokens, action options.
 //! - [`script_result`]: the result file of ADU's script protocol.
+//! - [`reported`]: the reported-state document the agent sends, typed.
 //! - [`shadow`]: device-shadow documents, the delta rule, topic layouts.
 //! - [`status`]: how a device's reported document reads in a status table.
 
@@ -27,6 +28,7 @@ pub mod inventory;
 pub mod journal;
 pub mod json;
 pub mod manifest;
+pub mod reported;
 pub mod results;
 pub mod script_protocol;
 pub mod script_result;

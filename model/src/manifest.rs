@@ -279,23 +279,30 @@ impl Manifest {
     }
 }
 
+/// Why a file name is not a plain name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("is {0} bytes; a file name has at most 255")]
+    TooLong(usize),
+    #[error("`{0}` is not a plain file name (it starts with `..` or is `.`)")]
+    Dots(String),
+    #[error("`{name}` is not a plain file name (it contains {what})")]
+    Contains { name: String, what: String },
+}
+
 /// Checks that a file name from a manifest is a plain name: not empty, not `.`/`..`, no `/`, `\`,
 /// NUL or control characters, not starting with `..`, at most 255 bytes.
-pub fn check_plain_name(name: &str) -> Result<(), String> {
+pub fn check_plain_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err("must not be empty".into());
+        return Err(NameError::Empty);
     }
     if name.len() > 255 {
-        return Err(format!(
-            "is {} bytes; a file name has at most 255",
-            name.len()
-        ));
+        return Err(NameError::TooLong(name.len()));
     }
     if name == "." || name == ".." || name.starts_with("..") {
-        return Err(format!(
-            "`{}` is not a plain file name (it starts with `..` or is `.`)",
-            escape(name)
-        ));
+        return Err(NameError::Dots(escape(name)));
     }
     if let Some(c) = name
         .chars()
@@ -307,10 +314,10 @@ pub fn check_plain_name(name: &str) -> Result<(), String> {
             '\0' => "NUL".to_owned(),
             c => format!("control character U+{:04X}", c as u32),
         };
-        return Err(format!(
-            "`{}` is not a plain file name (it contains {what})",
-            escape(name)
-        ));
+        return Err(NameError::Contains {
+            name: escape(name),
+            what,
+        });
     }
     Ok(())
 }
@@ -642,7 +649,7 @@ impl Validator {
             match check_plain_name(s) {
                 Ok(()) => Some(s.to_owned()),
                 Err(rule) => {
-                    self.err(p, rule);
+                    self.err(p, rule.to_string());
                     None
                 }
             }
@@ -964,30 +971,33 @@ mod tests {
         assert!(check_plain_name("firmware-1.2.bin").is_ok());
         assert!(check_plain_name(".hidden").is_ok());
         assert_eq!(
-            check_plain_name("../etc/passwd").unwrap_err(),
+            check_plain_name("../etc/passwd").unwrap_err().to_string(),
             "`../etc/passwd` is not a plain file name (it starts with `..` or is `.`)"
         );
         assert_eq!(
-            check_plain_name("a/b").unwrap_err(),
+            check_plain_name("a/b").unwrap_err().to_string(),
             "`a/b` is not a plain file name (it contains `/`)"
         );
         assert_eq!(
-            check_plain_name("/etc").unwrap_err(),
+            check_plain_name("/etc").unwrap_err().to_string(),
             "`/etc` is not a plain file name (it contains `/`)"
         );
         assert_eq!(
-            check_plain_name("a\0b").unwrap_err(),
+            check_plain_name("a\0b").unwrap_err().to_string(),
             "`a\\0b` is not a plain file name (it contains NUL)"
         );
         assert_eq!(
-            check_plain_name("a\\b").unwrap_err(),
+            check_plain_name("a\\b").unwrap_err().to_string(),
             "`a\\\\b` is not a plain file name (it contains `\\`)"
         );
         assert_eq!(
-            check_plain_name("..").unwrap_err(),
+            check_plain_name("..").unwrap_err().to_string(),
             "`..` is not a plain file name (it starts with `..` or is `.`)"
         );
-        assert_eq!(check_plain_name("").unwrap_err(), "must not be empty");
+        assert_eq!(
+            check_plain_name("").unwrap_err().to_string(),
+            "must not be empty"
+        );
         assert!(check_plain_name(&"x".repeat(256)).is_err());
     }
 

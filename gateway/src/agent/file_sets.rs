@@ -3,10 +3,10 @@
 //! after each deployment, so a file put there by other means shows too. The walk is bounded
 //! (depth, count, size) and never follows symlinks.
 
-use super::reported::FileDigests;
 use crate::digest::Sha256;
 use crate::policy::ExtraDir;
 use md5::{Digest as _, Md5};
+use sandstep_model::reported::FileDigests;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;

@@ -1,46 +1,44 @@
 //! The gateway agent (`sandstep agent`): desired state in, deployments run, reported state out.
 //!
-//! - [`reported`]: the reported-state document, typed: each report is a `Patch`.
-//! - [`report`]: the persisted outbox and the shadow service's confirmations.
-//! - `mqtt_loop`: the MQTT source, one handler per input; also runs the IoT Hub source.
-//! - `hub`: the IoT Hub source's part of that loop (request ids, twin answers, ADU's shapes;
-//!   the protocol itself is [`crate::iothub`]).
-//! - [`poll`]: the HTTP-polling source (micropython-ota layout), for gateways without a broker.
+//! - [`core`]: the deployment core, a pure state machine: what runs, waits, is replaced or
+//!   cancelled, what is reported, when to reboot. No transport, no I/O.
+//! - [`source`]: one adapter per source of desired state (MQTT device shadow, IoT Hub, HTTP
+//!   polling, hawkBit), behind one trait; the only code that knows a wire's JSON.
+//! - `runner`: the one loop: inputs from the source and the running deployment to the core,
+//!   its effects carried out.
+//! - [`outbox`]: the persisted queue of what waits to be delivered.
+//! - here: [`Agent`], the parts every source shares (the deployment engine, the data dir, the
+//!   persisted state, the reports that need I/O: installed handlers, file sets).
 //!
-//! With MQTT, the agent subscribes to its delta topic; a delta carrying a `workflow` is a
-//! deployment (ADU's deployment message). It reports on its update topic: at start the installed
-//! state (update id, handlers, file-set digests), then per deployment the acknowledgement
-//! (`workflow`), rate-limited progress, and the result (`lastInstallResult`, plus `{"jobId",
-//! "status"}`). Reports go through the outbox, so none is lost while the broker is away.
+//! The reported document is typed in `sandstep_model::reported`.
 
+pub mod core;
 mod file_sets;
-mod hub;
-mod mqtt_loop;
-pub mod poll;
+pub mod outbox;
 pub mod refused;
-pub mod report;
-pub mod reported;
+mod runner;
+pub mod source;
 
 use crate::capability::ledger::ProgramLedger;
 use crate::datadir::{write_atomic, DataDir};
 use crate::sandbox::{EngineOptions, Sandbox};
-use crate::workflow::events::{Event, Observer, UnitInfo};
-use crate::workflow::{now_ms, Deployer, Outcome, Request};
+use crate::workflow::{Deployer, Outcome, Request};
+use core::Desired;
 use refused::Refused;
-use report::Outgoing;
-use reported::{
+use sandstep_model::deployment::{action, Deployment, Workflow};
+use sandstep_model::inventory::Inventory;
+use sandstep_model::journal::{FileSource, Journal};
+use sandstep_model::reported::{
     adu_state, AgentInfo, FileDigests, HandlerInfo, LastInstallResult, Patch, ReportedWorkflow,
     Stage,
 };
-use sandstep_model::deployment::{action, Deployment, Workflow, MAX_DEPLOYMENT_BYTES};
-use sandstep_model::inventory::Inventory;
-use sandstep_model::journal::{FileSource, Journal, Status};
 use sandstep_model::shadow::{valid_device_id, TopicLayout, Topics};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+use source::SourceSettings;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The `[agent]` table.
@@ -49,11 +47,12 @@ use tokio_util::sync::CancellationToken;
 pub struct AgentConfig {
     /// This gateway's id (in topics; no `/`, `+`, `#`); default: the host name.
     pub device_id: Option<String>,
-    /// Groups this gateway belongs to (reported, for `sandstep deploy --group`).
+    /// Groups this gateway belongs to (reported, for `sandstep-fleet deploy --group`).
     pub groups: Vec<String>,
     /// The component inventory (JSON) for reference steps.
     pub inventory: Option<PathBuf>,
-    /// Where deployments come from: `mqtt`, `http-poll` or `iothub`.
+    /// Where deployments come from; the source's own table (`[http-poll]`, `[iothub]`,
+    /// `[hawkbit]`) holds its settings.
     pub source: SourceKind,
     /// Topic layout: `replica` (`state/<id>/update`, ...), `aws` (`$aws/things/<id>/shadow/...`).
     pub topics: TopicLayout,
@@ -120,14 +119,18 @@ impl AgentConfig {
     }
 }
 
-/// Where deployments come from.
+/// `[agent] source`: which source runs (its settings are in its own table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SourceKind {
+    /// The MQTT device shadow.
     Mqtt,
+    /// HTTP polling (`[http-poll]`).
     HttpPoll,
     /// IoT Hub's device twin, as ADU's agent speaks it (`[iothub]`).
     Iothub,
+    /// hawkBit's Direct Device Integration API (`[hawkbit]`).
+    Hawkbit,
 }
 
 /// Why the agent stopped.
@@ -144,8 +147,6 @@ pub enum AgentExit {
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("agent: {0}")]
-    Config(String),
     #[error(transparent)]
     DeviceId(#[from] DeviceIdError),
     #[error(transparent)]
@@ -156,6 +157,14 @@ pub enum AgentError {
     DataDir(#[from] crate::datadir::DataDirError),
     #[error(transparent)]
     IotHub(#[from] crate::iothub::config::IotHubError),
+    #[error(transparent)]
+    BaseUrl(#[from] source::http::BaseUrlError),
+    #[error(transparent)]
+    Hawkbit(#[from] source::hawkbit::HawkbitConfigError),
+    #[error("wasm engine: {0}")]
+    Engine(String),
+    #[error("the source's connection ended: {0}")]
+    SourceClosed(String),
     /// Its cause is in the message, not a `source` (printed once).
     #[error("agent outbox: {0}")]
     Outbox(std::io::Error),
@@ -167,30 +176,10 @@ impl From<std::io::Error> for AgentError {
     }
 }
 
-/// Forwards deployment events to the agent loop.
-struct Forward(mpsc::UnboundedSender<Event>);
-
-impl Observer for Forward {
-    fn event(&self, e: &Event) {
-        let _ = self.0.send(e.clone());
-    }
-}
-
-/// The deployment being run.
-struct Running {
-    workflow: Workflow,
-    /// The cancel request (action 255) that stopped it, reported instead of `workflow` so the
-    /// delta empties.
-    cancel_request: Option<Workflow>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<Result<Outcome, crate::workflow::WorkflowError>>,
-    units: Vec<UnitInfo>,
-}
-
 /// Persisted between runs: what the agent last applied.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Persisted {
+pub(crate) struct Persisted {
     #[serde(default)]
     installed_update_id: Option<String>,
     /// Read leniently: a result this version cannot read is dropped, not the whole file (which
@@ -198,7 +187,7 @@ struct Persisted {
     #[serde(default, deserialize_with = "lenient")]
     last_install_result: Option<LastInstallResult>,
     #[serde(default)]
-    workflow: Option<Workflow>,
+    pub(crate) workflow: Option<Workflow>,
 }
 
 fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<LastInstallResult>, D::Error> {
@@ -207,14 +196,25 @@ fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<LastInstallR
 }
 
 /// What the agent is configured with.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub agent: AgentConfig,
     pub mqtt: sandstep_transport::mqtt::MqttConfig,
-    pub http_poll: Option<poll::HttpPollConfig>,
-    pub iothub: Option<crate::iothub::config::IotHubConfig>,
+    /// The source in effect and its settings.
+    pub source: SourceSettings,
     /// The deployment engine's.
     pub deploy: crate::workflow::Settings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            agent: AgentConfig::default(),
+            mqtt: Default::default(),
+            source: SourceSettings::Shadow,
+            deploy: Default::default(),
+        }
+    }
 }
 
 /// The agent's shared parts.
@@ -224,18 +224,8 @@ pub struct Agent {
     deployer: Arc<Deployer>,
     data: DataDir,
     topics: Topics,
-    /// This run of the agent and its reports so far: each report's place, in its `clientToken`
-    /// (`ReportOrder`), lets replicas that store reports out of order keep the newest fields.
-    run: u32,
-    reports: std::sync::atomic::AtomicU64,
-    /// The stage last reported, so a stage's `<stage>At` time is when it began.
-    last_stage: std::sync::Mutex<Option<Stage>>,
-    /// With `source = "iothub"`: the `[iothub]` table (defaults filled in) and the device's
-    /// identity there.
-    hub: Option<(
-        crate::iothub::config::IotHubConfig,
-        crate::iothub::config::Identity,
-    )>,
+    /// With `source = "iothub"`: the device's identity there.
+    hub_identity: Option<crate::iothub::config::Identity>,
 }
 
 impl Agent {
@@ -245,23 +235,19 @@ impl Agent {
         data_path: &std::path::Path,
     ) -> Result<Agent, AgentError> {
         let settings: Settings = settings.into();
-        let hub = match settings.agent.source {
-            SourceKind::Iothub => {
-                let config = settings.iothub.clone().unwrap_or_default();
-                let identity = config.identity()?;
-                Some((config, identity))
-            }
+        let hub_identity = match &settings.source {
+            SourceSettings::Iothub(config) => Some(config.identity()?),
             _ => None,
         };
         // Over IoT Hub the device is the one its connection string names.
-        let device = match &hub {
-            Some((_, id)) => id.connection.device_id.clone(),
+        let device = match &hub_identity {
+            Some(id) => id.connection.device_id.clone(),
             None => settings.agent.resolved_device_id()?,
         };
         let data = DataDir::open(data_path)?;
         let sandbox = Arc::new(
             Sandbox::new(&EngineOptions::default(), Some(data.component_cache()?))
-                .map_err(|e| AgentError::Config(e.to_string()))?
+                .map_err(|e| AgentError::Engine(e.to_string()))?
                 .with_ledger(ProgramLedger::new(data.programs()?)),
         );
         let deployer = Arc::new(Deployer::new(
@@ -276,10 +262,7 @@ impl Agent {
             deployer,
             data,
             topics,
-            run: fastrand::u32(..),
-            reports: Default::default(),
-            last_stage: Default::default(),
-            hub,
+            hub_identity,
         })
     }
 
@@ -293,15 +276,23 @@ impl Agent {
     }
 
     fn save_persisted(&self, p: &Persisted) {
-        let _ = write_atomic(
-            self.data.root(),
-            "agent-state.json",
-            &serde_json::to_vec_pretty(p).expect("serializes"),
-            0o600,
-        );
+        let bytes = serde_json::to_vec_pretty(p).expect("serializes");
+        if let Err(e) = write_atomic(self.data.root(), "agent-state.json", &bytes, 0o600) {
+            tracing::error!("agent-state.json: {e}");
+        }
     }
 
-    /// The installed state reported at start: update id, handlers, file-set digests.
+    /// The reported document the agent last kept (`reported.json`), to go on from.
+    fn local_reported(&self) -> Map<String, Value> {
+        self.data
+            .root()
+            .read("reported.json")
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|v| sandstep_model::reported::fields_of(&v))
+            .unwrap_or_default()
+    }
+
     /// The files present at the files handler's destinations; without mapped destinations,
     /// what it recorded installing (Degu reports MD5s at boot).
     fn file_sets(&self) -> std::collections::BTreeMap<String, FileDigests> {
@@ -328,6 +319,7 @@ impl Agent {
             .unwrap_or_default()
     }
 
+    /// The installed state reported at start: update id, handlers, file-set digests.
     fn installed_state(&self) -> Patch {
         let p = self.persisted();
         let handlers = self
@@ -347,8 +339,8 @@ impl Agent {
             device_id: Some(self.device.clone()),
             groups: Some(self.settings.agent.groups.clone()),
             agent: Some(AgentInfo {
-                version: env!("CARGO_PKG_VERSION"),
-                started_at: now_ms(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at: sandstep_transport::clock::now_ms(),
             }),
             status: Some(Stage::StandBy),
             state: Some(adu_state::IDLE),
@@ -377,35 +369,6 @@ impl Agent {
             .map_err(|e| err(e.to_string()))
     }
 
-    /// A report of `patch`. The stage vocabulary of the firmware-update pattern comes with when
-    /// each stage began (`<stage>At`), beside ADU's `state`.
-    fn reported(&self, mut patch: Patch) -> Outgoing {
-        if let Some(stage) = patch.status {
-            let mut last = self.last_stage.lock().expect("stage lock");
-            if *last != Some(stage) {
-                *last = Some(stage);
-                patch.stage_began_at = Some(now_ms());
-            }
-        }
-        self.envelope(patch.to_map())
-    }
-
-    /// The update-topic message carrying `reported` (a patch, or the whole reported state sent
-    /// again), with a `clientToken` unique to this report.
-    fn envelope(&self, reported: Map<String, Value>) -> Outgoing {
-        let order = sandstep_model::shadow::ReportOrder {
-            run: self.run,
-            seq: self
-                .reports
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        };
-        Outgoing {
-            topic: Topics::for_device(&self.topics.update, &self.device),
-            payload: json!({"state": {"reported": reported}, "clientToken": order.token(&self.device)}),
-            progress: false,
-        }
-    }
-
     fn request(&self, d: &Deployment) -> Result<Request, Refused> {
         Ok(Request {
             workflow_id: d.workflow.id.clone(),
@@ -432,29 +395,35 @@ impl Agent {
         })
     }
 
-    fn start(
-        &self,
-        workflow: Workflow,
-        req: Request,
-        events: &mpsc::UnboundedSender<Event>,
-    ) -> Running {
-        let cancel = CancellationToken::new();
-        let deployer = self.deployer.clone();
-        let observer: Arc<dyn Observer> = Arc::new(Forward(events.clone()));
-        let c = cancel.clone();
-        tracing::info!(workflow = %workflow.id, "deployment starts");
-        let task = tokio::spawn(async move { deployer.run(req, observer, &c).await });
-        Running {
-            workflow,
-            cancel_request: None,
-            cancel,
-            task,
-            units: Vec::new(),
+    /// Desired fields as the core takes them: a deployment (with its request, or why it cannot
+    /// have one), a cancel, a refusal, or fields that are no deployment.
+    fn decode(&self, fields: Map<String, Value>) -> Desired {
+        let as_received = || {
+            fields
+                .get("workflow")
+                .cloned()
+                .map(ReportedWorkflow::AsReceived)
+        };
+        let d = match deployment_of(&fields) {
+            None => return Desired::Foreign(fields),
+            Some(Ok(d)) => d,
+            Some(Err(why)) => {
+                return Desired::Refused {
+                    workflow: as_received(),
+                    why: why.to_string(),
+                }
+            }
+        };
+        if d.workflow.action == action::CANCEL {
+            return Desired::Cancel(d.workflow);
         }
+        let req = self.request(&d).map(Box::new);
+        Desired::Deploy(d.workflow, req)
     }
 
-    /// Records a finished deployment and returns its reports.
-    fn finished(&self, workflow: &Workflow, outcome: &Outcome) -> Vec<Outgoing> {
+    /// Records a finished deployment (persisted state, result file) and returns its final
+    /// report.
+    fn record_finished(&self, workflow: &Workflow, outcome: &Outcome) -> Patch {
         let mut patch = Patch::finished(outcome.status, &outcome.result);
         patch.workflow = Some(ReportedWorkflow::Known(workflow.clone()));
         patch.file_sets = Some(self.file_sets());
@@ -465,56 +434,61 @@ impl Agent {
             p.installed_update_id = Some(id.clone());
         }
         self.save_persisted(&p);
-        let _ = self.deployer.journals().write_result(&outcome.result);
-        let mut out = vec![self.reported(patch)];
-        if outcome.status.is_terminal() {
-            let status = if outcome.status == Status::Succeeded {
-                "SUCCESS"
-            } else {
-                "FAILURE"
-            };
-            out.push(Outgoing {
-                topic: Topics::for_device(&self.topics.update, &self.device),
-                payload: json!({"jobId": workflow.id, "status": status}),
-                progress: false,
-            });
+        if let Err(e) = self.deployer.journals().write_result(&outcome.result) {
+            tracing::error!(workflow = %workflow.id, "result file: {e}");
         }
-        out
+        patch
     }
 
-    fn rejection(
+    /// The deployments a crash, reboot or restart interrupted, oldest first, and the workflow
+    /// and reason of each that cannot be resumed.
+    #[allow(clippy::type_complexity)]
+    fn resumable(
         &self,
-        workflow: Option<ReportedWorkflow>,
-        why: &dyn std::fmt::Display,
-    ) -> Outgoing {
-        let why = why.to_string();
-        tracing::warn!("desired state refused: {why}");
-        self.reported(Patch::refusal(workflow, &why, now_ms()))
+    ) -> Result<(Vec<(Workflow, Request)>, Vec<(ReportedWorkflow, String)>), AgentError> {
+        let (mut runs, mut refusals) = (Vec::new(), Vec::new());
+        for j in self.deployer.unfinished()? {
+            match self.request_from_journal(&j) {
+                Ok(req) => {
+                    let w = Workflow {
+                        action: action::PROCESS_DEPLOYMENT,
+                        id: j.workflow_id.clone(),
+                        retry_timestamp: j.retry_timestamp.clone(),
+                    };
+                    runs.push((w, req));
+                }
+                Err(e) => {
+                    let why = format!("cannot resume workflow {}: {e}", j.workflow_id);
+                    tracing::error!("{why}");
+                    let w = Workflow {
+                        action: action::PROCESS_DEPLOYMENT,
+                        id: j.workflow_id.clone(),
+                        retry_timestamp: j.retry_timestamp.clone(),
+                    };
+                    refusals.push((ReportedWorkflow::Known(w), why));
+                }
+            }
+        }
+        Ok((runs, refusals))
+    }
+
+    /// A step asked for a reboot, and the journal is persisted: runs `reboot-command`. A failing
+    /// command is logged, and the journal still waits for the reboot.
+    fn reboot_now(&self) -> AgentExit {
+        let cmd = &self.settings.agent.reboot_command;
+        tracing::warn!(command = ?cmd, "a step asked for a reboot; the journal is persisted, rebooting");
+        if let Some((program, args)) = cmd.split_first() {
+            match std::process::Command::new(program).args(args).status() {
+                Ok(s) if s.success() => {}
+                Ok(s) => tracing::error!("reboot command exited with {s}"),
+                Err(e) => tracing::error!("reboot command {program}: {e}"),
+            }
+        }
+        AgentExit::Rebooting
     }
 }
 
-/// The fields of a delta (or of a desired document, or a whole shadow document).
-pub(crate) fn desired_fields(payload: &[u8]) -> Result<Map<String, Value>, Refused> {
-    if payload.len() > MAX_DEPLOYMENT_BYTES {
-        return Err(Refused::TooLarge {
-            bytes: payload.len(),
-            limit: MAX_DEPLOYMENT_BYTES,
-        });
-    }
-    let v: Value = serde_json::from_slice(payload).map_err(|cause| Refused::NotJson { cause })?;
-    let state = v
-        .get("state")
-        .and_then(Value::as_object)
-        .ok_or(Refused::NoState)?;
-    let fields = state
-        .get("desired")
-        .or_else(|| state.get("delta"))
-        .and_then(Value::as_object)
-        .unwrap_or(state);
-    Ok(fields.clone())
-}
-
-/// Turns delta fields into a deployment, if they carry one.
+/// Turns desired fields into a deployment, if they carry one.
 pub(crate) fn deployment_of(fields: &Map<String, Value>) -> Option<Result<Deployment, Refused>> {
     fields.get("workflow")?;
     let doc = Value::Object(
@@ -539,73 +513,45 @@ pub(crate) fn deployment_of(fields: &Map<String, Value>) -> Option<Result<Deploy
     )
 }
 
-/// Interrupted deployments to resume, and refusal reports for those that cannot be.
-type Resumable = (Vec<(Workflow, Request)>, Vec<Outgoing>);
-
-impl Agent {
-    /// The deployments a crash, reboot or restart interrupted, oldest first, as workflows to
-    /// resume, and a refusal report for each that cannot be (both sources resume through this).
-    fn resumable(&self) -> Result<Resumable, AgentError> {
-        let (mut runs, mut refusals) = (Vec::new(), Vec::new());
-        for j in self.deployer.unfinished()? {
-            match self.request_from_journal(&j) {
-                Ok(req) => {
-                    let w = Workflow {
-                        action: action::PROCESS_DEPLOYMENT,
-                        id: j.workflow_id.clone(),
-                        retry_timestamp: j.retry_timestamp.clone(),
-                    };
-                    runs.push((w, req));
-                }
-                Err(e) => {
-                    let why = format!("cannot resume workflow {}: {e}", j.workflow_id);
-                    tracing::error!("{why}");
-                    let w = ReportedWorkflow::AsReceived(json!({"id": j.workflow_id}));
-                    refusals.push(self.rejection(Some(w), &why));
-                }
-            }
-        }
-        Ok((runs, refusals))
-    }
-
-    /// A step asked for a reboot, and the journal is persisted: runs `reboot-command`. Both
-    /// sources (MQTT, HTTP polling) end this way; a failing command is logged, and the journal
-    /// still waits for the reboot.
-    fn reboot_now(&self) -> AgentExit {
-        let cmd = &self.settings.agent.reboot_command;
-        tracing::warn!(command = ?cmd, "a step asked for a reboot; the journal is persisted, rebooting");
-        if let Some((program, args)) = cmd.split_first() {
-            match std::process::Command::new(program).args(args).status() {
-                Ok(s) if s.success() => {}
-                Ok(s) => tracing::error!("reboot command exited with {s}"),
-                Err(e) => tracing::error!("reboot command {program}: {e}"),
-            }
-        }
-        AgentExit::Rebooting
-    }
-}
-
-/// Runs the agent until shutdown, a reboot, or a restart request. IoT Hub runs in the MQTT
-/// loop, over its own session.
+/// Runs the agent until shutdown, a reboot, or a restart request, over the source its settings
+/// name: the one place that maps a source to its adapter.
 pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit, AgentError> {
-    if agent.settings.agent.source == SourceKind::HttpPoll {
-        return poll::run(agent, shutdown).await;
+    use source::{hawkbit, http_poll, iothub, shadow};
+    let settings = &agent.settings;
+    match &settings.source {
+        SourceSettings::Shadow => {
+            let client_id = settings
+                .mqtt
+                .client_id
+                .clone()
+                .unwrap_or_else(|| agent.device.clone());
+            let conn = sandstep_transport::mqtt::Mqtt::connect(&settings.mqtt, &client_id)?;
+            let confirm = Duration::from_millis(settings.agent.confirm_timeout_ms);
+            let s = shadow::ShadowSource::new(conn, &agent.device, agent.topics.clone(), confirm);
+            runner::run(&agent, s, shutdown).await
+        }
+        SourceSettings::Iothub(config) => {
+            let identity = agent.hub_identity.clone().expect("resolved in Agent::new");
+            let conn =
+                crate::iothub::session::HubSession::connect(config, &identity, &settings.mqtt)?;
+            let properties =
+                iothub::device_properties(&identity, &settings.deploy.device.properties);
+            let timeout = Duration::from_millis(config.response_timeout_ms);
+            let s = iothub::HubSource::new(conn, iothub::HubState::new(properties, timeout));
+            runner::run(&agent, s, shutdown).await
+        }
+        SourceSettings::HttpPoll(config) => {
+            let s = http_poll::PollSource::new(config, agent.data.root().try_clone()?)?;
+            runner::run(&agent, s, shutdown).await
+        }
+        SourceSettings::Hawkbit(config) => {
+            let attributes = settings.deploy.device.properties.clone();
+            let root = agent.data.root().try_clone()?;
+            let s = hawkbit::HawkbitSource::new(config, &agent.device, attributes, root)?;
+            runner::run(&agent, s, shutdown).await
+        }
     }
-    mqtt_loop::run(agent, shutdown).await
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An agent-state file whose last result this version cannot read keeps the rest.
-    #[test]
-    fn an_unreadable_last_result_does_not_lose_the_installed_update() {
-        let p: Persisted = serde_json::from_str(
-            r#"{"installedUpdateId": "u-1", "lastInstallResult": {"resultCode": "odd"}}"#,
-        )
-        .unwrap();
-        assert_eq!(p.installed_update_id.as_deref(), Some("u-1"));
-        assert!(p.last_install_result.is_none());
-    }
-}
+mod tests;

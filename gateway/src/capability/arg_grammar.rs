@@ -31,9 +31,14 @@ pub enum Slot {
     Any,
 }
 
+/// A policy's argument slot that is not one of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown argument slot `{0}` (payload-file[:suffix], work-path, state-path, debian-package, debian-package-name, any)")]
+pub struct UnknownSlot(pub String);
+
 impl TryFrom<String> for Slot {
-    type Error = String;
-    fn try_from(s: String) -> Result<Slot, String> {
+    type Error = UnknownSlot;
+    fn try_from(s: String) -> Result<Slot, UnknownSlot> {
         Ok(match s.as_str() {
             "payload-file" => Slot::PayloadFile { suffix: None },
             "work-path" => Slot::WorkPath,
@@ -45,12 +50,7 @@ impl TryFrom<String> for Slot {
                 Some(suffix) if !suffix.is_empty() => Slot::PayloadFile {
                     suffix: Some(suffix.to_owned()),
                 },
-                _ => {
-                    return Err(format!(
-                        "unknown argument slot `{other}` (payload-file[:suffix], work-path, \
-                         state-path, debian-package, debian-package-name, any)"
-                    ))
-                }
+                _ => return Err(UnknownSlot(other.to_owned())),
             },
         })
     }

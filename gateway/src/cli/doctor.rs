@@ -269,6 +269,9 @@ async fn check_agent(r: &mut Report, config: &Config, timeout: u64) {
     if config.agent.source == SourceKind::Iothub {
         return check_iothub(r, config, timeout).await;
     }
+    if config.agent.source == SourceKind::Hawkbit {
+        return check_hawkbit(r, config, timeout).await;
+    }
     let device = match config.agent.resolved_device_id() {
         Ok(d) => {
             r.ok("device id", &d);
@@ -315,6 +318,43 @@ async fn check_agent(r: &mut Report, config: &Config, timeout: u64) {
         }
     }
     check_who_may_publish(r, config, &device, wait).await;
+}
+
+/// With `source = "hawkbit"`: the server answers the controller resource with the token.
+async fn check_hawkbit(r: &mut Report, config: &Config, timeout: u64) {
+    use sandstep::agent::source::hawkbit::HawkbitSource;
+    let Some(hb) = &config.hawkbit else {
+        return r.fail("hawkbit", "no [hawkbit] table", "add one (README, hawkBit)");
+    };
+    let device = config.agent.resolved_device_id().unwrap_or_default();
+    let scratch = match tempfile::tempdir().and_then(|t| {
+        Ok((
+            cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority())?,
+            t,
+        ))
+    }) {
+        Ok(s) => s,
+        Err(e) => return r.fail("hawkbit", e, "check the temporary directory"),
+    };
+    let props = config.device.properties.clone();
+    let source = match HawkbitSource::new(hb, &device, props, scratch.0) {
+        Ok(s) => s,
+        Err(e) => return r.fail("hawkbit", e, "correct the [hawkbit] setting it names"),
+    };
+    let wait = Duration::from_secs(timeout.max(1));
+    match tokio::time::timeout(wait, source.probe()).await {
+        Ok(Ok(url)) => r.ok("hawkbit", format!("{url} answers; the token is accepted")),
+        Ok(Err(e)) => r.fail(
+            "hawkbit",
+            e,
+            "check base-url, tenant, controller-id and the token (hawkBit's target security token)",
+        ),
+        Err(_) => r.fail(
+            "hawkbit",
+            format!("no answer within {timeout} s"),
+            "check the network path to the server",
+        ),
+    }
 }
 
 /// With `source = "iothub"`: the identity reads, the hub (or gateway) answers over TLS, and it

@@ -58,19 +58,21 @@ pub struct FromImportArgs {
 }
 
 /// Size and sha256 of `path`, `None` when it does not exist.
-pub(super) fn facts(path: &Path) -> Result<Option<FileFacts>, String> {
+pub(super) fn facts(path: &Path) -> Result<Option<FileFacts>, authoring::FactsError> {
+    let err = |cause| authoring::FactsError {
+        path: path.display().to_string(),
+        cause,
+    };
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => return Err(err(e)),
     };
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut size = 0u64;
     loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let n = f.read(&mut buf).map_err(err)?;
         if n == 0 {
             break;
         }

@@ -4,12 +4,14 @@
 mod adu_compat;
 mod adu_contoso;
 mod cli;
+mod ddi_server;
 mod downloads;
 mod faults;
 mod fleet;
 #[cfg(feature = "dev-tools")]
 mod fuzz;
 mod handlers;
+mod hawkbit;
 mod http;
 mod iothub;
 mod mqtt_tls;

@@ -1,6 +1,7 @@
-//! What the agent's loop keeps when its source is IoT Hub (`source = "iothub"`): request ids,
-//! the twin request awaiting its answer, the `deviceUpdate` documents already sent. The loop
-//! itself (`mqtt_loop`) is the same as over the MQTT shadow; this decides the protocol's part.
+//! Azure IoT Hub's device twin as ADU's agent speaks it (`source = "iothub"`): the source over a
+//! [`HubSession`], and [`HubState`], the protocol's part kept between inputs (request ids, the
+//! twin request awaiting its answer, the `deviceUpdate` documents already sent). The protocol
+//! itself (connection strings, tokens, twin topics, ADU's documents) is [`crate::iothub`].
 //!
 //! - Reports become `deviceUpdate.agent` patches in ADU's shapes ([`component::agent_report`]),
 //!   sent on the reported-properties topic with a request id; the hub's answer (204) is what
@@ -10,9 +11,12 @@
 //!   `deviceUpdate.service`, and each desired patch's, is handled like a shadow delta, then
 //!   acknowledged (`ac`, `av`, `ad`).
 
-use super::report::Outgoing;
+use super::{Sent, Source, SourceInput};
+use crate::agent::core::Profile;
+use crate::agent::outbox::Queued;
 use crate::iothub::component::{self, DeviceProperties};
 use crate::iothub::twin::{self, StatusClass, TwinMessage};
+use sandstep_transport::mqtt::{MqttEvent, Transport};
 use serde_json::{Map, Value};
 use std::time::{Duration, Instant};
 
@@ -83,8 +87,10 @@ pub struct HubState {
     get: Option<(u64, Instant)>,
     /// No report is sent before this (after 429 or 5xx).
     hold_until: Option<Instant>,
-    /// The last `agent` document queued, so one that says nothing new is not sent.
+    /// The last `agent` document delivered, so one that says nothing new is not sent.
     last_agent: Option<Map<String, Value>>,
+    /// The `agent` document of the report in flight.
+    sending_agent: Option<Map<String, Value>>,
     /// The desired version last acknowledged.
     acked_version: Option<u64>,
     timeout: Duration,
@@ -99,6 +105,7 @@ impl HubState {
             get: None,
             hold_until: None,
             last_agent: None,
+            sending_agent: None,
             acked_version: None,
             timeout,
             properties,
@@ -111,22 +118,28 @@ impl HubState {
         r
     }
 
-    /// A report as the hub takes it, or `None` when ADU's agent would send nothing for it.
-    pub fn shape(&mut self, o: Outgoing) -> Option<Outgoing> {
-        if o.topic == REPORTED {
-            return Some(o); // already a twin document (startup, acknowledgements)
-        }
-        let reported = o.payload.pointer("/state/reported")?.as_object()?;
+    /// The twin document an outbox item becomes, or `None` when ADU's agent would send nothing
+    /// for it (nothing it reports, or the same `agent` document as the last one delivered).
+    pub fn shape(&mut self, item: &Queued) -> Option<Value> {
+        self.sending_agent = None;
+        let reported = match item {
+            Queued::Wire { payload, .. } => return Some(payload.clone()), // startup, acks
+            Queued::Report { fields, .. } | Queued::Whole { fields } => fields,
+            Queued::Job(_) => return None,
+        };
         let agent = component::agent_report(reported)?;
         if self.last_agent.as_ref() == Some(&agent) {
             return None;
         }
-        self.last_agent = Some(agent.clone());
-        Some(Outgoing {
-            topic: REPORTED.into(),
-            payload: component::agent_patch(agent),
-            progress: false,
-        })
+        self.sending_agent = Some(agent.clone());
+        Some(component::agent_patch(agent))
+    }
+
+    /// The report in flight was stored: its `agent` document is the last one delivered.
+    fn delivered(&mut self) {
+        if let Some(a) = self.sending_agent.take() {
+            self.last_agent = Some(a);
+        }
     }
 
     /// The topic to send the next report on (a new request id), when none is in flight and the
@@ -139,6 +152,11 @@ impl HubState {
         let rid = self.rid();
         self.in_flight = Some((rid, Instant::now()));
         Some(twin::reported_topic(rid))
+    }
+
+    /// Whether a report awaits the hub's answer, or the hub asked for a pause.
+    pub fn awaiting_report(&self) -> bool {
+        self.in_flight.is_some() || self.hold_until.is_some_and(|t| t > Instant::now())
     }
 
     /// A publish failed or the connection broke: nothing is awaited any more.
@@ -258,20 +276,19 @@ impl HubState {
 
     /// The acknowledgement of `service` at `version`, unless that version was acknowledged
     /// already (the whole twin, asked for again after a reconnect, brings it back).
-    pub fn ack(&mut self, service: &Value, version: u64) -> Option<Outgoing> {
+    pub fn ack(&mut self, service: &Value, version: u64) -> Option<Queued> {
         if self.acked_version == Some(version) {
             return None;
         }
         self.acked_version = Some(version);
-        Some(Outgoing {
+        Some(Queued::Wire {
             topic: REPORTED.into(),
             payload: component::service_ack(service, version),
-            progress: false,
         })
     }
 
     /// The startup reports: `deviceUpdate.agent` device properties and `deviceInformation`.
-    pub fn startup(&self) -> Vec<Outgoing> {
+    pub fn startup(&self) -> Vec<Queued> {
         let manufacturer = self.property("manufacturer");
         let model = self.property("model");
         [
@@ -279,10 +296,9 @@ impl HubState {
             crate::iothub::device_info::device_information(manufacturer, model),
         ]
         .into_iter()
-        .map(|payload| Outgoing {
+        .map(|payload| Queued::Wire {
             topic: REPORTED.into(),
             payload,
-            progress: false,
         })
         .collect()
     }
@@ -293,6 +309,152 @@ impl HubState {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The source: the hub session, and the protocol's state.
+pub struct HubSource<T> {
+    conn: T,
+    hub: HubState,
+    connected: bool,
+}
+
+impl<T: Transport> HubSource<T> {
+    pub fn new(conn: T, hub: HubState) -> Self {
+        HubSource {
+            conn,
+            hub,
+            connected: false,
+        }
+    }
+
+    /// (Re)connected: subscribe, and ask for the whole twin (desired changes made while the
+    /// device was away come only in it).
+    async fn connected(&mut self) -> Vec<SourceInput> {
+        self.connected = true;
+        self.hub.disconnected();
+        for filter in twin::SUBSCRIPTIONS {
+            if let Err(e) = self.conn.subscribe(filter).await {
+                tracing::warn!("subscribe {filter}: {e}");
+            }
+        }
+        self.get().await;
+        tracing::info!("connected to IoT Hub");
+        vec![SourceInput::Resend]
+    }
+
+    async fn get(&mut self) {
+        let topic = self.hub.send_get();
+        if let Err(e) = self.conn.publish(&topic, Vec::new(), false).await {
+            tracing::warn!("asking for the twin: {e}");
+        }
+    }
+
+    /// The desired `deviceUpdate.service`: handled like a shadow delta, then acknowledged
+    /// (adu_core_interface.c `OrchestratorUpdateCallback`). The service nulls what a message
+    /// does not use (a cancel's manifest, a delivered signature): null is absent, as ADU's
+    /// parser reads it.
+    fn service(&mut self, value: Value, version: u64) -> Vec<SourceInput> {
+        let mut out = Vec::new();
+        match value.as_object() {
+            Some(fields) if fields.get("workflow").is_some_and(|w| !w.is_null()) => {
+                let mut fields = fields.clone();
+                fields.retain(|_, v| !v.is_null());
+                out.push(SourceInput::Desired(fields));
+            }
+            Some(_) => {}
+            None => tracing::error!("desired deviceUpdate.service is not an object: {value}"),
+        }
+        out.extend(self.hub.ack(&value, version).map(SourceInput::Queue));
+        out
+    }
+}
+
+impl<T: Transport> Source for HubSource<T> {
+    async fn recv(&mut self) -> Vec<SourceInput> {
+        match self.conn.recv().await {
+            None => vec![SourceInput::Closed(
+                "the IoT Hub connection task ended".into(),
+            )],
+            Some(MqttEvent::Connected) => self.connected().await,
+            Some(MqttEvent::Disconnected(e)) => {
+                if self.connected {
+                    tracing::warn!("disconnected from IoT Hub: {e}");
+                }
+                self.connected = false;
+                self.hub.disconnected();
+                vec![SourceInput::Resend]
+            }
+            // A report is delivered when the hub answers it, not at the PUBACK.
+            Some(MqttEvent::PubAck { .. } | MqttEvent::SubAck) => Vec::new(),
+            Some(MqttEvent::Message { topic, payload, .. }) => {
+                match self.hub.message(&topic, &payload) {
+                    HubInput::Delivered => {
+                        self.hub.delivered();
+                        vec![SourceInput::Delivered]
+                    }
+                    HubInput::Resend => vec![SourceInput::Resend],
+                    HubInput::Service { value, version } => self.service(value, version),
+                    HubInput::Refused(why) => vec![SourceInput::Refused {
+                        workflow: None,
+                        why,
+                    }],
+                    HubInput::Nothing => Vec::new(),
+                }
+            }
+        }
+    }
+
+    fn can_send(&self) -> bool {
+        self.connected && !self.hub.awaiting_report()
+    }
+
+    async fn send(&mut self, item: &Queued) -> Sent {
+        let Some(payload) = self.hub.shape(item) else {
+            return Sent::Done;
+        };
+        let Some(topic) = self.hub.send_report() else {
+            return Sent::Failed;
+        };
+        match self
+            .conn
+            .publish(&topic, payload.to_string().into_bytes(), false)
+            .await
+        {
+            Ok(()) => Sent::InFlight,
+            Err(e) => {
+                tracing::warn!("publish failed: {e}");
+                self.hub.disconnected();
+                Sent::Failed
+            }
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.connected.then(|| self.hub.deadline()).flatten()
+    }
+
+    async fn due(&mut self) -> Vec<SourceInput> {
+        let (report, get) = self.hub.overdue();
+        if get {
+            self.get().await;
+        }
+        if report {
+            vec![SourceInput::Resend]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn startup(&mut self) -> Vec<Queued> {
+        self.hub.startup()
+    }
+
+    fn profile(&self) -> Profile {
+        Profile {
+            report_replaced_end: false,
+            ignore_finished_duplicate: true,
+        }
     }
 }
 
@@ -312,10 +474,9 @@ mod tests {
         )
     }
 
-    fn report(reported: Value) -> Outgoing {
-        Outgoing {
-            topic: "state/d/update".into(),
-            payload: json!({"state": {"reported": reported}, "clientToken": "t"}),
+    fn report(reported: Value) -> Queued {
+        Queued::Report {
+            fields: reported.as_object().unwrap().clone(),
             progress: true,
         }
     }
@@ -433,26 +594,31 @@ mod tests {
     fn reports_that_say_nothing_new_or_nothing_adu_sends_are_not_sent() {
         let mut h = state();
         assert!(h
-            .shape(report(json!({"state": 1, "progress": {}})))
+            .shape(&report(json!({"state": 1, "progress": {}})))
             .is_none());
         let first = h
-            .shape(report(
+            .shape(&report(
                 json!({"state": 6, "workflow": {"action": 3, "id": "w"}}),
             ))
             .unwrap();
-        assert_eq!(first.topic, REPORTED);
-        assert_eq!(first.payload["deviceUpdate"]["agent"]["state"], 6);
+        assert_eq!(first["deviceUpdate"]["agent"]["state"], 6);
+        // Not delivered yet (the connection broke): the same document goes again.
         assert!(h
-            .shape(report(
+            .shape(&report(
+                json!({"state": 6, "workflow": {"action": 3, "id": "w"}})
+            ))
+            .is_some());
+        h.delivered();
+        assert!(h
+            .shape(&report(
                 json!({"state": 6, "workflow": {"action": 3, "id": "w"}, "progress": {}})
             ))
             .is_none());
-        let job = Outgoing {
-            topic: "state/d/update".into(),
-            payload: json!({"jobId": "w", "status": "SUCCESS"}),
-            progress: false,
-        };
-        assert!(h.shape(job).is_none());
+        let job = Queued::Job(sandstep_model::reported::JobStatus {
+            job_id: "w".into(),
+            status: sandstep_model::reported::JobOutcome::Success,
+        });
+        assert!(h.shape(&job).is_none());
         // The same version is acknowledged once.
         assert!(h.ack(&json!({}), 3).is_some());
         assert!(h.ack(&json!({}), 3).is_none());

@@ -1,12 +1,14 @@
-//! The reported-state document: every field the agent reports, typed, and serialised only here.
-//! A report is a [`Patch`]: the fields it sets (a `Some(None)` clears one, as `null`); the
-//! shadow service merges patches into the device's reported state.
+//! The reported-state document: every field the agent reports, typed, and serialised only here
+//! ([`Patch::to_map`]). A report is a [`Patch`]: the fields it sets (a `Some(None)` clears one,
+//! as `null`); whoever keeps the device's reported state (a shadow service, the agent's own
+//! `reported.json`) merges patches into it. Its JSON form is the device-shadow document the
+//! MQTT source sends as is; the other sources translate it to their wire (IoT Hub's
+//! `deviceUpdate` component, hawkBit's feedback) from this form.
 
-use crate::workflow::events::{Event, UnitInfo};
-use sandstep_model::deployment::Workflow;
-use sandstep_model::journal::Status;
-use sandstep_model::results::ResultFile;
-use sandstep_model::Action;
+use crate::deployment::Workflow;
+use crate::journal::Status;
+use crate::results::ResultFile;
+use crate::Action;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -64,15 +66,15 @@ impl Stage {
 }
 
 /// `agent`: which sandstep reports, since when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentInfo {
-    pub version: &'static str,
+    pub version: String,
     pub started_at: u64,
 }
 
 /// One registered handler.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandlerInfo {
     pub id: String,
     pub sha256: String,
@@ -88,7 +90,7 @@ pub enum FileDigests {
 }
 
 /// `progress`: where the running deployment is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,7 +102,7 @@ pub struct Progress {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handler: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<&'static str>,
+    pub action: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,7 +141,7 @@ pub struct RestoreReport {
 }
 
 /// `pending`: what the deployment waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pending {
     Reboot,
@@ -147,14 +149,14 @@ pub enum Pending {
 }
 
 /// `lastError`: a refused desired document or an unreachable server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastError {
     pub message: String,
     pub at: u64,
 }
 
 /// `retry` (HTTP polling): when a failed tag is tried again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Retry {
     pub tag: String,
@@ -162,11 +164,11 @@ pub struct Retry {
     /// `None` once no more attempts are made until the server's version changes.
     pub next_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<&'static str>,
+    pub note: Option<String>,
 }
 
 /// The `workflow` reported: the deployment's, or, for a refused document, what it carried.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ReportedWorkflow {
     Known(Workflow),
@@ -262,73 +264,6 @@ impl Patch {
         }
     }
 
-    /// A patch for an event of the running deployment; `None` when the event changes nothing
-    /// worth reporting.
-    pub fn for_event(ev: &Event, units: &[UnitInfo]) -> Option<Patch> {
-        let unit = |i: usize| units.get(i);
-        let on_unit = |i: usize| Progress {
-            unit: unit(i).map(|u| u.label.clone()),
-            step: unit(i).map(|u| u.step),
-            handler: unit(i).map(|u| u.handler.clone()),
-            ..Progress::default()
-        };
-        let (status, state, progress) = match ev {
-            Event::Planned { units, .. } => (
-                Some(Stage::Downloading),
-                Some(adu_state::DEPLOYMENT_IN_PROGRESS),
-                Progress {
-                    units: Some(units.len()),
-                    ..Progress::default()
-                },
-            ),
-            Event::FileProgress {
-                unit: i,
-                file,
-                done,
-                total,
-            } => (
-                Some(Stage::Downloading),
-                Some(adu_state::DOWNLOAD_STARTED),
-                Progress {
-                    unit: unit(*i).map(|u| u.label.clone()),
-                    file: Some(file.clone()),
-                    percent: Some(if *total == 0 { 100 } else { done * 100 / total }),
-                    ..Progress::default()
-                },
-            ),
-            Event::ActionStarted { unit: i, action } => {
-                let (stage, state) = Stage::of(*action);
-                let progress = Progress {
-                    action: Some(action.name()),
-                    percent: Some(0),
-                    ..on_unit(*i)
-                };
-                (Some(stage), Some(state), progress)
-            }
-            Event::Handler {
-                unit: i,
-                percent: Some(p),
-                message,
-                ..
-            } => (
-                None,
-                None,
-                Progress {
-                    percent: Some(u64::from(*p)),
-                    message: Some(message.clone()),
-                    ..on_unit(*i)
-                },
-            ),
-            _ => return None,
-        };
-        Some(Patch {
-            status,
-            state,
-            progress: Some(Some(progress)),
-            ..Patch::default()
-        })
-    }
-
     /// The final patch of a deployment: stage, ADU state, `lastInstallResult`,
     /// `installedUpdateId`, what it waits for.
     pub fn finished(status: Status, result: &ResultFile) -> Patch {
@@ -396,7 +331,7 @@ mod tests {
             device_id: Some("d".into()),
             groups: Some(vec![]),
             agent: Some(AgentInfo {
-                version: "0",
+                version: "0".into(),
                 started_at: 1,
             }),
             status: Some(Stage::Rebooting),
@@ -437,5 +372,61 @@ mod tests {
             Value::Object(m),
             serde_json::json!({"lastError": {"message": "no", "at": 7}, "softwareURL": "http://x"})
         );
+    }
+}
+
+/// The device's own copy of its reported state (`reported.json`, which `sandstep status`
+/// reads): a device-shadow document holding the reported fields, in the shape a shadow service
+/// keeps.
+pub fn local_document(fields: &Map<String, Value>) -> Value {
+    serde_json::json!({"state": {"reported": fields}})
+}
+
+/// The reported fields of a [`local_document`] (none when it is not one).
+pub fn fields_of(doc: &Value) -> Map<String, Value> {
+    doc.pointer("/state/reported")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The field a job status is kept under in the reported document (the replica keeps it so).
+pub const JOB_FIELD: &str = "ack";
+
+/// The end of a job in the software-update pattern's words: `{"jobId", "status"}`, sent beside
+/// the reported patch that ends a deployment (the replica keeps it as reported `ack`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    pub job_id: String,
+    pub status: JobOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum JobOutcome {
+    Success,
+    Failure,
+}
+
+impl JobStatus {
+    /// This status as the reported field [`JOB_FIELD`] holds it.
+    pub fn as_field(&self) -> (String, Value) {
+        let v = serde_json::to_value(self).expect("a job status serializes");
+        (JOB_FIELD.to_owned(), v)
+    }
+
+    /// The job status of a deployment that ended with `status`; `None` while it waits (for a
+    /// reboot, a restart).
+    pub fn of(job_id: &str, status: Status) -> Option<JobStatus> {
+        let status = match status {
+            Status::Succeeded => JobOutcome::Success,
+            s if s.is_terminal() => JobOutcome::Failure,
+            _ => return None,
+        };
+        Some(JobStatus {
+            job_id: job_id.to_owned(),
+            status,
+        })
     }
 }
