@@ -102,12 +102,27 @@ def module_of(root, path):
     return "::".join(parts) if parts not in (["lib"], ["main"]) else None
 
 
+def expand_groups(code):
+    """`crate::{a, b::c}` and `super::{x, y}` as one path each (`crate::a crate::b::c`), so the
+    names a brace group imports count; nested groups are expanded from the inside out."""
+    group = re.compile(r"\b((?:crate|super)(?:::[a-z_][a-z0-9_]*)*)::\{([^{}]*)\}")
+    while True:
+        new = group.sub(
+            lambda m: " ".join(f"{m.group(1)}::{p.strip()}" for p in m.group(2).split(",") if p.strip()),
+            code,
+        )
+        if new == code:
+            return code
+        code = new
+
+
 def dependencies(root):
     code = {m: c for p, c in sources(root) if (m := module_of(root, p))}
     names = set(code)
     deps = {}
     for m, c in code.items():
         found = set()
+        c = expand_groups(c)
         for ref in re.findall(r"\bcrate::([a-z_][a-z0-9_]*(?:::[a-z_][a-z0-9_]*)*)", c):
             parts = ref.split("::")
             for k in range(len(parts), 0, -1):

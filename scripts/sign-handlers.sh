@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Signs the default handlers (target/wasm/{apt,script,firmware,component,files}.wasm, built by
-# scripts/build-components.sh) into an output directory, ready for `sandstep handler
-# install-defaults`.
+# Signs the default handlers (the components `sandstep handler defaults` lists, one place for the
+# list: gateway/src/defaults.rs; built by scripts/build-components.sh into target/wasm) into an
+# output directory, ready for `sandstep handler install-defaults`.
 #
 # Usage: scripts/sign-handlers.sh [--key KEY] [--out DIR]
 #   --key KEY   the release key (a handler key from `sandstep key generate`). Without it, a
@@ -29,7 +29,7 @@ if [[ -z $key ]]; then
     fi
 fi
 mkdir -p "$out"
-for h in apt script firmware component files; do
+for h in $("$sandstep" handler defaults | cut -d' ' -f1); do
     cp "target/wasm/$h.wasm" "$out/$h.wasm"
     "$sandstep" handler sign "$out/$h.wasm" --key "$key" >/dev/null
 done

@@ -883,8 +883,7 @@ fn journal_breakdown(data: &Path) -> String {
 }
 
 /// Benchmark 6: The agent's idle RSS with the MQTT connection up (KiB), given a broker URL.
-pub fn agent_idle_rss(broker_url: &str) -> f64 {
-    let exe = std::env::current_exe().expect("current exe");
+pub fn agent_idle_rss(broker_url: &str, exe: &std::path::Path) -> f64 {
     let t = tempfile::tempdir().expect("tempdir");
     let config = t.path().join("agent.toml");
     std::fs::write(

@@ -102,6 +102,22 @@ pub fn ensure_dir(dir: &Dir, name: impl AsRef<Path>, mode: u32) -> std::io::Resu
 
 /// Writes `bytes` to `dir/name` atomically: temporary file, fsync, rename, fsync of the directory.
 pub fn write_atomic(dir: &Dir, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_renamed(dir, name, bytes, mode, true)
+}
+
+/// Replaces `name` in `dir` atomically (temp file, rename) without syncing: for files whose loss
+/// in a power cut costs nothing (what the journal also holds, courtesy copies).
+pub fn replace(dir: &Dir, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_renamed(dir, name, bytes, mode, false)
+}
+
+fn write_renamed(
+    dir: &Dir,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    sync: bool,
+) -> std::io::Result<()> {
     let tmp = format!(".{name}.tmp");
     let mut opts = OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -112,10 +128,15 @@ pub fn write_atomic(dir: &Dir, name: &str, bytes: &[u8], mode: u32) -> std::io::
     let result = (|| {
         let mut f = dir.open_with(&tmp, &opts)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         dir.rename(&tmp, dir, name)?;
-        // The rename is durable only once the directory is synced.
-        dir.open(".")?.sync_all()
+        if sync {
+            // The rename is durable only once the directory is synced.
+            dir.open(".")?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = dir.remove_file(&tmp);

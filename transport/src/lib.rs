@@ -9,8 +9,10 @@
 //!   IoT Hub, the replica's PostgreSQL).
 //! - [`clock`]: wall-clock timestamps, as journals, reports and rollouts record them.
 //! - [`shutdown`]: the signals that stop the agent and the replica.
+//! - [`logging`]: both programs' log set-up (`--log`, `RUST_LOG`).
 
 pub mod clock;
+pub mod logging;
 pub mod mqtt;
 pub mod shutdown;
 pub mod tls_roots;

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "sandstep-fleet", version, about)]
 struct Cli {
-    /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
+    /// Log filter (`warn`, `info,sandstep::process=debug`); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "warn")]
     log: String,
     #[command(flatten)]
@@ -60,13 +60,10 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    if let Err(e) = sandstep_transport::logging::init(&cli.log) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

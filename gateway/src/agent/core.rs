@@ -51,8 +51,9 @@ pub enum Desired {
 pub enum RunError {
     #[error(transparent)]
     Workflow(#[from] WorkflowError),
+    /// The task running it ended abnormally (its join error, said).
     #[error("deployment task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    Task(String),
 }
 
 /// What the runner must do.

@@ -8,7 +8,7 @@ use super::core::{Core, Desired, Effect, RunError};
 use super::outbox::{Outbox, Queued};
 use super::source::{Sent, Source, SourceInput};
 use super::{Agent, AgentError, AgentExit};
-use crate::datadir::{ensure_dir, write_atomic};
+use crate::datadir::{ensure_dir, replace};
 use crate::workflow::events::{Event, Observer};
 use crate::workflow::{Outcome, WorkflowError};
 use sandstep_model::deployment::{Deployment, Workflow};
@@ -157,7 +157,8 @@ impl<'a, S: Source> Runner<'a, S> {
         }
         let doc = sandstep_model::reported::local_document(&self.reported);
         let bytes = serde_json::to_vec_pretty(&doc).expect("serializes");
-        if let Err(e) = write_atomic(self.agent.data.root(), "reported.json", &bytes, 0o644) {
+        // A view, not the record (the outbox is): replaced atomically, not synced.
+        if let Err(e) = replace(self.agent.data.root(), "reported.json", &bytes, 0o644) {
             tracing::error!("reported.json: {e}");
         }
     }
@@ -255,7 +256,7 @@ impl<'a, S: Source> Runner<'a, S> {
             Ok(r) => r.map_err(RunError::from),
             Err(e) => {
                 tracing::error!("deployment task failed: {e}");
-                Err(RunError::from(e))
+                Err(RunError::Task(e.to_string()))
             }
         };
         self.core.finished(result, now_ms)

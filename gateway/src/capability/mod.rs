@@ -31,21 +31,47 @@ pub enum Capability {
     Slot,
 }
 
+/// One capability: its policy name and its WIT interface (without version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapabilityRow {
+    pub capability: Capability,
+    pub name: &'static str,
+    pub interface: &'static str,
+}
+
+/// Every capability beyond the base world, the one list of them. A new capability is a row
+/// here and its module; the three places that hold one (what the policy grants, what the store
+/// keeps, what the linker adds) match on [`Capability`] exhaustively, so the compiler names
+/// each.
+pub const CAPABILITIES: &[CapabilityRow] = &[
+    CapabilityRow {
+        capability: Capability::Process,
+        name: "process",
+        interface: "sandstep:handler/process",
+    },
+    CapabilityRow {
+        capability: Capability::Slot,
+        name: "slot",
+        interface: "sandstep:handler/slot",
+    },
+];
+
 impl Capability {
+    fn row(self) -> &'static CapabilityRow {
+        CAPABILITIES
+            .iter()
+            .find(|r| r.capability == self)
+            .expect("every capability has its row in CAPABILITIES")
+    }
+
     /// The capability's WIT interface name, without version.
-    pub const fn interface(self) -> &'static str {
-        match self {
-            Capability::Process => "sandstep:handler/process",
-            Capability::Slot => "sandstep:handler/slot",
-        }
+    pub fn interface(self) -> &'static str {
+        self.row().interface
     }
 
     /// The short name used in policy files.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Capability::Process => "process",
-            Capability::Slot => "slot",
-        }
+    pub fn name(self) -> &'static str {
+        self.row().name
     }
 }
 
@@ -70,10 +96,11 @@ pub enum ImportKind {
 /// Classifies an import name such as `wasi:filesystem/types@0.2.0`.
 pub fn classify_import(name: &str) -> ImportKind {
     let unversioned = name.split('@').next().unwrap_or(name);
+    if let Some(r) = CAPABILITIES.iter().find(|r| r.interface == unversioned) {
+        return ImportKind::Capability(r.capability);
+    }
     match unversioned {
         "sandstep:handler/host" | "sandstep:handler/types" => ImportKind::Base,
-        "sandstep:handler/process" => ImportKind::Capability(Capability::Process),
-        "sandstep:handler/slot" => ImportKind::Capability(Capability::Slot),
         other => {
             let wasi = [
                 "wasi:cli/",
@@ -112,8 +139,9 @@ impl Grants {
 
     /// The capabilities granted, in order.
     pub fn capabilities(&self) -> Vec<Capability> {
-        [Capability::Process, Capability::Slot]
-            .into_iter()
+        CAPABILITIES
+            .iter()
+            .map(|r| r.capability)
             .filter(|c| self.allows(*c))
             .collect()
     }
@@ -146,5 +174,27 @@ mod tests {
             ImportKind::Unknown
         );
         assert_eq!(classify_import("evil:thing/x"), ImportKind::Unknown);
+    }
+
+    /// Every capability has one row, and every row's interface is in the WIT package.
+    #[test]
+    fn the_table_lists_each_capability_once_against_the_wit_package() {
+        let wit = include_str!("../../../wit/handler.wit");
+        for r in CAPABILITIES {
+            assert_eq!(
+                CAPABILITIES
+                    .iter()
+                    .filter(|x| x.capability == r.capability)
+                    .count(),
+                1
+            );
+            let name = r.interface.rsplit('/').next().unwrap();
+            assert!(
+                wit.contains(&format!("interface {name} ")),
+                "{}",
+                r.interface
+            );
+            assert_eq!(r.capability.name(), r.name);
+        }
     }
 }

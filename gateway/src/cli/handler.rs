@@ -46,14 +46,17 @@ pub enum HandlerCommand {
         #[arg(long)]
         id: String,
     },
-    /// Install the default handlers (apt, script, firmware, component, files) from a directory
-    /// of signed components named <component>.wasm, under all their ids.
+    /// Install the default handlers (`sandstep handler defaults`) from a directory of signed
+    /// components named <component>.wasm, under all their ids.
     InstallDefaults {
-        /// The directory holding apt.wasm, script.wasm, firmware.wasm, component.wasm, files.wasm.
+        /// The directory holding a signed <component>.wasm for each default handler.
         dir: PathBuf,
     },
     /// Show the registered handlers: id, digest, signers, granted capabilities.
     List,
+    /// Print the default handlers, one a line: the component's name, then the ids it serves
+    /// (the build, signing and packaging scripts read this list).
+    Defaults,
     /// Forget a handler id (and its precompiled artefact when no other id uses it).
     Remove {
         /// The handler id.
@@ -121,6 +124,12 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
             super::handler_kit::build(&dir)?;
             return Ok(ExitCode::SUCCESS);
         }
+        HandlerCommand::Defaults => {
+            for d in sandstep::defaults::DEFAULT_HANDLERS {
+                println!("{} {}", d.component, d.ids.join(" "));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         other => other,
     };
     let config = common.load_config()?;
@@ -171,7 +180,8 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
         HandlerCommand::Sign { .. }
         | HandlerCommand::Verify { .. }
         | HandlerCommand::New { .. }
-        | HandlerCommand::Build { .. } => unreachable!("handled above"),
+        | HandlerCommand::Build { .. }
+        | HandlerCommand::Defaults => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

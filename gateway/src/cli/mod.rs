@@ -31,7 +31,7 @@ use std::process::ExitCode;
                   typed here, they run it when it is installed."
 )]
 struct Cli {
-    /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
+    /// Log filter (`warn`, `info,sandstep::process=debug`); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "warn")]
     log: String,
     #[command(flatten)]
@@ -94,13 +94,10 @@ pub fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    if let Err(e) = sandstep_transport::logging::init(&cli.log) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

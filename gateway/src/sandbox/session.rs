@@ -337,10 +337,7 @@ impl Session {
 
     /// Whether a capability is linked into this session.
     pub fn has(&self, cap: Capability) -> bool {
-        match cap {
-            Capability::Process => self.store.data().process.is_some(),
-            Capability::Slot => self.store.data().slot.is_some(),
-        }
+        self.store.data().has(cap)
     }
 }
 

@@ -23,6 +23,17 @@ pub struct HostState {
     pub(crate) slot: Option<SlotCtx>,
 }
 
+impl HostState {
+    /// Whether the store holds `cap`'s state, i.e. the capability is linked.
+    pub(crate) fn has(&self, cap: crate::capability::Capability) -> bool {
+        use crate::capability::Capability;
+        match cap {
+            Capability::Process => self.process.is_some(),
+            Capability::Slot => self.slot.is_some(),
+        }
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

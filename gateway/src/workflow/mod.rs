@@ -830,7 +830,9 @@ impl Deployer {
         })))
     }
 
-    /// Runs one action, journaling before it and recording after it.
+    /// Runs one action and records it in the journal (in memory: the journal is written when the
+    /// unit's state changes for good, not before each action; a run cut short starts the unit
+    /// over with is-installed, as ADU's agent does after a restart).
     async fn call(
         &self,
         j: &mut Journal,
@@ -841,7 +843,6 @@ impl Deployer {
     ) -> Result<StepResult, WorkflowError> {
         let (index, ctx, work) = (cur.index, &cur.ctx, &cur.work);
         j.units[index].state = UnitState::Running { next: action };
-        self.save(j)?;
         run.observer.event(&Event::ActionStarted {
             unit: index,
             action,
@@ -850,9 +851,10 @@ impl Deployer {
         let started = Instant::now();
         let r = session.call(action, ctx, run.cancel).await;
         let duration_ms = started.elapsed().as_millis() as u64;
-        // ADU leaves each action's result in the work folder.
+        // ADU leaves each action's result in the work folder: a courtesy copy (the journal has the
+        // result), so it is replaced atomically but not synced.
         let name = format!("action_{}_aduc_result.json", action.file_stem());
-        let _ = crate::datadir::write_atomic(
+        let _ = crate::datadir::replace(
             work,
             &name,
             &serde_json::to_vec_pretty(&r).expect("serializes"),
@@ -971,10 +973,10 @@ impl Deployer {
                 handler: unit.handler_id.clone(),
             });
         }
+        // Not written yet: until the unit's state changes for good, a run cut short starts it over.
         j.units[index].state = UnitState::Running {
             next: Action::IsInstalled,
         };
-        self.save(j)?;
         let mut p = match self.prepare_unit(j, index, run).await? {
             Ok(p) => p,
             Err(outcome) => return Ok(outcome),
@@ -991,7 +993,6 @@ impl Deployer {
         if let Next::Call(next) = decision.next {
             // The rest of the files, before the first action that may use them.
             j.units[index].state = UnitState::Running { next };
-            self.save(j)?;
             let work_copy = p.payload_in_work.then_some(&p.cur.work);
             let fetched = self
                 .fetch_files(j, index, &p.wanted, &p.payload, work_copy, run)
