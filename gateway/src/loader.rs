@@ -255,7 +255,7 @@ impl Loader {
                 .expect("compiled map lock")
                 .map
                 .remove(&entry.digest);
-            if let Some(cache) = self.sandbox.cache() {
+            if let Ok(Some(cache)) = self.sandbox.cache() {
                 let _ = cache.remove(&entry.digest);
             }
         }

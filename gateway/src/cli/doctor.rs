@@ -92,7 +92,11 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
         }
     };
     // An empty module compiles and instantiates only when the engine (and its code memory) works.
-    match wasmtime::Module::new(sandbox.engine(), b"\0asm\x01\0\0\0") {
+    let compiled = sandbox
+        .engine()
+        .map_err(wasmtime::Error::new)
+        .and_then(|engine| wasmtime::Module::new(engine, b"\0asm\x01\0\0\0"));
+    match compiled {
         Ok(_) => r.ok("wasm engine", "compiles and runs code"),
         Err(e) => r.fail(
             "wasm engine",

@@ -185,20 +185,34 @@ pub fn check_imports(
 /// A capability is linked only into stores whose handler was granted it.
 const GRANTED: &str = "a capability is linked only for stores granted it";
 
-/// The engine, its ticker, the precompiled cache and the linkers.
+/// The engine, its ticker, the precompiled cache and the linkers. The engine starts when first
+/// needed: an idle agent has nothing to compile or run, and so touches none of wasmtime's or
+/// cranelift's code (what its memory is mostly made of).
 pub struct Sandbox {
-    engine: Engine,
-    ticker: Arc<EpochTicker>,
-    cache: Option<ComponentCache>,
+    options: EngineOptions,
+    started: std::sync::OnceLock<Result<Started, StartError>>,
+    cache_dir: Mutex<Option<Dir>>,
     /// Where host programs are recorded while they run (see [`crate::capability::ledger`]).
     ledger: Option<Arc<ProgramLedger>>,
     linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<store::HostState>>>>,
 }
 
+/// Why the engine could not start, kept for every later use.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+struct StartError(String);
+
+/// The engine once started, its ticker, and the cache keyed by it.
+struct Started {
+    engine: Engine,
+    ticker: Arc<EpochTicker>,
+    cache: Option<ComponentCache>,
+}
+
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sandbox")
-            .field("cache", &self.cache)
+            .field("options", &self.options)
             .finish()
     }
 }
@@ -206,18 +220,32 @@ impl std::fmt::Debug for Sandbox {
 impl Sandbox {
     /// Starts the engine. With `cache_dir`, compiled components are kept there (see [`cache`]).
     pub fn new(options: &EngineOptions, cache_dir: Option<Dir>) -> Result<Self, SandboxError> {
-        let engine =
-            engine::new_engine(options).map_err(|e| SandboxError::Engine(e.to_string()))?;
-        let ticker =
-            EpochTicker::start(engine.clone()).map_err(|e| SandboxError::Engine(e.to_string()))?;
-        let key = engine::engine_key(&engine);
         Ok(Sandbox {
-            cache: cache_dir.map(|d| ComponentCache::new(d, key)),
-            engine,
-            ticker: Arc::new(ticker),
+            options: options.clone(),
+            started: std::sync::OnceLock::new(),
+            cache_dir: Mutex::new(cache_dir),
             ledger: None,
             linkers: Mutex::default(),
         })
+    }
+
+    /// The engine, started on first use (a failure is kept and returned every time).
+    fn started(&self) -> Result<&Started, SandboxError> {
+        let started = self.started.get_or_init(|| {
+            let failed = |e: &dyn std::fmt::Display| StartError(e.to_string());
+            let engine = engine::new_engine(&self.options).map_err(|e| failed(&e))?;
+            let ticker = EpochTicker::start(engine.clone()).map_err(|e| failed(&e))?;
+            let key = engine::engine_key(&engine);
+            let dir = self.cache_dir.lock().expect("cache dir lock").take();
+            Ok(Started {
+                cache: dir.map(|d| ComponentCache::new(d, key)),
+                engine,
+                ticker: Arc::new(ticker),
+            })
+        });
+        started
+            .as_ref()
+            .map_err(|e| SandboxError::Engine(e.to_string()))
     }
 
     /// Records host programs in `ledger` while they run, so the next agent finds what a killed
@@ -236,14 +264,20 @@ impl Sandbox {
             .unwrap_or_default()
     }
 
-    /// The engine.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The started engine, for what only follows a compiled handler.
+    fn running(&self) -> &Started {
+        self.started()
+            .expect("a handler was compiled, so the engine started")
+    }
+
+    /// The engine (started now if it was not).
+    pub fn engine(&self) -> Result<&Engine, SandboxError> {
+        Ok(&self.started()?.engine)
     }
 
     /// The cache, when configured.
-    pub fn cache(&self) -> Option<&ComponentCache> {
-        self.cache.as_ref()
+    pub fn cache(&self) -> Result<Option<&ComponentCache>, SandboxError> {
+        Ok(self.started()?.cache.as_ref())
     }
 
     /// Compiles component bytes (or loads them precompiled from the cache). `name` is used in
@@ -268,7 +302,7 @@ impl Sandbox {
         let component = match self.load_cached(&digest)? {
             Some(c) => c,
             None => {
-                let engine = self.engine.clone();
+                let engine = self.engine()?.clone();
                 let b = bytes.clone();
                 let compiled = tokio::task::spawn_blocking(move || Component::new(&engine, &b))
                     .await
@@ -283,7 +317,7 @@ impl Sandbox {
         };
         let ty = component.component_type();
         let imports = ty
-            .imports(&self.engine)
+            .imports(self.engine()?)
             .map(|(n, _)| n.to_owned())
             .collect();
         Ok(HandlerComponent {
@@ -294,7 +328,7 @@ impl Sandbox {
     }
 
     fn load_cached(&self, digest: &str) -> Result<Option<Component>, SandboxError> {
-        let Some(cache) = &self.cache else {
+        let Some(cache) = self.cache()? else {
             return Ok(None);
         };
         let cache_err = |source| SandboxError::Cache {
@@ -312,7 +346,7 @@ impl Sandbox {
         };
         // SAFETY: the artefact comes from the agent's own 0700 cache directory, written by
         // `store_cached` after compiling the component whose digest names it.
-        match unsafe { Component::deserialize(&self.engine, &bytes) } {
+        match unsafe { Component::deserialize(self.engine()?, &bytes) } {
             Ok(c) => Ok(Some(c)),
             Err(e) => {
                 tracing::warn!(entry = %cache.entry_name(digest), "discarding unusable cache entry: {e}");
@@ -325,7 +359,7 @@ impl Sandbox {
     /// Keeps a compiled component for next time. The cache only saves time: when it cannot be
     /// written (a full disk, say), the step goes on with the component compiled in memory.
     fn store_cached(&self, digest: &str, component: &Component) -> Result<(), SandboxError> {
-        let Some(cache) = &self.cache else {
+        let Some(cache) = self.cache()? else {
             return Ok(());
         };
         let bytes = component
@@ -348,7 +382,7 @@ impl Sandbox {
         if let Some(l) = linkers.get(&granted) {
             return Ok(l.clone());
         }
-        let mut linker = Linker::new(&self.engine);
+        let mut linker = Linker::new(self.engine()?);
         let build = |linker: &mut Linker<store::HostState>| -> wasmtime::Result<()> {
             wasmtime_wasi::p2::add_to_linker_async(linker)?;
             capability::host::add_to_linker(linker, |s| HostView(&mut s.host))?;

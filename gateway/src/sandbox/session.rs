@@ -96,7 +96,7 @@ impl Sandbox {
         Ok(Session {
             store,
             instance,
-            ticker: self.ticker.clone(),
+            ticker: self.running().ticker.clone(),
             limits,
             handler_id,
             metered,
@@ -106,7 +106,7 @@ impl Sandbox {
 
     /// A store with the memory limiter and the epoch deadline check.
     fn new_store(&self, state: HostState) -> Store<HostState> {
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.running().engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|ctx| match ctx.data().deadline {
             Some((at, action, limit)) if Instant::now() >= at => {
@@ -135,7 +135,7 @@ impl Sandbox {
             .instantiate_pre(&handler.component)
             .and_then(AllPre::new)
             .map_err(|e| SetupError::NotAHandler(format!("{e:#}")))?;
-        let _active = self.ticker.active();
+        let _active = self.running().ticker.active();
         store.data_mut().deadline = Some((
             Instant::now() + limits.is_installed,
             Action::IsInstalled,

@@ -535,7 +535,7 @@ async fn precompiled_components_are_cached_and_a_corrupt_entry_is_recompiled() {
     let handler = first.load("probe", bytes.clone()).await.unwrap();
     let entry = cache_root
         .path()
-        .join(first.cache().unwrap().entry_name(handler.digest()));
+        .join(first.cache().unwrap().unwrap().entry_name(handler.digest()));
     assert!(entry.exists(), "artefact written to {}", entry.display());
 
     // Garble the artefact: the next load discards it and compiles again.
