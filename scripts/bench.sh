@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
-# The benchmark suite: builds the release binary and the components, starts a broker on a free
-# loopback port, and runs `sandstep bench`; then, as root, the firmware installs side by side with
-# the peers from Debian's packages (scripts/bench-peers.py: curl, SWUpdate, Mender, casync,
-# zchunk). Figures go to stdout (Markdown tables) and to target/bench.json and
-# target/bench-peers.json. Record them in BENCHMARKS.md with the machine and the date.
+# The benchmark suite: builds the release binaries and the components, starts a broker on a free
+# loopback port, and runs `sandstep bench` and `sandstep-fleet bench`; then, as root, the
+# firmware installs side by side with the peers from Debian's packages (scripts/bench-peers.py:
+# curl, SWUpdate, Mender, casync, zchunk). Figures go to stdout (Markdown tables) and to
+# target/bench.json, target/bench-fleet.json and target/bench-peers.json. Record them in
+# BENCHMARKS.md with the machine and the date.
 #
-# Usage: scripts/bench.sh [--quick] [--no-peers] [sandstep bench options]
+# Usage: scripts/bench.sh [--quick] [--no-peers] [--no-fleet] [sandstep bench options]
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 peers=yes
+fleet_runs=yes
 quick=no
 args=()
 for a in "$@"; do
     case $a in
         --no-peers) peers=no ;;
+        --no-fleet) fleet_runs=no ;;
         --quick) quick=yes; args+=("$a") ;;
         *) args+=("$a") ;;
     esac
 done
 scripts/build-components.sh --quiet
+# The binaries the packages ship (no dev tools), kept aside for their size and the agent's
+# memory; then the gateway with the dev tools (bench, handler new/build) over target/release.
+cargo build --quiet --release -p sandstep -p sandstep-fleet
+mkdir -p target/bench
+cp target/release/sandstep target/release/sandstep-fleet target/bench/
 cargo build --quiet --release -p sandstep --features dev-tools
 if [[ ! -x /usr/sbin/mosquitto && $(id -u) -eq 0 ]]; then
     (apt-get install -y -q mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)) >/dev/null
@@ -27,6 +35,7 @@ fi
 # 10,000 simulated devices hold 10,000 connections: mosquitto and fleet-sim need the descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 broker=()
+fleet=()
 if [[ -x /usr/sbin/mosquitto ]]; then
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     conf=$(mktemp)
@@ -39,7 +48,10 @@ if [[ -x /usr/sbin/mosquitto ]]; then
     pg=$(scripts/postgres.sh start "$pgdir/pg")
     trap 'kill $mosq 2>/dev/null; rm -f "$conf"; scripts/postgres.sh stop "$pgdir/pg"; rm -rf "$pgdir"' EXIT
     sleep 0.5
-    broker=(--broker "mqtt://127.0.0.1:$port" --postgres "$pg")
+    broker=(--broker "mqtt://127.0.0.1:$port")
+    printf '[mqtt]\nurl = "mqtt://127.0.0.1:%s"\n' "$port" > target/bench/fleet.toml
+    fleet=(--config target/bench/fleet.toml bench --postgres "$pg" --json target/bench-fleet.json)
+    if [[ $quick == yes ]]; then fleet+=(--quick); fi
 fi
 # Group 8: the `handler new` template in each language, built with `handler build` (Python and
 # JavaScript with the toolchains scripts/guest-toolchains.sh installs).
@@ -52,7 +64,16 @@ for lang in rust python js; do
     cp "$built" "$langs/$lang.wasm"
 done
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(date -u +%Y-%m-%d)"
-target/release/sandstep bench "${broker[@]}" --lang-dir "$langs" --json target/bench.json "${args[@]}"
+target/release/sandstep bench "${broker[@]}" --package-bin target/bench/sandstep \
+    --lang-dir "$langs" --json target/bench.json "${args[@]}"
+# Group 7: the fleet side, its own program (needs the broker).
+if [[ $fleet_runs == no ]]; then
+    :
+elif [[ ${#fleet[@]} -gt 0 ]]; then
+    target/bench/sandstep-fleet "${fleet[@]}"
+else
+    echo "bench: no broker (mosquitto); the fleet figures (group 7) skipped" >&2
+fi
 if [[ $peers == yes ]]; then
     if [[ $(id -u) -ne 0 ]]; then
         echo "bench: the side-by-side firmware run needs root (loop devices); skipped" >&2

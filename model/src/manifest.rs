@@ -92,6 +92,9 @@ pub struct Manifest {
     pub files: Vec<(String, FileEntry)>,
     pub is_deployable: Option<bool>,
     pub created_date_time: Option<String>,
+    /// `sandstep.allowDowngrade` is `true`: the update may install over a newer version (the
+    /// flag is signed with the rest; anything but `true` is no).
+    pub allow_downgrade: bool,
     /// Tolerated oddities (unknown top-level fields, ignored file features).
     pub warnings: Vec<String>,
 }
@@ -154,39 +157,29 @@ impl Manifest {
     /// holds as `{"updateManifest": "<json>"}` in place of this one (`workflow_utils.c`,
     /// `DownloadAndUseDetachedManifest`). `Ok(None)` when the manifest is not detached.
     pub fn detached_file(text: &str) -> Result<Option<(String, FileEntry)>, ManifestError> {
-        if text.len() > MAX_MANIFEST_BYTES {
-            return Ok(None); // refused with its size by `parse`
+        Manifest::top_level(text).detached
+    }
+
+    /// Reads a deployment's manifest text once: the manifest it is, and whether its content is
+    /// detached (see [`Manifest::detached_file`]; a detached manifest need not parse as a
+    /// manifest itself).
+    pub fn top_level(text: &str) -> TopLevel {
+        match json_of(text) {
+            Ok(value) => Manifest::top_level_of(&value),
+            // Refused with its size or as not JSON by `manifest`.
+            Err(e) => TopLevel {
+                manifest: Err(e),
+                detached: Ok(None),
+            },
         }
-        let Ok(value) = serde_json::from_str::<Value>(crate::json::strip_bom_str(text)) else {
-            return Ok(None); // refused as not JSON by `parse`
-        };
-        let Some(id) = value.get("detachedManifestFileId") else {
-            return Ok(None);
-        };
-        let Some(id) = id.as_str().filter(|s| !s.is_empty()) else {
-            return Err(ManifestError::one(
-                "detachedManifestFileId",
-                "must be a non-empty string",
-            ));
-        };
-        let mut v = Validator::default();
-        let files = value
-            .get("files")
-            .and_then(|f| v.files(f))
-            .unwrap_or_default();
-        if !v.errors.is_empty() {
-            return Err(ManifestError { errors: v.errors });
+    }
+
+    /// [`Manifest::top_level`] of text already read as JSON.
+    pub fn top_level_of(value: &Value) -> TopLevel {
+        TopLevel {
+            manifest: Manifest::from_value(value),
+            detached: detached_in(value),
         }
-        files
-            .into_iter()
-            .find(|(k, _)| k == id)
-            .map(Some)
-            .ok_or_else(|| {
-                ManifestError::one(
-                    "detachedManifestFileId",
-                    format!("`{}` is not an id of `files`", escape(id)),
-                )
-            })
     }
 
     /// The manifest a detached manifest file holds (`{"updateManifest": "<json>"}`), as text.
@@ -201,34 +194,13 @@ impl Manifest {
 
     /// Parses and validates manifest text.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        if text.len() > MAX_MANIFEST_BYTES {
-            return Err(ManifestError::one(
-                "",
-                format!(
-                    "manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
-                    text.len()
-                ),
-            ));
-        }
-        let value: Value = serde_json::from_str(crate::json::strip_bom_str(text))
-            .map_err(|e| ManifestError::one("", format!("not valid JSON: {e}")))?;
-        Manifest::from_value(&value)
+        Manifest::from_value(&json_of(text)?)
     }
 
     /// Parses a child (detached) manifest file: either the manifest itself, or ADU's wrapper
     /// `{"updateManifest": "<manifest as a JSON string>"}`. A child may not contain reference steps.
     pub fn parse_child(text: &str) -> Result<Manifest, ManifestError> {
-        if text.len() > MAX_MANIFEST_BYTES {
-            return Err(ManifestError::one(
-                "",
-                format!(
-                    "manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
-                    text.len()
-                ),
-            ));
-        }
-        let value: Value = serde_json::from_str(crate::json::strip_bom_str(text))
-            .map_err(|e| ManifestError::one("", format!("not valid JSON: {e}")))?;
+        let value = json_of(text)?;
         let manifest = match value.get("updateManifest") {
             Some(Value::String(inner)) => Manifest::parse(inner).map_err(|e| ManifestError {
                 errors: e
@@ -336,6 +308,61 @@ pub enum DetachedError {
     /// `..._DETACHED_UPDATE_MANIFEST_MISSING_UPDATEMANIFEST_PROPERTY`.
     #[error("the detached manifest file has no `updateManifest` string")]
     NoUpdateManifest,
+}
+
+/// A deployment's manifest text, read once ([`Manifest::top_level`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLevel {
+    /// The manifest, or why it is not one.
+    pub manifest: Result<Manifest, ManifestError>,
+    /// Its detached content's file, when it has one (see [`Manifest::detached_file`]).
+    pub detached: Result<Option<(String, FileEntry)>, ManifestError>,
+}
+
+/// Manifest text as JSON, within the size limit.
+fn json_of(text: &str) -> Result<Value, ManifestError> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestError::one(
+            "",
+            format!(
+                "manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    serde_json::from_str(crate::json::strip_bom_str(text))
+        .map_err(|e| ManifestError::one("", format!("not valid JSON: {e}")))
+}
+
+/// The detached content's file of a manifest's JSON (`Ok(None)`: not detached).
+fn detached_in(value: &Value) -> Result<Option<(String, FileEntry)>, ManifestError> {
+    let Some(id) = value.get("detachedManifestFileId") else {
+        return Ok(None);
+    };
+    let Some(id) = id.as_str().filter(|s| !s.is_empty()) else {
+        return Err(ManifestError::one(
+            "detachedManifestFileId",
+            "must be a non-empty string",
+        ));
+    };
+    let mut v = Validator::default();
+    let files = value
+        .get("files")
+        .and_then(|f| v.files(f))
+        .unwrap_or_default();
+    if !v.errors.is_empty() {
+        return Err(ManifestError { errors: v.errors });
+    }
+    files
+        .into_iter()
+        .find(|(k, _)| k == id)
+        .map(Some)
+        .ok_or_else(|| {
+            ManifestError::one(
+                "detachedManifestFileId",
+                format!("`{}` is not an id of `files`", escape(id)),
+            )
+        })
 }
 
 const TOP_LEVEL_KNOWN: &[&str] = &[
@@ -476,6 +503,10 @@ impl Validator {
             None => None,
             Some(v) => self.string(v, "createdDateTime").map(str::to_owned),
         };
+        let allow_downgrade = root
+            .get("sandstep")
+            .and_then(|v| v.get("allowDowngrade")?.as_bool())
+            == Some(true);
         Some(Manifest {
             version: version?,
             update_id: update_id?,
@@ -484,6 +515,7 @@ impl Validator {
             files,
             is_deployable,
             created_date_time,
+            allow_downgrade,
             warnings: std::mem::take(&mut self.warnings),
         })
     }
@@ -1012,6 +1044,50 @@ mod tests {
                 MAX_MANIFEST_BYTES + 1
             )
         );
+    }
+
+    fn minimal(extra: &str) -> String {
+        format!(
+            r#"{{"manifestVersion": "5", "updateId": {{"provider": "p", "name": "n", "version": "1.0"}},
+                "compatibility": [{{"model": "m"}}],
+                "instructions": {{"steps": [{{"handler": "a/b:1", "files": ["f"], "handlerProperties": {{}}}}]}},
+                "files": {{"f": {{"fileName": "f.bin", "sizeInBytes": 1,
+                    "hashes": {{"sha256": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}}}}}}{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn only_a_literal_true_allows_a_downgrade() {
+        for (extra, allowed) in [
+            ("", false),
+            (r#", "sandstep": {"allowDowngrade": true}"#, true),
+            (r#", "sandstep": {"allowDowngrade": "yes"}"#, false),
+            (r#", "sandstep": {"allowDowngrade": 1}"#, false),
+            (r#", "sandstep": true"#, false),
+        ] {
+            let m = Manifest::parse(&minimal(extra)).expect("parses");
+            assert_eq!(m.allow_downgrade, allowed, "{extra}");
+        }
+    }
+
+    #[test]
+    fn the_top_level_read_gives_the_manifest_and_its_detached_file_from_one_text() {
+        let plain = Manifest::top_level(&minimal(""));
+        assert!(plain.manifest.is_ok());
+        assert_eq!(plain.detached, Ok(None));
+        let detached = Manifest::top_level(&minimal(r#", "detachedManifestFileId": "f""#));
+        let (id, entry) = detached.detached.expect("valid").expect("detached");
+        assert_eq!((id.as_str(), entry.file_name.as_str()), ("f", "f.bin"));
+        let unknown = Manifest::top_level(&minimal(r#", "detachedManifestFileId": "g""#));
+        assert!(unknown.detached.is_err());
+        // Not JSON: the manifest says why; nothing is detached.
+        let junk = Manifest::top_level("{");
+        assert!(junk
+            .manifest
+            .unwrap_err()
+            .to_string()
+            .starts_with("not valid JSON"));
+        assert_eq!(junk.detached, Ok(None));
     }
 
     #[test]

@@ -88,10 +88,26 @@ pub(super) async fn run<S: Source>(
             Some(ev) = ev_rx.recv() => Input::Progress(ev),
             result = finished => Input::Finished(result),
         };
-        if let Some(exit) = r.dispatch(input).await? {
-            return Ok(exit);
+        for input in in_order(input, &mut ev_rx) {
+            if let Some(exit) = r.dispatch(input).await? {
+                return Ok(exit);
+            }
         }
     }
+}
+
+/// The inputs to hand on for `input`, in order. A task sends its events before it ends, but
+/// `select!` may pick its end first: the events still queued go first, so its last stages are
+/// reported before its end instead of being dropped with it.
+fn in_order(input: Input, events: &mut mpsc::UnboundedReceiver<Event>) -> Vec<Input> {
+    let mut inputs = Vec::new();
+    if matches!(input, Input::Finished(_)) {
+        while let Ok(ev) = events.try_recv() {
+            inputs.push(Input::Progress(ev));
+        }
+    }
+    inputs.push(input);
+    inputs
 }
 
 impl<'a, S: Source> Runner<'a, S> {
@@ -380,5 +396,39 @@ async fn sleep_until_some(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sandstep_model::Action;
+
+    #[test]
+    fn a_finished_task_s_queued_events_are_handed_on_before_its_end() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for action in [Action::Install, Action::Apply] {
+            tx.send(Event::ActionStarted { unit: 0, action }).unwrap();
+        }
+        let ended: Finished = Ok(Err(WorkflowError::ManifestChanged {
+            workflow: "wf".into(),
+        }));
+        let order: Vec<String> = in_order(Input::Finished(ended), &mut rx)
+            .into_iter()
+            .map(|i| match i {
+                Input::Progress(Event::ActionStarted { action, .. }) => action.name().to_owned(),
+                Input::Finished(_) => "end".to_owned(),
+                _ => "other".to_owned(),
+            })
+            .collect();
+        assert_eq!(order, ["install", "apply", "end"]);
+        // Other inputs leave the queue alone: the loop takes events one at a time.
+        tx.send(Event::ActionStarted {
+            unit: 0,
+            action: Action::Backup,
+        })
+        .unwrap();
+        assert_eq!(in_order(Input::Due, &mut rx).len(), 1);
+        assert!(rx.try_recv().is_ok());
     }
 }

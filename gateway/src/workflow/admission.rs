@@ -83,14 +83,6 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     Ordering::Equal
 }
 
-/// Whether a manifest's text asks, under its signature, to allow a downgrade.
-pub fn allows_downgrade(manifest: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(sandstep_model::json::strip_bom_str(manifest))
-        .ok()
-        .and_then(|v| v.get("sandstep")?.get("allowDowngrade")?.as_bool())
-        == Some(true)
-}
-
 /// The key under which an update's installed version is recorded.
 pub fn record_key(update: &UpdateId) -> String {
     format!("{}/{}", update.provider, update.name)
@@ -148,11 +140,5 @@ mod tests {
     fn versions_compare_numerically() {
         assert_eq!(compare_versions("1.10", "1.9"), Ordering::Greater);
         assert_eq!(compare_versions("1.2", "1.2.0.0"), Ordering::Equal);
-        assert!(allows_downgrade(
-            r#"{"sandstep": {"allowDowngrade": true}}"#
-        ));
-        assert!(!allows_downgrade(
-            r#"{"sandstep": {"allowDowngrade": "yes"}}"#
-        ));
     }
 }

@@ -1,12 +1,15 @@
 //! Planning: the manifest, its child manifests and the inventory become the list of units.
 
 use super::events::UnitInfo;
+use super::manifests::Manifests;
 use super::{resolve_source, Deployer};
 use crate::download::Wanted;
 use sandstep_model::codes::{erc, result};
 use sandstep_model::inventory::Inventory;
 use sandstep_model::journal::{Journal, Unit, UnitKind, UnitState};
-use sandstep_model::manifest::{DetachedError, FileEntry, Manifest, Step, MAX_MANIFEST_BYTES};
+use sandstep_model::manifest::{
+    DetachedError, FileEntry, Manifest, ManifestError, Step, TopLevel, MAX_MANIFEST_BYTES,
+};
 use sandstep_model::StepResult;
 use std::io::Read;
 use tokio_util::sync::CancellationToken;
@@ -67,20 +70,21 @@ async fn fetch_manifest_file(
 
 /// A detached manifest (top-level `detachedManifestFileId`) is replaced by the manifest its file
 /// holds, as ADU's `DownloadAndUseDetachedManifest` does; the signature covered the detached one,
-/// whose `files` entry pins the file's hash. Recorded in `j.detached`.
+/// whose `files` entry pins the file's hash. Recorded in `j.detached`. The manifest that runs.
 async fn use_detached_manifest(
     d: &Deployer,
     j: &mut Journal,
+    top: TopLevel,
     cancel: &CancellationToken,
-) -> Result<(), StepResult> {
-    let detached = Manifest::detached_file(&j.manifest).map_err(|e| {
+) -> Result<Result<Manifest, ManifestError>, StepResult> {
+    let detached = top.detached.map_err(|e| {
         StepResult::failure(
             erc::DETACHED_MANIFEST_ENTITY_MISSING,
             format!("update manifest: {}", e.to_string().replace('\n', "; ")),
         )
     })?;
     let Some((id, f)) = detached else {
-        return Ok(());
+        return Ok(top.manifest);
     };
     let bad = |code, why: String| {
         StepResult::failure(
@@ -107,41 +111,54 @@ async fn use_detached_manifest(
         };
         bad(code, e.to_string())
     })?;
-    let is_object = serde_json::from_str::<serde_json::Value>(&inner).is_ok_and(|v| v.is_object());
-    if !is_object || !matches!(Manifest::detached_file(&inner), Ok(None)) {
+    let read = serde_json::from_str::<serde_json::Value>(&inner)
+        .ok()
+        .filter(serde_json::Value::is_object)
+        .map(|v| Manifest::top_level_of(&v));
+    let Some(TopLevel {
+        manifest,
+        detached: Ok(None),
+    }) = read
+    else {
         return Err(bad(
             erc::DETACHED_MANIFEST_BAD,
             "`updateManifest` is not a manifest (JSON object, not itself detached)".into(),
         ));
-    }
+    };
     j.detached = Some(inner);
-    Ok(())
+    Ok(manifest)
 }
 
-/// Fills `j.units` (and `j.children`); a failure is the deployment's result.
+/// Fills `j.units` (and `j.children`) from `top`, the deployment's manifest as read, and `read`
+/// with each manifest it reads (also when planning fails: what they name in the store is given
+/// back); a failure is the deployment's result.
 pub(super) async fn plan(
     d: &Deployer,
     j: &mut Journal,
+    top: TopLevel,
     inventory: Option<&Inventory>,
     cancel: &CancellationToken,
+    read: &mut Manifests,
 ) -> Result<(), StepResult> {
-    use_detached_manifest(d, j, cancel).await?;
-    let manifest = Manifest::parse(j.running_manifest()).map_err(|e| {
-        let code = if e.is_unsupported_version() {
-            erc::UNSUPPORTED_MANIFEST_VERSION
-        } else {
-            erc::WORKFLOW_MANIFEST_INVALID
-        };
-        StepResult::failure(
-            code,
-            format!("update manifest: {}", e.to_string().replace('\n', "; ")),
-        )
-    })?;
+    let manifest = use_detached_manifest(d, j, top, cancel)
+        .await?
+        .map_err(|e| {
+            let code = if e.is_unsupported_version() {
+                erc::UNSUPPORTED_MANIFEST_VERSION
+            } else {
+                erc::WORKFLOW_MANIFEST_INVALID
+            };
+            StepResult::failure(
+                code,
+                format!("update manifest: {}", e.to_string().replace('\n', "; ")),
+            )
+        })?;
     for w in &manifest.warnings {
         tracing::warn!(workflow = %j.workflow_id, "update manifest: {w}");
     }
-    d.admit(j, &manifest)?;
     j.update_id = manifest.update_id.clone();
+    let manifest = &*read.parent.insert(manifest);
+    d.admit(manifest)?;
     let mut units = Vec::new();
     for (i, step) in manifest.steps.iter().enumerate() {
         let i = i as u32;
@@ -173,6 +190,8 @@ pub(super) async fn plan(
                 let child = Manifest::parse_child(&text)
                     .map_err(|e| invalid(e.to_string().replace('\n', "; ")))?;
                 j.children.insert(i, text);
+                read.children.insert(i, child);
+                let child = &read.children[&i];
                 let compatibility = child.compatibility.first().cloned().unwrap_or_default();
                 // ADU's HandleComponents (steps_handler.cpp): without a component enumerator the
                 // child's steps run once, for the host, with no component (`n/a` tokens).

@@ -23,22 +23,25 @@ pub fn store_keys(j: &Journal) -> BTreeSet<String> {
         .collect()
 }
 
-/// The keys `finished` may give back: those no `unfinished` journal names.
-pub fn releasable(finished: &Journal, unfinished: &[Journal]) -> BTreeSet<String> {
+/// Of the keys `held` by deployment `finished`, those it may give back: those no other
+/// `unfinished` journal names.
+pub fn releasable(
+    finished: &str,
+    held: BTreeSet<String>,
+    unfinished: &[Journal],
+) -> BTreeSet<String> {
     let kept: BTreeSet<String> = unfinished
         .iter()
-        .filter(|u| u.workflow_id != finished.workflow_id)
+        .filter(|u| u.workflow_id != finished)
         .flat_map(store_keys)
         .collect();
-    store_keys(finished)
-        .into_iter()
-        .filter(|k| !kept.contains(k))
-        .collect()
+    held.into_iter().filter(|k| !kept.contains(k)).collect()
 }
 
-/// Removes what `finished` held. Best effort: a folder that cannot be removed is logged, and
-/// the next finished deployment does not depend on it.
-pub fn release(data: &DataDir, finished: &Journal, unfinished: &[Journal]) {
+/// Removes what `finished` held: its folders, and the store entries of `held` (the keys of the
+/// files its manifests name) no `unfinished` deployment wants. Best effort: a folder that cannot
+/// be removed is logged, and the next finished deployment does not depend on it.
+pub fn release(data: &DataDir, finished: &Journal, held: BTreeSet<String>, unfinished: &[Journal]) {
     let wf = safe_name(&finished.workflow_id);
     let warn = |what: &str, e: std::io::Error| {
         tracing::warn!(workflow = %finished.workflow_id, "cannot remove {what}: {e}");
@@ -51,7 +54,7 @@ pub fn release(data: &DataDir, finished: &Journal, unfinished: &[Journal]) {
         }
     }
     let Ok(store) = data.downloads() else { return };
-    for key in releasable(finished, unfinished) {
+    for key in releasable(&finished.workflow_id, held, unfinished) {
         for name in [key.clone(), format!("{key}.partial")] {
             match store.remove_file(&name) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => warn("a store file", e),
@@ -116,7 +119,8 @@ mod tests {
     fn a_finished_deployment_gives_back_only_files_no_unfinished_one_wants() {
         let done = journal("wf-1", &[("a", [1; 32]), ("b", [2; 32])]);
         let waiting = journal("wf-2", &[("b2", [2; 32])]);
-        let keys = releasable(&done, &[waiting, done.clone()]);
+        let held = store_keys(&done);
+        let keys = releasable(&done.workflow_id, held, &[waiting, done.clone()]);
         assert_eq!(keys, BTreeSet::from([hex::encode([1u8; 32])]));
     }
 }
