@@ -144,15 +144,22 @@ impl Record {
                 retain: false,
             });
         }
-        out.push(Answer {
+        out.push(self.whole_document(topics, device, now_ms));
+        out
+    }
+
+    /// The whole document, retained on the device's `shadow` topic: after a stored change, and
+    /// as the answer to the device's `get` (it asks on every (re)connection).
+    pub fn whole_document(&self, topics: &Topics, device: &str, now_ms: u64) -> Answer {
+        let delta = shadow::delta(&self.desired, &self.reported);
+        Answer {
             topic: Topics::for_device(&topics.shadow, device),
             payload: json!({
                 "state": {"desired": self.desired, "reported": self.reported, "delta": delta},
                 "version": self.version, "timestamp": now_ms, "lastReportedMs": self.reported_ms,
             }),
             retain: true,
-        });
-        out
+        }
     }
 }
 

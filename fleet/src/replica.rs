@@ -51,11 +51,24 @@ pub struct ReplicaOptions {
 
 /// The topic filter the replica subscribes to.
 pub fn subscription(topics: &Topics, share_group: Option<&str>) -> String {
-    let filter = Topics::filter(&topics.update);
+    shared(&topics.update, share_group)
+}
+
+/// A device topic as a filter for every device, shared by the group's replicas.
+fn shared(template: &str, share_group: Option<&str>) -> String {
+    let filter = Topics::filter(template);
     match share_group {
         Some(g) => format!("$share/{g}/{filter}"),
         None => filter,
     }
+}
+
+/// The filters the replica subscribes to: every device's updates, and its requests for the
+/// whole document when the layout has them.
+fn subscriptions(topics: &Topics, share_group: Option<&str>) -> Vec<String> {
+    let mut out = vec![subscription(topics, share_group)];
+    out.extend(topics.get.as_deref().map(|g| shared(g, share_group)));
+    out
 }
 
 /// Runs the replica until `shutdown`.
@@ -71,7 +84,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("sandstep-shadow-{:08x}", fastrand::u32(..)));
     let mut conn = Mqtt::connect(mqtt, &client_id)?;
-    let filter = subscription(topics, opts.share_group.as_deref());
+    let filter = subscriptions(topics, opts.share_group.as_deref());
     let mut next_tick = Instant::now();
     let mut rollouts = Rollouts::default();
     loop {
@@ -106,11 +119,13 @@ pub async fn run(
     }
 }
 
-async fn handle_other(conn: &Mqtt, filter: &str, ev: MqttEvent) -> Result<(), ShadowError> {
+async fn handle_other(conn: &Mqtt, filters: &[String], ev: MqttEvent) -> Result<(), ShadowError> {
     match ev {
         MqttEvent::Connected => {
-            tracing::info!(%filter, "replica connected");
-            conn.subscribe(filter).await?;
+            tracing::info!(?filters, "replica connected");
+            for f in filters {
+                conn.subscribe(f).await?;
+            }
         }
         MqttEvent::Disconnected(e) => tracing::warn!("replica disconnected: {e}"),
         MqttEvent::PubAck { refused: Some(why) } => {
@@ -131,7 +146,17 @@ async fn store_batch(
     let now = sandstep_transport::clock::now_ms();
     let mut docs: Vec<(String, Document)> = Vec::with_capacity(batch.len());
     let mut answers: Vec<Answer> = Vec::new();
+    let mut asking: Vec<String> = Vec::new();
     for (topic, payload) in batch {
+        if let Some(device) = topics
+            .get
+            .as_deref()
+            .and_then(|g| Topics::device_of(g, &topic))
+            .filter(|d| valid_device_id(d))
+        {
+            asking.push(device);
+            continue;
+        }
         let Some(device) = Topics::device_of(&topics.update, &topic).filter(|d| valid_device_id(d))
         else {
             continue;
@@ -153,7 +178,32 @@ async fn store_batch(
         tracing::error!(%device, "{message}");
         answers.push(record::rejection(topics, &device, 500, &message, now));
     }
+    answers.extend(whole_documents(store, topics, asking, now).await?);
     publish(conn, answers).await
+}
+
+/// The whole documents devices asked for (after the batch's updates are stored, so an answer
+/// is never older than what the device just sent). A device unknown to the store gets none.
+async fn whole_documents(
+    store: &mut Store,
+    topics: &Topics,
+    mut devices: Vec<String>,
+    now: u64,
+) -> Result<Vec<Answer>, ShadowError> {
+    devices.sort();
+    devices.dedup();
+    let mut out = Vec::with_capacity(devices.len());
+    for device in devices {
+        match store.get(&device).await {
+            Ok(Some(rec)) => out.push(rec.whole_document(topics, &device, now)),
+            Ok(None) => {}
+            Err(e @ StoreError::Data { .. }) => {
+                tracing::error!(%device, "cannot answer its request for the whole document: {e}")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
 }
 
 /// The devices of `docs`, and updates of them, stored records, and the devices refused.

@@ -11,7 +11,7 @@ use crate::datadir::DataDir;
 use crate::digest::Sha256;
 use crate::download::{DownloadConfig, Downloader, Wanted};
 use crate::sandbox::{
-    CallTags, EngineOptions, HandlerComponent, Limits, Sandbox, SessionSetup, StepDirs,
+    CacheDirs, CallTags, EngineOptions, HandlerComponent, Limits, Sandbox, SessionSetup, StepDirs,
 };
 use crate::trust::{handler_sig, TrustedHandlerKey};
 use crate::workflow::events::{Event, Observer};
@@ -185,11 +185,15 @@ pub async fn handler_call(
         let cache = cache_root
             .path()
             .join(if pooling { "pool" } else { "plain" });
-        std::fs::create_dir(&cache).expect("mkdir");
+        std::fs::create_dir_all(cache.join("key")).expect("mkdir");
         let mut v = Vec::new();
         // One engine, as in a process running steps; `Sandbox::load` keeps nothing in memory,
         // so every call reads, checks and deserializes the artefact from disk.
-        let sb = Sandbox::new(&EngineOptions { pooling }, Some(dir(&cache))).expect("sandbox");
+        let dirs = CacheDirs {
+            artefacts: dir(&cache),
+            key: dir(&cache.join("key")),
+        };
+        let sb = Sandbox::new(&EngineOptions { pooling }, Some(dirs)).expect("sandbox");
         for i in 0..iterations + 1 {
             let t = Instant::now();
             handler_sig::verify(signed, &keys).expect("signature");

@@ -217,9 +217,14 @@ impl DataDir {
     pub fn state(&self) -> Result<Dir, DataDirError> {
         self.sub("state", 0o755)
     }
-    pub fn component_cache(&self) -> Result<Dir, DataDirError> {
+    /// The precompiled components (`cache/components`) and, apart from them, the key that
+    /// vouches for them (`keys/`, see [`crate::sandbox::cache`]).
+    pub fn component_cache(&self) -> Result<CacheDirs, DataDirError> {
         self.sub("cache", 0o700)?;
-        self.sub("cache/components", 0o700)
+        Ok(CacheDirs {
+            artefacts: self.sub("cache/components", 0o700)?,
+            key: self.sub("keys", 0o700)?,
+        })
     }
     pub fn handlers(&self) -> Result<Dir, DataDirError> {
         self.sub("handlers", 0o700)
@@ -243,6 +248,13 @@ impl DataDir {
     pub fn results(&self) -> Result<Dir, DataDirError> {
         self.sub("results", 0o755)
     }
+}
+
+/// Where the precompiled cache keeps its artefacts and, apart from them, its key.
+#[derive(Debug)]
+pub struct CacheDirs {
+    pub artefacts: Dir,
+    pub key: Dir,
 }
 
 #[cfg(test)]

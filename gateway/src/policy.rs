@@ -3,7 +3,7 @@
 //! `[handlers."<id>"]` tables are parsed into this; the deployment engine and the loader take it
 //! from there. A handler id without a table gets the base world only and the default limits.
 
-use crate::capability::process::ProcessPolicy;
+use crate::capability::process::{ProcessPolicy, ProgramRule};
 use crate::capability::{Capability, Grants};
 use crate::sandbox::dirs::Preopen;
 use crate::sandbox::Limits;
@@ -68,6 +68,12 @@ pub struct HandlerPolicy {
     /// Component properties that may be mapped in as directories, for the selected component
     /// only (component-aware handlers).
     pub component_dirs: Vec<ComponentDir>,
+    /// Component properties naming a directory the handler's host programs may write beneath
+    /// (the kernel holds them to it: [`crate::capability::landlock`]), for the selected
+    /// component only: ADU's scripts copy firmware into the component's `path`. A value that is
+    /// not an existing directory grants nothing (the program's own write then fails, as it
+    /// would under ADU's agent).
+    pub component_writable: Vec<String>,
     /// Put a copy of each verified payload file in the step's work folder before the handler
     /// runs, as ADU's agent downloads a step's files into the folder it passes as
     /// `--work-folder` (its script handler's scripts copy `<work-folder>/<file>`). A copy, never
@@ -261,6 +267,37 @@ impl Policy {
             out.push(Preopen::new(dir, d.guest.clone(), d.writable));
         }
         Ok(out)
+    }
+}
+
+impl Policy {
+    /// Every handler's program rules, with the handler id.
+    pub fn program_rules(&self) -> impl Iterator<Item = (&str, &ProgramRule)> {
+        self.handlers.iter().flat_map(|(id, h)| {
+            h.process
+                .iter()
+                .flat_map(|p| p.programs.iter())
+                .map(move |r| (id.as_str(), r))
+        })
+    }
+
+    /// The host directories a handler's programs may also write for the selected component
+    /// (`component-writable`): each property's value, resolved, when it is a directory.
+    pub fn component_writable(
+        &self,
+        handler_id: &str,
+        component: Option<&sandstep_model::Component>,
+    ) -> Vec<PathBuf> {
+        let (Some(policy), Some(c)) = (self.handler(handler_id), component) else {
+            return Vec::new();
+        };
+        policy
+            .component_writable
+            .iter()
+            .filter_map(|prop| c.properties.get(prop).and_then(|v| v.as_str()))
+            .filter_map(|value| std::fs::canonicalize(value).ok())
+            .filter(|real| real.is_dir())
+            .collect()
     }
 }
 

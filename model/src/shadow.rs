@@ -170,8 +170,14 @@ pub struct Topics {
     pub accepted: String,
     /// Where refused updates are answered.
     pub rejected: String,
-    /// Where the replica keeps each device's whole document, retained (for `sandstep status`).
+    /// Where the replica keeps each device's whole document, retained (for `sandstep status`),
+    /// and where a request on `get` is answered.
     pub shadow: String,
+    /// Where a device asks for its whole document (an empty message), answered on `shadow`:
+    /// the agent asks on every (re)connection, so a delta published while it was away is not
+    /// missed. None: the layout has no such request (the retained `shadow` alone is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub get: Option<String>,
 }
 
 impl Topics {
@@ -183,6 +189,7 @@ impl Topics {
             accepted: "state/{device}/update/accepted".into(),
             rejected: "state/{device}/update/rejected".into(),
             shadow: "state/{device}/shadow".into(),
+            get: Some("state/{device}/get".into()),
         }
     }
 
@@ -194,6 +201,7 @@ impl Topics {
             accepted: "$aws/things/{device}/shadow/update/accepted".into(),
             rejected: "$aws/things/{device}/shadow/update/rejected".into(),
             shadow: "$aws/things/{device}/shadow/get/accepted".into(),
+            get: Some("$aws/things/{device}/shadow/get".into()),
         }
     }
 

@@ -28,6 +28,22 @@ pub enum Queued {
     Wire { topic: String, payload: Value },
 }
 
+/// Two reports as one: what the service would hold after merging `old`, then `new` (objects
+/// merged member by member, any other value, `null` too, replaced).
+fn combined(mut old: Map<String, Value>, new: Map<String, Value>) -> Map<String, Value> {
+    for (k, v) in new {
+        match (old.get_mut(&k), v) {
+            (Some(Value::Object(o)), Value::Object(n)) => {
+                *o = combined(std::mem::take(o), n);
+            }
+            (_, v) => {
+                old.insert(k, v);
+            }
+        }
+    }
+    old
+}
+
 impl Queued {
     fn is_progress(&self) -> bool {
         matches!(self, Queued::Report { progress: true, .. })
@@ -106,8 +122,10 @@ impl Outbox {
         format!("{seq:016}.json")
     }
 
-    /// Queues an item (replacing a waiting progress report when this is progress too).
-    pub fn push(&mut self, o: Queued) -> std::io::Result<()> {
+    /// Queues an item (replacing a waiting progress report when this is progress too, its
+    /// fields combined into the new one's, so what only the replaced one said, such as when a
+    /// stage began, still goes out).
+    pub fn push(&mut self, mut o: Queued) -> std::io::Result<()> {
         let replace = o.is_progress()
             && self
                 .queue
@@ -115,7 +133,13 @@ impl Outbox {
                 .is_some_and(|(_, last)| last.is_progress())
             && !(self.in_flight && self.queue.len() == 1);
         let seq = if replace {
-            self.queue.back().expect("checked").0
+            let (seq, replaced) = self.queue.back().expect("checked");
+            if let (Queued::Report { fields: old, .. }, Queued::Report { fields: new, .. }) =
+                (replaced, &mut o)
+            {
+                *new = combined(old.clone(), std::mem::take(new));
+            }
+            *seq
         } else {
             let s = self.next;
             self.next += 1;
@@ -236,6 +260,35 @@ mod tests {
             o.delivered().unwrap();
         }
         assert_eq!(sent, [2, 3, 5]);
+    }
+
+    #[test]
+    fn a_replaced_progress_report_still_says_what_only_it_said() {
+        let (_t, mut o) = outbox();
+        let report = |v: Value| Queued::Report {
+            fields: v.as_object().unwrap().clone(),
+            progress: true,
+        };
+        o.push(report(json!({"n": 0}))).unwrap();
+        assert_eq!(n(&o.next_to_send().unwrap()), 0);
+        // Waiting behind the one in flight: the install's start (a new stage, and when it
+        // began), then the apply's start in the same stage.
+        o.push(report(json!({"status": "applying", "applyingAt": 7,
+            "progress": {"action": "install", "unit": "step_0"}, "lastError": "old"})))
+            .unwrap();
+        o.push(report(json!({"status": "applying",
+            "progress": {"action": "apply", "percent": 0}, "lastError": null})))
+            .unwrap();
+        o.delivered().unwrap();
+        let Queued::Report { fields, .. } = o.next_to_send().unwrap() else {
+            panic!("a report")
+        };
+        assert_eq!(
+            Value::Object(fields),
+            json!({"status": "applying", "applyingAt": 7,
+                "progress": {"action": "apply", "unit": "step_0", "percent": 0},
+                "lastError": null})
+        );
     }
 
     #[test]

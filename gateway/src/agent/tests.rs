@@ -114,6 +114,10 @@ impl Harness {
                 .await
                 .expect("a report in time")
                 .expect("the agent runs");
+            if topic == "state/gw-t/get" {
+                // Its request for the whole document, on every connection.
+                continue;
+            }
             assert_eq!(topic, "state/gw-t/update");
             let reported = doc["state"]["reported"].clone();
             if want(&reported) {
@@ -126,6 +130,27 @@ impl Harness {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap()
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_connecting_the_whole_document_is_asked_for_before_any_report_and_its_delta_runs() {
+    let mut h = Harness::start(false);
+    let (topic, _) = h.reports.recv().await.unwrap();
+    assert_eq!(topic, "state/gw-t/get", "asked first");
+    // The answer (the retained document) carries a deployment the agent never saw as a delta.
+    let doc = json!({"state": {"desired": {}, "reported": {},
+        "delta": {"workflow": {"action": 3, "id": "wf-missed"}, "updateManifest": "{}", "fileUrls": {}}},
+        "version": 4});
+    h.to_agent
+        .send(MqttEvent::Message {
+            topic: "state/gw-t/shadow".into(),
+            payload: doc.to_string().into_bytes(),
+            retained: true,
+        })
+        .unwrap();
+    let ack = h.report_where(|r| r["workflow"]["id"] == "wf-missed").await;
+    assert_eq!(ack["status"], "downloading", "{ack}");
+    assert_eq!(h.stop().await, AgentExit::Shutdown);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,8 @@
 //! - `payload-file`, `payload-file:<suffix>`: an absolute path beneath the step's `/payload`, each
 //!   component a real directory or, last, a regular file (no symlink anywhere, no `..`);
 //! - `work-path`, `state-path`: an absolute path beneath `/work` or `/state`, no symlink and no
-//!   `..` on the way (the last component may not exist yet);
+//!   `..` on the way (the last component may not exist yet; when it does, it is not a symlink
+//!   and not a file with other hard links, which may lie outside the step's directories);
 //! - `debian-package`: `name`, `name=version` (the version starting with a digit) or `name-`;
 //! - `debian-package-name`: `name` alone;
 //! - `any`: anything, for the arguments of a payload script whose interpreter already runs step
@@ -172,6 +173,8 @@ pub enum SlotError {
     NotRegular,
     #[error("{0} is a symlink")]
     Symlink(String),
+    #[error("{0} is a hard link to a file that has other names (perhaps outside the step's directories)")]
+    HardLink(String),
     #[error("{path}: {errno}")]
     Io { path: String, errno: String },
 }
@@ -286,7 +289,9 @@ pub fn is_package_spec(s: &str) -> bool {
 /// `..`, `.` or any symlink (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, so no
 /// component can lead out, whatever the handler planted); with `regular_file`, that it is an
 /// existing regular file, else that its parent is a directory and the last component, when it
-/// exists, is not a symlink.
+/// exists, is neither a symlink nor a file with more than one hard link (a link planted in the
+/// step's directory to a file elsewhere would be written through: beneath-resolution and
+/// Landlock see only the name beneath the directory).
 ///
 /// The program re-resolves the same text when it opens it; nothing can swap a component in
 /// between: the handler waits in this call, and whatever earlier programs of the step left
@@ -324,9 +329,10 @@ pub fn resolve_beneath(base: &Path, arg: &str, regular_file: bool) -> Result<(),
         None => root,
     };
     let last = parts.last().expect("not empty").as_os_str();
-    match beneath::is_symlink_at(&dir, last) {
-        Ok(true) => Err(SlotError::Symlink(arg.to_owned())),
-        Ok(false) => Ok(()),
+    match beneath::kind_at(&dir, last) {
+        Ok(beneath::Kind::Symlink) => Err(SlotError::Symlink(arg.to_owned())),
+        Ok(beneath::Kind::Linked) => Err(SlotError::HardLink(arg.to_owned())),
+        Ok(beneath::Kind::Plain) => Ok(()),
         Err(rustix::io::Errno::NOENT) => Ok(()),
         Err(e) => Err(io(Path::new(arg), e)),
     }
@@ -364,9 +370,22 @@ mod beneath {
             .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
     }
 
-    pub fn is_symlink_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> rustix::io::Result<bool> {
+    /// What a path's last component is, as far as writing through it goes.
+    pub enum Kind {
+        Symlink,
+        /// A non-directory with more than one name.
+        Linked,
+        Plain,
+    }
+
+    pub fn kind_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> rustix::io::Result<Kind> {
         let st = statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-        Ok(FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
+        Ok(match FileType::from_raw_mode(st.st_mode) {
+            FileType::Symlink => Kind::Symlink,
+            FileType::Directory => Kind::Plain,
+            _ if st.st_nlink > 1 => Kind::Linked,
+            _ => Kind::Plain,
+        })
     }
 }
 
@@ -464,6 +483,27 @@ mod tests {
         // A regular-file slot refuses a directory and a missing file.
         assert!(ok(&p, format!("{}/nope.deb", p.display()), true).is_err());
         assert!(ok(&w, format!("{}/sub", w.display()), true).is_err());
+    }
+
+    #[test]
+    fn a_writable_path_that_is_a_hard_link_to_a_file_elsewhere_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (_, w, s) = dirs(t.path());
+        let host = t.path().join("host-file");
+        std::fs::write(&host, b"precious").unwrap();
+        std::fs::hard_link(&host, w.join("planted")).unwrap();
+        std::fs::hard_link(&host, s.join("planted")).unwrap();
+        for (base, slot) in [(&w, Slot::WorkPath), (&s, Slot::StatePath)] {
+            let arg = base.join("planted").display().to_string();
+            let e = resolve_beneath(base, &arg, false).unwrap_err();
+            assert_eq!(e, SlotError::HardLink(arg.clone()), "{slot:?}");
+        }
+        // A file with one name is fine; so is a directory (its link count is its subdirs').
+        std::fs::write(w.join("own"), b"x").unwrap();
+        std::fs::create_dir_all(w.join("d/e")).unwrap();
+        for good in ["own", "d"] {
+            resolve_beneath(&w, &w.join(good).display().to_string(), false).unwrap();
+        }
     }
 
     #[test]

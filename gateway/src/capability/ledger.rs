@@ -350,13 +350,22 @@ pub enum RecoverError {
 const RECOVER_LIMIT: Duration = Duration::from_secs(1800);
 
 fn run_recover(entry: &Entry) -> Result<i32, RecoverError> {
-    let (program, args) = entry.recover.split_first().ok_or(RecoverError::Empty)?;
+    run_command(&entry.recover, &entry.env)
+}
+
+/// Runs a repair command (with the policy's environment for its program) to its end, up to
+/// [`RECOVER_LIMIT`].
+pub(crate) fn run_command(
+    command: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<i32, RecoverError> {
+    let (program, args) = command.split_first().ok_or(RecoverError::Empty)?;
     let mut child = std::process::Command::new(program)
         .args(args)
         .env_clear()
         .env("PATH", super::PROGRAM_PATH)
         .env("LANG", "C")
-        .envs(&entry.env)
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -9,8 +9,10 @@
 
 pub mod arg_grammar;
 pub mod host;
+pub mod landlock;
 pub mod ledger;
 pub mod process;
+pub mod repair;
 pub mod slot;
 
 use std::fmt;

@@ -12,6 +12,7 @@
 //! end.
 
 use super::arg_grammar::{ArgForm, FormError, StepDirs};
+use super::landlock::{self, Boundary, Ruleset};
 use super::ledger::{self, Entry, ProgramLedger};
 use crate::bindings::process::{self, Command, Error as WitError, Output};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,10 @@ pub struct ProcessPolicy {
     pub max_output_bytes: usize,
     /// Upper bound on a run's time limit, in seconds.
     pub timeout_secs: u64,
+    /// What to do on a kernel without Landlock ([`super::landlock`]): refuse to run the
+    /// program (the default), or run it with the argument grammar alone and say so in its
+    /// output.
+    pub without_landlock: WithoutLandlock,
 }
 
 impl Default for ProcessPolicy {
@@ -40,8 +45,18 @@ impl Default for ProcessPolicy {
             programs: Vec::new(),
             max_output_bytes: 64 * 1024,
             timeout_secs: 3600,
+            without_landlock: WithoutLandlock::Refuse,
         }
     }
+}
+
+/// `without-landlock`: a host program on a kernel that cannot hold it to its grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WithoutLandlock {
+    #[default]
+    Refuse,
+    GrammarOnly,
 }
 
 /// One allowed program and the shapes its arguments may take.
@@ -68,6 +83,42 @@ pub struct ProgramRule {
     /// `["/usr/bin/dpkg", "--configure", "-a"]` for apt-get and dpkg. See [`super::ledger`].
     #[serde(default)]
     pub recover: Vec<String>,
+    /// Directories whose entries mean a run was interrupted, whoever started it: at start,
+    /// `recover` runs when one holds entries (see [`super::repair`]); e.g. dpkg's
+    /// `/var/lib/dpkg/updates`.
+    #[serde(default)]
+    pub recover_if_nonempty: Vec<PathBuf>,
+    /// Lock files the program (or its front end) holds while it runs (apt's
+    /// `/var/lib/dpkg/lock-frontend`, dpkg's `/var/lib/dpkg/lock`): while a live process holds
+    /// one, the run is not interrupted and no repair is due.
+    #[serde(default)]
+    pub recover_unless_locked: Vec<PathBuf>,
+    /// Host paths the program may write beneath besides the step's `/work` and `/state` and
+    /// the handler's writable mapped dirs (the kernel holds it there: [`super::landlock`]);
+    /// e.g. the package system's paths for apt-get.
+    #[serde(default)]
+    pub writable: Vec<PathBuf>,
+    /// Host paths the program may read and run programs from, besides the step's
+    /// directories; empty: reads are not restricted.
+    #[serde(default)]
+    pub readable: Vec<PathBuf>,
+}
+
+impl ProgramRule {
+    /// A rule for `path` with these argument forms, and nothing else set.
+    pub fn new(path: impl Into<String>, forms: Vec<ArgForm>) -> Self {
+        ProgramRule {
+            path: path.into(),
+            forms,
+            env: Default::default(),
+            finish_on_cancel: false,
+            recover: Vec::new(),
+            recover_if_nonempty: Vec::new(),
+            recover_unless_locked: Vec::new(),
+            writable: Vec::new(),
+            readable: Vec::new(),
+        }
+    }
 }
 
 /// A directory the guest was given, as the process capability sees it.
@@ -75,6 +126,8 @@ pub struct ProgramRule {
 pub struct MappedDir {
     pub guest: String,
     pub host: PathBuf,
+    /// Whether the handler (and so its programs) may write there.
+    pub writable: bool,
 }
 
 /// Per-store state of the capability.
@@ -86,6 +139,8 @@ pub struct ProcessCtx {
     pub dirs: Vec<MappedDir>,
     /// Where running programs are recorded, so the next agent finds what a killed one left.
     pub ledger: Option<Arc<ProgramLedger>>,
+    /// Host directories the programs may also write (the selected component's, by policy).
+    pub program_writable: Vec<PathBuf>,
 }
 
 /// Why the policy refused an invocation; the text names the rule.
@@ -123,6 +178,8 @@ pub enum Refusal {
     ArgsTooLong { program: String, len: usize },
     #[error("argument {index} of `{program}` contains a NUL byte")]
     NulInArg { program: String, index: usize },
+    #[error("`{program}` cannot be held to its grant: {why} (policy: process.without-landlock = \"refuse\")")]
+    NoKernelBoundary { program: String, why: String },
 }
 
 /// Each form's reason, numbered.
@@ -156,7 +213,14 @@ impl ProcessCtx {
             handler_id: handler_id.to_owned(),
             dirs,
             ledger,
+            program_writable: Vec::new(),
         }
+    }
+
+    /// Lets the programs also write beneath `dirs` (see `component-writable`).
+    pub fn writing_also(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.program_writable = dirs;
+        self
     }
 
     fn dirs_list(&self) -> String {
@@ -242,6 +306,29 @@ impl ProcessCtx {
         })
     }
 
+    /// What a run of `rule`'s program may touch: the step's writable directories and the
+    /// rule's own paths written, the rest of the step's directories read.
+    pub fn boundary(&self, rule: &ProgramRule) -> Boundary {
+        let (writable, read_only): (Vec<&MappedDir>, Vec<&MappedDir>) =
+            self.dirs.iter().partition(|d| d.writable);
+        let hosts = |ds: Vec<&MappedDir>| ds.into_iter().map(|d| d.host.clone()).collect();
+        let mut b = Boundary {
+            writable: hosts(writable),
+            read_only: hosts(read_only),
+            readable: rule.readable.clone(),
+        };
+        b.writable.extend(rule.writable.iter().cloned());
+        b.writable.extend(self.program_writable.iter().cloned());
+        b
+    }
+
+    /// How the kernel will hold a run of `rule`'s program, or why it may not run.
+    fn kernel_boundary(&self, program: &str, rule: &ProgramRule) -> Result<Held, Refusal> {
+        let boundary = self.boundary(rule);
+        let built = Ruleset::build(&boundary);
+        held(built, &boundary, self.policy.without_landlock, program)
+    }
+
     /// The host path for a guest path inside one of the step's directories.
     pub fn host_path(&self, guest: &str) -> Option<PathBuf> {
         let d = self
@@ -263,6 +350,68 @@ impl ProcessCtx {
             }
         }
         Some(out)
+    }
+}
+
+/// How a run is held, given whether its ruleset could be built and what the policy says when
+/// it could not.
+fn held(
+    built: Result<Ruleset, landlock::LandlockError>,
+    boundary: &Boundary,
+    without: WithoutLandlock,
+    program: &str,
+) -> Result<Held, Refusal> {
+    match (built, without) {
+        (Ok(ruleset), _) => Ok(Held::Landlock {
+            ruleset,
+            writable: boundary.describe(),
+        }),
+        (Err(e), WithoutLandlock::GrammarOnly) => Ok(Held::GrammarOnly(e.to_string())),
+        (Err(e), WithoutLandlock::Refuse) => Err(Refusal::NoKernelBoundary {
+            program: program.to_owned(),
+            why: e.to_string(),
+        }),
+    }
+}
+
+/// How the kernel holds a program run.
+enum Held {
+    /// Under a Landlock ruleset; writes only beneath these paths.
+    Landlock { ruleset: Ruleset, writable: String },
+    /// With the argument grammar alone (the kernel has no Landlock; the policy allows it).
+    GrammarOnly(String),
+}
+
+impl Held {
+    /// Enters the ruleset in the child, before exec.
+    fn apply(&self, command: &mut tokio::process::Command) {
+        if let Held::Landlock { ruleset, .. } = self {
+            let fd = ruleset.raw_fd();
+            // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
+            // calls (prctl, syscall); the descriptor stays open in the parent until spawn returns.
+            unsafe { command.pre_exec(move || landlock::enter(fd)) };
+        }
+    }
+
+    /// What the program's output is told about the boundary: where a program that failed on
+    /// a refused access (EACCES or EPERM in its output, which runs in the C locale) was allowed
+    /// to write, or that only the argument grammar held it.
+    fn note(&self, exit_code: Option<i32>, output: &[&[u8]]) -> Option<String> {
+        let refused = |o: &&[u8]| {
+            let text = String::from_utf8_lossy(o);
+            text.contains("Permission denied") || text.contains("Operation not permitted")
+        };
+        match self {
+            Held::Landlock { writable, .. } if exit_code != Some(0) && output.iter().any(refused) => {
+                Some(format!(
+                    "sandstep: the program ran under Landlock; the kernel refused writes outside: {writable}"
+                ))
+            }
+            Held::Landlock { .. } => None,
+            Held::GrammarOnly(why) => Some(format!(
+                "sandstep: the kernel did not hold this program to its grant ({why}); it ran with the argument grammar alone (policy: process.without-landlock = \"grammar-only\")"
+            )),
+        }
     }
 }
 
@@ -499,6 +648,9 @@ impl ProcessCtx {
             .map(Duration::from_millis)
             .map_or(policy_limit, |t| t.min(policy_limit));
 
+        let held = self
+            .kernel_boundary(&cmd.program, rule)
+            .map_err(|r| WitError::Denied(r.to_string()))?;
         let entry = self.announce(&cmd.program, rule, limit)?;
         let mut command = tokio::process::Command::new(&cmd.program);
         command
@@ -506,6 +658,8 @@ impl ProcessCtx {
             .env_clear()
             .env("PATH", super::PROGRAM_PATH)
             .env("LANG", "C")
+            // Temporary files go where the program may write.
+            .env("TMPDIR", &cwd)
             .envs(&rule.env)
             .env(ledger::TOKEN_VAR, &entry.token)
             .current_dir(&cwd)
@@ -516,6 +670,7 @@ impl ProcessCtx {
         if !rule.finish_on_cancel {
             die_with_the_agent(&mut command);
         }
+        held.apply(&mut command);
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -541,12 +696,22 @@ impl ProcessCtx {
         };
         group.reaped();
         use std::os::unix::process::ExitStatusExt;
+        let exit_code = status.and_then(|s| s.code());
+        let note = held.note(exit_code, &[&out.0, &err.0]);
+        let mut stderr = String::from_utf8_lossy(&err.0).into_owned();
+        if let Some(note) = note {
+            if !stderr.is_empty() && !stderr.ends_with('\n') {
+                stderr.push('\n');
+            }
+            stderr.push_str(&note);
+            stderr.push('\n');
+        }
         Ok(Output {
-            exit_code: status.and_then(|s| s.code()),
+            exit_code,
             signal: status.and_then(|s| s.signal()),
             timed_out,
             stdout: String::from_utf8_lossy(&out.0).into_owned(),
-            stderr: String::from_utf8_lossy(&err.0).into_owned(),
+            stderr,
             truncated: out.1 || err.1,
         })
     }
@@ -617,16 +782,13 @@ mod tests {
         };
         ProcessCtx {
             policy: ProcessPolicy {
-                programs: vec![ProgramRule {
-                    path: "/usr/bin/apt-get".into(),
-                    forms: vec![
+                programs: vec![ProgramRule::new(
+                    "/usr/bin/apt-get",
+                    vec![
                         form(&["-y", "install"]),
                         form(&["-y", "--download-only", "install"]),
                     ],
-                    env: Default::default(),
-                    finish_on_cancel: false,
-                    recover: vec![],
-                }],
+                )],
                 ..ProcessPolicy::default()
             },
             handler_id: "microsoft/apt:1".into(),
@@ -635,9 +797,11 @@ mod tests {
                 .map(|n| MappedDir {
                     guest: format!("/{n}"),
                     host: dir(n),
+                    writable: n != "payload",
                 })
                 .collect(),
             ledger: None,
+            program_writable: vec![],
         }
     }
 
@@ -711,18 +875,15 @@ mod tests {
     fn a_script_interpreter_runs_only_a_payload_file_as_its_entry_point() {
         let t = tempfile::tempdir().unwrap();
         let mut c = ctx_in(t.path());
-        c.policy.programs.push(ProgramRule {
-            path: "/bin/sh".into(),
-            forms: vec![ArgForm {
+        c.policy.programs.push(ProgramRule::new(
+            "/bin/sh",
+            vec![ArgForm {
                 prefix: vec![],
                 then: vec![Slot::PayloadFile { suffix: None }],
                 rest: vec![Slot::Any],
                 max_args: 8,
             }],
-            env: Default::default(),
-            finish_on_cancel: false,
-            recover: vec![],
-        });
+        ));
         let script = t.path().join("payload/install.sh");
         std::fs::write(&script, b"true").unwrap();
         let script = script.display().to_string();
@@ -791,6 +952,37 @@ mod tests {
     }
 
     #[test]
+    fn without_landlock_a_program_is_refused_unless_the_policy_accepts_the_grammar_alone() {
+        let none = || {
+            Err(landlock::LandlockError::Unavailable(
+                std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            ))
+        };
+        let b = Boundary::default();
+        let refused = held(none(), &b, WithoutLandlock::Refuse, "/bin/sh")
+            .err()
+            .unwrap();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("`/bin/sh` cannot be held to its grant: the kernel has no Landlock")
+                && refused
+                    .to_string()
+                    .ends_with("(policy: process.without-landlock = \"refuse\")"),
+            "{refused}"
+        );
+        let Ok(h) = held(none(), &b, WithoutLandlock::GrammarOnly, "/bin/sh") else {
+            panic!("grammar-only runs it")
+        };
+        // Said in its output, whatever its exit status.
+        for code in [Some(0), Some(1)] {
+            let note = h.note(code, &[]).unwrap();
+            assert!(note.contains("argument grammar alone"), "{note}");
+        }
+        assert_eq!(WithoutLandlock::default(), WithoutLandlock::Refuse);
+    }
+
+    #[test]
     fn host_paths_resolve_inside_dirs_only() {
         let c = ProcessCtx {
             policy: ProcessPolicy::default(),
@@ -799,13 +991,16 @@ mod tests {
                 MappedDir {
                     guest: "/payload".into(),
                     host: "/data/p".into(),
+                    writable: false,
                 },
                 MappedDir {
                     guest: "/work".into(),
                     host: "/data/w".into(),
+                    writable: true,
                 },
             ],
             ledger: None,
+            program_writable: vec![],
         };
         assert_eq!(
             c.host_path("/payload/a.deb"),

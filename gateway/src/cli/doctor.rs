@@ -106,9 +106,53 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
     }
 
     check_handlers(&mut r, &data, &config, trust, sandbox).await?;
+    check_landlock(&mut r, &config);
     check_slots(&mut r, &config);
     check_agent(&mut r, &config, broker_timeout).await;
     finish(r)
+}
+
+/// Whether the kernel can hold host programs to their grants (Landlock), and, where it cannot,
+/// which handlers' programs will be refused and which run with the argument grammar alone.
+fn check_landlock(r: &mut Report, config: &Config) {
+    use sandstep::capability::landlock;
+    use sandstep::capability::process::WithoutLandlock;
+    let policy = config.policy();
+    let with_programs = || {
+        policy
+            .handlers
+            .iter()
+            .filter_map(|(id, h)| h.process.as_ref().map(|p| (id, p)))
+            .filter(|(_, p)| !p.programs.is_empty())
+    };
+    match landlock::abi() {
+        Ok(abi) => r.ok(
+            "host programs",
+            format!("Landlock ABI {abi}: the kernel holds each program to its handler's grant"),
+        ),
+        Err(e) => {
+            let (refused, grammar): (Vec<_>, Vec<_>) =
+                with_programs().partition(|(_, p)| p.without_landlock == WithoutLandlock::Refuse);
+            let ids = |v: Vec<(&String, _)>| {
+                v.into_iter()
+                    .map(|(id, _)| id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            r.fail(
+                "host programs",
+                format!(
+                    "this kernel has no Landlock ({e}): programs of {} are refused; programs of {} \
+                     run with the argument grammar alone",
+                    ids(refused),
+                    ids(grammar)
+                ),
+                "boot a kernel with CONFIG_SECURITY_LANDLOCK and `landlock` in its lsm= list, \
+                 or set process.without-landlock = \"grammar-only\" for the handlers that may \
+                 run so",
+            );
+        }
+    }
 }
 
 /// For each handler with A/B slots: both slots exist (a block device, or a file-backed slot's

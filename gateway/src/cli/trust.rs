@@ -5,7 +5,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Subcommand, ValueEnum};
 use sandstep::datadir::write_atomic;
 use sandstep::trust::root_package;
-use sandstep::trust::TrustStore;
+use sandstep::trust::{Scope, TrustStore};
 use sandstep_signing::jws::PublicJwk;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,8 +29,9 @@ pub enum TrustCommand {
         /// The name it is known by (default: the file name without .pub and .key).
         #[arg(long)]
         name: Option<String>,
-        /// For a handler key: the handler id prefixes it may sign (repeatable, e.g. `contoso/`);
-        /// without, any handler id.
+        /// For a handler key: what it may sign (repeatable): a vendor (`contoso`: contoso/*
+        /// ids, never contosoevil/*), a handler (`contoso/modem`: every version) or an id
+        /// (`contoso/modem:1`); without, any handler id.
         #[arg(long)]
         scope: Vec<String>,
     },
@@ -82,13 +83,18 @@ pub fn run(cmd: TrustCommand, common: &Common) -> Result<ExitCode> {
                     (data.trust_roots()?, root_file(&v, &key, &name)?)
                 }
             };
+            let scope = scope
+                .iter()
+                .map(|s| Scope::parse(s).context("--scope"))
+                .collect::<Result<Vec<_>>>()?;
+            let lines: Vec<&str> = scope.iter().map(Scope::line).collect();
             if matches!(what, What::Handler) {
                 // Written first, so the key is never trusted wider than asked for.
                 let scope_file = format!("{name}.scope");
                 if scope.is_empty() {
                     let _ = dir.remove_file(&scope_file);
                 } else {
-                    write_atomic(&dir, &scope_file, scope.join("\n").as_bytes(), 0o644)?;
+                    write_atomic(&dir, &scope_file, lines.join("\n").as_bytes(), 0o644)?;
                 }
             } else if !scope.is_empty() {
                 bail!("--scope is for handler keys");
@@ -96,7 +102,7 @@ pub fn run(cmd: TrustCommand, common: &Common) -> Result<ExitCode> {
             write_atomic(&dir, &file, &bytes, 0o644)?;
             match scope.is_empty() {
                 true => println!("trusted {name}"),
-                false => println!("trusted {name} for {}", scope.join(", ")),
+                false => println!("trusted {name} for {}", shown(&scope)),
             }
         }
         TrustCommand::List => {
@@ -104,7 +110,7 @@ pub fn run(cmd: TrustCommand, common: &Common) -> Result<ExitCode> {
             for k in &store.handler_keys {
                 let scope = match k.scope.is_empty() {
                     true => "any handler id".to_owned(),
-                    false => k.scope.join(", "),
+                    false => shown(&k.scope),
                 };
                 println!(
                     "handler key {}  id {}  signs {scope}",
@@ -156,4 +162,13 @@ fn root_file(v: &serde_json::Value, key: &std::path::Path, name: &str) -> Result
         bail!("{}: a root key needs a `kid`", key.display());
     }
     Ok(format!("{name}.pub"))
+}
+
+/// Scopes as `trust add` and `trust list` show them: `contoso/*`, `contoso/modem:*`, an id.
+fn shown(scope: &[Scope]) -> String {
+    scope
+        .iter()
+        .map(Scope::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -3,19 +3,26 @@
 //! Entries are keyed by the component's sha256 and the engine's compatibility hash. wasmtime
 //! treats deserialization as unsafe by design (an artefact is machine code), so an artefact is
 //! mapped only when it carries a valid HMAC-SHA256 (ring's, the CPU's fastest code) under a key
-//! that only the agent can read (`mac.key`, 32 random bytes, mode 0600, created on first use). The
-//! MAC covers the engine key, the component's digest and the artefact's bytes: a file swapped in
-//! (another entry's artefact and sidecar copied over, a crafted one, a torn or garbled one) is
-//! refused before it is mapped, and compiled again from the verified component. A key file that
-//! others could read, or that another user owns, is replaced (which invalidates every entry).
-//! Writes are atomic (temporary file, fsync, rename).
+//! kept apart from the cache, beside the trust store (`<data-dir>/keys/cache-mac.key`, 32 random
+//! bytes, mode 0600, created on first use): whoever can write the cache directory cannot read
+//! the key there. The MAC covers the engine key, the component's digest and the artefact's
+//! bytes: a file swapped in (another entry's artefact and sidecar copied over, a crafted one, a
+//! torn or garbled one) is refused before it is mapped, and compiled again from the verified
+//! component. The key file is opened once, without following a symlink, and checked on what was
+//! opened (no check-then-reopen window); one that others could read, that another user owns, or
+//! that is not a plain 32-byte file is replaced (which invalidates every entry). Writes are
+//! atomic (temporary file, fsync, rename).
 
 use cap_std::fs::{Dir, OpenOptions};
 use ring::hmac;
 use std::io::{Read, Write};
 
-/// The key's file name in the cache directory.
-const KEY_FILE: &str = "mac.key";
+/// The key's file name in its directory.
+const KEY_FILE: &str = "cache-mac.key";
+/// Where earlier versions kept the key: in the cache directory itself. Removed on sight.
+const OLD_KEY_FILE: &str = "mac.key";
+
+pub use crate::datadir::CacheDirs;
 
 /// A directory of precompiled components.
 #[derive(Debug)]
@@ -35,27 +42,41 @@ impl std::fmt::Debug for MacKey {
     }
 }
 
+/// The key's bytes, read from one open of the file (never through a symlink), if that file is a
+/// plain 32-byte file of this user that no one else may read.
+fn read_private_key(dir: &Dir) -> std::io::Result<Option<Vec<u8>>> {
+    use cap_std::fs::{MetadataExt, OpenOptionsExt};
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    let mut file = match dir.open_with(KEY_FILE, &opts) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // A symlink (ELOOP) or anything else that is not the key's own file.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let m = file.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let mine = m.uid() == unsafe { libc::geteuid() };
+    if !(m.is_file() && m.mode() & 0o077 == 0 && mine && m.len() == 32) {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(32);
+    file.read_to_end(&mut bytes)?;
+    Ok((bytes.len() == 32).then_some(bytes))
+}
+
 /// Reads the key, or makes a new one when it is missing or not private to this user.
 fn load_or_make_key(dir: &Dir) -> std::io::Result<hmac::Key> {
-    use cap_std::fs::MetadataExt;
-    let private = |m: &cap_std::fs::Metadata| {
-        m.is_file()
-            && m.mode() & 0o077 == 0
-            // SAFETY: geteuid has no preconditions.
-            && m.uid() == unsafe { libc::geteuid() }
-            && m.len() == 32
-    };
-    match dir.symlink_metadata(KEY_FILE) {
-        Ok(m) if private(&m) => {
-            let bytes = dir.read(KEY_FILE)?;
-            return Ok(hmac::Key::new(hmac::HMAC_SHA256, &bytes));
-        }
-        Ok(_) => tracing::warn!(
-            "the precompiled cache's key file is readable by others or not the agent's own; \
-             replacing it (every cached artefact is compiled again)"
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    if let Some(bytes) = read_private_key(dir)? {
+        return Ok(hmac::Key::new(hmac::HMAC_SHA256, &bytes));
+    }
+    if dir.symlink_metadata(KEY_FILE).is_ok() {
+        tracing::warn!(
+            "the precompiled cache's key file is readable by others, not the agent's own or \
+             not a plain file; replacing it (every cached artefact is compiled again)"
+        );
     }
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
@@ -66,8 +87,15 @@ fn load_or_make_key(dir: &Dir) -> std::io::Result<hmac::Key> {
 }
 
 impl ComponentCache {
-    pub(crate) fn new(dir: Dir, engine_key: String) -> Self {
-        let key = match load_or_make_key(&dir) {
+    pub(crate) fn new(dirs: CacheDirs, engine_key: String) -> Self {
+        let CacheDirs {
+            artefacts: dir,
+            key,
+        } = dirs;
+        // A key an earlier version kept among the artefacts is readable to whoever can write
+        // them: it goes (its entries no longer verify and are compiled again).
+        let _ = dir.remove_file(OLD_KEY_FILE);
+        let key = match load_or_make_key(&key) {
             Ok(k) => Some(MacKey(k)),
             Err(e) => {
                 tracing::warn!("the precompiled cache is off: no key ({e})");
@@ -200,12 +228,19 @@ mod tests {
     use super::*;
     use cap_std::ambient_authority;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
-    fn cache(t: &std::path::Path) -> ComponentCache {
-        ComponentCache::new(
-            Dir::open_ambient_dir(t, ambient_authority()).unwrap(),
-            "e1".into(),
-        )
+    /// A cache whose artefacts are in `t/cache` and its key in `t/keys`.
+    fn cache(t: &Path) -> ComponentCache {
+        let open = |name: &str| {
+            std::fs::create_dir_all(t.join(name)).unwrap();
+            Dir::open_ambient_dir(t.join(name), ambient_authority()).unwrap()
+        };
+        let dirs = CacheDirs {
+            artefacts: open("cache"),
+            key: open("keys"),
+        };
+        ComponentCache::new(dirs, "e1".into())
     }
 
     #[test]
@@ -215,13 +250,13 @@ mod tests {
         c.write("aa", b"code").unwrap();
         assert!(matches!(c.read("aa").unwrap(), Lookup::Found(b) if b == b"code"));
         // The same bytes and sidecar under another digest: refused.
-        let from = |n: &str| t.path().join(c.entry_name("aa") + n);
-        let to = |n: &str| t.path().join(c.entry_name("bb") + n);
+        let from = |n: &str| t.path().join("cache").join(c.entry_name("aa") + n);
+        let to = |n: &str| t.path().join("cache").join(c.entry_name("bb") + n);
         std::fs::copy(from(""), to("")).unwrap();
         std::fs::copy(from(".mac"), to(".mac")).unwrap();
         assert!(matches!(c.read("bb").unwrap(), Lookup::Mismatch));
         // Another key (a new data dir's): refused.
-        std::fs::remove_file(t.path().join(KEY_FILE)).unwrap();
+        std::fs::remove_file(t.path().join("keys").join(KEY_FILE)).unwrap();
         assert!(matches!(
             cache(t.path()).read("aa").unwrap(),
             Lookup::Mismatch
@@ -229,10 +264,26 @@ mod tests {
     }
 
     #[test]
+    fn the_key_is_not_in_the_cache_directory_and_an_old_one_there_is_removed() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("cache")).unwrap();
+        std::fs::write(t.path().join("cache").join(OLD_KEY_FILE), [7u8; 32]).unwrap();
+        let c = cache(t.path());
+        c.write("aa", b"code").unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(t.path().join("cache"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [c.entry_name("aa"), c.sidecar_name("aa")]);
+        assert!(t.path().join("keys").join(KEY_FILE).is_file());
+    }
+
+    #[test]
     fn a_key_others_can_read_is_replaced() {
         let t = tempfile::tempdir().unwrap();
         cache(t.path()).write("aa", b"code").unwrap();
-        let key = t.path().join(KEY_FILE);
+        let key = t.path().join("keys").join(KEY_FILE);
         assert_eq!(
             std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
             0o600
@@ -246,5 +297,24 @@ mod tests {
             0o600
         );
         assert!(matches!(c.read("aa").unwrap(), Lookup::Mismatch));
+    }
+
+    #[test]
+    fn a_key_file_that_is_a_symlink_is_replaced_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        // A private 32-byte file elsewhere, the key file a symlink to it.
+        let planted = t.path().join("planted");
+        std::fs::write(&planted, [9u8; 32]).unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::create_dir_all(t.path().join("keys")).unwrap();
+        let key = t.path().join("keys").join(KEY_FILE);
+        std::os::unix::fs::symlink(&planted, &key).unwrap();
+        let c = cache(t.path());
+        let meta = std::fs::symlink_metadata(&key).unwrap();
+        assert!(meta.is_file(), "the symlink was kept");
+        assert_ne!(std::fs::read(&key).unwrap(), [9u8; 32]);
+        assert_eq!(std::fs::read(&planted).unwrap(), [9u8; 32]);
+        c.write("aa", b"code").unwrap();
+        assert!(matches!(c.read("aa").unwrap(), Lookup::Found(_)));
     }
 }

@@ -65,6 +65,9 @@ pub struct StepDirs {
     pub work: Preopen,
     pub state: Preopen,
     pub extra: Vec<Preopen>,
+    /// Host directories the step's host programs may also write (not the handler itself): the
+    /// selected component's directories its policy names (`component-writable`).
+    pub program_writable: Vec<std::path::PathBuf>,
 }
 
 impl StepDirs {
@@ -75,6 +78,7 @@ impl StepDirs {
             work: Preopen::new(work, WORK, true),
             state: Preopen::new(state, STATE, true),
             extra: Vec::new(),
+            program_writable: Vec::new(),
         }
     }
 

@@ -17,7 +17,7 @@ mod quota;
 mod session;
 pub mod store;
 
-pub use cache::ComponentCache;
+pub use cache::{CacheDirs, ComponentCache};
 pub use dirs::{Preopen, StepDirs};
 pub use engine::EngineOptions;
 pub use limits::{LimitExceeded, Limits};
@@ -30,7 +30,6 @@ use crate::capability::process::ProcessView;
 use crate::capability::slot::SlotView;
 use crate::capability::{self, classify_import, Capability, Grants, ImportKind};
 use crate::digest::Sha256;
-use cap_std::fs::Dir;
 use engine::EpochTicker;
 use sandstep_model::codes::erc;
 use sandstep_model::StepResult;
@@ -191,7 +190,7 @@ const GRANTED: &str = "a capability is linked only for stores granted it";
 pub struct Sandbox {
     options: EngineOptions,
     started: std::sync::OnceLock<Result<Started, StartError>>,
-    cache_dir: Mutex<Option<Dir>>,
+    cache_dir: Mutex<Option<CacheDirs>>,
     /// Where host programs are recorded while they run (see [`crate::capability::ledger`]).
     ledger: Option<Arc<ProgramLedger>>,
     linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<store::HostState>>>>,
@@ -219,7 +218,10 @@ impl std::fmt::Debug for Sandbox {
 
 impl Sandbox {
     /// Starts the engine. With `cache_dir`, compiled components are kept there (see [`cache`]).
-    pub fn new(options: &EngineOptions, cache_dir: Option<Dir>) -> Result<Self, SandboxError> {
+    pub fn new(
+        options: &EngineOptions,
+        cache_dir: Option<CacheDirs>,
+    ) -> Result<Self, SandboxError> {
         Ok(Sandbox {
             options: options.clone(),
             started: std::sync::OnceLock::new(),

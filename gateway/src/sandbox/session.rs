@@ -74,9 +74,11 @@ impl Sandbox {
             ),
             None => None,
         };
-        let process = grants
-            .process
-            .map(|policy| ProcessCtx::for_step(policy, &handler_id, mapped, self.ledger.clone()));
+        let program_writable = dirs.program_writable.clone();
+        let process = grants.process.map(|policy| {
+            ProcessCtx::for_step(policy, &handler_id, mapped, self.ledger.clone())
+                .writing_also(program_writable)
+        });
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.open_handles);
         let state = HostState {
@@ -178,6 +180,7 @@ fn wasi_ctx(
                 cause: format!("{e:#}"),
             })?;
         mapped.push(MappedDir {
+            writable: p.writable(),
             guest: p.guest_path().to_owned(),
             host: p.host_path().map_err(|cause| SetupError::Locate {
                 guest: p.guest_path().to_owned(),

@@ -36,7 +36,7 @@ pub enum HandlerSignatureError {
     NoTrustedKeys,
     #[error("the component cannot be read: {0}")]
     Malformed(String),
-    #[error("signed by {signers}, whose scope does not cover handler id `{id}` (a key's NAME.scope lists the id prefixes it may sign)")]
+    #[error("signed by {signers}, whose scope does not cover handler id `{id}` (a key's NAME.scope lists the vendors, handlers or ids it may sign)")]
     OutOfScope { signers: String, id: String },
 }
 

@@ -7,14 +7,17 @@
 //!
 //! JWS, JWK and key files are `sandstep_signing`'s (the fleet side signs with them too).
 //! - [`root_package`]: ADU's root key package (root keys, disabled roots, disabled signing keys).
+//! - [`scope`]: what a handler key may sign, on id boundaries (vendor, handler, id).
 
 pub mod handler_sig;
 pub mod manifest_sig;
 pub mod root_package;
+pub mod scope;
 
 use crate::datadir::DataDir;
 use cap_std::fs::Dir;
 use sandstep_signing::jws::PublicJwk;
+pub use scope::{parse_scope, Scope, ScopeError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -53,25 +56,16 @@ impl Default for TrustConfig {
 pub struct TrustedHandlerKey {
     pub name: String,
     pub key: wasmsign2::PublicKey,
-    /// Handler id prefixes this key may sign (`NAME.scope` beside `NAME.pub`, one a line, e.g.
-    /// `contoso/`); empty: any handler id.
-    pub scope: Vec<String>,
+    /// What this key may sign (`NAME.scope` beside `NAME.pub`, one a line: a vendor `contoso`,
+    /// a handler `contoso/modem` or an id `contoso/modem:1`); empty: any handler id.
+    pub scope: Vec<Scope>,
 }
 
 impl TrustedHandlerKey {
     /// Whether this key may vouch for handler `id`.
     pub fn covers(&self, id: &str) -> bool {
-        self.scope.is_empty() || self.scope.iter().any(|p| id.starts_with(p.as_str()))
+        self.scope.is_empty() || self.scope.iter().any(|s| s.covers(id))
     }
-}
-
-/// Parses a `.scope` file: one handler id prefix a line; blank lines and `#` comments skipped.
-pub fn parse_scope(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The keys the gateway trusts.
@@ -150,12 +144,18 @@ impl TrustStore {
                         reason: format!("not a handler public key: {e}"),
                     })?
                     .attach_default_key_id();
+                let scope_file = || format!("{origin}/{name}.scope");
                 let scope = match dir.read(format!("{name}.scope")) {
-                    Ok(b) => parse_scope(&String::from_utf8_lossy(&b)),
+                    Ok(b) => parse_scope(&String::from_utf8_lossy(&b)).map_err(|(line, e)| {
+                        TrustError {
+                            file: scope_file(),
+                            reason: format!("line {line}: {e}"),
+                        }
+                    })?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                     Err(e) => {
                         return Err(TrustError {
-                            file: format!("{origin}/{name}.scope"),
+                            file: scope_file(),
                             reason: e.to_string(),
                         })
                     }

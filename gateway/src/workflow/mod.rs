@@ -188,17 +188,31 @@ impl Deployer {
     }
 
     /// Once per process, before any step runs: stops or waits for the host programs a killed
-    /// agent left, and runs their repair (see [`crate::capability::ledger`]); what it did.
+    /// agent left, and runs their repair (see [`crate::capability::ledger`]), then the repairs
+    /// due for what shows an interrupted run itself (dpkg's journal:
+    /// [`crate::capability::repair`]); what it did.
     async fn recover_programs(&self) -> &[String] {
         self.recovered
             .get_or_init(|| async {
                 let sandbox = self.sandbox.clone();
-                tokio::task::spawn_blocking(move || sandbox.recover_programs())
-                    .await
-                    .unwrap_or_default()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect()
+                let policy = self.settings.policy.clone();
+                tokio::task::spawn_blocking(move || {
+                    let swept = sandbox.recover_programs();
+                    let ran: Vec<String> = swept
+                        .iter()
+                        .filter_map(|r| r.recover.as_ref().map(|(cmd, _)| cmd.clone()))
+                        .collect();
+                    let repaired = crate::capability::repair::run(crate::capability::repair::due(
+                        policy.program_rules(),
+                        &ran,
+                    ));
+                    let swept = swept.iter().map(ToString::to_string);
+                    swept
+                        .chain(repaired.iter().map(ToString::to_string))
+                        .collect()
+                })
+                .await
+                .unwrap_or_default()
             })
             .await
     }

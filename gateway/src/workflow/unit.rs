@@ -88,6 +88,7 @@ impl Deployer {
         step_dirs.extra = policy
             .extra_preopens(&u.handler_id, u.component.as_ref())
             .map_err(|reason| StepResult::failure(erc::SANDBOX_SETUP_FAILED, reason.to_string()))?;
+        step_dirs.program_writable = policy.component_writable(&u.handler_id, u.component.as_ref());
         let setup = SessionSetup {
             handler_id: u.handler_id.clone(),
             tags,

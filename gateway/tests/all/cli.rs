@@ -688,7 +688,8 @@ fn handler_verify_says_who_signed_or_why_it_is_refused() {
 }
 
 #[test]
-fn a_handler_key_scoped_to_a_vendor_prefix_vouches_only_for_that_vendors_ids() {
+fn a_handler_key_scoped_to_a_vendor_vouches_only_for_that_vendors_ids_not_for_a_vendor_named_alike()
+{
     let data = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("contoso.key");
@@ -700,17 +701,17 @@ fn a_handler_key_scoped_to_a_vendor_prefix_vouches_only_for_that_vendors_ids() {
     let out = ok(&sandstep()
         .args(["trust", "add", "handler"])
         .arg(dir.path().join("contoso.key.pub"))
-        .args(["--scope", "contoso/", "--data-dir"])
+        .args(["--scope", "contoso", "--data-dir"])
         .arg(data.path())
         .output()
         .unwrap());
-    assert_eq!(out.trim(), "trusted contoso for contoso/");
+    assert_eq!(out.trim(), "trusted contoso for contoso/*");
     let listed = ok(&sandstep()
         .args(["trust", "list", "--data-dir"])
         .arg(data.path())
         .output()
         .unwrap());
-    assert!(listed.contains("signs contoso/"), "{listed}");
+    assert!(listed.contains("signs contoso/*"), "{listed}");
     let wasm = dir.path().join("vendor-handler.wasm");
     std::fs::write(&wasm, component("vendor-handler")).unwrap();
     ok(&sandstep()
@@ -730,11 +731,28 @@ fn a_handler_key_scoped_to_a_vendor_prefix_vouches_only_for_that_vendors_ids() {
             .unwrap()
     };
     ok(&install("contoso/config:1"));
-    let out = install("microsoft/apt:1");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    for id in ["microsoft/apt:1", "contosoevil/x:1", "contoso-evil/x:1"] {
+        let out = install(id);
+        assert!(!out.status.success(), "{id} was installed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "signed by contoso, whose scope does not cover handler id `{id}`"
+            )),
+            "{err}"
+        );
+    }
+    let bad = sandstep()
+        .args(["trust", "add", "handler"])
+        .arg(dir.path().join("contoso.key.pub"))
+        .args(["--scope", "contoso/modem/", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        err.contains("signed by contoso, whose scope does not cover handler id `microsoft/apt:1`"),
+        err.contains("--scope") && err.contains("`contoso/modem/`"),
         "{err}"
     );
 }

@@ -427,6 +427,43 @@ fn the_broker_gone_for_many_reconnect_periods_mid_deployment_loses_no_report() {
     assert_eq!(r["lastInstallResult"]["resultCode"], 700);
 }
 
+/// A deployment stored while the agent is away from a broker that restarted without persistence
+/// (its delta published to nobody) reaches the agent when it reconnects: it asks for its whole
+/// document on every connection.
+#[test]
+fn a_deployment_stored_while_the_agent_reconnects_to_a_restarted_broker_still_reaches_it() {
+    let Some(mut fleet) = Fleet::new("gw-8") else {
+        return;
+    };
+    let replica = fleet.replica();
+    let agent = fleet.agent();
+    fleet.wait_for("gw-8", "the start report", |r| r["status"] == "standBy");
+    // The agent is held (as a machine that is slow to come back would be) while the broker
+    // restarts, empty, and the replica reconnects and stores a deployment.
+    agent.signal(libc::SIGSTOP);
+    fleet.broker.restart();
+    let t = Instant::now();
+    while replica.output().matches("replica connected").count() < 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the replica never reconnected"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its subscription follows the log line: give it time to reach the broker.
+    std::thread::sleep(Duration::from_secs(1));
+    let m = fleet.manifest("missed", vec![stateful("m", json!({}), &["f.txt"])]);
+    fleet.deploy("gw-8", &m, "wf-missed", &[]);
+    agent.signal(libc::SIGCONT);
+    let r = fleet.wait_for(
+        "gw-8",
+        "the deployment after reconnecting",
+        done("wf-missed"),
+    );
+    assert_eq!(r["status"], "completed", "{r:#}");
+    assert_eq!(fleet.log("m").iter().filter(|l| *l == "apply").count(), 1);
+}
+
 #[test]
 fn a_replica_started_after_the_agent_or_restarted_mid_deployment_still_gets_every_report() {
     let Some(fleet) = Fleet::new("gw-7") else {

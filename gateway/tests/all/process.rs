@@ -15,30 +15,24 @@ fn grants() -> Grants {
     Grants {
         process: Some(ProcessPolicy {
             programs: vec![
-                ProgramRule {
-                    path: "/bin/echo".into(),
-                    forms: vec![ArgForm {
+                ProgramRule::new(
+                    "/bin/echo",
+                    vec![ArgForm {
                         prefix: vec!["hello".into()],
                         then: vec![],
                         rest: vec![Slot::WorkPath],
                         max_args: 8,
                     }],
-                    env: Default::default(),
-                    finish_on_cancel: false,
-                    recover: vec![],
-                },
-                ProgramRule {
-                    path: "/bin/sh".into(),
-                    forms: vec![ArgForm {
+                ),
+                ProgramRule::new(
+                    "/bin/sh",
+                    vec![ArgForm {
                         prefix: vec![],
                         then: vec![Slot::PayloadFile { suffix: None }],
                         rest: vec![Slot::Any],
                         max_args: 8,
                     }],
-                    env: Default::default(),
-                    finish_on_cancel: false,
-                    recover: vec![],
-                },
+                ),
             ],
             ..ProcessPolicy::default()
         }),
@@ -129,8 +123,9 @@ async fn an_allowed_program_runs_in_the_work_folder_with_a_cleared_environment()
         .map(|l| l.split('=').next().unwrap())
         .filter(|v| *v != "PWD" && *v != "SHLVL" && *v != "_")
         .collect();
-    // LANG and PATH, and the token that finds the program after a crash (the ledger).
-    assert_eq!(vars, vec!["LANG", "PATH", "SANDSTEP_PROGRAM"]);
+    // LANG and PATH, the token that finds the program after a crash (the ledger), and a
+    // TMPDIR where it may write (its working folder).
+    assert_eq!(vars, vec!["LANG", "PATH", "SANDSTEP_PROGRAM", "TMPDIR"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -358,4 +353,151 @@ async fn large_output_keeps_the_end_and_says_it_was_truncated() {
     let stdout = out["stdout"].as_str().unwrap();
     assert_eq!(stdout.len(), 100);
     assert!(stdout.ends_with("99999\n100000\n"), "{stdout}");
+}
+
+/// A path outside every directory the step was given, unique to this test run.
+fn outside(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!(
+        "/var/tmp/sandstep-landlock-{name}-{:08x}",
+        fastrand::u32(..)
+    ))
+}
+
+/// The kernel holds a payload script to its grant: it writes in /work, /state and /dev/null
+/// (and makes temporary files, in /work), and a write anywhere else is refused with EACCES;
+/// the output says where it may write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_writing_outside_its_grant_is_refused_by_the_kernel_and_told_where_it_may_write() {
+    let env = StepEnv::new();
+    let escape = outside("write");
+    let body = format!(
+        "set -e\necho in > \"$PWD/inside.txt\"\necho st > \"$1/s.txt\"\necho x > /dev/null\n\
+         t=$(mktemp)\necho t > \"$t\"\necho out > {}\n",
+        escape.display()
+    );
+    let state = env.path("state").display().to_string();
+    let r = run(
+        &env,
+        grants(),
+        json!({"op": "run", "program": "/bin/sh", "args": [script(&env, "w.sh", &body), state]}),
+    )
+    .await;
+    let out = output(&r);
+    assert_ne!(out["exit_code"], 0, "{out:#}");
+    assert!(!escape.exists(), "the write outside went through");
+    let stderr = out["stderr"].as_str().unwrap();
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "sandstep: the program ran under Landlock; the kernel refused writes outside:"
+        ) && stderr.contains(env.path("work").to_str().unwrap()),
+        "{stderr}"
+    );
+    assert!(env.path("work").join("inside.txt").is_file());
+    assert!(env.path("state").join("s.txt").is_file());
+    let temporary = std::fs::read_dir(env.path("work"))
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().starts_with("tmp."));
+    assert!(temporary, "mktemp made its file in /work");
+}
+
+/// What a program starts stays under its ruleset however it detaches (setsid, double fork).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_program_that_detaches_stays_held_to_the_grant() {
+    let env = StepEnv::new();
+    let escape = outside("detached");
+    let work = env.path("work");
+    let body = format!(
+        "( setsid sh -c 'sleep 0.2; echo out > {} || echo refused > {}/refused' </dev/null >/dev/null 2>&1 & ) &\nexit 0\n",
+        escape.display(),
+        work.display()
+    );
+    let r = run(
+        &env,
+        grants(),
+        json!({"op": "run", "program": "/bin/sh", "args": [script(&env, "d.sh", &body)]}),
+    )
+    .await;
+    assert_eq!(output(&r)["exit_code"], 0);
+    let t = std::time::Instant::now();
+    while !work.join("refused").exists() {
+        assert!(!escape.exists(), "the detached write went through");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the detached program never tried"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!escape.exists(), "the detached write went through");
+}
+
+/// A hard link planted in /work to a host file is refused as a program's path argument: the
+/// program would write through it, and the kernel sees only the name beneath /work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hard_link_in_work_to_a_host_file_is_refused_as_a_path_argument() {
+    let env = StepEnv::new();
+    let host = tempfile::tempdir().unwrap();
+    let precious = host.path().join("precious");
+    std::fs::write(&precious, b"keep me").unwrap();
+    let work = env.path("work");
+    std::fs::hard_link(&precious, work.join("planted")).unwrap();
+    std::fs::write(work.join("src"), b"overwritten").unwrap();
+    let mut g = grants();
+    g.process.as_mut().unwrap().programs.push(ProgramRule::new(
+        "/bin/cp",
+        vec![ArgForm {
+            prefix: vec![],
+            then: vec![Slot::WorkPath, Slot::WorkPath],
+            rest: vec![],
+            max_args: 2,
+        }],
+    ));
+    let arg = |n: &str| work.join(n).display().to_string();
+    let r = run(
+        &env,
+        g,
+        json!({"op": "run", "program": "/bin/cp", "args": [arg("src"), arg("planted")]}),
+    )
+    .await;
+    assert!(
+        r.result_details.contains(&format!(
+            "{} is a hard link to a file that has other names",
+            arg("planted")
+        )),
+        "{}",
+        r.result_details
+    );
+    assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+}
+
+/// With `readable`, reads are held too: the program reads its step's files and the listed
+/// system paths, and nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_program_with_readable_paths_reads_nothing_else() {
+    let env = StepEnv::new();
+    let host = tempfile::tempdir().unwrap();
+    let secret = host.path().join("secret");
+    std::fs::write(&secret, b"s3cret").unwrap();
+    let mut g = grants();
+    let sh = &mut g.process.as_mut().unwrap().programs[1];
+    sh.readable = ["/usr", "/bin", "/lib", "/lib64", "/etc"]
+        .map(Into::into)
+        .to_vec();
+    let body = format!(
+        "cat \"$0\" > /dev/null || exit 3\ncat {} || exit 4\n",
+        secret.display()
+    );
+    let r = run(
+        &env,
+        g,
+        json!({"op": "run", "program": "/bin/sh", "args": [script(&env, "r.sh", &body)]}),
+    )
+    .await;
+    let out = output(&r);
+    assert_eq!(out["exit_code"], 4, "{out:#}");
+    assert!(!out["stdout"].as_str().unwrap().contains("s3cret"));
+    assert!(out["stderr"]
+        .as_str()
+        .unwrap()
+        .contains("Permission denied"));
 }

@@ -46,6 +46,25 @@ fn run(env: &Env, manifest: &Path, config: Option<&Path>) -> Child {
         .unwrap()
 }
 
+/// A config whose script policy lets `/bin/sh` also write in `dir` (where these tests keep
+/// what the scripts record: the kernel holds the scripts to their grant), with `more` lines
+/// in its program rule.
+fn script_config(dir: &Path, more: &str) -> std::path::PathBuf {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[handlers.\"{SCRIPT}\"]\ncapabilities = [\"process\"]\npayload-in-work = true\n\
+             [[handlers.\"{SCRIPT}\".process.programs]]\npath = \"/bin/sh\"\n\
+             forms = [{{ then = [\"payload-file\"], rest = [\"any\"] }}]\n\
+             writable = [\"{}\"]\n{more}",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cond() {
@@ -94,7 +113,8 @@ fn a_restarted_agent_stops_what_the_killed_one_left_before_it_runs_the_step_agai
         pids = pids.display()
     );
     let m = deployment(&mut env, &body);
-    let mut agent = run(&env, &m, None);
+    let config = script_config(t.path(), "");
+    let mut agent = run(&env, &m, Some(&config));
     // Both programs running (two pids recorded, the second one already sleep), then SIGKILL at
     // once: nothing of the agent's own cleanup runs.
     wait_for("the step's programs starting", || {
@@ -115,7 +135,7 @@ fn a_restarted_agent_stops_what_the_killed_one_left_before_it_runs_the_step_agai
         "the second run's check sees them before it runs"
     );
 
-    let status = run(&env, &m, None).wait().unwrap();
+    let status = run(&env, &m, Some(&config)).wait().unwrap();
     assert!(status.code().is_some(), "{status:?}");
     assert_eq!(std::fs::read_to_string(&seen).unwrap(), "gone\n");
     assert!(wait_gone("sleep 65.0917"));
@@ -138,19 +158,14 @@ fn a_program_that_must_finish_is_waited_for_and_repaired_after_the_agent_was_kil
     let p = |n: &str| t.path().join(n).display().to_string();
     // The shell is a finish-on-cancel program with a recover command, as apt-get is with dpkg's
     // repair in the default policy.
-    let config = t.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[handlers.\"{SCRIPT}\"]\ncapabilities = [\"process\"]\npayload-in-work = true\n\
-             [[handlers.\"{SCRIPT}\".process.programs]]\npath = \"/bin/sh\"\n\
-             forms = [{{ then = [\"payload-file\"], rest = [\"any\"] }}]\n\
-             finish-on-cancel = true\n\
+    let config = script_config(
+        t.path(),
+        &format!(
+            "finish-on-cancel = true\n\
              recover = [\"/bin/sh\", \"-c\", \"echo repaired >> {repaired}\"]\n",
             repaired = p("repaired")
         ),
-    )
-    .unwrap();
+    );
     let body = format!(
         "if [ -e {first} ]; then cat {finished} {repaired} > {seen}; exit 0; fi\n\
          touch {first}\n\
@@ -181,6 +196,62 @@ fn a_program_that_must_finish_is_waited_for_and_repaired_after_the_agent_was_kil
     let d = details(&env);
     assert!(
         d.contains("`/bin/sh -c echo repaired") && d.contains("repaired what it left"),
+        "{d}"
+    );
+}
+
+/// dpkg left interrupted by something other than this agent (no ledger entry: a power cut in
+/// an apt-get run by hand, a lost ledger): the next start finds dpkg's journal of the unfinished
+/// run and runs dpkg's own repair before any step, and the result says so. Real dpkg, on an
+/// admin dir of its own.
+#[test]
+fn an_interrupted_dpkg_found_at_start_is_repaired_before_any_step() {
+    let mut env = Env::new();
+    env.install(SCRIPT, "script");
+    let t = tempfile::tempdir().unwrap();
+    let admin = t.path().join("dpkg");
+    for d in ["updates", "info", "triggers"] {
+        std::fs::create_dir_all(admin.join(d)).unwrap();
+    }
+    std::fs::write(admin.join("status"), b"").unwrap();
+    std::fs::write(admin.join("available"), b"").unwrap();
+    // What dpkg journals while it changes a package's state, left unincorporated.
+    std::fs::write(
+        admin.join("updates/0000"),
+        b"Package: half-done\nStatus: install ok half-configured\nVersion: 1.0\n\
+          Architecture: all\nMaintainer: x\nDescription: x\n\n",
+    )
+    .unwrap();
+    let config = t.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[handlers.\"test/dpkg:1\"]\ncapabilities = [\"process\"]\n\
+             [[handlers.\"test/dpkg:1\".process.programs]]\npath = \"/usr/bin/dpkg\"\n\
+             forms = [{{ prefix = [\"--audit\"] }}]\n\
+             recover = [\"/usr/bin/dpkg\", \"--admindir={admin}\", \"--configure\", \"-a\"]\n\
+             recover-if-nonempty = [\"{admin}/updates\"]\n",
+            admin = admin.display()
+        ),
+    )
+    .unwrap();
+    let m = deployment(&mut env, "echo ok\n");
+    let status = run(&env, &m, Some(&config)).wait().unwrap();
+    assert!(status.code().is_some(), "{status:?}");
+    assert_eq!(std::fs::read_dir(admin.join("updates")).unwrap().count(), 0);
+    let dpkg_status = std::fs::read_to_string(admin.join("status")).unwrap();
+    assert!(
+        dpkg_status.contains("Package: half-done\nStatus: install ok installed"),
+        "{dpkg_status}"
+    );
+    let d = details(&env);
+    assert!(
+        d.contains(&format!(
+            "at start, {}/updates held 1 entry of an interrupted run (policy of test/dpkg:1); \
+             `/usr/bin/dpkg --admindir={} --configure -a` repaired it",
+            admin.display(),
+            admin.display()
+        )),
         "{d}"
     );
 }

@@ -527,8 +527,13 @@ async fn the_base_world_component_imports_no_capability() {
 #[tokio::test(flavor = "multi_thread")]
 async fn precompiled_components_are_cached_and_a_corrupt_entry_is_recompiled() {
     let cache_root = tempfile::tempdir().unwrap();
-    let open = || {
-        cap_std::fs::Dir::open_ambient_dir(cache_root.path(), cap_std::ambient_authority()).unwrap()
+    let keys = tempfile::tempdir().unwrap();
+    let dir = |p: &std::path::Path| {
+        cap_std::fs::Dir::open_ambient_dir(p, cap_std::ambient_authority()).unwrap()
+    };
+    let open = || sandstep::sandbox::CacheDirs {
+        artefacts: dir(cache_root.path()),
+        key: dir(keys.path()),
     };
     let bytes = component("probe");
     let first = Sandbox::new(&EngineOptions::default(), Some(open())).unwrap();

@@ -173,6 +173,13 @@ impl Proc {
             let _ = c.wait();
         }
     }
+    /// Sends `signal` to the process (SIGSTOP and SIGCONT to hold it while the world moves on).
+    pub fn signal(&self, signal: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(c.id() as i32, signal) };
+        }
+    }
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

@@ -2,7 +2,11 @@
 //! desired state arrives as deltas on `.../update/delta`; reports go out as `{"state":
 //! {"reported": ...}, "clientToken"}` on `.../update`, each a delivery at the broker's PUBACK; the
 //! shadow service confirms what it stored on `.../accepted`, and when it misses reports the whole
-//! reported document is sent again ([`Confirmations`]).
+//! reported document is sent again ([`Confirmations`]). On every (re)connection the agent asks
+//! for its whole document (`.../get`, answered on `.../shadow`, which the replica also keeps
+//! retained) and takes the delta it carries: a delta published while the agent was away (a
+//! broker restarted without persistence drops it) is not missed. A document no newer than the
+//! last delta or document read (by its `version`) is ignored.
 
 use super::{Sent, Source, SourceInput};
 use crate::agent::core::Profile;
@@ -22,6 +26,15 @@ pub struct ShadowSource<T> {
     topics: Topics,
     delta: String,
     accepted: String,
+    /// Where the whole document is answered (and kept retained).
+    shadow: String,
+    /// Where it is asked for.
+    get: Option<String>,
+    /// The newest `version` of a delta or whole document read.
+    last_version: Option<u64>,
+    /// The request for the whole document awaits its PUBACK (which comes before any report's:
+    /// the broker acknowledges in order, and no report is sent meanwhile).
+    asking: bool,
     connected: bool,
     in_flight: bool,
     /// This run of the agent and its reports so far: each report's place, in its `clientToken`
@@ -42,6 +55,10 @@ impl<T: Transport> ShadowSource<T> {
             device: device.to_owned(),
             delta: Topics::for_device(&topics.delta, device),
             accepted: Topics::for_device(&topics.accepted, device),
+            shadow: Topics::for_device(&topics.shadow, device),
+            get: topics.get.as_deref().map(|t| Topics::for_device(t, device)),
+            last_version: None,
+            asking: false,
             topics,
             connected: false,
             in_flight: false,
@@ -59,15 +76,7 @@ impl<T: Transport> ShadowSource<T> {
             Some(MqttEvent::Connected) => {
                 self.connected = true;
                 self.in_flight = false;
-                let mut filters = vec![self.delta.clone()];
-                if self.confirm_on {
-                    filters.push(self.accepted.clone());
-                }
-                for f in filters {
-                    if let Err(e) = self.conn.subscribe(&f).await {
-                        tracing::warn!("subscribe {f}: {e}");
-                    }
-                }
+                self.subscribe_and_ask().await;
                 tracing::info!(topic = %self.delta, "connected");
                 vec![SourceInput::Resend]
             }
@@ -77,7 +86,17 @@ impl<T: Transport> ShadowSource<T> {
                 }
                 self.connected = false;
                 self.in_flight = false;
+                self.asking = false;
                 vec![SourceInput::Resend]
+            }
+            Some(MqttEvent::PubAck { refused }) if self.asking => {
+                // The request's acknowledgement, not a report's.
+                self.asking = false;
+                self.in_flight = false;
+                if let Some(why) = refused {
+                    tracing::error!("the broker refused the request for the whole document ({why}): check its ACL for this device's account (`get`)");
+                }
+                Vec::new()
             }
             Some(MqttEvent::PubAck { refused }) => {
                 if let Some(why) = refused {
@@ -95,6 +114,7 @@ impl<T: Transport> ShadowSource<T> {
                 Vec::new()
             }
             Some(MqttEvent::Message { topic, payload, .. }) if topic == self.delta => {
+                self.last_version = self.last_version.max(version_of(&payload));
                 vec![match desired_fields(&payload) {
                     Ok(fields) => SourceInput::Desired(fields),
                     Err(why) => SourceInput::Refused {
@@ -103,7 +123,40 @@ impl<T: Transport> ShadowSource<T> {
                     },
                 }]
             }
+            Some(MqttEvent::Message { topic, payload, .. }) if topic == self.shadow => {
+                match pending_in_document(&payload, self.last_version) {
+                    Pending::Nothing => Vec::new(),
+                    Pending::Delta { fields, version } => {
+                        self.last_version = self.last_version.max(version);
+                        tracing::info!("the whole document carries a delta; taking it");
+                        vec![SourceInput::Desired(fields)]
+                    }
+                }
+            }
             Some(MqttEvent::Message { .. } | MqttEvent::SubAck) => Vec::new(),
+        }
+    }
+
+    /// Subscribes (the whole document's topic first, so nothing published meanwhile falls
+    /// between the subscriptions) and asks for the whole document.
+    async fn subscribe_and_ask(&mut self) {
+        let mut filters = vec![self.shadow.clone(), self.delta.clone()];
+        if self.confirm_on {
+            filters.push(self.accepted.clone());
+        }
+        for f in filters {
+            if let Err(e) = self.conn.subscribe(&f).await {
+                tracing::warn!("subscribe {f}: {e}");
+            }
+        }
+        if let Some(get) = &self.get {
+            match self.conn.publish(get, b"{}".to_vec(), false).await {
+                Ok(()) => {
+                    self.asking = true;
+                    self.in_flight = true;
+                }
+                Err(e) => tracing::warn!("asking for the whole document on {get}: {e}"),
+            }
         }
     }
 
@@ -176,6 +229,54 @@ impl<T: Transport> Source for ShadowSource<T> {
             ignore_finished_duplicate: false,
         }
     }
+}
+
+/// What a whole document (a `get` answer, or the retained one) leaves to do.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Pending {
+    /// No delta, one already read (not newer than `last_version`), or no document at all.
+    Nothing,
+    /// Desired fields the reported state does not have yet.
+    Delta {
+        fields: Map<String, Value>,
+        version: Option<u64>,
+    },
+}
+
+/// The delta a whole document carries, unless it is no newer than the last one read. A
+/// document that cannot be read is nothing to act on (the delta topic's own refusals report
+/// bad desired state; this is only a catch-up).
+pub(crate) fn pending_in_document(payload: &[u8], last_version: Option<u64>) -> Pending {
+    if payload.len() > MAX_DEPLOYMENT_BYTES {
+        return Pending::Nothing;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+        return Pending::Nothing;
+    };
+    let version = v.get("version").and_then(Value::as_u64);
+    if let (Some(last), Some(this)) = (last_version, version) {
+        if this <= last {
+            return Pending::Nothing;
+        }
+    }
+    match v.pointer("/state/delta").and_then(Value::as_object) {
+        Some(delta) if !delta.is_empty() => Pending::Delta {
+            fields: delta.clone(),
+            version,
+        },
+        _ => Pending::Nothing,
+    }
+}
+
+/// The `version` of a delta, when it carries one.
+fn version_of(payload: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: Option<u64>,
+    }
+    serde_json::from_slice::<Versioned>(payload)
+        .ok()
+        .and_then(|v| v.version)
 }
 
 /// The fields of a delta (or of a desired document, or a whole shadow document).
@@ -293,6 +394,30 @@ impl Confirmations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_document_gives_its_delta_unless_no_newer_than_the_last_read() {
+        let doc = br#"{"state":{"desired":{"workflow":{"id":"w"}},"reported":{},"delta":{"workflow":{"id":"w"}}},"version":7}"#;
+        let Pending::Delta { fields, version } = pending_in_document(doc, None) else {
+            panic!("a delta")
+        };
+        assert_eq!(fields["workflow"]["id"], "w");
+        assert_eq!(version, Some(7));
+        assert!(matches!(
+            pending_in_document(doc, Some(6)),
+            Pending::Delta { .. }
+        ));
+        assert_eq!(pending_in_document(doc, Some(7)), Pending::Nothing);
+        assert_eq!(pending_in_document(doc, Some(9)), Pending::Nothing);
+        for nothing in [
+            &br#"{"state":{"desired":{"a":1},"reported":{"a":1},"delta":{}},"version":8}"#[..],
+            br#"{"state":{"desired":{"a":1}},"version":8}"#,
+            b"",
+            b"not json",
+        ] {
+            assert_eq!(pending_in_document(nothing, None), Pending::Nothing);
+        }
+    }
 
     #[test]
     fn confirmed_reports_are_not_sent_again() {
