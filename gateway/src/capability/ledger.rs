@@ -12,9 +12,9 @@
 //! transaction that a power cut interrupted is repaired and said so. Which processes belong to an
 //! entry is a pure decision ([`survivors`]) over a snapshot of `/proc`.
 //!
-//! A program that leaves its process group (`setsid`) and clears its environment escapes this;
-//! under systemd the unit's control group covers it (the packaged unit's `KillMode=mixed` kills
-//! what is left of the unit).
+//! A program that leaves its process group (`setsid`) and clears its environment is still found:
+//! each run has its own control group ([`super::cgroup`], recorded in the entry), and whatever is
+//! in it belongs to the run.
 
 use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
@@ -53,6 +53,10 @@ pub struct Entry {
     /// own, and another process on the same data dir leaves it alone.
     #[serde(default)]
     pub owner: Option<(i32, u64)>,
+    /// The run's control groups ([`super::cgroup`]): whatever is in them is the run's, however
+    /// it left its process group or environment.
+    #[serde(default)]
+    pub cgroups: Vec<std::path::PathBuf>,
 }
 
 /// This process, as an entry's owner.
@@ -286,10 +290,22 @@ fn signal_all(pids: &[i32], signal: i32) {
     }
 }
 
+/// What is alive of an entry now: its group and token ([`survivors`]) and its control groups'
+/// members.
+fn alive(entry: &Entry, boot: &str) -> Vec<i32> {
+    let mut left = survivors(entry, &snapshot_with_tokens(), boot);
+    if entry.boot_id == boot {
+        left.extend(super::cgroup::members(&entry.cgroups));
+    }
+    left.sort_unstable();
+    left.dedup();
+    left
+}
+
 /// Waits until nothing of the entry lives or `until` passes; what is still alive.
 fn wait_for(entry: &Entry, boot: &str, until: Instant) -> Vec<i32> {
     loop {
-        let left = survivors(entry, &snapshot_with_tokens(), boot);
+        let left = alive(entry, boot);
         if left.is_empty() || Instant::now() >= until {
             return left;
         }
@@ -299,7 +315,7 @@ fn wait_for(entry: &Entry, boot: &str, until: Instant) -> Vec<i32> {
 
 /// Stops or waits for what is left of one entry, then runs its recover command.
 fn settle(entry: &Entry, boot: &str, grace: Duration) -> Recovered {
-    let found = survivors(entry, &snapshot_with_tokens(), boot);
+    let found = alive(entry, boot);
     let mut left = found.clone();
     if entry.finish_on_cancel && !left.is_empty() {
         let remaining = Duration::from_millis(
@@ -316,8 +332,10 @@ fn settle(entry: &Entry, boot: &str, grace: Duration) -> Recovered {
         signal_all(&left, libc::SIGTERM);
         let after_term = wait_for(entry, boot, Instant::now() + grace);
         signal_all(&after_term, libc::SIGKILL);
+        super::cgroup::kill(&entry.cgroups);
         wait_for(entry, boot, Instant::now() + Duration::from_secs(5));
     }
+    super::cgroup::remove(&entry.cgroups, Duration::from_secs(1));
     let recover = (!entry.recover.is_empty()).then(|| {
         let cmd = entry.recover.join(" ");
         (cmd, run_recover(entry))
@@ -406,6 +424,7 @@ mod tests {
             recover: vec![],
             env: Default::default(),
             owner: Some((42, 100)),
+            cgroups: vec![],
         }
     }
 

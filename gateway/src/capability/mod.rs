@@ -8,6 +8,7 @@
 //! - [`slot`]: A/B firmware slots and boot control, linked only when granted.
 
 pub mod arg_grammar;
+pub mod cgroup;
 pub mod host;
 pub mod landlock;
 pub mod ledger;

@@ -12,6 +12,7 @@
 //! end.
 
 use super::arg_grammar::{ArgForm, FormError, StepDirs};
+use super::cgroup::{self, RunGroup};
 use super::landlock::{self, Boundary, Ruleset};
 use super::ledger::{self, Entry, ProgramLedger};
 use crate::bindings::process::{self, Command, Error as WitError, Output};
@@ -33,6 +34,12 @@ pub struct ProcessPolicy {
     pub max_output_bytes: usize,
     /// Upper bound on a run's time limit, in seconds.
     pub timeout_secs: u64,
+    /// Most processes one program run may have at once, everything it starts included (the
+    /// run's control group's `pids.max`: a fork bomb stops there).
+    pub pids_max: u32,
+    /// Most descriptors each process of a run may hold open (`RLIMIT_NOFILE`, set before exec
+    /// and inherited by all it starts).
+    pub open_files_max: u64,
     /// What to do on a kernel without Landlock ([`super::landlock`]): refuse to run the
     /// program (the default), or run it with the argument grammar alone and say so in its
     /// output.
@@ -45,6 +52,8 @@ impl Default for ProcessPolicy {
             programs: Vec::new(),
             max_output_bytes: 64 * 1024,
             timeout_secs: 3600,
+            pids_max: 1024,
+            open_files_max: 1024,
             without_landlock: WithoutLandlock::Refuse,
         }
     }
@@ -467,6 +476,7 @@ impl RunningGroup {
     /// daemon a package's postinst started stays), and the entry goes.
     fn reaped(mut self) {
         self.armed = false;
+        let mut wait = Duration::ZERO;
         if !self.entry.finish_on_cancel {
             // By start time, not by group id alone: the leader is reaped, its number is free.
             let left = ledger::survivors(&self.entry, &ledger::snapshot(), &self.entry.boot_id);
@@ -474,7 +484,11 @@ impl RunningGroup {
                 // SAFETY: kill(2) on members of the group this call started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
+            // And whatever left the group: it is still in the run's control group.
+            cgroup::kill(&self.entry.cgroups);
+            wait = Duration::from_secs(1);
         }
+        cgroup::remove(&self.entry.cgroups, wait);
         if let Some(l) = &self.ledger {
             l.remove(&self.entry);
         }
@@ -512,6 +526,8 @@ impl Drop for RunningGroup {
                 }
                 signal_group(pgid, libc::SIGKILL);
             }
+            cgroup::kill(&entry.cgroups);
+            cgroup::remove(&entry.cgroups, Duration::from_secs(1));
             if let Some(l) = ledger {
                 l.remove(&entry);
             }
@@ -523,20 +539,33 @@ impl Drop for RunningGroup {
 /// it exited; returns its status.
 async fn stop_at_time_limit(
     child: &mut tokio::process::Child,
-    pgid: i32,
+    entry: &Entry,
     grace: Duration,
 ) -> Option<std::process::ExitStatus> {
-    signal_group(pgid, libc::SIGTERM);
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => {
-            // The leader is gone; whatever it left in its group is not.
-            signal_group(pgid, libc::SIGKILL);
-            status.ok()
-        }
-        Err(_) => {
-            signal_group(pgid, libc::SIGKILL);
-            child.wait().await.ok()
-        }
+    signal_group(entry.pgid, libc::SIGTERM);
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        // The leader is gone; whatever it left in its group is not.
+        Ok(status) => status.ok(),
+        Err(_) => None,
+    };
+    signal_group(entry.pgid, libc::SIGKILL);
+    cgroup::kill(&entry.cgroups);
+    match status {
+        Some(s) => Some(s),
+        None => child.wait().await.ok(),
+    }
+}
+
+/// Caps the descriptors the program (and what it starts) may hold. Async-signal-safe.
+fn limit_open_files(max: u64) -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: max,
+        rlim_max: max,
+    };
+    // SAFETY: setrlimit with a valid rlimit.
+    match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -572,9 +601,12 @@ impl ProcessCtx {
         program: &str,
         rule: &ProgramRule,
         limit: Duration,
+        run: (String, Option<&RunGroup>),
     ) -> Result<Entry, WitError> {
+        let (token, group) = run;
         let entry = Entry {
-            token: ledger::new_token(),
+            token,
+            cgroups: group.map(|g| g.dirs().to_vec()).unwrap_or_default(),
             pgid: 0,
             leader_start: 0,
             boot_id: ledger::boot_id(),
@@ -631,6 +663,39 @@ impl ProcessCtx {
         Ok(group)
     }
 
+    /// The program's command: its arguments, a cleared environment, its own process group, and
+    /// (before exec) the agent's death signal and its descriptor limit.
+    fn command(
+        &self,
+        cmd: &Command,
+        rule: &ProgramRule,
+        cwd: &std::path::Path,
+        entry: &Entry,
+    ) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&cmd.program);
+        command
+            .args(&cmd.args)
+            .env_clear()
+            .env("PATH", super::PROGRAM_PATH)
+            .env("LANG", "C")
+            // Temporary files go where the program may write.
+            .env("TMPDIR", cwd)
+            .envs(&rule.env)
+            .env(ledger::TOKEN_VAR, &entry.token)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if !rule.finish_on_cancel {
+            die_with_the_agent(&mut command);
+        }
+        let open_files = self.policy.open_files_max;
+        // SAFETY: the closure runs between fork and exec and only calls setrlimit(2).
+        unsafe { command.pre_exec(move || limit_open_files(open_files)) };
+        command
+    }
+
     async fn run(&self, cmd: Command) -> Result<Output, WitError> {
         let rule = self
             .check(&cmd)
@@ -651,24 +716,20 @@ impl ProcessCtx {
         let held = self
             .kernel_boundary(&cmd.program, rule)
             .map_err(|r| WitError::Denied(r.to_string()))?;
-        let entry = self.announce(&cmd.program, rule, limit)?;
-        let mut command = tokio::process::Command::new(&cmd.program);
-        command
-            .args(&cmd.args)
-            .env_clear()
-            .env("PATH", super::PROGRAM_PATH)
-            .env("LANG", "C")
-            // Temporary files go where the program may write.
-            .env("TMPDIR", &cwd)
-            .envs(&rule.env)
-            .env(ledger::TOKEN_VAR, &entry.token)
-            .current_dir(&cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        if !rule.finish_on_cancel {
-            die_with_the_agent(&mut command);
+        let token = ledger::new_token();
+        let run_group = RunGroup::create(&token, self.policy.pids_max).map_err(|e| {
+            WitError::SpawnFailed(format!(
+                "{}: cannot make its control group: {e}",
+                cmd.program
+            ))
+        })?;
+        let entry = self.announce(&cmd.program, rule, limit, (token, run_group.as_ref()))?;
+        let mut command = self.command(&cmd, rule, &cwd, &entry);
+        // The control group first: Landlock then holds the program away from /sys/fs/cgroup.
+        if let Some(g) = &run_group {
+            let fds = g.procs_fds();
+            // SAFETY: the closure runs between fork and exec and only calls write(2).
+            unsafe { command.pre_exec(move || cgroup::enter(&fds)) };
         }
         held.apply(&mut command);
         let mut child = match command.spawn() {
@@ -677,6 +738,7 @@ impl ProcessCtx {
                 if let Some(l) = &self.ledger {
                     l.remove(&entry);
                 }
+                cgroup::remove(&entry.cgroups, Duration::ZERO);
                 return Err(WitError::SpawnFailed(format!("{}: {e}", cmd.program)));
             }
         };
@@ -690,7 +752,7 @@ impl ProcessCtx {
         let (status, timed_out, out, err) = match tokio::time::timeout(limit, work).await {
             Ok((status, out, err)) => (status.ok(), false, out, err),
             Err(_) => {
-                let status = stop_at_time_limit(&mut child, group.entry.pgid, STOP_GRACE).await;
+                let status = stop_at_time_limit(&mut child, &group.entry, STOP_GRACE).await;
                 (status, true, (Vec::new(), false), (Vec::new(), false))
             }
         };

@@ -107,9 +107,45 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
 
     check_handlers(&mut r, &data, &config, trust, sandbox).await?;
     check_landlock(&mut r, &config);
+    check_program_groups(&mut r);
     check_slots(&mut r, &config);
     check_agent(&mut r, &config, broker_timeout).await;
     finish(r)
+}
+
+/// Whether each host-program run gets its own control group (every descendant found and
+/// stopped; the pids limit), and where.
+fn check_program_groups(r: &mut Report) {
+    let b = sandstep::capability::cgroup::bases();
+    match (&b.unified, b.unified_pids, &b.pids_v1) {
+        (Some(u), true, _) => r.ok(
+            "program groups",
+            format!("{} (membership, kill and pids limit)", u.display()),
+        ),
+        (Some(u), false, Some(p)) => r.ok(
+            "program groups",
+            format!(
+                "{} (membership and kill), pids limit in {}",
+                u.display(),
+                p.display()
+            ),
+        ),
+        (Some(u), false, None) => r.warn(
+            "program groups",
+            format!(
+                "{}: no pids controller, so no pids limit for host programs",
+                u.display()
+            ),
+            "enable the pids controller for the agent's control group (under systemd: \
+             Delegate=yes in the unit, as the package's unit has)",
+        ),
+        (None, _, _) => r.warn(
+            "program groups",
+            "no writable cgroup v2 hierarchy: a program that leaves its process group and clears \
+             its environment escapes the agent's tracking, and there is no pids limit",
+            "mount cgroup2 and run the agent with a delegated control group (Delegate=yes)",
+        ),
+    }
 }
 
 /// Whether the kernel can hold host programs to their grants (Landlock), and, where it cannot,

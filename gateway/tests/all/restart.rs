@@ -255,3 +255,37 @@ fn an_interrupted_dpkg_found_at_start_is_repaired_before_any_step() {
         "{d}"
     );
 }
+
+/// A killed agent's program that left its process group and cleared its environment (the
+/// ledger's token) before the agent died is found by the next agent in the run's control
+/// group, and stopped before the step runs again.
+#[test]
+fn a_restarted_agent_stops_a_program_that_left_its_group_and_environment() {
+    let mut env = Env::new();
+    env.install(SCRIPT, "script");
+    let t = tempfile::tempdir().unwrap();
+    let sleep = format!("sleep 67.{:06}", fastrand::u32(..1_000_000));
+    let (first, seen) = (t.path().join("first"), t.path().join("seen"));
+    let body = format!(
+        "if [ -e {first} ]; then\n\
+           if tr '\\0' ' ' < /proc/$(cat {first})/cmdline 2>/dev/null | grep -q '{sleep}'; then echo alive; else echo gone; fi > {seen}\n\
+           exit 0\n\
+         fi\n\
+         ( env -i /usr/bin/setsid /bin/sh -c 'echo $$ > {first}; exec {sleep}' </dev/null >/dev/null 2>&1 & )\n\
+         exec sleep 65.0917\n",
+        first = first.display(),
+        seen = seen.display(),
+    );
+    let m = deployment(&mut env, &body);
+    let config = script_config(t.path(), "");
+    let mut agent = run(&env, &m, Some(&config));
+    wait_for("the detached program", || first.exists() && alive(&sleep));
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(&sleep), "the detached program outlives the agent");
+    let status = run(&env, &m, Some(&config)).wait().unwrap();
+    assert!(status.code().is_some(), "{status:?}");
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "gone\n");
+    assert!(wait_gone(&sleep));
+}
