@@ -16,6 +16,9 @@ pub const DEFAULT_DIR_GROWTH_BYTES: u64 = 1 << 30;
 /// Default number of handles (open files and directories, streams) a handler may hold at once.
 /// Each open file is a descriptor of the agent's; this keeps well below its limit.
 pub const DEFAULT_OPEN_HANDLES: usize = 256;
+/// Free space kept on the file systems a handler writes (the data dir's, where the journal
+/// lives): 64 MiB.
+pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 64 << 20;
 
 /// The limits a handler runs under. Policy may override them per handler id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +34,10 @@ pub struct Limits {
     pub dir_growth_bytes: u64,
     /// Handles (open files and directories, streams) the handler may hold at once.
     pub open_handles: usize,
+    /// Free bytes kept on the file system of each folder the handler writes (`/work` and
+    /// `/state` live in the data dir, beside the journal): a call whose writes leave less is
+    /// stopped, so a handler cannot fill the disk the journal needs.
+    pub disk_reserve_bytes: u64,
     /// Time limits per action.
     #[serde(with = "secs")]
     pub is_installed: Duration,
@@ -57,6 +64,7 @@ impl Default for Limits {
             state_bytes: DEFAULT_STATE_BYTES,
             dir_growth_bytes: DEFAULT_DIR_GROWTH_BYTES,
             open_handles: DEFAULT_OPEN_HANDLES,
+            disk_reserve_bytes: DEFAULT_DISK_RESERVE_BYTES,
             is_installed: MINUTE,
             download: 10 * MINUTE,
             backup: 10 * MINUTE,

@@ -8,7 +8,10 @@
 //! handler can overshoot is what it writes in one poll interval. Limits: `work-bytes` for
 //! `/work`, `state-bytes` for `/state`, and for a writable mapped dir what it held when the
 //! session began plus `dir-growth-bytes`. A folder that cannot be measured (too deep, too many
-//! entries, unreadable) stops the call too: the quota fails closed.
+//! entries, unreadable) stops the call too: the quota fails closed. And the file system each
+//! folder lies on keeps `disk-reserve-bytes` free (or half of what was free when the session
+//! began, when that is less): `/work` and `/state` live in the data dir, beside the journal,
+//! which must still be written when the step ends.
 
 use cap_std::fs::{Dir, MetadataExt};
 use std::sync::Arc;
@@ -95,6 +98,8 @@ pub(crate) struct Metered {
     pub limit: u64,
     /// The policy knob that sets the limit (for messages).
     pub knob: &'static str,
+    /// Free bytes its file system keeps ([`floor`]).
+    pub reserve: u64,
 }
 
 /// Why a call was stopped by a quota.
@@ -109,6 +114,12 @@ pub(crate) enum Breach {
     },
     /// `guest` could not be measured within bounds.
     Unmeasurable { guest: String, why: String },
+    /// The file system holding `guest` has `free` bytes left, less than `reserve`.
+    DiskLow {
+        guest: String,
+        free: u64,
+        reserve: u64,
+    },
 }
 
 /// Resolves when a folder outgrows its limit or cannot be measured.
@@ -135,6 +146,13 @@ pub(crate) async fn check(metered: &Arc<Vec<Metered>>) -> Option<Breach> {
 }
 
 fn breach(m: &Metered) -> Option<Breach> {
+    if let Some(free) = free_bytes(&m.dir).filter(|free| *free < m.reserve) {
+        return Some(Breach::DiskLow {
+            guest: m.guest.clone(),
+            free,
+            reserve: m.reserve,
+        });
+    }
     match usage(&m.dir) {
         Ok(used) if used > m.limit => Some(Breach::Over {
             guest: m.guest.clone(),
@@ -148,6 +166,22 @@ fn breach(m: &Metered) -> Option<Breach> {
             why: e.to_string(),
         }),
     }
+}
+
+/// The free space a session's writes must leave on `dir`'s file system: `reserve`, or half of
+/// what was free when the session began if that is less (a disk already short of the reserve
+/// is not the handler's doing: it may use half of what is left, not a byte of a reserve that is
+/// not there).
+pub(crate) fn floor(dir: &Dir, reserve: u64) -> u64 {
+    free_bytes(dir).map_or(0, |free| reserve.min(free / 2))
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir` (None when it
+/// cannot be asked: the folder's own quota still holds).
+fn free_bytes(dir: &Dir) -> Option<u64> {
+    use std::os::fd::AsFd;
+    let st = rustix::fs::fstatvfs(dir.as_fd()).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 #[cfg(test)]

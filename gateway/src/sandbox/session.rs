@@ -291,6 +291,16 @@ impl Session {
                          against its quota: {why}",
                         self.handler_id
                     ),
+                    quota::Breach::DiskLow {
+                        guest,
+                        free,
+                        reserve,
+                    } => format!(
+                        "handler `{}` stopped in `{action}`: the file system holding its {guest} \
+                         has {free} bytes free, less than the {reserve} bytes kept for the \
+                         journal (limits disk-reserve-bytes)",
+                        self.handler_id
+                    ),
                 };
                 tracing::warn!(handler = %self.handler_id, %action, "{msg}");
                 self.broken = Some(msg.clone());
@@ -370,16 +380,20 @@ fn metered(
             cause,
         })
     };
+    let (work, state) = (handle(&dirs.work)?, handle(&dirs.state)?);
+    let reserve = |d: &cap_std::fs::Dir| quota::floor(d, limits.disk_reserve_bytes);
     let mut out = vec![
         quota::Metered {
             guest: dirs.work.guest_path().to_owned(),
-            dir: handle(&dirs.work)?,
+            reserve: reserve(&work),
+            dir: work,
             limit: limits.work_bytes,
             knob: "work-bytes",
         },
         quota::Metered {
             guest: dirs.state.guest_path().to_owned(),
-            dir: handle(&dirs.state)?,
+            reserve: reserve(&state),
+            dir: state,
             limit: limits.state_bytes,
             knob: "state-bytes",
         },
@@ -392,6 +406,7 @@ fn metered(
         })?;
         out.push(quota::Metered {
             guest: p.guest_path().to_owned(),
+            reserve: reserve(&dir),
             dir,
             limit: start.saturating_add(limits.dir_growth_bytes),
             knob: "dir-growth-bytes",

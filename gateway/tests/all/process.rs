@@ -52,12 +52,22 @@ async fn run(env: &StepEnv, grants: Grants, props: Value) -> StepResult {
 
 /// Install of the process probe with `props`, every action limited to `limit`.
 async fn run_limited(env: &StepEnv, grants: Grants, props: Value, limit: Duration) -> StepResult {
+    run_with(
+        env,
+        grants,
+        props,
+        Limits::default().with_all_time_limits(limit),
+    )
+    .await
+}
+
+/// Install of the process probe with `props` under `limits`.
+async fn run_with(env: &StepEnv, grants: Grants, props: Value, limits: Limits) -> StepResult {
     let sandbox = sandbox();
     let handler = sandbox
         .load("process-probe", component("process-probe"))
         .await
         .unwrap();
-    let limits = Limits::default().with_all_time_limits(limit);
     let mut session = sandbox
         .session(&handler, setup(env, "test/process:1", grants, limits, None))
         .await
@@ -573,4 +583,69 @@ async fn a_program_holds_at_most_its_open_files_limit() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[..2], ["64", "64"], "{out:#}");
     assert!(stdout.contains("refused"), "{out:#}");
+}
+
+/// A tmpfs mounted on a fresh directory (unmounted on drop): a small file system to fill.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            sandstep_testkit::prerequisite_missing("mounting a tmpfs needs root");
+            return None;
+        }
+        Some(SmallDisk(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// A handler's program filling the disk its /work (and the journal) lives on is stopped while
+/// the disk still has the reserve free, and the step says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_program_filling_the_disk_is_stopped_before_the_journals_reserve() {
+    let Some(disk) = SmallDisk::mount(48) else {
+        return;
+    };
+    let env = StepEnv::new_in(disk.0.path());
+    let limits = Limits {
+        disk_reserve_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    // 40 MiB in 1 MiB writes, slowly enough for the meter to see each step.
+    let body = "i=0\nwhile [ $i -lt 40 ]; do dd if=/dev/zero of=\"$PWD/f$i\" bs=1M count=1 2>/dev/null; i=$((i+1)); sleep 0.05; done\n";
+    let r = run_with(
+        &env,
+        grants(),
+        json!({"op": "run", "program": "/bin/sh", "args": [script(&env, "fill.sh", body)]}),
+        limits,
+    )
+    .await;
+    assert_eq!(r.result_code, result::FAILURE, "{r:?}");
+    assert_eq!(r.erc(), erc::SANDBOX_WORK_QUOTA);
+    assert!(
+        r.result_details
+            .contains("the file system holding its /work has")
+            && r.result_details.contains("(limits disk-reserve-bytes)"),
+        "{}",
+        r.result_details
+    );
+    let st = rustix::fs::statvfs(disk.0.path()).unwrap();
+    assert!(
+        st.f_bavail * st.f_frsize >= 8 << 20,
+        "the reserve was eaten"
+    );
 }

@@ -39,7 +39,12 @@ pub struct StepEnv {
 
 impl StepEnv {
     pub fn new() -> Self {
-        let root = tempfile::tempdir().unwrap();
+        Self::new_in(&std::env::temp_dir())
+    }
+
+    /// Its directories beneath `parent` (a file system of the test's choosing).
+    pub fn new_in(parent: &std::path::Path) -> Self {
+        let root = tempfile::tempdir_in(parent).unwrap();
         for d in ["payload", "work", "state"] {
             std::fs::create_dir(root.path().join(d)).unwrap();
         }
