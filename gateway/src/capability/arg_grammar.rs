@@ -293,9 +293,11 @@ pub fn is_package_spec(s: &str) -> bool {
 /// step's directory to a file elsewhere would be written through: beneath-resolution and
 /// Landlock see only the name beneath the directory).
 ///
-/// The program re-resolves the same text when it opens it; nothing can swap a component in
-/// between: the handler waits in this call, and whatever earlier programs of the step left
-/// running was stopped with them.
+/// The program re-resolves the same text when it opens it; nothing of the step can swap a
+/// component in between: the handler waits in this call, and whatever earlier programs of the
+/// step started, however it detached, was stopped with them (each run's control group,
+/// [`super::cgroup`]), except what a `finish-on-cancel` program (apt-get) left on purpose: a
+/// service a package started, which lives under the package system's rules anyway.
 pub fn resolve_beneath(base: &Path, arg: &str, regular_file: bool) -> Result<(), SlotError> {
     let rest = Path::new(arg)
         .strip_prefix(base)
