@@ -13,6 +13,7 @@ pub mod host;
 pub mod landlock;
 pub mod ledger;
 pub mod process;
+pub mod reaper;
 pub mod repair;
 pub mod slot;
 

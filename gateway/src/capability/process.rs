@@ -489,6 +489,7 @@ impl RunningGroup {
             wait = Duration::from_secs(1);
         }
         cgroup::remove(&self.entry.cgroups, wait);
+        super::reaper::disown(self.entry.pgid);
         if let Some(l) = &self.ledger {
             l.remove(&self.entry);
         }
@@ -528,6 +529,7 @@ impl Drop for RunningGroup {
             }
             cgroup::kill(&entry.cgroups);
             cgroup::remove(&entry.cgroups, Duration::from_secs(1));
+            super::reaper::disown(pgid);
             if let Some(l) = ledger {
                 l.remove(&entry);
             }
@@ -742,6 +744,9 @@ impl ProcessCtx {
                 return Err(WitError::SpawnFailed(format!("{}: {e}", cmd.program)));
             }
         };
+        if let Some(pid) = child.id() {
+            super::reaper::own(pid as i32);
+        }
         let group = self.track(child.id(), entry)?;
         tracing::info!(target: "sandstep::process", handler = %self.handler_id, program = %cmd.program, args = ?cmd.args, "running host program");
 

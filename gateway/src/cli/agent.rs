@@ -15,6 +15,10 @@ pub async fn agent(common: &Common) -> Result<ExitCode> {
         .unwrap_or_else(sandstep::datadir::default_path);
     let restart_code = config.agent.restart_exit_code;
     let agent = Agent::new(config, &data_path)?;
+    // What host programs leave behind stays the agent's descendant while it lives.
+    if let Err(e) = sandstep::capability::reaper::start() {
+        tracing::warn!("cannot become the subreaper of host programs: {e}");
+    }
     match agent::run(agent, sandstep_transport::shutdown::on_signal()).await? {
         AgentExit::Shutdown | AgentExit::Rebooting => Ok(ExitCode::SUCCESS),
         AgentExit::Restart => {

@@ -188,6 +188,9 @@ pub async fn run(args: RunArgs, common: &Common) -> Result<ExitCode> {
     let data_path = data.path().to_owned();
     let sandbox = sandbox(&data)?;
     let deployer = Deployer::new(sandbox, data, config)?;
+    if let Err(e) = sandstep::capability::reaper::start() {
+        tracing::warn!("cannot become the subreaper of host programs: {e}");
+    }
 
     let cancel = CancellationToken::new();
     let c = cancel.clone();

@@ -289,3 +289,43 @@ fn a_restarted_agent_stops_a_program_that_left_its_group_and_environment() {
     assert_eq!(std::fs::read_to_string(&seen).unwrap(), "gone\n");
     assert!(wait_gone(&sleep));
 }
+
+/// While the agent (here `sandstep run`) lives, what its programs orphan (a double fork) is
+/// adopted by it, not by init, and reaped when it exits: no zombie is left behind.
+#[test]
+fn orphans_of_host_programs_are_adopted_by_the_agent_and_reaped() {
+    let mut env = Env::new();
+    env.install(SCRIPT, "script");
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().display();
+    let body = format!(
+        "( sh -c 'sleep 0.3; awk \"{{print \\$4}}\" /proc/$$/stat > {d}/ppid.tmp; mv {d}/ppid.tmp {d}/ppid' & )\n\
+         while [ ! -e {d}/ppid ]; do sleep 0.05; done\n\
+         sleep 1\n\
+         P=$(cat {d}/ppid); n=0\n\
+         for f in /proc/[0-9]*/stat; do set -- $(cat $f 2>/dev/null); \
+         if [ \"$4\" = \"$P\" ] && [ \"$3\" = \"Z\" ]; then n=$((n+1)); fi; done\n\
+         echo $n > {d}/zombies\n"
+    );
+    let m = deployment(&mut env, &body);
+    let config = script_config(t.path(), "");
+    let mut agent = run(&env, &m, Some(&config));
+    let pid = agent.id().to_string();
+    // The script writes no result file: the step fails after its first action, which is all
+    // this test needs.
+    let status = agent.wait().unwrap();
+    assert!(status.code().is_some(), "{status:?}");
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("ppid"))
+            .unwrap()
+            .trim(),
+        pid,
+        "the orphan's parent is the agent"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("zombies"))
+            .unwrap()
+            .trim(),
+        "0"
+    );
+}

@@ -1,0 +1,126 @@
+//! The agent as its host programs' subreaper.
+//!
+//! A program that double-forks leaves an orphan, which the kernel would hand to init, out of
+//! the agent's sight. With `PR_SET_CHILD_SUBREAPER` the agent adopts its descendants' orphans
+//! instead: while it lives, everything its programs started stays its descendant (the run's
+//! control group then stops it, [`super::cgroup`]). An adopted orphan that exits is reaped here,
+//! on SIGCHLD: a zombie child that is still in a program run's control group (a zombie keeps
+//! its group) and is not a program leader (tokio reaps those). Nothing else the agent spawns
+//! (a repair command, a boot loader tool) runs in such a group, so no one else's child is taken.
+//! Without program groups the agent does not become a subreaper (it could not tell adopted
+//! orphans from its own children).
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+/// The program leaders tokio owns (spawned and not yet reaped by it): never reaped here.
+static LEADERS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// A leader tokio will reap.
+pub fn own(pid: i32) {
+    LEADERS.lock().expect("leaders").insert(pid);
+}
+
+/// A leader tokio has reaped (or whose group is gone).
+pub fn disown(pid: i32) {
+    LEADERS.lock().expect("leaders").remove(&pid);
+}
+
+/// Makes this process the subreaper of its descendants and reaps adopted orphans as they
+/// exit, until the runtime stops. Call once, in the agent (or a `sandstep run`), on the runtime.
+pub fn start() -> std::io::Result<()> {
+    if super::cgroup::bases().unified.is_none() {
+        return Err(std::io::Error::other(
+            "no control groups for host programs, so orphans could not be told apart",
+        ));
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+    tokio::spawn(async move {
+        while sigchld.recv().await.is_some() {
+            let _ = tokio::task::spawn_blocking(reap_orphans).await;
+        }
+    });
+    Ok(())
+}
+
+/// The parent and state of a process, from `/proc/PID/stat` (after the name: state, ppid).
+pub fn parent_and_state(stat: &str) -> Option<(i32, char)> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut f = after.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((f.next()?.parse().ok()?, state))
+}
+
+/// A process as the reaper sees it: pid, parent, state, and its unified control group.
+pub type Proc = (i32, i32, char, Option<String>);
+
+/// Which zombies to reap: children of `me`, in a program run's group (beneath
+/// `sandstep-programs`), that are not leaders tokio reaps.
+pub fn orphans_to_reap(me: i32, procs: &[Proc], leaders: &BTreeSet<i32>) -> Vec<i32> {
+    let in_a_run = |g: &Option<String>| {
+        g.as_deref()
+            .is_some_and(|g| g.contains("/sandstep-programs/"))
+    };
+    procs
+        .iter()
+        .filter(|(pid, ppid, state, group)| {
+            *ppid == me && *state == 'Z' && in_a_run(group) && !leaders.contains(pid)
+        })
+        .map(|(pid, ..)| *pid)
+        .collect()
+}
+
+/// Reaps the adopted orphans that have exited; how many.
+pub fn reap_orphans() -> usize {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let procs: Vec<Proc> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (ppid, state) = parent_and_state(&stat)?;
+            // Only a zombie child's group is read.
+            let group = (ppid == me && state == 'Z')
+                .then(|| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
+                .flatten()
+                .and_then(|t| super::cgroup::parse_own(&t).unified);
+            Some((pid, ppid, state, group))
+        })
+        .collect();
+    let leaders = LEADERS.lock().expect("leaders").clone();
+    let mut reaped = 0;
+    for pid in orphans_to_reap(me, &procs, &leaders) {
+        // SAFETY: waitpid on a zombie child of ours that tokio does not own.
+        if unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == pid {
+            reaped += 1;
+        }
+    }
+    reaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_zombie_children_that_tokio_does_not_own_are_reaped() {
+        let leaders: BTreeSet<i32> = [10].into();
+        let run = || Some("/sandstep-programs/ab12".to_owned());
+        let procs = [
+            (10, 1, 'Z', run()),                // a leader: tokio's
+            (11, 1, 'Z', run()),                // an adopted orphan, exited
+            (12, 1, 'S', run()),                // an adopted orphan, running
+            (13, 7, 'Z', run()),                // someone else's
+            (14, 1, 'Z', Some("/".to_owned())), // our own child outside any run (a repair)
+        ];
+        assert_eq!(orphans_to_reap(1, &procs, &leaders), [11]);
+        assert_eq!(parent_and_state("42 (a) b) Z 1 42 42 0 -1"), Some((1, 'Z')));
+    }
+}
