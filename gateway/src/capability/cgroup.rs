@@ -132,8 +132,8 @@ pub fn bases() -> &'static Bases {
 /// Offers the `pids` controller to the agent's own group's children (so the base can pass it
 /// on). A group other than the root may not hold processes and hand controllers down (cgroup
 /// v2's no-internal-process rule): under a delegated unit the agent first moves itself into a
-/// leaf of its own group (`agent`), as systemd's delegation documentation describes. Nothing is
-/// changed where the own group does not offer `pids`.
+/// leaf of its own group (`agent`), as systemd's delegation documentation describes, when it is
+/// alone in that group. Nothing is changed where the own group does not offer `pids`.
 fn offer_pids(own: &Path, is_root: bool) {
     let has = |file: &str| {
         std::fs::read_to_string(own.join(file))
@@ -143,6 +143,14 @@ fn offer_pids(own: &Path, is_root: bool) {
         return;
     }
     if !is_root {
+        // Only a group of the agent's own (a delegated unit's): never move out of a group it
+        // shares with other processes (an operator's login session running `sandstep run`).
+        let me = std::process::id().to_string();
+        let alone = std::fs::read_to_string(own.join("cgroup.procs"))
+            .is_ok_and(|p| p.lines().all(|l| l.trim() == me));
+        if !alone {
+            return;
+        }
         let leaf = own.join("agent");
         let moved = std::fs::create_dir(&leaf)
             .or_else(|e| match e.kind() {

@@ -680,8 +680,8 @@ impl ProcessCtx {
             .env_clear()
             .env("PATH", super::PROGRAM_PATH)
             .env("LANG", "C")
-            // Temporary files go where the program may write.
-            .env("TMPDIR", cwd)
+            // Temporary files go where the program may write: the step's /work.
+            .env("TMPDIR", self.host_path("/work").as_deref().unwrap_or(cwd))
             .envs(&rule.env)
             .env(ledger::TOKEN_VAR, &entry.token)
             .current_dir(cwd)
