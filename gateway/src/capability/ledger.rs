@@ -80,6 +80,8 @@ pub fn owner_alive(entry: &Entry, procs: &[ProcInfo], boot_id: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcInfo {
     pub pid: i32,
+    /// Its parent (the agent, for an orphan it adopted as subreaper).
+    pub ppid: i32,
     pub pgrp: i32,
     pub start: u64,
     /// Exited, not yet reaped (where init does not reap, it stays so): nothing left to stop.
@@ -121,6 +123,7 @@ pub fn parse_stat(pid: i32, stat: &str) -> Option<ProcInfo> {
     // After the name: state (3), ppid (4), pgrp (5), ..., starttime (22).
     Some(ProcInfo {
         pid,
+        ppid: fields.get(1)?.parse().ok()?,
         pgrp: fields.get(2)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
         zombie: *fields.first()? == "Z",
@@ -462,6 +465,7 @@ mod tests {
     fn p(pid: i32, pgrp: i32, start: u64) -> ProcInfo {
         ProcInfo {
             pid,
+            ppid: 1,
             pgrp,
             start,
             zombie: false,
@@ -551,6 +555,7 @@ mod tests {
             parse_stat(4242, line),
             Some(ProcInfo {
                 pid: 4242,
+                ppid: 1,
                 pgrp: 4240,
                 start: 123456,
                 zombie: false,

@@ -47,56 +47,40 @@ pub fn start() -> std::io::Result<()> {
     Ok(())
 }
 
-/// The parent and state of a process, from `/proc/PID/stat` (after the name: state, ppid).
-pub fn parent_and_state(stat: &str) -> Option<(i32, char)> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    let mut f = after.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    Some((f.next()?.parse().ok()?, state))
-}
+/// A zombie child as the reaper sees it: pid, and its unified control group.
+pub type Zombie = (i32, Option<String>);
 
-/// A process as the reaper sees it: pid, parent, state, and its unified control group.
-pub type Proc = (i32, i32, char, Option<String>);
-
-/// Which zombies to reap: children of `me`, in a program run's group (beneath
-/// `sandstep-programs`), that are not leaders tokio reaps.
-pub fn orphans_to_reap(me: i32, procs: &[Proc], leaders: &BTreeSet<i32>) -> Vec<i32> {
+/// Which zombie children to reap: those in a program run's group (beneath `sandstep-programs`)
+/// that are not leaders tokio reaps.
+pub fn orphans_to_reap(zombies: &[Zombie], leaders: &BTreeSet<i32>) -> Vec<i32> {
     let in_a_run = |g: &Option<String>| {
         g.as_deref()
             .is_some_and(|g| g.contains("/sandstep-programs/"))
     };
-    procs
+    zombies
         .iter()
-        .filter(|(pid, ppid, state, group)| {
-            *ppid == me && *state == 'Z' && in_a_run(group) && !leaders.contains(pid)
-        })
-        .map(|(pid, ..)| *pid)
+        .filter(|(pid, group)| in_a_run(group) && !leaders.contains(pid))
+        .map(|(pid, _)| *pid)
         .collect()
 }
 
 /// Reaps the adopted orphans that have exited; how many.
 pub fn reap_orphans() -> usize {
     let me = std::process::id() as i32;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let procs: Vec<Proc> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (ppid, state) = parent_and_state(&stat)?;
-            // Only a zombie child's group is read.
-            let group = (ppid == me && state == 'Z')
-                .then(|| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
-                .flatten()
+    // The ledger's snapshot of /proc; only a zombie child's group is read.
+    let zombies: Vec<Zombie> = super::ledger::snapshot()
+        .into_iter()
+        .filter(|p| p.ppid == me && p.zombie)
+        .map(|p| {
+            let group = std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid))
+                .ok()
                 .and_then(|t| super::cgroup::parse_own(&t).unified);
-            Some((pid, ppid, state, group))
+            (p.pid, group)
         })
         .collect();
     let leaders = LEADERS.lock().expect("leaders").clone();
     let mut reaped = 0;
-    for pid in orphans_to_reap(me, &procs, &leaders) {
+    for pid in orphans_to_reap(&zombies, &leaders) {
         // SAFETY: waitpid on a zombie child of ours that tokio does not own.
         if unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == pid {
             reaped += 1;
@@ -110,17 +94,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_zombie_children_that_tokio_does_not_own_are_reaped() {
+    fn only_zombie_children_in_a_run_that_tokio_does_not_own_are_reaped() {
         let leaders: BTreeSet<i32> = [10].into();
         let run = || Some("/sandstep-programs/ab12".to_owned());
-        let procs = [
-            (10, 1, 'Z', run()),                // a leader: tokio's
-            (11, 1, 'Z', run()),                // an adopted orphan, exited
-            (12, 1, 'S', run()),                // an adopted orphan, running
-            (13, 7, 'Z', run()),                // someone else's
-            (14, 1, 'Z', Some("/".to_owned())), // our own child outside any run (a repair)
+        let zombies = [
+            (10, run()),                // a leader: tokio's
+            (11, run()),                // an adopted orphan, exited
+            (14, Some("/".to_owned())), // our own child outside any run (a repair)
+            (15, None),                 // its group unknown
         ];
-        assert_eq!(orphans_to_reap(1, &procs, &leaders), [11]);
-        assert_eq!(parent_and_state("42 (a) b) Z 1 42 42 0 -1"), Some((1, 'Z')));
+        assert_eq!(orphans_to_reap(&zombies, &leaders), [11]);
+        // Children and zombies as the ledger's /proc parser reads them.
+        let p = super::super::ledger::parse_stat(
+            42,
+            "42 (a) b) Z 7 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 99 0",
+        )
+        .unwrap();
+        assert_eq!((p.ppid, p.zombie), (7, true));
     }
 }
