@@ -822,7 +822,9 @@ fn http_polling_follows_the_version_tag_including_a_rollback() {
             let r: Value =
                 serde_json::from_slice(&std::fs::read(data.join("reported.json")).unwrap())
                     .unwrap();
-            if r.pointer("/state/reported/workflow/id") == Some(&json!("proj-v1-3")) {
+            // main.py is in place before the step's result is reported: wait for the
+            // deployment's end, not only its id.
+            if done("proj-v1-3")(&r["state"]["reported"]) {
                 break r;
             }
             assert!(t.elapsed() < Duration::from_secs(30), "{r:#}");
@@ -874,7 +876,10 @@ fn http_polling_follows_the_version_tag_including_a_rollback() {
     server.put("proj/v3/main-v3.py", b"print('v3')\n");
     wait_main("print('v3')\n");
     let t = Instant::now();
-    while read().pointer("/state/reported/retry") != Some(&Value::Null) {
+    // The retry is cleared when the tag runs again; wait for that run's end too.
+    while read().pointer("/state/reported/retry") != Some(&Value::Null)
+        || read().pointer("/state/reported/status") != Some(&json!("completed"))
+    {
         assert!(t.elapsed() < Duration::from_secs(30), "{:#}", read());
         std::thread::sleep(Duration::from_millis(200));
     }
