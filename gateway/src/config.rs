@@ -41,6 +41,8 @@ pub struct Config {
     pub handlers: BTreeMap<String, HandlerPolicy>,
     /// What the device is: the properties updates' compatibility is checked against.
     pub device: crate::workflow::admission::DeviceConfig,
+    /// Checks that must pass after a reboot or restart before a deployment commits.
+    pub health: crate::health::HealthConfig,
 }
 
 impl Default for Config {
@@ -58,6 +60,7 @@ impl Default for Config {
             shadow: None,
             handlers: default_policies(),
             device: Default::default(),
+            health: Default::default(),
         }
     }
 }
@@ -78,6 +81,11 @@ pub enum ConfigError {
         path: String,
         kind: &'static str,
         table: &'static str,
+    },
+    #[error("config {path}: {problem}")]
+    Health {
+        path: String,
+        problem: crate::health::HealthError,
     },
     #[error("config {path}: handlers.\"{id}\": {rule}")]
     Policy {
@@ -114,6 +122,13 @@ impl Config {
                 path: origin.to_owned(),
                 id: e.id,
                 rule: e.rule,
+            })?;
+        config
+            .health
+            .validate()
+            .map_err(|problem| ConfigError::Health {
+                path: origin.to_owned(),
+                problem,
             })?;
         config
             .source()
@@ -156,6 +171,7 @@ impl Config {
             trust: self.trust.clone(),
             policy: self.policy(),
             device: self.device.clone(),
+            health: self.health.clone(),
         }
     }
 
@@ -281,6 +297,20 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+        let e = Config::parse(
+            "[health]\nurls = [\"http://127.0.0.1/ok\", \"gopher://x\"]\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config c.toml: health.urls[1]: `gopher://x` is not http or https"
+        );
+        let e = Config::parse("[health]\ntries = \"3\"\n", "c.toml").unwrap_err();
+        assert!(
+            e.to_string().contains("health.tries") || e.to_string().contains("tries"),
+            "{e}"
+        );
     }
 }
 
@@ -308,6 +338,21 @@ mod example_tests {
             .map(|l| format!("{l}\n"))
             .collect();
         toml::from_str(&block).unwrap()
+    }
+
+    /// The agent example's `[health]` block, uncommented, is a valid health table.
+    #[test]
+    fn the_agent_examples_health_block_parses_when_uncommented() {
+        let text = include_str!("../../examples/agent.toml");
+        let block: String = text
+            .lines()
+            .skip_while(|l| *l != "# [health]")
+            .map_while(|l| l.strip_prefix("# "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = super::Config::parse(&block, "agent.toml").unwrap();
+        assert_eq!(c.health.units, ["mosquitto.service"]);
+        assert_eq!((c.health.tries, c.health.time_limit_secs), (3, 60));
     }
 
     /// The agent example's `[hawkbit]` block, uncommented, makes a hawkBit source.

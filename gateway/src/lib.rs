@@ -12,6 +12,8 @@
 //! - [`capability`]: host interfaces handlers import (`host` for all; `process` when granted).
 //! - [`trust`]: handler signatures (wasmsign2), manifest signatures (JWS), trusted keys.
 //! - [`workflow`]: deployments as persisted state machines: plan, journal, units, results.
+//! - [`health`]: health checks that must pass after a reboot or restart before a deployment
+//!   commits (a slot on trial is rolled back when they fail).
 //! - [`download`]: verified, resumable downloads into a content-addressed store, and streams
 //!   straight into a destination (a firmware slot).
 //! - [`blockindex`]: block indexes of firmware images, and which blocks an update must fetch.
@@ -48,6 +50,7 @@ pub mod download;
 pub mod fault;
 #[cfg(feature = "dev-tools")]
 pub mod fuzzing;
+pub mod health;
 pub mod iothub;
 pub mod loader;
 pub mod policy;

@@ -377,6 +377,11 @@ pub mod erc {
     pub const WORKFLOW_INCOMPATIBLE: E = workflow(0x009);
     /// The update is older than the one installed, and its manifest does not allow a downgrade.
     pub const WORKFLOW_DOWNGRADE: E = workflow(0x00A);
+    /// The health checks after the reboot or restart the deployment asked for did not pass.
+    pub const WORKFLOW_HEALTH_CHECK_FAILED: E = workflow(0x00B);
+    /// A step's `handlerProperties.health` does not hold (or names a program the gateway does
+    /// not allow).
+    pub const WORKFLOW_HEALTH_INVALID: E = workflow(0x00C);
 
     // The SDK (facility 11, component 0xA0, shared with sandstep's handlers).
     /// `handlerProperties` do not match the handler's expected shape.

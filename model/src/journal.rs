@@ -190,6 +190,11 @@ pub struct Journal {
     /// programs stopped or waited for, repairs run); added to the final result's details.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recovered: Vec<String>,
+    /// The health checks failed after the reboot or restart this deployment asked for, and a
+    /// slot on trial was rolled back: the reboot into the old slot is under way, and the
+    /// deployment fails with this once it is back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_failure: Option<StepResult>,
     /// Incremented by every write.
     pub seq: u64,
 }
@@ -315,6 +320,7 @@ mod tests {
             updated_at_ms: 2,
             finished_at_ms: None,
             recovered: Vec::new(),
+            health_failure: None,
             seq: 3,
         }
     }

@@ -698,7 +698,9 @@ impl ProcessCtx {
         command
     }
 
-    async fn run(&self, cmd: Command) -> Result<Output, WitError> {
+    /// Checks `cmd` against the policy and runs it held to its grant (health checks run
+    /// their programs here too).
+    pub async fn run(&self, cmd: Command) -> Result<Output, WitError> {
         let rule = self
             .check(&cmd)
             .map_err(|r| WitError::Denied(r.to_string()))?;

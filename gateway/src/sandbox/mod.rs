@@ -257,6 +257,12 @@ impl Sandbox {
         self
     }
 
+    /// The ledger host programs are recorded in, for programs the host runs itself (health
+    /// checks).
+    pub fn ledger(&self) -> Option<Arc<ProgramLedger>> {
+        self.ledger.clone()
+    }
+
     /// Deals with what a previous agent left running (see [`ProgramLedger::sweep`]); call
     /// before any step runs. Blocking.
     pub fn recover_programs(&self) -> Vec<Recovered> {

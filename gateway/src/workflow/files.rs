@@ -46,7 +46,12 @@ impl Deployer {
             handler_id: step.handler.clone(),
             step_index,
             level,
-            handler_properties: step.handler_properties.clone(),
+            handler_properties: {
+                // sandstep's own key, never the handler's (see crate::health).
+                let mut p = step.handler_properties.clone();
+                p.remove(crate::health::PROPERTY);
+                p
+            },
             files: wanted
                 .iter()
                 .map(|w| StepFile {

@@ -30,6 +30,7 @@
 pub mod admission;
 pub mod events;
 mod files;
+mod health;
 mod installed;
 pub mod lifecycle;
 mod manifests;
@@ -131,6 +132,8 @@ pub struct Settings {
     pub policy: Policy,
     /// What this device is (updates' compatibility is checked against it).
     pub device: admission::DeviceConfig,
+    /// Checks after a reboot or restart, before the deployment commits.
+    pub health: crate::health::HealthConfig,
 }
 
 pub struct Deployer {
@@ -324,7 +327,12 @@ impl Deployer {
         held: &Manifests,
         observer: &dyn Observer,
     ) -> Result<(), WorkflowError> {
-        let mut result = result;
+        let (status, mut result) = match &j.health_failure {
+            Some(failure) if status.is_terminal() => {
+                health::with_health_failure(status, result, failure)
+            }
+            _ => (status, result),
+        };
         if status.is_terminal() && !j.recovered.is_empty() {
             let sep = if result.result_details.is_empty() {
                 ""
@@ -364,13 +372,14 @@ impl Deployer {
     ) -> Result<(), WorkflowError> {
         let observer_ref: &dyn Observer = &*observer;
         let resumed = j.seq > 0;
+        let past_followup = matches!(j.status, Status::RebootRequired | Status::RestartRequired);
         let manifests = if j.status == Status::Planning {
             match self.start(j, top, inventory, cancel, observer_ref).await? {
                 Some(m) => m,
                 None => return Ok(()),
             }
         } else {
-            if matches!(j.status, Status::RebootRequired | Status::RestartRequired) {
+            if past_followup {
                 // We are past the reboot or restart the deployment waited for.
                 j.status = Status::Running;
                 j.result = None;
@@ -381,6 +390,18 @@ impl Deployer {
                 reason: reason.to_string(),
             })?
         };
+        // Checks the deployment brings are refused before anything runs, and all of them run
+        // before a step confirms what it did across a reboot or restart.
+        let gate = if past_followup {
+            self.health_gate(j, &manifests, cancel).await?
+        } else {
+            self.deployment_health(j, &manifests)
+                .err()
+                .map(|r| (Status::Failed, r))
+        };
+        if let Some((status, r)) = gate {
+            return self.finish(j, status, r, &manifests, observer_ref);
+        }
         observer_ref.event(&Event::Planned {
             workflow_id: j.workflow_id.clone(),
             units: j.units.iter().map(plan::unit_info).collect(),
@@ -570,6 +591,7 @@ fn new_journal(req: &Request, update_id: Option<UpdateId>) -> Journal {
         updated_at_ms: now,
         finished_at_ms: None,
         recovered: Vec::new(),
+        health_failure: None,
         seq: 0,
     }
 }

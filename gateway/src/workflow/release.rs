@@ -111,6 +111,7 @@ mod tests {
             updated_at_ms: 0,
             finished_at_ms: None,
             recovered: Vec::new(),
+            health_failure: None,
             seq: 0,
         }
     }

@@ -123,6 +123,10 @@ impl Env {
     }
 
     pub fn deployer(&self) -> Deployer {
+        self.deployer_with(Config::default())
+    }
+
+    pub fn deployer_with(&self, config: Config) -> Deployer {
         let data = DataDir::open(self.data.path()).unwrap();
         let sandbox = Arc::new(
             Sandbox::new(
@@ -131,13 +135,18 @@ impl Env {
             )
             .unwrap(),
         );
-        Deployer::new(sandbox, data, Config::default()).unwrap()
+        Deployer::new(sandbox, data, config).unwrap()
     }
 
     pub async fn run(&self, req: Request) -> (Outcome, Arc<Recorder>) {
+        self.run_with(Config::default(), req).await
+    }
+
+    /// Runs `req` with `config` (its `[health]`, say).
+    pub async fn run_with(&self, config: Config, req: Request) -> (Outcome, Arc<Recorder>) {
         let rec = Arc::new(Recorder::default());
         let out = self
-            .deployer()
+            .deployer_with(config)
             .run(req, rec.clone(), &CancellationToken::new())
             .await
             .unwrap();
@@ -1103,4 +1112,135 @@ async fn journals_named_by_an_older_sandstep_are_found_and_renamed() {
         .unwrap();
     assert_eq!(j.status, Status::Succeeded);
     assert!(journals.join(&new).exists() && !journals.join(&legacy).exists());
+}
+
+fn health(text: &str) -> Config {
+    Config::parse(&format!("[health]\n{text}"), "test").unwrap()
+}
+
+/// A reboot or restart asked for at once or after the last step: either way, the health checks
+/// run before the deployment is confirmed, and a failure (no slot to roll back) fails it with
+/// the check's words, the steps after it not run.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_checks_gate_every_reboot_or_restart_and_a_failure_names_the_check() {
+    let failing =
+        health("programs = [[\"/bin/sh\", \"-c\", \"echo queue stuck; exit 1\"]]\ntries = 1\n");
+    for (code, wf) in [(705, "wf-now"), (706, "wf-later"), (707, "wf-restart")] {
+        let env = Env::new();
+        let m = with_unused(
+            &env,
+            vec![
+                stateful("fw", json!({ "apply_code": code }), &[]),
+                stateful("after", json!({}), &[]),
+            ],
+        );
+        let (first, _) = env
+            .run_with(failing.clone(), env.request(wf, m.clone()))
+            .await;
+        assert!(
+            matches!(
+                first.status,
+                Status::RebootRequired | Status::RestartRequired
+            ),
+            "{code}: {:#?}",
+            first.result
+        );
+        let (second, _) = env.run_with(failing.clone(), env.request(wf, m)).await;
+        assert_eq!(
+            second.status,
+            Status::Failed,
+            "{code}: {:#?}",
+            second.result
+        );
+        assert_eq!(
+            second.result.extended_result_code,
+            erc::WORKFLOW_HEALTH_CHECK_FAILED.raw(),
+            "{code}"
+        );
+        assert_eq!(
+            second.result.result_details,
+            "health check program `/bin/sh -c echo queue stuck; exit 1` failed (try 1 of 1): exit status 1; output: queue stuck",
+            "{code}"
+        );
+        if code != 706 {
+            assert_eq!(
+                env.log("after"),
+                ["download"],
+                "{code}: not installed after a failed check"
+            );
+        }
+    }
+}
+
+/// A deployment's own checks are read from its signed manifest and refused, naming step and
+/// field, before anything runs; the handler never sees sandstep's `health` key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployments_health_checks_are_refused_by_field_before_anything_runs() {
+    let env = Env::new();
+    let m = with_unused(
+        &env,
+        vec![stateful(
+            "s",
+            json!({"health": {"urls": ["http://192.0.2.7/ready"]}}),
+            &[],
+        )],
+    );
+    let (out, _) = env.run(env.request("wf-bad-health", m)).await;
+    assert_eq!(out.status, Status::Failed);
+    assert_eq!(
+        out.result.extended_result_code,
+        erc::WORKFLOW_HEALTH_INVALID.raw()
+    );
+    assert_eq!(
+        out.result.result_details,
+        "step 0: handlerProperties.health.urls[0]: `http://192.0.2.7/ready`: a deployment's health URLs must be on this device (localhost, 127.0.0.0/8 or ::1)"
+    );
+    assert!(env.log("s").is_empty(), "nothing ran");
+    // Allowed checks pass through to the deployment's end, and the probe (which refuses
+    // properties it does not know) never saw them.
+    let m = with_unused(
+        &env,
+        vec![stateful(
+            "ok",
+            json!({"apply_code": 705, "health": {"programs": [["/bin/true"]], "tries": 2}}),
+            &[],
+        )],
+    );
+    let config = Config::parse(
+        "[health.process]\nprograms = [{ path = \"/bin/true\", forms = [{}] }]\n",
+        "test",
+    )
+    .unwrap();
+    let (first, _) = env
+        .run_with(config.clone(), env.request("wf-good-health", m.clone()))
+        .await;
+    assert_eq!(first.status, Status::RebootRequired, "{:#?}", first.result);
+    let (second, _) = env.run_with(config, env.request("wf-good-health", m)).await;
+    assert_eq!(second.status, Status::Succeeded, "{:#?}", second.result);
+}
+
+/// A unit check is `systemctl is-active -- UNIT`, run as a held program; on this machine (no
+/// systemd as init) it fails, and the report carries what systemctl said.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unit_check_asks_systemctl_and_reports_its_answer() {
+    assert!(
+        std::path::Path::new("/usr/bin/systemctl").exists(),
+        "systemctl (Debian's systemd) is a prerequisite of this test"
+    );
+    let env = Env::new();
+    let m = with_unused(&env, vec![stateful("svc", json!({"apply_code": 707}), &[])]);
+    let config = health("units = [\"mosquitto.service\"]\ntries = 1\n");
+    let (first, _) = env
+        .run_with(config.clone(), env.request("wf-unit", m.clone()))
+        .await;
+    assert_eq!(first.status, Status::RestartRequired);
+    let (second, _) = env.run_with(config, env.request("wf-unit", m)).await;
+    assert_eq!(second.status, Status::Failed, "{:#?}", second.result);
+    let details = &second.result.result_details;
+    assert!(
+        details
+            .starts_with("health check unit `mosquitto.service` failed (try 1 of 1): exit status "),
+        "{details}"
+    );
+    assert!(details.contains("output: "), "{details}");
 }

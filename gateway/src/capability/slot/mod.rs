@@ -356,6 +356,26 @@ impl SlotPolicy {
         })
     }
 
+    /// Health checks failed on a slot on trial (booted, selected, not committed): marks it bad
+    /// and selects the other slot, committed, for the next boot, with this boot's id as the
+    /// selection's, so the step sees the reboot into the old slot as the rollback it is. The
+    /// rolled-back slot, or `None` when the booted slot is not on trial.
+    pub fn roll_back_trial(&self) -> Result<Option<SlotName>, WitError> {
+        let s = self.state()?;
+        if s.committed || s.next_boot != s.booted {
+            return Ok(None);
+        }
+        let bad = format!("slot_{}_bad", name(s.booted));
+        self.write_env(&[
+            (bad.as_str(), "1".into()),
+            ("boot_slot", name(other(s.booted)).into()),
+            ("upgrade_available", "0".into()),
+            ("bootcount", "0".into()),
+            ("selected_boot_id", self.boot_id()?),
+        ])?;
+        Ok(Some(s.booted))
+    }
+
     /// This boot's id.
     pub fn boot_id(&self) -> Result<String, WitError> {
         let p = &self.boot_id_file;

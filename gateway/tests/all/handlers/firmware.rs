@@ -688,3 +688,114 @@ async fn images_stream_from_a_files_directory_too_whole_or_by_changed_blocks() {
     assert!(fetched_of(&rec) < v2.len() as u64 / 5);
     assert!(server.requests("fw-big.img").is_empty());
 }
+
+/// The device plus a `[health]` table.
+fn with_health(dev: &Device, health: &str) -> Config {
+    Config::parse(&format!("{}[health]\n{health}", dev.config_text()), "test").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_health_check_failing_after_the_reboot_rolls_the_slot_back_and_names_the_check() {
+    let dev = Device::new();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let m = deployment(&mut env);
+    let health = "programs = [[\"/bin/sh\", \"-c\", \"echo the api is down >&2; exit 3\"]]\ntries = 2\ninterval-secs = 0\n";
+    let (first, _) = run(
+        &env,
+        with_health(&dev, health),
+        env.request("wf-h", m.clone()),
+    )
+    .await;
+    assert_eq!(first.status, Status::RebootRequired);
+    dev.reboot_into("b");
+    // Slot B booted, but the checks fail: B is marked bad, A selected, and a reboot asked for,
+    // before anything committed B.
+    let (second, _) = run(
+        &env,
+        with_health(&dev, health),
+        env.request("wf-h", m.clone()),
+    )
+    .await;
+    assert_eq!(
+        second.status,
+        Status::RebootRequired,
+        "{:#?}",
+        second.result
+    );
+    assert!(
+        second.result.result_details.starts_with("rolling back: health check program `/bin/sh -c echo the api is down >&2; exit 3` failed (try 2 of 2): exit status 3; output: the api is down"),
+        "{:#?}",
+        second.result
+    );
+    let env_now = dev.env();
+    assert_eq!(
+        (
+            env_now["slot_b_bad"].as_str(),
+            env_now["boot_slot"].as_str(),
+            env_now["upgrade_available"].as_str()
+        ),
+        ("1", "a", "0"),
+        "{env_now:?}"
+    );
+    // Back on A: the step reports the rollback, with the check's words.
+    dev.reboot_into("a");
+    let (third, _) = run(&env, with_health(&dev, health), env.request("wf-h", m)).await;
+    assert_eq!(third.status, Status::Failed, "{:#?}", third.result);
+    assert_eq!(third.result.extended_result_code as u32, 0xBA00_0103);
+    let details = &third.result.result_details;
+    assert!(
+        details.starts_with("rollback: slot B (2.0) failed to boot"),
+        "{details}"
+    );
+    assert!(
+        details.contains("health check program `/bin/sh -c echo the api is down >&2; exit 3` failed (try 2 of 2): exit status 3; output: the api is down; slot B was on trial: it is marked bad and the other slot boots next"),
+        "{details}"
+    );
+    let env_now = dev.env();
+    assert_eq!(
+        (
+            env_now["boot_slot"].as_str(),
+            env_now["upgrade_available"].as_str()
+        ),
+        ("a", "0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_slot_is_committed_only_once_the_health_checks_pass_and_a_later_try_may_pass() {
+    let dev = Device::new();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let m = deployment(&mut env);
+    let server = crate::http::TestServer::start();
+    server.put("healthz", b"ok");
+    // The program fails its first try (services still starting) and passes the second.
+    let health = format!(
+        "programs = [[\"/bin/sh\", \"-c\", \"test -e started || {{ : > started; exit 1; }}\"]]\nurls = [\"{}\"]\ntries = 3\ninterval-secs = 0\n",
+        server.url("healthz")
+    );
+    let (first, _) = run(
+        &env,
+        with_health(&dev, &health),
+        env.request("wf-ok", m.clone()),
+    )
+    .await;
+    assert_eq!(first.status, Status::RebootRequired);
+    dev.reboot_into("b");
+    let (second, _) = run(&env, with_health(&dev, &health), env.request("wf-ok", m)).await;
+    assert_eq!(second.status, Status::Succeeded, "{:#?}", second.result);
+    assert_eq!(second.result.step_results["step_0"].result_code, 700);
+    let env_now = dev.env();
+    assert_eq!(
+        (
+            env_now["boot_slot"].as_str(),
+            env_now["upgrade_available"].as_str()
+        ),
+        ("b", "0")
+    );
+    assert!(
+        env.data.path().join("health/started").exists(),
+        "the first try ran in the health folder"
+    );
+}
