@@ -195,6 +195,11 @@ pub struct Journal {
     /// deployment fails with this once it is back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_failure: Option<StepResult>,
+    /// The deployment is past a reboot or restart it asked for: every resume from here runs the
+    /// health checks before a step confirms, so a power cut during the checks or the commit
+    /// cannot skip them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub past_followup: bool,
     /// Incremented by every write.
     pub seq: u64,
 }
@@ -321,6 +326,7 @@ mod tests {
             finished_at_ms: None,
             recovered: Vec::new(),
             health_failure: None,
+            past_followup: false,
             seq: 3,
         }
     }

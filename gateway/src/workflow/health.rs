@@ -72,6 +72,7 @@ impl Deployer {
             tries = plan.tries,
             "running the health checks before the deployment commits"
         );
+        crate::fault::point("health-checks");
         let runner = Runner::new(&plan, &dir, self.sandbox.ledger());
         let Err(failure) = runner.run(&plan, cancel).await else {
             return Ok(None);

@@ -372,17 +372,18 @@ impl Deployer {
     ) -> Result<(), WorkflowError> {
         let observer_ref: &dyn Observer = &*observer;
         let resumed = j.seq > 0;
-        let past_followup = matches!(j.status, Status::RebootRequired | Status::RestartRequired);
+        let back = matches!(j.status, Status::RebootRequired | Status::RestartRequired);
         let manifests = if j.status == Status::Planning {
             match self.start(j, top, inventory, cancel, observer_ref).await? {
                 Some(m) => m,
                 None => return Ok(()),
             }
         } else {
-            if past_followup {
+            if back {
                 // We are past the reboot or restart the deployment waited for.
                 j.status = Status::Running;
                 j.result = None;
+                j.past_followup = true;
                 self.save(j)?;
             }
             Manifests::from_journal(j).map_err(|reason| WorkflowError::Journal {
@@ -392,7 +393,7 @@ impl Deployer {
         };
         // Checks the deployment brings are refused before anything runs, and all of them run
         // before a step confirms what it did across a reboot or restart.
-        let gate = if past_followup {
+        let gate = if j.past_followup {
             self.health_gate(j, &manifests, cancel).await?
         } else {
             self.deployment_health(j, &manifests)
@@ -592,6 +593,7 @@ fn new_journal(req: &Request, update_id: Option<UpdateId>) -> Journal {
         finished_at_ms: None,
         recovered: Vec::new(),
         health_failure: None,
+        past_followup: false,
         seq: 0,
     }
 }

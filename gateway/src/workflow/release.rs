@@ -112,6 +112,7 @@ mod tests {
             finished_at_ms: None,
             recovered: Vec::new(),
             health_failure: None,
+            past_followup: false,
             seq: 0,
         }
     }

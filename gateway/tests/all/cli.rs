@@ -454,6 +454,57 @@ fn a_deployment_document_brings_its_own_file_urls() {
     assert_eq!(server.requests("f.txt").len(), 1);
 }
 
+/// A power cut while the health checks run (after the restart the deployment asked for) must
+/// not skip them: the next start runs them again, and their failure fails the deployment.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn cut_during_the_health_checks_the_next_start_runs_them_again() {
+    let data = data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(
+        dir.path(),
+        vec![stateful("svc", json!({"apply_code": 707}), &["f.txt"])],
+        &[("f.txt", b"payload")],
+    );
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[health]\nprograms = [[\"/bin/sh\", \"-c\", \"echo not ready; exit 1\"]]\ntries = 1\n",
+    )
+    .unwrap();
+    let run = |crash: Option<&str>| {
+        let mut c = sandstep();
+        c.arg("--config")
+            .arg(&config)
+            .arg("run")
+            .arg(&m)
+            .arg("--allow-unsigned")
+            .arg("--files")
+            .arg(dir.path())
+            .arg("--data-dir")
+            .arg(data.path());
+        if let Some(point) = crash {
+            c.env("SANDSTEP_CRASH_AT", point);
+        }
+        c.output().unwrap()
+    };
+    let first = run(None);
+    assert_eq!(first.status.code(), Some(4), "restart asked for: {first:?}");
+    let cut = run(Some("health-checks"));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(cut.status.signal(), Some(libc::SIGABRT), "{cut:?}");
+    let last = run(None);
+    assert!(!last.status.success(), "{last:?}");
+    let said =
+        String::from_utf8_lossy(&last.stdout).into_owned() + &String::from_utf8_lossy(&last.stderr);
+    assert!(
+        said.contains(
+            "health check program `/bin/sh -c echo not ready; exit 1` failed (try 1 of 1)"
+        ),
+        "{said}"
+    );
+}
+
 /// Kills `sandstep run` at every crash point (after each journal write and each handler call)
 /// and restarts it: every deployment must end completed, with each step applied exactly once,
 /// an intact journal and a correct result file.
