@@ -4,6 +4,11 @@
 //! N-th crash point reached: after every journal write and after every handler call; a point's
 //! name instead (`stream-checkpoint`) aborts at that point's first pass. The tests
 //! run a deployment with N = 1, 2, 3, ... and check that each restart finishes it exactly once.
+//!
+//! The boot test cuts a virtual machine's power instead: `SANDSTEP_HOLD_FILE` names a file of
+//! point names, one per line. When the first line's point is reached, that line is removed
+//! (durably, so the next boot goes on to the next one), the process says
+//! `fault injection: holding at NAME` and stops there until the machine is killed.
 
 #[cfg(feature = "fault-injection")]
 pub fn point(name: &str) {
@@ -29,3 +34,38 @@ pub fn point(name: &str) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn point(_name: &str) {}
+
+/// A place where the boot test may cut the power (see the module doc); not a crash point, so
+/// the crash tests' numbering does not move.
+#[cfg(feature = "fault-injection")]
+pub fn hold(name: &str) {
+    let Some(path) = std::env::var_os("SANDSTEP_HOLD_FILE") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut lines = text.lines();
+    if lines.next().map(str::trim) != Some(name) {
+        return;
+    }
+    let rest: String = lines.map(|l| format!("{l}\n")).collect();
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, rest)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    if let Err(e) = written {
+        eprintln!("fault injection: cannot update {}: {e}", path.display());
+        return;
+    }
+    eprintln!("fault injection: holding at {name}");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn hold(_name: &str) {}

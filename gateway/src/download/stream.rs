@@ -24,6 +24,10 @@ pub struct Destination {
     pub checkpoint: Arc<dyn Fn(u64) + Send + Sync>,
 }
 
+/// Where the boot test may cut the power mid-stream (`fault::hold`): past the first sync-free
+/// megabytes, so the destination holds an unsynced partial write.
+const HOLD_AT: u64 = 4 << 20;
+
 /// Writes through to the destination, syncing every `every` bytes and saying how far is
 /// durable.
 struct Checkpointing {
@@ -43,6 +47,9 @@ impl Write for Checkpointing {
         self.pos += n as u64;
         self.since += n as u64;
         self.written.store(self.pos, Ordering::SeqCst);
+        if self.pos >= HOLD_AT && self.pos - (n as u64) < HOLD_AT {
+            crate::fault::hold("stream-write");
+        }
         if self.since >= self.every {
             self.file.sync_data()?;
             self.since = 0;

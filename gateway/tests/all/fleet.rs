@@ -204,6 +204,17 @@ impl Fleet {
 
     /// Waits until the device's reported state satisfies `f`; returns it.
     pub fn wait_for(&self, device: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_within(device, what, Duration::from_secs(90), f)
+    }
+
+    /// As `wait_for`, for up to `limit`.
+    pub fn wait_for_within(
+        &self,
+        device: &str,
+        what: &str,
+        limit: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
         let t = Instant::now();
         loop {
             let all = self.status();
@@ -213,7 +224,7 @@ impl Fleet {
                 }
             }
             assert!(
-                t.elapsed() < Duration::from_secs(90),
+                t.elapsed() < limit,
                 "timed out waiting for {what}; last status: {all:#}"
             );
             std::thread::sleep(Duration::from_millis(300));

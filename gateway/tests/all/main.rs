@@ -3,6 +3,7 @@
 
 mod adu_compat;
 mod adu_contoso;
+mod boot;
 mod cli;
 mod ddi_server;
 mod downloads;

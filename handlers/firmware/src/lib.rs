@@ -98,6 +98,22 @@ impl Handler for Firmware {
         let running = slots.versions.get(&state.booted.to_string()).cloned();
         if let Some(pending) = slots.pending.clone() {
             let pending_slot = slot_from(&pending);
+            if pending_slot == state.booted
+                && running.as_deref() == Some(want.as_str())
+                && (state.rebooted || state.committed)
+            {
+                // First boot of the new slot: it came up, so keep it. Committed already (and so
+                // no longer marked as rebooted) when the power was cut between the commit and
+                // this record: finish it the same way.
+                slot::commit()?;
+                slots.pending = None;
+                write_slots(ctx, &slots)?;
+                log::progress(100, "completed");
+                return Ok(done::IsInstalled::Installed.with_details(format!(
+                    "running {want} from slot {}; committed",
+                    state.booted
+                )));
+            }
             if !state.rebooted {
                 // The agent came back without the reboot it asked for (a crash, a service
                 // restart), or this runs again before it: undo the selection, so the next boot
@@ -113,17 +129,6 @@ impl Handler for Firmware {
                         state.booted
                     ),
                 ));
-            }
-            if pending_slot == state.booted && running.as_deref() == Some(want.as_str()) {
-                // First boot of the new slot: it came up, so keep it.
-                slot::commit()?;
-                slots.pending = None;
-                write_slots(ctx, &slots)?;
-                log::progress(100, "completed");
-                return Ok(done::IsInstalled::Installed.with_details(format!(
-                    "running {want} from slot {}; committed",
-                    state.booted
-                )));
             }
             if pending_slot != state.booted {
                 // Rebooted, but the boot loader fell back: the new slot did not come up.

@@ -109,13 +109,25 @@ fn root_is_on(slot: &std::path::Path) -> bool {
     }
 }
 
-/// Writes `bytes` beside `path`, syncs, and renames it over `path`.
+/// Replaces the boot environment at `path` durably: beside it, synced, renamed, the directory
+/// synced, and then the whole filesystem. The last step is for FAT (the EFI system partition
+/// that holds GRUB's environment): its fsync of a FAT16 root directory does not write the
+/// directory's entries, so after a power cut the boot test found the old environment and a FAT
+/// that the next rename found broken (the kernel then mounts it read-only).
 fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("sandstep-tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+    else {
+        return Err(std::io::Error::other("not a file path"));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        parent
+    };
+    let dir = Dir::open_ambient_dir(parent, cap_std::ambient_authority())?;
+    crate::datadir::write_atomic(&dir, name, bytes, 0o644)?;
+    // `dir` may be an O_PATH descriptor, which syncfs refuses: sync through an opened one.
+    rustix::fs::syncfs(dir.open(".")?).map_err(std::io::Error::from)
 }
 
 /// The boot-control method.
@@ -831,12 +843,14 @@ impl slot::Host for SlotView<'_> {
             Ok(s) => s.booted,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.0.write_env(&[
+        let written = self.0.write_env(&[
             ("boot_slot", name(booted).into()),
             ("upgrade_available", "0".into()),
             ("selected_boot_id", String::new()),
             ("bootcount", "0".into()),
-        ]))
+        ]);
+        crate::fault::hold("slot-committed");
+        Ok(written)
     }
 
     async fn mark_bad(&mut self, target: SlotName) -> wasmtime::Result<Result<(), WitError>> {

@@ -184,6 +184,35 @@ async fn an_image_goes_to_the_inactive_slot_and_is_committed_after_a_good_reboot
     assert!(progress_messages(&rec).contains(&"completed".to_string()));
 }
 
+/// The power is cut after the commit reached the boot environment but before the handler
+/// recorded it (the boot test's second power cut): the next start finds the new slot booted and
+/// committed, and finishes the deployment as installed instead of calling it "not rebooted".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_power_cut_between_the_commit_and_the_handlers_record_still_ends_installed() {
+    let dev = Device::new();
+    let mut env = Env::new();
+    env.install(FW, "firmware");
+    let m = deployment(&mut env);
+    let (first, _) = run(&env, dev.config(), env.request("wf-fw-cut", m.clone())).await;
+    assert_eq!(first.status, Status::RebootRequired);
+    dev.reboot_into("b");
+    // What `commit` writes, with nothing after it.
+    let mut boot = dev.env();
+    for (k, v) in [
+        ("upgrade_available", "0"),
+        ("selected_boot_id", ""),
+        ("bootcount", "0"),
+    ] {
+        boot.insert(k.into(), v.into());
+    }
+    let text: String = boot.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(dev.path("bootenv"), text).unwrap();
+    let (second, _) = run(&env, dev.config(), env.request("wf-fw-cut", m)).await;
+    assert_eq!(second.status, Status::Succeeded, "{:#?}", second.result);
+    assert_eq!(second.result.step_results["step_0"].result_code, 700);
+    assert_eq!(dev.env()["boot_slot"], "b");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_boot_rolls_back_and_marks_the_slot_bad() {
     let dev = Device::new();
