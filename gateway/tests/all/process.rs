@@ -253,6 +253,13 @@ async fn a_program_past_its_time_limit_is_killed_with_its_children() {
 }
 
 /// Whether a process with `marker` in its command line is alive.
+/// A `sleep` command line no other test uses: tests run side by side, and `alive`/`wait_gone`
+/// look at every process on the machine, so a marker two tests share lets one test see the
+/// other's program (the cause of a restart test failing on a loaded machine).
+pub(crate) fn unique_sleep(secs: u32) -> String {
+    format!("sleep {secs}.{:06}", fastrand::u32(..1_000_000))
+}
+
 pub(crate) fn alive(marker: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
         std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {

@@ -4,7 +4,7 @@
 //! result says so.
 
 use crate::cli::sandstep;
-use crate::process::{alive, wait_gone};
+use crate::process::{alive, unique_sleep, wait_gone};
 use crate::workflow::Env;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -85,6 +85,7 @@ fn a_restarted_agent_stops_what_the_killed_one_left_before_it_runs_the_step_agai
     let mut env = Env::new();
     env.install(SCRIPT, "script");
     let t = tempfile::tempdir().unwrap();
+    let sleep = unique_sleep(65);
     let (first, seen, pids) = (
         t.path().join("first"),
         t.path().join("seen"),
@@ -97,17 +98,17 @@ fn a_restarted_agent_stops_what_the_killed_one_left_before_it_runs_the_step_agai
     let check = format!(
         "state=gone\n\
          for pid in $(cat {pids}); do\n\
-           if tr '\\0' ' ' < /proc/$pid/cmdline 2>/dev/null | grep -q 'sleep 65.0917'; then state=alive; fi\n\
+           if tr '\\0' ' ' < /proc/$pid/cmdline 2>/dev/null | grep -q '{sleep}'; then state=alive; fi\n\
          done\n\
          echo $state\n",
-        pids = pids.display()
+        pids = pids.display(),
     );
     let body = format!(
         "if [ -e {first} ]; then\n(\n{check}) > {seen}\nexit 0\nfi\n\
          touch {first}\n\
-         sleep 65.0917 &\n\
+         {sleep} &\n\
          echo $! >> {pids}\n\
-         sh -c 'echo $$ >> {pids}; exec sleep 65.0917'\n",
+         sh -c 'echo $$ >> {pids}; exec {sleep}'\n",
         first = first.display(),
         seen = seen.display(),
         pids = pids.display()
@@ -118,13 +119,12 @@ fn a_restarted_agent_stops_what_the_killed_one_left_before_it_runs_the_step_agai
     // Both programs running (two pids recorded, the second one already sleep), then SIGKILL at
     // once: nothing of the agent's own cleanup runs.
     wait_for("the step's programs starting", || {
-        std::fs::read_to_string(&pids).is_ok_and(|p| p.lines().count() == 2)
-            && alive("sleep 65.0917")
+        std::fs::read_to_string(&pids).is_ok_and(|p| p.lines().count() == 2) && alive(&sleep)
     });
     agent.kill().unwrap();
     agent.wait().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(alive("sleep 65.0917"), "the shell's children outlive it");
+    assert!(alive(&sleep), "the shell's children outlive it");
     let before = std::process::Command::new("/bin/sh")
         .args(["-c", &check])
         .output()
@@ -138,7 +138,7 @@ fn a_restarted_agent_stops_what_the_killed_one_left_before_it_runs_the_step_agai
     let status = run(&env, &m, Some(&config)).wait().unwrap();
     assert!(status.code().is_some(), "{status:?}");
     assert_eq!(std::fs::read_to_string(&seen).unwrap(), "gone\n");
-    assert!(wait_gone("sleep 65.0917"));
+    assert!(wait_gone(&sleep));
     let d = details(&env);
     assert!(
         d.contains(
@@ -264,7 +264,7 @@ fn a_restarted_agent_stops_a_program_that_left_its_group_and_environment() {
     let mut env = Env::new();
     env.install(SCRIPT, "script");
     let t = tempfile::tempdir().unwrap();
-    let sleep = format!("sleep 67.{:06}", fastrand::u32(..1_000_000));
+    let sleep = unique_sleep(67);
     let (first, seen) = (t.path().join("first"), t.path().join("seen"));
     let body = format!(
         "if [ -e {first} ]; then\n\
@@ -272,7 +272,8 @@ fn a_restarted_agent_stops_a_program_that_left_its_group_and_environment() {
            exit 0\n\
          fi\n\
          ( env -i /usr/bin/setsid /bin/sh -c 'echo $$ > {first}; exec {sleep}' </dev/null >/dev/null 2>&1 & )\n\
-         exec sleep 65.0917\n",
+         exec {foreground}\n",
+        foreground = unique_sleep(65),
         first = first.display(),
         seen = seen.display(),
     );
