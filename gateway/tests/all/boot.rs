@@ -9,7 +9,7 @@
 //! KVM is used when it runs this firmware; where it cannot (some nested set-ups fail on OVMF's
 //! first instructions), the test says so and emulates (TCG).
 
-use crate::fleet::{fleet_cli, Fleet};
+use crate::fleet::Fleet;
 use crate::support::signed;
 use crate::workflow::file_entry;
 use sandstep::datadir::DataDir;
@@ -288,32 +288,12 @@ fn deploy(fleet: &Fleet, base: &Path, version: &str, workflow: &str) {
     });
     let path = fleet.dir.path().join(format!("{workflow}.json"));
     std::fs::write(&path, m.to_string()).unwrap();
-    let port = fleet
-        .server
-        .base()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
-    let out = fleet_cli()
-        .arg("deploy")
-        .arg("--config")
-        .arg(&fleet.config)
-        .args(["--device", DEVICE, "--workflow-id", workflow, "--manifest"])
-        .arg(&path)
-        .arg("--files-url")
-        .arg(format!("http://10.0.2.2:{port}/"))
-        .arg("--sign-key")
-        .arg(&fleet.signing)
-        .arg("--root-key")
-        .arg(&fleet.root)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    fleet.deploy_from(
+        DEVICE,
+        &path,
+        workflow,
+        &format!("http://10.0.2.2:{}/", fleet.server.port()),
+        &[],
     );
 }
 

@@ -93,6 +93,19 @@ fn manifest_keys(data: &Path, dir: &Path) -> (PathBuf, PathBuf) {
     (root, signing)
 }
 
+/// `sandstep run MANIFEST --allow-unsigned --files FILES --data-dir DATA`, for more arguments.
+fn unsigned_run(manifest: &Path, files: impl AsRef<std::ffi::OsStr>, data: &Path) -> Command {
+    let mut c = sandstep();
+    c.arg("run")
+        .arg(manifest)
+        .arg("--allow-unsigned")
+        .arg("--files")
+        .arg(files)
+        .arg("--data-dir")
+        .arg(data);
+    c
+}
+
 pub(crate) fn write_manifest(dir: &Path, steps: Vec<Value>, files: &[(&str, &[u8])]) -> PathBuf {
     let mut entries = serde_json::Map::new();
     for (name, bytes) in files {
@@ -274,14 +287,7 @@ fn exit_statuses_tell_failure_reboot_and_bad_input_apart() {
     let data = data_dir();
     let dir = tempfile::tempdir().unwrap();
     let run = |manifest: &Path, extra: &[&str]| {
-        sandstep()
-            .arg("run")
-            .arg(manifest)
-            .arg("--allow-unsigned")
-            .arg("--files")
-            .arg(dir.path())
-            .arg("--data-dir")
-            .arg(data.path())
+        unsigned_run(manifest, dir.path(), data.path())
             .args(extra)
             .output()
             .unwrap()
@@ -327,14 +333,7 @@ fn a_manifest_that_breaks_a_rule_fails_with_the_field_named() {
         &[("f.txt", b"f")],
     );
     let result = dir.path().join("r.json");
-    let out = sandstep()
-        .arg("run")
-        .arg(&m)
-        .arg("--allow-unsigned")
-        .arg("--files")
-        .arg(dir.path())
-        .arg("--data-dir")
-        .arg(data.path())
+    let out = unsigned_run(&m, dir.path(), data.path())
         .arg("--result-file")
         .arg(&result)
         .output()
@@ -361,14 +360,7 @@ fn sigint_cancels_the_running_step_and_exits_130() {
         &[("f.txt", b"f")],
     );
     let result = dir.path().join("r.json");
-    let mut child = sandstep()
-        .arg("run")
-        .arg(&m)
-        .arg("--allow-unsigned")
-        .arg("--files")
-        .arg(dir.path())
-        .arg("--data-dir")
-        .arg(data.path())
+    let mut child = unsigned_run(&m, dir.path(), data.path())
         .arg("--result-file")
         .arg(&result)
         .stdout(Stdio::null())
@@ -473,16 +465,8 @@ fn cut_during_the_health_checks_the_next_start_runs_them_again() {
     )
     .unwrap();
     let run = |crash: Option<&str>| {
-        let mut c = sandstep();
-        c.arg("--config")
-            .arg(&config)
-            .arg("run")
-            .arg(&m)
-            .arg("--allow-unsigned")
-            .arg("--files")
-            .arg(dir.path())
-            .arg("--data-dir")
-            .arg(data.path());
+        let mut c = unsigned_run(&m, dir.path(), data.path());
+        c.arg("--config").arg(&config);
         if let Some(point) = crash {
             c.env("SANDSTEP_CRASH_AT", point);
         }
@@ -548,16 +532,8 @@ fn killed_at_every_crash_point_the_deployment_finishes_exactly_once() {
             .unwrap();
         assert!(status.success());
         let run = |crash: Option<u64>| {
-            let mut c = sandstep();
-            c.arg("run")
-                .arg(&m)
-                .arg("--allow-unsigned")
-                .arg("--files")
-                .arg(dir.path())
-                .arg("--components")
-                .arg(&inventory)
-                .arg("--data-dir")
-                .arg(data.path());
+            let mut c = unsigned_run(&m, dir.path(), data.path());
+            c.arg("--components").arg(&inventory);
             if let Some(n) = crash {
                 c.env("SANDSTEP_CRASH_AT", n.to_string());
             }
@@ -852,16 +828,7 @@ fn manifests_are_written_from_files_a_step_list_and_adus_import_manifests() {
         v["instructions"]["steps"][0]["files"],
         json!(["a.txt", "b.txt"])
     );
-    let out = sandstep()
-        .arg("run")
-        .arg(&m)
-        .arg("--allow-unsigned")
-        .arg("--files")
-        .arg(dir.path())
-        .arg("--data-dir")
-        .arg(data.path())
-        .output()
-        .unwrap();
+    let out = unsigned_run(&m, dir.path(), data.path()).output().unwrap();
     ok(&out);
 
     // ADU's docs/sample-artifacts import manifest, with the apt manifest from the same place.
@@ -928,16 +895,8 @@ fn a_crash_mid_stream_resumes_from_the_slots_last_checkpoint() {
     let config = env.files.path().join("config.toml");
     std::fs::write(&config, dev.config_text()).unwrap();
     let run = |crash: bool| {
-        let mut c = sandstep();
-        c.arg("run")
-            .arg(&manifest)
-            .arg("--allow-unsigned")
-            .arg("--files")
-            .arg(server.base())
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(env.data.path());
+        let mut c = unsigned_run(&manifest, server.base(), env.data.path());
+        c.arg("--config").arg(&config);
         if crash {
             c.env("SANDSTEP_CRASH_AT", "stream-checkpoint");
         }

@@ -143,6 +143,19 @@ impl Fleet {
     }
 
     pub fn deploy(&self, device: &str, manifest: &Path, workflow: &str, extra: &[&str]) {
+        self.deploy_from(device, manifest, workflow, &self.server.base(), extra);
+    }
+
+    /// `deploy` with the files' base URL as the device sees it (a virtual machine reaches the
+    /// host's server at another address).
+    pub fn deploy_from(
+        &self,
+        device: &str,
+        manifest: &Path,
+        workflow: &str,
+        files_url: &str,
+        extra: &[&str],
+    ) {
         let out = fleet_cli()
             .arg("deploy")
             .arg("--config")
@@ -150,7 +163,7 @@ impl Fleet {
             .args(["--device", device, "--workflow-id", workflow, "--manifest"])
             .arg(manifest)
             .arg("--files-url")
-            .arg(self.server.base())
+            .arg(files_url)
             .arg("--sign-key")
             .arg(&self.signing)
             .arg("--root-key")

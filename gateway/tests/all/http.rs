@@ -82,6 +82,10 @@ impl TestServer {
         format!("http://{}/", self.addr)
     }
 
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     pub fn url(&self, name: &str) -> String {
         format!("http://{}/{name}", self.addr)
     }
