@@ -137,6 +137,10 @@ install -m 0755 packaging/sandstep/debian/postinst packaging/sandstep/debian/pre
 install -m 0644 packaging/sandstep/debian/conffiles "$pkg/DEBIAN/"
 
 glibc=$(objdump -T "$pkg/usr/bin/sandstep" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
+# Packed relative relocations (gateway/build.rs) are read by glibc 2.36 and later only.
+if objdump -p "$pkg/usr/bin/sandstep" | grep -q GLIBC_ABI_DT_RELR; then
+    glibc=$(printf '%s\n2.36\n' "$glibc" | sort -V | tail -1)
+fi
 cat > "$pkg/DEBIAN/control" <<EOF
 Package: sandstep
 Version: $version

@@ -54,6 +54,28 @@ pub fn legacy_safe_name(id: &str) -> String {
     named(id, 4)
 }
 
+/// Opens `dir/name/sub` (`sub` may be empty), creating it with `mode` when missing; a `name`
+/// that is missing takes over the entry `legacy` first ([`adopt_legacy`]).
+pub fn ensure_dir_adopting(
+    dir: &Dir,
+    legacy: &str,
+    name: &str,
+    sub: &str,
+    mode: u32,
+) -> std::io::Result<Dir> {
+    let path = if sub.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}/{sub}")
+    };
+    match dir.open_dir(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        opened => return opened,
+    }
+    adopt_legacy(dir, legacy, name);
+    ensure_dir(dir, path, mode)
+}
+
 /// In `dir`, renames the entry `legacy` to `name` when only the legacy one exists (a data dir
 /// written by an older sandstep); anything else is left alone.
 pub fn adopt_legacy(dir: &Dir, legacy: &str, name: &str) {
@@ -87,9 +109,37 @@ fn named(id: &str, digest_bytes: usize) -> String {
     format!("{s}-{}", hex::encode(&digest[..digest_bytes]))
 }
 
-/// Creates `dir/name` (and parents) with `mode` when missing, and opens it.
+/// A stored file's identity: unchanged means its bytes are the ones read before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    pub fn of(m: &cap_std::fs::Metadata) -> FileIdentity {
+        use cap_std::fs::MetadataExt as _;
+        FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// Creates `dir/name` (and parents) with `mode` when missing, and opens it. Opening comes
+/// first: the directory nearly always exists, and one `openat2` is all that takes.
 pub fn ensure_dir(dir: &Dir, name: impl AsRef<Path>, mode: u32) -> std::io::Result<Dir> {
     let name = name.as_ref();
+    match dir.open_dir(name) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        opened => return opened,
+    }
     let mut b = DirBuilder::new();
     b.recursive(true);
     {

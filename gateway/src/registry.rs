@@ -12,15 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
 
-/// A stored file's identity: unchanged means its bytes are the ones read before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileIdentity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
+pub use crate::datadir::FileIdentity;
 
 const INDEX: &str = "registry.json";
 const COMPONENTS: &str = "components";
@@ -41,7 +33,7 @@ pub struct Entry {
     pub installed_at_ms: u64,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Index {
     handlers: BTreeMap<String, Entry>,
 }
@@ -73,23 +65,41 @@ impl From<std::io::Error> for RegistryError {
 pub struct Registry {
     dir: Dir,
     components: Dir,
+    /// The index as last read, with the identity of the file it was read from: each step's
+    /// load only checks the file is the same one instead of reading and parsing it again.
+    read: std::sync::Mutex<Option<(FileIdentity, Index)>>,
 }
 
 impl Registry {
     /// Opens the registry directory.
     pub fn open(dir: Dir) -> Result<Registry, RegistryError> {
         let components = ensure_dir(&dir, COMPONENTS, 0o700)?;
-        Ok(Registry { dir, components })
+        Ok(Registry {
+            dir,
+            components,
+            read: Default::default(),
+        })
     }
 
     fn index(&self) -> Result<Index, RegistryError> {
-        match self.dir.read(INDEX) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt(e.to_string()))
+        let mut file = match self.dir.open(INDEX) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Index::default()),
+            Err(e) => return Err(e.into()),
+        };
+        let identity = FileIdentity::of(&file.metadata()?);
+        let mut read = self.read.lock().expect("registry index lock");
+        if let Some((seen, index)) = &*read {
+            if *seen == identity {
+                return Ok(index.clone());
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
-            Err(e) => Err(e.into()),
         }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let index: Index =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        *read = Some((identity, index.clone()));
+        Ok(index)
     }
 
     fn save(&self, index: &Index) -> Result<(), RegistryError> {
@@ -171,15 +181,8 @@ impl Registry {
     /// What identifies the stored component file's current content without reading it: device,
     /// inode, size, and modification and change times (any write changes the change time).
     pub fn component_identity(&self, entry: &Entry) -> Result<FileIdentity, RegistryError> {
-        use cap_std::fs::MetadataExt as _;
         let m = self.components.metadata(format!("{}.wasm", entry.digest))?;
-        Ok(FileIdentity {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.len(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
+        Ok(FileIdentity::of(&m))
     }
 
     /// The stored component bytes, checked against the recorded digest.
@@ -201,6 +204,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write as _;
 
     fn registry() -> (tempfile::TempDir, Registry) {
         let t = tempfile::tempdir().unwrap();
@@ -222,6 +226,33 @@ mod tests {
             err.to_string(),
             "no handler is registered as `contoso/config:1`; install one with `sandstep handler install <COMPONENT.wasm> --id contoso/config:1`"
         );
+    }
+
+    #[test]
+    fn an_index_changed_by_another_process_is_read_again() {
+        let (t, agent) = registry();
+        agent.install("a/b:1", b"one", "x", vec![], 0).unwrap();
+        assert_eq!(agent.get("a/b:1").unwrap().size, 3);
+        // `sandstep handler install` beside the running agent: its own registry on the dir.
+        let cli =
+            Registry::open(Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap())
+                .unwrap();
+        cli.install("a/b:1", b"second", "x", vec![], 1).unwrap();
+        cli.install("c/d:1", b"other", "x", vec![], 1).unwrap();
+        assert_eq!(agent.get("a/b:1").unwrap().size, 6);
+        assert_eq!(agent.list().unwrap().len(), 2);
+        // Rewritten in place (same inode): the change time moves, so it is read again too.
+        let index = t.path().join(INDEX);
+        let text = std::fs::read_to_string(&index)
+            .unwrap()
+            .replace("\"size\": 5", "\"size\": 55");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&index)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        assert_eq!(agent.get("c/d:1").unwrap().size, 55);
     }
 
     #[test]

@@ -17,11 +17,55 @@ pub const TICK: Duration = Duration::from_millis(10);
 
 /// Engine settings. Precompiled artefacts only load into an engine with the same settings, so
 /// they are part of the cache key (through wasmtime's compatibility hash).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineOptions {
-    /// Use wasmtime's pooling allocator (faster instantiation, memory reserved up front).
+    /// Use wasmtime's pooling allocator (the default): instances' memories and tables are taken
+    /// from slots reserved up front and reset for the next, instead of mapped and unmapped for
+    /// each session (the unmapping alone, with its TLB shootdowns, was a third of a call
+    /// through the loader).
     pub pooling: bool,
 }
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { pooling: true }
+    }
+}
+
+/// The pool's bounds. Sessions run one at a time per deployment; the totals leave room for
+/// several at once (health checks, the CLI beside the agent). Per component they are wide
+/// enough for what componentize-py and componentize-js produce (many core instances, a
+/// function table of tens of thousands of entries); a memory may reach the 32-bit maximum, so
+/// the store's limiter (the policy's `memory-bytes`), not the pool, bounds it. What is reserved
+/// is address space: pages become resident only as handlers touch them, and a freed slot keeps
+/// at most [`KEEP_RESIDENT`] of them, reset, for the next instance.
+fn pool() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(32)
+        .total_core_instances(512)
+        .total_memories(32)
+        .total_tables(512)
+        .total_stacks(32)
+        .max_core_instances_per_component(128)
+        .max_memories_per_component(16)
+        .max_tables_per_component(128)
+        .max_tables_per_module(8)
+        .table_elements(1 << 18)
+        .max_core_instance_size(16 << 20)
+        .max_component_instance_size(16 << 20)
+        .max_memory_size(4 << 30)
+        .max_unused_warm_slots(4)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(64 << 10)
+        // Where the kernel can say which pages an instance wrote (PAGEMAP_SCAN, Linux 6.7),
+        // only those are reset.
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    pool
+}
+
+/// Bytes of a freed memory slot reset in place (only the pages written, where the kernel says
+/// which) rather than given back to the kernel, so the next instance maps nothing again.
+const KEEP_RESIDENT: usize = 1 << 20;
 
 pub(crate) fn new_engine(options: &EngineOptions) -> wasmtime::Result<Engine> {
     let mut config = Config::new();
@@ -29,13 +73,7 @@ pub(crate) fn new_engine(options: &EngineOptions) -> wasmtime::Result<Engine> {
     config.epoch_interruption(true);
     config.max_wasm_stack(1 << 20);
     if options.pooling {
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(64);
-        pool.total_core_instances(256);
-        pool.total_memories(128);
-        pool.total_tables(128);
-        pool.max_memory_size(1 << 30);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool()));
     }
     Engine::new(&config)
 }

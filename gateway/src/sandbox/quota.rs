@@ -13,7 +13,7 @@
 //! began, when that is less): `/work` and `/state` live in the data dir, beside the journal,
 //! which must still be written when the step ends.
 
-use cap_std::fs::{Dir, MetadataExt};
+use cap_std::fs::Dir;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,12 +46,21 @@ impl From<std::io::Error> for UsageError {
 
 /// Bytes allocated under `dir` (files, directories, symlinks; symlinks are not followed). The
 /// walk holds one descriptor per directory level (at most [`MAX_DEPTH`]), whatever the tree's
-/// width, so a handler cannot exhaust the agent's descriptors by making many directories.
+/// width, so a handler cannot exhaust the agent's descriptors by making many directories. It
+/// runs after every call, so it costs one `openat` per directory and a `statx` per entry:
+/// subdirectories are opened by name with `O_NOFOLLOW` (a name swapped for a symlink fails
+/// the walk rather than leading out of `dir`).
 pub(crate) fn usage(dir: &Dir) -> Result<u64, UsageError> {
+    use rustix::fs::{openat, statat, AtFlags, FileType, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut total = 0u64;
     let mut entries = 0u64;
-    // Each level: its open directory and the names of its subdirectories still to visit.
-    let mut levels: Vec<(Dir, Vec<std::ffi::OsString>)> = vec![(dir.try_clone()?, Vec::new())];
+    // Each level: its open directory stream and the names of its subdirectories still to visit.
+    let root = openat(dir, c".", flags, Mode::empty()).map_err(std::io::Error::from)?;
+    let mut levels = vec![(
+        rustix::fs::Dir::new(root).map_err(std::io::Error::from)?,
+        Vec::new(),
+    )];
     let mut fresh = true;
     loop {
         let depth = levels.len();
@@ -59,16 +68,22 @@ pub(crate) fn usage(dir: &Dir) -> Result<u64, UsageError> {
             return Ok(total);
         };
         if fresh {
-            for entry in d.entries()? {
-                let entry = entry?;
+            while let Some(entry) = d.read() {
+                let entry = entry.map_err(std::io::Error::from)?;
+                let name = entry.file_name();
+                if name == c"." || name == c".." {
+                    continue;
+                }
                 entries += 1;
                 if entries > MAX_ENTRIES {
                     return Err(UsageError::TooManyEntries);
                 }
-                let meta = entry.metadata()?;
-                total = total.saturating_add(meta.blocks().saturating_mul(512));
-                if meta.is_dir() {
-                    todo.push(entry.file_name());
+                let at = d.fd().map_err(std::io::Error::from)?;
+                let st =
+                    statat(at, name, AtFlags::SYMLINK_NOFOLLOW).map_err(std::io::Error::from)?;
+                total = total.saturating_add((st.st_blocks as u64).saturating_mul(512));
+                if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                    todo.push(name.to_owned());
                 }
             }
         }
@@ -77,7 +92,9 @@ pub(crate) fn usage(dir: &Dir) -> Result<u64, UsageError> {
                 if depth >= MAX_DEPTH {
                     return Err(UsageError::TooDeep);
                 }
-                let sub = d.open_dir(&name)?; // inside `dir` whatever it is by now: cap-std
+                let at = d.fd().map_err(std::io::Error::from)?;
+                let sub = openat(at, &name, flags, Mode::empty()).map_err(std::io::Error::from)?;
+                let sub = rustix::fs::Dir::new(sub).map_err(std::io::Error::from)?;
                 levels.push((sub, Vec::new()));
                 fresh = true;
             }

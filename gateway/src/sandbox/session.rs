@@ -65,7 +65,7 @@ impl Sandbox {
         };
         let metered = Arc::new(metered(&dirs, &limits).map_err(setup_err)?);
         let tags = Arc::new(tags);
-        let (wasi, mapped) = wasi_ctx(&dirs, &tags).map_err(setup_err)?;
+        let (wasi, mapped) = wasi_ctx(&dirs, &tags, grants.process.is_some()).map_err(setup_err)?;
         let host = HostCtx::new(tags, events);
         let slot = match grants.slot {
             Some(grant) => Some(
@@ -121,6 +121,24 @@ impl Sandbox {
         store
     }
 
+    /// The component's imports resolved against the linker of its capabilities (kept with it).
+    fn pre_instantiated<'h>(
+        &self,
+        handler: &'h HandlerComponent,
+    ) -> Result<&'h AllPre<HostState>, SetupError> {
+        if let Some(pre) = handler.pre.get() {
+            return Ok(pre);
+        }
+        let linker = self
+            .linker(handler.capabilities())
+            .map_err(|e| SetupError::Linker(e.to_string()))?;
+        let pre = linker
+            .instantiate_pre(&handler.component)
+            .and_then(AllPre::new)
+            .map_err(|e| SetupError::NotAHandler(format!("{e:#}")))?;
+        Ok(handler.pre.get_or_init(|| pre))
+    }
+
     /// Instantiates the component with the linker of its granted capabilities. Instantiation
     /// runs the component's initializers: it is held to the is-installed limit.
     async fn instantiate(
@@ -130,13 +148,7 @@ impl Sandbox {
         store: &mut Store<HostState>,
         limits: &Limits,
     ) -> Result<All, SetupError> {
-        let linker = self
-            .linker(handler.capabilities())
-            .map_err(|e| SetupError::Linker(e.to_string()))?;
-        let pre = linker
-            .instantiate_pre(&handler.component)
-            .and_then(AllPre::new)
-            .map_err(|e| SetupError::NotAHandler(format!("{e:#}")))?;
+        let pre = self.pre_instantiated(handler)?;
         let _active = self.running().ticker.active();
         store.data_mut().deadline = Some((
             Instant::now() + limits.is_installed,
@@ -153,10 +165,12 @@ impl Sandbox {
 }
 
 /// The WASI context over the step's directories (no sockets, output re-emitted as log events),
-/// and the directories as the process capability sees them.
+/// and, for a handler that may run `programs`, the directories as the process capability sees
+/// them.
 fn wasi_ctx(
     dirs: &super::dirs::StepDirs,
     tags: &Arc<CallTags>,
+    programs: bool,
 ) -> Result<(WasiCtx, Vec<MappedDir>), SetupError> {
     let mut wasi = WasiCtx::builder();
     // Filesystem calls run inline: faster than a blocking-pool hop, and the store's future
@@ -179,6 +193,9 @@ fn wasi_ctx(
                 guest: p.guest_path().to_owned(),
                 cause: format!("{e:#}"),
             })?;
+        if !programs {
+            continue; // only the process capability maps guest paths to host paths
+        }
         mapped.push(MappedDir {
             writable: p.writable(),
             guest: p.guest_path().to_owned(),

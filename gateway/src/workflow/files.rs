@@ -83,20 +83,17 @@ impl Deployer {
         let (payloads, works, states) =
             (self.data.payloads()?, self.data.work()?, self.data.state()?);
         let legacy_wf = crate::datadir::legacy_safe_name(&j.workflow_id);
-        crate::datadir::adopt_legacy(&payloads, &legacy_wf, &wf);
-        crate::datadir::adopt_legacy(&works, &legacy_wf, &wf);
         let legacy_handler = crate::datadir::legacy_safe_name(&u.handler_id);
-        crate::datadir::adopt_legacy(&states, &legacy_handler, &handler_dir);
         let err = |what: &str, source| DataDirError {
             path: self.data.path().display().to_string(),
             what: what.to_owned(),
             cause: source,
         };
-        let payload = crate::datadir::ensure_dir(&payloads, format!("{wf}/{key}"), 0o755)
-            .map_err(|e| err("payload dir", e))?;
-        let work = crate::datadir::ensure_dir(&works, format!("{wf}/{key}"), 0o755)
-            .map_err(|e| err("work dir", e))?;
-        let state = crate::datadir::ensure_dir(&states, handler_dir, 0o755)
+        use crate::datadir::ensure_dir_adopting as open;
+        let payload =
+            open(&payloads, &legacy_wf, &wf, &key, 0o755).map_err(|e| err("payload dir", e))?;
+        let work = open(&works, &legacy_wf, &wf, &key, 0o755).map_err(|e| err("work dir", e))?;
+        let state = open(&states, &legacy_handler, &handler_dir, "", 0o755)
             .map_err(|e| err("state dir", e))?;
         Ok((payload, work, state))
     }

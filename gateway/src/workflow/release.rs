@@ -65,10 +65,11 @@ pub fn release(data: &DataDir, finished: &Journal, held: BTreeSet<String>, unfin
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn journal(id: &str, files: &[(&str, [u8; 32])]) -> Journal {
+    /// A running deployment's journal naming `files` (also for the journal store's tests).
+    pub(in crate::workflow) fn journal(id: &str, files: &[(&str, [u8; 32])]) -> Journal {
         let entries: serde_json::Map<String, serde_json::Value> = files
             .iter()
             .map(|(name, digest)| {

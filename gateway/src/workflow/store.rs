@@ -1,6 +1,6 @@
 //! Journals and result files in the data dir.
 
-use crate::datadir::{safe_name, write_atomic};
+use crate::datadir::{safe_name, write_atomic, FileIdentity};
 use cap_std::fs::Dir;
 use sandstep_model::journal::{Journal, JournalError};
 use sandstep_model::results::ResultFile;
@@ -31,11 +31,19 @@ fn io(name: &str) -> impl Fn(std::io::Error) -> StoreError + '_ {
 pub struct JournalStore {
     journals: Dir,
     results: Dir,
+    /// Journals read before whose deployment was over, with the identity of the file read: a
+    /// finished journal is never written again, so the next look for unfinished ones only
+    /// checks the file is the same instead of reading and decoding each one again.
+    finished: std::sync::Mutex<std::collections::HashMap<String, FileIdentity>>,
 }
 
 impl JournalStore {
     pub fn new(journals: Dir, results: Dir) -> Self {
-        JournalStore { journals, results }
+        JournalStore {
+            journals,
+            results,
+            finished: Default::default(),
+        }
     }
 
     fn name(workflow_id: &str) -> String {
@@ -100,10 +108,19 @@ impl JournalStore {
             if !name.ends_with(".journal") {
                 continue;
             }
-            let bytes = self.journals.read(&name).map_err(io(&name))?;
+            let mut file = self.journals.open(&name).map_err(io(&name))?;
+            let identity = FileIdentity::of(&file.metadata().map_err(io(&name))?);
+            let mut finished = self.finished.lock().expect("journal store lock");
+            if finished.get(&name) == Some(&identity) {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io(&name))?;
             match Journal::decode(&bytes) {
                 Ok(j) if !j.status.is_terminal() => out.push(j),
-                Ok(_) => {}
+                Ok(_) => {
+                    finished.insert(name, identity);
+                }
                 Err(e) => tracing::error!(journal = %name, "skipping unreadable journal: {e}"),
             }
         }
@@ -121,5 +138,50 @@ impl JournalStore {
             0o644,
         )?;
         Ok(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sandstep_model::journal::Status;
+
+    fn store() -> (tempfile::TempDir, JournalStore) {
+        let t = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            std::fs::create_dir(t.path().join(name)).unwrap();
+            Dir::open_ambient_dir(t.path().join(name), cap_std::ambient_authority()).unwrap()
+        };
+        let s = JournalStore::new(open("journal"), open("results"));
+        (t, s)
+    }
+
+    fn ids(s: &JournalStore) -> Vec<String> {
+        s.unfinished()
+            .unwrap()
+            .into_iter()
+            .map(|j| j.workflow_id)
+            .collect()
+    }
+
+    #[test]
+    fn a_finished_journal_written_again_as_running_is_unfinished_again() {
+        let (_t, s) = store();
+        let mut a = super::super::release::tests::journal("a", &[]);
+        let mut b = super::super::release::tests::journal("b", &[]);
+        s.save(&mut a).unwrap();
+        b.status = Status::Succeeded;
+        b.started_at_ms = 1;
+        s.save(&mut b).unwrap();
+        assert_eq!(ids(&s), ["a"]);
+        assert_eq!(
+            ids(&s),
+            ["a"],
+            "a finished journal seen before is still skipped"
+        );
+        // A retry of `b` (same workflow id) runs again: its journal is written anew.
+        b.status = Status::Running;
+        s.save(&mut b).unwrap();
+        assert_eq!(ids(&s), ["a", "b"]);
     }
 }
