@@ -9,7 +9,8 @@ scripts/build-components.sh
 # own instances on loopback ports) and PostgreSQL (Debian's; scripts/postgres.sh runs throwaway
 # clusters in temporary directories as an unprivileged user; openssl makes their test CA), the
 # clock-jump test libfaketime
-# (Debian's faketime), the GRUB boot-control test grub-editenv (grub-common).
+# (Debian's faketime), the GRUB boot-control test grub-editenv (grub-common), the SWUpdate
+# handler's test the real swupdate (and cpio to pack a .swu).
 # Install them when missing and we are root.
 missing=()
 [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
@@ -18,6 +19,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 [[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]] || missing+=(faketime)
 [[ -x /usr/bin/objdump ]] || missing+=(binutils)
 [[ -x /usr/bin/grub-editenv ]] || missing+=(grub-common)
+[[ -x /usr/bin/swupdate ]] || missing+=(swupdate)
+[[ -x /usr/bin/cpio ]] || missing+=(cpio)
 if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]]; then
     (apt-get install -y -q "${missing[@]}" || (apt-get update -q && apt-get install -y -q "${missing[@]}")) >/dev/null
 fi

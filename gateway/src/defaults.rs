@@ -18,7 +18,7 @@ pub const DEFAULT_HANDLERS: &[DefaultHandler] = &[
     },
     DefaultHandler {
         component: "script",
-        ids: &["microsoft/script:1"],
+        ids: &["microsoft/script:1", "microsoft/swupdate:2"],
     },
     DefaultHandler {
         component: "firmware",

@@ -316,6 +316,20 @@ pub mod erc {
     pub const SCRIPT_FAILED_WITHOUT_ERC: E = E::from_raw(0x3050_0206);
     /// Base for a script's exit status (`base | 0x1000 + status`).
     pub const SCRIPT_EXIT_STATUS_BASE: E = E::from_raw(0x3050_0000);
+    /// The SWUpdate handler (v2): `scriptFileName` missing or empty.
+    pub const SWUPDATE_MISSING_SCRIPT_FILE_NAME: E = E::from_raw(0x3010_0007);
+    /// The SWUpdate handler (v2): `swuFileName` missing or empty.
+    pub const SWUPDATE_MISSING_SWU_FILE_NAME: E = E::from_raw(0x3010_0008);
+    /// The SWUpdate handler (v2): a step needs the script and at least one more file.
+    pub const SWUPDATE_WRONG_FILE_COUNT: E = E::from_raw(0x3010_0103);
+    /// The SWUpdate handler (v2): `scriptFileName` is not one of the step's files.
+    pub const SWUPDATE_SCRIPT_NOT_AMONG_STEP_FILES: E = E::from_raw(0x3010_0107);
+    /// The SWUpdate handler (v2): the script left no result file, or one that does not parse.
+    pub const SWUPDATE_RESULT_FILE_MISSING_OR_INVALID: E = E::from_raw(0x3010_0205);
+    /// Base for the SWUpdate script's exit status (`base | 0x1000 + status`).
+    pub const SWUPDATE_EXIT_STATUS_BASE: E = E::from_raw(0x3010_0000);
+    /// A step's restore failed (the SWUpdate script could not cancel what it applied).
+    pub const RESTORE_FAILED: E = E::from_raw(0x2000_0003);
     /// The apt handler needs exactly one file.
     pub const APT_WRONG_FILE_COUNT: E = E::from_raw(0x3020_0004);
     /// The apt handler needs installedCriteria.
@@ -462,6 +476,30 @@ pub mod erc {
         (
             "ADUC_ERC_SCRIPT_HANDLER_ERROR_NONE",
             SCRIPT_EXIT_STATUS_BASE,
+        ),
+        (
+            "ADUC_ERC_SWUPDATE_HANDLER_MISSING_SCRIPT_FILE_NAME",
+            SWUPDATE_MISSING_SCRIPT_FILE_NAME,
+        ),
+        (
+            "ADUC_ERC_SWUPDATE_HANDLER_MISSING_SWU_FILE_NAME",
+            SWUPDATE_MISSING_SWU_FILE_NAME,
+        ),
+        (
+            "ADUC_ERC_SWUPDATE_HANDLER_DOWNLOAD_FAILURE_WRONG_FILECOUNT",
+            SWUPDATE_WRONG_FILE_COUNT,
+        ),
+        (
+            "ADUC_ERC_SWUPDATE_HANDLER_DOWNLOAD_FAILURE_GET_SCRIPT_FILE_ENTITY",
+            SWUPDATE_SCRIPT_NOT_AMONG_STEP_FILES,
+        ),
+        (
+            "ADUC_ERC_SWUPDATE_HANDLER_INSTALL_FAILURE_PARSE_RESULT_FILE",
+            SWUPDATE_RESULT_FILE_MISSING_OR_INVALID,
+        ),
+        (
+            "ADUC_ERC_UPPERLEVEL_WORKFLOW_FAILED_RESTORE_FAILED",
+            RESTORE_FAILED,
         ),
         (
             "ADUC_ERC_APT_HANDLER_PACKAGE_PREPARE_FAILURE_WRONG_FILECOUNT",

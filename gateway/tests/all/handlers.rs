@@ -4,3 +4,4 @@ mod apt;
 mod files;
 pub(crate) mod firmware;
 mod script;
+mod swupdate;

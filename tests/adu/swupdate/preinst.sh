@@ -1,0 +1,2 @@
+#!/bin/bash
+mkdir -p /tmp/adu/testdata/test-device/vacuum-1/data/
