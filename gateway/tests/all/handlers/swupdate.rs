@@ -180,7 +180,7 @@ async fn a_swu_signed_by_another_key_is_refused_by_swupdate_and_fails_the_step_w
         other.path().join("signer.pem").display()
     ));
     let out = case.run(case.request("wf-swu-forged", props)).await;
-    assert_eq!(out.status, Status::Failed);
+    assert_eq!(out.status, Status::Failed, "{:#?}", out.result);
     let step = &out.result.step_results["step_0"];
     assert_eq!(step.result_code, 0);
     assert_eq!(
