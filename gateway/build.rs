@@ -9,7 +9,9 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let target = std::env::var("TARGET").unwrap_or_default();
-    if target.ends_with("-linux-gnu") && linker_packs_relocations() {
+    // Only the machine's own linker is asked; a cross build keeps the plain relocations.
+    let native = std::env::var("HOST").is_ok_and(|h| h == target);
+    if native && target.ends_with("-linux-gnu") && linker_packs_relocations() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }
