@@ -195,7 +195,7 @@ pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 
 /// Fetches files into the store directory.
 pub struct Downloader {
-    client: reqwest::Client,
+    client: std::sync::OnceLock<reqwest::Client>,
     config: DownloadConfig,
     store: Dir,
 }
@@ -235,15 +235,29 @@ fn hash_file(f: &mut impl Read, limit: Option<u64>) -> std::io::Result<(Sha256, 
 impl Downloader {
     /// A downloader storing into `store` (the data dir's `downloads/`).
     pub fn new(store: Dir, config: DownloadConfig) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
-            .user_agent(concat!("sandstep/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         Ok(Downloader {
-            client,
+            client: std::sync::OnceLock::new(),
             config,
             store,
         })
+    }
+
+    /// The HTTP client, set up on the first download: it loads the system's trust anchors and
+    /// TLS stack, which an agent waiting for deployments (or one fed from local files) never
+    /// needs.
+    fn client(&self, file: &Wanted) -> Result<&reqwest::Client, DownloadError> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let c = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(self.config.connect_timeout_secs))
+            .user_agent(concat!("sandstep/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| DownloadError::Source {
+                file: file.file_name.clone(),
+                reason: format!("the HTTP client cannot be set up: {e}"),
+            })?;
+        Ok(self.client.get_or_init(|| c))
     }
 
     /// The store directory.
@@ -561,7 +575,7 @@ impl Downloader {
     /// A GET of `url` from byte `have` on (a Range request when `have` is inside the file),
     /// refused for good when the server refuses it or announces more than `sizeInBytes`.
     async fn request_from(&self, file: &Wanted, url: &str, have: u64) -> Result<Got, Attempt> {
-        let mut req = self.client.get(url);
+        let mut req = self.client(file).map_err(Attempt::Fatal)?.get(url);
         if have > 0 && have < file.size {
             req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
