@@ -736,7 +736,7 @@ impl ProcessCtx {
             unsafe { command.pre_exec(move || cgroup::enter(&fds)) };
         }
         held.apply(&mut command);
-        let mut child = match command.spawn() {
+        let mut child = match super::reaper::spawn_owned(|| command.spawn(), |c| c.id()) {
             Ok(child) => child,
             Err(e) => {
                 if let Some(l) = &self.ledger {
@@ -746,9 +746,6 @@ impl ProcessCtx {
                 return Err(WitError::SpawnFailed(format!("{}: {e}", cmd.program)));
             }
         };
-        if let Some(pid) = child.id() {
-            super::reaper::own(pid as i32);
-        }
         let group = self.track(child.id(), entry)?;
         tracing::info!(target: "sandstep::process", handler = %self.handler_id, program = %cmd.program, args = ?cmd.args, "running host program");
 

@@ -16,9 +16,19 @@ use std::sync::Mutex;
 /// The program leaders tokio owns (spawned and not yet reaped by it): never reaped here.
 static LEADERS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
-/// A leader tokio will reap.
-pub fn own(pid: i32) {
-    LEADERS.lock().expect("leaders").insert(pid);
+/// Spawns a program leader with `spawn` and records it as one tokio will reap, both under the
+/// lock the reaper decides under: a leader that exits at once is never taken for an orphan
+/// (reaping it would leave tokio and the ledger without its pid and `/proc` entry).
+pub fn spawn_owned<T>(
+    spawn: impl FnOnce() -> std::io::Result<T>,
+    pid: impl Fn(&T) -> Option<u32>,
+) -> std::io::Result<T> {
+    let mut leaders = LEADERS.lock().expect("leaders");
+    let child = spawn()?;
+    if let Some(p) = pid(&child) {
+        leaders.insert(p as i32);
+    }
+    Ok(child)
 }
 
 /// A leader tokio has reaped (or whose group is gone).
@@ -67,6 +77,9 @@ pub fn orphans_to_reap(zombies: &[Zombie], leaders: &BTreeSet<i32>) -> Vec<i32> 
 /// Reaps the adopted orphans that have exited; how many.
 pub fn reap_orphans() -> usize {
     let me = std::process::id() as i32;
+    // Held from before the look at /proc until the reaping: a leader spawned meanwhile is
+    // recorded before this sees it ([`spawn_owned`]).
+    let leaders = LEADERS.lock().expect("leaders");
     // The ledger's snapshot of /proc; only a zombie child's group is read.
     let zombies: Vec<Zombie> = super::ledger::snapshot()
         .into_iter()
@@ -78,7 +91,6 @@ pub fn reap_orphans() -> usize {
             (p.pid, group)
         })
         .collect();
-    let leaders = LEADERS.lock().expect("leaders").clone();
     let mut reaped = 0;
     for pid in orphans_to_reap(&zombies, &leaders) {
         // SAFETY: waitpid on a zombie child of ours that tokio does not own.
