@@ -67,12 +67,7 @@ fn boot_image(args: &[&std::ffi::OsStr]) {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/boot-image.sh {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::cli::ok(&out);
 }
 
 /// The machine: QEMU with the disk, its serial console in a file (one per power-on).

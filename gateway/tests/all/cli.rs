@@ -94,7 +94,11 @@ fn manifest_keys(data: &Path, dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// `sandstep run MANIFEST --allow-unsigned --files FILES --data-dir DATA`, for more arguments.
-fn unsigned_run(manifest: &Path, files: impl AsRef<std::ffi::OsStr>, data: &Path) -> Command {
+pub(crate) fn unsigned_run(
+    manifest: &Path,
+    files: impl AsRef<std::ffi::OsStr>,
+    data: &Path,
+) -> Command {
     let mut c = sandstep();
     c.arg("run")
         .arg(manifest)

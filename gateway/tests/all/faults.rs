@@ -1,7 +1,7 @@
 //! Faults from the environment: a full disk under the data dir, torn or garbled result files.
 //! (Crashes at every journal write are in cli.rs; network faults in downloads.rs and fleet.rs.)
 
-use crate::cli::{data_dir, sandstep, write_manifest};
+use crate::cli::{data_dir, write_manifest};
 use crate::workflow::{stateful, walk};
 use sandstep_model::journal::{Journal, Status};
 use serde_json::{json, Value};
@@ -91,14 +91,7 @@ fn text(out: &Output) -> String {
 }
 
 fn run(manifest: &Path, files: &Path, data: &Path, force: bool) -> Output {
-    let mut c = sandstep();
-    c.arg("run")
-        .arg(manifest)
-        .arg("--allow-unsigned")
-        .arg("--files")
-        .arg(files)
-        .arg("--data-dir")
-        .arg(data);
+    let mut c = crate::cli::unsigned_run(manifest, files, data);
     if force {
         c.arg("--force");
     }

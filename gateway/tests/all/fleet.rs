@@ -171,11 +171,7 @@ impl Fleet {
             .args(extra)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::cli::ok(&out);
     }
 
     /// Publishes `payload` on `topic` as a client of its own (an operator, or anyone) and waits
@@ -207,11 +203,7 @@ impl Fleet {
             .arg(&self.config)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::cli::ok(&out);
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -399,11 +391,7 @@ fn duplicates_are_ignored_retries_run_again_replacements_cancel_and_cancel_cance
         .arg(&fleet.config)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::cli::ok(&out);
     let r = fleet.wait_for("gw-2", "the cancel", |r| {
         r.pointer("/lastInstallResult/resultCode") == Some(&json!(-1))
     });
@@ -586,11 +574,7 @@ fn status_hides_devices_not_heard_from_and_says_when_each_last_reported() {
             .args(extra)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::cli::ok(&out);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let shown = status(&[]);
@@ -651,11 +635,7 @@ fn a_deploy_succeeds_only_once_the_replica_stored_it() {
     std::thread::sleep(Duration::from_millis(500));
     let out = deploy();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::cli::ok(&out);
     assert!(text.contains("(stored by the shadow service)"), "{text}");
     let all = fleet.status();
     assert_eq!(
@@ -915,11 +895,7 @@ fn http_polling_follows_the_version_tag_including_a_rollback() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::cli::ok(&out);
     let all: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         all["mpy-1"]["state"]["reported"]["status"], "completed",

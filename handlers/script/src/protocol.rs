@@ -62,11 +62,7 @@ fn interpreter(script: &std::path::Path) -> &'static str {
 }
 
 /// The step file `scriptFileName` names.
-pub fn script_file<'a>(
-    ctx: &'a Context,
-    props: &Props,
-    v: &Variant,
-) -> Result<&'a StepFile, Failure> {
+fn script_file<'a>(ctx: &'a Context, props: &Props, v: &Variant) -> Result<&'a StepFile, Failure> {
     let name = props
         .script_file_name
         .as_deref()

@@ -71,8 +71,7 @@ pub fn download(ctx: &Context) -> Result<StepResult, Failure> {
             ),
         ));
     }
-    let props: Props = ctx.properties()?;
-    protocol::script_file(ctx, &props, &V2)?;
+    // Runs the script's is-installed, which also finds the script among the step's files.
     let installed = protocol::run(ctx, Action::IsInstalled, &V2)?;
     if installed.result_code == result::IS_INSTALLED_INSTALLED {
         return Ok(StepResult::new(

@@ -339,11 +339,7 @@ fn editenv(bin: &str, file: &std::path::Path, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::cli::ok(&out);
     String::from_utf8(out.stdout).unwrap()
 }
 

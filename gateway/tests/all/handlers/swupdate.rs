@@ -28,13 +28,9 @@ fn have(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Runs `c`, failing the test with its output unless it succeeds (cli.rs's rule).
 fn ok(c: &mut Command) {
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{c:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    crate::cli::ok(&c.output().unwrap());
 }
 
 /// A `.swu` that puts `app.conf` (holding `version 2.0`) into `target`, signed with a key whose
