@@ -466,6 +466,7 @@ pub async fn sha256_speed(mib: u64) -> Sha256Speed {
         file_name: "blob".into(),
         size: mib << 20,
         sha256: digest,
+        download_handler: None,
     };
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
@@ -588,6 +589,7 @@ pub async fn many_steps(
             force: true,
             signature: None,
             allow_unsigned: true,
+            root_key_package_url: None,
         };
         let t0 = Instant::now();
         let out = deployer

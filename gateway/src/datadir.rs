@@ -287,6 +287,12 @@ impl DataDir {
         self.sub("trust", 0o755)?;
         self.sub("trust/roots", 0o755)
     }
+    /// The root key package deployments brought (see [`crate::trust::rotation`]): apart from
+    /// `trust/roots`, since what is there the operator chose and a package is checked against.
+    pub fn trust_fetched(&self) -> Result<Dir, DataDirError> {
+        self.sub("trust", 0o755)?;
+        self.sub("trust/fetched", 0o755)
+    }
     /// The ledger of running host programs (see [`crate::capability::ledger`]).
     pub fn programs(&self) -> Result<Dir, DataDirError> {
         self.sub("programs", 0o700)

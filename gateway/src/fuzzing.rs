@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("manifest", manifest),
     ("deployment", deployment),
     ("manifest_signature", manifest_signature),
+    ("root_key_package", root_key_package),
     ("handler_signature", handler_signature),
     ("script_result", script_result),
     ("apt_manifest", apt_manifest),
@@ -116,6 +117,24 @@ pub fn manifest_signature(data: &[u8]) {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
         let _ = sandstep_signing::jws::PublicJwk::from_value(&v);
         let _ = PrivateJwk::from_value(&v);
+    }
+}
+
+/// A root key package from a deployment's `rootKeyPackageUrl`: split, parsed strictly, and its
+/// signatures checked against ADU's production roots (which sign the corpus's real package).
+pub fn root_key_package(data: &[u8]) {
+    static SIGNERS: OnceLock<Vec<sandstep_signing::jws::PublicJwk>> = OnceLock::new();
+    let signers = SIGNERS.get_or_init(|| {
+        let text = include_str!("../../tests/adu/rootkeys/adu-production.rootkeys.json");
+        let v = serde_json::from_str(text).expect("ADU's roots are JSON");
+        crate::trust::root_package::parse(&v)
+            .expect("ADU's roots parse")
+            .roots
+    });
+    if let Some(t) = text(data) {
+        if let Ok(offered) = crate::trust::rotation::verify(t, signers, true) {
+            let _ = crate::trust::rotation::decide(&offered, Some(&offered));
+        }
     }
 }
 

@@ -100,7 +100,8 @@ impl Compiled {
 /// Installs and loads handlers under the trust store and policy.
 pub struct Loader {
     registry: Registry,
-    trust: TrustStore,
+    /// Replaced whole when a deployment brings a new root key package.
+    trust: std::sync::RwLock<Arc<TrustStore>>,
     sandbox: Arc<Sandbox>,
     compiled: Mutex<Compiled>,
     /// By handler id.
@@ -119,7 +120,7 @@ impl Loader {
     pub fn new(registry: Registry, trust: TrustStore, sandbox: Arc<Sandbox>) -> Self {
         Loader {
             registry,
-            trust,
+            trust: std::sync::RwLock::new(Arc::new(trust)),
             sandbox,
             compiled: Mutex::default(),
             verdicts: Mutex::default(),
@@ -130,8 +131,15 @@ impl Loader {
         &self.registry
     }
 
-    pub fn trust(&self) -> &TrustStore {
-        &self.trust
+    /// The trusted keys as they are now.
+    pub fn trust(&self) -> Arc<TrustStore> {
+        self.trust.read().expect("trust lock").clone()
+    }
+
+    /// Uses `accepted` as the root key package deployments brought, from now on.
+    pub fn take_root_key_package(&self, accepted: crate::trust::rotation::Accepted) {
+        let mut t = self.trust.write().expect("trust lock");
+        *t = Arc::new(t.with_fetched(accepted));
     }
 
     /// Verifies the signature of `bytes`, returning the signers whose scope covers `id`: a key
@@ -141,11 +149,12 @@ impl Loader {
             id: id.to_owned(),
             cause: source,
         };
-        let signers = handler_sig::verify(bytes, &self.trust.handler_keys).map_err(refused)?;
+        let trust = self.trust();
+        let signers = handler_sig::verify(bytes, &trust.handler_keys).map_err(refused)?;
         let covering: Vec<String> = signers
             .iter()
             .filter(|name| {
-                self.trust
+                trust
                     .handler_keys
                     .iter()
                     .any(|k| &k.name == *name && k.covers(id))

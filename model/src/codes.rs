@@ -292,6 +292,37 @@ pub mod erc {
     /// ADU's `ADUC_ERC_ROOTKEY_SIGNING_KEY_IS_DISABLED`: the manifest's signing key is on the
     /// root key package's `disabledSigningKeys`.
     pub const SIGNING_KEY_IS_DISABLED: E = E::from_raw(0xA000_0005u32 as i32);
+    /// ADU's `ADUC_ERC_ROOTKEY_PACKAGE_CHANGED`: the deployment's root key package replaced the
+    /// stored one (reported beside the result, as ADU's `workflow_add_erc` does).
+    pub const ROOTKEY_PACKAGE_CHANGED: E = E::from_raw(0xA000_0008u32 as i32);
+    /// ADU's `ADUC_ERC_ROOTKEY_PKG_UNCHANGED`: the deployment's root key package is the stored one.
+    pub const ROOTKEY_PACKAGE_UNCHANGED: E = E::from_raw(0xA000_0FFFu32 as i32);
+    /// ADU's `ADUC_ERC_ROOTKEY_TEST_PKG_ON_PROD_AGENT`: a package marked `isTest`.
+    pub const ROOTKEY_TEST_PACKAGE: E = E::from_raw(0xA000_0007u32 as i32);
+    /// ADU's `ADUC_ERC_UTILITIES_ROOTKEYUTIL_HARDCODED_ROOTKEY_LOAD_FAILED`: no root to check a
+    /// root key package against.
+    pub const ROOTKEY_NO_SIGNERS: E = E::from_raw(0x8060_0002u32 as i32);
+    /// ADU's `ADUC_ERC_UTILITIES_ROOTKEYUTIL_SIGNATURE_FOR_KEY_NOT_FOUND`: a root that must sign
+    /// the package has no signature in it.
+    pub const ROOTKEY_SIGNATURE_NOT_FOUND: E = E::from_raw(0x8060_0003u32 as i32);
+    /// ADU's `ADUC_ERC_UTILITIES_ROOTKEYUTIL_SIGNATURE_VALIDATION_FAILED`.
+    pub const ROOTKEY_SIGNATURE_INVALID: E = E::from_raw(0x8060_0004u32 as i32);
+    /// ADU's `ADUC_ERC_UTILITIES_ROOTKEYUTIL_ROOTKEYPACKAGE_CANNOT_WRITE_PACKAGE_TO_STORE`.
+    pub const ROOTKEY_STORE_WRITE_FAILED: E = E::from_raw(0x8060_0007u32 as i32);
+    /// ADU's `ADUC_ERC_UTILITIES_ROOTKEYUTIL_ROOTKEYPACKAGE_CANT_LOAD_FROM_STORE`: the stored
+    /// package no longer verifies (or cannot be read); manifests are refused until a deployment
+    /// brings a good one.
+    pub const ROOTKEY_STORE_LOAD_FAILED: E = E::from_raw(0x8060_0009u32 as i32);
+    /// ADU's `ADUC_ERC_UTILITIES_ROOTKEYUTIL_ROOTKEYPACKAGE_DOWNLOAD_EXCEPTION`.
+    pub const ROOTKEY_DOWNLOAD_FAILED: E = E::from_raw(0x8060_0017u32 as i32);
+    /// ADU's `ADUC_ERC_UTILITIES_ROOTKEYPKG_UTIL_ERROR_BAD_JSON`: the package is not JSON.
+    pub const ROOTKEY_PACKAGE_BAD_JSON: E = E::from_raw(0x8050_0003u32 as i32);
+    /// `0x805000NN`: ADU's `ADUC_ERC_UTILITIES_ROOTKEYPKG_PARSE_*` (NN names the member).
+    pub const ROOTKEY_PACKAGE_PARSE_BASE: E = E::from_raw(0x8050_0000u32 as i32);
+    /// ADU's `ADUC_ERC_DOWNLOAD_HANDLER_EXTENSION_MANAGER_CREATE_FAILURE_CREATE`: a file's
+    /// `downloadHandler` is not there, so the full file was downloaded (reported beside the
+    /// result).
+    pub const DOWNLOAD_HANDLER_MISSING: E = E::from_raw(0x9000_0001u32 as i32);
     /// The detached manifest's file entry is missing.
     pub const DETACHED_MANIFEST_ENTITY_MISSING: E = E::from_raw(0x8030_000Bu32 as i32);
     /// The detached manifest file does not hold a valid manifest.
@@ -396,6 +427,10 @@ pub mod erc {
     /// A step's `handlerProperties.health` does not hold (or names a program the gateway does
     /// not allow).
     pub const WORKFLOW_HEALTH_INVALID: E = workflow(0x00C);
+    /// A deployment's root key package is older (`published`) than the stored one: refused, so
+    /// a replayed package cannot take back a revocation. ADU's agent takes any package its
+    /// roots signed.
+    pub const WORKFLOW_ROOTKEY_PACKAGE_OLDER: E = workflow(0x00D);
 
     // The SDK (facility 11, component 0xA0, shared with sandstep's handlers).
     /// `handlerProperties` do not match the handler's expected shape.
@@ -448,6 +483,50 @@ pub mod erc {
         (
             "ADUC_ERC_ROOTKEY_SIGNING_KEY_IS_DISABLED",
             SIGNING_KEY_IS_DISABLED,
+        ),
+        (
+            "ADUC_ERC_DOWNLOAD_HANDLER_EXTENSION_MANAGER_CREATE_FAILURE_CREATE",
+            DOWNLOAD_HANDLER_MISSING,
+        ),
+        (
+            "ADUC_ERC_ROOTKEY_PACKAGE_CHANGED",
+            ROOTKEY_PACKAGE_CHANGED,
+        ),
+        (
+            "ADUC_ERC_ROOTKEY_PKG_UNCHANGED",
+            ROOTKEY_PACKAGE_UNCHANGED,
+        ),
+        (
+            "ADUC_ERC_ROOTKEY_TEST_PKG_ON_PROD_AGENT",
+            ROOTKEY_TEST_PACKAGE,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_ROOTKEYUTIL_HARDCODED_ROOTKEY_LOAD_FAILED",
+            ROOTKEY_NO_SIGNERS,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_ROOTKEYUTIL_SIGNATURE_FOR_KEY_NOT_FOUND",
+            ROOTKEY_SIGNATURE_NOT_FOUND,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_ROOTKEYUTIL_SIGNATURE_VALIDATION_FAILED",
+            ROOTKEY_SIGNATURE_INVALID,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_ROOTKEYUTIL_ROOTKEYPACKAGE_CANNOT_WRITE_PACKAGE_TO_STORE",
+            ROOTKEY_STORE_WRITE_FAILED,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_ROOTKEYUTIL_ROOTKEYPACKAGE_CANT_LOAD_FROM_STORE",
+            ROOTKEY_STORE_LOAD_FAILED,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_ROOTKEYUTIL_ROOTKEYPACKAGE_DOWNLOAD_EXCEPTION",
+            ROOTKEY_DOWNLOAD_FAILED,
+        ),
+        (
+            "ADUC_ERC_UTILITIES_ROOTKEYPKG_UTIL_ERROR_BAD_JSON",
+            ROOTKEY_PACKAGE_BAD_JSON,
         ),
         (
             "ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_UNSUPPORTED_UPDATE_MANIFEST_VERSION",
@@ -550,6 +629,9 @@ pub mod erc {
         WORKFLOW_NOT_INSTALLED_AFTER_FOLLOWUP,
         WORKFLOW_INCOMPATIBLE,
         WORKFLOW_DOWNGRADE,
+        WORKFLOW_HEALTH_CHECK_FAILED,
+        WORKFLOW_HEALTH_INVALID,
+        WORKFLOW_ROOTKEY_PACKAGE_OLDER,
         SDK_INVALID_PROPERTIES,
         SDK_MISSING_FILE,
         SDK_CAPABILITY_FAILED,

@@ -39,6 +39,11 @@ pub struct Deployment {
     /// File id -> URL.
     #[serde(default)]
     pub file_urls: BTreeMap<String, String>,
+    /// ADU's `rootKeyPackageUrl`: a root key package to check and take before the manifest's
+    /// signature is (ADU's `workflow_parse_peek_unprotected_workflow_properties` reads it beside
+    /// `workflow`). Unsigned, like `fileUrls`: the package is trusted on its own signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_key_package_url: Option<String>,
 }
 
 /// Why a deployment document was refused.
@@ -90,18 +95,28 @@ impl Deployment {
                 })
             }
         }
-        for (fid, url) in &self.file_urls {
-            if !(url.starts_with("http://")
-                || url.starts_with("https://")
-                || url.starts_with("file:///"))
-            {
+        for (field, named, url) in self.urls() {
+            if !(is_http(url) || url.starts_with("file:///")) {
                 return Err(DeploymentError::Field {
-                    field: "fileUrls",
-                    rule: format!("`{fid}`: only http(s) and file URLs are supported, got `{url}`"),
+                    field,
+                    rule: format!("{named}only http(s) and file URLs are supported, got `{url}`"),
                 });
             }
         }
         Ok(())
+    }
+
+    /// Every URL the document names: (field, how the message names the entry, URL).
+    fn urls(&self) -> impl Iterator<Item = (&'static str, String, &str)> {
+        let root = self
+            .root_key_package_url
+            .iter()
+            .map(|u| ("rootKeyPackageUrl", String::new(), u.as_str()));
+        let files = self
+            .file_urls
+            .iter()
+            .map(|(fid, u)| ("fileUrls", format!("`{fid}`: "), u.as_str()));
+        root.chain(files)
     }
 
     /// The stricter check for a document from the network (MQTT, HTTP polling): file URLs are
@@ -109,18 +124,22 @@ impl Deployment {
     /// Local files reach a deployment only through the CLI (`sandstep run --files`).
     pub fn check_remote(&self) -> Result<(), DeploymentError> {
         self.check()?;
-        for (fid, url) in &self.file_urls {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+        for (field, named, url) in self.urls() {
+            if !is_http(url) {
                 return Err(DeploymentError::Field {
-                    field: "fileUrls",
+                    field,
                     rule: format!(
-                        "`{fid}`: a deployment from the network may only name http(s) URLs"
+                        "{named}a deployment from the network may only name http(s) URLs"
                     ),
                 });
             }
         }
         Ok(())
     }
+}
+
+fn is_http(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
 }
 
 #[cfg(test)]
@@ -161,5 +180,25 @@ mod tests {
             Deployment::parse("[]"),
             Err(DeploymentError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_root_key_package_url_from_the_network_must_be_http() {
+        let doc = |url: &str| {
+            format!(
+                r#"{{"workflow":{{"action":3,"id":"x"}},"updateManifest":"{{}}","rootKeyPackageUrl":"{url}"}}"#
+            )
+        };
+        let local = Deployment::parse(&doc("file:///etc/sandstep/rootkeys.json")).unwrap();
+        assert_eq!(
+            local.check_remote().unwrap_err().to_string(),
+            "deployment document: rootKeyPackageUrl: a deployment from the network may only name http(s) URLs"
+        );
+        let e = Deployment::parse(&doc("ftp://h/rk.json")).unwrap_err();
+        assert_eq!(e.to_string(), "deployment document: rootKeyPackageUrl: only http(s) and file URLs are supported, got `ftp://h/rk.json`");
+        Deployment::parse(&doc("https://h/rk.json"))
+            .unwrap()
+            .check_remote()
+            .unwrap();
     }
 }

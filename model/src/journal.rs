@@ -163,6 +163,14 @@ pub struct Journal {
     /// Whether a missing signature was allowed (`--allow-unsigned`).
     #[serde(default)]
     pub unsigned_allowed: bool,
+    /// The deployment's `rootKeyPackageUrl`, taken before the signature is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_key_package_url: Option<String>,
+    /// Codes reported after the result's own, as ADU's `workflow_add_erc` adds them: what
+    /// taking the root key package did (`A0000008` taken, `A0000FFF` unchanged), a download
+    /// handler that is not there (`90000001`, the full file was downloaded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_ercs: Vec<i32>,
     /// Who signed the manifest (root kid and signing key thumbprint), once verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_by: Option<String>,
@@ -205,6 +213,13 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// Adds a code reported after the result's own (once).
+    pub fn add_erc(&mut self, erc: crate::codes::ExtendedResultCode) {
+        if !self.extra_ercs.contains(&erc.raw()) {
+            self.extra_ercs.push(erc.raw());
+        }
+    }
+
     /// The manifest that runs: the detached one when the deployed manifest is detached.
     pub fn running_manifest(&self) -> &str {
         self.detached.as_deref().unwrap_or(&self.manifest)
@@ -301,6 +316,8 @@ mod tests {
             signature: None,
             unsigned_allowed: false,
             signed_by: None,
+            root_key_package_url: None,
+            extra_ercs: Vec::new(),
             children: BTreeMap::new(),
             detached: None,
             source: FileSource::Directory("/tmp/files".into()),

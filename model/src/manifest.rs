@@ -132,6 +132,10 @@ pub struct FileEntry {
     pub size_in_bytes: u64,
     /// The sha256 digest.
     pub sha256: [u8; 32],
+    /// `downloadHandler.id` (ADU's `microsoft/delta:1`): a handler that would make the file
+    /// from a smaller download. sandstep has none, and downloads the full file, as ADU's agent
+    /// does when the handler is missing.
+    pub download_handler: Option<String>,
 }
 
 impl FileEntry {
@@ -655,14 +659,18 @@ impl Validator {
                 self.err(join(path, key), "unknown file field");
             }
         }
-        for ignored in ["relatedFiles", "downloadHandler"] {
-            if m.contains_key(ignored) {
-                self.warnings.push(format!(
-                    "{}: delta download handlers are not supported; the full file is downloaded",
-                    join(path, ignored)
-                ));
-            }
+        if m.contains_key("downloadHandler") {
+            self.warnings.push(format!(
+                "{}: sandstep has no download handlers (delta updates); the full file is downloaded",
+                join(path, "downloadHandler")
+            ));
         }
+        // ADU reads `downloadHandler.id` and nothing else (`workflow_utils.c`).
+        let download_handler = m
+            .get("downloadHandler")
+            .and_then(|d| d.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let name_value = match (m.get("fileName"), m.get("filename")) {
             (Some(_), Some(_)) => {
                 self.err(path, "has both `fileName` and `filename`; give one");
@@ -726,6 +734,7 @@ impl Validator {
             file_name: file_name?,
             size_in_bytes: size?,
             sha256: sha256?,
+            download_handler,
         })
     }
 

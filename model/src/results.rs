@@ -201,6 +201,7 @@ pub fn result_file(j: &Journal) -> ResultFile {
         StepResult::new(result::FAILURE).with_details("deployment did not finish")
     });
     let mut ercs = vec![root.extended_result_code];
+    ercs.extend(&j.extra_ercs);
     ercs.extend(
         steps
             .values()

@@ -6,7 +6,9 @@
 //!   format, manifest keys as JWKs).
 //! - [`manifest`]: ADU's manifest signature (`updateManifestSignature`, `sjwk`), made.
 //!   Verifying it against trusted roots is the gateway's (`sandstep::trust::manifest_sig`).
+//! - [`rootkeys`]: ADU's root key package: what its roots sign and where the signatures go.
 
 pub mod jws;
 pub mod keys;
 pub mod manifest;
+pub mod rootkeys;

@@ -31,6 +31,10 @@ pub struct DeploymentArgs {
     /// Deploy without a signature (devices refuse it unless configured otherwise).
     #[arg(long)]
     unsigned: bool,
+    /// A root key package (from `sandstep key root-package`) devices take before they check
+    /// the signature: the deployment's `rootKeyPackageUrl`.
+    #[arg(long)]
+    root_key_package_url: Option<String>,
 }
 
 /// ADU's deployment document for the manifest, signed, its files at `--files-url` + file name;
@@ -73,6 +77,7 @@ pub fn deployment(args: &DeploymentArgs, workflow: Workflow) -> Result<(Deployme
             .iter()
             .map(|(fid, f)| (fid.clone(), format!("{base}{}", f.file_name)))
             .collect(),
+        root_key_package_url: args.root_key_package_url.clone(),
     };
     doc.check()?;
     Ok((doc, parsed.update_id.to_string()))

@@ -379,6 +379,7 @@ impl Agent {
             force: false,
             signature: d.update_manifest_signature.clone(),
             allow_unsigned: false,
+            root_key_package_url: d.root_key_package_url.clone(),
         })
     }
 
@@ -392,6 +393,7 @@ impl Agent {
             force: false,
             signature: j.signature.clone(),
             allow_unsigned: j.unsigned_allowed,
+            root_key_package_url: j.root_key_package_url.clone(),
         })
     }
 

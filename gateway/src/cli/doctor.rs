@@ -278,6 +278,18 @@ fn check_keys(r: &mut Report, trust: &TrustStore, config: &Config) {
             format!("{} trusted", trust.roots.len()),
         );
     }
+    match &trust.fetched {
+        Some(Err(why)) => r.fail(
+            "root key package from deployments",
+            format!("{why}: every manifest is refused"),
+            "deploy with a rootKeyPackageUrl naming a package the trusted roots signed",
+        ),
+        Some(Ok(a)) => r.ok(
+            "root key package from deployments",
+            format!("published {}", a.package.published.unwrap_or(0)),
+        ),
+        None => {}
+    }
 }
 
 /// Every registered handler loads (digest, signature against today's keys, policy), and the

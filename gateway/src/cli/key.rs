@@ -1,8 +1,12 @@
-//! `sandstep key generate`: key pairs for handler and manifest signing.
+//! `sandstep key generate`: key pairs for handler and manifest signing; `sandstep key
+//! root-package`: a root key package (ADU's format) for deployments' `rootKeyPackageUrl`.
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
+use sandstep_signing::jws::PublicJwk;
+use sandstep_signing::keys::load_private_jwk;
 use sandstep_signing::keys::{generate, KeyKind};
+use sandstep_signing::rootkeys::{self, Contents};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,10 +34,45 @@ pub enum KeyCommand {
         #[arg(long)]
         kid: Option<String>,
     },
+    /// Write a root key package signed by the roots gateways trust now: it adds roots, disables
+    /// roots and signing keys. Serve it and name it in a deployment's `rootKeyPackageUrl`
+    /// (`sandstep manifest sign --root-key-package-url`).
+    RootPackage(RootPackageArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RootPackageArgs {
+    /// A root that signs the package (private RSA JWK); gateways require every root they trust
+    /// (or `[trust] root-package-signers`) to have signed. Listed first among the roots.
+    #[arg(long = "sign-with", required = true)]
+    sign_with: Vec<PathBuf>,
+    /// Another root the package lists (public JWK with a kid), e.g. the next one to sign.
+    #[arg(long = "root")]
+    roots: Vec<PathBuf>,
+    /// A root kid gateways must stop trusting.
+    #[arg(long = "disable-root")]
+    disable_roots: Vec<String>,
+    /// A signing key gateways must refuse: its public JWK file, or ADU's name for it (base64url
+    /// sha256 of the SubjectPublicKeyInfo).
+    #[arg(long = "disable-signing-key")]
+    disable_signing_keys: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    version: u64,
+    /// Seconds since the epoch (default: now); gateways refuse a package older than theirs.
+    #[arg(long)]
+    published: Option<u64>,
+    /// Mark it `isTest` (taken only where `[trust] accept-test-root-packages` is on).
+    #[arg(long)]
+    test: bool,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 pub fn run(cmd: KeyCommand) -> Result<ExitCode> {
-    let KeyCommand::Generate { out, kind, kid } = cmd;
+    let (out, kind, kid) = match cmd {
+        KeyCommand::Generate { out, kind, kid } => (out, kind, kid),
+        KeyCommand::RootPackage(args) => return root_package(args),
+    };
     let kind = match kind {
         Kind::Handler => KeyKind::Handler,
         Kind::ManifestRsa => KeyKind::ManifestRsa,
@@ -42,5 +81,67 @@ pub fn run(cmd: KeyCommand) -> Result<ExitCode> {
     let (secret, public) = generate(&out, kind, kid)?;
     println!("secret key: {} (keep it private)", secret.display());
     println!("public key: {}", public.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_public(path: &std::path::Path) -> Result<PublicJwk> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    PublicJwk::from_value(&v).with_context(|| format!("{} is not a public JWK", path.display()))
+}
+
+fn root_package(args: RootPackageArgs) -> Result<ExitCode> {
+    let signers = args
+        .sign_with
+        .iter()
+        .map(|p| load_private_jwk(p).with_context(|| format!("{}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let mut roots: Vec<PublicJwk> = signers.iter().map(|s| s.public()).collect();
+    for p in &args.roots {
+        roots.push(read_public(p)?);
+    }
+    if let Some(r) = roots.iter().find(|r| r.kid().is_none()) {
+        bail!(
+            "every root needs a kid (one of them has none: {})",
+            r.thumbprint()
+        );
+    }
+    let mut disabled_signing_keys = Vec::new();
+    for k in &args.disable_signing_keys {
+        let path = std::path::Path::new(k);
+        disabled_signing_keys.push(if path.is_file() {
+            read_public(path)?.spki_sha256()
+        } else {
+            k.clone()
+        });
+    }
+    let published = args.published.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    });
+    let contents = Contents {
+        version: args.version,
+        published,
+        is_test: args.test,
+        roots,
+        disabled_root_kids: args.disable_roots,
+        disabled_signing_keys,
+    };
+    let text = rootkeys::sign(&contents.protected()?, &signers)?;
+    std::fs::write(&args.out, text)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "root key package written to {} (published {published}, signed by {})",
+        args.out.display(),
+        signers
+            .iter()
+            .filter_map(|s| s.public().kid().map(str::to_owned))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -66,6 +66,10 @@ pub struct SignArgs {
     /// Only write the signed signing key (sjwk) for later use with --sjwk, to this file.
     #[arg(long)]
     write_sjwk: Option<PathBuf>,
+    /// `rootKeyPackageUrl` of the deployment document: the root key package (from `sandstep
+    /// key root-package`) gateways take before they check the signature.
+    #[arg(long, requires = "out")]
+    root_key_package_url: Option<String>,
 }
 
 pub fn run(cmd: ManifestCommand) -> Result<ExitCode> {
@@ -91,6 +95,7 @@ fn sign(args: SignArgs) -> Result<ExitCode> {
         workflow_id,
         files_url,
         write_sjwk,
+        root_key_package_url,
     } = args;
     let text = std::fs::read_to_string(&manifest)
         .with_context(|| format!("cannot read {}", manifest.display()))?;
@@ -148,7 +153,10 @@ fn sign(args: SignArgs) -> Result<ExitCode> {
         update_manifest: Some(text),
         update_manifest_signature: Some(signature),
         file_urls,
+        root_key_package_url,
     };
+    doc.check()
+        .context("the deployment document would be refused")?;
     std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!(

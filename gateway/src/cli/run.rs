@@ -135,6 +135,7 @@ fn request(args: &RunArgs) -> Result<Request> {
             force: args.force,
             signature: d.update_manifest_signature,
             allow_unsigned: args.allow_unsigned,
+            root_key_package_url: d.root_key_package_url,
         });
     }
     let Some(path) = &args.manifest else {
@@ -169,6 +170,7 @@ fn request(args: &RunArgs) -> Result<Request> {
         force: args.force,
         signature,
         allow_unsigned: args.allow_unsigned,
+        root_key_package_url: None,
     })
 }
 

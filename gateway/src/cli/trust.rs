@@ -105,34 +105,57 @@ pub fn run(cmd: TrustCommand, common: &Common) -> Result<ExitCode> {
                 false => println!("trusted {name} for {}", shown(&scope)),
             }
         }
-        TrustCommand::List => {
-            let store = TrustStore::load(&data, &config.trust)?;
-            for k in &store.handler_keys {
-                let scope = match k.scope.is_empty() {
-                    true => "any handler id".to_owned(),
-                    false => shown(&k.scope),
-                };
-                println!(
-                    "handler key {}  id {}  signs {scope}",
-                    k.name,
-                    k.key.key_id().map(hex::encode).unwrap_or_default()
-                );
-            }
-            for r in &store.roots {
-                let disabled = if store.disabled_root_kids.contains(r.kid().unwrap_or("")) {
-                    " (disabled)"
-                } else {
-                    ""
-                };
-                println!(
-                    "root {}  {}{disabled}",
-                    r.kid().unwrap_or("?"),
-                    r.thumbprint()
-                );
-            }
-        }
+        TrustCommand::List => list(&TrustStore::load(&data, &config.trust)?),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sandstep trust list`: handler keys, roots (the operator's and those a deployment's root key
+/// package brought) and that package.
+fn list(store: &TrustStore) {
+    for k in &store.handler_keys {
+        let scope = match k.scope.is_empty() {
+            true => "any handler id".to_owned(),
+            false => shown(&k.scope),
+        };
+        println!(
+            "handler key {}  id {}  signs {scope}",
+            k.name,
+            k.key.key_id().map(hex::encode).unwrap_or_default()
+        );
+    }
+    let fetched_roots = match &store.fetched {
+        Some(Ok(a)) => a.package.roots.clone(),
+        _ => Vec::new(),
+    };
+    let listed = store.roots.iter().map(|r| (r, "")).chain(
+        fetched_roots
+            .iter()
+            .map(|r| (r, " (from a deployment's root key package)")),
+    );
+    for (r, origin) in listed {
+        let disabled = if store.root_disabled(r.kid().unwrap_or("")) {
+            " (disabled)"
+        } else {
+            ""
+        };
+        println!(
+            "root {}  {}{disabled}{origin}",
+            r.kid().unwrap_or("?"),
+            r.thumbprint()
+        );
+    }
+    match &store.fetched {
+        Some(Ok(a)) => println!(
+            "root key package from deployments: published {}, {} roots, {} disabled roots, {} disabled signing keys",
+            a.package.published.unwrap_or(0),
+            a.package.roots.len(),
+            a.package.disabled_root_kids.len(),
+            a.package.disabled_signing_keys.len()
+        ),
+        Some(Err(why)) => println!("root key package from deployments: REFUSED: {why}; every manifest is refused until a deployment brings a good one"),
+        None => {}
+    }
 }
 
 /// Checks a root key file (a public JWK with a kid, or ADU's root key package) and says what it

@@ -9,6 +9,7 @@
 //! no fsync, and a partial file that fails its hash after resuming is fetched again from the start.
 //! Proxies come from the usual environment variables (`https_proxy`, `no_proxy`, ...).
 
+mod document;
 mod stream;
 pub use stream::Destination;
 
@@ -71,6 +72,8 @@ pub struct Wanted {
     pub file_name: String,
     pub size: u64,
     pub sha256: [u8; 32],
+    /// The manifest's `downloadHandler.id`, if any (see `FileEntry::download_handler`).
+    pub download_handler: Option<String>,
 }
 
 impl Wanted {
@@ -245,7 +248,7 @@ impl Downloader {
     /// The HTTP client, set up on the first download: it loads the system's trust anchors and
     /// TLS stack, which an agent waiting for deployments (or one fed from local files) never
     /// needs.
-    fn client(&self, file: &Wanted) -> Result<&reqwest::Client, DownloadError> {
+    fn client(&self, file: &str) -> Result<&reqwest::Client, DownloadError> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
@@ -254,7 +257,7 @@ impl Downloader {
             .user_agent(concat!("sandstep/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| DownloadError::Source {
-                file: file.file_name.clone(),
+                file: file.to_owned(),
                 reason: format!("the HTTP client cannot be set up: {e}"),
             })?;
         Ok(self.client.get_or_init(|| c))
@@ -575,7 +578,10 @@ impl Downloader {
     /// A GET of `url` from byte `have` on (a Range request when `have` is inside the file),
     /// refused for good when the server refuses it or announces more than `sizeInBytes`.
     async fn request_from(&self, file: &Wanted, url: &str, have: u64) -> Result<Got, Attempt> {
-        let mut req = self.client(file).map_err(Attempt::Fatal)?.get(url);
+        let mut req = self
+            .client(&file.file_name)
+            .map_err(Attempt::Fatal)?
+            .get(url);
         if have > 0 && have < file.size {
             req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }

@@ -144,7 +144,7 @@ impl Downloader {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let last = match self.client(file)?.head(url).send().await {
+            let last = match self.client(&file.file_name)?.head(url).send().await {
                 Ok(resp) => return head_says(file, url, &resp),
                 Err(e) => e.to_string(),
             };
@@ -317,7 +317,7 @@ impl Downloader {
         while at < end {
             attempt += 1;
             let req = self
-                .client(file)?
+                .client(&file.file_name)?
                 .get(url)
                 .header(reqwest::header::RANGE, format!("bytes={at}-{}", end - 1));
             let failed = match req.send().await {

@@ -45,6 +45,8 @@ pub enum SignatureRefusal {
     DisallowedSigningKey(String),
     #[error("manifest hash mismatch: the manifest is not the one that was signed")]
     HashMismatch,
+    #[error("manifest signature cannot be checked: {0}")]
+    StoredRootKeys(String),
 }
 
 impl SignatureRefusal {
@@ -59,6 +61,7 @@ impl SignatureRefusal {
                 return erc::MANIFEST_SIGNATURE_MISSING_OR_HASH_MISMATCH
             }
             SignatureRefusal::DisallowedSigningKey(_) => return erc::SIGNING_KEY_IS_DISABLED,
+            SignatureRefusal::StoredRootKeys(_) => return erc::ROOTKEY_STORE_LOAD_FAILED,
             // JWSResult_Failed: ADU's VerifySJWK when the inner header or its kid is unreadable.
             SignatureRefusal::MissingRootKid => 0,
             SignatureRefusal::BadStructure(_) => 2,
@@ -96,6 +99,9 @@ pub fn verify(
     signature: &str,
     trust: &TrustStore,
 ) -> Result<Verified, SignatureRefusal> {
+    if let Some(why) = trust.fetched_refusal() {
+        return Err(SignatureRefusal::StoredRootKeys(why.to_string()));
+    }
     let outer = Compact::parse(signature).map_err(|e| match e {
         JwsError::Header(_) => SignatureRefusal::HeaderEncoding,
         e => structure(e),
@@ -148,13 +154,11 @@ fn verify_signing_key(
         .get("kid")
         .and_then(Value::as_str)
         .ok_or(SignatureRefusal::MissingRootKid)?;
-    if trust.disabled_root_kids.contains(kid) {
+    if trust.root_disabled(kid) {
         return Err(SignatureRefusal::DisabledRoot(kid.to_owned()));
     }
     let root = trust
-        .roots
-        .iter()
-        .find(|r| r.kid() == Some(kid))
+        .root(kid)
         .ok_or_else(|| SignatureRefusal::UnknownRoot(kid.to_owned()))?;
     inner.alg().map_err(structure)?;
     inner
@@ -166,9 +170,7 @@ fn verify_signing_key(
         .map_err(|e| SignatureRefusal::InvalidSigningKey(e.to_string()))?;
     let spki = signing_key.spki_sha256();
     let thumbprint = signing_key.thumbprint();
-    if trust.disallowed_signing_keys.contains(&spki)
-        || trust.disallowed_signing_keys.contains(&thumbprint)
-    {
+    if trust.signing_key_disallowed(&[&spki, &thumbprint]) {
         return Err(SignatureRefusal::DisallowedSigningKey(spki));
     }
     // IsSigningKeyDisallowed: an RSA signing key must use the exponent 65537 ("AQAB").

@@ -7,11 +7,14 @@
 //!
 //! JWS, JWK and key files are `sandstep_signing`'s (the fleet side signs with them too).
 //! - [`root_package`]: ADU's root key package (root keys, disabled roots, disabled signing keys).
+//! - [`rotation`]: root key packages deployments bring (`rootKeyPackageUrl`), checked against
+//!   the operator's roots and stored in `<data-dir>/trust/fetched`.
 //! - [`scope`]: what a handler key may sign, on id boundaries (vendor, handler, id).
 
 pub mod handler_sig;
 pub mod manifest_sig;
 pub mod root_package;
+pub mod rotation;
 pub mod scope;
 
 use crate::datadir::DataDir;
@@ -37,6 +40,12 @@ pub struct TrustConfig {
     pub disallowed_signing_keys: BTreeSet<String>,
     /// Refuse manifests without a valid signature (`--allow-unsigned` overrides it per run).
     pub require_manifest_signature: bool,
+    /// The root kids that must sign a root key package a deployment brings; empty: every
+    /// trusted root (as ADU's agent requires every root compiled into it).
+    pub root_package_signers: BTreeSet<String>,
+    /// Take root key packages marked `isTest` (ADU's test agents do; its production agent
+    /// refuses them with `ADUC_ERC_ROOTKEY_TEST_PKG_ON_PROD_AGENT`).
+    pub accept_test_root_packages: bool,
 }
 
 impl Default for TrustConfig {
@@ -47,6 +56,8 @@ impl Default for TrustConfig {
             disabled_root_kids: BTreeSet::new(),
             disallowed_signing_keys: BTreeSet::new(),
             require_manifest_signature: true,
+            root_package_signers: BTreeSet::new(),
+            accept_test_root_packages: false,
         }
     }
 }
@@ -72,9 +83,70 @@ impl TrustedHandlerKey {
 #[derive(Debug, Clone, Default)]
 pub struct TrustStore {
     pub handler_keys: Vec<TrustedHandlerKey>,
+    /// The operator's roots (files in the root key directories).
     pub roots: Vec<PublicJwk>,
     pub disabled_root_kids: BTreeSet<String>,
     pub disallowed_signing_keys: BTreeSet<String>,
+    /// The roots that must sign a root key package a deployment brings.
+    pub package_signers: Vec<PublicJwk>,
+    pub accept_test_packages: bool,
+    /// The root key package deployments brought: `Err` when it no longer verifies (then every
+    /// manifest is refused until a deployment brings a good one).
+    pub fetched: Option<Result<rotation::Accepted, rotation::StoredError>>,
+}
+
+impl TrustStore {
+    /// The same store using `accepted` as the package deployments brought.
+    pub fn with_fetched(&self, accepted: rotation::Accepted) -> TrustStore {
+        TrustStore {
+            fetched: Some(Ok(accepted)),
+            ..self.clone()
+        }
+    }
+
+    fn fetched_package(&self) -> Option<&root_package::RootKeyPackage> {
+        match &self.fetched {
+            Some(Ok(a)) => Some(&a.package),
+            _ => None,
+        }
+    }
+
+    /// Why no manifest can be verified now: the stored package failed its check.
+    pub fn fetched_refusal(&self) -> Option<&rotation::StoredError> {
+        match &self.fetched {
+            Some(Err(why)) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// The root with `kid`: the operator's first, then the fetched package's (ADU looks in its
+    /// compiled-in roots, then in its stored package).
+    pub fn root(&self, kid: &str) -> Option<&PublicJwk> {
+        let fetched = self.fetched_package().map(|p| p.roots.as_slice());
+        self.roots
+            .iter()
+            .chain(fetched.unwrap_or_default())
+            .find(|r| r.kid() == Some(kid))
+    }
+
+    /// Whether root `kid` is disabled, by the config, an operator's package or the fetched one.
+    pub fn root_disabled(&self, kid: &str) -> bool {
+        self.disabled_root_kids.contains(kid)
+            || self
+                .fetched_package()
+                .is_some_and(|p| p.disabled_root_kids.iter().any(|k| k == kid))
+    }
+
+    /// Whether a signing key named `names` (ADU's SPKI hash, the RFC 7638 thumbprint) is
+    /// disallowed.
+    pub fn signing_key_disallowed(&self, names: &[&str]) -> bool {
+        names.iter().any(|n| {
+            self.disallowed_signing_keys.contains(*n)
+                || self
+                    .fetched_package()
+                    .is_some_and(|p| p.disabled_signing_keys.iter().any(|k| k == n))
+        })
+    }
 }
 
 /// Why trust material could not be read.
@@ -168,6 +240,13 @@ impl TrustStore {
         for (dir, origin) in &root_dirs {
             store.add_root_dir(dir, origin)?;
         }
+        store.package_signers = package_signers(&store.roots, &config.root_package_signers)?;
+        store.accept_test_packages = config.accept_test_root_packages;
+        store.fetched = rotation::load(
+            &data.trust_fetched().map_err(io_err)?,
+            &store.package_signers,
+            store.accept_test_packages,
+        );
         Ok(store)
     }
 }
@@ -206,6 +285,29 @@ impl TrustStore {
         }
         Ok(())
     }
+}
+
+/// The roots that must sign a fetched root key package: those `kids` names (each must be
+/// trusted), or every root.
+fn package_signers(
+    roots: &[PublicJwk],
+    kids: &BTreeSet<String>,
+) -> Result<Vec<PublicJwk>, TrustError> {
+    if kids.is_empty() {
+        return Ok(roots.to_vec());
+    }
+    kids.iter()
+        .map(|kid| {
+            roots
+                .iter()
+                .find(|r| r.kid() == Some(kid.as_str()))
+                .cloned()
+                .ok_or_else(|| TrustError {
+                    file: "[trust] root-package-signers".into(),
+                    reason: format!("`{kid}` is not a trusted root"),
+                })
+        })
+        .collect()
 }
 
 fn io_err(e: crate::datadir::DataDirError) -> TrustError {

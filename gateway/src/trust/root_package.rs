@@ -15,6 +15,7 @@
 //! package. sandstep has no compiled-in roots: the operator who runs `sandstep trust add root`
 //! decides, as for a root key file, so the signatures are kept but not what makes it trusted.
 
+use sandstep_model::codes::{erc, ExtendedResultCode};
 use sandstep_signing::jws::{decode_b64, PublicJwk};
 use serde_json::Value;
 
@@ -31,6 +32,8 @@ pub struct RootKeyPackage {
     pub disabled_root_kids: Vec<String>,
     /// Disabled signing keys by ADU's name (base64url sha256 of the SubjectPublicKeyInfo).
     pub disabled_signing_keys: Vec<String>,
+    /// `isTest`: signed by ADU's test roots, for test agents only.
+    pub is_test: bool,
 }
 
 /// Why a root key package was refused; names the member.
@@ -39,12 +42,47 @@ pub struct RootKeyPackage {
 pub struct PackageError {
     pub member: String,
     pub reason: String,
+    /// ADU's number for it under `ADUC_COMPONENT_ROOTKEYPKG_UTIL`
+    /// (`ADUC_ERC_UTILITIES_ROOTKEYPKG_PARSE_*`, `rootkeypackage_parse.c`).
+    pub code: u32,
 }
 
-fn bad(member: impl Into<String>, reason: impl Into<String>) -> PackageError {
+impl PackageError {
+    /// ADU's extended result code for the refusal (`0x805000NN`).
+    pub fn erc(&self) -> ExtendedResultCode {
+        ExtendedResultCode::from_raw(erc::ROOTKEY_PACKAGE_PARSE_BASE.raw() | self.code as i32)
+    }
+}
+
+/// ADU's `ADUC_ERC_UTILITIES_ROOTKEYPKG_PARSE_*` numbers.
+pub mod parse_code {
+    pub const VERSION_MISSING: u32 = 4;
+    pub const PUBLISHED_MISSING: u32 = 5;
+    pub const DISABLED_ROOT_KEYS_MISSING: u32 = 6;
+    pub const HASH_ALG_MISSING: u32 = 7;
+    pub const SIGNATURE_ALG_MISSING: u32 = 8;
+    pub const HASH_OR_SIG_MISSING: u32 = 9;
+    pub const DISABLED_SIGNING_KEYS_MISSING: u32 = 10;
+    pub const KEY_TYPE_MISSING: u32 = 11;
+    pub const ROOT_KEYS_MISSING: u32 = 12;
+    pub const PROTECTED_MISSING: u32 = 13;
+    pub const SIGNATURES_MISSING: u32 = 14;
+    pub const ROOT_KEYS_EMPTY: u32 = 17;
+    pub const SIGNATURES_EMPTY: u32 = 18;
+    pub const INVALID_MODULUS: u32 = 19;
+    pub const INVALID_HASH_ALG: u32 = 20;
+    pub const INVALID_SIGNING_ALG: u32 = 21;
+    pub const INVALID_ENCODING: u32 = 22;
+    pub const INVALID_KEY_ID: u32 = 23;
+    pub const UNSUPPORTED_KEY_TYPE: u32 = 24;
+    pub const INVALID_EXPONENT: u32 = 28;
+}
+
+fn bad(code: u32, member: impl Into<String>, reason: impl Into<String>) -> PackageError {
     PackageError {
         member: member.into(),
         reason: reason.into(),
+        code,
     }
 }
 
@@ -53,38 +91,86 @@ pub fn is_package(v: &Value) -> bool {
     v.get("protected").is_some_and(Value::is_object)
 }
 
-/// Parses a package (already JSON).
+/// Parses a package an operator installed (already JSON): `rootKeys` is required, the rest
+/// optional (ADU's compiled-in roots, written as a package, have no signatures or dates).
 pub fn parse(v: &Value) -> Result<RootKeyPackage, PackageError> {
+    parse_with(v, false)
+}
+
+/// Parses a package as ADU's agent parses one it downloads (`ADUC_RootKeyPackageUtils_Parse`,
+/// `rootkeypackage_parse.c`): `version`, `published`, `disabledRootKeys`,
+/// `disabledSigningKeys` are required, `rootKeys` and `signatures` must not be empty.
+pub fn parse_published(v: &Value) -> Result<RootKeyPackage, PackageError> {
+    parse_with(v, true)
+}
+
+fn parse_with(v: &Value, published: bool) -> Result<RootKeyPackage, PackageError> {
+    use parse_code as c;
     let protected = v
         .get("protected")
         .and_then(Value::as_object)
-        .ok_or_else(|| bad("protected", "missing, or not an object"))?;
-    if !v.get("signatures").is_some_and(Value::is_array) {
-        return Err(bad("signatures", "missing, or not an array"));
-    }
-    let number = |name: &str| protected.get(name).and_then(Value::as_u64);
+        .ok_or_else(|| {
+            bad(
+                c::PROTECTED_MISSING,
+                "protected",
+                "missing, or not an object",
+            )
+        })?;
+    let signatures = v
+        .get("signatures")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            bad(
+                c::SIGNATURES_MISSING,
+                "signatures",
+                "missing, or not an array",
+            )
+        })?;
+    let number = |name: &str, code: u32| match protected.get(name).and_then(Value::as_u64) {
+        None if published => Err(bad(
+            code,
+            format!("protected.{name}"),
+            "missing, or not a whole number",
+        )),
+        n => Ok(n),
+    };
     let mut pkg = RootKeyPackage {
-        version: number("version"),
-        published: number("published"),
+        version: number("version", c::VERSION_MISSING)?,
+        published: number("published", c::PUBLISHED_MISSING)?,
+        is_test: protected.get("isTest").and_then(Value::as_bool) == Some(true),
         ..RootKeyPackage::default()
     };
     let roots = protected
         .get("rootKeys")
         .and_then(Value::as_object)
-        .ok_or_else(|| bad("protected.rootKeys", "missing, or not an object"))?;
+        .ok_or_else(|| {
+            bad(
+                c::ROOT_KEYS_MISSING,
+                "protected.rootKeys",
+                "missing, or not an object",
+            )
+        })?;
+    if published && roots.is_empty() {
+        return Err(bad(c::ROOT_KEYS_EMPTY, "protected.rootKeys", "is empty"));
+    }
+    if published && signatures.is_empty() {
+        return Err(bad(c::SIGNATURES_EMPTY, "signatures", "is empty"));
+    }
     for (kid, key) in roots {
         pkg.roots.push(root_key(kid, key)?);
     }
-    for (i, kid) in array(protected.get("disabledRootKeys"), "disabledRootKeys")?
-        .iter()
-        .enumerate()
-    {
-        let kid = kid
-            .as_str()
-            .ok_or_else(|| bad(format!("protected.disabledRootKeys[{i}]"), "not a string"))?;
+    let disabled_roots = array(protected, "disabledRootKeys", published)?;
+    for (i, kid) in disabled_roots.iter().enumerate() {
+        let kid = kid.as_str().ok_or_else(|| {
+            bad(
+                c::INVALID_KEY_ID,
+                format!("protected.disabledRootKeys[{i}]"),
+                "not a string",
+            )
+        })?;
         pkg.disabled_root_kids.push(kid.to_owned());
     }
-    for (i, entry) in array(protected.get("disabledSigningKeys"), "disabledSigningKeys")?
+    for (i, entry) in array(protected, "disabledSigningKeys", published)?
         .iter()
         .enumerate()
     {
@@ -94,26 +180,49 @@ pub fn parse(v: &Value) -> Result<RootKeyPackage, PackageError> {
     Ok(pkg)
 }
 
-fn array<'a>(v: Option<&'a Value>, name: &str) -> Result<&'a [Value], PackageError> {
-    match v {
-        None => Ok(&[]),
+fn array<'a>(
+    protected: &'a serde_json::Map<String, Value>,
+    name: &str,
+    required: bool,
+) -> Result<&'a [Value], PackageError> {
+    let code = if name == "disabledRootKeys" {
+        parse_code::DISABLED_ROOT_KEYS_MISSING
+    } else {
+        parse_code::DISABLED_SIGNING_KEYS_MISSING
+    };
+    match protected.get(name) {
+        None if !required => Ok(&[]),
         Some(Value::Array(a)) => Ok(a),
-        Some(_) => Err(bad(format!("protected.{name}"), "not an array")),
+        _ => Err(bad(
+            code,
+            format!("protected.{name}"),
+            "missing, or not an array",
+        )),
     }
 }
 
 /// One entry of `rootKeys`: `e` is a number in ADU's published packages and a base64 string in
 /// its schema; both are read.
 fn root_key(kid: &str, key: &Value) -> Result<PublicJwk, PackageError> {
+    use parse_code as c;
     let member = format!("protected.rootKeys.{kid}");
-    if key.get("keyType").and_then(Value::as_str) != Some("RSA") {
-        return Err(bad(&member, "`keyType` must be \"RSA\""));
+    match key.get("keyType").and_then(Value::as_str) {
+        Some("RSA") => {}
+        Some(_) => {
+            return Err(bad(
+                c::UNSUPPORTED_KEY_TYPE,
+                &member,
+                "`keyType` must be \"RSA\"",
+            ))
+        }
+        None => return Err(bad(c::KEY_TYPE_MISSING, &member, "`keyType` is missing")),
     }
     let n = key
         .get("n")
         .and_then(Value::as_str)
         .and_then(decode_b64)
-        .ok_or_else(|| bad(&member, "`n` is missing or not base64"))?;
+        .ok_or_else(|| bad(c::INVALID_MODULUS, &member, "`n` is missing or not base64"))?;
+    let bad_e = |why: &str| bad(c::INVALID_EXPONENT, &member, why);
     let e = match key.get("e") {
         Some(Value::Number(e)) => e
             .as_u64()
@@ -124,9 +233,9 @@ fn root_key(kid: &str, key: &Value) -> Result<PublicJwk, PackageError> {
                     .skip_while(|b| *b == 0)
                     .collect()
             })
-            .ok_or_else(|| bad(&member, "`e` is not a positive integer"))?,
-        Some(Value::String(e)) => decode_b64(e).ok_or_else(|| bad(&member, "`e` is not base64"))?,
-        _ => return Err(bad(&member, "`e` is missing")),
+            .ok_or_else(|| bad_e("`e` is not a positive integer"))?,
+        Some(Value::String(e)) => decode_b64(e).ok_or_else(|| bad_e("`e` is not base64"))?,
+        _ => return Err(bad_e("`e` is missing")),
     };
     let jwk = serde_json::json!({
         "kty": "RSA",
@@ -134,29 +243,35 @@ fn root_key(kid: &str, key: &Value) -> Result<PublicJwk, PackageError> {
         "n": base64_url(&n),
         "e": base64_url(&e),
     });
-    PublicJwk::from_value(&jwk).map_err(|err| bad(&member, err.to_string()))
+    PublicJwk::from_value(&jwk).map_err(|err| bad(c::INVALID_MODULUS, &member, err.to_string()))
 }
 
 fn disabled_signing_key(i: usize, entry: &Value) -> Result<String, PackageError> {
+    use parse_code as c;
     let member = format!("protected.disabledSigningKeys[{i}]");
     match entry.get("alg").and_then(Value::as_str) {
         Some("SHA256") => {}
         Some(other) => {
             return Err(bad(
+                c::INVALID_HASH_ALG,
                 member,
                 format!("`alg` {other}: only SHA256 names a key the way ADU's agent compares it"),
             ))
         }
-        None => return Err(bad(member, "`alg` is missing")),
+        None => return Err(bad(c::HASH_ALG_MISSING, member, "`alg` is missing")),
     }
     let hash = entry
         .get("hash")
         .and_then(Value::as_str)
-        .ok_or_else(|| bad(&member, "`hash` is missing"))?;
+        .ok_or_else(|| bad(c::HASH_OR_SIG_MISSING, &member, "`hash` is missing"))?;
     // Normalised to unpadded base64url, the form `PublicJwk::spki_sha256` compares with.
-    let digest = decode_b64(hash)
-        .filter(|d| d.len() == 32)
-        .ok_or_else(|| bad(&member, "`hash` is not a base64 sha256"))?;
+    let digest = decode_b64(hash).filter(|d| d.len() == 32).ok_or_else(|| {
+        bad(
+            c::INVALID_ENCODING,
+            &member,
+            "`hash` is not a base64 sha256",
+        )
+    })?;
     Ok(base64_url(&digest))
 }
 

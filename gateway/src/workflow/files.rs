@@ -37,6 +37,7 @@ impl Deployer {
                     file_name: f.file_name.clone(),
                     size: f.size_in_bytes,
                     sha256: f.sha256,
+                    download_handler: f.download_handler.clone(),
                 }
             })
             .collect();
@@ -149,6 +150,12 @@ impl Deployer {
                 })?;
             if let Some(work) = work {
                 copy_into_work(payload, work, &w.file_name).await?;
+            }
+            if let (Fetched::Downloaded { .. }, Some(id)) = (fetched, &w.download_handler) {
+                // ExtensionManager::Download: the handler would not load, so the full file came
+                // (ProcessDownloadHandlerExtensibility adds this code to the workflow).
+                tracing::info!(file = %w.file_name, handler = %id, "no such download handler: downloaded the full file");
+                j.add_erc(erc::DOWNLOAD_HANDLER_MISSING);
             }
             let result_code = match fetched {
                 Fetched::Downloaded { .. } => result::DOWNLOAD_SUCCESS,
@@ -321,6 +328,7 @@ mod tests {
             file_name: name.into(),
             size,
             sha256: [0; 32],
+            download_handler: None,
         }
     }
 

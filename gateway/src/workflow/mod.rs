@@ -25,6 +25,8 @@
 //! - `files` gives a unit its context, directories and files (fetched, linked or streamed).
 //! - [`store`] keeps journals and result files in the data dir; [`release`] gives back what a
 //!   finished deployment held.
+//! - `root_keys` takes the root key package a deployment names before its signature is checked
+//!   (decisions in [`crate::trust::rotation`]).
 //! - [`events`] is what observers (CLI, agent) see.
 
 pub mod admission;
@@ -36,6 +38,7 @@ pub mod lifecycle;
 mod manifests;
 pub mod plan;
 pub mod release;
+mod root_keys;
 pub mod store;
 mod unit;
 
@@ -88,6 +91,9 @@ pub struct Request {
     pub signature: Option<String>,
     /// Run without a manifest signature (development; warned about on every use).
     pub allow_unsigned: bool,
+    /// ADU's `rootKeyPackageUrl`: a root key package taken before the signature is checked
+    /// (see [`crate::trust::rotation`]).
+    pub root_key_package_url: Option<String>,
 }
 
 /// How `run` ended.
@@ -457,6 +463,10 @@ impl Deployer {
     ) -> Result<Option<Manifests>, WorkflowError> {
         self.save(j)?;
         let mut manifests = Manifests::default();
+        if let Err(r) = self.take_root_key_package(j, cancel).await {
+            self.finish(j, Status::Failed, r, &manifests, observer)?;
+            return Ok(None);
+        }
         if let Err(refusal) = self.check_signature(j) {
             let r = StepResult::failure(refusal.erc(), refusal.to_string());
             self.finish(j, Status::Failed, r, &manifests, observer)?;
@@ -539,7 +549,7 @@ impl Deployer {
     fn check_signature(&self, j: &mut Journal) -> Result<(), SignatureRefusal> {
         match &j.signature {
             Some(sig) => {
-                let v = manifest_sig::verify(&j.manifest, sig, self.loader.trust())?;
+                let v = manifest_sig::verify(&j.manifest, sig, &self.loader.trust())?;
                 j.signed_by = Some(format!(
                     "root {} / signing key {}",
                     v.root_kid, v.signing_key
@@ -580,6 +590,8 @@ fn new_journal(req: &Request, update_id: Option<UpdateId>) -> Journal {
         manifest: req.manifest.clone(),
         signature: req.signature.clone(),
         unsigned_allowed: req.allow_unsigned,
+        root_key_package_url: req.root_key_package_url.clone(),
+        extra_ercs: Vec::new(),
         signed_by: None,
         children: Default::default(),
         detached: None,

@@ -53,6 +53,7 @@ async fn fetch_manifest_file(
         file_name: f.file_name.clone(),
         size: f.size_in_bytes,
         sha256: f.sha256,
+        download_handler: None,
     };
     let source = resolve_source(&j.source, &wanted)?;
     let fetched = tokio::select! {

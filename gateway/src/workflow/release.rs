@@ -101,6 +101,8 @@ pub(super) mod tests {
             signature: None,
             unsigned_allowed: true,
             signed_by: None,
+            root_key_package_url: None,
+            extra_ercs: Vec::new(),
             children: Default::default(),
             detached: None,
             source: sandstep_model::journal::FileSource::Directory("/nowhere".into()),

@@ -12,7 +12,7 @@ use sandstep_model::manifest::Manifest;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-fn adu_dir() -> PathBuf {
+pub(crate) fn adu_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/adu")
 }
 
@@ -28,7 +28,7 @@ fn deployment(file: &str) -> (String, String) {
 
 /// The trust store of a gateway whose root directory holds these files of tests/adu/rootkeys
 /// (each as `sandstep trust add root` keeps a package).
-fn trust_with(packages: &[&str]) -> TrustStore {
+pub(crate) fn trust_with(packages: &[&str]) -> TrustStore {
     let tmp = tempfile::tempdir().unwrap();
     let data = DataDir::open(&tmp.path().join("data")).unwrap();
     let roots = data.trust_roots().unwrap();
@@ -457,9 +457,56 @@ fn a_real_adu_desired_document_parses_and_is_judged_as_adu_judges_it() {
     )
     .unwrap_err();
     assert_eq!(r.erc().raw() as u32, HASH_MISMATCH, "{r}");
-    // Members ADU's agent does not read are ignored, as there (rootKeyPackageUrl, say).
+    // `rootKeyPackageUrl` is read beside `workflow`, where ADU's agent reads it
+    // (`workflow_parse_peek_unprotected_workflow_properties`); members it does not read are
+    // ignored, as there.
     let mut v: Value = serde_json::from_str(&text).unwrap();
-    v["workflow"]["rootKeyPackageUrl"] = serde_json::json!("http://example.invalid/rootkeys.json");
+    v["workflow"]["rootKeyPackageUrl"] = serde_json::json!("http://example.invalid/other.json");
     v["rootKeyPackageUrl"] = serde_json::json!("http://example.invalid/rootkeys.json");
-    Deployment::parse(&v.to_string()).unwrap();
+    let d = Deployment::parse(&v.to_string()).unwrap();
+    assert_eq!(
+        d.root_key_package_url.as_deref(),
+        Some("http://example.invalid/rootkeys.json")
+    );
+}
+
+#[test]
+fn adus_delta_manifest_names_its_download_handler_and_sandstep_says_it_takes_the_full_file() {
+    let (manifest, _) = deployment("10-get-update-file-delta-v5.json");
+    let m = Manifest::parse(&manifest).unwrap();
+    let f = m.file("f54d16eca3561a1e0").unwrap();
+    assert_eq!(f.download_handler.as_deref(), Some("microsoft/delta:1"));
+    assert_eq!(f.file_name, "in2.FIT_RECOMPRESSED_and_RE-SIGNED.swu");
+}
+
+/// ADU's agent without the delta handler (`ExtensionManager::Download`,
+/// `ProcessDownloadHandlerExtensibility`): the full file is downloaded and the deployment goes
+/// on, `ADUC_ERC_DOWNLOAD_HANDLER_EXTENSION_MANAGER_CREATE_FAILURE_CREATE` reported beside the
+/// result. The file entry is ADU's delta entry's shape (relatedFiles, downloadHandler).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_with_a_download_handler_is_downloaded_whole_and_the_missing_handler_reported() {
+    use crate::workflow::{file_entry, stateful, Env};
+    let mut env = Env::new();
+    env.file("full.swu", b"the whole image");
+    let mut entry = file_entry("full.swu", b"the whole image");
+    entry["relatedFiles"] = serde_json::json!({"rel": {
+        "fileName": "delta.dat", "sizeInBytes": 5,
+        "hashes": {"sha256": "2MIldV8LkdKenjJasgTHuYi+apgtNQ9FeL2xsV3ikHY="},
+        "properties": {"microsoft.sourceFileHashAlgorithm": "sha256",
+                       "microsoft.sourceFileHash": "YmFYwnEUddq2nZsBAn5v7gCRKdHx+TUntMz5tLwU+24="}}});
+    entry["downloadHandler"] = serde_json::json!({"id": "microsoft/delta:1"});
+    env.file_entries.insert("full.swu".into(), entry);
+    let m = env.manifest(vec![stateful("img", serde_json::json!({}), &["full.swu"])]);
+    let (out, _) = env.run(env.request("wf-delta", m)).await;
+    assert_eq!(
+        out.status,
+        sandstep_model::journal::Status::Succeeded,
+        "{:#?}",
+        out.result
+    );
+    assert_eq!(out.result.extended_result_codes, "00000000,90000001");
+    assert_eq!(
+        out.result.step_results["step_0"].files[0].result_code, 500,
+        "downloaded whole"
+    );
 }

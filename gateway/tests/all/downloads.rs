@@ -17,6 +17,7 @@ fn wanted(name: &str, bytes: &[u8]) -> Wanted {
         file_name: name.into(),
         size: bytes.len() as u64,
         sha256: Sha256::digest(bytes).into(),
+        download_handler: None,
     }
 }
 

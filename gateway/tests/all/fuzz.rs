@@ -230,6 +230,12 @@ fn write_seeds() {
             .as_bytes(),
     );
 
+    put(
+        "root_key_package",
+        "adu-published",
+        &std::fs::read(repo_root().join("tests/adu/rootkeys/prod-rootkeys.signed.json")).unwrap(),
+    );
+
     let workflow = json!({"action": 3, "id": "wf-1", "retryTimestamp": "2026-01-01T00:00:00Z"});
     let deployment = json!({
         "workflow": workflow,

@@ -19,6 +19,7 @@ mod mqtt_tls;
 mod process;
 mod restart;
 mod rollouts;
+mod root_keys;
 mod sandbox;
 mod seeds;
 mod support;

@@ -470,7 +470,7 @@ fn keys(rsa: bool) -> Keys {
     }
 }
 
-fn trust_root(env: &Env, root: &PrivateJwk) {
+pub(crate) fn trust_root(env: &Env, root: &PrivateJwk) {
     let dir = env.data.path().join("trust/roots");
     std::fs::create_dir_all(&dir).unwrap();
     let kid = root.public().kid().unwrap().to_owned();

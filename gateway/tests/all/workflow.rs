@@ -119,6 +119,7 @@ impl Env {
             force: false,
             signature: None,
             allow_unsigned: true,
+            root_key_package_url: None,
         }
     }
 

@@ -37,6 +37,7 @@ fn req(id: &str) -> Box<Request> {
         force: false,
         signature: None,
         allow_unsigned: false,
+        root_key_package_url: None,
     })
 }
 
