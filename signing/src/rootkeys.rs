@@ -69,8 +69,9 @@ impl<'de> Deserialize<'de> for Members {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
                 let mut out: Vec<(String, Box<RawValue>)> = Vec::new();
+                let mut seen = std::collections::HashSet::new();
                 while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
-                    if out.iter().any(|(seen, _)| *seen == k) {
+                    if !seen.insert(k.clone()) {
                         return Err(serde::de::Error::custom(format!("`{k}` appears twice")));
                     }
                     out.push((k, v));
