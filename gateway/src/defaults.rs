@@ -25,6 +25,10 @@ pub const DEFAULT_HANDLERS: &[DefaultHandler] = &[
         ids: &["sandstep/firmware:1"],
     },
     DefaultHandler {
+        component: "swupdate",
+        ids: &["microsoft/swupdate:1"],
+    },
+    DefaultHandler {
         component: "component",
         ids: &["sandstep/component:1"],
     },

@@ -293,6 +293,7 @@ fn the_package_installs_runs_a_deployment_upgrades_keeping_state_and_purges() {
         "microsoft/apt:1",
         "microsoft/script:1",
         "sandstep/firmware:1",
+        "microsoft/swupdate:1",
         "sandstep/component:1",
         "sandstep/files:1",
     ] {

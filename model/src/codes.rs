@@ -359,6 +359,8 @@ pub mod erc {
     pub const SWUPDATE_RESULT_FILE_MISSING_OR_INVALID: E = E::from_raw(0x3010_0205);
     /// Base for the SWUpdate script's exit status (`base | 0x1000 + status`).
     pub const SWUPDATE_EXIT_STATUS_BASE: E = E::from_raw(0x3010_0000);
+    /// ADU's `ADUC_ERC_SWUPDATE_HANDLER_MISSING_INSTALLED_CRITERIA` (`microsoft/swupdate:1`).
+    pub const SWUPDATE_MISSING_INSTALLED_CRITERIA: E = E::from_raw(0x3010_0206);
     /// A step's restore failed (the SWUpdate script could not cancel what it applied).
     pub const RESTORE_FAILED: E = E::from_raw(0x2000_0003);
     /// The apt handler needs exactly one file.
@@ -587,6 +589,10 @@ pub mod erc {
         (
             "ADUC_ERC_APT_HANDLER_MISSING_INSTALLED_CRITERIA",
             APT_MISSING_INSTALLED_CRITERIA,
+        ),
+        (
+            "ADUC_ERC_SWUPDATE_HANDLER_MISSING_INSTALLED_CRITERIA",
+            SWUPDATE_MISSING_INSTALLED_CRITERIA,
         ),
         (
             "ADUC_ERC_UPDATE_CONTENT_HANDLER_PARSE_BAD_FORMAT",

@@ -15,7 +15,11 @@
 //! - `debian-package`: `name`, `name=version` (the version starting with a digit) or `name-`;
 //! - `debian-package-name`: `name` alone;
 //! - `any`: anything, for the arguments of a payload script whose interpreter already runs step
-//!   content (only after a `payload-file` slot makes that the program's entry point).
+//!   content (only after a `payload-file` slot makes that the program's entry point);
+//! - `inactive-slot:<for A>|<for B>`: exactly the text given for the A/B slot that is not
+//!   running, as the handler's slot policy tells it at the moment of the call (e.g. SWUpdate's
+//!   `-estable,copy2` while slot A runs): a program that writes slots itself cannot be pointed
+//!   at the running one.
 
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path};
@@ -24,17 +28,24 @@ use std::path::{Component, Path};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Slot {
-    PayloadFile { suffix: Option<String> },
+    PayloadFile {
+        suffix: Option<String>,
+    },
     WorkPath,
     StatePath,
     DebianPackage,
     DebianPackageName,
     Any,
+    /// The text for slot A, then for slot B.
+    InactiveSlot {
+        a: String,
+        b: String,
+    },
 }
 
 /// A policy's argument slot that is not one of the known ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown argument slot `{0}` (payload-file[:suffix], work-path, state-path, debian-package, debian-package-name, any)")]
+#[error("unknown argument slot `{0}` (payload-file[:suffix], work-path, state-path, debian-package, debian-package-name, any, inactive-slot:<for A>|<for B>)")]
 pub struct UnknownSlot(pub String);
 
 impl TryFrom<String> for Slot {
@@ -47,6 +58,17 @@ impl TryFrom<String> for Slot {
             "debian-package" => Slot::DebianPackage,
             "debian-package-name" => Slot::DebianPackageName,
             "any" => Slot::Any,
+            other if other.starts_with("inactive-slot:") => {
+                match other["inactive-slot:".len()..].split_once('|') {
+                    Some((a, b)) if !a.is_empty() && !b.is_empty() && a != b => {
+                        Slot::InactiveSlot {
+                            a: a.to_owned(),
+                            b: b.to_owned(),
+                        }
+                    }
+                    _ => return Err(UnknownSlot(other.to_owned())),
+                }
+            }
             other => match other.strip_prefix("payload-file:") {
                 Some(suffix) if !suffix.is_empty() => Slot::PayloadFile {
                     suffix: Some(suffix.to_owned()),
@@ -67,6 +89,7 @@ impl From<Slot> for String {
             Slot::DebianPackage => "debian-package".into(),
             Slot::DebianPackageName => "debian-package-name".into(),
             Slot::Any => "any".into(),
+            Slot::InactiveSlot { a, b } => format!("inactive-slot:{a}|{b}"),
         }
     }
 }
@@ -99,6 +122,9 @@ pub struct StepDirs<'a> {
     pub payload: &'a Path,
     pub work: &'a Path,
     pub state: &'a Path,
+    /// The A/B slot not running (`'a'` or `'b'`), or why it is not known (no slot policy, the
+    /// booted slot unknown).
+    pub inactive_slot: Result<char, &'a str>,
 }
 
 /// Why an argument list does not fit a form.
@@ -177,6 +203,10 @@ pub enum SlotError {
     HardLink(String),
     #[error("{path}: {errno}")]
     Io { path: String, errno: String },
+    #[error("not the text for the slot that is not running (slot {0})")]
+    NotInactiveSlot(char),
+    #[error("which slot is not running is unknown: {0}")]
+    InactiveSlotUnknown(String),
 }
 
 impl ArgForm {
@@ -260,6 +290,12 @@ fn fits(slot: &Slot, arg: &str, dirs: StepDirs<'_>) -> Result<(), SlotError> {
         }
         Slot::WorkPath => resolve_beneath(dirs.work, arg, false),
         Slot::StatePath => resolve_beneath(dirs.state, arg, false),
+        Slot::InactiveSlot { a, b } => match dirs.inactive_slot {
+            Ok('a') if arg == a => Ok(()),
+            Ok('b') if arg == b => Ok(()),
+            Ok(s) => Err(SlotError::NotInactiveSlot(s.to_ascii_uppercase())),
+            Err(why) => Err(SlotError::InactiveSlotUnknown(why.to_owned())),
+        },
     }
 }
 
@@ -428,6 +464,7 @@ mod tests {
             payload: &p,
             work: &w,
             state: &s,
+            inactive_slot: Err("no slot policy"),
         };
         let args = |extra: &[&str]| -> Vec<String> {
             ["-y", "-q", "--download-only", "install"]
@@ -527,6 +564,7 @@ mod tests {
             payload: &p,
             work: &w,
             state: &s,
+            inactive_slot: Err("no slot policy"),
         };
         let shell = ArgForm {
             prefix: vec!["-c".into()],
@@ -535,5 +573,32 @@ mod tests {
             max_args: 4,
         };
         assert!(shell.check(&["-c".into(), "id".into()], d).is_err());
+    }
+
+    #[test]
+    fn an_inactive_slot_argument_must_name_the_slot_not_running() {
+        let slot: Slot = "inactive-slot:-estable,copy1|-estable,copy2"
+            .to_owned()
+            .try_into()
+            .unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let dirs = |inactive| StepDirs {
+            payload: t.path(),
+            work: t.path(),
+            state: t.path(),
+            inactive_slot: inactive,
+        };
+        assert_eq!(fits(&slot, "-estable,copy2", dirs(Ok('b'))), Ok(()));
+        assert_eq!(
+            fits(&slot, "-estable,copy1", dirs(Ok('b'))),
+            Err(SlotError::NotInactiveSlot('B'))
+        );
+        assert!(matches!(
+            fits(&slot, "-estable,copy2", dirs(Err("no slot policy"))),
+            Err(SlotError::InactiveSlotUnknown(_))
+        ));
+        for bad in ["inactive-slot:x", "inactive-slot:x|x", "inactive-slot:|y"] {
+            assert!(Slot::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
     }
 }

@@ -111,6 +111,11 @@ pub struct ProgramRule {
     /// directories; empty: reads are not restricted.
     #[serde(default)]
     pub readable: Vec<PathBuf>,
+    /// Arguments the host puts first, before the handler's (which the forms check): the
+    /// gateway's own settings for the program, never the handler's, e.g. the key SWUpdate
+    /// verifies images with (`["-k", "/etc/sandstep/swupdate-public.pem"]`).
+    #[serde(default)]
+    pub host_args: Vec<String>,
 }
 
 impl ProgramRule {
@@ -126,6 +131,7 @@ impl ProgramRule {
             recover_unless_locked: Vec::new(),
             writable: Vec::new(),
             readable: Vec::new(),
+            host_args: Vec::new(),
         }
     }
 }
@@ -150,6 +156,9 @@ pub struct ProcessCtx {
     pub ledger: Option<Arc<ProgramLedger>>,
     /// Host directories the programs may also write (the selected component's, by policy).
     pub program_writable: Vec<PathBuf>,
+    /// The handler's A/B slots, when it is granted them: `inactive-slot` arguments are checked
+    /// against the slot not running.
+    pub slots: Option<super::slot::SlotPolicy>,
 }
 
 /// Why the policy refused an invocation; the text names the rule.
@@ -223,7 +232,14 @@ impl ProcessCtx {
             dirs,
             ledger,
             program_writable: Vec::new(),
+            slots: None,
         }
+    }
+
+    /// Checks `inactive-slot` arguments against these slots (see [`super::arg_grammar`]).
+    pub fn with_slots(mut self, slots: Option<super::slot::SlotPolicy>) -> Self {
+        self.slots = slots;
+        self
     }
 
     /// Lets the programs also write beneath `dirs` (see `component-writable`).
@@ -308,10 +324,21 @@ impl ProcessCtx {
                 .find(|d| d.guest == guest)
                 .map(|d| d.host.as_path())
         };
+        let inactive_slot = match &self.slots {
+            None => Err("the handler is granted no slots (policy: slot)"),
+            Some(p) => match p.state() {
+                Ok(st) => Ok(match st.booted {
+                    crate::bindings::slot::SlotName::A => 'b',
+                    crate::bindings::slot::SlotName::B => 'a',
+                }),
+                Err(_) => Err("the slot policy cannot say which slot is running"),
+            },
+        };
         Some(StepDirs {
             payload: host("/payload")?,
             work: host("/work")?,
             state: host("/state")?,
+            inactive_slot,
         })
     }
 
@@ -676,6 +703,7 @@ impl ProcessCtx {
     ) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(&cmd.program);
         command
+            .args(&rule.host_args)
             .args(&cmd.args)
             .env_clear()
             .env("PATH", super::PROGRAM_PATH)
@@ -868,6 +896,7 @@ mod tests {
                 .collect(),
             ledger: None,
             program_writable: vec![],
+            slots: None,
         }
     }
 
@@ -1067,6 +1096,7 @@ mod tests {
             ],
             ledger: None,
             program_writable: vec![],
+            slots: None,
         };
         assert_eq!(
             c.host_path("/payload/a.deb"),

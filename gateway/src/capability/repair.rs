@@ -136,6 +136,7 @@ mod tests {
             recover_unless_locked: vec![dir.with_file_name("lock")],
             writable: vec![],
             readable: vec![],
+            host_args: vec![],
         }
     }
 

@@ -67,6 +67,7 @@ impl Sandbox {
         let tags = Arc::new(tags);
         let (wasi, mapped) = wasi_ctx(&dirs, &tags, grants.process.is_some()).map_err(setup_err)?;
         let host = HostCtx::new(tags, events);
+        let slot_policy = grants.slot.as_ref().and_then(|g| g.policy.clone());
         let slot = match grants.slot {
             Some(grant) => Some(
                 SlotCtx::for_step(grant, dirs.payload.dir(), streams.clone(), &host)
@@ -78,6 +79,7 @@ impl Sandbox {
         let process = grants.process.map(|policy| {
             ProcessCtx::for_step(policy, &handler_id, mapped, self.ledger.clone())
                 .writing_also(program_writable)
+                .with_slots(slot_policy)
         });
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.open_handles);

@@ -5,3 +5,4 @@ mod files;
 pub(crate) mod firmware;
 mod script;
 mod swupdate;
+mod swupdate_v1;

@@ -656,3 +656,36 @@ async fn a_program_filling_the_disk_is_stopped_before_the_journals_reserve() {
         "the reserve was eaten"
     );
 }
+
+/// A handler granted slots and a program that writes them (SWUpdate's `-e` selection, played by
+/// echo) can name only the slot not running: the host reads which slot booted at the call.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inactive_slot_argument_naming_the_running_slot_is_refused() {
+    let dev = crate::handlers::firmware::Device::new();
+    let config = sandstep::config::Config::parse(&dev.config_text(), "test").unwrap();
+    let mut g = grants();
+    g.slot = config.policy().grants("sandstep/firmware:1").slot;
+    let selection: Slot = "inactive-slot:copy1|copy2".to_owned().try_into().unwrap();
+    g.process.as_mut().unwrap().programs[0].forms[0].rest = vec![selection];
+    let env = StepEnv::new();
+    let echo = |sel: &str| json!({"op": "run", "program": "/bin/echo", "args": ["hello", sel]});
+    let r = run(&env, g.clone(), echo("copy1")).await;
+    assert!(
+        r.result_details.ends_with(
+            "argument 1 `copy1` is none of: inactive-slot:copy1|copy2 (not the text for the slot that is not running (slot B))"
+        ),
+        "{}",
+        r.result_details
+    );
+    assert_eq!(
+        output(&run(&env, g.clone(), echo("copy2")).await)["stdout"],
+        "hello copy2\n"
+    );
+    dev.reboot_into("b");
+    let r = run(&env, g, echo("copy2")).await;
+    assert!(
+        r.result_details.contains("(slot A)"),
+        "{}",
+        r.result_details
+    );
+}

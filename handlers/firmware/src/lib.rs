@@ -1,221 +1,52 @@
-//! `sandstep/firmware:1`: a firmware image into the inactive A/B slot, swupdate-like.
+//! `sandstep/firmware:1`: a firmware image into the inactive A/B slot, swupdate-like; the slot
+//! state machine is `ab_slots`' (apply, commit after a good reboot, rollback after a bad one).
 //!
 //! handlerProperties: `installedCriteria` (the version the image brings, required),
 //! `imageFileName` (optional: which step file is the image; default the only file).
 //!
-//! - install: the host streams the image from /payload into the inactive slot and checks its
-//!   sha256 (the image never passes through this handler's memory); the handler records which
-//!   version went into which slot (`/state/slots.json`);
-//! - apply: selects the new slot for the next boot; 705 (reboot now);
-//! - is-installed, after the reboot: the booted slot's version equals installedCriteria -> commit
-//!   the slot, 900; booted back into the old slot -> the new slot failed to boot: it is marked bad
-//!   and the step fails with a rollback result; otherwise 901.
-//! - restore (after a failed install or apply): the next boot goes back to the booted slot.
-//!
-//! Progress is reported `firmwareStatus`-style: downloading, applying, completed.
+//! Install: the host streams the image from /payload into the inactive slot and checks its
+//! sha256 (the image never passes through this handler's memory).
 
-use sandstep_sdk::codes::{ExtendedResultCode, Facility};
+use ab_slots::{AbSlots, Installer, ERC_NO_CRITERIA, ERC_WHICH_IMAGE};
+use sandstep_sdk::codes::ExtendedResultCode;
 use sandstep_sdk::slot::{self, Slot};
-use sandstep_sdk::{done, export_handler, log, Context, Failure, Handler, Outcome};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-
-const fn fw_erc(code: u32) -> ExtendedResultCode {
-    ExtendedResultCode::new(
-        Facility::Sandstep,
-        sandstep_sdk::codes::content_component::SANDSTEP,
-        0x100 | code,
-    )
-}
-/// installedCriteria is missing.
-const ERC_NO_CRITERIA: ExtendedResultCode = fw_erc(1);
-/// Which step file is the image is unclear.
-const ERC_WHICH_IMAGE: ExtendedResultCode = fw_erc(2);
-/// The new slot failed to boot: the device came back on the old one.
-const ERC_ROLLBACK: ExtendedResultCode = fw_erc(3);
-/// The new slot was selected, but the device did not reboot since (the agent restarted): the
-/// selection was undone.
-const ERC_NOT_REBOOTED: ExtendedResultCode = fw_erc(4);
+use sandstep_sdk::{export_handler, Context, Failure, StepFile};
+use serde::Deserialize;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Props {
-    installed_criteria: Option<String>,
     image_file_name: Option<String>,
 }
 
-/// `/state/slots.json`.
-#[derive(Default, Serialize, Deserialize)]
-struct Slots {
-    /// Slot ("A"/"B") -> version it holds.
-    versions: BTreeMap<String, String>,
-    /// The slot written and selected but not yet confirmed by a boot.
-    pending: Option<String>,
-}
+/// The host writes the slot (`slot.write-image`).
+struct HostWrite;
 
-fn read_slots(ctx: &Context) -> Result<Slots, Failure> {
-    match std::fs::read(ctx.state_path("slots.json")) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| Failure::new(fw_erc(4), format!("/state/slots.json is corrupt: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Slots::default()),
-        Err(e) => Err(e.into()),
-    }
-}
+impl Installer for HostWrite {
+    const NO_CRITERIA: ExtendedResultCode = ERC_NO_CRITERIA;
 
-fn write_slots(ctx: &Context, s: &Slots) -> Result<(), Failure> {
-    let tmp = ctx.state_path("slots.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(s).expect("serializes"))?;
-    std::fs::rename(tmp, ctx.state_path("slots.json"))?;
-    Ok(())
-}
-
-fn criteria(ctx: &Context) -> Result<String, Failure> {
-    let props: Props = ctx.properties()?;
-    props.installed_criteria.ok_or_else(|| {
-        Failure::new(
-            ERC_NO_CRITERIA,
-            "handlerProperties.installedCriteria (the image's version) is required",
-        )
-    })
-}
-
-fn slot_from(s: &str) -> Slot {
-    if s == "B" {
-        Slot::B
-    } else {
-        Slot::A
-    }
-}
-
-#[derive(Default)]
-struct Firmware;
-
-impl Handler for Firmware {
-    fn is_installed(&mut self, ctx: &Context) -> Outcome<done::IsInstalled> {
-        let want = criteria(ctx)?;
-        let state = slot::state()?;
-        let mut slots = read_slots(ctx)?;
-        let running = slots.versions.get(&state.booted.to_string()).cloned();
-        if let Some(pending) = slots.pending.clone() {
-            let pending_slot = slot_from(&pending);
-            if pending_slot == state.booted
-                && running.as_deref() == Some(want.as_str())
-                && (state.rebooted || state.committed)
-            {
-                // First boot of the new slot: it came up, so keep it. Committed already (and so
-                // no longer marked as rebooted) when the power was cut between the commit and
-                // this record: finish it the same way.
-                slot::commit()?;
-                slots.pending = None;
-                write_slots(ctx, &slots)?;
-                log::progress(100, "completed");
-                return Ok(done::IsInstalled::Installed.with_details(format!(
-                    "running {want} from slot {}; committed",
-                    state.booted
-                )));
-            }
-            if !state.rebooted {
-                // The agent came back without the reboot it asked for (a crash, a service
-                // restart), or this runs again before it: undo the selection, so the next boot
-                // does not start a slot the deployment reports as failed.
-                slot::set_next_boot(state.booted)?;
-                slots.pending = None;
-                write_slots(ctx, &slots)?;
-                return Err(Failure::new(
-                    ERC_NOT_REBOOTED,
-                    format!(
-                        "slot {pending_slot} ({want}) was selected, but the device did not reboot \
-                         since; the selection is undone and slot {} stays the boot slot",
-                        state.booted
-                    ),
-                ));
-            }
-            if pending_slot != state.booted {
-                // Rebooted, but the boot loader fell back: the new slot did not come up.
-                slot::mark_bad(pending_slot)?;
-                slots.pending = None;
-                slots.versions.remove(&pending);
-                write_slots(ctx, &slots)?;
-                return Err(Failure::new(
-                    ERC_ROLLBACK,
-                    format!(
-                        "rollback: slot {pending_slot} ({want}) failed to boot; slot {} still runs {}; slot {pending_slot} is marked bad",
-                        state.booted,
-                        running.as_deref().unwrap_or("an unknown version")
-                    ),
-                ));
-            }
-        }
-        Ok(
-            if running.as_deref() == Some(want.as_str()) && state.committed {
-                done::IsInstalled::Installed.into()
-            } else {
-                done::IsInstalled::NotInstalled.into()
-            },
-        )
-    }
-
-    fn download(&mut self, _ctx: &Context) -> Outcome<done::Downloaded> {
-        // The host fetched the small files; an image is streamed into the slot at install,
-        // verified as it is written.
-        log::progress(100, "downloading: done by the host");
-        Ok(done::Downloaded::Success.into())
-    }
-
-    fn install(&mut self, ctx: &Context) -> Outcome<done::Installed> {
-        let want = criteria(ctx)?;
+    fn image(ctx: &Context) -> Result<&StepFile, Failure> {
         let props: Props = ctx.properties()?;
-        let image = match props.image_file_name.as_deref() {
-            Some(name) => ctx.file(name)?,
+        match props.image_file_name.as_deref() {
+            Some(name) => ctx.file(name),
             None => match ctx.files() {
-                [only] => only,
-                files => return Err(Failure::new(ERC_WHICH_IMAGE, format!("step has {} files; say which is the image with handlerProperties.imageFileName", files.len()))),
+                [only] => Ok(only),
+                files => Err(Failure::new(ERC_WHICH_IMAGE, format!("step has {} files; say which is the image with handlerProperties.imageFileName", files.len()))),
             },
-        };
-        let state = slot::state()?;
-        let target = state.booted.other();
-        log::info(&format!(
-            "applying {} ({want}) into slot {target}",
-            image.name
-        ));
-        log::progress(0, "applying");
+        }
+    }
+
+    fn install(_ctx: &Context, image: &StepFile, target: Slot) -> Result<String, Failure> {
         let written = slot::write_image(target, image.path(), Some(&image.sha256))?;
-        let mut slots = read_slots(ctx)?;
-        slots.versions.insert(target.to_string(), want);
-        slots.pending = None;
-        write_slots(ctx, &slots)?;
-        let details = if written.fetched < written.bytes {
+        Ok(if written.fetched < written.bytes {
             format!(
                 "{} bytes into slot {target}; {} fetched, the rest was on the device",
                 written.bytes, written.fetched
             )
         } else {
             format!("{} bytes into slot {target}", written.bytes)
-        };
-        Ok(done::Installed::Success.with_details(details))
-    }
-
-    fn apply(&mut self, ctx: &Context) -> Outcome<done::Applied> {
-        let state = slot::state()?;
-        let target = state.booted.other();
-        slot::set_next_boot(target)?;
-        let mut slots = read_slots(ctx)?;
-        slots.pending = Some(target.to_string());
-        write_slots(ctx, &slots)?;
-        Ok(
-            done::Applied::Reboot(done::When::Now)
-                .with_details(format!("slot {target} boots next")),
-        )
-    }
-
-    fn restore(&mut self, ctx: &Context) -> Outcome<done::Restored> {
-        let state = slot::state()?;
-        slot::set_next_boot(state.booted)?;
-        let mut slots = read_slots(ctx)?;
-        slots.pending = None;
-        write_slots(ctx, &slots)?;
-        Ok(done::Restored::Success.with_details(format!("slot {} stays", state.booted)))
+        })
     }
 }
 
-export_handler!(Firmware);
+export_handler!(AbSlots<HostWrite>);

@@ -15,11 +15,25 @@ use tokio_util::sync::CancellationToken;
 const SWUPDATE: &str = "microsoft/swupdate:2";
 const SCRIPT: &str = "swupdate-v2-install.sh";
 const SWU: &str = "app-2.0.swu";
-const HWREVISION: &str = "sandstep-test:1.0";
+pub(crate) const HWREVISION: &str = "sandstep-test:1.0";
 
 /// SWUpdate binds the abstract socket `@NotifyServer`: one runs at a time on a machine (a second
 /// one beside it exits 1 after its install), so these tests take turns.
-static ONE_SWUPDATE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_SWUPDATE_AT_A_TIME: tokio::sync::Mutex<()> =
+    tokio::sync::Mutex::const_new(());
+
+/// Debian's swupdate, openssl and cpio are there; a missing one fails the run (not a pass).
+pub(crate) fn have_swupdate_tools() -> bool {
+    for p in ["swupdate", "openssl", "cpio"] {
+        if !have(p) {
+            prerequisite_missing(&format!(
+                "{p} is not installed (Debian's swupdate, openssl, cpio)"
+            ));
+            return false;
+        }
+    }
+    true
+}
 
 fn have(program: &str) -> bool {
     Command::new("sh")
@@ -36,6 +50,24 @@ fn ok(c: &mut Command) {
 /// A `.swu` that puts `app.conf` (holding `version 2.0`) into `target`, signed with a key whose
 /// certificate is written to `dir/signer.pem`.
 fn signed_swu(dir: &Path, target: &Path) -> Vec<u8> {
+    let payload = b"version 2.0\n";
+    let description = json!({"software": {
+        "version": "2.0.0",
+        "description": "sandstep's swupdate:2 test",
+        "hardware-compatibility": ["1.0"],
+        "files": [{"filename": "app.conf", "path": target.join("app.conf"),
+                   "sha256": hex::encode(sandstep::digest::Sha256::digest(payload))}]
+    }});
+    signed_swu_of(dir, &description, &[("app.conf", payload)])
+}
+
+/// A `.swu` of `description` (its `sw-description`) and `files`, signed as Debian's SWUpdate
+/// requires (CMS, by a fresh key whose certificate is written to `dir/signer.pem`).
+pub(crate) fn signed_swu_of(
+    dir: &Path,
+    description: &serde_json::Value,
+    files: &[(&str, &[u8])],
+) -> Vec<u8> {
     let d = |n: &str| dir.join(n);
     ok(Command::new("openssl")
         .args([
@@ -51,18 +83,12 @@ fn signed_swu(dir: &Path, target: &Path) -> Vec<u8> {
         .arg(d("signer.key"))
         .arg("-out")
         .arg(d("signer.pem")));
-    let payload = b"version 2.0\n";
-    std::fs::write(d("app.conf"), payload).unwrap();
-    let description = json!({"software": {
-        "version": "2.0.0",
-        "description": "sandstep's swupdate:2 test",
-        "hardware-compatibility": ["1.0"],
-        "files": [{"filename": "app.conf", "path": target.join("app.conf"),
-                   "sha256": hex::encode(sandstep::digest::Sha256::digest(payload))}]
-    }});
+    for (name, bytes) in files {
+        std::fs::write(d(name), bytes).unwrap();
+    }
     std::fs::write(
         d("sw-description"),
-        serde_json::to_vec_pretty(&description).unwrap(),
+        serde_json::to_vec_pretty(description).unwrap(),
     )
     .unwrap();
     ok(Command::new("openssl")
@@ -76,12 +102,25 @@ fn signed_swu(dir: &Path, target: &Path) -> Vec<u8> {
         .arg("-inkey")
         .arg(d("signer.key")));
     // sw-description first, its signature second: the order SWUpdate reads a .swu in.
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("printf 'sw-description\\nsw-description.sig\\napp.conf\\n' | cpio -o -H crc --quiet")
+    let names: String = ["sw-description", "sw-description.sig"]
+        .into_iter()
+        .chain(files.iter().map(|(n, _)| *n))
+        .map(|n| format!("{n}\n"))
+        .collect();
+    let mut cpio = Command::new("cpio")
+        .args(["-o", "-H", "crc", "--quiet"])
         .current_dir(dir)
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    use std::io::Write as _;
+    cpio.stdin
+        .take()
+        .unwrap()
+        .write_all(names.as_bytes())
+        .unwrap();
+    let out = cpio.wait_with_output().unwrap();
     assert!(out.status.success());
     out.stdout
 }
@@ -105,13 +144,8 @@ struct Case {
 
 impl Case {
     fn new() -> Option<Case> {
-        for p in ["swupdate", "openssl", "cpio"] {
-            if !have(p) {
-                prerequisite_missing(&format!(
-                    "{p} is not installed (Debian's swupdate, openssl, cpio)"
-                ));
-                return None;
-            }
+        if !have_swupdate_tools() {
+            return None;
         }
         let (keys, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut env = Env::new();

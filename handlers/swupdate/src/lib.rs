@@ -1,0 +1,86 @@
+//! `microsoft/swupdate:1`, ADU's first SWUpdate handler (removed from ADU's tree in bda75d5c; read
+//! at its parent e0d67ec9: `src/extensions/step_handlers/swupdate_handler/src/
+//! swupdate_handler.cpp` and `src/adu-shell/scripts/adu-swupdate.sh`), on sandstep's slots.
+//!
+//! ADU's handler: one file per step (`Download`: `..._DOWNLOAD_FAILURE_WRONG_FILECOUNT`);
+//! install runs `swupdate -v -i <image> -k /adukey/public.pem -e stable,<copy>` where the copy is
+//! the partition not running (`copy2` when the root is on partition 2, else `copy1`); apply
+//! points the boot loader at it and asks for an immediate reboot (705); cancel and restore point
+//! it back. Here slot A is `copy1` and slot B `copy2`, the slot not running comes from the slot
+//! capability, and the policy holds SWUpdate to it (`inactive-slot`), so a step cannot have
+//! SWUpdate write the running slot; the key is the gateway's (`host-args`). Apply, the commit
+//! after a good reboot, the rollback after a bad one and the health checks are `ab_slots`', as
+//! for `sandstep/firmware:1`.
+
+use ab_slots::{AbSlots, Installer};
+use sandstep_sdk::codes::{erc, ExtendedResultCode};
+use sandstep_sdk::slot::Slot;
+use sandstep_sdk::{export_handler, process, Context, Failure, StepFile};
+
+/// Where Debian installs SWUpdate.
+const PROGRAM: &str = "/usr/bin/swupdate";
+
+/// SWUpdate's selection for `target`, as one argument (`-e` with its value attached).
+fn selection(target: Slot) -> &'static str {
+    match target {
+        Slot::A => "-estable,copy1",
+        Slot::B => "-estable,copy2",
+    }
+}
+
+/// ADU's rule: a `microsoft/swupdate:1` step has exactly one file, the image.
+fn one_file(ctx: &Context) -> Result<&StepFile, Failure> {
+    match ctx.files() {
+        [only] => Ok(only),
+        files => Err(Failure::new(
+            erc::SWUPDATE_WRONG_FILE_COUNT,
+            format!(
+                "a microsoft/swupdate:1 step has one file (the .swu); this one has {}",
+                files.len()
+            ),
+        )),
+    }
+}
+
+/// Installs `image` into `target` with SWUpdate; the details on success.
+fn install(image: &StepFile, target: Slot) -> Result<String, Failure> {
+    let path = process::host_path(image.path())?;
+    let out = process::Command::new(PROGRAM)
+        .args(["-v", "-i", path.as_str(), selection(target)])
+        .run()?;
+    // Debian's SWUpdate 2022.12 sometimes exits 1 after an install it reports successful (its
+    // notifier thread, on a loaded machine); its own result line says how the install went.
+    let said = |line: &str| out.stdout.contains(line) || out.stderr.contains(line);
+    if (out.success() || said("SWUPDATE successful !")) && !said("SWUPDATE failed") {
+        return Ok(format!(
+            "{} installed into slot {target} by SWUpdate",
+            image.name
+        ));
+    }
+    let status = out.exit_code.unwrap_or(1);
+    Err(Failure::new(
+        ExtendedResultCode::exit_status(erc::SWUPDATE_EXIT_STATUS_BASE, status),
+        format!("swupdate exited with {status}: {}", out.tail(6)),
+    ))
+}
+
+/// SWUpdate writes the slot.
+struct SwUpdate;
+
+impl Installer for SwUpdate {
+    const NO_CRITERIA: ExtendedResultCode = erc::SWUPDATE_MISSING_INSTALLED_CRITERIA;
+
+    fn image(ctx: &Context) -> Result<&StepFile, Failure> {
+        one_file(ctx)
+    }
+
+    fn check_download(ctx: &Context) -> Result<(), Failure> {
+        one_file(ctx).map(|_| ())
+    }
+
+    fn install(_ctx: &Context, image: &StepFile, target: Slot) -> Result<String, Failure> {
+        install(image, target)
+    }
+}
+
+export_handler!(AbSlots<SwUpdate>);
