@@ -210,6 +210,15 @@ pub enum SlotError {
 }
 
 impl ArgForm {
+    /// Whether an argument must be the text for the slot not running (then the caller reads the
+    /// boot state; other forms never touch it).
+    pub fn names_a_slot(&self) -> bool {
+        self.then
+            .iter()
+            .chain(&self.rest)
+            .any(|s| matches!(s, Slot::InactiveSlot { .. }))
+    }
+
     /// Accepts `args` or says, for the first argument that does not fit, why.
     pub fn check(&self, args: &[String], dirs: StepDirs<'_>) -> Result<(), FormError> {
         if args.len() > self.max_args {

@@ -297,8 +297,9 @@ impl ProcessCtx {
                 program: cmd.program.clone(),
                 handler: self.handler_id.clone(),
             })?;
+        let names_a_slot = rule.forms.iter().any(ArgForm::names_a_slot);
         let dirs = self
-            .step_dirs()
+            .step_dirs(names_a_slot)
             .ok_or_else(|| Refusal::NoStepDirs(cmd.program.clone()))?;
         if rule.forms.is_empty() {
             return Err(Refusal::NoForms(cmd.program.clone()));
@@ -316,8 +317,9 @@ impl ProcessCtx {
         })
     }
 
-    /// The host paths of `/payload`, `/work` and `/state`.
-    fn step_dirs(&self) -> Option<StepDirs<'_>> {
+    /// The host paths of `/payload`, `/work` and `/state`, and, when `with_slot` (a form names
+    /// an `inactive-slot`), the slot not running: read from the boot control at each call.
+    fn step_dirs(&self, with_slot: bool) -> Option<StepDirs<'_>> {
         let host = |guest: &str| {
             self.dirs
                 .iter()
@@ -325,6 +327,7 @@ impl ProcessCtx {
                 .map(|d| d.host.as_path())
         };
         let inactive_slot = match &self.slots {
+            _ if !with_slot => Err("no form names a slot"),
             None => Err("the handler is granted no slots (policy: slot)"),
             Some(p) => match p.state() {
                 Ok(st) => Ok(match st.booted {

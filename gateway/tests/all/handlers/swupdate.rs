@@ -22,6 +22,21 @@ pub(crate) const HWREVISION: &str = "sandstep-test:1.0";
 pub(crate) static ONE_SWUPDATE_AT_A_TIME: tokio::sync::Mutex<()> =
     tokio::sync::Mutex::const_new(());
 
+/// Waits (up to 20 s) until no `swupdate` process is left: what one leaves in its process group
+/// is stopped after it exits, and the next one must find the abstract socket free.
+pub(crate) async fn until_no_swupdate_runs() {
+    for _ in 0..200 {
+        let running = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "swupdate")
+        });
+        if !running {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("a swupdate process is still running 20 s after its step ended");
+}
+
 /// Debian's swupdate, openssl and cpio are there; a missing one fails the run (not a pass).
 pub(crate) fn have_swupdate_tools() -> bool {
     for p in ["swupdate", "openssl", "cpio"] {
@@ -175,7 +190,9 @@ impl Case {
         let _turn = ONE_SWUPDATE_AT_A_TIME.lock().await;
         let d = self.env.deployer_with(config(self.target.path()));
         let rec = std::sync::Arc::new(crate::workflow::Recorder::default());
-        d.run(req, rec, &CancellationToken::new()).await.unwrap()
+        let out = d.run(req, rec, &CancellationToken::new()).await.unwrap();
+        until_no_swupdate_runs().await;
+        out
     }
 }
 
@@ -294,6 +311,7 @@ async fn adus_example_script_and_file_copy_image_run_as_adus_agent_runs_them() {
         )
         .await
         .unwrap();
+    until_no_swupdate_runs().await;
     assert_eq!(out.status, Status::Failed, "{:#?}", out.result);
     let step = &out.result.step_results["step_0"];
     assert_eq!(

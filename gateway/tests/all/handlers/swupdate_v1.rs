@@ -4,7 +4,9 @@
 //! and rollback follow. The test plays the boot loader as the firmware tests do.
 
 use super::firmware::Device;
-use super::swupdate::{have_swupdate_tools, signed_swu_of, HWREVISION, ONE_SWUPDATE_AT_A_TIME};
+use super::swupdate::{
+    have_swupdate_tools, signed_swu_of, until_no_swupdate_runs, HWREVISION, ONE_SWUPDATE_AT_A_TIME,
+};
 use crate::workflow::{Env, Recorder};
 use sandstep::config::Config;
 use sandstep::workflow::{Outcome, Request};
@@ -77,7 +79,9 @@ impl Case {
         let _turn = ONE_SWUPDATE_AT_A_TIME.lock().await;
         let d = self.env.deployer_with(self.config());
         let rec = std::sync::Arc::new(Recorder::default());
-        d.run(req, rec, &CancellationToken::new()).await.unwrap()
+        let out = d.run(req, rec, &CancellationToken::new()).await.unwrap();
+        until_no_swupdate_runs().await;
+        out
     }
 }
 
