@@ -22,12 +22,16 @@ pub(crate) const HWREVISION: &str = "sandstep-test:1.0";
 pub(crate) static ONE_SWUPDATE_AT_A_TIME: tokio::sync::Mutex<()> =
     tokio::sync::Mutex::const_new(());
 
-/// Waits (up to 20 s) until no `swupdate` process is left: what one leaves in its process group
-/// is stopped after it exits, and the next one must find the abstract socket free.
+/// Waits (up to 20 s) until no live `swupdate` process is left, so the next one finds the abstract
+/// socket free.
 pub(crate) async fn until_no_swupdate_runs() {
     for _ in 0..200 {
+        // A zombie holds no socket: only live processes count.
         let running = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "swupdate")
+            std::fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
+                let (comm, rest) = stat.split_once(") ").unwrap_or_default();
+                comm.ends_with("(swupdate") && !rest.starts_with('Z')
+            })
         });
         if !running {
             return;
