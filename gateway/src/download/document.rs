@@ -7,6 +7,10 @@ use futures_util::StreamExt;
 use std::io::Read;
 use std::time::Duration;
 
+/// Longest one attempt at a document may take: a server trickling bytes just under the stall
+/// timeout cannot hold the deployment much longer than this.
+const ATTEMPT_DEADLINE: Duration = Duration::from_secs(120);
+
 impl Downloader {
     /// The body at `url` (http, https, or `file://` for local runs), at most `limit` bytes;
     /// `name` names it in errors.
@@ -28,7 +32,14 @@ impl Downloader {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match self.get_document(name, url, limit).await {
+            let got = tokio::time::timeout(ATTEMPT_DEADLINE, self.get_document(name, url, limit))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Attempt::Retry(format!(
+                        "not done after {ATTEMPT_DEADLINE:?}"
+                    )))
+                });
+            match got {
                 Ok(body) => return Ok(body),
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry(last)) if attempt >= self.config.attempts.max(1) => {
