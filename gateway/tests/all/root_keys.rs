@@ -431,3 +431,94 @@ fn the_cli_makes_a_package_that_adds_a_root_and_a_gateway_takes_it() {
         "{listed}"
     );
 }
+
+/// The agent's path: a deployment fetched by HTTP polling names a package adding a root, and the
+/// manifest signed under that root runs; the report carries ADU's "package changed" code.
+#[test]
+fn the_agent_takes_the_package_a_polled_deployment_names() {
+    use crate::support::{signed, trust_test_key};
+    use crate::workflow::file_entry;
+    use sandstep::datadir::DataDir;
+    use sandstep::registry::Registry;
+    use std::time::{Duration, Instant};
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    trust_test_key(&data);
+    Registry::open(DataDir::open(&data).unwrap().handlers().unwrap())
+        .unwrap()
+        .install(
+            "sandstep/files:1",
+            &signed("files"),
+            "files.wasm",
+            vec!["test-vendor".into()],
+            0,
+        )
+        .unwrap();
+    let (anchor, next, signing) = (rsa("anchor"), rsa("next"), rsa("s"));
+    std::fs::create_dir_all(data.join("trust/roots")).unwrap();
+    std::fs::write(
+        data.join("trust/roots/anchor.pub"),
+        anchor.public().to_value().to_string(),
+    )
+    .unwrap();
+    let package = Contents {
+        roots: vec![anchor.public(), next.public()],
+        ..contents(7)
+    };
+    let package =
+        rootkeys::sign(&package.protected().unwrap(), std::slice::from_ref(&anchor)).unwrap();
+    server.put("rootkeys.json", package.as_bytes());
+    let content = b"print('rotated')\n";
+    server.put("proj/v1/main.py", content);
+    let m = json!({
+        "updateId": {"provider": "test", "name": "rk", "version": "1.0"},
+        "compatibility": [{"model": "mpy"}],
+        "instructions": {"steps": [{"handler": "sandstep/files:1", "files": ["main.py"],
+            "handlerProperties": {"destination": "/dest/app/main.py", "installedCriteria": "sha256:none"}}]},
+        "files": {"main.py": file_entry("main.py", content)},
+        "manifestVersion": "5.0"
+    })
+    .to_string();
+    let sjwk = sandstep_signing::manifest::sign_signing_key(&signing.public(), &next).unwrap();
+    let doc = json!({"workflow": {"action": 3, "id": "ignored"}, "updateManifest": m,
+        "updateManifestSignature": sandstep_signing::manifest::sign(&m, &signing, &sjwk),
+        "fileUrls": {"main.py": server.url("proj/v1/main.py")},
+        "rootKeyPackageUrl": server.url("rootkeys.json")});
+    server.put("proj/v1/deployment.json", doc.to_string().as_bytes());
+    server.put("proj/version", b"v1\n");
+    let device = dir.path().join("device");
+    std::fs::create_dir(&device).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ndevice-id = \"mpy-1\"\nsource = \"http-poll\"\n[http-poll]\nbase-url = \"{}\"\nproject = \"proj\"\ninterval-secs = 1\n[handlers.\"sandstep/files:1\"]\ndirs = [{{ host = \"{}\", guest = \"/dest/app\", writable = true }}]\n",
+            server.base(),
+            device.display()
+        ),
+    )
+    .unwrap();
+    let mut c = crate::cli::sandstep();
+    c.args(["--log", "info", "agent", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data);
+    let _agent = sandstep_testkit::Proc::spawn(c, dir.path().join("agent.log"));
+    let t = Instant::now();
+    let last = loop {
+        let r: serde_json::Value = std::fs::read(data.join("reported.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let last = &r["state"]["reported"]["lastInstallResult"];
+        if last["resultCode"].as_i64().is_some_and(|c| c != 400) {
+            break last.clone();
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no result: {r:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(last["resultCode"], 700, "{last:#}");
+    assert_eq!(last["extendedResultCodes"], "00000000,A0000008", "{last:#}");
+    assert_eq!(std::fs::read(device.join("main.py")).unwrap(), content);
+}
