@@ -29,12 +29,27 @@ pub const MAX_PACKAGE_BYTES: usize = 256 * 1024;
 pub struct RootKeysError {
     pub member: String,
     pub reason: String,
+    pub problem: Problem,
 }
 
-fn bad(member: impl Into<String>, reason: impl Into<String>) -> RootKeysError {
+/// What is wrong with the member (ADU's agent has a code for each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// The text (or the member) is not the JSON it must be, or is too large.
+    NotJson,
+    /// A required member is missing.
+    Missing,
+    /// A signature is not base64.
+    NotBase64,
+    /// The roots given cannot sign this package.
+    CannotSign,
+}
+
+fn bad(problem: Problem, member: impl Into<String>, reason: impl Into<String>) -> RootKeysError {
     RootKeysError {
         member: member.into(),
         reason: reason.into(),
+        problem,
     }
 }
 
@@ -85,7 +100,8 @@ impl<'de> Deserialize<'de> for Members {
 
 impl Members {
     fn parse(text: &str, member: &str) -> Result<Members, RootKeysError> {
-        serde_json::from_str(text).map_err(|e| bad(member, format!("not a JSON object: {e}")))
+        serde_json::from_str(text)
+            .map_err(|e| bad(Problem::NotJson, member, format!("not a JSON object: {e}")))
     }
 
     fn get(&self, name: &str) -> Option<&RawValue> {
@@ -97,6 +113,7 @@ impl Members {
 pub fn split(text: &str) -> Result<Split, RootKeysError> {
     if text.len() > MAX_PACKAGE_BYTES {
         return Err(bad(
+            Problem::NotJson,
             "",
             format!(
                 "{} bytes is over the {MAX_PACKAGE_BYTES} byte limit",
@@ -108,7 +125,7 @@ pub fn split(text: &str) -> Result<Split, RootKeysError> {
     let protected = top
         .get("protected")
         .filter(|p| p.get().starts_with('{'))
-        .ok_or_else(|| bad("protected", "missing, or not an object"))?;
+        .ok_or_else(|| bad(Problem::Missing, "protected", "missing, or not an object"))?;
     let root_kids = match Members::parse(protected.get(), "protected")?.get("rootKeys") {
         Some(r) => Members::parse(r.get(), "protected.rootKeys")?
             .0
@@ -120,19 +137,18 @@ pub fn split(text: &str) -> Result<Split, RootKeysError> {
     let list: Vec<serde_json::Value> = top
         .get("signatures")
         .and_then(|s| serde_json::from_str(s.get()).ok())
-        .ok_or_else(|| bad("signatures", "missing, or not an array"))?;
+        .ok_or_else(|| bad(Problem::Missing, "signatures", "missing, or not an array"))?;
     let mut signatures = Vec::with_capacity(list.len());
     for (i, s) in list.iter().enumerate() {
-        let member = format!("signatures[{i}]");
-        let alg = s
-            .get("alg")
-            .and_then(|a| a.as_str())
-            .ok_or_else(|| bad(&member, "`alg` is missing"))?;
-        let sig = s
-            .get("sig")
-            .and_then(|a| a.as_str())
-            .ok_or_else(|| bad(&member, "`sig` is missing"))?;
-        let sig = decode_b64(sig).ok_or_else(|| bad(&member, "`sig` is not base64"))?;
+        let member = |name: &str| format!("signatures[{i}].{name}");
+        let text = |name: &str| {
+            s.get(name)
+                .and_then(|a| a.as_str())
+                .ok_or_else(|| bad(Problem::Missing, member(name), "missing, or not a string"))
+        };
+        let alg = text("alg")?;
+        let sig = decode_b64(text("sig")?)
+            .ok_or_else(|| bad(Problem::NotBase64, member("sig"), "not base64"))?;
         signatures.push(Signature {
             alg: alg.to_owned(),
             sig,
@@ -226,6 +242,7 @@ pub fn sign(protected: &str, roots: &[PrivateJwk]) -> Result<String, RootKeysErr
                     .any(|later| Some(later) == k.as_ref())
             }) {
                 return Err(bad(
+                    Problem::CannotSign,
                     "protected.rootKeys",
                     format!(
                         "`{}` signs but comes after `{kid}`, which does not: list the signing roots first",
@@ -237,6 +254,7 @@ pub fn sign(protected: &str, roots: &[PrivateJwk]) -> Result<String, RootKeysErr
         };
         if !matches!(root, PrivateJwk::Rsa { .. }) {
             return Err(bad(
+                Problem::CannotSign,
                 format!("protected.rootKeys.{kid}"),
                 "only RSA roots sign a root key package (ADU verifies RS256)",
             ));
@@ -248,6 +266,7 @@ pub fn sign(protected: &str, roots: &[PrivateJwk]) -> Result<String, RootKeysErr
         let kid = r.public().kid().map(str::to_owned).unwrap_or_default();
         if !split.root_kids.contains(&kid) {
             return Err(bad(
+                Problem::CannotSign,
                 "protected.rootKeys",
                 format!(
                     "signing root `{kid}` is not listed; a root signs only a package that lists it"
@@ -287,6 +306,7 @@ impl Contents {
             } = r
             else {
                 return Err(bad(
+                    Problem::CannotSign,
                     "protected.rootKeys",
                     "a root key package lists RSA keys with a kid only",
                 ));

@@ -23,7 +23,7 @@ use super::root_package::{self, PackageError, RootKeyPackage};
 use cap_std::fs::Dir;
 use sandstep_model::codes::{erc, ExtendedResultCode};
 use sandstep_signing::jws::PublicJwk;
-use sandstep_signing::rootkeys::{self, RootKeysError, Split};
+use sandstep_signing::rootkeys::{self, Problem, RootKeysError, Split};
 
 /// The stored package's name in `<data-dir>/trust/fetched`.
 pub const STORED: &str = "rootkeys.json";
@@ -73,13 +73,13 @@ impl Refusal {
 
 fn split_error(e: RootKeysError) -> Refusal {
     use root_package::parse_code as c;
-    let code = match e.member.as_str() {
-        "" => return Refusal::NotJson(e.reason),
-        "protected" => c::PROTECTED_MISSING,
-        "signatures" => c::SIGNATURES_MISSING,
-        m if m.starts_with("signatures[") && e.reason.contains("alg") => c::SIGNATURE_ALG_MISSING,
-        m if m.starts_with("signatures[") && e.reason.contains("missing") => c::HASH_OR_SIG_MISSING,
-        m if m.starts_with("signatures[") => c::INVALID_ENCODING,
+    let code = match (e.problem, e.member.as_str()) {
+        (Problem::NotJson, "") => return Refusal::NotJson(e.reason),
+        (_, "protected") => c::PROTECTED_MISSING,
+        (_, "signatures") => c::SIGNATURES_MISSING,
+        (Problem::NotBase64, _) => c::INVALID_ENCODING,
+        (_, m) if m.ends_with(".alg") => c::SIGNATURE_ALG_MISSING,
+        (_, m) if m.ends_with(".sig") => c::HASH_OR_SIG_MISSING,
         _ => c::ROOT_KEYS_MISSING,
     };
     Refusal::Malformed(PackageError {
@@ -282,5 +282,17 @@ mod tests {
         assert_eq!(r.erc().raw() as u32, 0x8050_000D, "{r}");
         let r = verify("not json", &[a.public()], false).unwrap_err();
         assert_eq!(r.erc(), erc::ROOTKEY_PACKAGE_BAD_JSON, "{r}");
+        let signed = rootkeys::sign(&protected(1, &[&a], ""), std::slice::from_ref(&a)).unwrap();
+        let protected_text = rootkeys::split(&signed).unwrap().protected;
+        for (signature, code) in [
+            (r#"{"sig": "AAAA"}"#, 0x8050_0008u32),
+            (r#"{"alg": "RS256"}"#, 0x8050_0009),
+            (r#"{"alg": "RS256", "sig": "!!"}"#, 0x8050_0016),
+            (r#"{"alg": "PS256", "sig": "AAAA"}"#, 0x8050_0015),
+        ] {
+            let text = format!(r#"{{"protected": {protected_text}, "signatures": [{signature}]}}"#);
+            let r = verify(&text, &[a.public()], false).unwrap_err();
+            assert_eq!(r.erc().raw() as u32, code, "{signature}: {r}");
+        }
     }
 }
