@@ -271,14 +271,9 @@ fn run_real_deployment(data: &Path, file: &str, id: &str) -> Vec<Value> {
 #[test]
 fn trust_add_root_takes_adus_root_key_package_and_real_deployments_verify_against_it() {
     let data = tempfile::tempdir().unwrap();
-    let out = crate::cli::ok(
-        &crate::cli::sandstep()
-            .args(["trust", "add", "root"])
-            .arg(adu_dir().join("rootkeys/adu-production.rootkeys.json"))
-            .arg("--data-dir")
-            .arg(data.path())
-            .output()
-            .unwrap(),
+    let out = crate::cli::trust_root_file(
+        data.path(),
+        &adu_dir().join("rootkeys/adu-production.rootkeys.json"),
     );
     assert!(out.contains("root key ADU.200702.R"), "{out}");
     assert!(out.contains("root key ADU.200703.R"), "{out}");

@@ -68,28 +68,49 @@ pub(crate) fn data_dir() -> tempfile::TempDir {
     data
 }
 
-/// Manifest keys: a root trusted by `data`, and a signing key; returns the key paths.
-fn manifest_keys(data: &Path, dir: &Path) -> (PathBuf, PathBuf) {
-    let root = dir.join("root");
-    let signing = dir.join("signing");
-    let gen = |out: &Path, extra: &[&str]| {
-        ok(&sandstep()
-            .args(["key", "generate", "--kind", "manifest-ed25519"])
-            .args(extra)
-            .arg("--out")
-            .arg(out)
-            .output()
-            .unwrap())
-    };
-    gen(&root, &["--kid", "test-root"]);
-    gen(&signing, &[]);
+/// `sandstep key generate --kind KIND [--kid KID] --out DIR/NAME`; the secret key's path (the
+/// public one is beside it, `.pub`).
+pub(crate) fn manifest_key(dir: &Path, name: &str, kind: &str, kid: Option<&str>) -> PathBuf {
+    let out = dir.join(name);
+    let kid = kid.map(|k| ["--kid", k]);
+    ok(&sandstep()
+        .args(["key", "generate", "--kind", kind])
+        .args(kid.iter().flatten())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap());
+    out
+}
+
+/// `sandstep trust add root PUB --data-dir DATA`; what it printed.
+pub(crate) fn trust_root_file(data: &Path, public: &Path) -> String {
     ok(&sandstep()
         .args(["trust", "add", "root"])
-        .arg(dir.join("root.pub"))
+        .arg(public)
         .arg("--data-dir")
         .arg(data)
         .output()
-        .unwrap());
+        .unwrap())
+}
+
+/// `sandstep manifest sign MANIFEST --key SIGNING --root-key ROOT`, for more arguments.
+pub(crate) fn manifest_sign(manifest: &Path, signing: &Path, root: &Path) -> Command {
+    let mut c = sandstep();
+    c.args(["manifest", "sign"])
+        .arg(manifest)
+        .arg("--key")
+        .arg(signing)
+        .arg("--root-key")
+        .arg(root);
+    c
+}
+
+/// Manifest keys: a root trusted by `data`, and a signing key; returns the key paths.
+fn manifest_keys(data: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let root = manifest_key(dir, "root", "manifest-ed25519", Some("test-root"));
+    let signing = manifest_key(dir, "signing", "manifest-ed25519", None);
+    trust_root_file(data, &dir.join("root.pub"));
     (root, signing)
 }
 
@@ -211,13 +232,7 @@ fn the_demo_deployment_runs_from_the_examples() {
 
     let (root, signing) = manifest_keys(data.path(), out_dir.path());
     let doc = out_dir.path().join("deployment.json");
-    let signed = ok(&sandstep()
-        .args(["manifest", "sign"])
-        .arg(demo.join("manifest.json"))
-        .arg("--key")
-        .arg(&signing)
-        .arg("--root-key")
-        .arg(&root)
+    let signed = ok(&manifest_sign(&demo.join("manifest.json"), &signing, &root)
         .arg("--out")
         .arg(&doc)
         .output()
@@ -411,13 +426,7 @@ fn a_deployment_document_brings_its_own_file_urls() {
     server.put("f.txt", b"served");
     let (root, signing) = manifest_keys(data.path(), dir.path());
     let doc_path = dir.path().join("deployment.json");
-    ok(&sandstep()
-        .args(["manifest", "sign"])
-        .arg(&m)
-        .arg("--key")
-        .arg(&signing)
-        .arg("--root-key")
-        .arg(&root)
+    ok(&manifest_sign(&m, &signing, &root)
         .args([
             "--workflow-id",
             "wf-doc-1",

@@ -737,6 +737,32 @@ fn malformed_and_oversized_desired_documents_are_reported_and_the_agent_carries_
     );
 }
 
+/// An agent polling `server`'s project `proj` every second as device `mpy-1`, with `device`
+/// mapped at `/dest/app` for `sandstep/files:1`; its config (`agent.toml`) and log in `dir`.
+pub(crate) fn polling_agent(
+    server: &crate::http::TestServer,
+    dir: &Path,
+    data: &Path,
+    device: &Path,
+) -> Proc {
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ndevice-id = \"mpy-1\"\nsource = \"http-poll\"\n[http-poll]\nbase-url = \"{}\"\nproject = \"proj\"\ninterval-secs = 1\n[handlers.\"sandstep/files:1\"]\ndirs = [{{ host = \"{}\", guest = \"/dest/app\", writable = true }}]\n",
+            server.base(),
+            device.display()
+        ),
+    )
+    .unwrap();
+    let mut c = sandstep();
+    c.args(["--log", "info", "agent", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data);
+    Proc::spawn(c, dir.join("agent.log"))
+}
+
 #[test]
 fn http_polling_follows_the_version_tag_including_a_rollback() {
     let server = crate::http::TestServer::start();
@@ -787,22 +813,7 @@ fn http_polling_follows_the_version_tag_including_a_rollback() {
     publish("v1", b"print('v1')\n");
     publish("v2", b"print('v2')\n");
     server.put("proj/version", b"v1\n");
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\ndevice-id = \"mpy-1\"\nsource = \"http-poll\"\n[http-poll]\nbase-url = \"{}\"\nproject = \"proj\"\ninterval-secs = 1\n[handlers.\"sandstep/files:1\"]\ndirs = [{{ host = \"{}\", guest = \"/dest/app\", writable = true }}]\n",
-            server.base(),
-            device.display()
-        ),
-    )
-    .unwrap();
-    let mut c = sandstep();
-    c.args(["--log", "info", "agent", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data);
-    let _agent = Proc::spawn(c, dir.path().join("agent.log"));
+    let _agent = polling_agent(&server, dir.path(), &data, &device);
     let wait_main = |want: &str| {
         let t = Instant::now();
         while std::fs::read_to_string(device.join("main.py")).unwrap_or_default() != want {
@@ -890,7 +901,7 @@ fn http_polling_follows_the_version_tag_including_a_rollback() {
     // `sandstep status` on the gateway shows its own reported state.
     let out = sandstep()
         .args(["status", "--json", "--config"])
-        .arg(&config)
+        .arg(dir.path().join("agent.toml"))
         .arg("--data-dir")
         .arg(&data)
         .output()

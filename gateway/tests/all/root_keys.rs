@@ -137,6 +137,14 @@ fn assert_failed(out: &Outcome, ran: bool, code: u32) {
     assert!(!ran, "nothing may run");
 }
 
+/// A package listing `root` besides the signer, published at `published`.
+fn adding(root: &PrivateJwk, published: u64) -> Contents {
+    Contents {
+        roots: vec![root.public()],
+        ..contents(published)
+    }
+}
+
 fn contents(published: u64) -> Contents {
     Contents {
         version: 1,
@@ -152,13 +160,7 @@ async fn a_root_a_deployments_package_adds_then_vouches_for_manifests_across_res
     // Before any package, the new root is unknown.
     let (out, ran) = f.deploy(&next, &signing, None, Config::default()).await;
     assert_failed(&out, ran, 0xA020_0006);
-    let url = f.serve(
-        "rk1.json",
-        Contents {
-            roots: vec![next.public()],
-            ..contents(100)
-        },
-    );
+    let url = f.serve("rk1.json", adding(&next, 100));
     let (out, ran) = f
         .deploy(&next, &signing, Some(url.clone()), Config::default())
         .await;
@@ -211,9 +213,8 @@ async fn disabled_signing_keys_and_roots_are_refused_once_a_package_says_so() {
     let url = f.serve(
         "rk1.json",
         Contents {
-            roots: vec![next.public()],
             disabled_signing_keys: vec![s1.public().spki_sha256()],
-            ..contents(10)
+            ..adding(&next, 10)
         },
     );
     let (out, ran) = f.deploy(&next, &s1, Some(url), Config::default()).await;
@@ -225,9 +226,8 @@ async fn disabled_signing_keys_and_roots_are_refused_once_a_package_says_so() {
     let url = f.serve(
         "rk2.json",
         Contents {
-            roots: vec![next.public()],
             disabled_root_kids: vec!["next-root".into()],
-            ..contents(20)
+            ..adding(&next, 20)
         },
     );
     let (out, ran) = f.deploy(&next, &s2, Some(url), Config::default()).await;
@@ -243,19 +243,12 @@ async fn disabled_signing_keys_and_roots_are_refused_once_a_package_says_so() {
 async fn an_older_package_cannot_take_back_a_revocation() {
     let mut f = Fleet::new();
     let (next, s1) = (rsa("next-root"), rsa("s1"));
-    let old = f.serve(
-        "old.json",
-        Contents {
-            roots: vec![next.public()],
-            ..contents(10)
-        },
-    );
+    let old = f.serve("old.json", adding(&next, 10));
     let new = f.serve(
         "new.json",
         Contents {
-            roots: vec![next.public()],
             disabled_signing_keys: vec![s1.public().spki_sha256()],
-            ..contents(20)
+            ..adding(&next, 20)
         },
     );
     let (out, _) = f
@@ -272,13 +265,7 @@ async fn an_older_package_cannot_take_back_a_revocation() {
 async fn a_stored_package_that_no_longer_verifies_refuses_manifests_until_a_good_one_comes() {
     let mut f = Fleet::new();
     let (next, s) = (rsa("next-root"), rsa("s"));
-    let url = f.serve(
-        "rk.json",
-        Contents {
-            roots: vec![next.public()],
-            ..contents(10)
-        },
-    );
+    let url = f.serve("rk.json", adding(&next, 10));
     let (out, _) = f
         .deploy(&next, &s, Some(url.clone()), Config::default())
         .await;
@@ -353,28 +340,16 @@ async fn an_unreachable_or_oversized_package_fails_the_deployment_before_anythin
 /// `sandstep manifest sign --root-key-package-url`, taken by `sandstep run --deployment`.
 #[test]
 fn the_cli_makes_a_package_that_adds_a_root_and_a_gateway_takes_it() {
-    use crate::cli::{data_dir, ok, sandstep, write_manifest};
+    use crate::cli::{
+        data_dir, manifest_key, manifest_sign, ok, sandstep, trust_root_file, write_manifest,
+    };
     let server = TestServer::start();
     let data = data_dir();
     let dir = tempfile::tempdir().unwrap();
-    let key = |name: &str, kind: &str| {
-        let out = dir.path().join(name);
-        ok(&sandstep()
-            .args(["key", "generate", "--kind", kind, "--kid", name, "--out"])
-            .arg(&out)
-            .output()
-            .unwrap());
-        out
-    };
+    let key = |name: &str, kind: &str| manifest_key(dir.path(), name, kind, Some(name));
     let (anchor, next) = (key("anchor", "manifest-rsa"), key("next", "manifest-rsa"));
     let signing = key("signing", "manifest-ed25519");
-    ok(&sandstep()
-        .args(["trust", "add", "root"])
-        .arg(dir.path().join("anchor.pub"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .output()
-        .unwrap());
+    trust_root_file(data.path(), &dir.path().join("anchor.pub"));
     let package = dir.path().join("rootkeys.json");
     let made = ok(&sandstep()
         .args(["key", "root-package", "--sign-with"])
@@ -393,13 +368,7 @@ fn the_cli_makes_a_package_that_adds_a_root_and_a_gateway_takes_it() {
         &[("f.txt", b"payload")],
     );
     let doc = dir.path().join("deployment.json");
-    ok(&sandstep()
-        .args(["manifest", "sign"])
-        .arg(&m)
-        .arg("--key")
-        .arg(&signing)
-        .arg("--root-key")
-        .arg(&next)
+    ok(&manifest_sign(&m, &signing, &next)
         .args(["--root-key-package-url", &server.url("rootkeys.json")])
         .arg("--out")
         .arg(&doc)
@@ -489,22 +458,7 @@ fn the_agent_takes_the_package_a_polled_deployment_names() {
     server.put("proj/version", b"v1\n");
     let device = dir.path().join("device");
     std::fs::create_dir(&device).unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\ndevice-id = \"mpy-1\"\nsource = \"http-poll\"\n[http-poll]\nbase-url = \"{}\"\nproject = \"proj\"\ninterval-secs = 1\n[handlers.\"sandstep/files:1\"]\ndirs = [{{ host = \"{}\", guest = \"/dest/app\", writable = true }}]\n",
-            server.base(),
-            device.display()
-        ),
-    )
-    .unwrap();
-    let mut c = crate::cli::sandstep();
-    c.args(["--log", "info", "agent", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data);
-    let _agent = sandstep_testkit::Proc::spawn(c, dir.path().join("agent.log"));
+    let _agent = crate::fleet::polling_agent(&server, dir.path(), &data, &device);
     let t = Instant::now();
     let last = loop {
         let r: serde_json::Value = std::fs::read(data.join("reported.json"))

@@ -19,12 +19,32 @@ pub(crate) const HWREVISION: &str = "sandstep-test:1.0";
 
 /// SWUpdate binds the abstract socket `@NotifyServer`: one runs at a time on a machine (a second
 /// one beside it exits 1 after its install), so these tests take turns.
-pub(crate) static ONE_SWUPDATE_AT_A_TIME: tokio::sync::Mutex<()> =
-    tokio::sync::Mutex::const_new(());
+static ONE_SWUPDATE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `req` with `config` while no other SWUpdate test runs, and returns once no swupdate
+/// process is left; the outcome and what the observer saw.
+pub(crate) async fn run_alone(
+    env: &Env,
+    config: Config,
+    req: sandstep::workflow::Request,
+) -> (
+    sandstep::workflow::Outcome,
+    std::sync::Arc<crate::workflow::Recorder>,
+) {
+    let _turn = ONE_SWUPDATE_AT_A_TIME.lock().await;
+    let d = env.deployer_with(config);
+    let rec = std::sync::Arc::new(crate::workflow::Recorder::default());
+    let out = d
+        .run(req, rec.clone(), &CancellationToken::new())
+        .await
+        .unwrap();
+    until_no_swupdate_runs().await;
+    (out, rec)
+}
 
 /// Waits (up to 20 s) until no live `swupdate` process is left, so the next one finds the abstract
 /// socket free.
-pub(crate) async fn until_no_swupdate_runs() {
+async fn until_no_swupdate_runs() {
     for _ in 0..200 {
         // A zombie holds no socket: only live processes count.
         let running = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
@@ -191,12 +211,9 @@ impl Case {
     }
 
     async fn run(&self, req: sandstep::workflow::Request) -> sandstep::workflow::Outcome {
-        let _turn = ONE_SWUPDATE_AT_A_TIME.lock().await;
-        let d = self.env.deployer_with(config(self.target.path()));
-        let rec = std::sync::Arc::new(crate::workflow::Recorder::default());
-        let out = d.run(req, rec, &CancellationToken::new()).await.unwrap();
-        until_no_swupdate_runs().await;
-        out
+        run_alone(&self.env, config(self.target.path()), req)
+            .await
+            .0
     }
 }
 
@@ -302,20 +319,8 @@ async fn adus_example_script_and_file_copy_image_run_as_adus_agent_runs_them() {
          [[handlers.\"{SWUPDATE}\".process.programs]]\npath = \"/bin/bash\"\n\
          forms = [{{ then = [\"payload-file\"], rest = [\"any\"] }}]\n"
     );
-    let d = case
-        .env
-        .deployer_with(Config::parse(&toml, "test").unwrap());
-    let rec = std::sync::Arc::new(crate::workflow::Recorder::default());
-    let _turn = ONE_SWUPDATE_AT_A_TIME.lock().await;
-    let out = d
-        .run(
-            case.env.request("wf-adu-swu", m),
-            rec.clone(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
-    until_no_swupdate_runs().await;
+    let config = Config::parse(&toml, "test").unwrap();
+    let (out, rec) = run_alone(&case.env, config, case.env.request("wf-adu-swu", m)).await;
     assert_eq!(out.status, Status::Failed, "{:#?}", out.result);
     let step = &out.result.step_results["step_0"];
     assert_eq!(

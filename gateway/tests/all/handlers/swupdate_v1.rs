@@ -4,15 +4,12 @@
 //! and rollback follow. The test plays the boot loader as the firmware tests do.
 
 use super::firmware::Device;
-use super::swupdate::{
-    have_swupdate_tools, signed_swu_of, until_no_swupdate_runs, HWREVISION, ONE_SWUPDATE_AT_A_TIME,
-};
-use crate::workflow::{Env, Recorder};
+use super::swupdate::{have_swupdate_tools, run_alone, signed_swu_of, HWREVISION};
+use crate::workflow::Env;
 use sandstep::config::Config;
 use sandstep::workflow::{Outcome, Request};
 use sandstep_model::journal::Status;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 const V1: &str = "microsoft/swupdate:1";
 const SWU: &str = "rootfs-2.0.swu";
@@ -76,12 +73,7 @@ impl Case {
     }
 
     async fn run(&self, req: Request) -> Outcome {
-        let _turn = ONE_SWUPDATE_AT_A_TIME.lock().await;
-        let d = self.env.deployer_with(self.config());
-        let rec = std::sync::Arc::new(Recorder::default());
-        let out = d.run(req, rec, &CancellationToken::new()).await.unwrap();
-        until_no_swupdate_runs().await;
-        out
+        run_alone(&self.env, self.config(), req).await.0
     }
 }
 
