@@ -69,29 +69,36 @@ impl Broker {
             prerequisite_missing("mosquitto is not installed and cannot be (not root)");
             None
         })?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\npersistence false\n{extra}"),
-        )
-        .unwrap();
-        let mut b = Broker {
-            child: None,
-            port,
-            conf,
-            _dir: dir,
-        };
-        b.spawn(bin);
-        Some(b)
+        // The free port is released before mosquitto binds it, so something else may take it
+        // first: then mosquitto exits, and another port is tried.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = tempfile::tempdir().unwrap();
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\npersistence false\n{extra}"),
+            )
+            .unwrap();
+            let mut b = Broker {
+                child: None,
+                port,
+                conf,
+                _dir: dir,
+            };
+            if b.spawn(bin) {
+                return Some(b);
+            }
+        }
+        panic!("mosquitto exited at start on five free ports in a row");
     }
 
-    fn spawn(&mut self, bin: &str) {
+    /// Starts mosquitto on `self.port`; false when it exited (the port was taken meanwhile).
+    fn spawn(&mut self, bin: &str) -> bool {
         let child = Command::new(bin)
             .arg("-c")
             .arg(&self.conf)
@@ -99,15 +106,21 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.child = Some(child);
+        let child = self.child.insert(child);
         let t = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if child.try_wait().unwrap().is_some() {
+                self.child = None;
+                return false;
+            }
+            // A loaded machine may take a while to start it; a broker that never listens fails.
             assert!(
-                t.elapsed() < Duration::from_secs(10),
+                t.elapsed() < Duration::from_secs(60),
                 "mosquitto did not start"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        true
     }
 
     pub fn stop(&mut self) {
@@ -119,7 +132,11 @@ impl Broker {
 
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn(mosquitto().unwrap());
+        assert!(
+            self.spawn(mosquitto().unwrap()),
+            "mosquitto exited when restarted on port {}",
+            self.port
+        );
     }
 }
 
