@@ -393,6 +393,21 @@ mod example_tests {
             "the example shows the defaults"
         );
     }
+
+    #[test]
+    fn the_example_configs_dps_block_parses_when_uncommented_and_shows_the_defaults() {
+        let dps = uncommented("# [iothub.dps]").iothub.unwrap().dps.unwrap();
+        assert_eq!(
+            dps,
+            crate::iothub::dps::DpsConfig {
+                id_scope: "0ne00000000".into(),
+                registration_id: "gw-0042".into(),
+                symmetric_key_file: Some("/etc/sandstep/dps.key".into()),
+                ..Default::default()
+            },
+            "the example shows the defaults"
+        );
+    }
 }
 
 impl From<Config> for crate::workflow::Settings {

@@ -67,6 +67,9 @@ pub enum Protocol {
 pub enum MqttEvent {
     /// (Re)connected: subscribe again and flush what waits.
     Connected,
+    /// The broker refused the connection because of who the client is (CONNACK: bad user name
+    /// or password, not authorized): credentials may need renewing. A `Disconnected` follows.
+    Refused,
     /// The connection broke; it is retried with backoff.
     Disconnected(String),
     /// A message arrived.
@@ -99,7 +102,7 @@ impl Forwarder {
     }
 
     /// Handles one poll of the event loop; false once nobody listens any more.
-    async fn pass<E: std::fmt::Display>(&mut self, polled: Result<Option<MqttEvent>, E>) -> bool {
+    async fn pass<E: Broken>(&mut self, polled: Result<Option<MqttEvent>, E>) -> bool {
         let event = match polled {
             Ok(Some(MqttEvent::Connected)) => {
                 self.attempt = 0;
@@ -108,6 +111,9 @@ impl Forwarder {
             Ok(Some(ev)) => ev,
             Ok(None) => return true,
             Err(e) => {
+                if e.credentials_refused() {
+                    let _ = self.tx.send(MqttEvent::Refused);
+                }
                 let _ = self.tx.send(MqttEvent::Disconnected(e.to_string()));
                 tokio::time::sleep(backoff(&self.config, self.attempt)).await;
                 self.attempt += 1;
@@ -115,6 +121,33 @@ impl Forwarder {
             }
         };
         self.tx.send(event).is_ok()
+    }
+}
+
+/// A broken connection's error, which says whether the broker refused the client's identity.
+trait Broken: std::fmt::Display {
+    fn credentials_refused(&self) -> bool;
+}
+
+impl Broken for rumqttc::ConnectionError {
+    fn credentials_refused(&self) -> bool {
+        use rumqttc::ConnectReturnCode as C;
+        matches!(
+            self,
+            rumqttc::ConnectionError::ConnectionRefused(C::BadUserNamePassword | C::NotAuthorized)
+        )
+    }
+}
+
+impl Broken for rumqttc::v5::ConnectionError {
+    fn credentials_refused(&self) -> bool {
+        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
+        matches!(
+            self,
+            rumqttc::v5::ConnectionError::ConnectionRefused(
+                C::BadUserNamePassword | C::NotAuthorized | C::BadAuthenticationMethod
+            )
+        )
     }
 }
 
@@ -286,6 +319,10 @@ pub enum ProbeError {
     Setup(#[from] MqttError),
     #[error("{0}")]
     Refused(String),
+    /// The broker refused the client's credentials (bad user name or password, not
+    /// authorized).
+    #[error("{0}")]
+    CredentialsRefused(String),
     #[error("the connection ended")]
     Ended,
     #[error("no answer within {}s", .0.as_secs())]
@@ -297,9 +334,14 @@ pub enum ProbeError {
 pub async fn probe(config: &MqttConfig, client_id: &str, wait: Duration) -> Result<(), ProbeError> {
     let mut conn = Mqtt::connect(config, client_id)?;
     let answer = async {
+        let mut credentials = false;
         loop {
             match conn.recv().await {
                 Some(MqttEvent::Connected) => return Ok(()),
+                Some(MqttEvent::Refused) => credentials = true,
+                Some(MqttEvent::Disconnected(e)) if credentials => {
+                    return Err(ProbeError::CredentialsRefused(e))
+                }
                 Some(MqttEvent::Disconnected(e)) => return Err(ProbeError::Refused(e)),
                 None => return Err(ProbeError::Ended),
                 Some(_) => {}

@@ -171,7 +171,8 @@ async fn publish_desired(
                 }
             }
             MqttEvent::Disconnected(e) => bail!("broker {url}: {e}"),
-            MqttEvent::PubAck { refused: None } => {}
+            // A refusal is followed by its Disconnected, which says why.
+            MqttEvent::PubAck { refused: None } | MqttEvent::Refused => {}
         }
     }
     Ok(())

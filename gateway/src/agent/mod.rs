@@ -224,8 +224,10 @@ pub struct Agent {
     deployer: Arc<Deployer>,
     data: DataDir,
     topics: Topics,
-    /// With `source = "iothub"`: the device's identity there.
+    /// With `source = "iothub"`: the device's identity there (with DPS, once assigned).
     hub_identity: Option<crate::iothub::config::Identity>,
+    /// With `[iothub.dps]`: the registration.
+    dps: Option<crate::iothub::dps::DpsSetup>,
 }
 
 impl Agent {
@@ -234,17 +236,27 @@ impl Agent {
         settings: impl Into<Settings>,
         data_path: &std::path::Path,
     ) -> Result<Agent, AgentError> {
+        use crate::iothub::{config::Credentials, provision};
         let settings: Settings = settings.into();
-        let hub_identity = match &settings.source {
-            SourceSettings::Iothub(config) => Some(config.identity()?),
-            _ => None,
-        };
-        // Over IoT Hub the device is the one its connection string names.
-        let device = match &hub_identity {
-            Some(id) => id.connection.device_id.clone(),
-            None => settings.agent.resolved_device_id()?,
-        };
         let data = DataDir::open(data_path)?;
+        let (hub_identity, dps) = match &settings.source {
+            SourceSettings::Iothub(config) => match config.credentials()? {
+                Credentials::Connection(id) => (Some(id), None),
+                // Registered before: the kept assignment; else `run` registers first.
+                Credentials::Dps(setup) => (
+                    provision::load(data.root(), &setup).map(|a| config.provisioned(&a, &setup)),
+                    Some(setup),
+                ),
+            },
+            _ => (None, None),
+        };
+        // Over IoT Hub the device is the one its connection string (or DPS) names; before
+        // the first registration, its registration id.
+        let device = match (&hub_identity, &dps) {
+            (Some(id), _) => id.connection.device_id.clone(),
+            (None, Some(setup)) => setup.registration_id.clone(),
+            (None, None) => settings.agent.resolved_device_id()?,
+        };
         let sandbox = Arc::new(
             Sandbox::new(&EngineOptions::default(), Some(data.component_cache()?))
                 .map_err(|e| AgentError::Engine(e.to_string()))?
@@ -263,7 +275,26 @@ impl Agent {
             data,
             topics,
             hub_identity,
+            dps,
         })
+    }
+
+    /// With `[iothub.dps]` and no assignment kept: registers (trying again until it succeeds);
+    /// false if shut down first.
+    async fn provision(&mut self, shutdown: &CancellationToken) -> bool {
+        let (Some(setup), None, SourceSettings::Iothub(config)) =
+            (&self.dps, &self.hub_identity, &self.settings.source)
+        else {
+            return true;
+        };
+        let tls = config.tls_files();
+        let assignment = tokio::select! {
+            a = crate::iothub::provision::provision(setup, &tls, self.data.root()) => a,
+            _ = shutdown.cancelled() => return false,
+        };
+        self.device = assignment.device_id.clone();
+        self.hub_identity = Some(config.provisioned(&assignment, setup));
+        true
     }
 
     fn persisted(&self) -> Persisted {
@@ -517,8 +548,11 @@ pub(crate) fn deployment_of(fields: &Map<String, Value>) -> Option<Result<Deploy
 
 /// Runs the agent until shutdown, a reboot, or a restart request, over the source its settings
 /// name: the one place that maps a source to its adapter.
-pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit, AgentError> {
+pub async fn run(mut agent: Agent, shutdown: CancellationToken) -> Result<AgentExit, AgentError> {
     use source::{hawkbit, http_poll, iothub, shadow};
+    if !agent.provision(&shutdown).await {
+        return Ok(AgentExit::Shutdown);
+    }
     let settings = &agent.settings;
     match &settings.source {
         SourceSettings::Shadow => {
@@ -533,9 +567,13 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<AgentExit,
             runner::run(&agent, s, shutdown).await
         }
         SourceSettings::Iothub(config) => {
-            let identity = agent.hub_identity.clone().expect("resolved in Agent::new");
-            let conn =
-                crate::iothub::session::HubSession::connect(config, &identity, &settings.mqtt)?;
+            use crate::iothub::session::{HubSession, Reprovision};
+            let identity = agent.hub_identity.clone().expect("resolved or provisioned");
+            let mut conn = HubSession::connect(config, &identity, &settings.mqtt)?;
+            if let Some(setup) = &agent.dps {
+                let root = agent.data.root().try_clone()?;
+                conn = conn.with_reprovision(Reprovision::new(setup.clone(), root));
+            }
             let properties =
                 iothub::device_properties(&identity, &settings.deploy.device.properties);
             let timeout = Duration::from_millis(config.response_timeout_ms);

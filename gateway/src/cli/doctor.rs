@@ -3,6 +3,8 @@
 //! Each check prints one line, `ok`, `warn` or `FAIL`, and for anything not ok the command that
 //! fixes it. The exit status is non-zero when a check failed (warnings do not fail).
 
+mod hub;
+
 use super::common::Common;
 use anyhow::Result;
 use sandstep::config::Config;
@@ -109,7 +111,7 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
     check_landlock(&mut r, &config);
     check_program_groups(&mut r);
     check_slots(&mut r, &config);
-    check_agent(&mut r, &config, broker_timeout).await;
+    check_agent(&mut r, &config, &data, broker_timeout).await;
     finish(r)
 }
 
@@ -360,10 +362,15 @@ fn check_data_dir(r: &mut Report, path: &std::path::Path) {
     }
 }
 
-async fn check_agent(r: &mut Report, config: &Config, timeout: u64) {
+async fn check_agent(
+    r: &mut Report,
+    config: &Config,
+    data: &sandstep::datadir::DataDir,
+    timeout: u64,
+) {
     use sandstep::agent::SourceKind;
     if config.agent.source == SourceKind::Iothub {
-        return check_iothub(r, config, timeout).await;
+        return hub::check(r, config, data, timeout).await;
     }
     if config.agent.source == SourceKind::Hawkbit {
         return check_hawkbit(r, config, timeout).await;
@@ -449,63 +456,6 @@ async fn check_hawkbit(r: &mut Report, config: &Config, timeout: u64) {
             "hawkbit",
             format!("no answer within {timeout} s"),
             "check the network path to the server",
-        ),
-    }
-}
-
-/// With `source = "iothub"`: the identity reads, the hub (or gateway) answers over TLS, and it
-/// accepts the token and the user name announcing ADU's model id.
-async fn check_iothub(r: &mut Report, config: &Config, timeout: u64) {
-    use sandstep::iothub::{auth::ADU_MODEL_ID, session};
-    let hub = config.iothub.clone().unwrap_or_default();
-    let id = match hub.identity() {
-        Ok(id) => id,
-        Err(e) => {
-            return r.fail(
-                "iothub identity",
-                e,
-                "set [iothub] connection-string, or connection-string-file (ADU's du-config.json works)",
-            )
-        }
-    };
-    let c = &id.connection;
-    let how = match c.shared_access_key {
-        Some(_) => format!(
-            "shared access key, tokens valid {} s",
-            hub.sas_lifetime_secs
-        ),
-        None => "X.509 certificate".to_owned(),
-    };
-    r.ok(
-        "iothub identity",
-        format!("device {} on {} ({how})", c.client_id(), c.host_name),
-    );
-    let now = sandstep_transport::clock::now_ms() / 1000;
-    let (mqtt, _) = match session::mqtt_config(&hub, &id, &config.mqtt, now) {
-        Ok(m) => m,
-        Err(e) => return r.fail("iothub", e, "correct the [iothub] settings it names"),
-    };
-    let target = format!("{}:{}", c.connect_host(), hub.port);
-    let wait = Duration::from_secs(timeout);
-    match probe(&mqtt, &c.client_id(), wait).await {
-        Ok(()) => r.ok(
-            "iothub",
-            format!("{target} reachable; it accepted the device's credentials and the model id {ADU_MODEL_ID}"),
-        ),
-        Err(ProbeError::Refused(e)) if e.contains("return code") => r.fail(
-            "iothub",
-            format!("{target} refused the connection: {e}"),
-            "check the device's key or certificate in the hub, and this machine's clock (a token is valid from now for sas-lifetime-secs)",
-        ),
-        Err(e @ ProbeError::Silent(_)) => r.fail(
-            "iothub",
-            format!("{target}: {e}"),
-            "check the network path to the hub (port 8883 outbound)",
-        ),
-        Err(e) => r.fail(
-            "iothub",
-            format!("{target}: {e}"),
-            "check the host name, [iothub] port, and ca-file (the hub's certificate must chain to it)",
         ),
     }
 }

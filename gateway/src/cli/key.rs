@@ -1,5 +1,6 @@
 //! `sandstep key generate`: key pairs for handler and manifest signing; `sandstep key
-//! root-package`: a root key package (ADU's format) for deployments' `rootKeyPackageUrl`.
+//! root-package`: a root key package (ADU's format) for deployments' `rootKeyPackageUrl`;
+//! `sandstep key dps-device-key`: a device's key in a DPS group enrollment.
 
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
@@ -38,6 +39,16 @@ pub enum KeyCommand {
     /// roots and signing keys. Serve it and name it in a deployment's `rootKeyPackageUrl`
     /// (`sandstep manifest sign --root-key-package-url`).
     RootPackage(RootPackageArgs),
+    /// Print the key a device of a DPS symmetric-key group enrollment registers with: derived
+    /// from the group's key and the device's registration id. Run it where the group key is
+    /// kept (the factory), and give the device only its own key ([iothub.dps] symmetric-key).
+    DpsDeviceKey {
+        /// A file holding the enrollment group's primary (or secondary) key, base64.
+        #[arg(long)]
+        group_key_file: PathBuf,
+        #[arg(long)]
+        registration_id: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,6 +83,10 @@ pub fn run(cmd: KeyCommand) -> Result<ExitCode> {
     let (out, kind, kid) = match cmd {
         KeyCommand::Generate { out, kind, kid } => (out, kind, kid),
         KeyCommand::RootPackage(args) => return root_package(args),
+        KeyCommand::DpsDeviceKey {
+            group_key_file,
+            registration_id,
+        } => return dps_device_key(&group_key_file, &registration_id),
     };
     let kind = match kind {
         Kind::Handler => KeyKind::Handler,
@@ -81,6 +96,19 @@ pub fn run(cmd: KeyCommand) -> Result<ExitCode> {
     let (secret, public) = generate(&out, kind, kid)?;
     println!("secret key: {} (keep it private)", secret.display());
     println!("public key: {}", public.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dps_device_key(group_key_file: &std::path::Path, registration_id: &str) -> Result<ExitCode> {
+    use sandstep::iothub::dps;
+    if !dps::valid_registration_id(registration_id) || registration_id.is_empty() {
+        bail!("registration id `{registration_id}`: up to 128 letters, digits and - . _ :, ending with a letter, a digit or -");
+    }
+    let group = std::fs::read_to_string(group_key_file)
+        .with_context(|| format!("cannot read {}", group_key_file.display()))?;
+    let key = dps::derive_device_key(&group, registration_id)
+        .with_context(|| format!("{}", group_key_file.display()))?;
+    println!("{key}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,6 +4,8 @@
 //! config_utils/src/config_utils.c; `manufacturer`, `model` and `compatPropertyNames` come along).
 
 use super::auth::{AuthError, ConnectionString};
+use super::dps::{Assignment, DpsConfig, DpsError, DpsSetup};
+use super::provision::TlsFiles;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,9 @@ pub struct IotHubConfig {
     pub compat_property_names: Option<String>,
     /// How long the hub may take to answer a twin request before it is sent again, in ms.
     pub response_timeout_ms: u64,
+    /// `[iothub.dps]`: register with the Device Provisioning Service instead of a connection
+    /// string.
+    pub dps: Option<DpsConfig>,
 }
 
 impl Default for IotHubConfig {
@@ -44,6 +49,7 @@ impl Default for IotHubConfig {
             sas_lifetime_secs: 3600,
             compat_property_names: None,
             response_timeout_ms: 30_000,
+            dps: None,
         }
     }
 }
@@ -65,6 +71,19 @@ pub enum IotHubError {
     CertificateWithKey,
     #[error("[iothub] sas-lifetime-secs must be at least 10")]
     ShortLifetime,
+    #[error("[iothub]: give a connection string or [iothub.dps], not both")]
+    DpsAndConnectionString,
+    #[error(transparent)]
+    Dps(#[from] DpsError),
+}
+
+/// Where the device's hub identity comes from.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// A connection string (in the config, a file, or ADU's du-config.json).
+    Connection(Identity),
+    /// A registration with DPS, which assigns the hub and the device id.
+    Dps(DpsSetup),
 }
 
 /// The device's identity and what ADU's config says about it.
@@ -80,6 +99,41 @@ pub struct Identity {
 }
 
 impl IotHubConfig {
+    /// The identity's source: `[iothub.dps]`, or the connection string.
+    pub fn credentials(&self) -> Result<Credentials, IotHubError> {
+        let Some(dps) = &self.dps else {
+            return self.identity().map(Credentials::Connection);
+        };
+        if self.sas_lifetime_secs < 10 {
+            return Err(IotHubError::ShortLifetime);
+        }
+        if self.connection_string.is_some() || self.connection_string_file.is_some() {
+            return Err(IotHubError::DpsAndConnectionString);
+        }
+        let certificate = self.client_cert.is_some() && self.client_key.is_some();
+        Ok(Credentials::Dps(dps.setup(certificate)?))
+    }
+
+    /// The identity DPS's assignment `a` gives.
+    pub fn provisioned(&self, a: &Assignment, setup: &DpsSetup) -> Identity {
+        Identity {
+            connection: a.connection(setup),
+            manufacturer: None,
+            model: None,
+            compat_property_names: self.compat_property_names.clone(),
+            additional_properties: Vec::new(),
+        }
+    }
+
+    /// The TLS files of the hub's and DPS's connections.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
+
     /// Reads the connection string (from the config or its file) and checks it against the
     /// certificate settings.
     pub fn identity(&self) -> Result<Identity, IotHubError> {

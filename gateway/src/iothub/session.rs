@@ -1,10 +1,14 @@
 //! The device's MQTT connection to IoT Hub: MQTT 3.1.1 over TLS, the user name announcing ADU's
 //! model id, and a shared access signature as the password (or an X.509 client certificate).
 //! A signature is valid for `sas-lifetime-secs`; at four fifths of it the session reconnects
-//! with a new one, as IoT Hub closes a connection whose token has expired.
+//! with a new one, as IoT Hub closes a connection whose token has expired. A device that DPS
+//! provisioned registers again when the hub keeps refusing it (it may have been moved to another
+//! hub, or its registration reset), and goes on with the new assignment.
 
 use super::auth::{self, sas_token, ADU_MODEL_ID};
 use super::config::{Identity, IotHubConfig};
+use super::dps::{Assignment, DpsError, DpsSetup};
+use super::provision;
 use sandstep_transport::mqtt::{Mqtt, MqttConfig, MqttError, MqttEvent, Protocol, Transport};
 use std::time::Duration;
 
@@ -17,6 +21,31 @@ pub struct HubSession {
     conn: Mqtt,
     /// When the current signature is replaced (`None` with a certificate).
     renew: Option<tokio::time::Instant>,
+    /// With DPS: registering again when the hub refuses the device.
+    dps: Option<Reprovision>,
+}
+
+/// How many refusals in a row make a provisioned device register again.
+pub const REFUSALS_BEFORE_REGISTERING: u32 = 2;
+
+/// A provisioned device's registration, made again when the hub refuses it.
+pub struct Reprovision {
+    setup: DpsSetup,
+    root: cap_std::fs::Dir,
+    refusals: u32,
+    pending: Option<tokio::task::JoinHandle<Result<Assignment, DpsError>>>,
+}
+
+impl Reprovision {
+    /// `root` keeps the assignment (the data dir).
+    pub fn new(setup: DpsSetup, root: cap_std::fs::Dir) -> Reprovision {
+        Reprovision {
+            setup,
+            root,
+            refusals: 0,
+            pending: None,
+        }
+    }
 }
 
 /// Seconds since the epoch.
@@ -73,7 +102,74 @@ impl HubSession {
             base: base.clone(),
             conn,
             renew,
+            dps: None,
         })
+    }
+
+    /// Registers again with DPS when the hub refuses the device.
+    pub fn with_reprovision(mut self, r: Reprovision) -> HubSession {
+        self.dps = Some(r);
+        self
+    }
+
+    /// Counts the hub's refusals and connections; enough refusals in a row start a new
+    /// registration with DPS.
+    fn note(&mut self, ev: &MqttEvent) {
+        let Some(r) = &mut self.dps else { return };
+        match ev {
+            MqttEvent::Connected => r.refusals = 0,
+            MqttEvent::Refused => {
+                r.refusals += 1;
+                if r.refusals >= REFUSALS_BEFORE_REGISTERING && r.pending.is_none() {
+                    tracing::warn!(
+                        "IoT Hub refused device {} {} times: registering with DPS again",
+                        self.identity.connection.device_id,
+                        r.refusals
+                    );
+                    let (setup, tls) = (r.setup.clone(), self.config.tls_files());
+                    r.pending = Some(tokio::spawn(async move {
+                        provision::register(&setup, &tls).await
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A new registration ended: with an assignment, connect there.
+    fn registered(&mut self, result: Result<Assignment, DpsError>) -> MqttEvent {
+        let r = self.dps.as_mut().expect("only with DPS");
+        r.pending = None;
+        r.refusals = 0;
+        let a = match result {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("registering with DPS again failed: {e}");
+                return MqttEvent::Disconnected(format!("registering with DPS again failed: {e}"));
+            }
+        };
+        if let Err(e) = provision::store(&r.root, &a) {
+            tracing::error!("cannot keep {}: {e}", provision::ASSIGNMENT_FILE);
+        }
+        tracing::info!("DPS assigned device {} on {}", a.device_id, a.assigned_hub);
+        self.identity = self.config.provisioned(&a, &r.setup);
+        self.reopen("DPS assigned the device again")
+    }
+
+    /// Connects anew with the current identity and a new signature.
+    fn reopen(&mut self, why: &str) -> MqttEvent {
+        match Self::open(&self.config, &self.identity, &self.base) {
+            Ok((conn, renew)) => {
+                self.conn = conn;
+                self.renew = renew;
+                tracing::info!("reconnecting to IoT Hub: {why}");
+            }
+            Err(e) => {
+                tracing::error!("cannot connect to IoT Hub anew ({why}): {e}");
+                self.renew = None;
+            }
+        }
+        MqttEvent::Disconnected(why.to_owned())
     }
 
     fn open(
@@ -94,26 +190,28 @@ impl HubSession {
 impl Transport for HubSession {
     async fn recv(&mut self) -> Option<MqttEvent> {
         let renew = self.renew;
+        let pending = self.dps.as_mut().and_then(|r| r.pending.as_mut());
         tokio::select! {
-            ev = self.conn.recv() => ev,
+            ev = self.conn.recv() => {
+                if let Some(ev) = &ev {
+                    self.note(ev);
+                }
+                ev
+            }
             _ = async {
                 match renew {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
-            } => {
-                match Self::open(&self.config, &self.identity, &self.base) {
-                    Ok((conn, renew)) => {
-                        self.conn = conn;
-                        self.renew = renew;
-                        tracing::info!("reconnecting to IoT Hub with a new shared access signature");
-                    }
-                    Err(e) => {
-                        tracing::error!("cannot make a new shared access signature: {e}");
-                        self.renew = None;
-                    }
+            } => Some(self.reopen("renewing the shared access signature")),
+            done = async {
+                match pending {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
                 }
-                Some(MqttEvent::Disconnected("renewing the shared access signature".into()))
+            } => {
+                let result = done.unwrap_or_else(|e| Err(DpsError::Connection(e.to_string())));
+                Some(self.registered(result))
             }
         }
     }

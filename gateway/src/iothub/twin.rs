@@ -61,7 +61,7 @@ pub fn parse_topic(topic: &str) -> Option<TwinMessage> {
 }
 
 /// `?a=1&b=2` as pairs.
-fn query_pairs(query: &str) -> std::collections::HashMap<&str, &str> {
+pub(crate) fn query_pairs(query: &str) -> std::collections::HashMap<&str, &str> {
     query
         .trim_start_matches('?')
         .split('&')

@@ -14,9 +14,21 @@ use std::time::Duration;
 const DEVICE: &str = "gw-hub";
 
 /// A gateway whose agent talks to a test IoT Hub, configured through ADU's own du-config.json.
-struct HubGateway {
-    fleet: Fleet,
-    hub: TestHub,
+pub struct HubGateway {
+    pub fleet: Fleet,
+    pub hub: TestHub,
+}
+
+/// The config of an agent talking to `hub`, with `iothub_lines` in its `[iothub]` table (and
+/// after it, any tables those lines open).
+pub fn hub_config(hub: &TestHub, iothub_lines: &str) -> String {
+    format!(
+        "[agent]\nsource = \"iothub\"\nprogress-interval-ms = 100\nshutdown-grace-secs = 1\nreboot-command = [\"/bin/true\"]\n\
+         [mqtt]\nreconnect-min-ms = 100\nreconnect-max-ms = 1000\n\
+         [iothub]\nport = {}\nca-file = \"{}\"\nresponse-timeout-ms = 3000\n{iothub_lines}",
+        hub.port,
+        hub.ca().display()
+    )
 }
 
 impl HubGateway {
@@ -39,24 +51,17 @@ impl HubGateway {
             }]
         });
         std::fs::write(&du_config, doc.to_string()).unwrap();
-        std::fs::write(
-            &fleet.config,
-            format!(
-                "[agent]\nsource = \"iothub\"\nprogress-interval-ms = 100\nshutdown-grace-secs = 1\nreboot-command = [\"/bin/true\"]\n\
-                 [mqtt]\nreconnect-min-ms = 100\nreconnect-max-ms = 1000\n\
-                 [iothub]\nconnection-string-file = \"{}\"\nport = {}\nca-file = \"{}\"\nresponse-timeout-ms = 3000\n{iothub_extra}",
-                du_config.display(),
-                hub.port,
-                hub.ca().display()
-            ),
-        )
-        .unwrap();
+        let lines = format!(
+            "connection-string-file = \"{}\"\n{iothub_extra}",
+            du_config.display()
+        );
+        std::fs::write(&fleet.config, hub_config(&hub, &lines)).unwrap();
         Some(HubGateway { fleet, hub })
     }
 
     /// A deployment document for `manifest`, signed by the fleet's keys (`sandstep manifest
     /// sign --out`), as the Device Update service puts it in `deviceUpdate.service`.
-    fn signed(&self, manifest: &Path, workflow: &str) -> Value {
+    pub fn signed(&self, manifest: &Path, workflow: &str) -> Value {
         let out = self
             .fleet
             .dir
@@ -79,7 +84,7 @@ impl HubGateway {
     }
 
     /// `sandstep doctor`'s output.
-    fn doctor(&self) -> String {
+    pub fn doctor(&self) -> String {
         let out = sandstep()
             .args(["doctor", "--broker-timeout", "10", "--config"])
             .arg(&self.fleet.config)
@@ -91,7 +96,7 @@ impl HubGateway {
     }
 
     /// Starts the agent and waits for its startup report.
-    fn start_agent(&self) -> Proc {
+    pub fn start_agent(&self) -> Proc {
         let agent = self.fleet.agent();
         self.hub.wait_agent("the startup report", |a| {
             a.get("deviceProperties").is_some()
@@ -100,13 +105,13 @@ impl HubGateway {
     }
 
     /// Deploys `steps` (a manifest named `name`) as workflow `workflow`.
-    fn deploy(&self, name: &str, steps: Vec<Value>, workflow: &str) {
+    pub fn deploy(&self, name: &str, steps: Vec<Value>, workflow: &str) {
         let m = self.fleet.manifest(name, steps);
         self.hub.deploy(&self.signed(&m, workflow));
     }
 
     /// Deploys one step as `workflow` and waits for its success.
-    fn deploy_one_and_wait(&self, name: &str, workflow: &'static str) -> Value {
+    pub fn deploy_one_and_wait(&self, name: &str, workflow: &'static str) -> Value {
         self.deploy(name, vec![stateful(name, json!({}), &["f.txt"])], workflow);
         self.hub.wait_agent(workflow, |a| {
             a["workflow"]["id"] == workflow && a["state"] == 0

@@ -7,6 +7,7 @@ mod boot;
 mod cli;
 mod ddi_server;
 mod downloads;
+mod dps;
 mod faults;
 mod fleet;
 #[cfg(feature = "dev-tools")]
@@ -23,6 +24,7 @@ mod root_keys;
 mod sandbox;
 mod seeds;
 mod support;
+mod test_dps;
 mod test_hub;
 mod trust;
 mod vendor_kit;

@@ -27,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct Admission {
     pub client_id: String,
     pub user_name: String,
+    pub password: String,
     /// `None`: accepted; else why it was refused.
     pub refused: Option<String>,
 }
@@ -46,6 +47,8 @@ pub struct TestHub {
     rt: tokio::runtime::Runtime,
     pub host: &'static str,
     pub device: String,
+    /// The device id the gate accepts (`device` until renamed).
+    gate_device: Arc<Mutex<String>>,
     pub key: String,
     pub port: u16,
     pub certs: tempfile::TempDir,
@@ -84,6 +87,13 @@ pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
 impl TestHub {
     /// A hub for `device` in front of the mosquitto listening on `broker_port`.
     pub fn start(broker_port: u16, device: &str) -> TestHub {
+        let key = base64::engine::general_purpose::STANDARD
+            .encode(fastrand::u64(..).to_le_bytes().repeat(4));
+        Self::start_with_key(broker_port, device, &key)
+    }
+
+    /// A hub where `device` has the key `key` (base64).
+    pub fn start_with_key(broker_port: u16, device: &str, key: &str) -> TestHub {
         let certs = tempfile::tempdir().unwrap();
         sandstep_testkit::test_ca(certs.path(), Some(device));
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -91,28 +101,29 @@ impl TestHub {
             .enable_all()
             .build()
             .unwrap();
-        let key = base64::engine::general_purpose::STANDARD
-            .encode(fastrand::u64(..).to_le_bytes().repeat(4));
         let admissions = Arc::new(Mutex::new(Vec::new()));
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let gate = Gate {
-            host: "localhost",
-            device: device.to_owned(),
-            key: key.clone(),
-            broker_port,
-            admissions: admissions.clone(),
-        };
-        let acceptor = tls_acceptor(certs.path());
+        let gate_device = Arc::new(Mutex::new(device.to_owned()));
         let cut: Arc<(std::sync::atomic::AtomicBool, tokio::sync::Notify)> = Default::default();
-        rt.spawn(gate.serve(listener, acceptor, cut.clone()));
+        let check = {
+            let (device, key) = (gate_device.clone(), key.to_owned());
+            Arc::new(move |c: &Connect, certificate: &[u8]| {
+                hub_check(&device.lock().unwrap(), &key, c, certificate)
+            })
+        };
+        let port = serve_gate(
+            &rt,
+            certs.path(),
+            broker_port,
+            admissions.clone(),
+            cut.clone(),
+            check,
+        );
         let hub = TestHub {
             rt,
             host: "localhost",
             device: device.to_owned(),
-            key,
+            gate_device,
+            key: key.to_owned(),
             port,
             certs,
             admissions,
@@ -123,6 +134,12 @@ impl TestHub {
         };
         hub.start_service(broker_port);
         hub
+    }
+
+    /// The hub knows the device by another id from now on (as when DPS assigns it anew): the
+    /// old id is refused.
+    pub fn rename_device(&self, id: &str) {
+        *self.gate_device.lock().unwrap() = id.to_owned();
     }
 
     /// Cuts the network between devices and the hub (`true`), or mends it.
@@ -146,54 +163,18 @@ impl TestHub {
     }
 
     fn start_service(&self, broker_port: u16) {
-        let twin = self.twin.clone();
-        let throttle = self.throttle.clone();
-        let service = self.service.clone();
-        self.rt.block_on(async {
-            let cfg = MqttConfig {
-                url: format!("mqtt://127.0.0.1:{broker_port}"),
-                ..Default::default()
-            };
-            let mut c = Mqtt::connect(&cfg, "test-hub-twin-service").unwrap();
-            loop {
-                if let Some(MqttEvent::Connected) = c.recv().await {
-                    break;
-                }
-            }
-            c.subscribe("$iothub/twin/GET/#").await.unwrap();
-            c.subscribe("$iothub/twin/PATCH/properties/reported/#")
-                .await
-                .unwrap();
-            let mut acks = 0;
-            while acks < 2 {
-                if let Some(MqttEvent::SubAck) = c.recv().await {
-                    acks += 1;
-                }
-            }
-            *service.lock().await = Some(c);
-        });
-        self.rt.spawn(async move {
-            loop {
-                let ev = {
-                    let mut guard = service.lock().await;
-                    let c = guard.as_mut().unwrap();
-                    tokio::time::timeout(Duration::from_millis(50), c.recv()).await
-                };
-                let Ok(Some(MqttEvent::Message { topic, payload, .. })) = ev else {
-                    continue;
-                };
-                let answer = answer(&twin, &throttle, &topic, &payload);
-                if let Some((topic, body)) = answer {
-                    let guard = service.lock().await;
-                    guard
-                        .as_ref()
-                        .unwrap()
-                        .publish(&topic, body, false)
-                        .await
-                        .unwrap();
-                }
-            }
-        });
+        let (twin, throttle) = (self.twin.clone(), self.throttle.clone());
+        serve_requests(
+            &self.rt,
+            broker_port,
+            "test-hub-twin-service",
+            &[
+                "$iothub/twin/GET/#",
+                "$iothub/twin/PATCH/properties/reported/#",
+            ],
+            self.service.clone(),
+            move |topic, payload| answer(&twin, &throttle, topic, payload),
+        );
     }
 
     /// Changes the desired properties as the Device Update service does, and sends the patch.
@@ -284,6 +265,54 @@ impl TestHub {
     }
 }
 
+/// A service on mosquitto (`broker_port`) as `client_id`: subscribes to `filters`, then answers
+/// each request with what `answer` makes of it (topic, body). The connection is put in
+/// `service`, where others may publish on it too.
+pub fn serve_requests(
+    rt: &tokio::runtime::Runtime,
+    broker_port: u16,
+    client_id: &str,
+    filters: &[&str],
+    service: Arc<tokio::sync::Mutex<Option<Mqtt>>>,
+    answer: impl Fn(&str, &[u8]) -> Option<(String, Vec<u8>)> + Send + 'static,
+) {
+    rt.block_on(async {
+        let cfg = MqttConfig {
+            url: format!("mqtt://127.0.0.1:{broker_port}"),
+            ..Default::default()
+        };
+        let mut c = Mqtt::connect(&cfg, client_id).unwrap();
+        while !matches!(c.recv().await, Some(MqttEvent::Connected)) {}
+        for f in filters {
+            c.subscribe(f).await.unwrap();
+        }
+        let mut acks = 0;
+        while acks < filters.len() {
+            if let Some(MqttEvent::SubAck) = c.recv().await {
+                acks += 1;
+            }
+        }
+        *service.lock().await = Some(c);
+    });
+    rt.spawn(async move {
+        loop {
+            let ev = {
+                let mut guard = service.lock().await;
+                let c = guard.as_mut().unwrap();
+                tokio::time::timeout(Duration::from_millis(50), c.recv()).await
+            };
+            let Ok(Some(MqttEvent::Message { topic, payload, .. })) = ev else {
+                continue;
+            };
+            if let Some((topic, body)) = answer(&topic, &payload) {
+                let guard = service.lock().await;
+                let c = guard.as_ref().unwrap();
+                c.publish(&topic, body, false).await.unwrap();
+            }
+        }
+    });
+}
+
 /// The twin service's answer to a request on `topic`.
 fn answer(
     twin: &Mutex<Twin>,
@@ -330,7 +359,7 @@ fn answer(
     ))
 }
 
-fn tls_acceptor(certs: &Path) -> tokio_rustls::TlsAcceptor {
+pub fn tls_acceptor(certs: &Path) -> tokio_rustls::TlsAcceptor {
     let chain =
         rustls_pemfile::certs(&mut std::fs::read(certs.join("server.pem")).unwrap().as_slice())
             .collect::<Result<Vec<_>, _>>()
@@ -360,22 +389,71 @@ fn tls_acceptor(certs: &Path) -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
+/// Decides on one CONNECT: `None` to accept, else why not. The second argument is the client
+/// certificate's DER (empty when none was sent).
+pub type Check = Arc<dyn Fn(&Connect, &[u8]) -> Option<String> + Send + Sync>;
+
+/// Serves a TLS gate on a loopback port (returned) in front of mosquitto on `broker_port`: each
+/// CONNECT is judged by `check` and recorded in `admissions`; accepted ones are passed on.
+pub fn serve_gate(
+    rt: &tokio::runtime::Runtime,
+    certs: &Path,
+    broker_port: u16,
+    admissions: Arc<Mutex<Vec<Admission>>>,
+    cut: Arc<(std::sync::atomic::AtomicBool, tokio::sync::Notify)>,
+    check: Check,
+) -> u16 {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let gate = Gate {
+        broker_port,
+        admissions,
+        check,
+    };
+    rt.spawn(gate.serve(listener, tls_acceptor(certs), cut));
+    port
+}
+
 /// The gate in front of mosquitto.
 #[derive(Clone)]
 struct Gate {
-    host: &'static str,
-    device: String,
-    key: String,
     broker_port: u16,
     admissions: Arc<Mutex<Vec<Admission>>>,
+    check: Check,
 }
 
 /// A CONNECT packet's fields the gate checks.
-struct Connect {
+pub struct Connect {
     bytes: Vec<u8>,
-    client_id: String,
-    user_name: String,
-    password: String,
+    pub client_id: String,
+    pub user_name: String,
+    pub password: String,
+}
+
+/// The hub's rule: client id the device, the user name announcing ADU's model id, and a valid
+/// shared access signature for the device, or no password and a certificate naming it.
+fn hub_check(device: &str, key: &str, c: &Connect, certificate: &[u8]) -> Option<String> {
+    if c.client_id != device {
+        return Some(format!("client id {} is not the device", c.client_id));
+    }
+    let want = format!(
+        "localhost/{device}/?api-version=2021-04-12&model-id=dtmi%3Aazure%3Aiot%3AdeviceUpdateModel%3B3"
+    );
+    if c.user_name != want {
+        return Some(format!("user name {} (want {want})", c.user_name));
+    }
+    if names(certificate, device) && c.password.is_empty() {
+        return None; // authenticated by its X.509 certificate
+    }
+    check_sas(&c.password, &format!("localhost/devices/{device}"), key).err()
+}
+
+/// Whether a certificate's subject names `id` (CN = id). A search of the DER for the id is
+/// enough for the test CA's certificates, whose only other name is its own.
+pub fn names(certificate: &[u8], id: &str) -> bool {
+    !certificate.is_empty() && certificate.windows(id.len()).any(|w| w == id.as_bytes())
 }
 
 impl Gate {
@@ -408,20 +486,21 @@ impl Gate {
     }
 
     async fn session(&self, mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
-        // The certificate's subject must name the device (CN = device id). A search of the DER
-        // for the id is enough for the test CA's certificates, whose only other name is its own.
-        let certificate_names_device = tls.get_ref().1.peer_certificates().is_some_and(|c| {
-            c[0].as_ref()
-                .windows(self.device.len())
-                .any(|w| w == self.device.as_bytes())
-        });
+        let certificate = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default();
         let Some(c) = read_connect(&mut tls).await else {
             return;
         };
-        let refused = self.check(&c, certificate_names_device);
+        let refused = (self.check)(&c, &certificate);
         self.admissions.lock().unwrap().push(Admission {
             client_id: c.client_id.clone(),
             user_name: c.user_name.clone(),
+            password: c.password.clone(),
             refused: refused.clone(),
         });
         if refused.is_some() {
@@ -438,32 +517,9 @@ impl Gate {
             let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
         }
     }
-
-    /// Why this CONNECT is refused, if it is.
-    fn check(&self, c: &Connect, certificate_names_device: bool) -> Option<String> {
-        if c.client_id != self.device {
-            return Some(format!("client id {} is not the device", c.client_id));
-        }
-        let want = format!(
-            "{}/{}/?api-version=2021-04-12&model-id=dtmi%3Aazure%3Aiot%3AdeviceUpdateModel%3B3",
-            self.host, self.device
-        );
-        if c.user_name != want {
-            return Some(format!("user name {} (want {want})", c.user_name));
-        }
-        if certificate_names_device && c.password.is_empty() {
-            return None; // authenticated by its X.509 certificate
-        }
-        check_sas(
-            &c.password,
-            &format!("{}/devices/{}", self.host, self.device),
-            &self.key,
-        )
-        .err()
-    }
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;

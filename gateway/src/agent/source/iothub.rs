@@ -385,8 +385,9 @@ impl<T: Transport> Source for HubSource<T> {
                 self.hub.disconnected();
                 vec![SourceInput::Resend]
             }
-            // A report is delivered when the hub answers it, not at the PUBACK.
-            Some(MqttEvent::PubAck { .. } | MqttEvent::SubAck) => Vec::new(),
+            // A report is delivered when the hub answers it, not at the PUBACK; a refusal is
+            // followed by its Disconnected (the session re-provisions on refusals).
+            Some(MqttEvent::PubAck { .. } | MqttEvent::SubAck | MqttEvent::Refused) => Vec::new(),
             Some(MqttEvent::Message { topic, payload, .. }) => {
                 match self.hub.message(&topic, &payload) {
                     HubInput::Delivered => {

@@ -133,7 +133,8 @@ impl<T: Transport> ShadowSource<T> {
                     }
                 }
             }
-            Some(MqttEvent::Message { .. } | MqttEvent::SubAck) => Vec::new(),
+            // A refusal is followed by its Disconnected.
+            Some(MqttEvent::Message { .. } | MqttEvent::SubAck | MqttEvent::Refused) => Vec::new(),
         }
     }
 
