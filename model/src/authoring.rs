@@ -167,6 +167,23 @@ pub fn new_manifest(
     checked(doc, m)
 }
 
+/// `manifest` (from [`new_manifest`]) marked as a rollback the signer allows:
+/// `"sandstep": {"allowDowngrade": true}`, so a device with a newer version installs it.
+pub fn allow_downgrade(manifest: &str) -> Result<String, AuthoringError> {
+    let doc = "the new manifest";
+    let mut m: Value = serde_json::from_str(manifest)
+        .or_else(|e| fail(doc, "result", format!("not JSON: {e}")))?;
+    let Some(root) = m.as_object_mut() else {
+        return fail(doc, "result", "not a JSON object");
+    };
+    let own = root.entry("sandstep").or_insert_with(|| json!({}));
+    let Some(own) = own.as_object_mut() else {
+        return fail(doc, "sandstep", "must be an object");
+    };
+    own.insert("allowDowngrade".into(), Value::Bool(true));
+    checked(doc, m)
+}
+
 fn names(doc: &str, field: &str, v: Option<&Value>) -> Result<Vec<String>, AuthoringError> {
     let Some(v) = v else { return Ok(Vec::new()) };
     let Some(list) = v.as_array() else {

@@ -612,6 +612,24 @@ pub mod erc {
         ),
     ];
 
+    /// Refusals the deployment's signed content decides against this device, whatever the
+    /// moment: another attempt at the same document ends the same way, so it is not retried
+    /// (HTTP polling waits for the server's version to change).
+    pub const FINAL_REFUSALS: &[E] = &[
+        WORKFLOW_DOWNGRADE,
+        WORKFLOW_INCOMPATIBLE,
+        WORKFLOW_MANIFEST_INVALID,
+        WORKFLOW_HEALTH_INVALID,
+        MANIFEST_SIGNATURE_MISSING_OR_HASH_MISMATCH,
+        SIGNING_KEY_IS_DISABLED,
+        UNSUPPORTED_MANIFEST_VERSION,
+    ];
+
+    /// Whether `code` is one of [`FINAL_REFUSALS`].
+    pub fn is_final_refusal(code: E) -> bool {
+        FINAL_REFUSALS.contains(&code)
+    }
+
     /// The codes only sandstep has: all in [`Facility::Sandstep`].
     pub const SANDSTEP_ONLY: &[E] = &[
         SANDBOX_TIME_LIMIT,

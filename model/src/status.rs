@@ -27,8 +27,87 @@ pub fn is_current(doc: &Value, now_ms: u64, stale_ms: u64) -> bool {
     last_reported(doc).is_none_or(|t| now_ms.saturating_sub(t) <= stale_ms)
 }
 
+/// When the reported stage began (`<status>At`, ms), if reported.
+fn stage_at(reported: &Value) -> Option<u64> {
+    let stage = reported.get("status")?.as_str()?;
+    reported.get(format!("{stage}At"))?.as_u64()
+}
+
+/// What needs an operator's eye under a device's row, newest first: the last error (a refused
+/// document, an unreachable server) and a failed deployment's reason, each with its age; then
+/// what is retried, and when (or that it is not).
+pub fn notes(doc: &Value, now: u64) -> Vec<String> {
+    let Some(r) = doc.pointer("/state/reported") else {
+        return Vec::new();
+    };
+    let mut timed: Vec<(u64, String)> = Vec::new();
+    if let Some(e) = r.get("lastError").filter(|e| !e.is_null()) {
+        let at = e.get("at").and_then(Value::as_u64).unwrap_or(0);
+        let message = e.get("message").and_then(Value::as_str).unwrap_or("");
+        timed.push((
+            at,
+            format!("error {}: {}", ago(now.saturating_sub(at)), clip(message)),
+        ));
+    }
+    if r.get("status").and_then(Value::as_str) == Some("failed") {
+        let at = stage_at(r).unwrap_or(0);
+        let details = r
+            .pointer("/lastInstallResult/resultDetails")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let workflow = r
+            .pointer("/workflow/id")
+            .and_then(Value::as_str)
+            .unwrap_or("-");
+        timed.push((
+            at,
+            format!(
+                "failed {} ({workflow}): {}",
+                ago(now.saturating_sub(at)),
+                clip(details)
+            ),
+        ));
+    }
+    timed.sort_by_key(|t| std::cmp::Reverse(t.0));
+    let mut out: Vec<String> = timed.into_iter().map(|(_, line)| line).collect();
+    if let Some(retry) = r.get("retry").filter(|v| !v.is_null()) {
+        out.push(retry_note(retry, now));
+    }
+    out
+}
+
+/// `retry` in words: the tag, the attempts, and the next one (or why there is none).
+fn retry_note(retry: &Value, now: u64) -> String {
+    let tag = retry.get("tag").and_then(Value::as_str).unwrap_or("-");
+    let attempts = retry.get("attempts").and_then(Value::as_u64).unwrap_or(0);
+    let next = match (
+        retry.get("nextAtMs").and_then(Value::as_u64),
+        retry.get("note"),
+    ) {
+        (Some(at), _) if at > now => format!("next in {}", until(at - now)),
+        (Some(_), _) => "next now".to_owned(),
+        (None, Some(Value::String(n))) => n.clone(),
+        (None, _) => "no next attempt".to_owned(),
+    };
+    format!("retry of tag {tag}: {attempts} attempt(s) failed; {next}")
+}
+
+/// How long until, in words (`40s`, `5m`, `3h`).
+fn until(ms: u64) -> String {
+    ago(ms).trim_end_matches(" ago").to_owned()
+}
+
+/// One line of at most 200 characters.
+fn clip(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("");
+    match line.char_indices().nth(200) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line.to_owned(),
+    }
+}
+
 /// One device's row (without LAST SEEN).
-fn row(device: &str, doc: &Value) -> Vec<String> {
+fn row(device: &str, doc: &Value, now: u64) -> Vec<String> {
     let r = |p: &str| {
         doc.pointer(&format!("/state/reported{p}"))
             .cloned()
@@ -68,9 +147,13 @@ fn row(device: &str, doc: &Value) -> Vec<String> {
         .and_then(Value::as_str)
         .map(|w| format!(" (pending {w})"))
         .unwrap_or_default();
+    let status = match (r("/status"), doc.pointer("/state/reported").map(stage_at)) {
+        (Value::String(st), Some(Some(at))) => format!("{st} ({})", ago(now.saturating_sub(at))),
+        (v, _) => s(v),
+    };
     vec![
         device.to_owned(),
-        s(r("/status")),
+        status,
         s(r("/state")),
         format!("{}{pending}", s(r("/workflow/id"))),
         progress,
@@ -79,7 +162,8 @@ fn row(device: &str, doc: &Value) -> Vec<String> {
     ]
 }
 
-/// The table of `all` (device -> document), aligned, one line a device under a header.
+/// The table of `all` (device -> document), aligned, one line a device under a header, each
+/// followed by its [`notes`] (`  ! ...`).
 pub fn table(all: &BTreeMap<String, Value>, now: u64) -> String {
     let mut rows = vec![[
         "DEVICE",
@@ -93,16 +177,18 @@ pub fn table(all: &BTreeMap<String, Value>, now: u64) -> String {
     ]
     .map(String::from)
     .to_vec()];
-    rows.extend(all.iter().map(|(d, doc)| {
-        let mut r = row(d, doc);
+    let mut notes_of = vec![Vec::new()];
+    for (d, doc) in all {
+        let mut r = row(d, doc, now);
         r.push(last_reported(doc).map_or("-".to_owned(), |t| ago(now.saturating_sub(t))));
-        r
-    }));
+        rows.push(r);
+        notes_of.push(notes(doc, now));
+    }
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for r in rows {
+    for (r, notes) in rows.iter().zip(&notes_of) {
         let line: Vec<String> = r
             .iter()
             .zip(&widths)
@@ -110,6 +196,9 @@ pub fn table(all: &BTreeMap<String, Value>, now: u64) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+        for n in notes {
+            out.push_str(&format!("  ! {n}\n"));
+        }
     }
     out
 }
@@ -132,5 +221,56 @@ mod tests {
         assert_eq!(ago(600_000), "10m ago");
         assert_eq!(ago(3 * 3_600_000), "3h ago");
         assert_eq!(ago(3 * day), "3d ago");
+    }
+
+    /// A tag whose deployment.json is missing after an older deployment completed: the row
+    /// still names the old deployment, with its age, and the error and the retry come first
+    /// under it, newest first.
+    #[test]
+    fn errors_failures_and_retries_are_shown_under_the_row_newest_first() {
+        let now = 10 * 3_600_000;
+        let doc = json!({"state": {"reported": {
+            "status": "completed", "completedAt": now - 2 * 3_600_000,
+            "workflow": {"id": "proj-v1-1"},
+            "lastInstallResult": {"resultCode": 700, "extendedResultCodes": "00000000"},
+            "lastError": {"message": "http://h/proj/v2/deployment.json answered HTTP 404", "at": now - 60_000},
+            "retry": {"tag": "v2", "attempts": 2, "nextAtMs": now + 40_000}
+        }}});
+        let table = table(&BTreeMap::from([("mpy-1".to_owned(), doc)]), now);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[1].starts_with("mpy-1") && lines[1].contains("completed (2h ago)"),
+            "{table}"
+        );
+        assert_eq!(
+            lines[2],
+            "  ! error 60s ago: http://h/proj/v2/deployment.json answered HTTP 404"
+        );
+        assert_eq!(
+            lines[3],
+            "  ! retry of tag v2: 2 attempt(s) failed; next in 40s"
+        );
+
+        let refused = json!({"state": {"reported": {
+            "status": "failed", "failedAt": now - 5_000, "workflow": {"id": "proj-v1-3"},
+            "lastInstallResult": {"resultCode": 0, "extendedResultCodes": "B010000A",
+                "resultDetails": "update test/poll/1.0 is older than 2.0\nsecond line"},
+            "lastError": {"message": "older", "at": now - 7_200_000},
+            "retry": {"tag": "v1", "attempts": 1, "nextAtMs": null, "note": "refused for what it says"}
+        }}});
+        let notes = notes(&refused, now);
+        assert_eq!(
+            notes,
+            [
+                "failed 5s ago (proj-v1-3): update test/poll/1.0 is older than 2.0",
+                "error 2h ago: older",
+                "retry of tag v1: 1 attempt(s) failed; refused for what it says",
+            ]
+        );
+        assert!(super::notes(
+            &json!({"state": {"reported": {"status": "completed"}}}),
+            now
+        )
+        .is_empty());
     }
 }

@@ -6,13 +6,12 @@
 
 use super::core::{Core, Desired, Effect, RunError};
 use super::outbox::{Outbox, Queued};
-use super::source::{Sent, Source, SourceInput};
+use super::source::{Ending, Sent, Source, SourceInput};
 use super::{Agent, AgentError, AgentExit};
 use crate::datadir::{ensure_dir, replace};
 use crate::workflow::events::{Event, Observer};
 use crate::workflow::{Outcome, WorkflowError};
 use sandstep_model::deployment::{Deployment, Workflow};
-use sandstep_model::journal::Status;
 use sandstep_model::reported::{adu_state, JobStatus, Patch, ReportedWorkflow, Stage};
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -259,8 +258,13 @@ impl<'a, S: Source> Runner<'a, S> {
     fn deployment(&mut self, d: Deployment) -> Desired {
         let w = d.workflow.clone();
         let req = self.agent.request(&d);
-        if req.is_err() {
-            let _ = self.source.finished(&w, false);
+        if let Err(e) = &req {
+            // A document without a manifest stays so; the inventory may be mended.
+            let ending = match e {
+                super::refused::Refused::Inventory { .. } => Ending::Failed,
+                _ => Ending::Refused,
+            };
+            let _ = self.source.finished(&w, ending);
         }
         Desired::Deploy(w, req.map(Box::new))
     }
@@ -343,8 +347,8 @@ impl<'a, S: Source> Runner<'a, S> {
                 self.outbox.push(Queued::Job(job))?;
             }
         }
-        let ok = !matches!(outcome.status, Status::Failed | Status::Cancelled);
-        let inputs = self.source.finished(w, ok);
+        let ending = Ending::of(outcome.status, outcome.result.extended_result_code);
+        let inputs = self.source.finished(w, ending);
         let effects = self.on_source(inputs)?;
         self.apply_sync(effects)
     }

@@ -34,6 +34,11 @@ pub struct NewArgs {
     /// Where the manifest is written.
     #[arg(long)]
     out: PathBuf,
+    /// A rollback: devices with a newer version of this update install it anyway (the
+    /// manifest's signed `"sandstep": {"allowDowngrade": true}`); without it they refuse it
+    /// (B010000A).
+    #[arg(long)]
+    allow_downgrade: bool,
 }
 
 #[derive(Debug, Args)]
@@ -144,7 +149,11 @@ pub fn new(args: NewArgs) -> Result<ExitCode> {
     }
     let dir = args.files_dir.clone();
     let created = chrono_now();
-    let text = authoring::new_manifest(&id, &compat, &steps, &created, &|n| facts(&dir.join(n)))?;
+    let mut text =
+        authoring::new_manifest(&id, &compat, &steps, &created, &|n| facts(&dir.join(n)))?;
+    if args.allow_downgrade {
+        text = authoring::allow_downgrade(&text)?;
+    }
     write(&args.out, &text)?;
     println!("manifest written to {}", args.out.display());
     Ok(ExitCode::SUCCESS)

@@ -5,10 +5,11 @@
 
 use crate::fleet::{sandstep, Fleet};
 use crate::iothub::{hub_config, HubGateway};
+use crate::support::wait_until;
 use crate::test_dps::{derived, Enrollment, Outcome, TestDps};
 use crate::test_hub::TestHub;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const REGISTRATION: &str = "gw-dps";
 
@@ -90,14 +91,6 @@ fn individual(hub: &TestHub) -> Enrollment {
 /// The group key of Microsoft's "Symmetric key attestation" example.
 const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
-
-fn wait_for(what: &str, f: impl Fn() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(90), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// An individual enrollment's key: doctor checks DPS takes the credentials without
 /// registering; the agent registers (through a throttled answer and an `assigning` poll), keeps
@@ -253,7 +246,7 @@ fn a_device_the_hub_refuses_registers_again_and_follows_the_new_assignment() {
     d.dps.outcome.lock().unwrap().fail = Some((400209, "Custom allocation failed".into()));
     d.configure("", &format!("symmetric-key = \"{}\"\n", d.g.hub.key));
     let agent = d.g.fleet.agent();
-    wait_for("DPS's failure is logged", || {
+    wait_until("DPS's failure is logged", || {
         agent.output().contains(
             "DPS ended the registration as failed: Custom allocation failed (error 400209)",
         )
@@ -272,8 +265,8 @@ fn a_device_the_hub_refuses_registers_again_and_follows_the_new_assignment() {
     d.g.hub.cut(true);
     std::thread::sleep(Duration::from_millis(300));
     d.g.hub.cut(false);
-    wait_for("a new registration", || d.registrations() > before);
-    wait_for("the new assignment is kept", || {
+    wait_until("a new registration", || d.registrations() > before);
+    wait_until("the new assignment is kept", || {
         d.assignment().is_some_and(|a| a["deviceId"] == moved)
     });
     d.g.deploy_one_and_wait("dps-b", "wf-dps-b");

@@ -739,6 +739,20 @@ fn malformed_and_oversized_desired_documents_are_reported_and_the_agent_carries_
 
 /// An agent polling `server`'s project `proj` every second as device `mpy-1`, with `device`
 /// mapped at `/dest/app` for `sandstep/files:1`; its config (`agent.toml`) and log in `dir`.
+/// The test key trusted in `data`, and `sandstep/files:1` installed there, signed by it.
+pub(crate) fn install_files_handler(data: &Path) {
+    trust_test_key(data);
+    let reg = Registry::open(DataDir::open(data).unwrap().handlers().unwrap()).unwrap();
+    reg.install(
+        "sandstep/files:1",
+        &signed("files"),
+        "files.wasm",
+        vec!["test-vendor".into()],
+        0,
+    )
+    .unwrap();
+}
+
 pub(crate) fn polling_agent(
     server: &crate::http::TestServer,
     dir: &Path,
@@ -768,16 +782,7 @@ fn http_polling_follows_the_version_tag_including_a_rollback() {
     let server = crate::http::TestServer::start();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    trust_test_key(&data);
-    let reg = Registry::open(DataDir::open(&data).unwrap().handlers().unwrap()).unwrap();
-    reg.install(
-        "sandstep/files:1",
-        &signed("files"),
-        "files.wasm",
-        vec!["test-vendor".into()],
-        0,
-    )
-    .unwrap();
+    install_files_handler(&data);
     let root = PrivateJwk::generate_ed25519(Some("poll-root".into()));
     let signing = PrivateJwk::generate_ed25519(None);
     std::fs::create_dir_all(data.join("trust/roots")).unwrap();

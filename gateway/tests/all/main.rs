@@ -19,6 +19,7 @@ mod iothub;
 mod mqtt_tls;
 mod process;
 mod restart;
+mod rollback;
 mod rollouts;
 mod root_keys;
 mod sandbox;

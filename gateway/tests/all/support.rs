@@ -178,3 +178,15 @@ pub fn trust_test_key(data: &Path) {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("test-vendor.pub"), test_key().1.to_bytes()).unwrap();
 }
+
+/// Waits (up to 90 s, polling every 100 ms) until `f` holds; fails naming `what`.
+pub fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(90),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -19,7 +19,7 @@
 //! origin are refused; artifacts may come from elsewhere (a CDN), without the token.
 
 use super::http::{client, get_text, text_of, BaseUrlError};
-use super::{Sent, Source, SourceInput};
+use super::{Ending, Sent, Source, SourceInput};
 use crate::agent::core::Profile;
 use crate::agent::outbox::Queued;
 use crate::agent::refused::ServerError;
@@ -655,7 +655,7 @@ impl Source for HawkbitSource {
         out
     }
 
-    fn finished(&mut self, workflow: &Workflow, _ok: bool) -> Vec<SourceInput> {
+    fn finished(&mut self, workflow: &Workflow, _ending: Ending) -> Vec<SourceInput> {
         // The closing feedback goes out with the final report (or the refusal's); from here on
         // a new action may be taken.
         if let Some(id) = workflow.id.strip_prefix(WORKFLOW_PREFIX) {

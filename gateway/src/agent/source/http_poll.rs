@@ -8,7 +8,7 @@
 //! `reported.json` (`sandstep status` shows it).
 
 use super::http::{client, get_text};
-use super::{Sent, Source, SourceInput};
+use super::{Ending, Sent, Source, SourceInput};
 use crate::agent::core::Profile;
 use crate::agent::outbox::Queued;
 use crate::agent::refused::ServerError;
@@ -47,6 +47,10 @@ struct PollState {
     /// When the next attempt at a failed `tag` is due (ms since the epoch).
     #[serde(default)]
     retry_at_ms: u64,
+    /// `tag`'s deployment was refused for what it says (a downgrade, another model, a bad
+    /// signature): no attempt is made again until the server's tag changes.
+    #[serde(default)]
+    refused: bool,
 }
 
 /// Attempts at one tag before the agent waits for the server to change it.
@@ -68,7 +72,11 @@ enum Next {
 fn next(st: &PollState, tag: &str, now_ms: u64) -> Next {
     if st.tag.as_deref() != Some(tag) {
         Next::NewTag
-    } else if st.failures > 0 && st.failures < MAX_ATTEMPTS && now_ms >= st.retry_at_ms {
+    } else if !st.refused
+        && st.failures > 0
+        && st.failures < MAX_ATTEMPTS
+        && now_ms >= st.retry_at_ms
+    {
         Next::Retry
     } else {
         Next::Nothing
@@ -86,10 +94,11 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
 fn after_attempt(
     st: &PollState,
     tag: &str,
-    ok: bool,
+    ending: Ending,
     interval: Duration,
     now_ms: u64,
 ) -> PollState {
+    let ok = ending == Ending::Succeeded;
     let mut next = st.clone();
     let same = st.tag.as_deref() == Some(tag);
     next.tag = Some(tag.to_owned());
@@ -98,7 +107,8 @@ fn after_attempt(
         (false, true) => st.failures + 1,
         (false, false) => 1,
     };
-    next.retry_at_ms = if ok {
+    next.refused = ending == Ending::Refused;
+    next.retry_at_ms = if ok || next.refused {
         0
     } else {
         now_ms + backoff(interval, next.failures).as_millis() as u64
@@ -164,10 +174,10 @@ impl PollSource {
     }
 
     /// An attempt at `tag` ended: the state after it, saved, and the `retry` it reports.
-    fn attempted(&self, tag: &str, ok: bool) -> SourceInput {
+    fn attempted(&self, tag: &str, ending: Ending) -> SourceInput {
         let st = self.load();
         let now = sandstep_transport::clock::now_ms();
-        let mut st = after_attempt(&st, tag, ok, self.interval, now);
+        let mut st = after_attempt(&st, tag, ending, self.interval, now);
         st.changes += 1;
         self.save(&st);
         SourceInput::Report(Box::new(retry_report(tag, &st)))
@@ -209,7 +219,7 @@ impl PollSource {
                         workflow: Some(ReportedWorkflow::Known(w)),
                         why: e.to_string(),
                     },
-                    self.attempted(&tag, false),
+                    self.attempted(&tag, Ending::Failed),
                 ]
             }
         }
@@ -243,11 +253,11 @@ impl Source for PollSource {
         self.busy.push(workflow.id.clone());
     }
 
-    fn finished(&mut self, workflow: &Workflow, ok: bool) -> Vec<SourceInput> {
+    fn finished(&mut self, workflow: &Workflow, ending: Ending) -> Vec<SourceInput> {
         self.busy.retain(|w| *w != workflow.id);
         self.next_check = Instant::now() + self.interval;
         match self.attempt.take() {
-            Some((tag, w)) if w == workflow.id => vec![self.attempted(&tag, ok)],
+            Some((tag, w)) if w == workflow.id => vec![self.attempted(&tag, ending)],
             other => {
                 self.attempt = other;
                 Vec::new()
@@ -268,11 +278,16 @@ impl Source for PollSource {
 fn retry_report(tag: &str, st: &PollState) -> Patch {
     let retry = (st.failures > 0).then(|| {
         let last = st.failures >= MAX_ATTEMPTS;
+        let note = if st.refused {
+            Some("refused for what it says: another attempt ends the same way; no more attempts until the server's version changes")
+        } else {
+            last.then_some("no more attempts until the server's version changes")
+        };
         Retry {
             tag: tag.to_owned(),
             attempts: st.failures,
-            next_at_ms: (!last).then_some(st.retry_at_ms),
-            note: last.then(|| "no more attempts until the server's version changes".to_owned()),
+            next_at_ms: (!last && !st.refused).then_some(st.retry_at_ms),
+            note: note.map(str::to_owned),
         }
     });
     Patch {
@@ -318,7 +333,7 @@ mod tests {
         assert_eq!(next(&st, "v1", 0), Next::NewTag);
         let mut now = 1_000;
         for attempt in 1..=MAX_ATTEMPTS {
-            st = after_attempt(&st, "v1", false, minute, now);
+            st = after_attempt(&st, "v1", Ending::Failed, minute, now);
             assert_eq!(st.failures, attempt);
             let wait = backoff(minute, attempt).as_millis() as u64;
             assert_eq!(st.retry_at_ms, now + wait);
@@ -335,10 +350,60 @@ mod tests {
         }
         // A new tag always runs, and a success clears the failures.
         assert_eq!(next(&st, "v2", now), Next::NewTag);
-        let ok = after_attempt(&st, "v2", true, minute, now);
+        let ok = after_attempt(&st, "v2", Ending::Succeeded, minute, now);
         assert_eq!((ok.failures, ok.retry_at_ms), (0, 0));
         assert_eq!(next(&ok, "v2", now + 10_000_000), Next::Nothing);
         // A first failure of a new tag counts from one.
-        assert_eq!(after_attempt(&st, "v3", false, minute, now).failures, 1);
+        assert_eq!(
+            after_attempt(&st, "v3", Ending::Failed, minute, now).failures,
+            1
+        );
+    }
+
+    /// A downgrade (or another final refusal) is not tried again: its document would be refused
+    /// the same way; the report says so, and a new tag still runs.
+    #[test]
+    fn a_refused_tag_is_not_retried_and_the_report_says_why() {
+        let minute = Duration::from_secs(60);
+        let st = after_attempt(&PollState::default(), "v1", Ending::Refused, minute, 1_000);
+        assert_eq!((st.failures, st.retry_at_ms, st.refused), (1, 0, true));
+        assert_eq!(next(&st, "v1", u64::MAX), Next::Nothing);
+        assert_eq!(next(&st, "v2", 1_000), Next::NewTag);
+        let Some(Some(retry)) = retry_report("v1", &st).retry else {
+            panic!("no retry reported");
+        };
+        assert_eq!((retry.attempts, retry.next_at_ms), (1, None));
+        assert!(retry.note.unwrap().starts_with("refused for what it says"));
+        // After a refusal, a success at the next tag clears it.
+        let ok = after_attempt(&st, "v2", Ending::Succeeded, minute, 2_000);
+        assert!(!ok.refused && ok.failures == 0);
+    }
+
+    #[test]
+    fn only_refusals_the_signed_content_decides_are_final() {
+        use sandstep_model::codes::erc;
+        use sandstep_model::journal::Status;
+        let of = |status, e: sandstep_model::codes::ExtendedResultCode| Ending::of(status, e.raw());
+        assert_eq!(of(Status::Failed, erc::WORKFLOW_DOWNGRADE), Ending::Refused);
+        assert_eq!(
+            of(Status::Failed, erc::WORKFLOW_INCOMPATIBLE),
+            Ending::Refused
+        );
+        assert_eq!(
+            of(Status::Failed, erc::WORKFLOW_DOWNLOAD_FAILED),
+            Ending::Failed
+        );
+        assert_eq!(of(Status::Failed, erc::FILE_HASH_MISMATCH), Ending::Failed);
+        assert_eq!(
+            of(Status::Cancelled, erc::WORKFLOW_DOWNGRADE),
+            Ending::Failed
+        );
+        assert_eq!(
+            of(
+                Status::Succeeded,
+                sandstep_model::codes::ExtendedResultCode::NONE
+            ),
+            Ending::Succeeded
+        );
     }
 }

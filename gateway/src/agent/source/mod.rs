@@ -71,6 +71,33 @@ pub enum Sent {
     Failed,
 }
 
+/// How a deployment the source handed over ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Succeeded, or had nothing to do.
+    Succeeded,
+    /// Failed (or was cancelled): another attempt may end otherwise.
+    Failed,
+    /// Refused for what its signed content says against this device (a downgrade, another
+    /// model, a bad signature: `erc::FINAL_REFUSALS`): another attempt ends the same way.
+    Refused,
+}
+
+impl Ending {
+    /// How a deployment with `status` and main extended result code `erc` ended.
+    pub fn of(status: sandstep_model::journal::Status, erc: i32) -> Ending {
+        use sandstep_model::codes::{erc as codes, ExtendedResultCode};
+        use sandstep_model::journal::Status;
+        match status {
+            Status::Failed if codes::is_final_refusal(ExtendedResultCode::from_raw(erc)) => {
+                Ending::Refused
+            }
+            Status::Failed | Status::Cancelled => Ending::Failed,
+            _ => Ending::Succeeded,
+        }
+    }
+}
+
 /// One source of desired state and sink of reports.
 pub(crate) trait Source {
     /// The next inputs, when the source has any; must be cancel-safe (the runner waits for
@@ -87,9 +114,8 @@ pub(crate) trait Source {
     async fn due(&mut self) -> Vec<SourceInput>;
     /// A deployment started (or resumed).
     fn started(&mut self, _workflow: &Workflow) {}
-    /// A deployment ended, or one the source handed over was refused (`ok`: succeeded, or had
-    /// nothing to do).
-    fn finished(&mut self, _workflow: &Workflow, _ok: bool) -> Vec<SourceInput> {
+    /// A deployment ended, or one the source handed over was refused.
+    fn finished(&mut self, _workflow: &Workflow, _ending: Ending) -> Vec<SourceInput> {
         Vec::new()
     }
     /// Messages of its own to queue when the agent starts.
