@@ -67,6 +67,8 @@ struct Files<'a> {
     facts: &'a Facts<'a>,
     /// A local file that differs from what the import declares wins (else it is an error).
     prefer_local: bool,
+    /// The facts of each file added, by name.
+    known: std::collections::BTreeMap<String, FileFacts>,
 }
 
 impl<'a> Files<'a> {
@@ -76,6 +78,7 @@ impl<'a> Files<'a> {
             table: Map::new(),
             facts,
             prefer_local: false,
+            known: Default::default(),
         }
     }
 
@@ -89,6 +92,7 @@ impl<'a> Files<'a> {
     ) -> Result<String, AuthoringError> {
         let facts = self.facts_of(field, name, declared)?;
         self.table.insert(name.to_owned(), entry(name, &facts));
+        self.known.insert(name.to_owned(), facts);
         Ok(name.to_owned())
     }
 
@@ -150,8 +154,12 @@ pub fn new_manifest(
             files.add(&field, name, None)?;
         } else {
             s.entry("type").or_insert(json!("inline"));
-            for (j, name) in names(doc, &field, s.get("files"))?.iter().enumerate() {
+            let step_files = names(doc, &field, s.get("files"))?;
+            for (j, name) in step_files.iter().enumerate() {
                 files.add(&format!("{field}.files[{j}]"), name, None)?;
+            }
+            if s.get("handler").and_then(Value::as_str) == Some(FILES_HANDLER) {
+                files_rules(doc, &field, &mut s, &step_files, &files.known)?;
             }
         }
         out_steps.push(Value::Object(s));
@@ -182,6 +190,59 @@ pub fn allow_downgrade(manifest: &str) -> Result<String, AuthoringError> {
     };
     own.insert("allowDowngrade".into(), Value::Bool(true));
     checked(doc, m)
+}
+
+/// The handler whose property rules are checked here (the `file-rules` crate it runs).
+const FILES_HANDLER: &str = "sandstep/files:1";
+
+/// `sandstep/files:1`'s rules on step `s` (whose files are `step_files`), as the device applies
+/// them; a missing `installedCriteria` becomes the placed file's `sha256:<hex>`.
+fn files_rules(
+    doc: &str,
+    field: &str,
+    s: &mut Map<String, Value>,
+    step_files: &[String],
+    known: &std::collections::BTreeMap<String, FileFacts>,
+) -> Result<(), AuthoringError> {
+    let props_field = format!("{field}.handlerProperties");
+    let props = s.entry("handlerProperties").or_insert_with(|| json!({}));
+    let Some(props) = props.as_object_mut() else {
+        return fail(doc, props_field, "must be an object");
+    };
+    let text = |k: &str| match props.get(k) {
+        None => Ok(None),
+        Some(Value::String(v)) => Ok(Some(v.clone())),
+        Some(_) => fail(doc, format!("{props_field}.{k}"), "must be a string"),
+    };
+    let broken = |e: file_rules::RuleError| AuthoringError {
+        doc: doc.to_owned(),
+        field: field.to_owned(),
+        rule: e.to_string(),
+    };
+    let Some(destination) = text("destination")? else {
+        return fail(
+            doc,
+            format!("{props_field}.destination"),
+            "is required: where the file goes (e.g. /dest/app/main.py)",
+        );
+    };
+    file_rules::check_destination(&destination).map_err(broken)?;
+    let names: Vec<&str> = step_files.iter().map(String::as_str).collect();
+    let file = file_rules::which_file(text("fileName")?.as_deref(), &names).map_err(broken)?;
+    match text("installedCriteria")? {
+        Some(c) => {
+            file_rules::parse_criteria(&c).map_err(broken)?;
+        }
+        None => {
+            let sha: String = known[file]
+                .sha256
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            props.insert("installedCriteria".into(), json!(format!("sha256:{sha}")));
+        }
+    }
+    Ok(())
 }
 
 fn names(doc: &str, field: &str, v: Option<&Value>) -> Result<Vec<String>, AuthoringError> {
@@ -432,7 +493,7 @@ fn import_step(
             doc,
             field,
             format!(
-                "no import manifest for the referenced update {}/{}/{} was given",
+                "no import manifest for the referenced update {}/{}/{} was found: put it beside this one, or name it with --child FILE",
                 id.provider, id.name, id.version
             ),
         );
@@ -598,6 +659,59 @@ mod tests {
         assert_eq!(e.to_string(), "the new manifest: instructions.steps[0].files[0]: `gone.bin` not found, and no size and hash given for it");
     }
 
+    /// `sandstep/files:1` steps are held to the rules the handler applies on the device (the
+    /// `file-rules` crate): a criteria that names a digest must be one, a destination is
+    /// required and plain, the file must be clear; a missing criteria is computed.
+    #[test]
+    fn a_files_step_is_checked_by_the_handlers_rules_and_its_criteria_computed() {
+        let facts = facts_of(BTreeMap::from([
+            ("main.py", b"print(1)\n".to_vec()),
+            ("boot.py", b"".to_vec()),
+        ]));
+        let compat: Vec<Map<String, Value>> =
+            serde_json::from_value(json!([{"model": "m"}])).unwrap();
+        let new = |props: Value, files: Value| {
+            new_manifest(
+                &id("c", "app", "1.0"),
+                &compat,
+                &[
+                    json!({"handler": "sandstep/files:1", "files": files, "handlerProperties": props}),
+                ],
+                "x",
+                &facts,
+            )
+        };
+        let text = new(
+            json!({"destination": "/dest/app/main.py"}),
+            json!(["main.py"]),
+        )
+        .unwrap();
+        let m: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            m["instructions"]["steps"][0]["handlerProperties"]["installedCriteria"],
+            format!("sha256:{}", hex(&sha2::Sha256::digest(b"print(1)\n")))
+        );
+        for (props, files, want) in [
+            (json!({"destination": "/dest/app/main.py", "installedCriteria": "sha256:x"}), json!(["main.py"]),
+             "instructions.steps[0]: handlerProperties.installedCriteria `sha256:x` is not a sha256 digest (64 hex digits after `sha256:`)"),
+            (json!({}), json!(["main.py"]),
+             "instructions.steps[0].handlerProperties.destination: is required: where the file goes (e.g. /dest/app/main.py)"),
+            (json!({"destination": "/dest/../etc/passwd"}), json!(["main.py"]),
+             "instructions.steps[0]: handlerProperties.destination `/dest/../etc/passwd` must be an absolute file path in a directory the policy maps in"),
+            (json!({"destination": "/dest/app/x"}), json!(["main.py", "boot.py"]),
+             "instructions.steps[0]: step has 2 files; say which with handlerProperties.fileName"),
+            (json!({"destination": "/dest/app/x", "installedCriteria": 7}), json!(["main.py"]),
+             "instructions.steps[0].handlerProperties.installedCriteria: must be a string"),
+        ] {
+            let e = new(props, files).unwrap_err().to_string();
+            assert_eq!(e, format!("the new manifest: {want}"));
+        }
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
     #[test]
     fn adus_sample_import_manifest_converts_and_its_stale_file_facts_are_reported() {
         // ADU's docs/sample-artifacts: the import manifest declares 154 bytes; the apt manifest
@@ -724,7 +838,7 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert_eq!(e.to_string(), "parent.json: instructions.steps[1]: no import manifest for the referenced update contoso/motors/3.0 was given");
+        assert_eq!(e.to_string(), "parent.json: instructions.steps[1]: no import manifest for the referenced update contoso/motors/3.0 was found: put it beside this one, or name it with --child FILE");
         let mut delta = parent.clone();
         delta["files"][0]["relatedFiles"] = json!([]);
         let e = from_import(

@@ -24,14 +24,12 @@ fn publish(
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("main.py"), content).unwrap();
     server.put(&format!("proj/{tag}/main.py"), content.as_bytes());
-    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(content.as_bytes()));
-    let step = format!(
-        r#"{{"handler": "sandstep/files:1", "files": ["main.py"], "handlerProperties": {{"destination": "/dest/app/main.py", "installedCriteria": "sha256:{sha}"}}}}"#
-    );
+    // No installedCriteria: `manifest new` fills in the file's sha256, by the handler's rules.
+    let step = r#"{"handler": "sandstep/files:1", "files": ["main.py"], "handlerProperties": {"destination": "/dest/app/main.py"}}"#;
     let mut new = sandstep();
     new.args(["manifest", "new", "--update-id"])
         .arg(format!("test/poll/{version}"))
-        .args(["--compat", "model=mpy", "--step", &step, "--files-dir"])
+        .args(["--compat", "model=mpy", "--step", step, "--files-dir"])
         .arg(&dir)
         .arg("--out")
         .arg(dir.join("manifest.json"));
@@ -70,6 +68,24 @@ fn a_rollback_by_tag_needs_a_signed_downgrade_and_a_refused_one_is_not_retried()
     manifest_key(dir.path(), "root", "manifest-ed25519", Some("poll-root"));
     manifest_key(dir.path(), "signing", "manifest-ed25519", None);
     trust_root_file(&data, &dir.path().join("root.pub"));
+    // What the device would refuse is refused here first, naming the step and the rule.
+    std::fs::write(dir.path().join("main.py"), "x").unwrap();
+    let out = sandstep()
+        .args(["manifest", "new", "--update-id", "test/poll/1.0", "--compat", "model=mpy"])
+        .args(["--step", r#"{"handler": "sandstep/files:1", "files": ["main.py"], "handlerProperties": {"destination": "/dest/app/main.py", "installedCriteria": "sha256:x"}}"#])
+        .arg("--files-dir")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(dir.path().join("bad.json"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("instructions.steps[0]: handlerProperties.installedCriteria `sha256:x` is not a sha256 digest"),
+        "{err}"
+    );
+    assert!(!dir.path().join("bad.json").exists());
     publish(&server, dir.path(), "v1", "1.0", "print('v1')\n", false);
     publish(&server, dir.path(), "v2", "2.0", "print('v2')\n", false);
     server.put("proj/version", b"v1\n");

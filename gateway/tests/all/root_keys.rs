@@ -444,7 +444,7 @@ fn the_agent_takes_the_package_a_polled_deployment_names() {
         "updateId": {"provider": "test", "name": "rk", "version": "1.0"},
         "compatibility": [{"model": "mpy"}],
         "instructions": {"steps": [{"handler": "sandstep/files:1", "files": ["main.py"],
-            "handlerProperties": {"destination": "/dest/app/main.py", "installedCriteria": "sha256:none"}}]},
+            "handlerProperties": {"destination": "/dest/app/main.py", "installedCriteria": "rotated-1"}}]},
         "files": {"main.py": file_entry("main.py", content)},
         "manifestVersion": "5.0"
     })

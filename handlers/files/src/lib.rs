@@ -9,6 +9,9 @@
 //!   hex of 32 or 64 digits), so a desired state of "URL + MD5 per file" (Degu) maps to one step
 //!   per file; or any other label, then recorded in /state.
 //!
+//! The rules of these properties are the `file-rules` crate's, which `sandstep manifest new`
+//! applies too.
+//!
 //! - is-installed: for a digest, the destination's current content has it; else the record;
 //! - backup: the current destination is kept in /state/previous/ (for restore, and for rolling
 //!   back later), and /state/changes.json records that this deployment changes it;
@@ -21,6 +24,7 @@
 //!   (steps_handler.cpp, StepsHandler_Install); a file set half new and half old is what this
 //!   avoids.
 
+use file_rules::{Criteria, RuleError};
 use md5::Md5;
 use sandstep_sdk::codes::{content_component, ExtendedResultCode, Facility};
 use sandstep_sdk::{done, export_handler, log, Context, Failure, Handler, Outcome, StepFile};
@@ -41,6 +45,7 @@ const ERC_BAD_DESTINATION: ExtendedResultCode = f_erc(1);
 const ERC_WHICH_FILE: ExtendedResultCode = f_erc(2);
 const ERC_NO_CRITERIA: ExtendedResultCode = f_erc(3);
 const ERC_DIGEST_MISMATCH: ExtendedResultCode = f_erc(4);
+const ERC_NOT_A_DIGEST: ExtendedResultCode = f_erc(5);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -50,25 +55,6 @@ struct Props {
     file_name: Option<String>,
     #[serde(default)]
     installed_criteria: Option<String>,
-}
-
-enum Criteria {
-    Md5(String),
-    Sha256(String),
-    Label(String),
-}
-
-fn parse_criteria(c: &str) -> Criteria {
-    let hex = |s: &str| s.chars().all(|c| c.is_ascii_hexdigit());
-    let (kind, v) = match c.split_once(':') {
-        Some((k, v)) => (Some(k.to_ascii_lowercase()), v),
-        None => (None, c),
-    };
-    match (kind.as_deref(), v.len()) {
-        (Some("md5") | None, 32) if hex(v) => Criteria::Md5(v.to_ascii_lowercase()),
-        (Some("sha256") | None, 64) if hex(v) => Criteria::Sha256(v.to_ascii_lowercase()),
-        _ => Criteria::Label(c.to_owned()),
-    }
 }
 
 /// /state/digests.json: destination -> installed digests; /state/installed.json: labels.
@@ -103,48 +89,34 @@ struct Step<'a> {
     criteria: Criteria,
 }
 
+/// The failure a broken property rule is.
+fn refused(e: RuleError) -> Failure {
+    let erc = match e {
+        RuleError::Destination(_) => ERC_BAD_DESTINATION,
+        RuleError::WhichFile(_) | RuleError::NoSuchFile(_) => ERC_WHICH_FILE,
+        RuleError::NoCriteria => ERC_NO_CRITERIA,
+        RuleError::NotADigest { .. } => ERC_NOT_A_DIGEST,
+    };
+    Failure::new(erc, e.to_string())
+}
+
 fn step(ctx: &Context) -> Result<Step<'_>, Failure> {
     let props: Props = ctx.properties()?;
-    let dest = PathBuf::from(&props.destination);
-    let plain = dest.is_absolute()
-        && dest.file_name().is_some()
-        && !props.destination.split('/').any(|p| p == ".." || p == ".")
-        && !["/payload", "/work", "/state"]
-            .iter()
-            .any(|r| dest.starts_with(r));
-    if !plain {
-        return Err(Failure::new(
-            ERC_BAD_DESTINATION,
-            format!("handlerProperties.destination `{}` must be an absolute file path in a directory the policy maps in", props.destination),
-        ));
-    }
-    let file = match props.file_name.as_deref() {
-        Some(n) => ctx.file(n)?,
-        None => match ctx.files() {
-            [only] => only,
-            files => {
-                return Err(Failure::new(
-                    ERC_WHICH_FILE,
-                    format!(
-                        "step has {} files; say which with handlerProperties.fileName",
-                        files.len()
-                    ),
-                ))
-            }
-        },
+    file_rules::check_destination(&props.destination).map_err(refused)?;
+    let names: Vec<&str> = ctx.files().iter().map(|f| f.name.as_str()).collect();
+    let name = match props.file_name.as_deref() {
+        Some(n) => n,
+        None => file_rules::which_file(None, &names).map_err(refused)?,
     };
+    let file = ctx.file(name)?;
     let criteria = props
         .installed_criteria
         .as_deref()
-        .map(parse_criteria)
-        .ok_or_else(|| {
-            Failure::new(
-                ERC_NO_CRITERIA,
-                "handlerProperties.installedCriteria is required (a digest or a label)",
-            )
-        })?;
+        .ok_or(RuleError::NoCriteria)
+        .and_then(file_rules::parse_criteria)
+        .map_err(refused)?;
     Ok(Step {
-        dest,
+        dest: PathBuf::from(&props.destination),
         file,
         criteria,
     })

@@ -227,6 +227,33 @@ async fn a_destination_outside_the_mapped_dirs_is_unreachable() {
     assert!(!Path::new("/etc/x.conf").exists());
 }
 
+/// A criteria that names a digest but is not one (`sha256:x`) is refused on the device, as
+/// `sandstep manifest new` refuses it (the same rules, `file-rules`), not taken as a label:
+/// nothing is placed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_criteria_naming_a_digest_that_is_not_one_is_refused_and_nothing_placed() {
+    let (device, config, mut env) = file_set_device(&[]);
+    env.file("main.py", b"print(1)\n");
+    let m = env.manifest(vec![json!({"handler": "sandstep/files:1", "files": ["main.py"],
+        "handlerProperties": {"destination": "/dest/app/main.py", "installedCriteria": "sha256:x"}})]);
+    let out = run(&env, config, env.request("wf-files-notdigest", m)).await;
+    assert_eq!(out.status, Status::Failed);
+    assert_eq!(
+        out.result.extended_result_codes.split(',').next(),
+        Some("BA000305"),
+        "{:#?}",
+        out.result
+    );
+    assert!(
+        out.result
+            .result_details
+            .contains("`sha256:x` is not a sha256 digest"),
+        "{}",
+        out.result.result_details
+    );
+    assert!(!device.path().join("main.py").exists());
+}
+
 /// A file set's device directory, its config (`dirs` + `fetch-after-is-installed`), and an
 /// environment with the files handler installed.
 fn file_set_device(files: &[(&str, &[u8])]) -> (tempfile::TempDir, Config, Env) {
