@@ -148,10 +148,19 @@ pub fn load(root: &Dir, setup: &DpsSetup) -> Option<Assignment> {
     }
 }
 
-/// Keeps `a` for the next start.
-pub fn store(root: &Dir, a: &Assignment) -> std::io::Result<()> {
+/// Keeps `a` for the next start, and says where DPS assigned the device (a failure to keep it
+/// is logged: the assignment still serves this run).
+pub fn keep(root: &Dir, a: &Assignment) {
+    tracing::info!(
+        "DPS assigned device {} on {} ({})",
+        a.device_id,
+        a.assigned_hub,
+        a.substatus.as_deref().unwrap_or("no substatus")
+    );
     let bytes = serde_json::to_vec_pretty(a).expect("serializes");
-    crate::datadir::write_atomic(root, ASSIGNMENT_FILE, &bytes, 0o600)
+    if let Err(e) = crate::datadir::write_atomic(root, ASSIGNMENT_FILE, &bytes, 0o600) {
+        tracing::error!("cannot keep {ASSIGNMENT_FILE}: {e}");
+    }
 }
 
 /// Registers until it succeeds (pausing between attempts, longer each time up to five
@@ -161,15 +170,7 @@ pub async fn provision(setup: &DpsSetup, tls: &TlsFiles, root: &Dir) -> Assignme
     loop {
         match register(setup, tls).await {
             Ok(a) => {
-                tracing::info!(
-                    "DPS assigned device {} on {} ({})",
-                    a.device_id,
-                    a.assigned_hub,
-                    a.substatus.as_deref().unwrap_or("no substatus")
-                );
-                if let Err(e) = store(root, &a) {
-                    tracing::error!("cannot keep {ASSIGNMENT_FILE}: {e}");
-                }
+                keep(root, &a);
                 return a;
             }
             Err(e) => {

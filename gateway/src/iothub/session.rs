@@ -148,10 +148,7 @@ impl HubSession {
                 return MqttEvent::Disconnected(format!("registering with DPS again failed: {e}"));
             }
         };
-        if let Err(e) = provision::store(&r.root, &a) {
-            tracing::error!("cannot keep {}: {e}", provision::ASSIGNMENT_FILE);
-        }
-        tracing::info!("DPS assigned device {} on {}", a.device_id, a.assigned_hub);
+        provision::keep(&r.root, &a);
         self.identity = self.config.provisioned(&a, &r.setup);
         self.reopen("DPS assigned the device again")
     }
