@@ -21,6 +21,10 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 [[ -x /usr/bin/grub-editenv ]] || missing+=(grub-common)
 [[ -x /usr/bin/swupdate ]] || missing+=(swupdate)
 [[ -x /usr/bin/cpio ]] || missing+=(cpio)
+# The README's walkthroughs (examples/walkthroughs, run by the suite) use these as a person would.
+[[ -x /usr/bin/mosquitto_pub ]] || missing+=(mosquitto-clients)
+[[ -x /usr/bin/jq ]] || missing+=(jq)
+[[ -x /usr/bin/python3 ]] || missing+=(python3)
 if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]]; then
     (apt-get install -y -q "${missing[@]}" || (apt-get update -q && apt-get install -y -q "${missing[@]}")) >/dev/null
 fi

@@ -95,6 +95,36 @@ pub enum ConfigError {
     },
 }
 
+/// The built-in policy of the default handlers applies to every id the config does not
+/// configure; a table of the config's own replaces its grants, but a behaviour it leaves unset
+/// (fetch-after-is-installed, payload-in-work, restore-undoes-earlier-steps: how the handler
+/// works, not what it may do) is the built-in one, so a table that only maps a directory does
+/// not silently change how the handler's steps run.
+fn inherit_defaults(handlers: &mut BTreeMap<String, HandlerPolicy>, text: &str) {
+    let own: toml::Table = toml::from_str(text).unwrap_or_default();
+    let own = own.get("handlers").and_then(toml::Value::as_table);
+    for (id, builtin) in default_policies() {
+        let Some(policy) = handlers.get_mut(&id) else {
+            handlers.insert(id, builtin);
+            continue;
+        };
+        let set = |key: &str| {
+            own.and_then(|t| t.get(&id))
+                .and_then(toml::Value::as_table)
+                .is_some_and(|t| t.contains_key(key))
+        };
+        if !set("fetch-after-is-installed") {
+            policy.fetch_after_is_installed = builtin.fetch_after_is_installed;
+        }
+        if !set("payload-in-work") {
+            policy.payload_in_work = builtin.payload_in_work;
+        }
+        if !set("restore-undoes-earlier-steps") {
+            policy.restore_undoes_earlier_steps = builtin.restore_undoes_earlier_steps;
+        }
+    }
+}
+
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -112,9 +142,7 @@ impl Config {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        for (id, policy) in default_policies() {
-            config.handlers.entry(id).or_insert(policy);
-        }
+        inherit_defaults(&mut config.handlers, text);
         config
             .policy()
             .validate()
@@ -191,6 +219,33 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table that only maps a directory for a default handler replaces its grants, not how
+    /// it works: the built-in behaviours stay unless the table sets them.
+    #[test]
+    fn a_default_handlers_own_table_keeps_its_built_in_behaviours_unless_it_sets_them() {
+        let files = "sandstep/files:1";
+        let c = Config::parse(
+            &format!("[handlers.\"{files}\"]\ndirs = [{{ host = \"/opt/app\", guest = \"/dest/app\" }}]\n"),
+            "t",
+        )
+        .unwrap();
+        let p = &c.handlers[files];
+        assert_eq!(p.dirs.len(), 1);
+        assert!(p.fetch_after_is_installed && p.restore_undoes_earlier_steps);
+        let c = Config::parse(
+            &format!("[handlers.\"{files}\"]\nfetch-after-is-installed = false\n"),
+            "t",
+        )
+        .unwrap();
+        let p = &c.handlers[files];
+        assert!(!p.fetch_after_is_installed && p.restore_undoes_earlier_steps);
+        // Grants are not inherited: the table says exactly what the handler may do.
+        let script = "microsoft/script:1";
+        let c = Config::parse(&format!("[handlers.\"{script}\"]\n"), "t").unwrap();
+        assert!(c.handlers[script].capabilities.is_empty());
+        assert!(c.handlers[script].payload_in_work);
+    }
 
     #[test]
     fn an_empty_config_gives_defaults_and_no_grants() {

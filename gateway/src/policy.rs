@@ -84,6 +84,10 @@ pub struct HandlerPolicy {
     /// default, as is-installed may read a small file (an apt manifest, ADU's script handler
     /// downloads its primary script first: script_handler.cpp, ScriptHandlerImpl::IsInstalled).
     pub fetch_after_is_installed: bool,
+    /// The handler's restore undoes every earlier step it ran in the deployment, not only the
+    /// failing one (a file set is put back whole): after a restore that succeeded, those steps
+    /// are reported `undoneBy` the failing step, as their own 700 no longer holds.
+    pub restore_undoes_earlier_steps: bool,
 }
 
 /// A host directory the policy hands to a handler.

@@ -130,6 +130,11 @@ pub struct Unit {
     /// step before it installs any.
     #[serde(default)]
     pub downloaded: bool,
+    /// A later step of the same handler failed, and its restore undid this one's changes too
+    /// (the handler's policy says its restore covers the earlier steps): that step's key in
+    /// the same `stepResults` (`step_<i>`; the child step's, for a child unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undone_by: Option<String>,
 }
 
 impl Unit {
@@ -141,6 +146,11 @@ impl Unit {
             _ => self.step.to_string(),
         }
     }
+}
+
+/// A step's key in `stepResults`: `step_<index>`.
+pub fn step_key(index: u32) -> String {
+    format!("step_{index}")
 }
 
 /// How a child step run for the host (no component inventory) is named in labels and reports.
@@ -213,6 +223,32 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// Unit `failing`'s restore undid the earlier units of its handler (for the same component)
+    /// that changed something: they are marked undone by its step. A unit skipped as installed
+    /// (603) or for no component (604) changed nothing and stays as it is.
+    pub fn mark_undone(&mut self, failing: usize) {
+        let Some(f) = self.units.get(failing) else {
+            return;
+        };
+        let by = step_key(f.child_step.unwrap_or(f.step));
+        let handler = f.handler_id.clone();
+        let component = f.component.as_ref().map(|c| c.id.clone());
+        for u in &mut self.units[..failing] {
+            let changed = u.result.as_ref().is_some_and(|r| {
+                r.is_success()
+                    && r.result_code
+                        != crate::codes::result::INSTALL_SKIPPED_UPDATE_ALREADY_INSTALLED
+                    && r.result_code != crate::codes::result::INSTALL_SKIPPED_NO_MATCHING_COMPONENTS
+            });
+            if changed
+                && u.handler_id == handler
+                && u.component.as_ref().map(|c| &c.id) == component.as_ref()
+            {
+                u.undone_by = Some(by.clone());
+            }
+        }
+    }
+
     /// Adds a code reported after the result's own (once).
     pub fn add_erc(&mut self, erc: crate::codes::ExtendedResultCode) {
         if !self.extra_ercs.contains(&erc.raw()) {
@@ -324,6 +360,7 @@ mod tests {
             status: Status::Running,
             units: vec![Unit {
                 downloaded: false,
+                undone_by: None,
                 kind: UnitKind::Inline,
                 step: 0,
                 child_step: None,

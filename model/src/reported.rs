@@ -131,6 +131,23 @@ pub struct StepReport {
     /// sandstep: what restore put back after a failed install or apply (ADU discards it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreReport>,
+    /// sandstep: this step succeeded, but a later step's restore (that step's key) undid it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undone_by: Option<String>,
+    /// sandstep: a reference step's outcome per selected component id (ADU reports only the
+    /// step's folded result; which camera failed is here).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, ComponentOutcome>,
+}
+
+/// One component's outcome of a reference step: its folded result, and which of the child
+/// update's steps were undone, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentOutcome {
+    pub result_code: i32,
+    pub extended_result_codes: String,
+    pub result_details: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +315,18 @@ impl LastInstallResult {
             .iter()
             .map(|(k, s)| {
                 let restore = s.actions.iter().rev().find(|a| a.action == Action::Restore);
+                let components = s
+                    .components
+                    .iter()
+                    .map(|(id, c)| {
+                        let outcome = ComponentOutcome {
+                            result_code: c.result_code,
+                            extended_result_codes: format!("{:08X}", c.extended_result_code),
+                            result_details: c.result_details.clone(),
+                        };
+                        (id.clone(), outcome)
+                    })
+                    .collect();
                 let report = StepReport {
                     result_code: s.result_code,
                     extended_result_codes: s.extended_result_codes.clone(),
@@ -306,6 +335,8 @@ impl LastInstallResult {
                         result_code: r.result.result_code,
                         result_details: r.result.result_details.clone(),
                     }),
+                    undone_by: s.undone_by.clone(),
+                    components,
                 };
                 (k.clone(), report)
             })
@@ -322,6 +353,37 @@ impl LastInstallResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reference step reports each component's outcome (which camera failed) and an undone
+    /// step says by which step, in fields beside ADU's.
+    #[test]
+    fn components_and_undone_steps_reach_last_install_result() {
+        let file: ResultFile = serde_json::from_value(serde_json::json!({
+            "workflowId": "w", "updateId": {"provider": "p", "name": "n", "version": "1"},
+            "status": "failed", "resultCode": 0, "extendedResultCode": 0,
+            "extendedResultCodes": "00000000", "resultDetails": "", "startedAtMs": 0, "durationMs": 0,
+            "stepResults": {
+                "step_0": {"resultCode": 700, "extendedResultCode": 0, "extendedResultCodes": "00000000",
+                           "resultDetails": "", "undoneBy": "step_1"},
+                "step_1": {"resultCode": 0, "extendedResultCode": 0, "extendedResultCodes": "30000001",
+                           "resultDetails": "cam-1 failed", "components": {
+                    "cam-0": {"resultCode": 700, "extendedResultCode": 0, "resultDetails": "", "stepResults": {}},
+                    "cam-1": {"resultCode": 0, "extendedResultCode": -1610612735_i32, "resultDetails": "no space", "stepResults": {}}}}}
+        }))
+        .unwrap();
+        let r = LastInstallResult::of(&file);
+        assert_eq!(
+            r.step_results["step_0"].undone_by.as_deref(),
+            Some("step_1")
+        );
+        let cams = &r.step_results["step_1"].components;
+        assert_eq!(cams["cam-0"].result_code, 700);
+        assert_eq!(cams["cam-1"].extended_result_codes, "A0000001");
+        assert_eq!(cams["cam-1"].result_details, "no space");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["stepResults"]["step_0"]["undoneBy"], "step_1");
+        assert!(json["stepResults"]["step_0"].get("components").is_none());
+    }
 
     /// Every field a patch can carry is one the agent owns, so a desired value for it is never
     /// echoed back as if foreign.

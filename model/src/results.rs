@@ -18,6 +18,9 @@ pub struct StepReport {
     pub result_details: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler: Option<String>,
+    /// sandstep: a later step's restore undid this step (its key), though this one succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undone_by: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<ActionRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -60,10 +63,7 @@ pub struct ResultFile {
     pub duration_ms: u64,
 }
 
-/// `step_<index>`.
-pub fn step_key(index: u32) -> String {
-    format!("step_{index}")
-}
+pub use crate::journal::step_key;
 
 fn codes_list(codes: impl IntoIterator<Item = i32>) -> String {
     let mut seen = Vec::new();
@@ -92,6 +92,7 @@ fn unit_report(u: &Unit) -> StepReport {
         extended_result_code: r.extended_result_code,
         result_details: r.result_details,
         handler: (!u.handler_id.is_empty()).then(|| u.handler_id.clone()),
+        undone_by: u.undone_by.clone(),
         duration_ms: Some(
             u.actions.iter().map(|a| a.duration_ms).sum::<u64>()
                 + u.files.iter().map(|f| f.duration_ms).sum::<u64>(),
@@ -177,6 +178,7 @@ pub fn step_reports(j: &Journal) -> BTreeMap<String, StepReport> {
                     extended_result_codes: codes_list(all.iter().map(|r| r.extended_result_code)),
                     result_details: r.result_details,
                     handler: None,
+                    undone_by: None,
                     actions: Vec::new(),
                     files: Vec::new(),
                     duration_ms: Some(

@@ -27,6 +27,36 @@ pub fn is_current(doc: &Value, now_ms: u64, stale_ms: u64) -> bool {
     last_reported(doc).is_none_or(|t| now_ms.saturating_sub(t) <= stale_ms)
 }
 
+/// How the deployment a device was asked for ended, for `status --wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// No deployment is asked of the device.
+    Idle,
+    Succeeded,
+    Failed,
+}
+
+/// Whether the device reported the end of the deployment its desired state asks for: the
+/// reported workflow is the desired one, in `completed` or `failed` (`rebooting` is not an end:
+/// the deployment goes on after the reboot). `None` while it has not.
+pub fn settled(doc: &Value) -> Option<Settled> {
+    let Some(wanted) = doc
+        .pointer("/state/desired/workflow/id")
+        .and_then(Value::as_str)
+    else {
+        return Some(Settled::Idle);
+    };
+    let r = doc.pointer("/state/reported")?;
+    if r.pointer("/workflow/id").and_then(Value::as_str) != Some(wanted) {
+        return None;
+    }
+    match r.get("status").and_then(Value::as_str) {
+        Some("completed") => Some(Settled::Succeeded),
+        Some("failed") => Some(Settled::Failed),
+        _ => None,
+    }
+}
+
 /// When the reported stage began (`<status>At`, ms), if reported.
 fn stage_at(reported: &Value) -> Option<u64> {
     let stage = reported.get("status")?.as_str()?;
@@ -70,8 +100,52 @@ pub fn notes(doc: &Value, now: u64) -> Vec<String> {
     }
     timed.sort_by_key(|t| std::cmp::Reverse(t.0));
     let mut out: Vec<String> = timed.into_iter().map(|(_, line)| line).collect();
+    if r.get("status").and_then(Value::as_str) == Some("failed") {
+        out.extend(step_notes(r));
+    }
     if let Some(retry) = r.get("retry").filter(|v| !v.is_null()) {
         out.push(retry_note(retry, now));
+    }
+    out
+}
+
+/// Under a failed deployment: which components of a reference step failed, and which steps a
+/// later step's restore undid (each of them still reports its own success, as ADU's does).
+fn step_notes(r: &Value) -> Vec<String> {
+    let Some(steps) = r
+        .pointer("/lastInstallResult/stepResults")
+        .and_then(Value::as_object)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut undone: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (key, s) in steps {
+        if let Some(by) = s.get("undoneBy").and_then(Value::as_str) {
+            undone.entry(by).or_default().push(key);
+        }
+        for (id, c) in s
+            .get("components")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let code = c.get("resultCode").and_then(Value::as_i64).unwrap_or(0);
+            if code <= 0 {
+                let erc = c
+                    .get("extendedResultCodes")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let details = c.get("resultDetails").and_then(Value::as_str).unwrap_or("");
+                out.push(format!(
+                    "{key}, component {id}: failed {erc}: {}",
+                    clip(details)
+                ));
+            }
+        }
+    }
+    for (by, keys) in undone {
+        out.push(format!("{} undone by {by}'s restore", keys.join(", ")));
     }
     out
 }
@@ -272,5 +346,51 @@ mod tests {
             now
         )
         .is_empty());
+    }
+
+    /// A failed deployment's table says which component of a reference step failed, and which
+    /// earlier steps the failing step's restore undid.
+    #[test]
+    fn failed_components_and_undone_steps_are_shown_under_the_row() {
+        let now = 10 * 3_600_000;
+        let doc = json!({"state": {"reported": {
+            "status": "failed", "failedAt": now - 1_000, "workflow": {"id": "wf-9"},
+            "lastInstallResult": {"resultCode": 0, "extendedResultCodes": "BA000304",
+                "resultDetails": "CONFIG has digest x", "stepResults": {
+                    "step_0": {"resultCode": 700, "undoneBy": "step_2"},
+                    "step_1": {"resultCode": 700, "undoneBy": "step_2"},
+                    "step_2": {"resultCode": 0},
+                    "step_3": {"resultCode": 0, "components": {
+                        "cam-0": {"resultCode": 700, "extendedResultCodes": "00000000", "resultDetails": ""},
+                        "cam-1": {"resultCode": 0, "extendedResultCodes": "30000001", "resultDetails": "no space\nleft"}}}}}
+        }}});
+        assert_eq!(
+            notes(&doc, now),
+            [
+                "failed 1s ago (wf-9): CONFIG has digest x",
+                "step_3, component cam-1: failed 30000001: no space",
+                "step_0, step_1 undone by step_2's restore",
+            ]
+        );
+    }
+
+    /// `--wait` ends on the desired workflow's own end: an earlier deployment's `completed`
+    /// or a reboot in between does not count.
+    #[test]
+    fn a_device_is_settled_only_when_it_reports_the_end_of_the_desired_workflow() {
+        let doc = |reported: Value| json!({"state": {"desired": {"workflow": {"action": 3, "id": "wf-2"}}, "reported": reported}});
+        let r = |id: &str, status: &str| json!({"workflow": {"id": id}, "status": status});
+        assert_eq!(settled(&doc(r("wf-1", "completed"))), None);
+        assert_eq!(settled(&doc(r("wf-2", "rebooting"))), None);
+        assert_eq!(settled(&doc(json!({}))), None);
+        assert_eq!(
+            settled(&doc(r("wf-2", "completed"))),
+            Some(Settled::Succeeded)
+        );
+        assert_eq!(settled(&doc(r("wf-2", "failed"))), Some(Settled::Failed));
+        assert_eq!(
+            settled(&json!({"state": {"reported": r("wf-1", "failed")}})),
+            Some(Settled::Idle)
+        );
     }
 }

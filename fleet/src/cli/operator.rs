@@ -256,34 +256,93 @@ pub async fn status(args: StatusArgs, common: &Common) -> Result<ExitCode> {
         let mut store = super::rollout::open_store(common).await?;
         return super::rollout::status(&mut store, id, args.json).await;
     }
+    if args.wait {
+        return wait(&args, common).await;
+    }
     loop {
-        let mut all = shadows(common, Duration::from_secs(10)).await?;
-        if let Some(d) = &args.device {
-            all.retain(|k, _| k == d);
+        let all = shown(&args, common).await?;
+        if args.watch {
+            print!("\x1b[2J\x1b[H");
         }
-        let now = sandstep_transport::clock::now_ms();
-        let stale_ms = args.stale_after.saturating_mul(1000);
-        let before = all.len();
-        if !args.all {
-            all.retain(|_, doc| status::is_current(doc, now, stale_ms));
-        }
-        let hidden = before - all.len();
-        if args.json {
-            println!("{}", serde_json::to_string(&all)?);
-        } else {
-            if args.watch {
-                print!("\x1b[2J\x1b[H");
-            }
-            print!("{}", status::table(&all, now));
-            if hidden > 0 {
-                println!(
-                    "{hidden} device(s) not heard from within {}s hidden (--all shows them)",
-                    args.stale_after
-                );
-            }
-        }
+        print_status(&args, &all)?;
         if !args.watch {
             return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The shadows `status` shows: `--device`'s, and, without `--all`, only those heard from within
+/// `--stale-after`; with how many were hidden.
+async fn shown(args: &StatusArgs, common: &Common) -> Result<(BTreeMap<String, Value>, usize)> {
+    let mut all = shadows(common, Duration::from_secs(10)).await?;
+    if let Some(d) = &args.device {
+        all.retain(|k, _| k == d);
+    }
+    let now = sandstep_transport::clock::now_ms();
+    let stale_ms = args.stale_after.saturating_mul(1000);
+    let before = all.len();
+    if !args.all {
+        all.retain(|_, doc| status::is_current(doc, now, stale_ms));
+    }
+    let hidden = before - all.len();
+    Ok((all, hidden))
+}
+
+fn print_status(args: &StatusArgs, (all, hidden): &(BTreeMap<String, Value>, usize)) -> Result<()> {
+    if args.json {
+        println!("{}", serde_json::to_string(all)?);
+        return Ok(());
+    }
+    print!(
+        "{}",
+        status::table(all, sandstep_transport::clock::now_ms())
+    );
+    if *hidden > 0 {
+        println!(
+            "{hidden} device(s) not heard from within {}s hidden (--all shows them)",
+            args.stale_after
+        );
+    }
+    Ok(())
+}
+
+/// `status --wait`: until every shown device reported the end of the deployment it was asked
+/// for; then the table once, and exit 1 when any of them failed.
+async fn wait(args: &StatusArgs, common: &Common) -> Result<ExitCode> {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        let shown = shown(args, common).await?;
+        let ends: Vec<(&String, Option<status::Settled>)> = shown
+            .0
+            .iter()
+            .map(|(d, doc)| (d, status::settled(doc)))
+            .collect();
+        let missing = args.device.as_ref().filter(|d| !shown.0.contains_key(*d));
+        let pending: Vec<&str> = ends
+            .iter()
+            .filter(|(_, e)| e.is_none())
+            .map(|(d, _)| d.as_str())
+            .chain(missing.map(String::as_str))
+            .collect();
+        if pending.is_empty() {
+            print_status(args, &shown)?;
+            let failed = ends
+                .iter()
+                .any(|(_, e)| *e == Some(status::Settled::Failed));
+            return Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        if Instant::now() >= deadline {
+            print_status(args, &shown)?;
+            bail!(
+                "after {}s (--timeout), still running or not yet reported: {}",
+                args.timeout,
+                pending.join(", ")
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -296,8 +355,15 @@ pub struct StatusArgs {
     #[arg(long)]
     device: Option<String>,
     /// Refresh every second.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wait")]
     watch: bool,
+    /// Wait until each device shown reported the end (`completed` or `failed`) of the
+    /// deployment it was asked for, then show them once; exit status 1 when any failed.
+    #[arg(long)]
+    wait: bool,
+    /// How long `--wait` waits, in seconds, before it gives up naming the devices still running.
+    #[arg(long, default_value_t = 1800)]
+    timeout: u64,
     /// Print the shadows as JSON.
     #[arg(long)]
     json: bool,

@@ -36,6 +36,7 @@ fn unit(kind: UnitKind, step: u32, handler_id: &str) -> Unit {
         actions: Vec::new(),
         result: None,
         downloaded: false,
+        undone_by: None,
     }
 }
 

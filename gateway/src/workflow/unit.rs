@@ -383,6 +383,18 @@ impl Deployer {
             }
         }
         self.call(j, cur, session, Action::Restore, run).await?;
+        let restored = j.units[cur.index].actions.last().is_some_and(|a| {
+            a.action == Action::Restore && a.result.result_code == result::RESTORE_SUCCESS
+        });
+        let handler = &j.units[cur.index].handler_id;
+        let covers = self
+            .settings
+            .policy
+            .handler(handler)
+            .is_some_and(|p| p.restore_undoes_earlier_steps);
+        if restored && covers {
+            j.mark_undone(cur.index);
+        }
         Ok(())
     }
 

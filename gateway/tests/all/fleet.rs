@@ -18,9 +18,9 @@ pub fn sandstep() -> Command {
     c
 }
 
-/// `sandstep-fleet`, built beside `sandstep` (a workspace `cargo test`, as scripts/test.sh
-/// runs, builds both).
-pub fn fleet_cli() -> Command {
+/// `sandstep-fleet`'s path, built beside `sandstep` (a workspace `cargo test`, as
+/// scripts/test.sh runs, builds both).
+pub fn fleet_bin() -> std::path::PathBuf {
     let exe = Path::new(env!("CARGO_BIN_EXE_sandstep")).with_file_name("sandstep-fleet");
     assert!(
         exe.is_file(),
@@ -28,7 +28,12 @@ pub fn fleet_cli() -> Command {
          `cargo build -p sandstep-fleet` first)",
         exe.display()
     );
-    let mut c = Command::new(exe);
+    exe
+}
+
+/// `sandstep-fleet`, without the caller's RUST_LOG.
+pub fn fleet_cli() -> Command {
+    let mut c = Command::new(fleet_bin());
     c.env_remove("RUST_LOG");
     c
 }

@@ -29,6 +29,7 @@ mod test_dps;
 mod test_hub;
 mod trust;
 mod vendor_kit;
+mod walkthroughs;
 mod workflow;
 
 /// The fuzz smoke run, the fleet simulation and the benchmark guest's check need the dev tools

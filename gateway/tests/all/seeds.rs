@@ -304,6 +304,13 @@ fn seed_degu_file_set_replaces_what_differs_and_a_failed_set_is_put_back_whole()
         "restored /dest/app/firmware.bin, /dest/app/main.py; removed /dest/app/lib.py (new in this deployment)",
         "{r:#}"
     );
+    let steps = &r["lastInstallResult"]["stepResults"];
+    assert_eq!(
+        (&steps["step_0"]["resultCode"], &steps["step_0"]["undoneBy"]),
+        (&json!(700), &json!("step_2")),
+        "{r:#}"
+    );
+    assert_eq!(steps["step_1"]["undoneBy"], "step_2", "{r:#}");
     assert_eq!(std::fs::read(device.join("main.py")).unwrap(), main_v2);
     assert_eq!(std::fs::read(device.join("firmware.bin")).unwrap(), fw_v2);
     assert!(!device.join("lib.py").exists());
@@ -375,6 +382,13 @@ fn seed_adu_multi_step_with_reference_steps_runs_through_the_agent_as_under_adu(
     assert_eq!(steps["step_0"]["resultCode"], 700, "{r:#}");
     assert_eq!(steps["step_1"]["resultCode"], 700, "{r:#}");
     assert_eq!(steps["step_2"]["resultCode"], 604, "{r:#}");
+    // Each component's outcome of a reference step is reported, beside ADU's folded result.
+    let motors = steps["step_0"]["components"]
+        .as_object()
+        .expect("components");
+    assert_eq!(motors.len(), 3, "{r:#}");
+    assert!(motors.values().all(|c| c["resultCode"] == 700), "{r:#}");
+    assert!(steps["step_1"]["components"]["contoso-camera-serial-00001"].is_object());
     let devices = root.path().join("contoso-devices/vacuum-1");
     let firmware = |rel: &str| -> Value {
         serde_json::from_slice(&std::fs::read(devices.join(rel)).unwrap()).unwrap()

@@ -46,6 +46,9 @@ const ERC_WHICH_FILE: ExtendedResultCode = f_erc(2);
 const ERC_NO_CRITERIA: ExtendedResultCode = f_erc(3);
 const ERC_DIGEST_MISMATCH: ExtendedResultCode = f_erc(4);
 const ERC_NOT_A_DIGEST: ExtendedResultCode = f_erc(5);
+const ERC_CHANGES_UNREADABLE: ExtendedResultCode = f_erc(6);
+const ERC_DIGESTS_UNREADABLE: ExtendedResultCode = f_erc(7);
+const ERC_RESTORE_INCOMPLETE: ExtendedResultCode = f_erc(8);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -146,7 +149,7 @@ fn save_state<T: Serialize>(ctx: &Context, name: &str, value: &T) -> Result<(), 
 }
 
 fn records(ctx: &Context) -> Result<Records, Failure> {
-    Ok(load_state(ctx, "digests.json", f_erc(5))?.unwrap_or_default())
+    Ok(load_state(ctx, "digests.json", ERC_DIGESTS_UNREADABLE)?.unwrap_or_default())
 }
 
 fn save_records(ctx: &Context, r: &Records) -> Result<(), Failure> {
@@ -173,7 +176,7 @@ fn changes(ctx: &Context) -> Result<Changes, Failure> {
         workflow: ctx.workflow_id().to_owned(),
         changed: Vec::new(),
     };
-    let c: Option<Changes> = load_state(ctx, "changes.json", f_erc(6))?;
+    let c: Option<Changes> = load_state(ctx, "changes.json", ERC_CHANGES_UNREADABLE)?;
     Ok(c.filter(|c| c.workflow == ctx.workflow_id())
         .unwrap_or_else(fresh))
 }
@@ -300,31 +303,22 @@ impl Handler for Files {
         Ok(done::Applied::Success.with_details(format!("{key} md5={} sha256={}", d.md5, d.sha256)))
     }
 
+    /// Puts back every file this deployment's steps changed, newest first. A file that cannot
+    /// be put back does not stop the others: each is tried, and the failure names those left.
     fn restore(&mut self, ctx: &Context) -> Outcome<done::Restored> {
         let c = changes(ctx)?;
         if c.changed.is_empty() {
             return Ok(done::Restored::Unsupported.with_details("this deployment changed no file"));
         }
         let mut records = records(ctx)?;
-        let (mut restored, mut removed) = (Vec::new(), Vec::new());
+        let (mut restored, mut removed, mut left) = (Vec::new(), Vec::new(), Vec::new());
         for ch in c.changed.iter().rev() {
-            let dest = Path::new(&ch.dest);
-            if ch.existed {
-                let bytes = std::fs::read(previous(ctx, dest)).map_err(dest_err(dest))?;
-                place(dest, &bytes)?;
-                records.digests.insert(ch.dest.clone(), digests(&bytes));
-                restored.push(ch.dest.as_str());
-            } else {
-                match std::fs::remove_file(dest) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(dest_err(dest)(e))
-                    }
-                    _ => {}
-                }
-                records.digests.remove(&ch.dest);
-                removed.push(ch.dest.as_str());
+            match undo(ctx, ch, &mut records) {
+                Ok(Undone::Restored) => restored.push(ch.dest.as_str()),
+                Ok(Undone::Removed) => removed.push(ch.dest.as_str()),
+                Ok(Undone::Untouched) => {}
+                Err(e) => left.push(e.details().to_owned()),
             }
-            records.labels.remove(&ch.dest);
         }
         save_records(ctx, &records)?;
         let mut details = Vec::new();
@@ -337,7 +331,38 @@ impl Handler for Files {
                 removed.join(", ")
             ));
         }
-        Ok(done::Restored::Success.with_details(details.join("; ")))
+        if left.is_empty() {
+            return Ok(done::Restored::Success.with_details(details.join("; ")));
+        }
+        details.push(format!("not put back: {}", left.join("; ")));
+        Err(Failure::new(ERC_RESTORE_INCOMPLETE, details.join("; ")))
+    }
+}
+
+/// What restore did to one changed file.
+enum Undone {
+    Restored,
+    Removed,
+    /// New in this deployment, but never placed (its step failed first): nothing to remove.
+    Untouched,
+}
+
+fn undo(ctx: &Context, ch: &Change, records: &mut Records) -> Result<Undone, Failure> {
+    let dest = Path::new(&ch.dest);
+    records.labels.remove(&ch.dest);
+    if ch.existed {
+        let bytes = std::fs::read(previous(ctx, dest)).map_err(dest_err(dest))?;
+        place(dest, &bytes)?;
+        records.digests.insert(ch.dest.clone(), digests(&bytes));
+        return Ok(Undone::Restored);
+    }
+    records.digests.remove(&ch.dest);
+    match std::fs::symlink_metadata(dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Undone::Untouched),
+        _ => {
+            std::fs::remove_file(dest).map_err(dest_err(dest))?;
+            Ok(Undone::Removed)
+        }
     }
 }
 

@@ -83,6 +83,16 @@ fn next(st: &PollState, tag: &str, now_ms: u64) -> Next {
     }
 }
 
+/// Which attempt at `tag` the next one is: the failures counted are the tag's own (a tag the
+/// server changed to starts at 1, whatever the previous tag's count).
+fn attempt_at(st: &PollState, tag: &str) -> u32 {
+    if st.tag.as_deref() == Some(tag) {
+        st.failures + 1
+    } else {
+        1
+    }
+}
+
 /// How long after `failures` failed attempts the next one is due: the interval, doubled each
 /// time, at most [`MAX_BACKOFF`].
 fn backoff(interval: Duration, failures: u32) -> Duration {
@@ -200,7 +210,8 @@ impl PollSource {
             return Vec::new();
         }
         let workflow = format!("{}-{tag}-{}", self.project, st.changes + 1);
-        tracing::info!(from = ?st.tag, to = %tag, %workflow, attempt = st.failures + 1, "deploying the server's version");
+        let attempt = attempt_at(&st, &tag);
+        tracing::info!(from = ?st.tag, to = %tag, %workflow, attempt, of = MAX_ATTEMPTS, "deploying the server's version");
         match fetch_deployment(&self.client, &self.base, &tag).await {
             Ok(mut d) => {
                 d.workflow.id = workflow.clone();
@@ -358,6 +369,21 @@ mod tests {
             after_attempt(&st, "v3", Ending::Failed, minute, now).failures,
             1
         );
+    }
+
+    /// The log's `attempt=` counts the tag's own attempts: after v2 failed twice, the first
+    /// attempt at v3 is 1, not 3; a retry of v3 is 2.
+    #[test]
+    fn the_attempt_count_is_the_tags_own() {
+        let interval = Duration::from_secs(1);
+        let mut st = PollState::default();
+        for _ in 0..2 {
+            st = after_attempt(&st, "v2", Ending::Failed, interval, 0);
+        }
+        assert_eq!(attempt_at(&st, "v2"), 3);
+        assert_eq!(attempt_at(&st, "v3"), 1);
+        let st = after_attempt(&st, "v3", Ending::Failed, interval, 0);
+        assert_eq!(attempt_at(&st, "v3"), 2);
     }
 
     /// A downgrade (or another final refusal) is not tried again: its document would be refused

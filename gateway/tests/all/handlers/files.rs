@@ -352,6 +352,16 @@ async fn a_failed_file_set_deployment_puts_every_file_back_and_says_which() {
         restore.result.result_details,
         "restored /dest/app/CONFIG, /dest/app/main.py; removed /dest/app/lib.py (new in this deployment)"
     );
+    // Each earlier step keeps its own 700, as ADU reports it, and says it was undone.
+    for step in ["step_0", "step_1"] {
+        let s = &out.result.step_results[step];
+        assert_eq!(
+            (s.result_code, s.undone_by.as_deref()),
+            (700, Some("step_2")),
+            "{s:#?}"
+        );
+    }
+    assert_eq!(out.result.step_results["step_2"].undone_by, None);
     // The installed digests say what is there again.
     let digests = crate::workflow::walk(&env.data.path().join("state"))
         .into_iter()
@@ -364,6 +374,54 @@ async fn a_failed_file_set_deployment_puts_every_file_back_and_says_which() {
         md5_hex(old_main)
     );
     assert!(digests["digests"].get("/dest/app/lib.py").is_none());
+}
+
+/// A set whose last file lands where the policy maps a directory read-only: that file's
+/// install fails, and restore still puts the set back whole, going past the file it never
+/// placed (removing it would fail on the read-only mapping, as it did before and stopped the
+/// restore there, leaving main.py new and lib.py behind).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_failing_on_a_read_only_destination_is_still_put_back_whole() {
+    let old_main = &b"print('v1')\n"[..];
+    let (device, _, mut env) = file_set_device(&[("main.py", old_main)]);
+    let etc = tempfile::tempdir().unwrap();
+    let config = Config::parse(
+        &format!("[handlers.\"sandstep/files:1\"]\nfetch-after-is-installed = true\ndirs = [{{ host = \"{}\", guest = \"/dest/app\", writable = true }}, {{ host = \"{}\", guest = \"/dest/etc\" }}]\n", device.path().display(), etc.path().display()),
+        "t",
+    )
+    .unwrap();
+    let mut steps = Vec::new();
+    for (name, bytes, dir) in [
+        ("main.py", &b"print('v3')\n"[..], "app"),
+        ("lib.py", b"def f(): pass\n", "app"),
+        ("sys.conf", b"x=1\n", "etc"),
+    ] {
+        env.file(name, bytes);
+        steps.push(json!({"handler": "sandstep/files:1", "files": [name], "handlerProperties":
+            {"destination": format!("/dest/{dir}/{name}"), "installedCriteria": format!("md5:{}", md5_hex(bytes))}}));
+    }
+    let m = env.manifest(steps);
+    let out = run(&env, config, env.request("wf-read-only", m)).await;
+    assert_eq!(out.status, Status::Failed);
+    assert!(
+        out.result.result_details.contains("/dest/etc/sys.conf"),
+        "{:#?}",
+        out.result
+    );
+    let read = |n: &str| std::fs::read(device.path().join(n)).ok();
+    assert_eq!(read("main.py").as_deref(), Some(old_main));
+    assert_eq!(read("lib.py"), None);
+    assert!(!etc.path().join("sys.conf").exists());
+    let restore = out.result.step_results["step_2"]
+        .actions
+        .iter()
+        .find(|a| a.action == sandstep_model::Action::Restore)
+        .expect("restore ran");
+    assert_eq!(
+        restore.result.result_details,
+        "restored /dest/app/main.py; removed /dest/app/lib.py (new in this deployment)"
+    );
+    assert!(restore.result.result_code > 0, "{restore:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
