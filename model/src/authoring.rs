@@ -158,9 +158,7 @@ pub fn new_manifest(
             for (j, name) in step_files.iter().enumerate() {
                 files.add(&format!("{field}.files[{j}]"), name, None)?;
             }
-            if s.get("handler").and_then(Value::as_str) == Some(FILES_HANDLER) {
-                files_rules(doc, &field, &mut s, &step_files, &files.known)?;
-            }
+            handler_rules(doc, &field, &mut s, &step_files, &files.known)?;
         }
         out_steps.push(Value::Object(s));
     }
@@ -192,8 +190,88 @@ pub fn allow_downgrade(manifest: &str) -> Result<String, AuthoringError> {
     checked(doc, m)
 }
 
-/// The handler whose property rules are checked here (the `file-rules` crate it runs).
-const FILES_HANDLER: &str = "sandstep/files:1";
+/// The default handlers whose step rules `manifest new` applies: the `step-rules` crate each
+/// of them runs on the device.
+const APT_HANDLERS: [&str; 2] = ["microsoft/apt:1", "sandstep/apt:1"];
+
+/// Step `s`'s properties and files against its handler's rules, as the device applies them
+/// (a handler not among the defaults is the vendor's to check).
+fn handler_rules(
+    doc: &str,
+    field: &str,
+    s: &mut Map<String, Value>,
+    step_files: &[String],
+    known: &std::collections::BTreeMap<String, FileFacts>,
+) -> Result<(), AuthoringError> {
+    let handler = s
+        .get("handler")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if handler == "sandstep/files:1" {
+        return files_rules(doc, field, s, step_files, known);
+    }
+    let prop = |k: &str| {
+        s.get("handlerProperties")
+            .and_then(|p| p.get(k))
+            .and_then(Value::as_str)
+    };
+    let names: Vec<&str> = step_files.iter().map(String::as_str).collect();
+    let broken = |rule: String| AuthoringError {
+        doc: doc.to_owned(),
+        field: field.to_owned(),
+        rule: format!("{rule} ({handler} refuses it)"),
+    };
+    let err = |e: &dyn std::fmt::Display| broken(e.to_string());
+    match handler.as_str() {
+        h if APT_HANDLERS.contains(&h) => {
+            step_rules::apt::manifest_file(prop("installedCriteria"), &names)
+                .map_err(|e| err(&e))?;
+        }
+        "microsoft/script:1" => {
+            step_rules::script::script_file(prop("scriptFileName"), &names).map_err(|e| err(&e))?;
+        }
+        "microsoft/swupdate:1" => {
+            step_rules::swupdate::v1_image(&names).map_err(|e| err(&e))?;
+        }
+        "microsoft/swupdate:2" => {
+            step_rules::swupdate::v2_file_count(names.len()).map_err(|e| err(&e))?;
+            step_rules::script::script_file(prop("scriptFileName"), &names).map_err(|e| err(&e))?;
+            step_rules::swupdate::swu_file_name(prop("swuFileName")).map_err(|e| err(&e))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The apt manifest file of each apt step of `manifest` (`instructions.steps[i]`, file name),
+/// for the caller to parse as the device will.
+pub fn apt_manifest_files(manifest: &Value) -> Vec<(String, String)> {
+    let steps = manifest
+        .pointer("/instructions/steps")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        let handler = s.get("handler").and_then(Value::as_str).unwrap_or("");
+        if !APT_HANDLERS.contains(&handler) {
+            continue;
+        }
+        let names: Vec<&str> = s
+            .get("files")
+            .and_then(Value::as_array)
+            .map(|f| f.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let criteria = s
+            .pointer("/handlerProperties/installedCriteria")
+            .and_then(Value::as_str);
+        if let Ok(m) = step_rules::apt::manifest_file(criteria, &names) {
+            out.push((format!("instructions.steps[{i}]"), m.to_owned()));
+        }
+    }
+    out
+}
 
 /// `sandstep/files:1`'s rules on step `s` (whose files are `step_files`), as the device applies
 /// them; a missing `installedCriteria` becomes the placed file's `sha256:<hex>`.
@@ -214,7 +292,7 @@ fn files_rules(
         Some(Value::String(v)) => Ok(Some(v.clone())),
         Some(_) => fail(doc, format!("{props_field}.{k}"), "must be a string"),
     };
-    let broken = |e: file_rules::RuleError| AuthoringError {
+    let broken = |e: step_rules::files::RuleError| AuthoringError {
         doc: doc.to_owned(),
         field: field.to_owned(),
         rule: e.to_string(),
@@ -226,12 +304,13 @@ fn files_rules(
             "is required: where the file goes (e.g. /dest/app/main.py)",
         );
     };
-    file_rules::check_destination(&destination).map_err(broken)?;
+    step_rules::files::check_destination(&destination).map_err(broken)?;
     let names: Vec<&str> = step_files.iter().map(String::as_str).collect();
-    let file = file_rules::which_file(text("fileName")?.as_deref(), &names).map_err(broken)?;
+    let file =
+        step_rules::files::which_file(text("fileName")?.as_deref(), &names).map_err(broken)?;
     match text("installedCriteria")? {
         Some(c) => {
-            file_rules::parse_criteria(&c).map_err(broken)?;
+            step_rules::files::parse_criteria(&c).map_err(broken)?;
         }
         None => {
             let sha: String = known[file]
@@ -660,7 +739,7 @@ mod tests {
     }
 
     /// `sandstep/files:1` steps are held to the rules the handler applies on the device (the
-    /// `file-rules` crate): a criteria that names a digest must be one, a destination is
+    /// `step-rules` crate): a criteria that names a digest must be one, a destination is
     /// required and plain, the file must be clear; a missing criteria is computed.
     #[test]
     fn a_files_step_is_checked_by_the_handlers_rules_and_its_criteria_computed() {

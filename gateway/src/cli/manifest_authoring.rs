@@ -154,9 +154,25 @@ pub fn new(args: NewArgs) -> Result<ExitCode> {
     if args.allow_downgrade {
         text = authoring::allow_downgrade(&text)?;
     }
+    check_apt_manifests(&text, &dir)?;
     write(&args.out, &text)?;
     println!("manifest written to {}", args.out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each apt step's apt manifest parses as the apt handler parses it on the device
+/// (`sandstep_model::apt`, ADU's `apt_parser.cpp` rules).
+fn check_apt_manifests(text: &str, dir: &Path) -> Result<()> {
+    let manifest: Value = serde_json::from_str(text)?;
+    for (field, name) in authoring::apt_manifest_files(&manifest) {
+        let path = dir.join(&name);
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if let Err(e) = sandstep_model::apt::AptManifest::parse(&bytes) {
+            bail!("the new manifest: {field}: apt manifest `{name}`: {e} (microsoft/apt:1 refuses it)");
+        }
+    }
+    Ok(())
 }
 
 /// Now as ADU's tooling writes `createdDateTime` (ISO 8601, UTC).

@@ -886,6 +886,79 @@ fn manifests_are_written_from_files_a_step_list_and_adus_import_manifests() {
     );
 }
 
+/// `manifest new` refuses, naming the step and the handler, what the default handlers refuse on
+/// the device by the same rules (step-rules, and the apt parser): an apt step without its
+/// criteria or with an apt manifest that does not parse, a script not among the step's files,
+/// an SWUpdate v2 swuFileName that leaves the work folder. ADU's apt manifests are accepted,
+/// its contoso "bad" one too (no packages: it parses, and fails at download under ADU's agent
+/// as under sandstep).
+#[test]
+fn manifest_new_refuses_what_the_default_handlers_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let adu = repo_root().join("tests/adu/apt");
+    for f in [
+        "libcurl4-doc-apt-manifest.json",
+        "bad-apt-manifest-1.0.json",
+    ] {
+        std::fs::copy(adu.join(f), dir.path().join(f)).unwrap();
+    }
+    for f in ["install.sh", "image.swu"] {
+        std::fs::write(dir.path().join(f), b"x").unwrap();
+    }
+    std::fs::write(
+        dir.path().join("broken.json"),
+        b"{\"name\": \"x\", \"version\": ",
+    )
+    .unwrap();
+    let new = |step: &str| {
+        sandstep()
+            .args([
+                "manifest",
+                "new",
+                "--update-id",
+                "contoso/gw/1.0",
+                "--compat",
+                "model=gw",
+            ])
+            .args(["--step", step, "--files-dir"])
+            .arg(dir.path())
+            .arg("--out")
+            .arg(dir.path().join("m.json"))
+            .output()
+            .unwrap()
+    };
+    let refused = |step: &str, want: &str| {
+        let out = new(step);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{step}: {err}");
+        assert!(!dir.path().join("m.json").exists());
+    };
+    refused(
+        r#"{"handler": "microsoft/apt:1", "files": ["libcurl4-doc-apt-manifest.json"], "handlerProperties": {}}"#,
+        "instructions.steps[0]: handlerProperties.installedCriteria is required (microsoft/apt:1 refuses it)",
+    );
+    refused(
+        r#"{"handler": "microsoft/apt:1", "files": ["broken.json"], "handlerProperties": {"installedCriteria": "1"}}"#,
+        "instructions.steps[0]: apt manifest `broken.json`:",
+    );
+    refused(
+        r#"{"handler": "microsoft/script:1", "files": ["install.sh"], "handlerProperties": {"scriptFileName": "other.sh"}}"#,
+        "scriptFileName `other.sh` is not one of the step's files (install.sh)",
+    );
+    refused(
+        r#"{"handler": "microsoft/swupdate:2", "files": ["install.sh", "image.swu"], "handlerProperties": {"scriptFileName": "install.sh", "swuFileName": "../image.swu"}}"#,
+        "swuFileName `../image.swu` is not a file name in the work folder",
+    );
+    for apt in [
+        "libcurl4-doc-apt-manifest.json",
+        "bad-apt-manifest-1.0.json",
+    ] {
+        ok(&new(&format!(
+            r#"{{"handler": "microsoft/apt:1", "files": ["{apt}"], "handlerProperties": {{"installedCriteria": "apt-1"}}}}"#
+        )));
+    }
+}
+
 /// A power cut while an image streams into its slot: the next run resumes from the slot's last
 /// durable checkpoint (a Range request from there), and the whole image still verifies.
 #[cfg(feature = "fault-injection")]

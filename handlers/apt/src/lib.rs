@@ -18,6 +18,7 @@ use sandstep_sdk::process::{self, Command, Output};
 use sandstep_sdk::{done, export_handler, log, Context, Failure, Handler, Outcome};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use step_rules::apt::AptRule;
 
 const APT_GET: &str = "/usr/bin/apt-get";
 const DPKG_QUERY: &str = "/usr/bin/dpkg-query";
@@ -35,31 +36,23 @@ struct Step {
 }
 
 fn load(ctx: &Context) -> Result<Step, Failure> {
-    let criteria = ctx
-        .installed_criteria()
-        .ok_or_else(|| {
-            Failure::new(
-                erc::APT_MISSING_INSTALLED_CRITERIA,
-                "handlerProperties.installedCriteria is required",
-            )
-        })?
-        .to_owned();
+    // The step's shape, by the rules `sandstep manifest new` applies too (step-rules).
+    let names: Vec<&str> = ctx.files().iter().map(|f| f.name.as_str()).collect();
+    let manifest_name =
+        step_rules::apt::manifest_file(ctx.installed_criteria(), &names).map_err(|rule| {
+            let code = match rule {
+                AptRule::NoCriteria => erc::APT_MISSING_INSTALLED_CRITERIA,
+                AptRule::ManifestCount(_) => erc::APT_WRONG_FILE_COUNT,
+            };
+            Failure::new(code, rule.to_string())
+        })?;
+    let criteria = ctx.installed_criteria().unwrap_or_default().to_owned();
     let (debs, manifests): (Vec<_>, Vec<_>) =
         ctx.files().iter().partition(|f| f.name.ends_with(".deb"));
-    let [manifest_file] = manifests[..] else {
-        return Err(Failure::new(
-            erc::APT_WRONG_FILE_COUNT,
-            format!(
-                "an apt step needs exactly one apt manifest beside its .deb files, it has {} ({})",
-                manifests.len(),
-                manifests
-                    .iter()
-                    .map(|f| f.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    };
+    let manifest_file = manifests
+        .into_iter()
+        .find(|f| f.name == manifest_name)
+        .expect("the rule found it among the step's files");
     let bytes = std::fs::read(manifest_file.path())?;
     // ADU's AptHandlerImpl::ParseContent: any parser error is PARSE_BAD_FORMAT.
     let manifest = AptManifest::parse(&bytes).map_err(|e| {

@@ -9,7 +9,7 @@
 //!   hex of 32 or 64 digits), so a desired state of "URL + MD5 per file" (Degu) maps to one step
 //!   per file; or any other label, then recorded in /state.
 //!
-//! The rules of these properties are the `file-rules` crate's, which `sandstep manifest new`
+//! The rules of these properties are the `step-rules` crate's (`files`), which `sandstep manifest new`
 //! applies too.
 //!
 //! - is-installed: for a digest, the destination's current content has it; else the record;
@@ -24,7 +24,6 @@
 //!   (steps_handler.cpp, StepsHandler_Install); a file set half new and half old is what this
 //!   avoids.
 
-use file_rules::{Criteria, RuleError};
 use md5::Md5;
 use sandstep_sdk::codes::{content_component, ExtendedResultCode, Facility};
 use sandstep_sdk::{done, export_handler, log, Context, Failure, Handler, Outcome, StepFile};
@@ -33,6 +32,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use step_rules::files::{Criteria, RuleError};
 
 const fn f_erc(code: u32) -> ExtendedResultCode {
     ExtendedResultCode::new(
@@ -105,18 +105,18 @@ fn refused(e: RuleError) -> Failure {
 
 fn step(ctx: &Context) -> Result<Step<'_>, Failure> {
     let props: Props = ctx.properties()?;
-    file_rules::check_destination(&props.destination).map_err(refused)?;
+    step_rules::files::check_destination(&props.destination).map_err(refused)?;
     let names: Vec<&str> = ctx.files().iter().map(|f| f.name.as_str()).collect();
     let name = match props.file_name.as_deref() {
         Some(n) => n,
-        None => file_rules::which_file(None, &names).map_err(refused)?,
+        None => step_rules::files::which_file(None, &names).map_err(refused)?,
     };
     let file = ctx.file(name)?;
     let criteria = props
         .installed_criteria
         .as_deref()
         .ok_or(RuleError::NoCriteria)
-        .and_then(file_rules::parse_criteria)
+        .and_then(step_rules::files::parse_criteria)
         .map_err(refused)?;
     Ok(Step {
         dest: PathBuf::from(&props.destination),

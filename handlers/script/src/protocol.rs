@@ -9,6 +9,7 @@ use sandstep_sdk::codes::ExtendedResultCode;
 use sandstep_sdk::process::{self, Command, Output};
 use sandstep_sdk::{log, Action, Context, Failure, StepFile, StepResult};
 use serde::Deserialize;
+use step_rules::script::ScriptRule;
 
 /// The handler properties both handlers read.
 #[derive(Deserialize)]
@@ -63,29 +64,22 @@ fn interpreter(script: &std::path::Path) -> &'static str {
 
 /// The step file `scriptFileName` names.
 fn script_file<'a>(ctx: &'a Context, props: &Props, v: &Variant) -> Result<&'a StepFile, Failure> {
-    let name = props
-        .script_file_name
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            Failure::new(
-                v.missing_script_name,
-                "handlerProperties.scriptFileName is missing or empty",
-            )
-        })?;
-    ctx.files().iter().find(|f| f.name == name).ok_or_else(|| {
-        Failure::new(
-            v.script_not_among_files,
-            format!(
-                "scriptFileName `{name}` is not one of the step's files ({})",
-                ctx.files()
-                    .iter()
-                    .map(|f| f.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )
-    })
+    // By the rules `sandstep manifest new` applies too (step-rules).
+    let names: Vec<&str> = ctx.files().iter().map(|f| f.name.as_str()).collect();
+    let name = step_rules::script::script_file(props.script_file_name.as_deref(), &names).map_err(
+        |rule| {
+            let code = match rule {
+                ScriptRule::NoScript => v.missing_script_name,
+                ScriptRule::NotAmongFiles { .. } => v.script_not_among_files,
+            };
+            Failure::new(code, rule.to_string())
+        },
+    )?;
+    Ok(ctx
+        .files()
+        .iter()
+        .find(|f| f.name == name)
+        .expect("the rule found it among the step's files"))
 }
 
 /// Runs the script for `action` and reads the result it left.

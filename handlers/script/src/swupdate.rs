@@ -37,23 +37,10 @@ pub const V2: Variant = Variant {
 
 /// `--swu-file <work>/<swuFileName>`.
 fn swu_file(ctx: &Context, props: &Props) -> Result<Vec<String>, Failure> {
-    let name = props
-        .swu_file_name
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            Failure::new(
-                erc::SWUPDATE_MISSING_SWU_FILE_NAME,
-                "Missing 'handlerProperties.swuFileName' property",
-            )
-        })?;
-    // ADU joins the name to the work folder as given; a name that leaves it is refused here.
-    if name.contains('/') || name == ".." || name == "." {
-        return Err(Failure::new(
-            erc::SWUPDATE_MISSING_SWU_FILE_NAME,
-            format!("handlerProperties.swuFileName `{name}` is not a file name in the work folder"),
-        ));
-    }
+    // ADU joins the name to the work folder as given; a name that leaves it is refused here
+    // (step-rules, as `sandstep manifest new` refuses it).
+    let name = step_rules::swupdate::swu_file_name(props.swu_file_name.as_deref())
+        .map_err(|rule| Failure::new(erc::SWUPDATE_MISSING_SWU_FILE_NAME, rule.to_string()))?;
     Ok(vec![
         "--swu-file".to_owned(),
         sandstep_sdk::process::host_path(ctx.work_path(name))?,
@@ -62,15 +49,8 @@ fn swu_file(ctx: &Context, props: &Props) -> Result<Vec<String>, Failure> {
 
 /// ADU's `SWUpdateHandlerImpl::Download`.
 pub fn download(ctx: &Context) -> Result<StepResult, Failure> {
-    if ctx.files().len() <= 1 {
-        return Err(Failure::new(
-            erc::SWUPDATE_WRONG_FILE_COUNT,
-            format!(
-                "a microsoft/swupdate:2 step needs its script and at least one more file; it has {}",
-                ctx.files().len()
-            ),
-        ));
-    }
+    step_rules::swupdate::v2_file_count(ctx.files().len())
+        .map_err(|rule| Failure::new(erc::SWUPDATE_WRONG_FILE_COUNT, rule.to_string()))?;
     // Runs the script's is-installed, which also finds the script among the step's files.
     let installed = protocol::run(ctx, Action::IsInstalled, &V2)?;
     if installed.result_code == result::IS_INSTALLED_INSTALLED {

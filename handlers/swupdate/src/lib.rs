@@ -30,16 +30,14 @@ fn selection(target: Slot) -> &'static str {
 
 /// ADU's rule: a `microsoft/swupdate:1` step has exactly one file, the image.
 fn one_file(ctx: &Context) -> Result<&StepFile, Failure> {
-    match ctx.files() {
-        [only] => Ok(only),
-        files => Err(Failure::new(
-            erc::SWUPDATE_WRONG_FILE_COUNT,
-            format!(
-                "a microsoft/swupdate:1 step has one file (the .swu); this one has {}",
-                files.len()
-            ),
-        )),
-    }
+    let names: Vec<&str> = ctx.files().iter().map(|f| f.name.as_str()).collect();
+    let image = step_rules::swupdate::v1_image(&names)
+        .map_err(|rule| Failure::new(erc::SWUPDATE_WRONG_FILE_COUNT, rule.to_string()))?;
+    Ok(ctx
+        .files()
+        .iter()
+        .find(|f| f.name == image)
+        .expect("the rule found it among the step's files"))
 }
 
 /// Installs `image` into `target` with SWUpdate; the details on success.

@@ -228,7 +228,7 @@ async fn a_destination_outside_the_mapped_dirs_is_unreachable() {
 }
 
 /// A criteria that names a digest but is not one (`sha256:x`) is refused on the device, as
-/// `sandstep manifest new` refuses it (the same rules, `file-rules`), not taken as a label:
+/// `sandstep manifest new` refuses it (the same rules, `step-rules`), not taken as a label:
 /// nothing is placed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_criteria_naming_a_digest_that_is_not_one_is_refused_and_nothing_placed() {

@@ -1,7 +1,4 @@
-//! The rules of `sandstep/files:1`'s `handlerProperties`, in one place: the handler applies them
-//! to each step on the device, and `sandstep manifest new` applies them before it writes a
-//! manifest, so what the tool accepts is what the device runs. Pure functions, no dependencies
-//! (built for the handler's WebAssembly target and for the host).
+//! `sandstep/files:1`:
 //!
 //! - `destination`: an absolute file path, no `.` or `..` parts, not in `/payload`, `/work` or
 //!   `/state` (the step's own folders);
