@@ -101,3 +101,151 @@ fn walkthrough_4_degu_file_sets_run_as_written() {
 fn walkthrough_5_micropython_ota_with_its_rollback_runs_as_written() {
     walk("5-micropython-ota.sh");
 }
+
+/// The README's other command blocks are synopses (`ID`, `[--watch]`), not runnable as they
+/// stand: each `sandstep` / `sandstep-fleet` command in them must still name a subcommand and
+/// options the binaries have, so the page cannot drift from the CLI. Every option is checked
+/// against that subcommand's `--help`.
+#[test]
+fn every_command_in_the_readmes_synopses_exists_with_its_options() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let mut checked = 0;
+    for command in synopsis_commands(&readme) {
+        let (bin, words, options) = split_command(&command);
+        let exe = match bin {
+            "sandstep-fleet" => crate::fleet::fleet_bin(),
+            _ => env!("CARGO_BIN_EXE_sandstep").into(),
+        };
+        for path in alternatives(&words) {
+            let out = Command::new(&exe)
+                .args(&path)
+                .arg("--help")
+                .output()
+                .unwrap();
+            let help = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "README: `{command}`: `{bin} {}` is not a command: {}",
+                path.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for o in &options {
+                assert!(
+                    names_option(&help, o),
+                    "README: `{command}`: `{bin} {}` has no option {o}",
+                    path.join(" ")
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "only {checked} commands found in the README");
+    // The reading of a synopsis, pinned: alternatives, brackets, a longer option is not a match.
+    let (bin, words, options) = split_command("$f rollout pause|resume ID [--watch|--wait]");
+    assert_eq!((bin, alternatives(&words).len()), ("sandstep-fleet", 2));
+    assert_eq!(options, ["--watch", "--wait"]);
+    assert!(!names_option("  --allow-unsigned  Run it", "--allow"));
+}
+
+/// The commands of every ```sh block but the walkthroughs (which run), continuation lines
+/// joined, comments cut.
+fn synopsis_commands(readme: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines = readme.lines().peekable();
+    let mut previous = "";
+    while let Some(line) = lines.next() {
+        if line != "```sh" || previous.starts_with("<!-- walkthrough:") {
+            previous = line;
+            continue;
+        }
+        let mut joined = String::new();
+        for l in lines.by_ref() {
+            if l == "```" {
+                break;
+            }
+            let code = l.split(" #").next().unwrap_or("");
+            let code = if code.trim_start().starts_with('#') {
+                ""
+            } else {
+                code
+            };
+            joined.push_str(code.trim_end().trim_end_matches('\\'));
+            if !code.trim_end().ends_with('\\') {
+                out.push(std::mem::take(&mut joined));
+            } else {
+                joined.push(' ');
+            }
+        }
+        previous = "```";
+    }
+    out.into_iter()
+        .filter_map(|c| {
+            let toks: Vec<&str> = c.split_whitespace().collect();
+            let at = toks
+                .iter()
+                .position(|t| matches!(*t, "sandstep" | "sandstep-fleet" | "$s" | "$f"))?;
+            Some(toks[at..].join(" "))
+        })
+        .collect()
+}
+
+/// (binary, subcommand words as written, options).
+fn split_command(command: &str) -> (&'static str, Vec<String>, Vec<String>) {
+    let mut toks = command.split_whitespace();
+    let bin = match toks.next() {
+        Some("sandstep-fleet" | "$f") => "sandstep-fleet",
+        _ => "sandstep",
+    };
+    let (mut words, mut options) = (Vec::new(), Vec::new());
+    let mut in_words = true;
+    for t in toks {
+        let is_word = t
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '|')
+            && !t.starts_with('-');
+        if in_words && is_word && words.len() < 2 {
+            words.push(t.to_owned());
+            continue;
+        }
+        in_words = false;
+        for part in t.split('|') {
+            let o = part.trim_start_matches('[');
+            if let Some(name) = o.strip_prefix("--") {
+                let name: String = name
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                options.push(format!("--{name}"));
+            }
+        }
+    }
+    (bin, words, options)
+}
+
+/// `rollout pause|resume|abort` -> each alternative.
+fn alternatives(words: &[String]) -> Vec<Vec<String>> {
+    let mut out = vec![Vec::new()];
+    for w in words {
+        out = out
+            .into_iter()
+            .flat_map(|p: Vec<String>| {
+                w.split('|').map(move |alt| {
+                    let mut p = p.clone();
+                    p.push(alt.to_owned());
+                    p
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+/// Whether `help` lists `option` (not only a longer option it begins).
+fn names_option(help: &str, option: &str) -> bool {
+    help.match_indices(option).any(|(i, _)| {
+        help[i + option.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-'))
+    })
+}
