@@ -233,6 +233,14 @@ fn handler_rules(
         }
         "microsoft/swupdate:1" => {
             step_rules::swupdate::v1_image(&names).map_err(|e| err(&e))?;
+            step_rules::version::criteria(prop("installedCriteria")).map_err(|e| err(&e))?;
+        }
+        "sandstep/firmware:1" => {
+            step_rules::version::criteria(prop("installedCriteria")).map_err(|e| err(&e))?;
+            step_rules::version::image_file(prop("imageFileName"), &names).map_err(|e| err(&e))?;
+        }
+        "sandstep/component:1" => {
+            step_rules::version::criteria(prop("installedCriteria")).map_err(|e| err(&e))?;
         }
         "microsoft/swupdate:2" => {
             step_rules::swupdate::v2_file_count(names.len()).map_err(|e| err(&e))?;

@@ -949,6 +949,14 @@ fn manifest_new_refuses_what_the_default_handlers_refuse() {
         r#"{"handler": "microsoft/swupdate:2", "files": ["install.sh", "image.swu"], "handlerProperties": {"scriptFileName": "install.sh", "swuFileName": "../image.swu"}}"#,
         "swuFileName `../image.swu` is not a file name in the work folder",
     );
+    refused(
+        r#"{"handler": "sandstep/firmware:1", "files": ["image.swu"], "handlerProperties": {}}"#,
+        "handlerProperties.installedCriteria (the new version) is required (sandstep/firmware:1 refuses it)",
+    );
+    refused(
+        r#"{"handler": "sandstep/firmware:1", "files": ["image.swu", "install.sh"], "handlerProperties": {"installedCriteria": "2.0"}}"#,
+        "step has 2 files; say which is the image with handlerProperties.imageFileName",
+    );
     for apt in [
         "libcurl4-doc-apt-manifest.json",
         "bad-apt-manifest-1.0.json",

@@ -48,12 +48,9 @@ fn component_dir(ctx: &Context) -> Result<PathBuf, Failure> {
 }
 
 fn criteria(ctx: &Context) -> Result<&str, Failure> {
-    ctx.installed_criteria().ok_or_else(|| {
-        Failure::new(
-            ERC_NO_CRITERIA,
-            "handlerProperties.installedCriteria (the component's new version) is required",
-        )
-    })
+    // The rule `sandstep manifest new` applies too (step-rules).
+    step_rules::version::criteria(ctx.installed_criteria())
+        .map_err(|rule| Failure::new(ERC_NO_CRITERIA, rule.to_string()))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

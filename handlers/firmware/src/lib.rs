@@ -8,10 +8,11 @@
 //! sha256 (the image never passes through this handler's memory).
 
 use ab_slots::{AbSlots, Installer, ERC_NO_CRITERIA, ERC_WHICH_IMAGE};
-use sandstep_sdk::codes::ExtendedResultCode;
+use sandstep_sdk::codes::{erc, ExtendedResultCode};
 use sandstep_sdk::slot::{self, Slot};
 use sandstep_sdk::{export_handler, Context, Failure, StepFile};
 use serde::Deserialize;
+use step_rules::version::VersionRule;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -27,13 +28,17 @@ impl Installer for HostWrite {
 
     fn image(ctx: &Context) -> Result<&StepFile, Failure> {
         let props: Props = ctx.properties()?;
-        match props.image_file_name.as_deref() {
-            Some(name) => ctx.file(name),
-            None => match ctx.files() {
-                [only] => Ok(only),
-                files => Err(Failure::new(ERC_WHICH_IMAGE, format!("step has {} files; say which is the image with handlerProperties.imageFileName", files.len()))),
-            },
-        }
+        // The rule `sandstep manifest new` applies too (step-rules).
+        let names: Vec<&str> = ctx.files().iter().map(|f| f.name.as_str()).collect();
+        let image = step_rules::version::image_file(props.image_file_name.as_deref(), &names)
+            .map_err(|rule| {
+                let code = match rule {
+                    VersionRule::WhichImage(_) => ERC_WHICH_IMAGE,
+                    _ => erc::SDK_MISSING_FILE,
+                };
+                Failure::new(code, rule.to_string())
+            })?;
+        ctx.file(image)
     }
 
     fn install(_ctx: &Context, image: &StepFile, target: Slot) -> Result<String, Failure> {

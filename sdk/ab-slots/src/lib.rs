@@ -95,12 +95,10 @@ fn write_slots(ctx: &Context, s: &Slots) -> Result<(), Failure> {
 
 fn criteria(ctx: &Context, missing: ExtendedResultCode) -> Result<String, Failure> {
     let props: Props = ctx.properties()?;
-    props.installed_criteria.ok_or_else(|| {
-        Failure::new(
-            missing,
-            "handlerProperties.installedCriteria (the image's version) is required",
-        )
-    })
+    // The rule `sandstep manifest new` applies too (step-rules).
+    step_rules::version::criteria(props.installed_criteria.as_deref())
+        .map(str::to_owned)
+        .map_err(|rule| Failure::new(missing, rule.to_string()))
 }
 
 fn slot_from(s: &str) -> Slot {

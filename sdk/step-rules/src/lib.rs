@@ -9,11 +9,14 @@
 //! - [`apt`] — `microsoft/apt:1` (`sandstep/apt:1`)
 //! - [`script`] — `microsoft/script:1`, and the script of `microsoft/swupdate:2`
 //! - [`swupdate`] — `microsoft/swupdate:1` and `:2`
+//! - [`version`] — `sandstep/firmware:1`, `microsoft/swupdate:1`, `sandstep/component:1`: the new
+//!   version, and firmware's image
 
 pub mod apt;
 pub mod files;
 pub mod script;
 pub mod swupdate;
+pub mod version;
 
 /// The step's file names, for a message.
 fn listed(files: &[&str]) -> String {
