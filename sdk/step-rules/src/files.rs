@@ -90,15 +90,10 @@ pub fn check_destination(d: &str) -> Result<(), RuleError> {
 
 /// Which of the step's `files` the step places: `file_name`, else the only one.
 pub fn which_file<'a>(file_name: Option<&str>, files: &[&'a str]) -> Result<&'a str, RuleError> {
-    match (file_name, files) {
-        (Some(n), _) => files
-            .iter()
-            .find(|f| **f == n)
-            .copied()
-            .ok_or_else(|| RuleError::NoSuchFile(n.to_owned())),
-        (None, [only]) => Ok(only),
-        (None, files) => Err(RuleError::WhichFile(files.len())),
-    }
+    crate::named_or_only(file_name, files).map_err(|p| match p {
+        crate::Pick::NoSuch(n) => RuleError::NoSuchFile(n),
+        crate::Pick::Several(n) => RuleError::WhichFile(n),
+    })
 }
 
 #[cfg(test)]

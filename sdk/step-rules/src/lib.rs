@@ -18,6 +18,26 @@ pub mod script;
 pub mod swupdate;
 pub mod version;
 
+/// Which of a step's files a property picks: the one it names, else the step's only file.
+enum Pick {
+    /// The property names no step file.
+    NoSuch(String),
+    /// No name, and the step has this many files.
+    Several(usize),
+}
+
+fn named_or_only<'a>(name: Option<&str>, files: &[&'a str]) -> Result<&'a str, Pick> {
+    match (name, files) {
+        (Some(n), _) => files
+            .iter()
+            .copied()
+            .find(|f| *f == n)
+            .ok_or_else(|| Pick::NoSuch(n.to_owned())),
+        (None, [only]) => Ok(only),
+        (None, files) => Err(Pick::Several(files.len())),
+    }
+}
+
 /// The step's file names, for a message.
 fn listed(files: &[&str]) -> String {
     if files.is_empty() {

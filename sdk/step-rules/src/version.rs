@@ -45,15 +45,10 @@ pub fn image_file<'a>(
     image_file_name: Option<&str>,
     files: &[&'a str],
 ) -> Result<&'a str, VersionRule> {
-    match (image_file_name, files) {
-        (Some(n), _) => files
-            .iter()
-            .copied()
-            .find(|f| *f == n)
-            .ok_or_else(|| VersionRule::NoSuchImage(n.to_owned())),
-        (None, [only]) => Ok(only),
-        (None, files) => Err(VersionRule::WhichImage(files.len())),
-    }
+    crate::named_or_only(image_file_name, files).map_err(|p| match p {
+        crate::Pick::NoSuch(n) => VersionRule::NoSuchImage(n),
+        crate::Pick::Several(n) => VersionRule::WhichImage(n),
+    })
 }
 
 #[cfg(test)]

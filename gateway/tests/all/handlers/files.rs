@@ -271,6 +271,15 @@ fn file_set_device(files: &[(&str, &[u8])]) -> (tempfile::TempDir, Config, Env) 
     (device, config, env)
 }
 
+/// The restore that ran for `step`.
+fn restore_of<'a>(out: &'a Outcome, step: &str) -> &'a sandstep_model::journal::ActionRecord {
+    out.result.step_results[step]
+        .actions
+        .iter()
+        .find(|a| a.action == sandstep_model::Action::Restore)
+        .expect("restore ran")
+}
+
 /// One files step per (name, bytes, md5 wanted).
 fn file_set_steps(env: &mut Env, set: &[(&str, &[u8], String)]) -> String {
     let mut steps = Vec::new();
@@ -343,11 +352,7 @@ async fn a_failed_file_set_deployment_puts_every_file_back_and_says_which() {
         None,
         "new in the failed deployment: removed"
     );
-    let restore = out.result.step_results["step_2"]
-        .actions
-        .iter()
-        .find(|a| a.action == sandstep_model::Action::Restore)
-        .expect("restore ran");
+    let restore = restore_of(&out, "step_2");
     assert_eq!(
         restore.result.result_details,
         "restored /dest/app/CONFIG, /dest/app/main.py; removed /dest/app/lib.py (new in this deployment)"
@@ -412,11 +417,7 @@ async fn a_set_failing_on_a_read_only_destination_is_still_put_back_whole() {
     assert_eq!(read("main.py").as_deref(), Some(old_main));
     assert_eq!(read("lib.py"), None);
     assert!(!etc.path().join("sys.conf").exists());
-    let restore = out.result.step_results["step_2"]
-        .actions
-        .iter()
-        .find(|a| a.action == sandstep_model::Action::Restore)
-        .expect("restore ran");
+    let restore = restore_of(&out, "step_2");
     assert_eq!(
         restore.result.result_details,
         "restored /dest/app/main.py; removed /dest/app/lib.py (new in this deployment)"
