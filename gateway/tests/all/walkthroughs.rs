@@ -34,7 +34,10 @@ fn walk(script: &str) {
     let Some(broker) = Broker::start() else {
         return;
     };
-    let out = Command::new("bash")
+    // A step that never ends (an agent that does not stop for its reboot) fails the test
+    // instead of holding the suite.
+    let out = Command::new("timeout")
+        .args(["600", "bash"])
         .arg(format!("examples/walkthroughs/{script}"))
         .current_dir(repo_root())
         .env("BROKER", format!("mqtt://127.0.0.1:{}", broker.port))
