@@ -37,17 +37,19 @@ pub enum Settled {
 }
 
 /// Whether the device reported the end of the deployment its desired state asks for: the
-/// reported workflow is the desired one, in `completed` or `failed` (`rebooting` is not an end:
-/// the deployment goes on after the reboot). `None` while it has not.
+/// reported workflow is the desired one (its id, and its `retryTimestamp`: a retry is a new
+/// attempt), in `completed` or `failed` (`rebooting` is not an end: the deployment goes on after
+/// the reboot). `None` while it has not.
 pub fn settled(doc: &Value) -> Option<Settled> {
     let Some(wanted) = doc
-        .pointer("/state/desired/workflow/id")
-        .and_then(Value::as_str)
+        .pointer("/state/desired/workflow")
+        .filter(|w| w.get("id").is_some())
     else {
         return Some(Settled::Idle);
     };
     let r = doc.pointer("/state/reported")?;
-    if r.pointer("/workflow/id").and_then(Value::as_str) != Some(wanted) {
+    let same = |k: &str| r.pointer(&format!("/workflow/{k}")) == wanted.get(k);
+    if !same("id") || !same("retryTimestamp") {
         return None;
     }
     match r.get("status").and_then(Value::as_str) {
@@ -388,6 +390,14 @@ mod tests {
             Some(Settled::Succeeded)
         );
         assert_eq!(settled(&doc(r("wf-2", "failed"))), Some(Settled::Failed));
+        // A retry of wf-2 (`deploy --retry`): its earlier failure is not the retry's end.
+        let retried = json!({"state": {
+            "desired": {"workflow": {"action": 3, "id": "wf-2", "retryTimestamp": "t2"}},
+            "reported": r("wf-2", "failed")}});
+        assert_eq!(settled(&retried), None);
+        let mut ended = retried.clone();
+        ended["state"]["reported"]["workflow"]["retryTimestamp"] = json!("t2");
+        assert_eq!(settled(&ended), Some(Settled::Failed));
         assert_eq!(
             settled(&json!({"state": {"reported": r("wf-1", "failed")}})),
             Some(Settled::Idle)
