@@ -106,11 +106,7 @@ impl Mosquitto {
         if !bin.exists() {
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = sandstep_testkit::free_port();
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,

@@ -3,7 +3,7 @@
 //! repository's root against a mosquitto of the test's own (`$BROKER`) and a free port for its
 //! file server (`$HTTP_PORT`), with the binaries this test was built with.
 
-use sandstep_testkit::{prerequisite_missing, repo_root, Broker};
+use sandstep_testkit::{free_port, prerequisite_missing, repo_root, Broker};
 use std::path::Path;
 use std::process::Command;
 
@@ -15,14 +15,6 @@ const SCRIPTS: [&str; 6] = [
     "4-degu-file-set.sh",
     "5-micropython-ota.sh",
 ];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Runs walkthrough `script`; its whole output is shown when it fails.
 fn walk(script: &str) {

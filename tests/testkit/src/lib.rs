@@ -17,6 +17,16 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
+/// A loopback port free now. It is released before the caller's server binds it, so another
+/// process may take it first: a server that fails to bind should be started again on another.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A test whose prerequisite (root, mosquitto, apt, libfaketime, mount) is missing. A local run
 /// skips it, saying why; under `scripts/test.sh`, which installs every prerequisite and sets
 /// `SANDSTEP_REQUIRE_PREREQUISITES=1`, it is a failure, so no test passes by not running.
@@ -72,11 +82,7 @@ impl Broker {
         // The free port is released before mosquitto binds it, so something else may take it
         // first: then mosquitto exits, and another port is tried.
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = free_port();
             let dir = tempfile::tempdir().unwrap();
             let conf = dir.path().join("mosquitto.conf");
             std::fs::write(

@@ -110,13 +110,9 @@ fn after_attempt(
 ) -> PollState {
     let ok = ending == Ending::Succeeded;
     let mut next = st.clone();
-    let same = st.tag.as_deref() == Some(tag);
     next.tag = Some(tag.to_owned());
-    next.failures = match (ok, same) {
-        (true, _) => 0,
-        (false, true) => st.failures + 1,
-        (false, false) => 1,
-    };
+    // A failed attempt is the tag's n-th failure, n being the attempt it was.
+    next.failures = if ok { 0 } else { attempt_at(st, tag) };
     next.refused = ending == Ending::Refused;
     next.retry_at_ms = if ok || next.refused {
         0
