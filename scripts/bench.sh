@@ -64,6 +64,21 @@ for lang in rust python js; do
     cp "$built" "$langs/$lang.wasm"
 done
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(date -u +%Y-%m-%d)"
+# Group 8b: a vendor's iteration, `dev run` of each template as its README runs it, the first
+# time (the component is compiled) and again unchanged (the dev cache's compiled copy), with
+# an empty dev cache of its own; then what the cache holds.
+devcache=$langs/dev-cache
+for lang in rust python js; do
+    p=$langs/bench-$lang
+    mkdir -p "$p/device/config"
+    for run in first again; do
+        start=$(date +%s%N)
+        XDG_CACHE_HOME=$devcache target/release/sandstep dev run "$p/manifest.json" \
+            --handler "$langs/$lang.wasm" --files "$p/payload" --with-config "$p/gateway.toml" >/dev/null 2>&1
+        echo "| 8b. dev run, $lang, $run | $(( ($(date +%s%N) - start) / 1000000 )) ms |"
+    done
+done
+echo "| 8b. dev cache, three components | $(du -sm "$devcache/sandstep/dev" | cut -f1) MiB |"
 target/release/sandstep bench "${broker[@]}" --package-bin target/bench/sandstep \
     --lang-dir "$langs" --json target/bench.json "${args[@]}"
 # Group 7: the fleet side, its own program (needs the broker).

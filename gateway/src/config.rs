@@ -125,6 +125,15 @@ fn inherit_defaults(handlers: &mut BTreeMap<String, HandlerPolicy>, text: &str) 
     }
 }
 
+/// Each handler's relative `dirs` host path, joined to `base` (the config file's directory).
+fn anchor_relative_dirs(handlers: &mut BTreeMap<String, HandlerPolicy>, base: &Path) {
+    for d in handlers.values_mut().flat_map(|h| h.dirs.iter_mut()) {
+        if d.host.is_relative() {
+            d.host = base.join(&d.host);
+        }
+    }
+}
+
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -132,17 +141,30 @@ impl Config {
             path: path.display().to_string(),
             cause: source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        // A relative `dirs` host path is relative to the file's own directory (a handler
+        // project's gateway.toml names its stand-in directories so).
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        Config::parse_at(&text, &path.display().to_string(), base.as_deref())
     }
 
     /// Parses config text; `origin` names it in errors. The built-in policy of the default
-    /// handlers applies to every id the text does not configure itself.
+    /// handlers applies to every id the text does not configure itself. Host paths must be
+    /// absolute (a file read with [`Config::load`] may name them relative to itself).
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse_at(text, origin, None)
+    }
+
+    fn parse_at(text: &str, origin: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
         inherit_defaults(&mut config.handlers, text);
+        if let Some(base) = base {
+            anchor_relative_dirs(&mut config.handlers, base);
+        }
         config
             .policy()
             .validate()
@@ -245,6 +267,19 @@ mod tests {
         let c = Config::parse(&format!("[handlers.\"{script}\"]\n"), "t").unwrap();
         assert!(c.handlers[script].capabilities.is_empty());
         assert!(c.handlers[script].payload_in_work);
+    }
+
+    #[test]
+    fn a_relative_dirs_host_is_relative_to_the_config_file_and_refused_in_bare_text() {
+        let text = "[handlers.\"acme/config:1\"]\n\
+                    dirs = [{ host = \"device/config\", guest = \"/config\", writable = true }]\n";
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("gateway.toml"), text).unwrap();
+        let c = Config::load(&t.path().join("gateway.toml")).unwrap();
+        let dirs = &c.handlers["acme/config:1"].dirs;
+        assert_eq!(dirs[0].host, t.path().join("device/config"));
+        let e = Config::parse(text, "inline").unwrap_err().to_string();
+        assert!(e.contains("must be absolute"), "{e}");
     }
 
     #[test]

@@ -234,10 +234,13 @@ fn a_new_handler_project_uses_the_packaged_sdk(dir: &Path) {
         .args(["handler", "new"])
         .arg(&project)
         .args(["--id", "acme/probe:1"]));
+    // Cargo.toml names the SDK by version; this machine's copy is in .cargo/config.toml.
     let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains(r#"sandstep-sdk = "0.2""#), "{manifest}");
+    let config = std::fs::read_to_string(project.join(".cargo/config.toml")).unwrap();
     assert!(
-        manifest.contains(r#"sandstep-sdk = { path = "/usr/share/sandstep/rust/sdk" }"#),
-        "{manifest}"
+        config.contains(r#"sandstep-sdk = { path = "/usr/share/sandstep/rust/sdk" }"#),
+        "{config}"
     );
     run(Command::new("cargo")
         .args(["metadata", "--offline", "--format-version", "1"])

@@ -148,6 +148,8 @@ pub struct Context {
     component: Option<Component>,
     /// Where `/payload`, `/work` and `/state` are in a native test ([`Context::with_dirs`]).
     dirs: Option<PathBuf>,
+    /// Granted directories' stand-ins in a native test ([`Context::with_granted`]).
+    granted: Vec<(String, PathBuf)>,
 }
 
 impl Context {
@@ -185,6 +187,7 @@ impl Context {
                 properties: c.properties,
             }),
             dirs: None,
+            granted: Vec::new(),
         }
     }
 
@@ -214,6 +217,7 @@ impl Context {
             files: Vec::new(),
             component: None,
             dirs: None,
+            granted: Vec::new(),
         }
     }
 
@@ -235,6 +239,34 @@ impl Context {
         }
         self.dirs = Some(dir);
         self
+    }
+
+    /// A test context in which the granted directory `guest` (as a gateway's policy maps one
+    /// in with `dirs`, e.g. `/config`) is the test's directory `host`.
+    ///
+    /// ```
+    /// let ctx = sandstep_sdk::Context::for_test("contoso/config:1", "{}")
+    ///     .with_granted("/config", "/tmp/test-config");
+    /// assert_eq!(ctx.granted_path("/config", "app.conf"), std::path::Path::new("/tmp/test-config/app.conf"));
+    /// ```
+    pub fn with_granted(mut self, guest: &str, host: impl Into<PathBuf>) -> Self {
+        self.granted.push((guest.to_owned(), host.into()));
+        self
+    }
+
+    /// A path in a directory the gateway's policy grants this handler (`dirs` in its config:
+    /// `{ host = "/etc/contoso", guest = "/config", writable = true }`), by its guest path. In a
+    /// native test, the directory [`Context::with_granted`] named.
+    ///
+    /// ```
+    /// let ctx = sandstep_sdk::Context::for_test("contoso/config:1", "{}");
+    /// assert_eq!(ctx.granted_path("/config", "app.conf"), std::path::Path::new("/config/app.conf"));
+    /// ```
+    pub fn granted_path(&self, guest: &str, relative: impl AsRef<Path>) -> PathBuf {
+        match self.granted.iter().find(|(g, _)| g == guest) {
+            Some((_, host)) => host.join(relative),
+            None => Path::new(guest).join(relative),
+        }
     }
 
     /// `fixed` (a sandbox directory) joined with `relative`, or its stand-in in a native test.

@@ -11,7 +11,8 @@ pub type Outcome<C> = Result<Done<C>, Failure>;
 /// A failed call: an extended result code and details, turned into a step result.
 ///
 /// I/O errors convert with `?`: their errno becomes the extended code (facility 0, component 0, as
-/// ADU reports errno values).
+/// ADU reports errno values), in WASI's numbering as a component sees it, in a native test too
+/// (ENOENT is 44).
 ///
 /// ```
 /// use sandstep_sdk::{ExtendedResultCode, Facility, Failure, StepResult};
@@ -131,8 +132,45 @@ impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
         let erc = e
             .raw_os_error()
-            .map(ExtendedResultCode::errno)
+            .map(|n| ExtendedResultCode::errno(wasi_errno(n)))
             .unwrap_or(ExtendedResultCode::NONE);
         Failure::new(erc, e.to_string())
     }
+}
+
+/// The errno a component reports (WASI's numbering, which wasi-libc gives a component).
+#[cfg(target_os = "wasi")]
+fn wasi_errno(errno: i32) -> i32 {
+    errno
+}
+
+/// In a native test, the host's errno in WASI's numbering, so the test sees the extended code
+/// the gateway reports (the Python and JavaScript kits map theirs the same way).
+#[cfg(not(target_os = "wasi"))]
+fn wasi_errno(errno: i32) -> i32 {
+    // (Linux errno, WASI errno): the errors file handling meets.
+    const MAP: &[(i32, i32)] = &[
+        (1, 63),   // EPERM
+        (2, 44),   // ENOENT
+        (5, 29),   // EIO
+        (9, 8),    // EBADF
+        (13, 2),   // EACCES
+        (16, 10),  // EBUSY
+        (17, 20),  // EEXIST
+        (18, 75),  // EXDEV
+        (20, 54),  // ENOTDIR
+        (21, 31),  // EISDIR
+        (22, 28),  // EINVAL
+        (24, 33),  // EMFILE
+        (27, 22),  // EFBIG
+        (28, 51),  // ENOSPC
+        (30, 69),  // EROFS
+        (36, 37),  // ENAMETOOLONG
+        (39, 55),  // ENOTEMPTY
+        (40, 32),  // ELOOP
+        (122, 19), // EDQUOT
+    ];
+    MAP.iter()
+        .find(|(host, _)| *host == errno)
+        .map_or(errno, |(_, wasi)| *wasi)
 }

@@ -35,7 +35,7 @@
 //! ```
 //!
 //! Layout: [`context`] (what a call sees), [`done`] (each call's result codes, typed),
-//! [`failure`] (errors that become failure results), [`log`] (logging and progress), [`process`] and [`slot`] (capabilities, each granted by the
+//! [`failure`] (errors that become failure results), [`files`] (atomic writes), [`log`] (logging and progress), [`process`] and [`slot`] (capabilities, each granted by the
 //! gateway's policy), [`codes`] (ADU's result codes and the extended-code builder).
 
 extern crate self as sandstep_sdk;
@@ -43,6 +43,7 @@ extern crate self as sandstep_sdk;
 pub mod context;
 pub mod done;
 pub mod failure;
+pub mod files;
 pub mod log;
 pub mod process;
 pub mod slot;

@@ -28,11 +28,18 @@ pub enum HandlerCommand {
         /// The language: a Rust crate for the SDK, or Python (componentize-py) or JavaScript
         /// (componentize-js) against the WIT package.
         #[arg(long, value_enum, default_value = "rust")]
-        lang: super::handler_kit::Lang,
+        lang: super::handler_build::Lang,
     },
     /// Build a handler project into a component (rustup's wasm32-wasip2 target when installed,
     /// else Debian's Rust toolchain) and print its imports and the capabilities they need.
     Build {
+        /// The project's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run a handler project's own native tests: `cargo test` (Rust), `python3 -m unittest`
+    /// (Python), `node --test` with the kit's harness (JavaScript).
+    Test {
         /// The project's directory.
         #[arg(default_value = ".")]
         dir: PathBuf,
@@ -52,7 +59,8 @@ pub enum HandlerCommand {
         /// The directory holding a signed <component>.wasm for each default handler.
         dir: PathBuf,
     },
-    /// Show the registered handlers: id, digest, signers, granted capabilities.
+    /// Show the registered handlers: id, digest, signers, and what the policy grants each
+    /// (capabilities, and directories as guest=host (rw|ro)).
     List,
     /// Print the default handlers, one a line: the component's name, then the ids it serves
     /// (the build, signing and packaging scripts read this list).
@@ -121,9 +129,10 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         HandlerCommand::Build { dir } => {
-            super::handler_kit::build(&dir)?;
+            super::handler_build::build(&dir)?;
             return Ok(ExitCode::SUCCESS);
         }
+        HandlerCommand::Test { dir } => return super::handler_build::test(&dir),
         HandlerCommand::Defaults => {
             for d in sandstep::defaults::DEFAULT_HANDLERS {
                 println!("{} {}", d.component, d.ids.join(" "));
@@ -158,18 +167,12 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
                 println!("no handlers registered in {}", data.path().display());
             }
             for e in entries {
-                let grants = policy.grants(&e.id);
-                let caps: Vec<&str> = grants.capabilities().iter().map(|c| c.name()).collect();
                 println!(
                     "{:<28} sha256:{}  signed by {:<16} granted: {}",
                     e.id,
                     &e.digest[..16],
                     e.signers.join(","),
-                    if caps.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        caps.join(",")
-                    }
+                    granted(&policy, &e.id)
                 );
             }
         }
@@ -181,6 +184,7 @@ pub async fn run(cmd: HandlerCommand, common: &Common) -> Result<ExitCode> {
         | HandlerCommand::Verify { .. }
         | HandlerCommand::New { .. }
         | HandlerCommand::Build { .. }
+        | HandlerCommand::Test { .. }
         | HandlerCommand::Defaults => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
@@ -241,4 +245,37 @@ async fn install(loader: &Loader, policy: &Policy, component: &Path, id: &str) -
         println!("  capabilities: {}", caps.join(", "));
     }
     Ok(())
+}
+
+/// What the policy grants a handler id, for `handler list`: its capabilities and the host
+/// directories it maps in (`dirs`, `component-dirs`), or `-`.
+fn granted(policy: &Policy, id: &str) -> String {
+    let mut parts: Vec<String> = policy
+        .grants(id)
+        .capabilities()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    let access = |writable: bool| if writable { "rw" } else { "ro" };
+    if let Some(h) = policy.handler(id) {
+        parts.extend(
+            h.dirs
+                .iter()
+                .map(|d| format!("{}={} ({})", d.guest, d.host.display(), access(d.writable))),
+        );
+        parts.extend(h.component_dirs.iter().map(|d| {
+            format!(
+                "{}=<component {}> under {} ({})",
+                d.guest,
+                d.property,
+                d.under.display(),
+                access(d.writable)
+            )
+        }));
+    }
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }

@@ -5,10 +5,12 @@ mod agent;
 mod bench;
 mod common;
 mod dev;
+mod dev_cache;
 mod doctor;
 mod firmware;
 mod forward;
 mod handler;
+mod handler_build;
 mod handler_kit;
 mod key;
 mod manifest;
@@ -116,7 +118,7 @@ pub fn main() -> ExitCode {
             Command::Manifest(cmd) => manifest::run(cmd),
             Command::Firmware(cmd) => firmware::run(cmd),
             Command::Trust(cmd) => trust::run(cmd, &cli.common),
-            Command::Step(cmd) => step::run(cmd).await,
+            Command::Step(cmd) => step::run(cmd, &cli.common).await,
             Command::Dev(cmd) => dev::run(cmd),
             Command::Agent => agent::agent(&cli.common).await,
             Command::Status(args) => status::run(args, &cli.common).await,

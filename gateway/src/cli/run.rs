@@ -13,6 +13,7 @@ use sandstep_model::deployment::{action, Deployment};
 use sandstep_model::inventory::Inventory;
 use sandstep_model::journal::{FileSource, Status};
 use sandstep_model::results::ResultFile;
+use sandstep_model::Action;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -64,6 +65,11 @@ pub struct RunArgs {
     /// verified.
     #[arg(long)]
     allow_unsigned: bool,
+    /// Cancel the deployment when the first step's ACTION call begins (is-installed, download,
+    /// backup, install, apply, restore), as an operator's cancel arriving then would: the call
+    /// is stopped and the handler's `cancel` runs. For development (`dev run` passes it on).
+    #[arg(long, value_name = "ACTION")]
+    cancel_during: Option<Action>,
 }
 
 fn read_limited(path: &Path, limit: usize, what: &str) -> Result<String> {
@@ -207,7 +213,9 @@ pub async fn run(args: RunArgs, common: &Common) -> Result<ExitCode> {
         c.cancel();
     });
 
-    let console = Arc::new(Console::new(args.json));
+    let mut console = Console::new(args.json);
+    console.cancel_during = args.cancel_during.map(|a| (a, cancel.clone()));
+    let console = Arc::new(console);
     let workflow_id = req.workflow_id.clone();
     let outcome = deployer.run(req, console.clone(), &cancel).await?;
     console.clear();
@@ -315,6 +323,8 @@ struct Console {
     units: Mutex<Vec<UnitInfo>>,
     bars: Mutex<HashMap<(usize, String), ProgressBar>>,
     multi: MultiProgress,
+    /// `--cancel-during`: the action whose start cancels the deployment.
+    cancel_during: Option<(Action, CancellationToken)>,
 }
 
 #[derive(PartialEq)]
@@ -338,6 +348,7 @@ impl Console {
             units: Mutex::default(),
             bars: Mutex::default(),
             multi: MultiProgress::new(),
+            cancel_during: None,
         }
     }
 
@@ -378,6 +389,17 @@ impl Console {
 
 impl Observer for Console {
     fn event(&self, ev: &Event) {
+        if let (Event::ActionStarted { unit, action }, Some((at, cancel))) =
+            (ev, &self.cancel_during)
+        {
+            if action == at && !cancel.is_cancelled() {
+                self.line(format!(
+                    "{}: cancelling as {action} begins (--cancel-during)",
+                    self.label(*unit)
+                ));
+                cancel.cancel();
+            }
+        }
         if self.mode == Mode::Json {
             println!("{}", serde_json::to_string(ev).expect("events serialize"));
             return;

@@ -6,7 +6,9 @@ use cap_std::fs::Dir;
 use clap::{Args, Subcommand};
 use sandstep::capability::process::ProcessPolicy;
 use sandstep::capability::Grants;
-use sandstep::sandbox::{CallTags, EngineOptions, Limits, Sandbox, SessionSetup, StepDirs};
+use sandstep::sandbox::{
+    CallTags, EngineOptions, Limits, Preopen, Sandbox, SessionSetup, StepDirs,
+};
 use sandstep_model::{Action, StepContext, StepFile, UpdateId};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -56,9 +58,9 @@ pub struct CallArgs {
     process_policy: Option<PathBuf>,
 }
 
-pub async fn run(cmd: StepCommand) -> Result<ExitCode> {
+pub async fn run(cmd: StepCommand, common: &super::common::Common) -> Result<ExitCode> {
     match cmd {
-        StepCommand::Call(args) => call(args).await,
+        StepCommand::Call(args) => call(args, &common.load_config()?.policy()).await,
     }
 }
 
@@ -116,7 +118,38 @@ fn payload_files(dir: &Dir) -> Result<Vec<StepFile>> {
     Ok(files)
 }
 
-async fn call(args: CallArgs) -> Result<ExitCode> {
+/// What the gateway's policy grants the handler id (capabilities, and its `dirs` mapped in),
+/// with `--process-policy` in place of the config's program rules when given.
+fn policy_grants(
+    args: &CallArgs,
+    policy: &sandstep::policy::Policy,
+) -> Result<(Grants, Vec<Preopen>)> {
+    let mut grants = policy.grants(&args.handler_id);
+    if let Some(p) = &args.process_policy {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let rules: ProcessPolicy = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid process policy", p.display()))?;
+        grants.process = Some(rules);
+    }
+    let extra = policy.extra_preopens(&args.handler_id, None)?;
+    for d in &extra {
+        eprintln!(
+            "{} = {} ({}, granted to {} by the config's dirs)",
+            d.guest_path(),
+            d.host_path()?.display(),
+            if d.writable() {
+                "read-write"
+            } else {
+                "read-only"
+            },
+            args.handler_id
+        );
+    }
+    Ok((grants, extra))
+}
+
+async fn call(args: CallArgs, policy: &sandstep::policy::Policy) -> Result<ExitCode> {
     eprintln!(
         "warning: `step call` runs the component without checking its signature (development only)"
     );
@@ -129,6 +162,7 @@ async fn call(args: CallArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot read {}", args.component.display()))?
         .into();
 
+    let (grants, extra) = policy_grants(&args, policy)?;
     let (payload, payload_path) = dir_or_temp(args.payload, "payload")?;
     let (work, work_path) = dir_or_temp(args.work, "work")?;
     let (state, state_path) = dir_or_temp(args.state, "state")?;
@@ -141,14 +175,6 @@ async fn call(args: CallArgs) -> Result<ExitCode> {
         state_path.display()
     );
 
-    let mut grants = Grants::default();
-    if let Some(p) = &args.process_policy {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-        let policy: ProcessPolicy = toml::from_str(&text)
-            .with_context(|| format!("{}: invalid process policy", p.display()))?;
-        grants.process = Some(policy);
-    }
     let mut limits = Limits {
         memory_bytes: args.memory_mib << 20,
         ..Limits::default()
@@ -182,7 +208,10 @@ async fn call(args: CallArgs) -> Result<ExitCode> {
             step: "0".into(),
             handler_id: args.handler_id.clone(),
         },
-        dirs: StepDirs::new(payload, work, state),
+        dirs: StepDirs {
+            extra,
+            ..StepDirs::new(payload, work, state)
+        },
         grants,
         limits,
         events: None,

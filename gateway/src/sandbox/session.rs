@@ -238,6 +238,11 @@ impl Session {
                 ),
             );
         }
+        if cancel.is_cancelled() {
+            // Cancelled before it began: the call does not start (the select below would pick
+            // either branch at random).
+            return self.conclude(action, Ended::Cancelled);
+        }
         let wit_ctx = to_wit(ctx);
         let limit = self.limits.time_limit(action);
         self.store.data_mut().deadline = Some((Instant::now() + limit, action, limit));

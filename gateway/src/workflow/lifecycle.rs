@@ -79,7 +79,8 @@ pub fn after_is_installed(
                 .with_details("confirmed installed after the requested reboot or restart"),
             Some(_) => StepResult::new(result::APPLY_SUCCESS)
                 .with_details("confirmed installed after the requested reboot or restart"),
-            None => StepResult::new(result::INSTALL_SKIPPED_UPDATE_ALREADY_INSTALLED),
+            None => StepResult::new(result::INSTALL_SKIPPED_UPDATE_ALREADY_INSTALLED)
+                .with_details(already_installed(answer)),
         })
         .into();
     }
@@ -110,6 +111,15 @@ pub fn after_is_installed(
 }
 
 /// After download, backup, install or apply.
+/// The details of a step skipped as already installed: what is-installed said, so a person
+/// reading `603` learns why (ADU leaves them empty; the code is ADU's).
+fn already_installed(answer: &StepResult) -> String {
+    match answer.result_details.trim() {
+        "" => "already installed (is-installed answered 900)".to_owned(),
+        said => format!("already installed: {said}"),
+    }
+}
+
 pub fn after(action: Action, answer: &StepResult) -> Decision {
     let followup = Followup::of(answer.result_code);
     if !answer.is_success() {
@@ -165,6 +175,10 @@ mod tests {
         StepResult::new(c)
     }
 
+    fn skipped() -> StepResult {
+        code(INSTALL_SKIPPED_UPDATE_ALREADY_INSTALLED).with_details(already_installed(&code(900)))
+    }
+
     fn fail() -> StepResult {
         StepResult::failure(erc::SANDBOX_TRAP, "boom")
     }
@@ -174,11 +188,7 @@ mod tests {
         // (answer, resumed after, next) - ADU steps_handler.cpp, StepsHandler_Install.
         let rows: &[(StepResult, Option<Action>, Next)] = &[
             // 900 skips the step as 603.
-            (
-                code(IS_INSTALLED_INSTALLED),
-                None,
-                Next::Done(code(INSTALL_SKIPPED_UPDATE_ALREADY_INSTALLED)),
-            ),
+            (code(IS_INSTALLED_INSTALLED), None, Next::Done(skipped())),
             // 901 goes on.
             (
                 code(IS_INSTALLED_NOT_INSTALLED),

@@ -1,15 +1,15 @@
 //! `@ID@`: a sandstep update handler.
 //!
-//! It installs one file of the step into the handler's `/state` directory and records the
-//! step's `installedCriteria`, so `is-installed` can tell whether there is anything to do.
-//!
-//! handlerProperties:
-//! - `fileName`: the step file to install.
-//! - `installedCriteria`: the version this step installs.
+//! It installs the step file named by handlerProperties.fileName into `/config`, a directory the
+//! gateway's policy grants this handler (gateway.toml: `dirs`), atomically (a reader sees the old
+//! file or the new one), and records handlerProperties.installedCriteria in `/state`, so
+//! `is-installed` can tell whether there is anything to do. `backup` keeps the current file in
+//! `/work`, `restore` puts it back, `cancel` removes a half-written file.
 //!
 //! Build: `sandstep handler build`; the README beside this file goes on from there.
 
-use sandstep_sdk::done::{Applied, BackedUp, Installed, IsInstalled, Restored};
+use sandstep_sdk::done::{Applied, BackedUp, Cancelled, Installed, IsInstalled, Restored};
+use sandstep_sdk::files::{staged_path, write_atomically};
 use sandstep_sdk::{export_handler, log, Context, Failure, Handler, Outcome};
 use serde::Deserialize;
 
@@ -20,6 +20,8 @@ struct Props {
     installed_criteria: String,
 }
 
+/// The directory the gateway grants this handler (gateway.toml).
+const CONFIG: &str = "/config";
 /// Where the installed version is recorded, under `/state`.
 const RECORD: &str = "installed-version";
 
@@ -45,7 +47,7 @@ impl Handler for @STRUCT@ {
         let p = props(ctx)?;
         let have = std::fs::read_to_string(ctx.state_path(RECORD)).unwrap_or_default();
         Ok(if have == p.installed_criteria {
-            IsInstalled::Installed.into()
+            IsInstalled::Installed.with_details(format!("{} is installed", p.installed_criteria))
         } else {
             IsInstalled::NotInstalled.with_details(format!("{} is not installed", p.installed_criteria))
         })
@@ -53,7 +55,7 @@ impl Handler for @STRUCT@ {
 
     fn backup(&mut self, ctx: &Context) -> Outcome<BackedUp> {
         let p = props(ctx)?;
-        let current = ctx.state_path(&p.file_name);
+        let current = ctx.granted_path(CONFIG, &p.file_name);
         if !current.exists() {
             return Ok(BackedUp::Unsupported.with_details("nothing installed yet"));
         }
@@ -65,16 +67,26 @@ impl Handler for @STRUCT@ {
         let p = props(ctx)?;
         let file = ctx.file(&p.file_name)?;
         log::progress(10, &format!("installing {} ({} bytes)", file.name, file.size));
-        let staged = ctx.state_path(format!("{}.new", p.file_name));
-        std::fs::copy(file.path(), &staged)?;
-        std::fs::rename(staged, ctx.state_path(&p.file_name))?;
+        let bytes = std::fs::read(file.path())?;
+        write_atomically(ctx.granted_path(CONFIG, &p.file_name), &bytes)?;
+        log::info(&format!("{} installed into {CONFIG}", p.file_name));
         Ok(Installed::Success.with_details(format!("{} installed", p.file_name)))
     }
 
     fn apply(&mut self, ctx: &Context) -> Outcome<Applied> {
         let p = props(ctx)?;
-        std::fs::write(ctx.state_path(RECORD), &p.installed_criteria)?;
+        write_atomically(ctx.state_path(RECORD), p.installed_criteria.as_bytes())?;
         Ok(Applied::Success.with_details(format!("{} is active", p.installed_criteria)))
+    }
+
+    fn cancel(&mut self, ctx: &Context) -> Outcome<Cancelled> {
+        let p = props(ctx)?;
+        let staged = staged_path(&ctx.granted_path(CONFIG, &p.file_name));
+        if !staged.exists() {
+            return Ok(Cancelled::Success.with_details("nothing to clean up"));
+        }
+        std::fs::remove_file(staged)?;
+        Ok(Cancelled::Success.with_details(format!("removed the half-written {}", p.file_name)))
     }
 
     fn restore(&mut self, ctx: &Context) -> Outcome<Restored> {
@@ -83,7 +95,7 @@ impl Handler for @STRUCT@ {
         if !backup.exists() {
             return Ok(Restored::Unsupported.with_details("no backup was taken"));
         }
-        std::fs::copy(backup, ctx.state_path(&p.file_name))?;
+        write_atomically(ctx.granted_path(CONFIG, &p.file_name), &std::fs::read(backup)?)?;
         Ok(Restored::Success.into())
     }
 }
@@ -94,30 +106,46 @@ export_handler!(@STRUCT@);
 mod tests {
     use super::*;
 
-    /// The handler's calls in the order the agent makes them, natively, in a temporary directory.
-    #[test]
-    fn installs_the_file_and_then_reports_it_installed() {
-        let dir = std::env::temp_dir().join(format!("@CRATE@-test-{}", std::process::id()));
+    /// A sandbox stand-in with the step file and the granted /config, in a fresh directory.
+    fn setup(name: &str, props: &str) -> (Context, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("@CRATE@-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("config")).unwrap();
         std::fs::write(dir.join("app.conf"), b"greeting=hello\n").unwrap();
-        let props = r#"{"fileName": "app.conf", "installedCriteria": "1.0"}"#;
         let ctx = Context::for_test("@ID@", props)
             .with_dirs(dir.join("sandbox"))
-            .with_file("app.conf", dir.join("app.conf"));
+            .with_file("app.conf", dir.join("app.conf"))
+            .with_granted(CONFIG, dir.join("config"));
+        (ctx, dir.join("config"))
+    }
+
+    const PROPS: &str = r#"{"fileName": "app.conf", "installedCriteria": "1.0"}"#;
+
+    /// The handler's calls in the order the agent makes them, natively.
+    #[test]
+    fn installs_into_the_granted_directory_and_then_reports_it_installed() {
+        let (ctx, config) = setup("order", PROPS);
         let mut h = @STRUCT@;
         assert_eq!(h.is_installed(&ctx).unwrap().code(), 901);
         assert_eq!(h.install(&ctx).unwrap().code(), 600);
         assert_eq!(h.apply(&ctx).unwrap().code(), 700);
         assert_eq!(h.is_installed(&ctx).unwrap().code(), 900);
-        let installed = std::fs::read(ctx.state_path("app.conf")).unwrap();
-        assert_eq!(installed, b"greeting=hello\n");
+        assert_eq!(std::fs::read(config.join("app.conf")).unwrap(), b"greeting=hello\n");
     }
 
     #[test]
     fn a_file_name_with_a_path_is_refused_with_the_handlers_own_code() {
-        let ctx = Context::for_test("@ID@", r#"{"fileName": "../x", "installedCriteria": "1"}"#);
+        let (ctx, _) = setup("name", r#"{"fileName": "../x", "installedCriteria": "1"}"#);
         let failure = @STRUCT@.install(&ctx).unwrap_err();
         assert_eq!(failure.erc().raw(), 0x3200_0001);
+    }
+
+    #[test]
+    fn a_missing_config_directory_fails_with_its_errno() {
+        let (ctx, config) = setup("errno", PROPS);
+        std::fs::remove_dir(&config).unwrap();
+        let failure = @STRUCT@.install(&ctx).unwrap_err();
+        // ENOENT, as the gateway reports it (WASI's errno; the SDK maps a native test's own).
+        assert_eq!(failure.erc().raw(), 44, "{}", failure.details());
     }
 }

@@ -1082,3 +1082,55 @@ fn step_call_prints_extended_codes_in_hex() {
         "{v}"
     );
 }
+
+/// A handler's `dirs` grant is what `handler list` shows and what `step call` maps in, read
+/// from a config file whose relative host path is relative to the file.
+#[test]
+fn handler_list_shows_a_dirs_grant_and_step_call_maps_it_in() {
+    let data = data_dir();
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir(t.path().join("granted")).unwrap();
+    let config = t.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[handlers.\"{PROBE}\"]\ndirs = [{{ host = \"granted\", guest = \"/config\", writable = true }}]\n"
+        ),
+    )
+    .unwrap();
+    let list = ok(&sandstep()
+        .args(["handler", "list", "--data-dir"])
+        .arg(data.path())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap());
+    let row = list.lines().find(|l| l.starts_with(PROBE)).unwrap();
+    let host = t.path().join("granted");
+    assert!(
+        row.ends_with(&format!("granted: /config={} (rw)", host.display())),
+        "{list}"
+    );
+
+    let wasm = t.path().join("probe.wasm");
+    std::fs::write(&wasm, component("probe")).unwrap();
+    let out = sandstep()
+        .args(["step", "call"])
+        .arg(&wasm)
+        .arg("install")
+        .args(["--handler-id", PROBE, "--properties"])
+        .arg(json!({"op": "write", "path": "/config/written"}).to_string())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/config = "),
+        "step call says what it maps in"
+    );
+    assert!(
+        host.join("written").is_file(),
+        "the probe wrote through the grant"
+    );
+}
