@@ -10,7 +10,7 @@ scripts/build-components.sh
 # clusters in temporary directories as an unprivileged user; openssl makes their test CA), the
 # clock-jump test libfaketime
 # (Debian's faketime), the GRUB boot-control test grub-editenv (grub-common), the SWUpdate
-# handler's test the real swupdate (and cpio to pack a .swu).
+# handler's test the real swupdate (and cpio to pack a .swu), the proxy test tinyproxy.
 # Install them when missing and we are root.
 missing=()
 [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
@@ -21,6 +21,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 [[ -x /usr/bin/grub-editenv ]] || missing+=(grub-common)
 [[ -x /usr/bin/swupdate ]] || missing+=(swupdate)
 [[ -x /usr/bin/cpio ]] || missing+=(cpio)
+# Downloads through a real HTTP proxy with Basic authentication (gateway/tests/all/proxy.rs).
+[[ -x /usr/bin/tinyproxy ]] || missing+=(tinyproxy)
 # The README's walkthroughs (examples/walkthroughs, run by the suite) use these as a person would.
 [[ -x /usr/bin/mosquitto_pub ]] || missing+=(mosquitto-clients)
 [[ -x /usr/bin/jq ]] || missing+=(jq)

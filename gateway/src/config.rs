@@ -87,6 +87,11 @@ pub enum ConfigError {
         path: String,
         problem: crate::health::HealthError,
     },
+    #[error("config {path}: {problem}")]
+    Download {
+        path: String,
+        problem: crate::download::SettingError,
+    },
     #[error("config {path}: handlers.\"{id}\": {rule}")]
     Policy {
         path: String,
@@ -172,6 +177,13 @@ impl Config {
                 path: origin.to_owned(),
                 id: e.id,
                 rule: e.rule,
+            })?;
+        config
+            .download
+            .validate()
+            .map_err(|problem| ConfigError::Download {
+                path: origin.to_owned(),
+                problem,
             })?;
         config
             .health
@@ -280,6 +292,37 @@ mod tests {
         assert_eq!(dirs[0].host, t.path().join("device/config"));
         let e = Config::parse(text, "inline").unwrap_err().to_string();
         assert!(e.contains("must be absolute"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_proxy_or_a_zero_attempts_is_refused_naming_the_field() {
+        for (text, want) in [
+            (
+                "proxy = \"not a url\"",
+                "[download] proxy: `not a url` is not a URL",
+            ),
+            (
+                "proxy = \"socks5://127.0.0.1:1080\"",
+                "scheme must be http or https",
+            ),
+            (
+                "proxy = \"http://u:secret@proxy:3128/path\"",
+                "no path or query",
+            ),
+            ("attempts = 0", "[download] attempts: must be at least 1"),
+        ] {
+            let e = Config::parse(&format!("[download]\n{text}\n"), "c.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains("secret"), "the password is not shown: {e}");
+        }
+        let ok = "[download]\nproxy = \"http://u:p@127.0.0.1:3128\"\nno-proxy = \"localhost\"\n";
+        let c = Config::parse(ok, "c.toml").unwrap();
+        assert_eq!(
+            c.download.proxy_shown().unwrap(),
+            "http://u:***@127.0.0.1:3128/"
+        );
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
         }
     };
     check_data_dir(&mut r, data.path());
+    check_proxy(&mut r, &config, broker_timeout).await;
 
     let trust = match TrustStore::load(&data, &config.trust) {
         Ok(t) => t,
@@ -117,6 +118,50 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
 
 /// Whether each host-program run gets its own control group (every descendant found and
 /// stopped; the pids limit), and where.
+/// The download proxy: which one applies (the config's, or the environment's), and whether
+/// the configured one accepts a connection.
+async fn check_proxy(r: &mut Report, config: &Config, timeout_secs: u64) {
+    let Some(shown) = config.download.proxy_shown() else {
+        let env = [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+        ]
+        .into_iter()
+        .find(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+        match env {
+            Some(v) => r.ok("download proxy", format!("from the environment ({v})")),
+            None => r.ok("download proxy", "none (direct)"),
+        }
+        return;
+    };
+    let Some(addr) = config
+        .download
+        .proxy
+        .as_deref()
+        .and_then(|p| reqwest::Url::parse(p).ok())
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+    else {
+        return; // refused when the config was read
+    };
+    let wait = Duration::from_secs(timeout_secs.max(1));
+    match tokio::time::timeout(wait, tokio::net::TcpStream::connect(&addr)).await {
+        Ok(Ok(_)) => r.ok("download proxy", format!("{shown} accepts connections")),
+        Ok(Err(e)) => r.fail(
+            "download proxy",
+            format!("{shown}: {e}"),
+            "check [download] proxy, or that the proxy runs",
+        ),
+        Err(_) => r.fail(
+            "download proxy",
+            format!("{shown}: no answer in {wait:?}"),
+            "check [download] proxy, or that the proxy runs",
+        ),
+    }
+}
+
 fn check_program_groups(r: &mut Report) {
     let b = sandstep::capability::cgroup::bases();
     match (&b.unified, b.unified_pids, &b.pids_v1) {

@@ -80,6 +80,7 @@ impl Downloader {
                 file: name.to_owned(),
                 url: url.to_owned(),
                 status: status.as_u16(),
+                via: self.via(status.as_u16()),
             }));
         }
         if resp.content_length().is_some_and(|n| n > limit as u64) {

@@ -38,6 +38,15 @@ pub struct DownloadConfig {
     pub connect_timeout_secs: u64,
     /// A transfer that receives nothing for this long is retried, in seconds.
     pub stall_timeout_secs: u64,
+    /// The HTTP(S) proxy every download goes through (`http://[user:password@]host:port`; the
+    /// credentials are sent as Basic authorization). Without it, `HTTPS_PROXY`, `HTTP_PROXY`,
+    /// `ALL_PROXY` and `NO_PROXY` of the agent's environment apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    /// Hosts reached directly despite `proxy` (comma-separated: names, `.domain` suffixes,
+    /// IP addresses and CIDR ranges, as `NO_PROXY`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_proxy: Option<String>,
 }
 
 impl Default for DownloadConfig {
@@ -48,11 +57,64 @@ impl Default for DownloadConfig {
             max_backoff_ms: 30_000,
             connect_timeout_secs: 30,
             stall_timeout_secs: 60,
+            proxy: None,
+            no_proxy: None,
         }
     }
 }
 
+/// Why a `[download]` setting is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("[download] {field}: {problem}")]
+pub struct SettingError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
 impl DownloadConfig {
+    /// Checks the settings a person writes: a proxy must be an `http://` or `https://` URL
+    /// with a host and a port, and no path; attempts and timeouts must not be zero.
+    pub fn validate(&self) -> Result<(), SettingError> {
+        let bad = |field, problem: String| Err(SettingError { field, problem });
+        if self.attempts == 0 {
+            return bad("attempts", "must be at least 1".into());
+        }
+        if self.connect_timeout_secs == 0 || self.stall_timeout_secs == 0 {
+            return bad(
+                "connect-timeout-secs / stall-timeout-secs",
+                "must not be 0".into(),
+            );
+        }
+        if let Some(p) = &self.proxy {
+            let shown = redact(p);
+            let url = match reqwest::Url::parse(p) {
+                Ok(u) => u,
+                Err(e) => return bad("proxy", format!("`{shown}` is not a URL ({e})")),
+            };
+            if !matches!(url.scheme(), "http" | "https") {
+                return bad(
+                    "proxy",
+                    format!("`{shown}`: the scheme must be http or https"),
+                );
+            }
+            if url.host_str().is_none_or(str::is_empty) || url.port_or_known_default().is_none() {
+                return bad("proxy", format!("`{shown}`: needs a host"));
+            }
+            if !matches!(url.path(), "" | "/") || url.query().is_some() {
+                return bad(
+                    "proxy",
+                    format!("`{shown}`: a proxy URL has no path or query"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The proxy URL without its password, for messages and `doctor`.
+    pub fn proxy_shown(&self) -> Option<String> {
+        self.proxy.as_deref().map(redact)
+    }
+
     /// The delay before retry `n` (1-based): exponential, capped, with ±50% jitter.
     pub fn backoff(&self, n: u32) -> Duration {
         let base = self
@@ -134,11 +196,13 @@ pub enum DownloadError {
         expected: u64,
         actual: u64,
     },
-    #[error("`{file}`: {url} answered HTTP {status}")]
+    #[error("`{file}`: {url} answered HTTP {status}{via}")]
     Http {
         file: String,
         url: String,
         status: u16,
+        /// Through which configured proxy, said in the message (empty without one).
+        via: String,
     },
     #[error("`{file}`: {url}: gave up after {attempts} attempts: {last}")]
     Network {
@@ -252,15 +316,35 @@ impl Downloader {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        let c = reqwest::Client::builder()
+        let setup = |e: reqwest::Error| DownloadError::Source {
+            file: file.to_owned(),
+            reason: format!("the HTTP client cannot be set up: {e}"),
+        };
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(self.config.connect_timeout_secs))
-            .user_agent(concat!("sandstep/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| DownloadError::Source {
-                file: file.to_owned(),
-                reason: format!("the HTTP client cannot be set up: {e}"),
-            })?;
+            .user_agent(concat!("sandstep/", env!("CARGO_PKG_VERSION")));
+        if let Some(url) = &self.config.proxy {
+            // Checked when the config was read (DownloadConfig::validate).
+            let no_proxy = self.config.no_proxy.as_deref().unwrap_or("");
+            let proxy = reqwest::Proxy::all(url)
+                .map_err(setup)?
+                .no_proxy(reqwest::NoProxy::from_string(no_proxy));
+            builder = builder.proxy(proxy);
+        }
+        let c = builder.build().map_err(setup)?;
         Ok(self.client.get_or_init(|| c))
+    }
+
+    /// What an HTTP refusal's message says of the configured proxy: which one, and for a 407
+    /// (or a 401, which tinyproxy sends) that it may be the proxy refusing the credentials.
+    pub(crate) fn via(&self, status: u16) -> String {
+        match (self.config.proxy_shown(), status) {
+            (None, _) => String::new(),
+            (Some(p), 407 | 401) => {
+                format!(" through the proxy {p} (the proxy may have refused its credentials)")
+            }
+            (Some(p), _) => format!(" through the proxy {p}"),
+        }
     }
 
     /// The store directory.
@@ -598,6 +682,7 @@ impl Downloader {
                     file: file.file_name.clone(),
                     url: url.to_owned(),
                     status,
+                    via: self.via(status),
                 }))
             }
         };
@@ -693,6 +778,17 @@ fn regular(f: std::fs::File) -> std::io::Result<std::fs::File> {
             std::io::ErrorKind::InvalidInput,
             "not a regular file",
         ))
+    }
+}
+
+/// `url` with its password replaced by `***`.
+fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
 

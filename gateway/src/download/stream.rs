@@ -145,7 +145,7 @@ impl Downloader {
         loop {
             attempt += 1;
             let last = match self.client(&file.file_name)?.head(url).send().await {
-                Ok(resp) => return head_says(file, url, &resp),
+                Ok(resp) => return head_says(file, url, &resp, &self.via(resp.status().as_u16())),
                 Err(e) => e.to_string(),
             };
             if attempt >= self.config.attempts {
@@ -232,7 +232,12 @@ fn dest_err(file: &Wanted) -> impl Fn(std::io::Error) -> DownloadError + '_ {
 /// other refusal gets the benefit of the doubt, and the stream at install says what is wrong: a
 /// pre-signed URL is signed for GET only (a HEAD gets 403), and some servers do not answer HEAD
 /// at all (405, 501).
-fn head_says(file: &Wanted, url: &str, resp: &reqwest::Response) -> Result<(), DownloadError> {
+fn head_says(
+    file: &Wanted,
+    url: &str,
+    resp: &reqwest::Response,
+    via: &str,
+) -> Result<(), DownloadError> {
     let status = resp.status();
     if !status.is_success() && !matches!(status.as_u16(), 404 | 410) {
         tracing::debug!(file = %file.file_name, status = status.as_u16(), "HEAD not answered; the stream will tell");
@@ -243,6 +248,7 @@ fn head_says(file: &Wanted, url: &str, resp: &reqwest::Response) -> Result<(), D
             file: file.file_name.clone(),
             url: url.to_owned(),
             status: status.as_u16(),
+            via: via.to_owned(),
         });
     }
     // The header itself: reqwest's content_length() is the (empty) body's for HEAD.
@@ -337,6 +343,7 @@ impl Downloader {
                         file: file.file_name.clone(),
                         url: url.to_owned(),
                         status: resp.status().as_u16(),
+                        via: self.via(resp.status().as_u16()),
                     })
                 }
                 Err(e) => e.to_string(),

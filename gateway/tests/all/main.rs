@@ -18,6 +18,7 @@ mod http;
 mod iothub;
 mod mqtt_tls;
 mod process;
+mod proxy;
 mod restart;
 mod rollback;
 mod rollouts;
