@@ -310,6 +310,10 @@ mod tests {
                 "no path or query",
             ),
             ("attempts = 0", "[download] attempts: must be at least 1"),
+            (
+                "stall-timeout-secs = 0",
+                "[download] stall-timeout-secs: must not be 0",
+            ),
         ] {
             let e = Config::parse(&format!("[download]\n{text}\n"), "c.toml")
                 .unwrap_err()

@@ -79,11 +79,11 @@ impl DownloadConfig {
         if self.attempts == 0 {
             return bad("attempts", "must be at least 1".into());
         }
-        if self.connect_timeout_secs == 0 || self.stall_timeout_secs == 0 {
-            return bad(
-                "connect-timeout-secs / stall-timeout-secs",
-                "must not be 0".into(),
-            );
+        if self.connect_timeout_secs == 0 {
+            return bad("connect-timeout-secs", "must not be 0".into());
+        }
+        if self.stall_timeout_secs == 0 {
+            return bad("stall-timeout-secs", "must not be 0".into());
         }
         if let Some(p) = &self.proxy {
             let shown = redact(p);
