@@ -314,6 +314,10 @@ mod tests {
                 "stall-timeout-secs = 0",
                 "[download] stall-timeout-secs: must not be 0",
             ),
+            (
+                "max-bytes-per-sec = 0",
+                "[download] max-bytes-per-sec: must not be 0",
+            ),
         ] {
             let e = Config::parse(&format!("[download]\n{text}\n"), "c.toml")
                 .unwrap_err()

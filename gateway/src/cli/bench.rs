@@ -195,6 +195,17 @@ async fn data_path_figures(g: &Guests, k: &Keys, q: bool, all: &mut Figures) -> 
     );
     all.insert("sha256".into(), serde_json::to_value(&sh)?);
 
+    // A gateway's cap is typically 100 KB/s to a few MB/s; 10 MB/s for 60 s (6 s quick).
+    let cap = bench::bandwidth_cap(10_000_000, if q { 6 } else { 60 }).await;
+    println!(
+        "| 4b. download under a {} MB/s cap over {:.0} s: achieved vs cap, CPU | {:+.2} %, {:.1} % of a core | within 5 % |",
+        cap.cap_bytes_per_sec / 1_000_000,
+        cap.seconds,
+        cap.deviation_percent,
+        cap.cpu_percent
+    );
+    all.insert("bandwidth_cap".into(), serde_json::to_value(&cap)?);
+
     for mib in if q { vec![100] } else { vec![100, 1024] } {
         let f = bench::firmware_path(firmware, key, key_bytes, mib);
         println!(

@@ -10,6 +10,7 @@
 //! Proxies come from the usual environment variables (`https_proxy`, `no_proxy`, ...).
 
 mod document;
+pub mod rate;
 mod stream;
 pub use stream::Destination;
 
@@ -47,6 +48,10 @@ pub struct DownloadConfig {
     /// IP addresses and CIDR ranges, as `NO_PROXY`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_proxy: Option<String>,
+    /// The bandwidth cap: bytes a second for all downloads together (store files, firmware
+    /// streams, delta ranges); none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 impl Default for DownloadConfig {
@@ -59,6 +64,7 @@ impl Default for DownloadConfig {
             stall_timeout_secs: 60,
             proxy: None,
             no_proxy: None,
+            max_bytes_per_sec: None,
         }
     }
 }
@@ -84,6 +90,12 @@ impl DownloadConfig {
         }
         if self.stall_timeout_secs == 0 {
             return bad("stall-timeout-secs", "must not be 0".into());
+        }
+        if self.max_bytes_per_sec == Some(0) {
+            return bad(
+                "max-bytes-per-sec",
+                "must not be 0 (leave it out for no cap)".into(),
+            );
         }
         if let Some(p) = &self.proxy {
             let shown = redact(p);
@@ -265,6 +277,8 @@ pub struct Downloader {
     client: std::sync::OnceLock<reqwest::Client>,
     config: DownloadConfig,
     store: Dir,
+    /// The bandwidth cap every transfer takes its bytes from.
+    limit: Option<rate::RateLimit>,
 }
 
 impl std::fmt::Debug for Downloader {
@@ -304,6 +318,7 @@ impl Downloader {
     pub fn new(store: Dir, config: DownloadConfig) -> Result<Self, reqwest::Error> {
         Ok(Downloader {
             client: std::sync::OnceLock::new(),
+            limit: config.max_bytes_per_sec.map(rate::RateLimit::new),
             config,
             store,
         })
@@ -344,6 +359,13 @@ impl Downloader {
                 format!(" through the proxy {p} (the proxy may have refused its credentials)")
             }
             (Some(p), _) => format!(" through the proxy {p}"),
+        }
+    }
+
+    /// Waits off `n` received bytes against the bandwidth cap, if there is one.
+    pub(crate) async fn throttle(&self, n: usize) {
+        if let Some(l) = &self.limit {
+            l.take(n).await;
         }
     }
 
@@ -628,9 +650,11 @@ impl Downloader {
                         actual: offset,
                     }));
                 }
+                let len = chunk.len();
                 if tx.send(chunk).await.is_err() {
                     return Ok(()); // the sink failed; its error is reported below
                 }
+                self.throttle(len).await;
                 // Progress at most every 100 ms: observers need no more, and 1 GiB is ~100,000
                 // chunks.
                 if last_progress.elapsed() >= PROGRESS_EVERY || offset == file.size {

@@ -388,6 +388,7 @@ impl Downloader {
             let take = chunk.len().min((end - *at) as usize);
             sink(*at, &chunk[..take]).map_err(|e| Attempt::Fatal(dest_err(file)(e)))?;
             *at += take as u64;
+            self.throttle(chunk.len()).await;
         }
         Ok(())
     }

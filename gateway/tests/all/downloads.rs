@@ -360,3 +360,40 @@ async fn a_fifo_or_a_device_named_as_a_local_payload_is_refused_without_blocking
     .unwrap_err();
     assert!(err.to_string().contains("file:///dev/tty"), "{err}");
 }
+
+fn capped_store(bytes_per_sec: u64) -> Store {
+    let dir = tempfile::tempdir().unwrap();
+    let handle = Dir::open_ambient_dir(dir.path(), ambient_authority()).unwrap();
+    let config = DownloadConfig {
+        max_bytes_per_sec: Some(bytes_per_sec),
+        ..DownloadConfig::default()
+    };
+    Store {
+        downloader: Downloader::new(handle, config).unwrap(),
+        dir,
+    }
+}
+
+/// The cap can only slow a transfer, so its effect is pinned by a lower bound on the time taken
+/// (a loaded machine makes it slower still, never faster): two files fetched at once share one
+/// cap of 200 KB/s, 600 KB in all, less the 50 KB burst, take at least 2.75 s. How close to the
+/// cap downloads run is a benchmark (BENCHMARKS.md), not a test.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bandwidth_cap_holds_for_all_transfers_together() {
+    let server = TestServer::start();
+    let (a, b) = (payload(300_000), payload(300_001));
+    server.put("a.bin", &a);
+    server.put("b.bin", &b);
+    let s = capped_store(200_000);
+    let (wa, wb) = (wanted("a.bin", &a), wanted("b.bin", &b));
+    let (ua, ub) = (server.url("a.bin"), server.url("b.bin"));
+    let started = std::time::Instant::now();
+    let (ra, rb) = tokio::join!(fetch(&s, &wa, &ua), fetch(&s, &wb, &ub));
+    let took = started.elapsed();
+    assert_eq!(ra.unwrap(), Fetched::Downloaded { bytes: 300_000 });
+    assert_eq!(rb.unwrap(), Fetched::Downloaded { bytes: 300_001 });
+    assert!(
+        took >= std::time::Duration::from_millis(2_700),
+        "600 KB under a 200 KB/s cap took only {took:?}"
+    );
+}
