@@ -227,7 +227,7 @@ fn cancelled_run(args: &DevRunArgs, action: Action, dir: &Path, config: &[&Path]
         return Ok(1);
     }
     eprintln!(
-        "--cancel-during {action}: cancelled as {action} began; the handler's cancel ran (above)"
+        "--cancel-during {action}: the deployment was cancelled as {action} began (the handler's `cancel` call, when the step had begun far enough for one, is above)"
     );
     Ok(0)
 }
