@@ -258,6 +258,11 @@ impl Deployer {
         let installed = self
             .call(j, &p.cur, &mut p.session, Action::IsInstalled, run)
             .await?;
+        if installed.result_code == result::FAILURE_CANCELLED || run.cancel.is_cancelled() {
+            // A cancel during is-installed ends the unit here; taken for "not installed", it
+            // went on to fetch and to call a session the cancel had broken.
+            return self.cancel_unit(j, &p.cur, installed, run).await;
+        }
         let resumed_after = match unit.state {
             UnitState::AwaitingFollowup { after } => Some(after),
             _ => None,

@@ -1134,3 +1134,26 @@ fn handler_list_shows_a_dirs_grant_and_step_call_maps_it_in() {
         "the probe wrote through the grant"
     );
 }
+
+/// A cancel arriving as is-installed begins ends the step there, with the handler's cancel:
+/// the stopped call is not taken for "not installed" (which went on to download and to call a
+/// broken session).
+#[test]
+fn a_cancel_during_is_installed_ends_the_step_with_its_cancel_and_nothing_after() {
+    let data = data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(
+        dir.path(),
+        vec![stateful("c", json!({}), &["f.txt"])],
+        &[("f.txt", b"f")],
+    );
+    let out = unsigned_run(&m, dir.path(), data.path())
+        .args(["--cancel-during", "is-installed"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "cancelled");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("cancel -> 800"), "{log}");
+    assert!(!log.contains("download ->"), "{log}");
+    assert!(!log.contains("cannot be called again"), "{log}");
+}
