@@ -20,6 +20,8 @@ pub struct Config {
     /// Where sandstep keeps its state (default: /var/lib/sandstep as root, else a per-user dir).
     pub data_dir: Option<PathBuf>,
     pub download: DownloadConfig,
+    /// Maintenance windows: when downloads may run and installs may begin.
+    pub windows: crate::window::WindowsConfig,
     /// Limits for handlers without their own.
     pub limits: Limits,
     /// Trusted keys and signature rules.
@@ -50,6 +52,7 @@ impl Default for Config {
         Config {
             data_dir: None,
             download: DownloadConfig::default(),
+            windows: Default::default(),
             limits: Limits::default(),
             trust: crate::trust::TrustConfig::default(),
             agent: crate::agent::AgentConfig::default(),
@@ -91,6 +94,11 @@ pub enum ConfigError {
     Download {
         path: String,
         problem: crate::download::SettingError,
+    },
+    #[error("config {path}: {problem}")]
+    Windows {
+        path: String,
+        problem: crate::window::WindowSettingError,
     },
     #[error("config {path}: handlers.\"{id}\": {rule}")]
     Policy {
@@ -186,6 +194,13 @@ impl Config {
                 problem,
             })?;
         config
+            .windows
+            .validate()
+            .map_err(|problem| ConfigError::Windows {
+                path: origin.to_owned(),
+                problem,
+            })?;
+        config
             .health
             .validate()
             .map_err(|problem| ConfigError::Health {
@@ -230,6 +245,7 @@ impl Config {
     pub fn deploy_settings(&self) -> crate::workflow::Settings {
         crate::workflow::Settings {
             download: self.download.clone(),
+            windows: self.windows.clone(),
             trust: self.trust.clone(),
             policy: self.policy(),
             device: self.device.clone(),

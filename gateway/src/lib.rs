@@ -16,6 +16,7 @@
 //!   commits (a slot on trial is rolled back when they fail).
 //! - [`download`]: verified, resumable downloads into a content-addressed store, and streams
 //!   straight into a destination (a firmware slot).
+//! - [`window`]: maintenance windows on the gateway's clock and time zone.
 //! - [`blockindex`]: block indexes of firmware images, and which blocks an update must fetch.
 //! - [`digest`]: the accelerated sha256 of the data path.
 //! - [`registry`]: which component serves which handler id.
@@ -58,4 +59,5 @@ pub mod registry;
 pub mod sandbox;
 pub mod trust;
 pub mod wasm_binary;
+pub mod window;
 pub mod workflow;

@@ -176,6 +176,35 @@ pub fn new_manifest(
 /// `manifest` (from [`new_manifest`]) marked as a rollback the signer allows:
 /// `"sandstep": {"allowDowngrade": true}`, so a device with a newer version installs it.
 pub fn allow_downgrade(manifest: &str) -> Result<String, AuthoringError> {
+    with_sandstep(manifest, "allowDowngrade", Value::Bool(true))
+}
+
+/// `manifest` with the signed delivery controls: the download and install windows
+/// (`sandstep.downloadWindows`, `installWindows`; each checked as the device reads it) and a
+/// bandwidth cap (`sandstep.maxBytesPerSec`). Empty lists and `None` leave a member out.
+pub fn with_delivery(
+    manifest: &str,
+    download_windows: &[String],
+    install_windows: &[String],
+    max_bytes_per_sec: Option<u64>,
+) -> Result<String, AuthoringError> {
+    let mut text = manifest.to_owned();
+    for (key, windows) in [
+        ("downloadWindows", download_windows),
+        ("installWindows", install_windows),
+    ] {
+        if !windows.is_empty() {
+            text = with_sandstep(&text, key, json!(windows))?;
+        }
+    }
+    if let Some(n) = max_bytes_per_sec {
+        text = with_sandstep(&text, "maxBytesPerSec", json!(n))?;
+    }
+    Ok(text)
+}
+
+/// `manifest` with `sandstep.<key>` set to `value`, checked as the device reads it.
+fn with_sandstep(manifest: &str, key: &str, value: Value) -> Result<String, AuthoringError> {
     let doc = "the new manifest";
     let mut m: Value = serde_json::from_str(manifest)
         .or_else(|e| fail(doc, "result", format!("not JSON: {e}")))?;
@@ -186,7 +215,7 @@ pub fn allow_downgrade(manifest: &str) -> Result<String, AuthoringError> {
     let Some(own) = own.as_object_mut() else {
         return fail(doc, "sandstep", "must be an object");
     };
-    own.insert("allowDowngrade".into(), Value::Bool(true));
+    own.insert(key.into(), value);
     checked(doc, m)
 }
 
@@ -705,6 +734,44 @@ mod tests {
             name: n.into(),
             version: v.into(),
         }
+    }
+
+    fn one_step_manifest() -> String {
+        let facts = facts_of(BTreeMap::from([("install.sh", b"#!/bin/sh\n".to_vec())]));
+        let compat: Vec<Map<String, Value>> =
+            serde_json::from_value(json!([{"model": "gw"}])).unwrap();
+        let steps = [
+            json!({"handler": "microsoft/script:1", "files": ["install.sh"], "handlerProperties": {"scriptFileName": "install.sh", "installedCriteria": "1.0"}}),
+        ];
+        new_manifest(
+            &id("c", "gw", "1.0"),
+            &compat,
+            &steps,
+            "2026-12-06T00:00:00Z",
+            &facts,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn delivery_controls_are_written_into_the_signed_part_and_checked_as_devices_read_them() {
+        let text = with_delivery(
+            &allow_downgrade(&one_step_manifest()).unwrap(),
+            &["Mon-Fri 22:00-06:00".into()],
+            &[],
+            Some(50_000),
+        )
+        .unwrap();
+        let m = Manifest::parse(&text).unwrap();
+        assert!(m.allow_downgrade, "members set before are kept");
+        assert_eq!(m.delivery.download_windows.windows.len(), 1);
+        assert!(m.delivery.install_windows.is_always());
+        assert_eq!(m.delivery.max_bytes_per_sec, Some(50_000));
+        let e = with_delivery(&one_step_manifest(), &[], &["Mon 24:00-02:00".into()], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sandstep.installWindows[0]"), "{e}");
+        assert!(e.contains("cannot open at 24:00"), "{e}");
     }
 
     #[test]

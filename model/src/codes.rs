@@ -433,6 +433,9 @@ pub mod erc {
     /// a replayed package cannot take back a revocation. ADU's agent takes any package its
     /// roots signed.
     pub const WORKFLOW_ROOTKEY_PACKAGE_OLDER: E = workflow(0x00D);
+    /// The deployment's signed maintenance windows and the gateway's are never open together
+    /// (it would wait forever).
+    pub const WORKFLOW_WINDOW_NEVER_OPENS: E = workflow(0x00E);
 
     // The SDK (facility 11, component 0xA0, shared with sandstep's handlers).
     /// `handlerProperties` do not match the handler's expected shape.
@@ -656,6 +659,7 @@ pub mod erc {
         WORKFLOW_HEALTH_CHECK_FAILED,
         WORKFLOW_HEALTH_INVALID,
         WORKFLOW_ROOTKEY_PACKAGE_OLDER,
+        WORKFLOW_WINDOW_NEVER_OPENS,
         SDK_INVALID_PROPERTIES,
         SDK_MISSING_FILE,
         SDK_CAPABILITY_FAILED,

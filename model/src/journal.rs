@@ -316,6 +316,24 @@ impl Journal {
         Ok(j)
     }
 
+    /// Whether a step has begun to change the device (backup, install, apply or restore began,
+    /// or the deployment is past a reboot or restart it asked for): from then on an install
+    /// window does not hold it back.
+    pub fn installs_begun(&self) -> bool {
+        self.past_followup
+            || self.units.iter().any(|u| {
+                let changes = |a: Action| {
+                    matches!(
+                        a,
+                        Action::Backup | Action::Install | Action::Apply | Action::Restore
+                    )
+                };
+                // `Running { next }` is written before `next` runs: one cut short counts.
+                matches!(u.state, UnitState::Running { next } if changes(next))
+                    || u.actions.iter().any(|a| changes(a.action))
+            })
+    }
+
     /// The first unit not done.
     pub fn next_unit(&self) -> Option<usize> {
         self.units.iter().position(|u| u.state != UnitState::Done)

@@ -17,6 +17,7 @@
 //! - [`reported`]: the reported-state document the agent sends, typed.
 //! - [`shadow`]: device-shadow documents, the delta rule, topic layouts.
 //! - [`status`]: how a device's reported document reads in a status table.
+//! - [`window`]: maintenance windows: time ranges per weekday, opening and closing.
 
 pub mod apt;
 pub mod authoring;
@@ -35,6 +36,7 @@ pub mod script_result;
 pub mod shadow;
 pub mod status;
 pub mod step;
+pub mod window;
 
 pub use codes::{ExtendedResultCode, Facility, Followup};
 pub use context::{Component, StepContext, StepFile, UpdateId};

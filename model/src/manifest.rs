@@ -95,9 +95,32 @@ pub struct Manifest {
     /// `sandstep.allowDowngrade` is `true`: the update may install over a newer version (the
     /// flag is signed with the rest; anything but `true` is no).
     pub allow_downgrade: bool,
+    /// When and how fast the deployment's files may come and its steps install
+    /// (`sandstep.downloadWindows`, `installWindows`, `maxBytesPerSec`; signed with the rest).
+    pub delivery: Delivery,
     /// Tolerated oddities (unknown top-level fields, ignored file features).
     pub warnings: Vec<String>,
 }
+
+/// The signed part's delivery controls; each narrows the gateway's own (`[windows]`,
+/// `[download] max-bytes-per-sec`): where both have windows, both must be open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// When the deployment's files may download (none: whenever the gateway's allow).
+    pub download_windows: crate::window::Schedule,
+    /// When its steps may begin to install.
+    pub install_windows: crate::window::Schedule,
+    /// A bandwidth cap for its transfers, in bytes a second.
+    pub max_bytes_per_sec: Option<u64>,
+}
+
+/// The members of the top-level `sandstep` object.
+const SANDSTEP_KNOWN: &[&str] = &[
+    "allowDowngrade",
+    "downloadWindows",
+    "installWindows",
+    "maxBytesPerSec",
+];
 
 /// One step of `instructions.steps`.
 #[derive(Debug, Clone, PartialEq)]
@@ -511,6 +534,10 @@ impl Validator {
             .get("sandstep")
             .and_then(|v| v.get("allowDowngrade")?.as_bool())
             == Some(true);
+        let delivery = match root.get("sandstep") {
+            Some(Value::Object(own)) => self.delivery(own),
+            _ => Delivery::default(),
+        };
         Some(Manifest {
             version: version?,
             update_id: update_id?,
@@ -520,8 +547,74 @@ impl Validator {
             is_deployable,
             created_date_time,
             allow_downgrade,
+            delivery,
             warnings: std::mem::take(&mut self.warnings),
         })
+    }
+
+    /// The `sandstep` object's delivery controls. Strict where `allowDowngrade` is lenient: an
+    /// unknown member or a window this agent cannot read is refused, never ignored, so a
+    /// window the signer meant is not skipped.
+    fn delivery(&mut self, own: &Map<String, Value>) -> Delivery {
+        for key in own.keys() {
+            if !SANDSTEP_KNOWN.contains(&key.as_str()) {
+                self.err(
+                    join("sandstep", key),
+                    format!(
+                        "unknown member; this agent knows {}",
+                        SANDSTEP_KNOWN.join(", ")
+                    ),
+                );
+            }
+        }
+        let max_bytes_per_sec = match own.get("maxBytesPerSec") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if n > 0 => Some(n),
+                _ => {
+                    self.err(
+                        "sandstep.maxBytesPerSec",
+                        format!("must be a whole number of bytes above 0, not {v}"),
+                    );
+                    None
+                }
+            },
+        };
+        Delivery {
+            download_windows: self.windows(own, "downloadWindows"),
+            install_windows: self.windows(own, "installWindows"),
+            max_bytes_per_sec,
+        }
+    }
+
+    fn windows(&mut self, own: &Map<String, Value>, key: &str) -> crate::window::Schedule {
+        let path = join("sandstep", key);
+        let Some(v) = own.get(key) else {
+            return Default::default();
+        };
+        let Value::Array(items) = v else {
+            self.err(
+                &path,
+                format!("must be an array of windows, not {}", kind(v)),
+            );
+            return Default::default();
+        };
+        if items.is_empty() {
+            self.err(
+                &path,
+                "must name at least one window (leave it out for none)",
+            );
+        }
+        let mut windows = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            match self.string(item, &at).map(crate::window::Window::parse) {
+                Some(Ok(w)) => windows.push(w),
+                Some(Err(e)) => self.err(at, e.to_string()),
+                None => {}
+            }
+        }
+        crate::window::Schedule { windows }
     }
 
     fn version(&mut self, v: &Value) -> Option<ManifestVersion> {
@@ -1076,6 +1169,65 @@ mod tests {
         ] {
             let m = Manifest::parse(&minimal(extra)).expect("parses");
             assert_eq!(m.allow_downgrade, allowed, "{extra}");
+        }
+    }
+
+    #[test]
+    fn the_signed_delivery_controls_are_read_and_a_bad_one_names_its_field() {
+        let m = Manifest::parse(&minimal(
+            r#", "sandstep": {"downloadWindows": ["Mon-Fri 22:00-06:00"], "installWindows": ["Sun 02:00-04:00"], "maxBytesPerSec": 50000}"#,
+        ))
+        .expect("parses");
+        assert_eq!(
+            m.delivery.download_windows.to_string(),
+            "Mon,Tue,Wed,Thu,Fri 22:00-06:00"
+        );
+        assert_eq!(m.delivery.install_windows.to_string(), "Sun 02:00-04:00");
+        assert_eq!(m.delivery.max_bytes_per_sec, Some(50_000));
+        for (extra, path, says) in [
+            (
+                r#"{"downloadWindows": ["Mon 25:00-26:00"]}"#,
+                "sandstep.downloadWindows[0]",
+                "hours 00-23",
+            ),
+            (
+                r#"{"installWindows": "daily 01:00-02:00"}"#,
+                "sandstep.installWindows",
+                "must be an array",
+            ),
+            (
+                r#"{"installWindows": []}"#,
+                "sandstep.installWindows",
+                "at least one window",
+            ),
+            (
+                r#"{"downloadWindows": ["daily 01:00-02:00", 3]}"#,
+                "sandstep.downloadWindows[1]",
+                "must be a string",
+            ),
+            (
+                r#"{"maxBytesPerSec": 0}"#,
+                "sandstep.maxBytesPerSec",
+                "above 0",
+            ),
+            (
+                r#"{"maxBytesPerSec": -5}"#,
+                "sandstep.maxBytesPerSec",
+                "above 0",
+            ),
+            (
+                r#"{"downloadWindow": ["daily 01:00-02:00"]}"#,
+                "sandstep.downloadWindow",
+                "unknown member",
+            ),
+        ] {
+            let e = Manifest::parse(&minimal(&format!(r#", "sandstep": {extra}"#))).unwrap_err();
+            assert!(
+                e.errors
+                    .iter()
+                    .any(|f| f.path == path && f.rule.contains(says)),
+                "{extra}: {e}"
+            );
         }
     }
 

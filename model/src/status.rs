@@ -195,6 +195,17 @@ fn row(device: &str, doc: &Value, now: u64) -> Vec<String> {
         other => other.to_string(),
     };
     let progress = match r("/progress") {
+        // `waiting for the window (opens <time>)`: said as the agent reported it.
+        Value::Object(p)
+            if p.get("action")
+                .and_then(Value::as_str)
+                .is_some_and(|a| a.starts_with("waiting-")) =>
+        {
+            p.get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("waiting for the window")
+                .to_owned()
+        }
         Value::Object(p) => {
             let step = p.get("unit").and_then(Value::as_str).unwrap_or("");
             let action = p.get("action").and_then(Value::as_str).unwrap_or("");
@@ -297,6 +308,22 @@ mod tests {
         assert_eq!(ago(600_000), "10m ago");
         assert_eq!(ago(3 * 3_600_000), "3h ago");
         assert_eq!(ago(3 * day), "3d ago");
+    }
+
+    #[test]
+    fn a_deployment_waiting_for_its_window_says_so_and_when_it_opens() {
+        let doc = json!({"state": {"reported": {
+            "status": "downloading",
+            "workflow": {"id": "w1"},
+            "progress": {"action": "waiting-download",
+                         "message": "waiting for the window (opens Sun 2026-12-06 22:00:00 UTC)"},
+        }}});
+        let all = BTreeMap::from([("gw-1".to_owned(), doc)]);
+        let text = table(&all, 0);
+        assert!(
+            text.contains("waiting for the window (opens Sun 2026-12-06 22:00:00 UTC)"),
+            "{text}"
+        );
     }
 
     /// A tag whose deployment.json is missing after an older deployment completed: the row

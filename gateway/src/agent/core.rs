@@ -284,7 +284,10 @@ impl Core {
         let Some(mut patch) = patch_for_event(ev, &r.units) else {
             return Vec::new();
         };
-        let urgent = matches!(ev, Event::Planned { .. } | Event::ActionStarted { .. });
+        let urgent = matches!(
+            ev,
+            Event::Planned { .. } | Event::ActionStarted { .. } | Event::Waiting { .. }
+        );
         let due = self
             .last_progress
             .is_none_or(|t| now.duration_since(t) >= self.progress_interval);
@@ -379,6 +382,15 @@ pub fn patch_for_event(ev: &Event, units: &[UnitInfo]) -> Option<Patch> {
                 unit: unit(*i).map(|u| u.label.clone()),
                 file: Some(file.clone()),
                 percent: Some(if *total == 0 { 100 } else { done * 100 / total }),
+                ..Progress::default()
+            },
+        ),
+        Event::Waiting { what, phrase, .. } => (
+            None,
+            None,
+            Progress {
+                action: Some(format!("waiting-{what}")),
+                message: Some(phrase.clone()),
                 ..Progress::default()
             },
         ),

@@ -69,6 +69,7 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
     };
     check_data_dir(&mut r, data.path());
     check_proxy(&mut r, &config, broker_timeout).await;
+    check_windows(&mut r, &config);
 
     let trust = match TrustStore::load(&data, &config.trust) {
         Ok(t) => t,
@@ -120,6 +121,29 @@ pub async fn run(broker_timeout: u64, common: &Common) -> Result<ExitCode> {
 /// stopped; the pids limit), and where.
 /// The download proxy: which one applies (the config's, or the environment's), and whether
 /// the configured one accepts a connection.
+/// Each maintenance window: its schedule, and whether it is open now (until when) or when it
+/// opens (the windows themselves were checked when the config was read).
+fn check_windows(r: &mut Report, config: &Config) {
+    use sandstep::window::Gate;
+    let (Ok((download, install)), Ok(clock)) = (config.windows.schedules(), config.windows.clock())
+    else {
+        return;
+    };
+    for (what, schedule) in [("download window", download), ("install window", install)] {
+        if schedule.is_always() {
+            r.ok(what, "always (no [windows] set)");
+            continue;
+        }
+        let now = match clock.gate(&[&schedule]) {
+            Gate::Open { closes: Some(c) } => format!("open now, closes {}", c.shown),
+            Gate::Open { closes: None } => "open now".to_owned(),
+            Gate::Closed { opens } => format!("closed now, opens {}", opens.shown),
+            Gate::Never => "never open".to_owned(),
+        };
+        r.ok(what, format!("{schedule} ({}): {now}", clock.zone_name()));
+    }
+}
+
 async fn check_proxy(r: &mut Report, config: &Config, timeout_secs: u64) {
     let Some(shown) = config.download.proxy_shown() else {
         let env = [

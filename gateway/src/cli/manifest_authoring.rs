@@ -39,6 +39,18 @@ pub struct NewArgs {
     /// (B010000A).
     #[arg(long)]
     allow_downgrade: bool,
+    /// When devices may download this update, in their local time: `Mon-Fri 22:00-06:00`
+    /// (repeat for several; signed as `sandstep.downloadWindows`). Where the gateway has its
+    /// own `[windows] download`, both must be open.
+    #[arg(long, value_name = "WINDOW")]
+    download_window: Vec<String>,
+    /// When devices may begin to install it (signed as `sandstep.installWindows`).
+    #[arg(long, value_name = "WINDOW")]
+    install_window: Vec<String>,
+    /// A bandwidth cap for this update's downloads, in bytes a second (signed as
+    /// `sandstep.maxBytesPerSec`; the gateway's own cap holds too).
+    #[arg(long, value_name = "BYTES")]
+    max_bytes_per_sec: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +166,12 @@ pub fn new(args: NewArgs) -> Result<ExitCode> {
     if args.allow_downgrade {
         text = authoring::allow_downgrade(&text)?;
     }
+    text = authoring::with_delivery(
+        &text,
+        &args.download_window,
+        &args.install_window,
+        args.max_bytes_per_sec,
+    )?;
     check_apt_manifests(&text, &dir)?;
     write(&args.out, &text)?;
     println!("manifest written to {}", args.out.display());

@@ -209,7 +209,7 @@ pub async fn run(args: RunArgs, common: &Common) -> Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("cancelling: stopping the running step and calling its handler's cancel");
+        eprintln!("cancelling: a running step is stopped and its handler's cancel called");
         c.cancel();
     });
 
@@ -418,6 +418,7 @@ impl Observer for Console {
                 ));
             }
             Event::Recovered { message } => self.line(format!("before resuming: {message}")),
+            Event::Waiting { what, phrase, .. } => self.line(format!("{what}: {phrase}")),
             Event::UnitStarted { unit, .. } => self.line(format!("{}: started", self.label(*unit))),
             Event::FileProgress {
                 unit,

@@ -42,6 +42,9 @@ impl Downloader {
             match got {
                 Ok(body) => return Ok(body),
                 Err(Attempt::Fatal(e)) => return Err(e),
+                // Documents are not held to the download window (they are small, and needed
+                // to plan the deployment).
+                Err(Attempt::Paused) => attempt -= 1,
                 Err(Attempt::Retry(last)) if attempt >= self.config.attempts.max(1) => {
                     return Err(DownloadError::Network {
                         file: name.to_owned(),

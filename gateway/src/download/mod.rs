@@ -10,6 +10,7 @@
 //! Proxies come from the usual environment variables (`https_proxy`, `no_proxy`, ...).
 
 mod document;
+pub mod pace;
 pub mod rate;
 mod stream;
 pub use stream::Destination;
@@ -231,6 +232,8 @@ pub enum DownloadError {
         /// In the message, not a `source`: printed once.
         cause: std::io::Error,
     },
+    #[error("`{file}`: {reason}")]
+    Held { file: String, reason: &'static str },
     #[error("`{file}`: download store: {cause}")]
     Store {
         file: String,
@@ -263,10 +266,12 @@ impl DownloadError {
     }
 }
 
-/// One attempt's failure: retry (keeping the partial file) or give up.
+/// One attempt's failure: retry (keeping the partial file) or give up; or the download window
+/// closed (keeping the partial file: the next attempt waits for the window and is not counted).
 enum Attempt {
     Retry(String),
     Fatal(DownloadError),
+    Paused,
 }
 
 /// Progress callback: (bytes so far, total).
@@ -279,6 +284,8 @@ pub struct Downloader {
     store: Dir,
     /// The bandwidth cap every transfer takes its bytes from.
     limit: Option<rate::RateLimit>,
+    /// The running deployment's window and cap, if it has any.
+    pace: std::sync::Mutex<Option<std::sync::Arc<pace::Pace>>>,
 }
 
 impl std::fmt::Debug for Downloader {
@@ -319,6 +326,7 @@ impl Downloader {
         Ok(Downloader {
             client: std::sync::OnceLock::new(),
             limit: config.max_bytes_per_sec.map(rate::RateLimit::new),
+            pace: Default::default(),
             config,
             store,
         })
@@ -359,13 +367,6 @@ impl Downloader {
                 format!(" through the proxy {p} (the proxy may have refused its credentials)")
             }
             (Some(p), _) => format!(" through the proxy {p}"),
-        }
-    }
-
-    /// Waits off `n` received bytes against the bandwidth cap, if there is one.
-    pub(crate) async fn throttle(&self, n: usize) {
-        if let Some(l) = &self.limit {
-            l.take(n).await;
         }
     }
 
@@ -455,6 +456,7 @@ impl Downloader {
                     }
                     return Err(e);
                 }
+                Err(Attempt::Paused) => attempt -= 1,
                 Err(Attempt::Retry(reason)) if attempt >= self.config.attempts => {
                     return Err(DownloadError::gave_up(file, source, attempt, reason));
                 }
@@ -654,7 +656,7 @@ impl Downloader {
                 if tx.send(chunk).await.is_err() {
                     return Ok(()); // the sink failed; its error is reported below
                 }
-                self.throttle(len).await;
+                self.throttle(len).await?;
                 // Progress at most every 100 ms: observers need no more, and 1 GiB is ~100,000
                 // chunks.
                 if last_progress.elapsed() >= PROGRESS_EVERY || offset == file.size {
@@ -686,6 +688,7 @@ impl Downloader {
     /// A GET of `url` from byte `have` on (a Range request when `have` is inside the file),
     /// refused for good when the server refuses it or announces more than `sizeInBytes`.
     async fn request_from(&self, file: &Wanted, url: &str, have: u64) -> Result<Got, Attempt> {
+        self.hold(file).await.map_err(Attempt::Fatal)?;
         let mut req = self
             .client(&file.file_name)
             .map_err(Attempt::Fatal)?

@@ -105,6 +105,7 @@ impl Downloader {
                     return Ok(end - dest.resume_at.min(end));
                 }
                 Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Paused) => attempt -= 1,
                 Err(Attempt::Retry(last)) if attempt >= self.config.attempts => {
                     return Err(DownloadError::gave_up(file, source, attempt, last));
                 }
@@ -322,6 +323,7 @@ impl Downloader {
         let mut attempt = 0u32;
         while at < end {
             attempt += 1;
+            self.hold(file).await?;
             let req = self
                 .client(&file.file_name)?
                 .get(url)
@@ -331,6 +333,10 @@ impl Downloader {
                     match self.take_range(file, resp, &mut at, end, sink).await {
                         Ok(()) => continue,
                         Err(Attempt::Fatal(e)) => return Err(e),
+                        Err(Attempt::Paused) => {
+                            attempt -= 1;
+                            continue;
+                        }
                         Err(Attempt::Retry(why)) => why,
                     }
                 }
@@ -388,7 +394,7 @@ impl Downloader {
             let take = chunk.len().min((end - *at) as usize);
             sink(*at, &chunk[..take]).map_err(|e| Attempt::Fatal(dest_err(file)(e)))?;
             *at += take as u64;
-            self.throttle(chunk.len()).await;
+            self.throttle(chunk.len()).await?;
         }
         Ok(())
     }

@@ -57,6 +57,15 @@ pub enum Event {
         result: StepResult,
         duration_ms: u64,
     },
+    /// The deployment waits for a maintenance window: `what` is `download` (before the
+    /// download phase, or a transfer the window's closing paused) or `install`; `phrase` is
+    /// how the operator reads it: `waiting for the window (opens <time>)`.
+    Waiting {
+        what: &'static str,
+        opens: String,
+        opens_at_ms: i64,
+        phrase: String,
+    },
     /// Before it ran, the agent dealt with a host program a killed agent left (stopped it,
     /// waited for it, repaired what it interrupted).
     Recovered { message: String },

@@ -28,6 +28,8 @@
 //! - `root_keys` takes the root key package a deployment names before its signature is checked
 //!   (decisions in [`crate::trust::rotation`]).
 //! - [`events`] is what observers (CLI, agent) see.
+//! - `windows` holds a deployment to its maintenance windows and bandwidth cap (the gateway's
+//!   and its signed own).
 
 pub mod admission;
 pub mod events;
@@ -41,6 +43,7 @@ pub mod release;
 mod root_keys;
 pub mod store;
 mod unit;
+mod windows;
 
 use crate::datadir::{DataDir, DataDirError};
 use crate::download::Downloader;
@@ -134,6 +137,8 @@ pub enum WorkflowError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     pub download: crate::download::DownloadConfig,
+    /// Maintenance windows (checked when the config was read).
+    pub windows: crate::window::WindowsConfig,
     pub trust: crate::trust::TrustConfig,
     pub policy: Policy,
     /// What this device is (updates' compatibility is checked against it).
@@ -414,6 +419,13 @@ impl Deployer {
             units: j.units.iter().map(plan::unit_info).collect(),
             resumed,
         });
+        let windows = match self
+            .windows(&manifests)
+            .and_then(|w| w.check(j).map(|()| w))
+        {
+            Ok(w) => w,
+            Err(r) => return self.finish(j, Status::Failed, r, &manifests, observer_ref),
+        };
         let verified = std::sync::Mutex::default();
         let run = Run {
             observer: observer.clone(),
@@ -421,8 +433,18 @@ impl Deployer {
             manifests: &manifests,
             verified: &verified,
         };
+        let _paced = self.downloader.paced(windows.pace(&run));
         // ADU downloads every step before it installs any (steps_handler.cpp).
         for phase in [Phase::Download, Phase::Install] {
+            if let Err(r) = self.wait_for_window(j, phase, &windows, &run).await {
+                let index = j.next_unit().unwrap_or(0);
+                let outcome = if r.result_code == result::FAILURE_CANCELLED {
+                    UnitOutcome::Cancelled(r)
+                } else {
+                    UnitOutcome::Failed(r)
+                };
+                return self.end_with(j, index, outcome, &manifests, observer_ref);
+            }
             if let Some((index, outcome)) = self.run_phase(j, phase, &run).await? {
                 return self.end_with(j, index, outcome, &manifests, observer_ref);
             }
@@ -485,6 +507,25 @@ impl Deployer {
         j.status = Status::Running;
         self.save(j)?;
         Ok(Some(manifests))
+    }
+
+    /// Before `phase`: waits for its window when it has work left (the install window only
+    /// until an install has begun).
+    async fn wait_for_window(
+        &self,
+        j: &Journal,
+        phase: Phase,
+        windows: &windows::Windows,
+        run: &Run<'_>,
+    ) -> Result<(), StepResult> {
+        let which = match phase {
+            Phase::Download if j.next_to_download().is_some() => windows::Which::Download,
+            Phase::Install if j.next_unit().is_some() && !j.installs_begun() => {
+                windows::Which::Install
+            }
+            _ => return Ok(()),
+        };
+        windows.wait(which, run).await
     }
 
     /// Runs `phase` over every unit it still has to do, in order; the unit and how it ended the

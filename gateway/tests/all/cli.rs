@@ -107,7 +107,7 @@ pub(crate) fn manifest_sign(manifest: &Path, signing: &Path, root: &Path) -> Com
 }
 
 /// Manifest keys: a root trusted by `data`, and a signing key; returns the key paths.
-fn manifest_keys(data: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn manifest_keys(data: &Path, dir: &Path) -> (PathBuf, PathBuf) {
     let root = manifest_key(dir, "root", "manifest-ed25519", Some("test-root"));
     let signing = manifest_key(dir, "signing", "manifest-ed25519", None);
     trust_root_file(data, &dir.join("root.pub"));

@@ -397,3 +397,49 @@ async fn the_bandwidth_cap_holds_for_all_transfers_together() {
         "600 KB under a 200 KB/s cap took only {took:?}"
     );
 }
+
+/// A transfer under way when its download window closes stops, keeps what it has, and goes on
+/// with a Range request from there when the next window opens; the wait is told once, with
+/// the opening, and is not counted as a failed attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transfer_pauses_when_its_window_closes_and_resumes_from_there_when_it_opens() {
+    use sandstep::download::pace::Pace;
+    use sandstep::window::Clock;
+    use sandstep_model::window::Schedule;
+    use std::sync::{Arc, Mutex};
+    let server = TestServer::start();
+    let a = payload(400_000);
+    server.put("a.bin", &a);
+    let s = store();
+    // Open for 3 more seconds, then closed for at least 2; 400 KB at the deployment's cap of
+    // 100 KB/s takes 4 s, so the close catches it.
+    let windows = [
+        crate::support::utc_window(-10, 3),
+        crate::support::utc_window(5, 3600),
+    ];
+    let schedule = Schedule::parse(&windows).unwrap();
+    let told: Arc<Mutex<Vec<String>>> = Arc::default();
+    let t = told.clone();
+    let pace = Pace::new(
+        Clock::named("UTC").unwrap(),
+        vec![schedule],
+        Some(100_000),
+        tokio_util::sync::CancellationToken::new(),
+        Box::new(move |m| t.lock().unwrap().push(m.shown.clone())),
+    );
+    let _paced = s.downloader.paced(Arc::new(pace));
+    let started = std::time::Instant::now();
+    let r = fetch(&s, &wanted("a.bin", &a), &server.url("a.bin")).await;
+    let took = started.elapsed();
+    assert!(matches!(r, Ok(Fetched::Downloaded { .. })), "{r:?}");
+    let requests = server.requests("a.bin");
+    assert_eq!(requests.len(), 2, "one pause, one resume: {requests:?}");
+    assert_eq!(requests[0], None);
+    let resumed_at = requests[1].expect("resumed with a Range request");
+    assert!((1..400_000).contains(&resumed_at), "{requests:?}");
+    assert!(took >= std::time::Duration::from_millis(3_900), "{took:?}");
+    let told = told.lock().unwrap();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(told[0].ends_with(" UTC"), "{told:?}");
+    assert_eq!(s.names(), vec![hex::encode(Sha256::digest(&a))]);
+}

@@ -31,6 +31,7 @@ mod test_hub;
 mod trust;
 mod vendor_kit;
 mod walkthroughs;
+mod windows;
 mod workflow;
 
 /// The fuzz smoke run, the fleet simulation and the benchmark guest's check need the dev tools

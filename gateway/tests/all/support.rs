@@ -190,3 +190,17 @@ pub fn wait_until(what: &str, f: impl Fn() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// A daily window in UTC from `from` to `to` seconds from now (`daily HH:MM:SS-HH:MM:SS`), for
+/// tests that need a window to open or close within seconds.
+pub fn utc_window(from: i64, to: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let clock = |t: i64| {
+        let s = t.rem_euclid(86_400);
+        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    };
+    format!("daily {}-{}", clock(now + from), clock(now + to))
+}

@@ -413,3 +413,33 @@ fn at_start_the_first_interrupted_deployment_resumes() {
         .resume(Vec::new())
         .is_empty());
 }
+
+/// A wait for a window is reported at once (not held back to the progress interval), with the
+/// operator's phrase in `progress.message`.
+#[test]
+fn a_wait_for_a_window_is_reported_at_once_with_when_it_opens() {
+    let mut c = core(SHADOW, From::Running);
+    let now = Instant::now();
+    let progress = Event::FileProgress {
+        unit: 0,
+        file: "f".into(),
+        done: 1,
+        total: 2,
+    };
+    assert_eq!(c.event(&progress, now, 1).len(), 1);
+    let phrase = "waiting for the window (opens Sun 2026-12-06 22:00:00 UTC)";
+    let waiting = Event::Waiting {
+        what: "download",
+        opens: "Sun 2026-12-06 22:00:00 UTC".into(),
+        opens_at_ms: 1,
+        phrase: phrase.into(),
+    };
+    match c.event(&waiting, now, 2).as_slice() {
+        [Effect::Report { patch, .. }] => {
+            let p = patch.progress.clone().flatten().expect("progress");
+            assert_eq!(p.action.as_deref(), Some("waiting-download"));
+            assert_eq!(p.message.as_deref(), Some(phrase));
+        }
+        other => panic!("{:?}", kinds(other)),
+    }
+}
