@@ -26,12 +26,15 @@ pub struct FleetConfig {
     pub agent: AgentTopics,
     // The gateway's sections: accepted, not read here.
     download: Option<toml::Table>,
+    windows: Option<toml::Table>,
     limits: Option<toml::Table>,
     trust: Option<toml::Table>,
     http_poll: Option<toml::Table>,
     iothub: Option<toml::Table>,
+    hawkbit: Option<toml::Table>,
     handlers: Option<toml::Table>,
     device: Option<toml::Table>,
+    health: Option<toml::Table>,
 }
 
 /// `[agent] topics`; the agent's other keys are the gateway's.
@@ -169,6 +172,10 @@ mod tests {
             sandstep_model::shadow::Topics::aws()
         );
         assert_eq!(c.shadow.share_group, "g");
+        // Every table of the gateway's config (sandstep::config::Config) is accepted.
+        let gateway = "[download]\n[windows]\n[limits]\n[trust]\n[http-poll]\n[iothub]\n\
+                       [hawkbit]\n[handlers]\n[device]\n[health]\n";
+        FleetConfig::parse(gateway, "t").unwrap();
         let e = FleetConfig::parse("[shadow]\nsharegroup = \"g\"\n", "t").unwrap_err();
         assert!(e.to_string().contains("sharegroup"), "{e}");
         let e = FleetConfig::parse("rollouts = 1\n", "t").unwrap_err();

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The whole configuration. `Config::default()` is what an empty file gives: default settings
-/// and the built-in policy of the default handlers.
+/// and the built-in policy of the default handlers. One file may serve both halves: a table
+/// added here must be accepted by `sandstep_fleet::config::FleetConfig` too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
