@@ -9,6 +9,8 @@
 //! - [`record`]: the pure rules for one device's record (merging reports in their order,
 //!   answers, deltas).
 //! - [`rollout`]: the pure rules of phased rollouts (phases, failure limits, soak, nudges).
+//! - [`operate`]: operator actions on rollouts (create, pause, resume, abort), shared by the
+//!   command line and the console, each written to the audit log.
 //! - [`store`]: where records and rollouts are kept: SQLite or PostgreSQL, one interface,
 //!   versioned migrations, writes checked against the version read.
 //! - [`config`]: the fleet side's reading of the config file.
@@ -21,6 +23,7 @@
 pub mod config;
 #[cfg(feature = "dev-tools")]
 pub mod fleet_sim;
+pub mod operate;
 pub mod record;
 pub mod replica;
 pub mod rollout;

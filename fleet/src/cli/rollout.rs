@@ -3,9 +3,10 @@
 
 use super::common::Common;
 use super::deployment::{deployment, new_workflow_id, DeploymentArgs};
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
-use sandstep_fleet::rollout::{self, Member, PhaseCounts, Progress, Rollout, State};
+use sandstep_fleet::operate::{self, Control, NewRollout};
+use sandstep_fleet::rollout::{self, PhaseCounts, Rollout};
 use sandstep_fleet::store::Store;
 use sandstep_model::deployment::{action, Workflow};
 use serde_json::{json, Value};
@@ -87,40 +88,37 @@ async fn create(args: CreateArgs, store: &mut Store) -> Result<ExitCode> {
         .transpose()?;
     let soak_ms = rollout::parse_duration("--soak", &args.soak)?;
     let id = args.id.clone().unwrap_or_else(|| new_workflow_id("ro"));
-    if !sandstep_model::shadow::valid_device_id(&id) {
-        bail!("rollout id `{id}`: use letters, digits, '-', '_', '.' and ':'");
-    }
     let workflow = Workflow {
         action: action::PROCESS_DEPLOYMENT,
         id: id.clone(),
         retry_timestamp: None,
     };
-    let (doc, update_id) = deployment(&args.deployment, workflow)?;
-    let Value::Object(desired) = serde_json::to_value(&doc)? else {
-        bail!("a deployment serialises to an object");
-    };
-    let r = Rollout {
-        id: id.clone(),
+    let (doc, _) = deployment(&args.deployment, workflow)?;
+    let new = NewRollout {
+        id,
         group: args.group.clone(),
-        update_id: update_id.clone(),
-        desired,
-        workflow_id: id.clone(),
+        deployment: doc,
         phases,
         max_failure_rate,
         min_devices: args.min_devices,
         soak_ms,
-        created_ms: sandstep_transport::clock::now_ms(),
-        progress: Progress::default(),
     };
-    store.create_rollout(&r).await?;
-    let members = store.members(&r).await?;
+    let (r, members) = operate::create(store, new, &cli_user()).await?;
     println!(
-        "rollout {id} of {update_id} to group `{}` ({} device(s) now) created; the replicas \
+        "rollout {} of {} to group `{}` ({members} device(s) now) created; the replicas \
          start phase 1 within a second",
-        args.group,
-        members.len()
+        r.id, r.update_id, r.group,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who the audit log names for a command: `cli:<login name>`.
+fn cli_user() -> String {
+    let name = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        // SAFETY: getuid has no preconditions and cannot fail.
+        .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
+    format!("cli:{name}")
 }
 
 /// A rollout without its bulky deployment, for listings.
@@ -158,6 +156,9 @@ async fn list(store: &mut Store, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How many audit entries `rollout status` shows, newest first.
+const AUDIT_SHOWN: u32 = 20;
+
 /// `rollout status ID` and `status --rollout ID`.
 pub async fn status(store: &mut Store, id: &str, as_json: bool) -> Result<ExitCode> {
     let (r, _) = store
@@ -166,13 +167,27 @@ pub async fn status(store: &mut Store, id: &str, as_json: bool) -> Result<ExitCo
         .with_context(|| format!("no rollout `{id}`"))?;
     let members = store.members(&r).await?;
     let phases = rollout::summary(&r, &members);
+    let audit = store.audit(Some(id), AUDIT_SHOWN).await?;
     if as_json {
         let mut v = brief(&r);
         v["phaseCounts"] = serde_json::to_value(&phases)?;
+        v["audit"] = serde_json::to_value(&audit)?;
         println!("{}", serde_json::to_string(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     print_status(&r, &phases);
+    if !audit.is_empty() {
+        println!("WHEN                  WHO  ACTION  DETAIL");
+    }
+    for e in &audit {
+        println!(
+            "{}  {}  {}  {}",
+            sandstep_transport::clock::iso8601_utc(e.at_ms / 1000),
+            e.who,
+            e.action,
+            e.detail
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -211,45 +226,9 @@ fn print_status(r: &Rollout, phases: &[PhaseCounts]) {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Control {
-    Pause,
-    Resume,
-    Abort,
-}
-
-/// Pause, resume or abort, saved against the version read (a replica saving at the same
-/// moment makes it read and decide again).
+/// Pause, resume or abort ([`operate::control`]).
 async fn control(store: &mut Store, id: &str, what: Control) -> Result<ExitCode> {
-    for _ in 0..20 {
-        let (mut r, version) = store
-            .rollout(id)
-            .await?
-            .with_context(|| format!("no rollout `{id}`"))?;
-        let now = sandstep_transport::clock::now_ms();
-        let members: Vec<Member> = store.members(&r).await?;
-        let state = r.progress.state;
-        r.progress = match (what, state) {
-            (_, State::Aborted | State::Finished) => bail!("rollout {id} is {}", state.name()),
-            (Control::Pause, State::Running) => Progress {
-                state: State::Paused,
-                reason: Some("paused by the operator".into()),
-                updated_ms: now,
-                ..r.progress.clone()
-            },
-            (Control::Resume, State::Paused) => rollout::resumed(&r, &members, now),
-            (Control::Abort, _) => Progress {
-                state: State::Aborted,
-                reason: Some("aborted by the operator".into()),
-                updated_ms: now,
-                ..r.progress.clone()
-            },
-            (_, s) => bail!("rollout {id} is already {}", s.name()),
-        };
-        if store.save_rollout(&r, version).await? {
-            println!("rollout {id}: {}", r.progress.state.name());
-            return Ok(ExitCode::SUCCESS);
-        }
-    }
-    bail!("rollout {id} kept changing; try again")
+    let r = operate::control(store, id, what, &cli_user()).await?;
+    println!("rollout {id}: {}", r.progress.state.name());
+    Ok(ExitCode::SUCCESS)
 }

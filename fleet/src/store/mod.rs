@@ -279,6 +279,19 @@ pub enum Store {
     Postgres(postgres::Postgres),
 }
 
+/// One operator action, as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub at_ms: u64,
+    /// The account (`console:alice`) or the command line's user (`cli:root`).
+    pub who: String,
+    /// `rollout-create`, `rollout-pause`, `rollout-resume`, `rollout-abort`, `login`, ...
+    pub action: String,
+    pub rollout: Option<String>,
+    pub detail: String,
+}
+
 impl Store {
     /// Opens the database, applying the schema migrations it lacks.
     pub async fn open(db: &Database) -> Result<Store, StoreError> {
@@ -303,6 +316,34 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.get(id),
             Store::Postgres(p) => p.get(id).await,
+        }
+    }
+
+    /// Every device's record, by id, in one query (the console's fleet page).
+    pub async fn records(&mut self) -> Result<Vec<(String, Record)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.records(),
+            Store::Postgres(p) => p.records().await,
+        }
+    }
+
+    /// Writes an operator's action to the audit log.
+    pub async fn add_audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.add_audit(e),
+            Store::Postgres(p) => p.add_audit(e).await,
+        }
+    }
+
+    /// The audit log, newest first: one rollout's entries, or all (at most `limit`).
+    pub async fn audit(
+        &mut self,
+        rollout: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.audit(rollout, limit),
+            Store::Postgres(p) => p.audit(rollout, limit).await,
         }
     }
 

@@ -14,7 +14,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 const MIGRATION_LOCK: i64 = 0x5a4e_d57e;
 
 /// Each migration, applied in order to a database whose version is below its number.
-const MIGRATIONS: [&str; 1] = [
+const MIGRATIONS: [&str; 2] = [
     // 1: devices, rollouts, who got which rollout's deployment.
     "CREATE TABLE devices (
          id TEXT PRIMARY KEY,
@@ -42,6 +42,16 @@ const MIGRATIONS: [&str; 1] = [
          deployed_ms BIGINT NOT NULL,
          PRIMARY KEY (rollout_id, device_id)
      );",
+    // 2: the operators' audit log.
+    "CREATE TABLE audit (
+         id BIGSERIAL PRIMARY KEY,
+         at_ms BIGINT NOT NULL,
+         who TEXT NOT NULL,
+         action TEXT NOT NULL,
+         rollout TEXT,
+         detail TEXT NOT NULL
+     );
+     CREATE INDEX audit_rollout ON audit (rollout, at_ms);",
 ];
 
 struct Statements {
@@ -149,6 +159,63 @@ impl Postgres {
             )
         })
         .transpose()
+    }
+
+    /// Every device's record, by id.
+    pub async fn records(&mut self) -> Result<Vec<(String, Record)>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT id, desired, reported, version, updated_ms, reported_ms, reported_order
+                 FROM devices ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(self.err())?;
+        rows.iter()
+            .map(|r| {
+                let raw = (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6));
+                Ok((r.get(0), record(&self.name, raw)?))
+            })
+            .collect()
+    }
+
+    pub async fn add_audit(&mut self, e: &super::AuditEntry) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "INSERT INTO audit (at_ms, who, action, rollout, detail) VALUES ($1, $2, $3, $4, $5)",
+                &[&(e.at_ms as i64), &e.who, &e.action, &e.rollout, &e.detail],
+            )
+            .await
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// The audit log (of one rollout, or all of it), newest first, at most `limit` entries.
+    pub async fn audit(
+        &mut self,
+        rollout: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<super::AuditEntry>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT at_ms, who, action, rollout, detail FROM audit
+                 WHERE $1::TEXT IS NULL OR rollout = $1 ORDER BY at_ms DESC, id DESC LIMIT $2",
+                &[&rollout, &i64::from(limit)],
+            )
+            .await
+            .map_err(self.err())?;
+        Ok(rows
+            .iter()
+            .map(|r| super::AuditEntry {
+                at_ms: r.get::<_, i64>(0) as u64,
+                who: r.get(1),
+                action: r.get(2),
+                rollout: r.get(3),
+                detail: r.get(4),
+            })
+            .collect())
     }
 
     pub async fn devices(&mut self) -> Result<Vec<String>, StoreError> {

@@ -14,7 +14,7 @@ pub struct Sqlite {
 }
 
 /// Each migration, applied in order to a database whose `user_version` is below its number.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     // 1: the devices table (already there in databases from before versioning).
     "CREATE TABLE IF NOT EXISTS devices (
          id TEXT PRIMARY KEY,
@@ -42,6 +42,15 @@ const MIGRATIONS: [&str; 2] = [
          deployed_ms INTEGER NOT NULL,
          PRIMARY KEY (rollout_id, device_id)
      );",
+    // 3: the operators' audit log.
+    "CREATE TABLE audit (
+         at_ms INTEGER NOT NULL,
+         who TEXT NOT NULL,
+         action TEXT NOT NULL,
+         rollout TEXT,
+         detail TEXT NOT NULL
+     );
+     CREATE INDEX audit_rollout ON audit (rollout, at_ms);",
 ];
 
 impl Sqlite {
@@ -91,6 +100,75 @@ impl Sqlite {
             .map_err(self.err())?
             .map(|raw| record(&self.name, raw))
             .transpose()
+    }
+
+    /// Every device's record, by id.
+    pub fn records(&self) -> Result<Vec<(String, Record)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, desired, reported, version, updated_ms, reported_ms, reported_order
+                 FROM devices ORDER BY id",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    (
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ),
+                ))
+            })
+            .map_err(self.err())?
+            .collect::<Result<Vec<(String, Raw)>, _>>()
+            .map_err(self.err())?;
+        rows.into_iter()
+            .map(|(id, raw)| Ok((id, record(&self.name, raw)?)))
+            .collect()
+    }
+
+    pub fn add_audit(&self, e: &super::AuditEntry) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO audit (at_ms, who, action, rollout, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![e.at_ms as i64, e.who, e.action, e.rollout, e.detail],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// The audit log (of one rollout, or all of it), newest first, at most `limit` entries.
+    pub fn audit(
+        &self,
+        rollout: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<super::AuditEntry>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT at_ms, who, action, rollout, detail FROM audit
+                 WHERE ?1 IS NULL OR rollout = ?1 ORDER BY at_ms DESC, rowid DESC LIMIT ?2",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map(params![rollout, limit], |r| {
+                Ok(super::AuditEntry {
+                    at_ms: r.get::<_, i64>(0)? as u64,
+                    who: r.get(1)?,
+                    action: r.get(2)?,
+                    rollout: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            })
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>();
+        rows.map_err(self.err())
     }
 
     pub fn devices(&self) -> Result<Vec<String>, StoreError> {

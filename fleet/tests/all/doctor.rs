@@ -28,7 +28,7 @@ fn doctor_checks_the_replicas_store() {
     let out = doctor(&pg.url);
     assert!(
         out.lines().any(|l| l.starts_with("ok    replica store:")
-            && l.contains("(schema 1): 0 device(s), 0 rollout(s)")),
+            && l.contains("(schema 2): 0 device(s), 0 rollout(s)")),
         "{out}"
     );
     let out = doctor("postgres://sandstep@127.0.0.1:1/none");

@@ -72,6 +72,51 @@ async fn both_stores_merge_in_order_version_every_write_and_migrate_once() {
     .await;
 }
 
+/// The console's reads and the audit log, on both stores: every record in one query, and the
+/// audit log newest first, per rollout or whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn both_stores_list_every_record_and_keep_the_audit_log_newest_first() {
+    use sandstep_fleet::store::AuditEntry;
+    each_store(async |db| {
+        let mut s = Store::open(&db).await.unwrap();
+        let docs = vec![
+            ("gw-2".to_owned(), report(json!({"status": "completed"}))),
+            ("gw-1".to_owned(), report(json!({"status": "failed"}))),
+        ];
+        s.merge_batch(&docs, 7).await.unwrap();
+        let all = s.records().await.unwrap();
+        let ids: Vec<&str> = all.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["gw-1", "gw-2"]);
+        assert_eq!(all[0].1.reported["status"], "failed");
+        let entry = |at_ms, action: &str, rollout: Option<&str>| AuditEntry {
+            at_ms,
+            who: "console:alice".into(),
+            action: action.into(),
+            rollout: rollout.map(str::to_owned),
+            detail: "<b>not markup</b>".into(),
+        };
+        s.add_audit(&entry(1, "rollout-create", Some("r1")))
+            .await
+            .unwrap();
+        s.add_audit(&entry(2, "rollout-pause", Some("r1")))
+            .await
+            .unwrap();
+        s.add_audit(&entry(3, "login", None)).await.unwrap();
+        let r1: Vec<String> = s
+            .audit(Some("r1"), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(r1, ["rollout-pause", "rollout-create"]);
+        let all = s.audit(None, 2).await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0], entry(3, "login", None));
+    })
+    .await;
+}
+
 /// Replicas and operator commands opening a new database at the same moment each find it
 /// migrated once, none failing on a migration another already applied.
 #[tokio::test(flavor = "multi_thread")]
@@ -239,7 +284,7 @@ async fn a_sqlite_file_from_before_rollouts_is_migrated_in_place() {
     .unwrap();
     drop(c);
     let mut s = Store::open(&Database::Sqlite(path)).await.unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 2);
+    assert_eq!(s.schema_version().await.unwrap(), 3);
     assert_eq!(s.get("old-gw").await.unwrap().unwrap().version, 4);
     let r = rollout("r1", "g");
     s.create_rollout(&r).await.unwrap();

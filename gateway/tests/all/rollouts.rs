@@ -227,6 +227,28 @@ fn pause_resume_and_abort_change_a_running_rollout_and_say_who() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("rollout ro-ctl is aborted"));
     let missing = cli(&f, &["rollout", "pause", "ro-none"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no rollout `ro-none`"));
+    // Every action is in the audit log, newest first, with who did it.
+    let out = cli(&f, &["rollout", "status", "ro-ctl", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let actions: Vec<&str> = v["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "rollout-abort",
+            "rollout-resume",
+            "rollout-pause",
+            "rollout-create"
+        ]
+    );
+    assert!(v["audit"][0]["who"].as_str().unwrap().starts_with("cli:"));
+    let table =
+        String::from_utf8_lossy(&cli(&f, &["rollout", "status", "ro-ctl"]).stdout).into_owned();
+    assert!(table.contains("rollout-pause  now paused"), "{table}");
 }
 
 /// A device row made unreadable outside sandstep (its reported state not a JSON object) costs
