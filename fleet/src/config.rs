@@ -22,6 +22,8 @@ pub struct FleetConfig {
     pub mqtt: MqttConfig,
     /// The device-state replica.
     pub shadow: ShadowConfig,
+    /// The web console (`sandstep-fleet console`).
+    pub console: ConsoleConfig,
     /// Of the agent's table, only the topic layout.
     pub agent: AgentTopics,
     // The gateway's sections: accepted, not read here.
@@ -64,6 +66,34 @@ pub struct ShadowConfig {
     pub share_group: String,
     /// How often the replica looks at running rollouts, in milliseconds.
     pub rollout_interval_ms: u64,
+}
+
+/// The `[console]` table: the web console over the replica's store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConsoleConfig {
+    /// Where it listens (HTTPS).
+    pub listen: String,
+    /// Its TLS certificate chain and key (PEM); without them a self-signed certificate is made
+    /// once and kept in the data dir (`console-cert.pem`, `console-key.pem`).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The accounts file (`sandstep-fleet console user add`); default: `<data-dir>/console-accounts`.
+    pub accounts: Option<PathBuf>,
+    /// How long a login lasts, in minutes.
+    pub session_minutes: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            listen: "127.0.0.1:8443".into(),
+            cert: None,
+            key: None,
+            accounts: None,
+            session_minutes: 720,
+        }
+    }
 }
 
 impl Default for ShadowConfig {

@@ -14,6 +14,7 @@
 //! - [`store`]: where records and rollouts are kept: SQLite or PostgreSQL, one interface,
 //!   versioned migrations, writes checked against the version read.
 //! - [`config`]: the fleet side's reading of the config file.
+//! - [`console`]: the web console over the store (HTTPS, accounts, live pages).
 //! - [`fleet_sim`] (feature `dev-tools`): N simulated agents against real replicas, for the
 //!   fleet benchmark.
 //!
@@ -21,6 +22,7 @@
 //! `sandstep-model`; the operator commands sign deployments with `sandstep-signing`.
 
 pub mod config;
+pub mod console;
 #[cfg(feature = "dev-tools")]
 pub mod fleet_sim;
 pub mod operate;

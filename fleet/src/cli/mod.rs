@@ -2,6 +2,7 @@
 //! command group.
 
 mod common;
+mod console;
 mod deployment;
 mod doctor;
 mod operator;
@@ -43,6 +44,12 @@ enum Command {
     /// Phased rollouts to a group that stop themselves when devices fail.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
+    /// The web console over the replica's store (HTTPS): the fleet, each device, rollouts.
+    /// `console add-user NAME --role viewer|operator` adds an account.
+    Console {
+        #[command(subcommand)]
+        command: Option<console::ConsoleCommand>,
+    },
     /// Check the fleet side's set-up (config, the replica's store, the broker).
     Doctor {
         /// Seconds to wait for the broker.
@@ -82,6 +89,7 @@ pub fn main() -> ExitCode {
             Command::Status(args) => operator::status(args, common).await,
             Command::Cancel { device } => operator::cancel(device, common).await,
             Command::Rollout(cmd) => rollout::run(cmd, common).await,
+            Command::Console { command } => console::run(command, common).await,
             Command::Doctor { broker_timeout } => doctor::run(broker_timeout, common).await,
             #[cfg(feature = "dev-tools")]
             Command::FleetSim(args) => sim::fleet_sim(args, common).await,

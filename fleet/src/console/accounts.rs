@@ -1,0 +1,248 @@
+//! The console's accounts: a file of `NAME ROLE ARGON2-HASH` lines (`#` starts a comment),
+//! written by `sandstep-fleet console user add`. A viewer sees; an operator also starts,
+//! pauses, resumes and aborts rollouts.
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordVerifier};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// What an account may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Operator,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            _ => None,
+        }
+    }
+}
+
+/// Why the accounts file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    #[error("{path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    #[error("{path}:{line}: {problem}")]
+    Line {
+        path: String,
+        line: usize,
+        problem: String,
+    },
+    #[error("{path}: {problem}")]
+    Write { path: String, problem: String },
+}
+
+#[derive(Debug, Clone)]
+struct Account {
+    role: Role,
+    hash: String,
+}
+
+/// The accounts, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Accounts {
+    by_name: BTreeMap<String, Account>,
+}
+
+/// A name may be letters, digits, `-`, `_`, `.` and `@`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+}
+
+impl Accounts {
+    /// Reads the file; a line that is not `NAME ROLE HASH` with a known role and an argon2
+    /// hash is refused, naming the line.
+    pub fn load(path: &Path) -> Result<Accounts, AccountsError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|cause| AccountsError::Read {
+            path: shown.clone(),
+            cause,
+        })?;
+        Accounts::parse(&text, &shown)
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Accounts, AccountsError> {
+        let mut by_name = BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let bad = |problem: String| AccountsError::Line {
+                path: path.to_owned(),
+                line: i + 1,
+                problem,
+            };
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [name, role, hash] = fields[..] else {
+                return Err(bad("expected NAME ROLE HASH".into()));
+            };
+            if !valid_name(name) {
+                return Err(bad(format!("`{name}` is not a valid account name")));
+            }
+            let role = Role::parse(role)
+                .ok_or_else(|| bad(format!("`{role}` is not a role (viewer or operator)")))?;
+            PasswordHash::new(hash).map_err(|e| bad(format!("not a password hash: {e}")))?;
+            if by_name
+                .insert(
+                    name.to_owned(),
+                    Account {
+                        role,
+                        hash: hash.to_owned(),
+                    },
+                )
+                .is_some()
+            {
+                return Err(bad(format!("`{name}` is there twice")));
+            }
+        }
+        Ok(Accounts { by_name })
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The role of `name` when `password` is its password. Slow on purpose (argon2): call it
+    /// off the async threads. An unknown name costs the same as a wrong password.
+    pub fn verify(&self, name: &str, password: &str) -> Option<Role> {
+        let account = self.by_name.get(name);
+        let hash: &str = match account {
+            Some(a) => &a.hash,
+            None => dummy_hash(),
+        };
+        let parsed = PasswordHash::new(hash).ok()?;
+        let ok = Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok();
+        account.filter(|_| ok).map(|a| a.role)
+    }
+
+    /// Adds or replaces `name` in the file at `path` (created with mode 0600).
+    pub fn add(path: &Path, name: &str, role: Role, password: &str) -> Result<(), AccountsError> {
+        let shown = path.display().to_string();
+        let fail = |problem: String| AccountsError::Write {
+            path: shown.clone(),
+            problem,
+        };
+        if !valid_name(name) {
+            return Err(fail(format!(
+                "`{name}` is not a valid account name (letters, digits, - _ . @)"
+            )));
+        }
+        if password.chars().count() < 8 {
+            return Err(fail("a password has at least 8 characters".into()));
+        }
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        Accounts::parse(&text, &shown)?;
+        let hash = hash(password).map_err(|e| fail(e.to_string()))?;
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.split_whitespace().next() != Some(name))
+            .map(str::to_owned)
+            .collect();
+        lines.push(format!("{name} {} {hash}", role.name()));
+        write_private(path, &(lines.join("\n") + "\n")).map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// An argon2id hash of `password` with a fresh salt.
+pub fn hash(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+}
+
+/// A hash of a random password, verified for unknown names so they take as long as a known
+/// name's wrong password.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let mut secret = [0u8; 16];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret);
+        hash(&hex_of(&secret)).unwrap_or_default()
+    })
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `text` to `path` atomically, readable by its owner only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_are_added_verified_by_role_and_a_bad_line_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accounts");
+        Accounts::add(&path, "alice", Role::Operator, "correct horse").unwrap();
+        Accounts::add(&path, "bob", Role::Viewer, "battery staple").unwrap();
+        Accounts::add(&path, "bob", Role::Viewer, "battery staple 2").unwrap();
+        let a = Accounts::load(&path).unwrap();
+        assert_eq!(a.len(), 2, "bob replaced, not added twice");
+        assert_eq!(a.verify("alice", "correct horse"), Some(Role::Operator));
+        assert_eq!(a.verify("bob", "battery staple 2"), Some(Role::Viewer));
+        assert_eq!(a.verify("bob", "battery staple"), None);
+        assert_eq!(a.verify("carol", "correct horse"), None);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        for (text, says) in [
+            ("alice admin $argon2id$x", ":1: `admin` is not a role"),
+            ("# c\nalice operator nothash", ":2: not a password hash"),
+            ("alice operator", ":1: expected NAME ROLE HASH"),
+        ] {
+            let e = Accounts::parse(text, "f").unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        let e = Accounts::add(&path, "<b>", Role::Viewer, "long enough").unwrap_err();
+        assert!(e.to_string().contains("not a valid account name"), "{e}");
+        let e = Accounts::add(&path, "dave", Role::Viewer, "short").unwrap_err();
+        assert!(e.to_string().contains("at least 8"), "{e}");
+    }
+}
