@@ -3,6 +3,7 @@
 //! with real gateways is tested from the gateway's suite (gateway/tests/all/fleet.rs,
 //! rollouts.rs), which runs both binaries.
 
+mod console;
 mod doctor;
 #[cfg(feature = "dev-tools")]
 mod sim;
