@@ -18,7 +18,8 @@ pub const DEVICES: usize = 10_000;
 pub struct Running {
     pub dir: tempfile::TempDir,
     pub url: String,
-    pub proc: Proc,
+    /// The console process, stopped when this is dropped.
+    _proc: Proc,
 }
 
 impl Running {
@@ -95,7 +96,11 @@ pub async fn start() -> Running {
         .unwrap()
         .trim_end_matches('/')
         .to_owned();
-    Running { dir, url, proc }
+    Running {
+        dir,
+        url,
+        _proc: proc,
+    }
 }
 
 /// A browser-like client: cookies kept, redirects not followed, the self-signed certificate
