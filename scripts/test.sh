@@ -27,8 +27,15 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 [[ -x /usr/bin/mosquitto_pub ]] || missing+=(mosquitto-clients)
 [[ -x /usr/bin/jq ]] || missing+=(jq)
 [[ -x /usr/bin/python3 ]] || missing+=(python3)
+# The console's browser test drives Debian's headless chromium through chromium-driver
+# (fleet/tests/all/console_browser.rs); without recommends, it is the browser and its libraries.
+[[ -x /usr/bin/chromedriver ]] || browser=(chromium chromium-driver fonts-dejavu-core)
 if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]]; then
     (apt-get install -y -q "${missing[@]}" || (apt-get update -q && apt-get install -y -q "${missing[@]}")) >/dev/null
+fi
+if [[ -n ${browser+x} && $(id -u) -eq 0 ]]; then
+    (apt-get install -y -q --no-install-recommends "${browser[@]}" \
+        || (apt-get update -q && apt-get install -y -q --no-install-recommends "${browser[@]}")) >/dev/null
 fi
 # The Python and JavaScript handler toolchains (componentize-py from PyPI, componentize-js from
 # npm), pinned, into target/tools: the vendor-kit test builds a handler with each.

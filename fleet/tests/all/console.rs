@@ -54,14 +54,30 @@ async fn seed(db: &Database) {
     store.merge_batch(&docs, 5_000).await.unwrap();
 }
 
-/// Starts the console over a fresh seeded store.
+/// Starts the console over a fresh seeded SQLite store.
 pub async fn start() -> Running {
+    start_on(None).await
+}
+
+/// Starts the console over a fresh seeded store: the PostgreSQL at `url`, or a SQLite file.
+pub async fn start_on(url: Option<&str>) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    seed(&Database::Sqlite(data.join("shadow.sqlite"))).await;
+    let (db, shadow) = match url {
+        Some(u) => (
+            Database::parse(u, Default::default()).unwrap(),
+            format!("[shadow]\ndatabase = \"{u}\"\n"),
+        ),
+        None => (Database::Sqlite(data.join("shadow.sqlite")), String::new()),
+    };
+    seed(&db).await;
     let config = dir.path().join("fleet.toml");
-    std::fs::write(&config, "[console]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    std::fs::write(
+        &config,
+        format!("{shadow}[console]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
     for (name, role, password) in [
         ("alice", "operator", "correct horse"),
         ("victor", "viewer", "battery staple"),

@@ -4,6 +4,7 @@
 //! rollouts.rs), which runs both binaries.
 
 mod console;
+mod console_browser;
 mod doctor;
 #[cfg(feature = "dev-tools")]
 mod sim;

@@ -1,0 +1,207 @@
+//! The console in a real browser: Debian's headless chromium driven through chromium-driver
+//! (WebDriver), against a console over PostgreSQL holding 10,001 devices. An operator logs in,
+//! finds a device, opens it, starts a rollout from a deployment file, pauses it, and sees a
+//! device fail without reloading; a result holding HTML shows as text and runs nothing; a
+//! viewer gets no controls. Screenshots go to target/console-screenshots for a person to look at.
+
+use crate::console::{deployment_file, start_on, Running};
+use fantoccini::{Client, ClientBuilder, Locator};
+use sandstep_fleet::store::{Database, Store};
+use sandstep_model::shadow::Document;
+use sandstep_testkit::{free_port, prerequisite_missing, repo_root, Postgres, Proc};
+use serde_json::json;
+use std::time::Duration;
+
+/// chromium-driver on a free port, and a headless chromium session through it.
+async fn browser(dir: &std::path::Path) -> Option<(Proc, Client)> {
+    if !std::path::Path::new("/usr/bin/chromedriver").exists() {
+        prerequisite_missing("chromium-driver (Debian's chromium and chromium-driver packages)");
+        return None;
+    }
+    let port = free_port();
+    let mut cmd = std::process::Command::new("/usr/bin/chromedriver");
+    cmd.arg(format!("--port={port}"));
+    let driver = Proc::spawn(cmd, dir.join("chromedriver.log"));
+    driver.wait_for_output("started successfully");
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+            "--ignore-certificate-errors", "--window-size=1280,900",
+            &format!("--user-data-dir={}", dir.join("profile").display())]}),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a chromium session");
+    Some((driver, client))
+}
+
+/// Saves a screenshot as target/console-screenshots/NAME.png.
+async fn screenshot(b: &Client, name: &str) {
+    let dir = repo_root().join("target/console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = b.screenshot().await.unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+async fn text_of(b: &Client, css: &str) -> String {
+    b.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits until the element `css` says `want` (the page refreshing itself).
+async fn until_text(b: &Client, css: &str, want: &str) {
+    let t = std::time::Instant::now();
+    loop {
+        let now = match b.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if now == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{css} says `{now}`, not `{want}`"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn log_in(b: &Client, con: &Running, user: &str, password: &str) {
+    b.goto(&format!("{}/login", con.url)).await.unwrap();
+    b.find(Locator::Id("user"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
+    b.find(Locator::Id("password"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
+    b.find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn click(b: &Client, id: &str) {
+    b.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_browser_an_operator_finds_a_device_starts_and_pauses_a_rollout_and_sees_a_failure_live(
+) {
+    let Some(pg) = Postgres::start() else { return };
+    let con = start_on(Some(&pg.url)).await;
+    let Some((_driver, b)) = browser(con.dir.path()).await else {
+        return;
+    };
+    log_in(&b, &con, "alice", "correct horse").await;
+    assert!(text_of(&b, ".count")
+        .await
+        .starts_with("10001 of 10001 device(s)"));
+    screenshot(&b, "1-fleet").await;
+    b.find(Locator::Id("q"))
+        .await
+        .unwrap()
+        .send_keys("gw-04242")
+        .await
+        .unwrap();
+    click(&b, "search").await;
+    until_text(&b, ".count", "1 of 10001 device(s)").await;
+    b.find(Locator::LinkText("gw-04242"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(text_of(&b, "#status").await, "completed");
+    screenshot(&b, "2-device").await;
+
+    // HTML a device reported is text on the page, and nothing of it runs.
+    b.goto(&format!("{}/devices/gw-evil", con.url))
+        .await
+        .unwrap();
+    let steps = text_of(&b, "#steps").await;
+    assert!(steps.contains("<img src=x onerror=alert(2)>"), "{steps}");
+    assert!(b.get_alert_text().await.is_err(), "no script ran");
+    screenshot(&b, "3-escaped").await;
+
+    // A rollout from a deployment file signed elsewhere, then paused.
+    b.goto(&format!("{}/rollouts", con.url)).await.unwrap();
+    let file = deployment_file(con.dir.path());
+    b.find(Locator::Id("deployment"))
+        .await
+        .unwrap()
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    for (id, value) in [("group", "north"), ("rollout-id", "ro-browser")] {
+        b.find(Locator::Id(id))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    click(&b, "start").await;
+    until_text(&b, "#state", "running").await;
+    click(&b, "pause").await;
+    until_text(&b, "#state", "paused").await;
+    assert!(text_of(&b, "#audit").await.contains("console:alice"));
+    screenshot(&b, "4-paused").await;
+
+    // A device fails while its page is open: the page shows it without a reload.
+    b.goto(&format!("{}/devices/gw-00002", con.url))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&b, "#status").await, "completed");
+    let mut store = Store::open(&Database::parse(&pg.url, Default::default()).unwrap())
+        .await
+        .unwrap();
+    let failed = json!({"state": {"reported": {"status": "failed", "failedAt": 9_000,
+        "lastInstallResult": {"resultCode": 0, "extendedResultCodes": "B0100002",
+            "resultDetails": "download failed", "stepResults": {}}}}});
+    let doc = Document::parse(failed.to_string().as_bytes()).unwrap();
+    store
+        .merge_batch(&[("gw-00002".to_owned(), doc)], 9_000)
+        .await
+        .unwrap();
+    until_text(&b, "#status", "failed").await;
+    screenshot(&b, "5-failed-live").await;
+
+    // A viewer sees the rollout, without its controls.
+    b.delete_all_cookies().await.unwrap();
+    log_in(&b, &con, "victor", "battery staple").await;
+    b.goto(&format!("{}/rollouts/ro-browser", con.url))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&b, "#state").await, "paused");
+    assert!(b.find(Locator::Id("resume")).await.is_err(), "no controls");
+    b.goto(&format!("{}/rollouts", con.url)).await.unwrap();
+    text_of(&b, "#rollouts").await;
+    assert!(b.find(Locator::Id("new-rollout")).await.is_err(), "no form");
+    screenshot(&b, "6-viewer").await;
+    b.close().await.unwrap();
+}
