@@ -26,6 +26,7 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 # The README's walkthroughs (examples/walkthroughs, run by the suite) use these as a person would.
 [[ -x /usr/bin/mosquitto_pub ]] || missing+=(mosquitto-clients)
 [[ -x /usr/bin/jq ]] || missing+=(jq)
+[[ -x /usr/bin/curl ]] || missing+=(curl)
 [[ -x /usr/bin/python3 ]] || missing+=(python3)
 # The console's browser test drives Debian's headless chromium through chromium-driver
 # (fleet/tests/all/console_browser.rs); without recommends, it is the browser and its libraries.

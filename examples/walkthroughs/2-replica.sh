@@ -31,3 +31,13 @@ cmp "$w/files/app.conf" "$g/app/app.conf"
 mosquitto_pub -L "$broker/state/gw-2/update" -m '{"state": {"desired": {"softwareURL": "http://127.0.0.1:1/fw.bin"}}}'
 wait_for "the refusal" sh -c "$s status --config $g/agent.toml --data-dir $g/data | grep 'not applied: softwareURL'"
 $f status --config "$w/fleet.toml" --device gw-2
+
+# The web console beside the replica, over its store: an account, then the console itself (a
+# self-signed certificate is made for it; a browser shows the same pages at $console).
+echo 'walkthrough password' | $f console add-user ops --role operator --config "$w/fleet.toml" --data-dir "$w/replica"
+printf '[console]\nlisten = "127.0.0.1:%s"\n' "${CONSOLE_PORT:-8443}" >>"$w/fleet.toml"
+$f console --config "$w/fleet.toml" --data-dir "$w/replica" >"$w/console.log" 2>&1 &
+wait_for "the console" grep -q 'console at' "$w/console.log"
+console=https://127.0.0.1:${CONSOLE_PORT:-8443}
+curl -sk -c "$w/cookies" --data-urlencode user=ops --data-urlencode 'password=walkthrough password' "$console/login" >/dev/null
+curl -sk -b "$w/cookies" "$console/devices?q=gw-2" | grep -A2 '>gw-2<' | grep completed

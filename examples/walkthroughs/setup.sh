@@ -3,8 +3,9 @@
 # binary), `$f` (the fleet's), `$w` (a fresh work dir, target/walkthroughs/NAME), `$keys`
 # (deploy's signing options), `$files_url` (an HTTP server for `$w/files`), `$broker`, and
 # functions: start_replica, install_gateway DIR, wait_for WHAT COMMAND... The broker is Debian's
-# mosquitto on 127.0.0.1:1883 unless $BROKER says another; $HTTP_PORT moves the file server.
-# Needs python3, jq and mosquitto-clients (`apt-get install -y jq mosquitto mosquitto-clients`).
+# mosquitto on 127.0.0.1:1883 unless $BROKER says another; $HTTP_PORT moves the file server,
+# $CONSOLE_PORT the console. Needs python3, jq, curl and mosquitto-clients
+# (`apt-get install -y jq curl mosquitto mosquitto-clients`).
 set -euo pipefail
 s=${SANDSTEP:-target/debug/sandstep} f=${SANDSTEP_FLEET:-target/debug/sandstep-fleet}
 w=$PWD/target/walkthroughs/$1

@@ -18,7 +18,12 @@ const SCRIPTS: [&str; 6] = [
 
 /// Runs walkthrough `script`; its whole output is shown when it fails.
 fn walk(script: &str) {
-    for tool in ["/usr/bin/jq", "/usr/bin/mosquitto_pub", "/usr/bin/python3"] {
+    for tool in [
+        "/usr/bin/jq",
+        "/usr/bin/mosquitto_pub",
+        "/usr/bin/python3",
+        "/usr/bin/curl",
+    ] {
         if !Path::new(tool).exists() {
             return prerequisite_missing(&format!("{tool} (the walkthroughs use it)"));
         }
@@ -34,6 +39,7 @@ fn walk(script: &str) {
         .current_dir(repo_root())
         .env("BROKER", format!("mqtt://127.0.0.1:{}", broker.port))
         .env("HTTP_PORT", free_port().to_string())
+        .env("CONSOLE_PORT", free_port().to_string())
         .env("SANDSTEP", env!("CARGO_BIN_EXE_sandstep"))
         .env("SANDSTEP_FLEET", crate::fleet::fleet_bin())
         .env("WAIT_SECS", "120")
