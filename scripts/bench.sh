@@ -89,6 +89,12 @@ elif [[ ${#fleet[@]} -gt 0 ]]; then
 else
     echo "bench: no broker (mosquitto); the fleet figures (group 7) skipped" >&2
 fi
+# Group 7b: the console at 10,000 devices (its own process over a seeded SQLite store): first
+# byte and fully loaded per page, and its memory.
+if [[ $fleet_runs != no ]]; then
+    cargo build --quiet --release -p sandstep-fleet --features dev-tools
+    target/release/sandstep-fleet console-bench
+fi
 if [[ $peers == yes ]]; then
     if [[ $(id -u) -ne 0 ]]; then
         echo "bench: the side-by-side firmware run needs root (loop devices); skipped" >&2

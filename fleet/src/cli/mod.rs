@@ -3,6 +3,8 @@
 
 mod common;
 mod console;
+#[cfg(feature = "dev-tools")]
+mod console_bench;
 mod deployment;
 mod doctor;
 mod operator;
@@ -63,6 +65,9 @@ enum Command {
     /// The fleet benchmark (group 7 of BENCHMARKS.md; scripts/bench.sh runs it).
     #[cfg(feature = "dev-tools")]
     Bench(sim::BenchArgs),
+    /// The console's figures (group 7b): first byte and fully loaded at 10,000 devices, memory.
+    #[cfg(feature = "dev-tools")]
+    ConsoleBench(console_bench::ConsoleBenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -95,6 +100,8 @@ pub fn main() -> ExitCode {
             Command::FleetSim(args) => sim::fleet_sim(args, common).await,
             #[cfg(feature = "dev-tools")]
             Command::Bench(args) => sim::bench(args, common).await,
+            #[cfg(feature = "dev-tools")]
+            Command::ConsoleBench(args) => console_bench::run(args, common).await,
         }
     });
     match outcome {
