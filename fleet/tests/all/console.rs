@@ -61,6 +61,11 @@ pub async fn start() -> Running {
 
 /// Starts the console over a fresh seeded store: the PostgreSQL at `url`, or a SQLite file.
 pub async fn start_on(url: Option<&str>) -> Running {
+    start_with(url, "").await
+}
+
+/// As [`start_on`], with `extra` config text (an `[mqtt]` table for a replica beside it).
+pub async fn start_with(url: Option<&str>, extra: &str) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -75,7 +80,7 @@ pub async fn start_on(url: Option<&str>) -> Running {
     let config = dir.path().join("fleet.toml");
     std::fs::write(
         &config,
-        format!("{shadow}[console]\nlisten = \"127.0.0.1:0\"\n"),
+        format!("{extra}{shadow}[console]\nlisten = \"127.0.0.1:0\"\n"),
     )
     .unwrap();
     for (name, role, password) in [

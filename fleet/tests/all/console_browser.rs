@@ -1,14 +1,16 @@
 //! The console in a real browser: Debian's headless chromium driven through chromium-driver
-//! (WebDriver), against a console over PostgreSQL holding 10,001 devices. An operator logs in,
-//! finds a device, opens it, starts a rollout from a deployment file, pauses it, and sees a
-//! device fail without reloading; a result holding HTML shows as text and runs nothing; a
-//! viewer gets no controls. Screenshots go to target/console-screenshots for a person to look at.
+//! (WebDriver), against a console over PostgreSQL holding 10,001 devices, beside a real replica
+//! on mosquitto. An operator logs in, finds a device, opens it, starts a rollout from a
+//! deployment file (the replica deploys its first phase), sees one of its devices fail, as the
+//! device reports it over MQTT, on the rollout's page and the device's without reloading, and
+//! pauses the rollout; a result holding HTML shows as text and runs nothing; a viewer gets no
+//! controls. Screenshots go to target/console-screenshots for a person to look at.
 
-use crate::console::{deployment_file, start_on, Running};
+use crate::console::{deployment_file, start_with, Running};
 use fantoccini::{Client, ClientBuilder, Locator};
+use sandstep_fleet::rollout::Rollout;
 use sandstep_fleet::store::{Database, Store};
-use sandstep_model::shadow::Document;
-use sandstep_testkit::{free_port, prerequisite_missing, repo_root, Postgres, Proc};
+use sandstep_testkit::{free_port, prerequisite_missing, repo_root, Broker, Postgres, Proc};
 use serde_json::json;
 use std::time::Duration;
 
@@ -47,14 +49,18 @@ async fn screenshot(b: &Client, name: &str) {
 }
 
 async fn text_of(b: &Client, css: &str) -> String {
-    b.wait()
+    let found = b
+        .wait()
         .at_most(Duration::from_secs(20))
         .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+        .await;
+    match found {
+        Ok(e) => e.text().await.unwrap(),
+        Err(e) => {
+            let page = b.source().await.unwrap_or_default();
+            panic!("{css}: {e}; the page:\n{page}")
+        }
+    }
 }
 
 /// Waits until the element `css` says `want` (the page refreshing itself).
@@ -96,6 +102,8 @@ async fn log_in(b: &Client, con: &Running, user: &str, password: &str) {
         .click()
         .await
         .unwrap();
+    // Logged in once the fleet page is there (going on sooner races the login's cookie).
+    text_of(b, "#devices").await;
 }
 
 async fn click(b: &Client, id: &str) {
@@ -109,11 +117,56 @@ async fn click(b: &Client, id: &str) {
         .unwrap();
 }
 
+/// A device of rollout `id` the replica has deployed to.
+async fn deployed_member(db: &Database, id: &str) -> String {
+    let mut store = Store::open(db).await.unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let (r, _): (Rollout, u64) = store.rollout(id).await.unwrap().unwrap();
+        let members = store.members(&r).await.unwrap();
+        if let Some(m) = members.iter().find(|m| m.deployed.is_some()) {
+            return m.id.clone();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the replica deployed nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `device` reports over MQTT (the replica layout's update topic) that rollout `id` failed.
+fn report_failure(broker: &Broker, device: &str, id: &str) {
+    let report = json!({"state": {"reported": {
+        "workflow": {"action": 3, "id": id}, "status": "failed", "state": 255,
+        "failedAt": 9_000, "lastInstallResult": {"resultCode": 0,
+            "extendedResultCodes": "B0100002", "resultDetails": "download failed",
+            "stepResults": {}}}}});
+    let sent = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
+        .args([
+            "-t",
+            &format!("state/{device}/update"),
+            "-m",
+            &report.to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn in_a_browser_an_operator_finds_a_device_starts_and_pauses_a_rollout_and_sees_a_failure_live(
+async fn in_a_browser_an_operator_finds_a_device_starts_a_rollout_sees_a_failure_live_and_pauses_it(
 ) {
     let Some(pg) = Postgres::start() else { return };
-    let con = start_on(Some(&pg.url)).await;
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let mqtt = format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n", broker.port);
+    let con = start_with(Some(&pg.url), &mqtt).await;
+    let mut replica = fleet_cmd(&con);
+    replica.arg("shadow");
+    let _replica = Proc::spawn(replica, con.dir.path().join("replica.log"));
     let Some((_driver, b)) = browser(con.dir.path()).await else {
         return;
     };
@@ -148,7 +201,7 @@ async fn in_a_browser_an_operator_finds_a_device_starts_and_pauses_a_rollout_and
     assert!(b.get_alert_text().await.is_err(), "no script ran");
     screenshot(&b, "3-escaped").await;
 
-    // A rollout from a deployment file signed elsewhere, then paused.
+    // A rollout from a deployment file signed elsewhere; the replica deploys its first phase.
     b.goto(&format!("{}/rollouts", con.url)).await.unwrap();
     let file = deployment_file(con.dir.path());
     b.find(Locator::Id("deployment"))
@@ -167,29 +220,26 @@ async fn in_a_browser_an_operator_finds_a_device_starts_and_pauses_a_rollout_and
     }
     click(&b, "start").await;
     until_text(&b, "#state", "running").await;
+    let db = Database::parse(&pg.url, Default::default()).unwrap();
+    let device = deployed_member(&db, "ro-browser").await;
+
+    // One of its devices fails, reported over MQTT: the open page shows it without a reload.
+    report_failure(&broker, &device, "ro-browser");
+    until_text(
+        &b,
+        "#phases tbody tr:first-child .failures",
+        "1 (0/B0100002)",
+    )
+    .await;
+    screenshot(&b, "4-failed-live").await;
     click(&b, "pause").await;
     until_text(&b, "#state", "paused").await;
     assert!(text_of(&b, "#audit").await.contains("console:alice"));
-    screenshot(&b, "4-paused").await;
-
-    // A device fails while its page is open: the page shows it without a reload.
-    b.goto(&format!("{}/devices/gw-00002", con.url))
+    screenshot(&b, "5-paused").await;
+    b.goto(&format!("{}/devices/{device}", con.url))
         .await
         .unwrap();
-    assert_eq!(text_of(&b, "#status").await, "completed");
-    let mut store = Store::open(&Database::parse(&pg.url, Default::default()).unwrap())
-        .await
-        .unwrap();
-    let failed = json!({"state": {"reported": {"status": "failed", "failedAt": 9_000,
-        "lastInstallResult": {"resultCode": 0, "extendedResultCodes": "B0100002",
-            "resultDetails": "download failed", "stepResults": {}}}}});
-    let doc = Document::parse(failed.to_string().as_bytes()).unwrap();
-    store
-        .merge_batch(&[("gw-00002".to_owned(), doc)], 9_000)
-        .await
-        .unwrap();
-    until_text(&b, "#status", "failed").await;
-    screenshot(&b, "5-failed-live").await;
+    assert_eq!(text_of(&b, "#status").await, "failed");
 
     // A viewer sees the rollout, without its controls.
     b.delete_all_cookies().await.unwrap();
@@ -204,4 +254,14 @@ async fn in_a_browser_an_operator_finds_a_device_starts_and_pauses_a_rollout_and
     assert!(b.find(Locator::Id("new-rollout")).await.is_err(), "no form");
     screenshot(&b, "6-viewer").await;
     b.close().await.unwrap();
+}
+
+/// `sandstep-fleet` with the console's config and data dir.
+fn fleet_cmd(con: &Running) -> std::process::Command {
+    let mut c = crate::fleet();
+    c.arg("--config")
+        .arg(con.config())
+        .arg("--data-dir")
+        .arg(con.dir.path().join("data"));
+    c
 }
