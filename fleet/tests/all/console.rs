@@ -1,4 +1,4 @@
-//! The web console over HTTPS against a store of 10,001 devices: logging in, finding a device,
+//! The web console over HTTPS against a store of 10,002 devices: logging in, finding a device,
 //! its page with HTML in a result shown as text, starting a rollout from a deployment file,
 //! pausing it, the CSRF and Origin rules, a viewer who cannot change anything, and the audit
 //! log the command line shows too. (The browser's view of the same is `console_browser`.)
@@ -34,7 +34,10 @@ fn report(v: Value) -> (String, Document) {
     (id, Document::parse(doc.to_string().as_bytes()).unwrap())
 }
 
-/// `gw-00000` ... and `gw-evil`, whose failure's details hold markup.
+/// A device id the replica accepts (no `/`, `+`, `#`) that is markup.
+pub const HTML_ID: &str = "<img src=x onerror=alert(3)>";
+
+/// `gw-00000` ..., `gw-evil`, whose failure's details hold markup, and [`HTML_ID`].
 async fn seed(db: &Database) {
     let mut store = Store::open(db).await.unwrap();
     let mut docs: Vec<(String, Document)> = (0..DEVICES)
@@ -51,6 +54,9 @@ async fn seed(db: &Database) {
             "resultDetails": "<script>alert(1)</script>",
             "stepResults": {"step_0": {"resultCode": 0, "extendedResultCodes": "B0100002",
                 "resultDetails": "<img src=x onerror=alert(2)>"}}}}})));
+    docs.push(report(
+        json!({"id": HTML_ID, "reported": {"status": "completed"}}),
+    ));
     store.merge_batch(&docs, 5_000).await.unwrap();
 }
 
@@ -200,15 +206,15 @@ async fn the_console_logs_in_finds_a_device_among_ten_thousand_and_escapes_what_
     let (status, html) = page(&c, &format!("{url}/devices")).await;
     assert_eq!(status, 200);
     assert!(
-        html.contains("10001 of 10001 device(s), page 1 of 201"),
+        html.contains("10002 of 10002 device(s), page 1 of 201"),
         "{html}"
     );
     let (_, html) = page(&c, &format!("{url}/devices?q=gw-04242")).await;
-    assert!(html.contains("1 of 10001 device(s)"), "{html}");
+    assert!(html.contains("1 of 10002 device(s)"), "{html}");
     assert!(html.contains("href=\"/devices/gw-04242\""), "{html}");
     let (_, html) = page(&c, &format!("{url}/devices?q=south&page=1")).await;
     assert!(
-        html.contains("5000 of 10001 device(s), page 2 of 100"),
+        html.contains("5000 of 10002 device(s), page 2 of 100"),
         "{html}"
     );
     assert!(
@@ -230,6 +236,21 @@ async fn the_console_logs_in_finds_a_device_among_ten_thousand_and_escapes_what_
         "{html}"
     );
     assert!(html.contains("<ol id=\"timeline\">"), "{html}");
+    // A device id that is markup: text in the row, percent-encoded in its link, and its page.
+    let (_, html) = page(&c, &format!("{url}/devices?q=onerror=alert(3)")).await;
+    assert!(
+        html.contains(">&#60;img src=x onerror=alert(3)&#62;</a>"),
+        "{html}"
+    );
+    assert!(!html.contains("<img src=x"), "{html}");
+    let link = "/devices/%3Cimg%20src%3Dx%20onerror%3Dalert%283%29%3E";
+    assert!(html.contains(&format!("href=\"{link}\"")), "{html}");
+    let (status, html) = page(&c, &format!("{url}{link}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("<h1>&#60;img src=x onerror=alert(3)&#62;</h1>"),
+        "{html}"
+    );
     assert_eq!(page(&c, &format!("{url}/devices/gw-none")).await.0, 404);
 }
 

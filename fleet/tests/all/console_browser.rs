@@ -1,12 +1,12 @@
 //! The console in a real browser: Debian's headless chromium driven through chromium-driver
-//! (WebDriver), against a console over PostgreSQL holding 10,001 devices, beside a real replica
+//! (WebDriver), against a console over PostgreSQL holding 10,002 devices, beside a real replica
 //! on mosquitto. An operator logs in, finds a device, opens it, starts a rollout from a
 //! deployment file (the replica deploys its first phase), sees one of its devices fail, as the
 //! device reports it over MQTT, on the rollout's page and the device's without reloading, and
-//! pauses the rollout; a result holding HTML shows as text and runs nothing; a viewer gets no
-//! controls. Screenshots go to target/console-screenshots for a person to look at.
+//! pauses the rollout; a result and a device id holding HTML show as text and run nothing; a
+//! form another site submits changes nothing; a viewer gets no controls. Screenshots go to target/console-screenshots for a person to look at.
 
-use crate::console::{deployment_file, start_with, Running};
+use crate::console::{deployment_file, start_with, Running, HTML_ID};
 use fantoccini::{Client, ClientBuilder, Locator};
 use sandstep_fleet::rollout::Rollout;
 use sandstep_fleet::store::{Database, Store};
@@ -173,7 +173,7 @@ async fn in_a_browser_an_operator_finds_a_device_starts_a_rollout_sees_a_failure
     log_in(&b, &con, "alice", "correct horse").await;
     assert!(text_of(&b, ".count")
         .await
-        .starts_with("10001 of 10001 device(s)"));
+        .starts_with("10002 of 10002 device(s)"));
     screenshot(&b, "1-fleet").await;
     b.find(Locator::Id("q"))
         .await
@@ -182,7 +182,7 @@ async fn in_a_browser_an_operator_finds_a_device_starts_a_rollout_sees_a_failure
         .await
         .unwrap();
     click(&b, "search").await;
-    until_text(&b, ".count", "1 of 10001 device(s)").await;
+    until_text(&b, ".count", "1 of 10002 device(s)").await;
     b.find(Locator::LinkText("gw-04242"))
         .await
         .unwrap()
@@ -198,6 +198,22 @@ async fn in_a_browser_an_operator_finds_a_device_starts_a_rollout_sees_a_failure
         .unwrap();
     let steps = text_of(&b, "#steps").await;
     assert!(steps.contains("<img src=x onerror=alert(2)>"), "{steps}");
+    assert!(b.get_alert_text().await.is_err(), "no script ran");
+    b.goto(&format!("{}/devices?q=onerror", con.url))
+        .await
+        .unwrap();
+    until_text(&b, ".count", "1 of 10002 device(s)").await;
+    b.find(Locator::LinkText(HTML_ID))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        text_of(&b, "h1").await,
+        HTML_ID,
+        "the id that is markup, as text"
+    );
     assert!(b.get_alert_text().await.is_err(), "no script ran");
     screenshot(&b, "3-escaped").await;
 
@@ -236,6 +252,24 @@ async fn in_a_browser_an_operator_finds_a_device_starts_a_rollout_sees_a_failure
     until_text(&b, "#state", "paused").await;
     assert!(text_of(&b, "#audit").await.contains("console:alice"));
     screenshot(&b, "5-paused").await;
+
+    // Another site's page submits a form to abort it, in the same browser: refused (the
+    // session cookie is SameSite=Strict, and the Origin and CSRF checks stand behind it).
+    let attack = format!(
+        "data:text/html,<form method=post action='{}/rollouts/ro-browser/abort'>\
+         <input name=csrf value=guess></form><script>document.forms[0].submit()</script>",
+        con.url
+    );
+    b.goto(&attack).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The form reached the console, which saw no session (the cookie stayed home) and sent
+    // the browser to its login.
+    let landed = b.current_url().await.unwrap();
+    assert_eq!(landed.path(), "/login", "{landed}");
+    b.goto(&format!("{}/rollouts/ro-browser", con.url))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&b, "#state").await, "paused", "not aborted");
     b.goto(&format!("{}/devices/{device}", con.url))
         .await
         .unwrap();
