@@ -100,10 +100,15 @@ impl Windows {
         )
     }
 
-    /// Refuses a deployment that would wait forever, before it waits at all.
+    /// Refuses a deployment that would wait forever, before it waits at all: only for the
+    /// windows it still has to wait for (a deployment past its downloads, or past its first
+    /// install, is not failed for a window it no longer needs).
     pub fn check(&self, j: &Journal) -> Result<(), StepResult> {
-        let mut which = vec![Which::Download];
-        if !j.installs_begun() {
+        let mut which = Vec::new();
+        if j.next_to_download().is_some() {
+            which.push(Which::Download);
+        }
+        if j.next_unit().is_some() && !j.installs_begun() {
             which.push(Which::Install);
         }
         for w in which {
