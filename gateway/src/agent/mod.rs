@@ -7,6 +7,7 @@
 //! - `runner`: the one loop: inputs from the source and the running deployment to the core,
 //!   its effects carried out.
 //! - [`outbox`]: the persisted queue of what waits to be delivered.
+//! - [`resident`]: the idle agent pages out the code only start-up and deployments ran.
 //! - here: [`Agent`], the parts every source shares (the deployment engine, the data dir, the
 //!   persisted state, the reports that need I/O: installed handlers, file sets).
 //!
@@ -16,6 +17,7 @@ pub mod core;
 mod file_sets;
 pub mod outbox;
 pub mod refused;
+pub mod resident;
 mod runner;
 pub mod source;
 

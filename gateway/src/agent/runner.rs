@@ -34,6 +34,8 @@ enum Input {
     Progress(Event),
     /// The running deployment's task ended.
     Finished(Finished),
+    /// The agent has been idle a while ([`super::resident`]).
+    Idle,
 }
 
 /// Forwards deployment events to the loop.
@@ -61,6 +63,8 @@ struct Runner<'a, S> {
     events: mpsc::UnboundedSender<Event>,
     /// The reported document as the agent last reported it, kept in `reported.json`.
     reported: Map<String, Value>,
+    /// When to page the code out, if idle by then: after start-up and after each deployment.
+    trim_at: Option<Instant>,
 }
 
 /// Runs the agent over `source` until shutdown, a reboot, or a restart request.
@@ -74,6 +78,7 @@ pub(super) async fn run<S: Source>(
     loop {
         r.send_next().await?;
         let deadline = r.source.deadline();
+        let trim_at = r.trim_at.filter(|_| r.task.is_none());
         let finished = async {
             match r.task.as_mut() {
                 Some(t) => (&mut t.handle).await,
@@ -86,6 +91,7 @@ pub(super) async fn run<S: Source>(
             _ = sleep_until_some(deadline) => Input::Due,
             Some(ev) = ev_rx.recv() => Input::Progress(ev),
             result = finished => Input::Finished(result),
+            _ = sleep_until_some(trim_at) => Input::Idle,
         };
         for input in in_order(input, &mut ev_rx) {
             if let Some(exit) = r.dispatch(input).await? {
@@ -127,6 +133,7 @@ impl<'a, S: Source> Runner<'a, S> {
             agent,
             outbox: Outbox::open(ensure_dir(agent.data.root(), "outbox", 0o700)?)?,
             reported: agent.local_reported(),
+            trim_at: Some(Instant::now() + super::resident::IDLE_BEFORE_TRIM),
             source,
             core,
             task: None,
@@ -211,7 +218,18 @@ impl<'a, S: Source> Runner<'a, S> {
                 let now_ms = sandstep_transport::clock::now_ms();
                 self.core.event(&ev, Instant::now(), now_ms)
             }
-            Input::Finished(result) => self.on_finished(result),
+            Input::Finished(result) => {
+                self.trim_at = Some(Instant::now() + super::resident::IDLE_BEFORE_TRIM);
+                self.on_finished(result)
+            }
+            Input::Idle => {
+                self.trim_at = None;
+                match super::resident::page_out_code() {
+                    Ok(bytes) => tracing::debug!(bytes, "idle: the code start-up ran is paged out"),
+                    Err(e) => tracing::debug!("idle: the code stays resident: {e}"),
+                }
+                Vec::new()
+            }
         };
         self.apply(effects).await
     }
