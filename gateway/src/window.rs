@@ -22,27 +22,21 @@ pub struct WindowsConfig {
     /// When installs may begin; none: always.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub install: Vec<String>,
-    /// The IANA time zone the windows are in (`Europe/Berlin`); default: the gateway's own
-    /// (`TZ`, else /etc/localtime).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub time_zone: Option<String>,
 }
 
 /// Why a `[windows]` setting is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("[windows] {field}: {problem}")]
 pub struct WindowSettingError {
-    /// `download[1]`, `install[0]`, `time-zone`.
+    /// `download[1]`, `install[0]`.
     pub field: String,
     pub problem: String,
 }
 
 impl WindowsConfig {
-    /// Checks every window and the time zone.
+    /// Checks every window.
     pub fn validate(&self) -> Result<(), WindowSettingError> {
-        self.schedules()?;
-        self.clock()?;
-        Ok(())
+        self.schedules().map(drop)
     }
 
     /// The download and install schedules.
@@ -58,20 +52,14 @@ impl WindowsConfig {
             parse("install", &self.install)?,
         ))
     }
-
-    /// The clock in the configured time zone.
-    pub fn clock(&self) -> Result<Clock, WindowSettingError> {
-        match &self.time_zone {
-            None => Ok(Clock::system()),
-            Some(name) => Clock::named(name),
-        }
-    }
 }
 
-/// The wall clock in a time zone.
-#[derive(Debug, Clone)]
+/// The wall clock: the gateway's local time as the C library reads it (`TZ`, else
+/// /etc/localtime), or UTC. (A time zone library would cost the gateway's binary a third of a
+/// megabyte for what the C library already knows.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Clock {
-    tz: jiff::tz::TimeZone,
+    utc: bool,
 }
 
 /// What a set of schedules says now.
@@ -85,7 +73,7 @@ pub enum Gate {
     Never,
 }
 
-/// A moment ahead: when, how long from now, and how it is shown (`Sun 2026-12-06 22:00:00 CET`).
+/// A moment ahead: when, how long from now, and how it is shown (`Sun 2026-12-06 22:00 CET`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Moment {
     pub at_ms: i64,
@@ -94,81 +82,112 @@ pub struct Moment {
 }
 
 impl Clock {
-    /// The gateway's own time zone: `TZ`, else /etc/localtime (UTC when neither is readable).
+    /// The gateway's local time.
     pub fn system() -> Clock {
-        Clock {
-            tz: jiff::tz::TimeZone::system(),
+        Clock { utc: false }
+    }
+
+    /// UTC, whatever the gateway's zone.
+    pub fn utc() -> Clock {
+        Clock { utc: true }
+    }
+
+    /// `t` broken down in this clock's zone.
+    fn broken(self, t: libc::time_t) -> libc::tm {
+        // SAFETY: an all-zero `tm` is a valid value (its zone pointer null); the _r functions
+        // write only into it.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are to live locals.
+        unsafe {
+            if self.utc {
+                libc::gmtime_r(&t, &mut tm);
+            } else {
+                libc::localtime_r(&t, &mut tm);
+            }
         }
+        tm
     }
 
-    /// An IANA time zone by name, from the system's zone database (the error names
-    /// `[windows] time-zone`, where names come from).
-    pub fn named(name: &str) -> Result<Clock, WindowSettingError> {
-        jiff::tz::TimeZone::get(name)
-            .map(|tz| Clock { tz })
-            .map_err(|e| WindowSettingError {
-                field: "time-zone".into(),
-                problem: format!("`{name}` is not a time zone this gateway knows ({e})"),
-            })
-    }
-
-    /// The zone's name, for messages.
-    pub fn zone_name(&self) -> String {
-        self.tz.iana_name().unwrap_or("local time").to_owned()
-    }
-
-    fn now(&self) -> jiff::Zoned {
-        jiff::Timestamp::now().to_zoned(self.tz.clone())
+    /// The zone's abbreviation now (`CET`, `UTC`), for messages.
+    pub fn zone_name(self) -> String {
+        let (secs, _) = now();
+        zone_of(&self.broken(secs), self.utc)
     }
 
     /// What `schedules` say now.
-    pub fn gate(&self, schedules: &[&Schedule]) -> Gate {
-        let now = self.now();
-        let civil = civil_of(&now);
+    pub fn gate(self, schedules: &[&Schedule]) -> Gate {
+        let (secs, ms) = now();
+        let tm = self.broken(secs);
+        let civil = civil_of(&tm);
         match window::next_open(schedules, civil) {
             None => Gate::Never,
             Some(0) => Gate::Open {
-                closes: window::next_close(schedules, civil).map(|s| self.ahead(&now, s)),
+                closes: window::next_close(schedules, civil).map(|s| self.ahead(&tm, ms, s)),
             },
             Some(s) => Gate::Closed {
-                opens: self.ahead(&now, s),
+                opens: self.ahead(&tm, ms, s),
             },
         }
     }
 
-    /// The moment `secs` seconds of civil time after `now`'s whole second (a civil time that
-    /// a daylight-saving change skips is taken as the moment after the gap).
-    fn ahead(&self, now: &jiff::Zoned, secs: u32) -> Moment {
-        let whole = now.datetime().with().subsec_nanosecond(0).build();
-        let target = whole
-            .ok()
-            .and_then(|dt| {
-                dt.checked_add(jiff::SignedDuration::from_secs(secs.into()))
-                    .ok()
-            })
-            .and_then(|dt| self.tz.to_zoned(dt).ok())
-            .unwrap_or_else(|| now.clone());
-        let wait = target
-            .timestamp()
-            .duration_since(now.timestamp())
-            .try_into()
-            .unwrap_or(Duration::ZERO);
+    /// The moment `secs` seconds of civil time after `tm` (now, at `now_ms`); a civil time a
+    /// daylight-saving change skips is taken as the C library's `mktime` normalises it.
+    fn ahead(self, tm: &libc::tm, now_ms: i64, secs: u32) -> Moment {
+        let mut target = *tm;
+        target.tm_sec += secs as i32;
+        target.tm_isdst = -1;
+        // SAFETY: `target` is a live, initialised `tm`.
+        let t = unsafe {
+            if self.utc {
+                libc::timegm(&mut target)
+            } else {
+                libc::mktime(&mut target)
+            }
+        };
+        let at_ms = if t == -1 { now_ms } else { t * 1000 };
+        let shown_tm = self.broken(t.max(0));
+        let c = civil_of(&shown_tm);
         Moment {
-            at_ms: target.timestamp().as_millisecond(),
-            wait,
-            shown: target.strftime("%a %Y-%m-%d %H:%M:%S %Z").to_string(),
+            at_ms,
+            wait: Duration::from_millis(at_ms.saturating_sub(now_ms).max(0) as u64),
+            shown: format!(
+                "{} {:04}-{:02}-{:02} {} {}",
+                window::DAYS[usize::from(c.weekday)],
+                shown_tm.tm_year + 1900,
+                shown_tm.tm_mon + 1,
+                shown_tm.tm_mday,
+                window::clock(c.second),
+                zone_of(&shown_tm, self.utc)
+            ),
         }
     }
 }
 
-/// `now` as the schedules count it.
-fn civil_of(now: &jiff::Zoned) -> Civil {
-    let t = now.time();
+/// Now: whole seconds since the epoch, and milliseconds.
+fn now() -> (libc::time_t, i64) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as libc::time_t, d.as_millis() as i64)
+}
+
+/// A broken-down time's zone abbreviation.
+fn zone_of(tm: &libc::tm, utc: bool) -> String {
+    if utc || tm.tm_zone.is_null() {
+        return "UTC".into();
+    }
+    // SAFETY: a non-null tm_zone from localtime_r points to a NUL-terminated string the C
+    // library keeps for the process's life.
+    unsafe { std::ffi::CStr::from_ptr(tm.tm_zone) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A broken-down time as the schedules count it (a leap second counts as the one before).
+fn civil_of(tm: &libc::tm) -> Civil {
     Civil {
-        weekday: now.weekday().to_monday_zero_offset() as u8,
-        second: u32::from(t.hour() as u8) * 3600
-            + u32::from(t.minute() as u8) * 60
-            + u32::from(t.second() as u8),
+        weekday: ((tm.tm_wday + 6) % 7) as u8,
+        second: (tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec.min(59)) as u32,
     }
 }
 

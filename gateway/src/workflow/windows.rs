@@ -51,7 +51,7 @@ impl Windows {
     pub fn pace(&self, run: &Run<'_>) -> Arc<Pace> {
         let observer = run.observer.clone();
         Arc::new(Pace::new(
-            self.clock.clone(),
+            self.clock,
             self.download.clone(),
             self.max_bytes_per_sec,
             run.cancel.clone(),
@@ -138,7 +138,7 @@ impl Deployer {
             StepResult::failure(erc::WORKFLOW_WINDOW_NEVER_OPENS, e.to_string())
         };
         let (download, install) = config.schedules().map_err(refused)?;
-        let clock = config.clock().map_err(refused)?;
+        let clock = Clock::system();
         let own = manifests
             .parent
             .as_ref()

@@ -421,7 +421,7 @@ async fn a_transfer_pauses_when_its_window_closes_and_resumes_from_there_when_it
     let told: Arc<Mutex<Vec<String>>> = Arc::default();
     let t = told.clone();
     let pace = Pace::new(
-        Clock::named("UTC").unwrap(),
+        Clock::utc(),
         vec![schedule],
         Some(100_000),
         tokio_util::sync::CancellationToken::new(),
