@@ -10,9 +10,11 @@
 //! - [`clock`]: wall-clock timestamps, as journals, reports and rollouts record them.
 //! - [`shutdown`]: the signals that stop the agent and the replica.
 //! - [`logging`]: both programs' log set-up (`--log`, `RUST_LOG`).
+//! - [`private_file`]: owner-only files written whole (keys, the console's accounts).
 
 pub mod clock;
 pub mod logging;
 pub mod mqtt;
+pub mod private_file;
 pub mod shutdown;
 pub mod tls_roots;

@@ -168,7 +168,8 @@ impl Accounts {
             .map(str::to_owned)
             .collect();
         lines.push(format!("{name} {} {hash}", role.name()));
-        write_private(path, &(lines.join("\n") + "\n")).map_err(|e| fail(e.to_string()))
+        sandstep_transport::private_file::write(path, (lines.join("\n") + "\n").as_bytes())
+            .map_err(|e| fail(e.to_string()))
     }
 }
 
@@ -194,22 +195,6 @@ fn dummy_hash() -> &'static str {
 /// Lower-case hex of `bytes`.
 pub fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes `text` to `path` atomically, readable by its owner only.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

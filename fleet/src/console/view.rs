@@ -138,19 +138,7 @@ pub fn device_view(id: &str, r: &Record, now: u64) -> DeviceView {
         line("progress", progress_text(rep.get("progress"))),
     ];
     if let Some(l) = rep.get("lastInstallResult") {
-        facts.push(Line {
-            label: "last result".into(),
-            value: format!(
-                "{} {}: {}",
-                text(l.get("resultCode")),
-                text(l.get("extendedResultCodes")),
-                text(l.get("resultDetails"))
-            ),
-            failed: l
-                .get("resultCode")
-                .and_then(Value::as_i64)
-                .is_some_and(|c| c <= 0),
-        });
+        facts.push(result_line("last result", l));
     }
     if let Some(e) = rep.get("lastError").filter(|e| !e.is_null()) {
         facts.push(Line {
@@ -165,19 +153,7 @@ pub fn device_view(id: &str, r: &Record, now: u64) -> DeviceView {
         .and_then(Value::as_object)
         .into_iter()
         .flatten()
-        .map(|(key, s)| Line {
-            label: key.clone(),
-            value: format!(
-                "{} {}: {}",
-                text(s.get("resultCode")),
-                text(s.get("extendedResultCodes")),
-                text(s.get("resultDetails"))
-            ),
-            failed: s
-                .get("resultCode")
-                .and_then(Value::as_i64)
-                .is_some_and(|c| c <= 0),
-        })
+        .map(|(key, s)| result_line(key, s))
         .collect();
     let mut timeline: Vec<(u64, Line)> = STAGES
         .iter()
@@ -200,6 +176,24 @@ pub fn device_view(id: &str, r: &Record, now: u64) -> DeviceView {
         steps,
         timeline: timeline.into_iter().map(|(_, l)| l).collect(),
         file_sets,
+    }
+}
+
+/// A result (`resultCode`, `extendedResultCodes`, `resultDetails`) as one line, marked failed
+/// when its code is not above 0 (ADU's failure codes).
+fn result_line(label: &str, r: &Value) -> Line {
+    Line {
+        label: label.to_owned(),
+        value: format!(
+            "{} {}: {}",
+            text(r.get("resultCode")),
+            text(r.get("extendedResultCodes")),
+            text(r.get("resultDetails"))
+        ),
+        failed: r
+            .get("resultCode")
+            .and_then(Value::as_i64)
+            .is_some_and(|c| c <= 0),
     }
 }
 

@@ -62,8 +62,8 @@ impl DevCache {
             return Ok(kp);
         }
         let kp = wasmsign2::KeyPair::generate();
-        write_private(&sk_path, &kp.sk.to_bytes())?;
-        write_private(&pk_path, &kp.pk.to_bytes())?;
+        sandstep_transport::private_file::write(&sk_path, &kp.sk.to_bytes())?;
+        sandstep_transport::private_file::write(&pk_path, &kp.pk.to_bytes())?;
         Ok(kp)
     }
 
@@ -85,22 +85,6 @@ impl DevCache {
         prune(&self.root.join(ENTRIES), KEEP)?;
         Ok(new)
     }
-}
-
-/// Writes a file only this user may read, atomically.
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("part");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
 }
 
 fn private_dir(path: &Path) -> io::Result<()> {
