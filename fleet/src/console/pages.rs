@@ -106,6 +106,11 @@ fn may_change(s: &Session, csrf: &str, headers: &HeaderMap) -> Result<(), Refusa
             format!("{} is a viewer: only an operator may do this", s.user),
         ));
     }
+    from_own_page(s, csrf, headers)
+}
+
+/// The CSRF rule every form that changes something passes (logging out too).
+fn from_own_page(s: &Session, csrf: &str, headers: &HeaderMap) -> Result<(), Refusal> {
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let host = header(header::HOST).unwrap_or("");
     if !session::may_change(s, csrf, header(header::ORIGIN), host) {
@@ -199,14 +204,7 @@ async fn logout(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, Refusal> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    if !session::may_change(&s, &f.csrf, origin, host) {
-        return Err(Refusal(StatusCode::FORBIDDEN, "refused (CSRF)".into()));
-    }
+    from_own_page(&s, &f.csrf, &headers)?;
     let cookie = headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
     c.sessions.end(cookie);
     Ok((

@@ -11,7 +11,8 @@ fn payload(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 % 251) as u8).collect()
 }
 
-fn wanted(name: &str, bytes: &[u8]) -> Wanted {
+/// The `Wanted` of a file with these bytes (the proxy tests' too).
+pub(crate) fn wanted(name: &str, bytes: &[u8]) -> Wanted {
     Wanted {
         id: name.into(),
         file_name: name.into(),

@@ -2,14 +2,14 @@
 //! authentication, named by `[download] proxy` or by the agent's environment (`HTTP_PROXY`).
 
 use crate::cli::{data_dir, ok, unsigned_run, write_manifest};
+use crate::downloads::wanted;
 use crate::http::TestServer;
 use crate::workflow::stateful;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use sandstep::download::{DownloadConfig, Downloader, Fetched, Source, Wanted};
+use sandstep::download::{DownloadConfig, Downloader, Fetched, Source};
 use sandstep_testkit::{free_port, Proc};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::process::Command;
 
@@ -43,16 +43,6 @@ fn tinyproxy(dir: &Path) -> Option<(Proc, String)> {
 
 fn with_credentials(url: &str, password: &str) -> String {
     url.replacen("http://", &format!("http://{USER}:{password}@"), 1)
-}
-
-fn wanted(name: &str, bytes: &[u8]) -> Wanted {
-    Wanted {
-        id: name.into(),
-        file_name: name.into(),
-        size: bytes.len() as u64,
-        sha256: Sha256::digest(bytes).into(),
-        download_handler: None,
-    }
 }
 
 fn downloader(dir: &Path, proxy: String) -> Downloader {
