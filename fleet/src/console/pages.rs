@@ -271,15 +271,19 @@ fn devices_table<'a>(rows: &'a [DeviceRow], q: &'a FleetQuery) -> DevicesTable<'
 
 /// `q=...&page=...`, percent-encoded.
 fn query_string(q: &str, page: usize) -> String {
-    let mut out = String::from("q=");
-    for b in q.bytes() {
+    format!("q={}&page={page}", percent_encoded(q))
+}
+
+/// `s` percent-encoded but for the unreserved characters (a query value or a path segment).
+fn percent_encoded(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    out.push_str(&format!("&page={page}"));
     out
 }
 
@@ -327,16 +331,8 @@ async fn device_detail(c: &Console, id: &str) -> Result<DeviceDetail, Refusal> {
     };
     Ok(DeviceDetail {
         v: view::device_view(id, &r, sandstep_transport::clock::now_ms()),
-        live: format!("/devices/{}/live", path_segment(id)),
+        live: format!("/devices/{}/live", percent_encoded(id)),
     })
-}
-
-/// A path segment, percent-encoded.
-fn path_segment(s: &str) -> String {
-    query_string(s, 0)
-        .trim_start_matches("q=")
-        .trim_end_matches("&page=0")
-        .to_owned()
 }
 
 async fn device(
@@ -434,7 +430,7 @@ async fn rollout_detail(c: &Console, id: &str, s: &Session) -> Result<RolloutDet
     Ok(RolloutDetail {
         r: view::rollout_view(&r, &crate::rollout::summary(&r, &members)),
         audit,
-        live: format!("/rollouts/{}/live", path_segment(id)),
+        live: format!("/rollouts/{}/live", percent_encoded(id)),
         operator: s.role == Role::Operator,
         csrf: s.csrf.clone(),
     })
@@ -474,7 +470,7 @@ async fn control(
     let what = Control::parse(&action)
         .ok_or_else(|| Refusal(StatusCode::NOT_FOUND, format!("no action `{action}`")))?;
     operate::control(&mut *c.store.lock().await, &id, what, &s.who()).await?;
-    Ok(Redirect::to(&format!("/rollouts/{}", path_segment(&id))).into_response())
+    Ok(Redirect::to(&format!("/rollouts/{}", percent_encoded(&id))).into_response())
 }
 
 /// The new-rollout form's fields, read from its multipart body.
@@ -551,7 +547,7 @@ async fn create_rollout(
     may_change(&s, &form.csrf, &headers)?;
     let new = new_rollout(form)?;
     let (r, _) = operate::create(&mut *c.store.lock().await, new, &s.who()).await?;
-    Ok(Redirect::to(&format!("/rollouts/{}", path_segment(&r.id))).into_response())
+    Ok(Redirect::to(&format!("/rollouts/{}", percent_encoded(&r.id))).into_response())
 }
 
 async fn css() -> impl IntoResponse {
