@@ -75,13 +75,29 @@ impl Case {
     async fn run(&self, req: Request) -> Outcome {
         run_alone(&self.env, self.config(), req).await.0
     }
+
+    /// Runs `req` and, when its status is not `want`, fails showing the result, every event the
+    /// run sent (SWUpdate's output among the logs) and the boot environment.
+    async fn run_expecting(&self, req: Request, want: Status) -> Outcome {
+        let (out, rec) = run_alone(&self.env, self.config(), req).await;
+        assert_eq!(
+            out.status,
+            want,
+            "{:#?}\nevents: {:#?}\nboot env: {:?}",
+            out.result,
+            rec.0.lock().unwrap(),
+            std::fs::read_to_string(self.dev.path("bootenv"))
+        );
+        out
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn swupdate_writes_the_slot_not_running_and_the_slot_is_committed_after_the_reboot() {
     let Some(case) = Case::new() else { return };
-    let first = case.run(case.request("wf-v1", &[SWU])).await;
-    assert_eq!(first.status, Status::RebootRequired, "{:#?}", first.result);
+    let first = case
+        .run_expecting(case.request("wf-v1", &[SWU]), Status::RebootRequired)
+        .await;
     assert_eq!(first.result.result_code, 705, "ADU's apply: reboot now");
     let b = std::fs::read(case.dev.path("b.img")).unwrap();
     assert!(b.starts_with(IMAGE), "SWUpdate wrote slot B (copy2)");
@@ -92,15 +108,17 @@ async fn swupdate_writes_the_slot_not_running_and_the_slot_is_committed_after_th
     );
     assert_eq!(case.dev.env()["boot_slot"], "b");
     case.dev.reboot_into("b");
-    let second = case.run(case.request("wf-v1", &[SWU])).await;
-    assert_eq!(second.status, Status::Succeeded, "{:#?}", second.result);
+    case.run_expecting(case.request("wf-v1", &[SWU]), Status::Succeeded)
+        .await;
     let env = case.dev.env();
     assert_eq!(
         (env["boot_slot"].as_str(), env["upgrade_available"].as_str()),
         ("b", "0")
     );
     // Deployed again from slot B: installed, nothing runs.
-    let again = case.run(case.request("wf-v1-again", &[SWU])).await;
+    let again = case
+        .run_expecting(case.request("wf-v1-again", &[SWU]), Status::Succeeded)
+        .await;
     assert_eq!(
         again.result.step_results["step_0"].result_code, 603,
         "{:#?}",
