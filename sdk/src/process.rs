@@ -147,22 +147,25 @@ impl Output {
         self.exit_code == Some(0) && !self.timed_out
     }
 
-    /// The last `n` lines of stderr, then stdout: what a failure's details should show.
+    /// Up to `n` of the last non-blank lines, stderr's first (errors matter most), then stdout's
+    /// for what room is left; each in the order the program wrote them.
     ///
     /// ```
     /// let out = sandstep_sdk::process::Output { exit_code: Some(1), signal: None, timed_out: false,
-    ///     stdout: "a\nb\n".into(), stderr: "E: broken\n".into(), truncated: false };
-    /// assert_eq!(out.tail(2), "E: broken\nb");
+    ///     stdout: "a\nb\n".into(), stderr: "E: one\nE: two\n".into(), truncated: false };
+    /// assert_eq!(out.tail(3), "E: one\nE: two\nb");
+    /// assert_eq!(out.tail(1), "E: two");
     /// ```
     pub fn tail(&self, n: usize) -> String {
-        let mut lines: Vec<&str> = self
-            .stdout
-            .lines()
-            .chain(self.stderr.lines())
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        lines.reverse();
-        lines.truncate(n);
+        let last = |text: &str, n: usize| -> Vec<String> {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            lines[lines.len().saturating_sub(n)..]
+                .iter()
+                .map(|l| l.to_string())
+                .collect()
+        };
+        let mut lines = last(&self.stderr, n);
+        lines.extend(last(&self.stdout, n - lines.len()));
         lines.join("\n")
     }
 }

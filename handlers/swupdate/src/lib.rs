@@ -15,7 +15,8 @@
 use ab_slots::{AbSlots, Installer};
 use sandstep_sdk::codes::{erc, ExtendedResultCode};
 use sandstep_sdk::slot::Slot;
-use sandstep_sdk::{export_handler, process, Context, Failure, StepFile};
+use sandstep_sdk::{export_handler, log, process, Context, Failure, StepFile};
+use step_rules::swupdate::{self, SwuRun};
 
 /// Where Debian installs SWUpdate.
 const PROGRAM: &str = "/usr/bin/swupdate";
@@ -31,7 +32,7 @@ fn selection(target: Slot) -> &'static str {
 /// ADU's rule: a `microsoft/swupdate:1` step has exactly one file, the image.
 fn one_file(ctx: &Context) -> Result<&StepFile, Failure> {
     let names: Vec<&str> = ctx.files().iter().map(|f| f.name.as_str()).collect();
-    let image = step_rules::swupdate::v1_image(&names)
+    let image = swupdate::v1_image(&names)
         .map_err(|rule| Failure::new(erc::SWUPDATE_WRONG_FILE_COUNT, rule.to_string()))?;
     Ok(ctx
         .files()
@@ -40,26 +41,47 @@ fn one_file(ctx: &Context) -> Result<&StepFile, Failure> {
         .expect("the rule found it among the step's files"))
 }
 
-/// Installs `image` into `target` with SWUpdate; the details on success.
+/// Installs `image` into `target` with SWUpdate; the details on success. A run that ends before
+/// SWUpdate's verdict (Debian 12's SWUpdate races itself now and then, see
+/// [`swupdate::read_run`]) is run again, up to [`swupdate::ATTEMPTS`] runs in all: SWUpdate writes
+/// only the slot not running, and the whole image each time.
 fn install(image: &StepFile, target: Slot) -> Result<String, Failure> {
     let path = process::host_path(image.path())?;
-    let out = process::Command::new(PROGRAM)
-        .args(["-v", "-i", path.as_str(), selection(target)])
-        .run()?;
-    // Debian's SWUpdate 2022.12 sometimes exits 1 after an install it reports successful (its
-    // notifier thread, on a loaded machine); its own result line says how the install went.
-    let said = |line: &str| out.stdout.contains(line) || out.stderr.contains(line);
-    if (out.success() || said("SWUPDATE successful !")) && !said("SWUPDATE failed") {
-        return Ok(format!(
-            "{} installed into slot {target} by SWUpdate",
-            image.name
+    let mut attempt = 1;
+    loop {
+        let out = process::Command::new(PROGRAM)
+            .args(["-v", "-i", path.as_str(), selection(target)])
+            .run()?;
+        let output = format!("{}\n{}", out.stdout, out.stderr);
+        let run = swupdate::read_run(out.success(), out.timed_out, &output);
+        if run == SwuRun::Installed {
+            return Ok(format!(
+                "{} installed into slot {target} by SWUpdate{}",
+                image.name,
+                if attempt > 1 {
+                    format!(" (run {attempt})")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        let status = out.exit_code.unwrap_or(1);
+        let why = format!("swupdate exited with {status}: {}", out.tail(6));
+        if run == SwuRun::Failed || attempt == swupdate::ATTEMPTS {
+            let earlier = match attempt {
+                1 => String::new(),
+                n => format!(" (run {n}; the earlier ones ended before SWUpdate's verdict)"),
+            };
+            return Err(Failure::new(
+                ExtendedResultCode::exit_status(erc::SWUPDATE_EXIT_STATUS_BASE, status),
+                format!("{why}{earlier}"),
+            ));
+        }
+        log::warn(&format!(
+            "run {attempt} ended before SWUpdate's verdict, running it again; {why}"
         ));
+        attempt += 1;
     }
-    let status = out.exit_code.unwrap_or(1);
-    Err(Failure::new(
-        ExtendedResultCode::exit_status(erc::SWUPDATE_EXIT_STATUS_BASE, status),
-        format!("swupdate exited with {status}: {}", out.tail(6)),
-    ))
 }
 
 /// SWUpdate writes the slot.

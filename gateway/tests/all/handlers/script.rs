@@ -269,8 +269,8 @@ async fn every_kind_of_script_result_maps_as_adu_does() {
     }
     let r = script_result("chatty-fail", json!({})).await;
     assert_eq!(
-        r.result_details, "bad\nlast output:\nline 8\nline 7\nline 6\nline 5\nline 4",
-        "the end of the output is kept"
+        r.result_details, "bad\nlast output:\nline 4\nline 5\nline 6\nline 7\nline 8",
+        "the end of the output is kept, in the order it was written"
     );
 }
 
