@@ -25,7 +25,9 @@ done
 scripts/build-components.sh --quiet
 # The binaries the packages ship (no dev tools), kept aside for their size and the agent's
 # memory; then the gateway with the dev tools (bench, handler new/build) over target/release.
-cargo build --quiet --release -p sandstep -p sandstep-fleet
+# Built apart, as scripts/package.sh builds them (together, the gateway takes the fleet's features).
+cargo build --quiet --release -p sandstep
+cargo build --quiet --release -p sandstep-fleet
 mkdir -p target/bench
 cp target/release/sandstep target/release/sandstep-fleet target/bench/
 cargo build --quiet --release -p sandstep --features dev-tools

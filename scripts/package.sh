@@ -38,10 +38,14 @@ while [[ $# -gt 0 ]]; do
 done
 if [[ -z $bin ]]; then
     case "$profile" in
-        release) cargo build --quiet --release -p sandstep -p sandstep-fleet ;;
-        debug) cargo build --quiet -p sandstep -p sandstep-fleet ;;
+        release) profile_args=(--release) ;;
+        debug) profile_args=() ;;
         *) echo "package: --profile is release or debug" >&2; exit 2 ;;
     esac
+    # One build each: built together, cargo unifies their dependencies' features, and the
+    # gateway would carry the console's (hyper's HTTP/2 server: 390 KB) without using them.
+    cargo build --quiet "${profile_args[@]}" -p sandstep
+    cargo build --quiet "${profile_args[@]}" -p sandstep-fleet
     bin=target/$profile/sandstep
     fleet_bin=target/$profile/sandstep-fleet
     scripts/build-components.sh --quiet
