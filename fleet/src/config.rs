@@ -78,8 +78,11 @@ pub struct ConsoleConfig {
     /// once and kept in the data dir (`console-cert.pem`, `console-key.pem`).
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
-    /// The accounts file (`sandstep-fleet console user add`); default: `<data-dir>/console-accounts`.
+    /// The accounts file (`sandstep-fleet console add-user`); default: `<data-dir>/console-accounts`.
     pub accounts: Option<PathBuf>,
+    /// The CA (PEM) whose client certificates the console accepts: an account marked
+    /// `certificate` logs in with one whose subject common name is its name.
+    pub client_ca: Option<PathBuf>,
     /// How long a login lasts, in minutes.
     pub session_minutes: u64,
 }
@@ -91,6 +94,7 @@ impl Default for ConsoleConfig {
             cert: None,
             key: None,
             accounts: None,
+            client_ca: None,
             session_minutes: 720,
         }
     }

@@ -19,6 +19,10 @@ pub enum ConsoleCommand {
         /// `viewer` (sees) or `operator` (also starts, pauses, resumes, aborts rollouts).
         #[arg(long)]
         role: String,
+        /// No password: the account logs in with a client certificate whose subject common
+        /// name is NAME, issued by the CA in `[console] client-ca`.
+        #[arg(long)]
+        certificate: bool,
     },
 }
 
@@ -29,7 +33,11 @@ pub async fn run(cmd: Option<ConsoleCommand>, common: &Common) -> Result<ExitCod
         .with_context(|| format!("data dir {}", data_dir.display()))?;
     let files = ConsoleFiles::of(&config.console, &data_dir);
     match cmd {
-        Some(ConsoleCommand::AddUser { name, role }) => add_user(&files, &name, &role),
+        Some(ConsoleCommand::AddUser {
+            name,
+            role,
+            certificate,
+        }) => add_user(&files, &name, &role, certificate),
         None => {
             let store = open_store(common).await?;
             console::serve(&config.console, &files, store, |addr| {
@@ -44,20 +52,32 @@ pub async fn run(cmd: Option<ConsoleCommand>, common: &Common) -> Result<ExitCod
     }
 }
 
-fn add_user(files: &ConsoleFiles, name: &str, role: &str) -> Result<ExitCode> {
+fn add_user(files: &ConsoleFiles, name: &str, role: &str, certificate: bool) -> Result<ExitCode> {
     let Some(role) = Role::parse(role) else {
         bail!("--role `{role}`: viewer or operator");
     };
     let mut password = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut password)
-        .context("reading the password from standard input")?;
+    if !certificate {
+        std::io::stdin()
+            .lock()
+            .read_line(&mut password)
+            .context("reading the password from standard input")?;
+    }
     let password = password.trim_end_matches(['\n', '\r']);
-    Accounts::add(&files.accounts, name, role, password)?;
+    Accounts::add(
+        &files.accounts,
+        name,
+        role,
+        (!certificate).then_some(password),
+    )?;
     println!(
-        "{name} ({}) can log in; accounts in {}",
+        "{name} ({}) can log in{}; accounts in {}",
         role.name(),
+        if certificate {
+            " with a client certificate for its name (the console's client-ca)"
+        } else {
+            ""
+        },
         files.accounts.display()
     );
     Ok(ExitCode::SUCCESS)

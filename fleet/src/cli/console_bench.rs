@@ -76,7 +76,7 @@ pub async fn run(args: ConsoleBenchArgs, _common: &Common) -> Result<ExitCode> {
         &data.join("console-accounts"),
         "bench",
         Role::Viewer,
-        "bench password",
+        Some("bench password"),
     )?;
     let config = dir.path().join("fleet.toml");
     std::fs::write(&config, "[console]\nlisten = \"127.0.0.1:0\"\n")?;

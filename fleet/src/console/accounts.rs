@@ -1,6 +1,8 @@
-//! The console's accounts: a file of `NAME ROLE ARGON2-HASH` lines (`#` starts a comment),
-//! written by `sandstep-fleet console user add`. A viewer sees; an operator also starts,
-//! pauses, resumes and aborts rollouts.
+//! The console's accounts: a file of `NAME ROLE LOGIN` lines (`#` starts a comment), written by
+//! `sandstep-fleet console add-user`. LOGIN is an argon2 hash of the account's password, or
+//! `certificate`: that account logs in only with a client certificate the console's
+//! `client-ca` issued, whose subject common name is NAME. A viewer sees; an operator also
+//! starts, pauses, resumes and aborts rollouts.
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordVerifier};
@@ -46,10 +48,22 @@ pub enum AccountsError {
     Write { path: String, problem: String },
 }
 
+/// How an account proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// Its password, by this argon2 hash.
+    Password(String),
+    /// A client certificate naming it (the accounts file says `certificate`).
+    Certificate,
+}
+
+/// The accounts file's word for [`Login::Certificate`].
+const CERTIFICATE: &str = "certificate";
+
 #[derive(Debug, Clone)]
 struct Account {
     role: Role,
-    hash: String,
+    login: Login,
 }
 
 /// The accounts, by name.
@@ -68,8 +82,8 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Accounts {
-    /// Reads the file; a line that is not `NAME ROLE HASH` with a known role and an argon2
-    /// hash is refused, naming the line.
+    /// Reads the file; a line that is not `NAME ROLE LOGIN` with a known role and an argon2
+    /// hash or `certificate` is refused, naming the line.
     pub fn load(path: &Path) -> Result<Accounts, AccountsError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|cause| AccountsError::Read {
@@ -92,23 +106,25 @@ impl Accounts {
                 continue;
             }
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let [name, role, hash] = fields[..] else {
-                return Err(bad("expected NAME ROLE HASH".into()));
+            let [name, role, login] = fields[..] else {
+                return Err(bad(
+                    "expected NAME ROLE HASH (or NAME ROLE certificate)".into()
+                ));
             };
             if !valid_name(name) {
                 return Err(bad(format!("`{name}` is not a valid account name")));
             }
             let role = Role::parse(role)
                 .ok_or_else(|| bad(format!("`{role}` is not a role (viewer or operator)")))?;
-            PasswordHash::new(hash).map_err(|e| bad(format!("not a password hash: {e}")))?;
+            let login = if login == CERTIFICATE {
+                Login::Certificate
+            } else {
+                PasswordHash::new(login)
+                    .map_err(|e| bad(format!("not a password hash (nor `{CERTIFICATE}`): {e}")))?;
+                Login::Password(login.to_owned())
+            };
             if by_name
-                .insert(
-                    name.to_owned(),
-                    Account {
-                        role,
-                        hash: hash.to_owned(),
-                    },
-                )
+                .insert(name.to_owned(), Account { role, login })
                 .is_some()
             {
                 return Err(bad(format!("`{name}` is there twice")));
@@ -125,23 +141,45 @@ impl Accounts {
         self.by_name.is_empty()
     }
 
+    /// Whether any account logs in with a certificate (the console then needs a `client-ca`).
+    pub fn any_certificate(&self) -> bool {
+        self.by_name.values().any(|a| a.login == Login::Certificate)
+    }
+
+    /// The role of `name` when it is an account that logs in with a certificate.
+    pub fn by_certificate(&self, name: &str) -> Option<Role> {
+        self.by_name
+            .get(name)
+            .filter(|a| a.login == Login::Certificate)
+            .map(|a| a.role)
+    }
+
     /// The role of `name` when `password` is its password. Slow on purpose (argon2): call it
-    /// off the async threads. An unknown name costs the same as a wrong password.
+    /// off the async threads. An unknown name, or one that logs in with a certificate, costs
+    /// the same as a wrong password.
     pub fn verify(&self, name: &str, password: &str) -> Option<Role> {
         let account = self.by_name.get(name);
-        let hash: &str = match account {
-            Some(a) => &a.hash,
-            None => dummy_hash(),
+        let hash: &str = match account.map(|a| &a.login) {
+            Some(Login::Password(hash)) => hash,
+            Some(Login::Certificate) | None => dummy_hash(),
         };
         let parsed = PasswordHash::new(hash).ok()?;
         let ok = Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
             .is_ok();
-        account.filter(|_| ok).map(|a| a.role)
+        account
+            .filter(|a| ok && matches!(a.login, Login::Password(_)))
+            .map(|a| a.role)
     }
 
-    /// Adds or replaces `name` in the file at `path` (created with mode 0600).
-    pub fn add(path: &Path, name: &str, role: Role, password: &str) -> Result<(), AccountsError> {
+    /// Adds or replaces `name` in the file at `path` (created with mode 0600): with its
+    /// password, or (`None`) as an account that logs in with a client certificate.
+    pub fn add(
+        path: &Path,
+        name: &str,
+        role: Role,
+        password: Option<&str>,
+    ) -> Result<(), AccountsError> {
         let shown = path.display().to_string();
         let fail = |problem: String| AccountsError::Write {
             path: shown.clone(),
@@ -152,7 +190,7 @@ impl Accounts {
                 "`{name}` is not a valid account name (letters, digits, - _ . @)"
             )));
         }
-        if password.chars().count() < 8 {
+        if password.is_some_and(|p| p.chars().count() < 8) {
             return Err(fail("a password has at least 8 characters".into()));
         }
         let text = match std::fs::read_to_string(path) {
@@ -161,13 +199,16 @@ impl Accounts {
             Err(e) => return Err(fail(e.to_string())),
         };
         Accounts::parse(&text, &shown)?;
-        let hash = hash(password).map_err(|e| fail(e.to_string()))?;
+        let login = match password {
+            Some(p) => hash(p).map_err(|e| fail(e.to_string()))?,
+            None => CERTIFICATE.to_owned(),
+        };
         let mut lines: Vec<String> = text
             .lines()
             .filter(|l| l.split_whitespace().next() != Some(name))
             .map(str::to_owned)
             .collect();
-        lines.push(format!("{name} {} {hash}", role.name()));
+        lines.push(format!("{name} {} {login}", role.name()));
         sandstep_transport::private_file::write(path, (lines.join("\n") + "\n").as_bytes())
             .map_err(|e| fail(e.to_string()))
     }
@@ -205,9 +246,9 @@ mod tests {
     fn accounts_are_added_verified_by_role_and_a_bad_line_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("accounts");
-        Accounts::add(&path, "alice", Role::Operator, "correct horse").unwrap();
-        Accounts::add(&path, "bob", Role::Viewer, "battery staple").unwrap();
-        Accounts::add(&path, "bob", Role::Viewer, "battery staple 2").unwrap();
+        Accounts::add(&path, "alice", Role::Operator, Some("correct horse")).unwrap();
+        Accounts::add(&path, "bob", Role::Viewer, Some("battery staple")).unwrap();
+        Accounts::add(&path, "bob", Role::Viewer, Some("battery staple 2")).unwrap();
         let a = Accounts::load(&path).unwrap();
         assert_eq!(a.len(), 2, "bob replaced, not added twice");
         assert_eq!(a.verify("alice", "correct horse"), Some(Role::Operator));
@@ -221,13 +262,38 @@ mod tests {
             ("alice admin $argon2id$x", ":1: `admin` is not a role"),
             ("# c\nalice operator nothash", ":2: not a password hash"),
             ("alice operator", ":1: expected NAME ROLE HASH"),
+            (
+                "alice operator certificates",
+                ":1: not a password hash (nor `certificate`)",
+            ),
         ] {
             let e = Accounts::parse(text, "f").unwrap_err().to_string();
             assert!(e.contains(says), "{text}: {e}");
         }
-        let e = Accounts::add(&path, "<b>", Role::Viewer, "long enough").unwrap_err();
+        let e = Accounts::add(&path, "<b>", Role::Viewer, Some("long enough")).unwrap_err();
         assert!(e.to_string().contains("not a valid account name"), "{e}");
-        let e = Accounts::add(&path, "dave", Role::Viewer, "short").unwrap_err();
+        let e = Accounts::add(&path, "dave", Role::Viewer, Some("short")).unwrap_err();
         assert!(e.to_string().contains("at least 8"), "{e}");
+    }
+
+    #[test]
+    fn a_certificate_account_has_no_password_and_only_it_logs_in_by_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accounts");
+        Accounts::add(&path, "alice", Role::Operator, Some("correct horse")).unwrap();
+        let a = Accounts::load(&path).unwrap();
+        assert!(!a.any_certificate());
+        Accounts::add(&path, "ops-bot", Role::Viewer, None).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("ops-bot viewer certificate\n"), "{text}");
+        let a = Accounts::load(&path).unwrap();
+        assert!(a.any_certificate());
+        assert_eq!(a.by_certificate("ops-bot"), Some(Role::Viewer));
+        assert_eq!(a.by_certificate("alice"), None, "a password account");
+        assert_eq!(a.by_certificate("carol"), None, "no account");
+        for password in ["certificate", "", "correct horse"] {
+            assert_eq!(a.verify("ops-bot", password), None, "{password:?}");
+        }
+        assert_eq!(a.verify("alice", "correct horse"), Some(Role::Operator));
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! - [`accounts`]: the accounts file (argon2 hashes) and the two roles.
 //! - [`session`]: logins in secure cookies, and the CSRF rule every change passes.
+//! - [`tls`]: the console's certificate, and the client certificates a `client-ca` issues
+//!   (an account marked `certificate` logs in with one naming it).
 //! - [`view`]: what each page shows, pure (records and rollouts in, rows out).
 //! - `pages`: the routes: axum handlers rendering askama templates (`fleet/templates`, every
 //!   value HTML-escaped), and the page fragments the pages refresh themselves from (live
@@ -16,6 +18,7 @@
 pub mod accounts;
 mod pages;
 pub mod session;
+pub mod tls;
 pub mod view;
 
 use crate::config::ConsoleConfig;
@@ -44,6 +47,8 @@ pub enum ConsoleError {
         "no accounts in {0}: add one with `sandstep-fleet console add-user NAME --role operator`"
     )]
     NoAccounts(String),
+    #[error("{0} has accounts that log in with a certificate, but [console] client-ca is not set: the console would not ask for one")]
+    NoClientCa(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("serving the console: {0}")]
@@ -103,7 +108,12 @@ pub async fn serve(
             files.accounts.display().to_string(),
         ));
     }
-    let tls = tls_config(files, config.cert.is_none())?;
+    if accounts.any_certificate() && config.client_ca.is_none() {
+        return Err(ConsoleError::NoClientCa(
+            files.accounts.display().to_string(),
+        ));
+    }
+    let tls = tls::server_config(files, config.cert.is_none(), config.client_ca.as_deref())?;
     let console = Arc::new(Console {
         store: tokio::sync::Mutex::new(store),
         accounts,
@@ -114,7 +124,10 @@ pub async fn serve(
     tokio::spawn(refresher(console.clone()));
     let app = pages::router(console);
     let handle = axum_server::Handle::new();
-    let server = axum_server::bind_rustls(addr, tls).handle(handle.clone());
+    let acceptor = tls::ClientNameAcceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls));
+    let server = axum_server::bind(addr)
+        .acceptor(acceptor)
+        .handle(handle.clone());
     let serving = tokio::spawn(server.serve(app.into_make_service()));
     if let Some(bound) = handle.listening().await {
         ready(bound);
@@ -150,69 +163,4 @@ async fn refresher(console: Arc<Console>) {
             tracing::warn!("console: reading the devices: {e}");
         }
     }
-}
-
-/// The TLS set-up from the certificate and key files; with `self_signed`, a certificate for
-/// localhost is made first when the files are not there.
-fn tls_config(
-    files: &ConsoleFiles,
-    self_signed: bool,
-) -> Result<axum_server::tls_rustls::RustlsConfig, ConsoleError> {
-    if self_signed && !files.cert.exists() {
-        make_self_signed(files)?;
-    }
-    let fail = |path: &Path, problem: String| ConsoleError::Tls {
-        path: path.display().to_string(),
-        problem,
-    };
-    let read = |path: &Path| std::fs::read(path).map_err(|e| fail(path, e.to_string()));
-    let cert_pem = read(&files.cert)?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(&files.cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail(&files.cert, "no certificate in it".into()));
-    }
-    let key_pem = read(&files.key)?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| fail(&files.key, e.to_string()))?
-        .ok_or_else(|| fail(&files.key, "no private key in it".into()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail(&files.cert, e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| fail(&files.cert, e.to_string()))?;
-    Ok(axum_server::tls_rustls::RustlsConfig::from_config(
-        Arc::new(config),
-    ))
-}
-
-/// A self-signed certificate for `localhost` and 127.0.0.1, its key readable by its owner only.
-fn make_self_signed(files: &ConsoleFiles) -> Result<(), ConsoleError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |path: &Path, problem: String| ConsoleError::Tls {
-        path: path.display().to_string(),
-        problem,
-    };
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let made = rcgen::generate_simple_self_signed(names).map_err(|e| {
-        fail(
-            &files.cert,
-            format!("making a self-signed certificate: {e}"),
-        )
-    })?;
-    let mut key = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&files.key)
-        .map_err(|e| fail(&files.key, e.to_string()))?;
-    key.write_all(made.signing_key.serialize_pem().as_bytes())
-        .map_err(|e| fail(&files.key, e.to_string()))?;
-    std::fs::write(&files.cert, made.cert.pem()).map_err(|e| fail(&files.cert, e.to_string()))?;
-    tracing::info!(cert = %files.cert.display(), "made a self-signed certificate for the console");
-    Ok(())
 }

@@ -3,6 +3,7 @@
 
 use super::accounts::Role;
 use super::session::{self, Session};
+use super::tls::ClientName;
 use super::view::{self, DeviceRow, DeviceView, RolloutView, PER_PAGE};
 use super::Console;
 use crate::operate::{self, Control, NewRollout, OperateError};
@@ -12,7 +13,7 @@ use axum::extract::{Form, FromRequestParts, Multipart, Path, Query, State};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -154,8 +155,20 @@ struct LoginPage<'a> {
     problem: &'a str,
 }
 
-async fn login_page() -> Result<Html<String>, Refusal> {
-    Ok(Html(LoginPage { problem: "" }.render()?))
+/// The login form; a connection with a client certificate naming an account that logs in by
+/// certificate is logged in at once instead.
+async fn login_page(
+    State(c): Shared,
+    Extension(ClientName(name)): Extension<ClientName>,
+) -> Result<Response, Refusal> {
+    let problem = match name {
+        Some(name) => match c.accounts.by_certificate(&name) {
+            Some(role) => return logged_in(&c, &name, role, "client certificate").await,
+            None => format!("the client certificate's name `{name}` is no certificate account"),
+        },
+        None => String::new(),
+    };
+    Ok(Html(LoginPage { problem: &problem }.render()?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -176,15 +189,15 @@ async fn login(State(c): Shared, Form(f): Form<LoginForm>) -> Result<Response, R
         };
         return Ok((StatusCode::UNAUTHORIZED, Html(page.render()?)).into_response());
     };
-    let token = c.sessions.start(&f.user, role);
-    audit(
-        &c,
-        &format!("console:{}", f.user),
-        "login",
-        None,
-        role.name(),
-    )
-    .await;
+    logged_in(&c, &f.user, role, "password").await
+}
+
+/// Starts `user`'s session, writes the login to the audit log (`how`: password or client
+/// certificate) and sends the browser to the fleet with the session's cookie.
+async fn logged_in(c: &Console, user: &str, role: Role, how: &str) -> Result<Response, Refusal> {
+    let token = c.sessions.start(user, role);
+    let detail = format!("{} ({how})", role.name());
+    audit(c, &format!("console:{user}"), "login", None, &detail).await;
     Ok((
         [(header::SET_COOKIE, session::set_cookie(&token))],
         Redirect::to("/devices"),

@@ -72,6 +72,17 @@ pub async fn start_on(url: Option<&str>) -> Running {
 
 /// As [`start_on`], with `extra` config text (an `[mqtt]` table for a replica beside it).
 pub async fn start_with(url: Option<&str>, extra: &str) -> Running {
+    start_full(url, extra, "", &[]).await
+}
+
+/// As [`start_with`], with `console` lines in the `[console]` table and accounts (name, role)
+/// that log in with a client certificate.
+pub async fn start_full(
+    url: Option<&str>,
+    extra: &str,
+    console: &str,
+    certificate_accounts: &[(&str, &str)],
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -86,26 +97,13 @@ pub async fn start_with(url: Option<&str>, extra: &str) -> Running {
     let config = dir.path().join("fleet.toml");
     std::fs::write(
         &config,
-        format!("{extra}{shadow}[console]\nlisten = \"127.0.0.1:0\"\n"),
+        format!("{extra}{shadow}[console]\nlisten = \"127.0.0.1:0\"\n{console}"),
     )
     .unwrap();
-    for (name, role, password) in [
-        ("alice", "operator", "correct horse"),
-        ("victor", "viewer", "battery staple"),
-    ] {
-        let mut add = fleet()
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["console", "add-user", name, "--role", role])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        writeln!(add.stdin.take().unwrap(), "{password}").unwrap();
-        assert!(add.wait().unwrap().success());
+    add_account(&config, &data, "alice", "operator", Some("correct horse"));
+    add_account(&config, &data, "victor", "viewer", Some("battery staple"));
+    for (name, role) in certificate_accounts {
+        add_account(&config, &data, name, role, None);
     }
     let mut cmd = fleet();
     cmd.arg("--config")
@@ -130,6 +128,23 @@ pub async fn start_with(url: Option<&str>, extra: &str) -> Running {
     }
 }
 
+/// `sandstep-fleet console add-user`: with a password, or `--certificate` without one.
+pub fn add_account(config: &Path, data: &Path, name: &str, role: &str, password: Option<&str>) {
+    let mut add = fleet();
+    add.arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["console", "add-user", name, "--role", role])
+        .args(password.is_none().then_some("--certificate"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut add = add.spawn().unwrap();
+    use std::io::Write;
+    writeln!(add.stdin.take().unwrap(), "{}", password.unwrap_or("")).unwrap();
+    assert!(add.wait().unwrap().success(), "add-user {name}");
+}
+
 /// A browser-like client: cookies kept, redirects not followed, the self-signed certificate
 /// accepted.
 fn client() -> reqwest::Client {
@@ -141,7 +156,12 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-async fn log_in(c: &reqwest::Client, url: &str, user: &str, password: &str) -> reqwest::Response {
+pub async fn log_in(
+    c: &reqwest::Client,
+    url: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
     c.post(format!("{url}/login"))
         .form(&[("user", user), ("password", password)])
         .send()
@@ -149,13 +169,13 @@ async fn log_in(c: &reqwest::Client, url: &str, user: &str, password: &str) -> r
         .unwrap()
 }
 
-async fn page(c: &reqwest::Client, url: &str) -> (u16, String) {
+pub async fn page(c: &reqwest::Client, url: &str) -> (u16, String) {
     let r = c.get(url).send().await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
 /// The CSRF token a page's forms carry.
-fn csrf_of(html: &str) -> String {
+pub fn csrf_of(html: &str) -> String {
     let at = html
         .find("name=\"csrf\" value=\"")
         .expect("a form with a CSRF token")

@@ -5,6 +5,7 @@
 
 mod console;
 mod console_browser;
+mod console_certificates;
 mod doctor;
 #[cfg(feature = "dev-tools")]
 mod sim;

@@ -40,9 +40,15 @@ pub fn prerequisite_missing(why: &str) {
 /// A throwaway CA in `dir` (scripts/test-ca.sh): ca.pem, a server certificate for 127.0.0.1 and
 /// localhost, and a client certificate whose CN is `client` (the script's default: gw-1).
 pub fn test_ca(dir: &Path, client: Option<&str>) {
+    test_ca_with(dir, client.as_slice());
+}
+
+/// As [`test_ca`], with a client certificate for each of `clients`: client.pem for the first,
+/// client-NAME.pem for the others.
+pub fn test_ca_with(dir: &Path, clients: &[&str]) {
     let made = Command::new(repo_root().join("scripts/test-ca.sh"))
         .arg(dir)
-        .args(client)
+        .args(clients)
         .status()
         .unwrap();
     assert!(made.success(), "scripts/test-ca.sh");
