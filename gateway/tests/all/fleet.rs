@@ -1014,7 +1014,7 @@ async fn collect(
 }
 
 /// A mosquitto with examples/mosquitto.acl, no anonymous access, and accounts `gw-1` (pw-1)
-/// and `sandstep-replica` (pw-r). The temporary dir holds its password file.
+/// and `sandstep-replica` (pw-r). The temporary dir holds its password file and the ACL.
 fn acl_broker() -> Option<(Broker, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let passwd = dir.path().join("passwd");
@@ -1031,7 +1031,14 @@ fn acl_broker() -> Option<(Broker, tempfile::TempDir)> {
             .unwrap()
             .success());
     }
-    let acl = sandstep_testkit::repo_root().join("examples/mosquitto.acl");
+    // Beside the password file: mosquitto reads both as its own user, which may not reach a
+    // checkout in a private directory (a clone under `mktemp -d`).
+    let acl = dir.path().join("mosquitto.acl");
+    std::fs::copy(
+        sandstep_testkit::repo_root().join("examples/mosquitto.acl"),
+        &acl,
+    )
+    .unwrap();
     let broker = Broker::start_with(&format!(
         "allow_anonymous false\npassword_file {}\nacl_file {}\n",
         passwd.display(),
