@@ -355,9 +355,21 @@ impl<'a, S: Source> Runner<'a, S> {
     /// A deployment ended: recorded (persisted state, result file), reported when the core says
     /// so, and the source told.
     fn record(&mut self, w: &Workflow, outcome: &Outcome, report: bool) -> Result<(), AgentError> {
-        let patch = self.agent.record_finished(w, outcome);
+        let mut patch = self.agent.record_finished(w, outcome);
         tracing::info!(workflow = %w.id, status = ?outcome.status, "deployment finished");
+        let ending = Ending::of(outcome.status, outcome.result.extended_result_code);
+        let mut inputs = self.source.finished(w, ending);
         if report {
+            // The source's `retry` goes out in the same document as the ending: no reader sees
+            // a completed deployment beside the retry of the tag before it.
+            for input in &mut inputs {
+                if let SourceInput::Report(p) = input {
+                    if let Some(retry) = p.retry.take() {
+                        patch.retry = Some(retry);
+                    }
+                }
+            }
+            inputs.retain(|i| !matches!(i, SourceInput::Report(p) if **p == Patch::default()));
             let patch = self.core.stamp(patch, sandstep_transport::clock::now_ms());
             self.report(patch, false)?;
             if let Some(job) = JobStatus::of(&w.id, outcome.status) {
@@ -365,8 +377,6 @@ impl<'a, S: Source> Runner<'a, S> {
                 self.outbox.push(Queued::Job(job))?;
             }
         }
-        let ending = Ending::of(outcome.status, outcome.result.extended_result_code);
-        let inputs = self.source.finished(w, ending);
         let effects = self.on_source(inputs)?;
         self.apply_sync(effects)
     }
